@@ -1,0 +1,135 @@
+//! The agent's loops: `run` (sampler thread + HTTP server until SIGTERM/SIGINT)
+//! and `once` (two samples an interval apart, printed).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use domesday_model::vocab::Source;
+
+use crate::config::AgentConfig;
+use crate::render::{constant_labels, render};
+use crate::sampler::{Sampler, Snapshot};
+use crate::server::{Exposition, Shared, router};
+
+/// Samples twice, `interval` apart, and returns the exposition (`once`).
+pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
+    let cfg = Arc::new(cfg);
+    let mut sampler = Sampler::new(cfg.clone(), false).context("starting sensor workers")?;
+    let start = Instant::now();
+    sampler.tick(Duration::ZERO);
+    std::thread::sleep(cfg.interval.0);
+    let snap = sampler.tick(start.elapsed());
+    Ok(render(&snap, &constant_labels(&cfg)))
+}
+
+/// Samples twice (at most a second apart) and returns the probe table.
+pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
+    let cfg = Arc::new(cfg);
+    let mut sampler = Sampler::new(cfg.clone(), false).context("starting sensor workers")?;
+    let start = Instant::now();
+    sampler.tick(Duration::ZERO);
+    std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
+    let snap: Snapshot = sampler.tick(start.elapsed());
+    let enabled =
+        [(Source::Rapl, cfg.sources.rapl), (Source::Hwmon, cfg.sources.hwmon), (Source::Thermal, cfg.sources.thermal)];
+    let inv = sampler.inventory();
+    let mut out = format!(
+        "host {} (site {}): {} {}, {} × {} socket(s), {} threads\n\n",
+        cfg.host, cfg.site, inv.vendor, inv.product, inv.cpu_model, inv.sockets, inv.threads
+    );
+    out.push_str(&crate::probe::table(&snap, &enabled));
+    Ok(out)
+}
+
+/// Runs until SIGTERM or SIGINT: the sampler on its own thread, `/metrics` on tokio.
+pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bind before sampling so a taken port fails fast, before any state is touched.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .with_context(|| format!("cannot listen on {} (set `listen` or --listen)", cfg.listen))?;
+    let mut sampler = Sampler::new(cfg.clone(), true).context("starting sensor workers")?;
+    let constant = constant_labels(&cfg);
+    let start = Instant::now();
+    let shared: Shared = Arc::new(RwLock::new(Exposition::new(render(&sampler.tick(Duration::ZERO), &constant))));
+    let (stop_tx, stop_rx) = channel::<()>();
+    let sampler_shared = shared.clone();
+    let interval = cfg.interval.0;
+    let sampler_thread = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || {
+            sample_loop(&mut sampler, &sampler_shared, &constant, start, interval, &stop_rx);
+            sampler.flush();
+        })
+        .context("starting the sampler thread")?;
+    tracing::info!(listen = %cfg.listen, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");
+    let served =
+        rt.block_on(async { axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown_signal()).await });
+    tracing::info!("shutting down: flushing host energy counters");
+    let _ = stop_tx.send(());
+    if sampler_thread.join().is_err() {
+        tracing::error!("sampler thread panicked");
+    }
+    served.context("HTTP server failed")
+}
+
+fn sample_loop(
+    sampler: &mut Sampler,
+    shared: &Shared,
+    constant: &[(String, String)],
+    start: Instant,
+    interval: Duration,
+    stop: &Receiver<()>,
+) {
+    let mut next = interval;
+    loop {
+        // Wake for the tick, or earlier for RAPL keep-alive reads on long intervals.
+        let now = start.elapsed();
+        let wait = next.saturating_sub(now).min(crate::config::RAPL_MAX_READ_GAP);
+        match stop.recv_timeout(wait) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = start.elapsed();
+        sampler.keep_alive(now);
+        if now < next {
+            continue;
+        }
+        let body = render(&sampler.tick(now), constant);
+        let exp = Exposition::new(body);
+        match shared.write() {
+            Ok(mut g) => *g = exp,
+            Err(_) => tracing::error!("exposition lock poisoned"),
+        }
+        // Skip missed ticks rather than bursting to catch up.
+        while next <= start.elapsed() {
+            next += interval;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

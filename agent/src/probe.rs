@@ -1,0 +1,74 @@
+//! `domesday-agent probe`: one table of every sensor found, readable or not,
+//! and for each failure the fix an operator can apply.
+
+use domesday_model::vocab::{Reason, Source};
+
+use crate::sampler::Snapshot;
+
+/// The fix for a failure, by source and reason.
+pub fn fix(source: Source, reason: Reason) -> &'static str {
+    match (source, reason) {
+        (Source::Rapl, Reason::Permission) => {
+            "energy_uj is root-only since Linux 5.10 (CVE-2020-8694): run the agent with CAP_DAC_READ_SEARCH \
+             (the shipped systemd unit does), as root, or install the udev rule of docs/permissions.md"
+        }
+        (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
+        (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",
+        (_, Reason::Missing) => {
+            "the sensor is gone or disabled (device removed, driver unloaded); rescanned every rescan_interval"
+        }
+        (_, Reason::Timeout) => "the driver did not answer within sensor_timeout; check dmesg for the device",
+        (_, Reason::Io) => "the read failed in the driver or the path is not a file; check dmesg",
+        _ => "",
+    }
+}
+
+/// What a source found nothing of means, for the sources with no row.
+fn absent_hint(source: Source) -> &'static str {
+    match source {
+        Source::Rapl => {
+            "no RAPL zones under <sysfs>/class/powercap: load intel_rapl_msr (Intel, AMD since Linux 5.11); VMs have none"
+        }
+        Source::Hwmon => {
+            "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
+        }
+        Source::Thermal => "no thermal zones (normal on many servers)",
+        _ => "",
+    }
+}
+
+/// Formats the probe table.
+pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
+    let mut rows: Vec<[String; 5]> =
+        vec![["SOURCE".into(), "SENSOR".into(), "UNIT".into(), "STATUS".into(), "FIX / PATH".into()]];
+    for s in &snap.statuses {
+        let (status, note) = match &s.result {
+            Ok(v) => (format!("ok {v}"), s.path.clone()),
+            Err(e) => (format!("{}: {}", e.reason, e.detail), fix(s.source, e.reason).to_string()),
+        };
+        rows.push([s.source.to_string(), s.sensor.clone(), s.unit.to_string(), status, note]);
+    }
+    for (source, on) in enabled {
+        if !on {
+            rows.push([source.to_string(), "-".into(), "".into(), "disabled in [sources]".into(), "".into()]);
+        } else if !snap.statuses.iter().any(|s| s.source == *source) {
+            rows.push([source.to_string(), "-".into(), "".into(), "none found".into(), absent_hint(*source).into()]);
+        }
+    }
+    let widths: Vec<usize> = (0..4).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        for (i, w) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<w$}  ", r[i], w = *w));
+        }
+        out.push_str(&r[4]);
+        out.push('\n');
+    }
+    match &snap.host {
+        Some(h) => {
+            out.push_str(&format!("\nhost power: {:.1} W by method {} ({})\n", h.watts, h.method, h.method.quality()))
+        }
+        None => out.push_str("\nhost power: not available yet (needs two samples)\n"),
+    }
+    out
+}

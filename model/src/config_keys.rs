@@ -1,0 +1,95 @@
+//! Reference of the agent's configuration keys (contract §4): key, type,
+//! default and meaning. The agent's typed config must accept exactly these keys
+//! (a test in the agent parses a file generated from this table), and
+//! `docs/configuration.md` is generated from it.
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDef {
+    /// Dotted path, e.g. `estimation.idle_watts`; `labels.*` stands for any name.
+    pub key: &'static str,
+    pub ty: &'static str,
+    /// Default as TOML, or a sentence when it is computed.
+    pub default: &'static str,
+    /// A valid TOML value, used by the generated example and its test.
+    pub example: &'static str,
+    pub doc: &'static str,
+}
+
+macro_rules! keys {
+    ($($key:literal, $ty:literal, $default:literal, $example:literal, $doc:literal;)+) => {
+        &[$(KeyDef { key: $key, ty: $ty, default: $default, example: $example, doc: $doc }),+]
+    };
+}
+
+/// Every agent key, grouped by table in file order.
+pub const AGENT_KEYS: &[KeyDef] = keys! {
+    "site", "string", "required in a file (`local` without a file)", "\"caen-1\"",
+        "Site identifier, the `site` label of every series.";
+    "host", "string", "the machine's hostname", "\"srv-r01-01\"",
+        "Host name, the `host` label of every series.";
+    "interval", "duration", "\"5s\"", "\"5s\"",
+        "Sampling and exposition interval. RAPL is read at least every 30 s internally whatever this is, so a counter wrap is never missed.";
+    "listen", "socket address", "\"127.0.0.1:9955\"", "\"127.0.0.1:9955\"",
+        "Address of the `/metrics` endpoint.";
+    "sysfs_root", "path", "\"/sys\"", "\"/sys\"",
+        "Root of sysfs; point it at a fixture tree to test.";
+    "procfs_root", "path", "\"/proc\"", "\"/proc\"",
+        "Root of procfs (`stat`, `meminfo`, `loadavg`, `cpuinfo`).";
+    "machine_id_file", "path", "\"/etc/machine-id\"", "\"/etc/machine-id\"",
+        "File holding the machine id reported in `domesday_host_info`.";
+    "state_dir", "path", "\"/var/lib/domesday-agent\" (falls back to $XDG_STATE_HOME/domesday-agent or ~/.local/state/domesday-agent when not writable)", "\"/var/lib/domesday-agent\"",
+        "Where host energy counters persist across restarts.";
+    "sensor_timeout", "duration", "\"2s\", at most half the interval", "\"2s\"",
+        "Deadline for one source's reads in a tick; a source that blocks longer is marked down (`reason=\"timeout\"`) and the tick goes on without it.";
+    "rescan_interval", "duration", "\"60s\"", "\"60s\"",
+        "How often sensors are rediscovered (hot-plugged PSUs, loaded drivers).";
+    "labels.*", "string", "none", "\"normandie\"",
+        "Extra constant labels on every series. Names match `[a-z_][a-z0-9_]*` and must not collide with catalog labels, `site`, `host`, `job`, `instance` or `__*`.";
+    "sources.rapl", "bool", "true", "true",
+        "Read RAPL powercap zones (Intel, and AMD since Linux 5.11).";
+    "sources.hwmon", "bool", "true", "true",
+        "Read hwmon chips (temperatures, fans, power meters, PSUs, energy counters).";
+    "sources.thermal", "bool", "true", "true",
+        "Read thermal zones.";
+    "estimation.model", "string", "\"linear\"", "\"linear\"",
+        "Power model used when no sensor measures the host: `linear` (idle + (max − idle) × utilisation) or `boavizta` (BoaviztAPI logarithmic CPU curve).";
+    "estimation.idle_watts", "float", "per CPU class (docs/estimation.md)", "110.0",
+        "Host power at idle for the `linear` model.";
+    "estimation.max_watts", "float", "per CPU class (docs/estimation.md)", "420.0",
+        "Host power at full CPU load for the `linear` model.";
+    "estimation.rapl_uplift", "float", "1.33", "1.25",
+        "Factor from RAPL package + DRAM power to wall power for the `rapl_uplift` method (source: BoaviztAPI other_consumption_ratio 0.33).";
+};
+
+/// The TOML example config: every key with its example value.
+pub fn example_toml() -> String {
+    let mut out = String::new();
+    let mut table = "";
+    for k in AGENT_KEYS {
+        let (t, name) = match k.key.split_once('.') {
+            Some((t, n)) => (t, if n == "*" { "region" } else { n }),
+            None => ("", k.key),
+        };
+        if t != table {
+            out.push_str(&format!("\n[{t}]\n"));
+            table = t;
+        }
+        out.push_str(&format!("{name} = {}\n", k.example));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_has_every_table_once() {
+        let ex = example_toml();
+        for t in ["[labels]", "[sources]", "[estimation]"] {
+            assert_eq!(ex.matches(t).count(), 1, "{t}");
+        }
+        assert!(ex.starts_with("site = \"caen-1\"\n"));
+    }
+}

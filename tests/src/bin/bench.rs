@@ -1,0 +1,2 @@
+//! Benchmark harness (filled in by the benchmark change).
+fn main() {}

@@ -1,0 +1,206 @@
+//! The real `domesday-agent` binary on fixture trees, over loopback HTTP:
+//! counters advanced in place (one wrapping) give exact joules, a blocked
+//! sensor does not stall the tick, a vanished chip stops its series, host
+//! energy persists across a SIGTERM restart, and bad configs are refused with
+//! file:line.
+
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use domesday_tests::{
+    apply_overlay, binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics, series_value,
+    start_agent,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Scrapes until `pred` holds on the body (bounded).
+fn scrape_until(port: u16, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = get_text(&url, WAIT);
+        if pred(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last body:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rapl(body: &str, zone: &str) -> Option<f64> {
+    series_value(body, "domesday_energy_joules_total", &[&format!("zone=\"{zone}\""), "source=\"rapl\""])
+}
+
+#[test]
+fn run_serves_exact_wrap_corrected_joules() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let mut agent = start_agent(&root, port, "200ms", &[]);
+    let first = scrape_until(port, "first RAPL sample", |b| rapl(b, "intel-rapl:1").is_some());
+    assert_eq!(rapl(&first, "intel-rapl:1"), Some(262143.0));
+    assert!(promtool_check_metrics(&first).is_empty());
+    apply_overlay("intel-2s", &root).expect("overlay");
+    let after = scrape_until(port, "the t1 counters", |b| rapl(b, "intel-rapl:0") == Some(101834.56789));
+    // package-1 wrapped at max_energy_range_uj: +550 J exactly.
+    assert_eq!(rapl(&after, "intel-rapl:1"), Some(262693.0));
+    assert_eq!(rapl(&after, "intel-rapl:0:0"), Some(40502.33512));
+    assert_eq!(rapl(&after, "intel-rapl:1:0"), Some(13078.240775));
+    assert_eq!(
+        series_value(&after, "domesday_host_power_watts", &["method=\"psu_input\"", "quality=\"measured\""]),
+        Some(320.0)
+    );
+    assert!(after.contains("site=\"test-site\",host=\"test-host\""));
+
+    // gzip when asked, identical content.
+    let client = reqwest::blocking::Client::builder().gzip(true).build().expect("client");
+    let resp = client.get(format!("http://127.0.0.1:{port}/metrics")).send().expect("gzip scrape");
+    assert_eq!(resp.headers().get("content-encoding").and_then(|v| v.to_str().ok()), None, "decoded by reqwest");
+    let raw = reqwest::blocking::Client::builder()
+        .gzip(false)
+        .build()
+        .expect("client")
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .expect("raw gzip scrape");
+    assert_eq!(raw.headers().get("content-encoding").and_then(|v| v.to_str().ok()), Some("gzip"));
+    assert!(resp.text().expect("body").contains("domesday_agent_info"));
+
+    let status = agent.terminate(Duration::from_secs(10)).expect("agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn host_energy_persists_across_restart() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let energy = |b: &str| series_value(b, "domesday_host_energy_joules_total", &["method=\"psu_input\""]);
+    let mut agent = start_agent(&root, port, "100ms", &[]);
+    let before = scrape_until(port, "some host energy", |b| energy(b).is_some_and(|e| e > 100.0));
+    assert!(agent.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("state/host-energy.json")).expect("state file"))
+            .expect("state json");
+    let saved = saved["host_energy_joules"]["psu_input"].as_f64().expect("psu_input joules");
+    assert!(saved >= energy(&before).unwrap_or(f64::MAX), "state {saved} behind the last scrape");
+    drop(agent);
+    let port = free_port();
+    let _agent = start_agent(&root, port, "100ms", &[]);
+    let again = scrape_until(port, "the restored counter", |b| energy(b).is_some());
+    assert!(energy(&again).is_some_and(|e| e >= saved), "counter went back after restart: {again}");
+}
+
+#[test]
+fn a_blocked_sensor_is_marked_down_and_the_tick_goes_on() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    // A FIFO never written to: open() blocks like a hung driver.
+    let temp = root.join("sys/devices/platform/coretemp.0/hwmon/hwmon1/temp3_input");
+    std::fs::remove_file(&temp).expect("rm");
+    assert!(Command::new("mkfifo").arg(&temp).status().expect("mkfifo").success());
+    let port = free_port();
+    let _agent = start_agent(&root, port, "300ms", &[]);
+    let body = scrape_until(port, "the timeout to be reported", |b| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"timeout\""]).is_some()
+    });
+    assert_eq!(series_value(&body, "domesday_sensor_up", &["sensor=\"platform_coretemp_0/temp3\""]), Some(0.0));
+    // The other sources keep sampling while hwmon is stuck.
+    apply_overlay("intel-2s", &root).expect("overlay");
+    let later = scrape_until(port, "RAPL to advance", |b| rapl(b, "intel-rapl:1") == Some(262693.0));
+    assert_eq!(series_value(&later, "domesday_sensor_up", &["sensor=\"intel-rapl:0\""]), Some(1.0));
+    let took = series_value(&later, "domesday_sample_duration_seconds", &[]).expect("duration");
+    assert!(took < 5.0, "tick took {took} s");
+}
+
+#[test]
+fn a_vanished_chip_stops_its_series_without_a_crash() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let _agent = start_agent(&root, port, "100ms", &[]);
+    let psu2 = "chip=\"i2c_0_0_0059\"";
+    scrape_until(port, "PSU 2", |b| b.contains(psu2));
+    let dev = root.join("sys/devices/pci0000:00/0000:00:1f.4/i2c-0/0-0059");
+    std::fs::remove_dir_all(&dev).expect("remove PSU 2");
+    let body = scrape_until(port, "PSU 2 series to stop", |b| !b.contains("i2c_0_0_0059"));
+    // The remaining PSU carries the host: 176 W.
+    assert_eq!(series_value(&body, "domesday_host_power_watts", &["method=\"psu_input\""]), Some(176.0));
+}
+
+#[test]
+fn once_prints_a_valid_exposition_on_a_vm() {
+    let root = fixtures_dir().join("vm-minimal");
+    let out = Command::new(binary("domesday-agent"))
+        .args(["once", "--interval", "100ms", "--site", "s", "--host", "vm"])
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .output()
+        .expect("once");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("domesday_host_info{site=\"s\",host=\"vm\",vendor=\"QEMU\""), "{text}");
+    assert!(promtool_check_metrics(&text).is_empty());
+}
+
+#[test]
+fn probe_names_each_failure_and_its_fix() {
+    let root = fixtures_dir().join("broken");
+    let out = Command::new(binary("domesday-agent"))
+        .args(["probe", "--interval", "100ms", "--host", "b"])
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .output()
+        .expect("probe");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |sensor: &str| text.lines().find(|l| l.contains(&format!(" {sensor} "))).unwrap_or_default().to_string();
+    assert!(line("intel-rapl:1").contains("parse:"), "{text}");
+    assert!(line("intel-rapl:1:0").contains("missing:"), "{text}");
+    assert!(line("intel-rapl:0:0").contains("io:"), "{text}");
+    assert!(line("intel-rapl:0").contains("ok "), "{text}");
+    assert!(text.contains("by method acpi_power_meter (measured)"), "{text}");
+}
+
+#[test]
+fn check_config_refuses_bad_files_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |text: &str| {
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text).expect("write");
+        let out =
+            Command::new(binary("domesday-agent")).arg("check-config").arg("--config").arg(&p).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run("site = \"a\"\n[labels]\ninstance = \"x\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("agent.toml:3:") && err.contains("instance"), "{err}");
+    let (code, _, err) = run("site = \"a\"\n[push]\nurl = \"http://x\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("agent.toml:2:") && err.contains("push"), "{err}");
+    let (code, out, _) = run("site = \"a\"\nhost = \"h\"\ninterval = \"10s\"\n");
+    assert_eq!(code, Some(0));
+    assert!(out.contains("interval = \"10s\"") && out.contains("listen = \"127.0.0.1:9955\""), "{out}");
+    // `run` refuses the same way before binding anything.
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "site = \"a\"\ninterval = \"fast\"\n").expect("write");
+    let mut child = Command::new(binary("domesday-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(&p)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("bad.toml:2:"), "{err}");
+}
