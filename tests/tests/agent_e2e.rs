@@ -204,3 +204,44 @@ fn check_config_refuses_bad_files_with_file_and_line() {
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("bad.toml:2:"), "{err}");
 }
+
+#[test]
+fn an_unreadable_rapl_zone_is_a_permission_error_with_its_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, root) = fixture_copy("intel-2s");
+    let zone = root.join("sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/energy_uj");
+    // As on Linux ≥ 5.10: energy_uj is 0400 root.
+    std::fs::set_permissions(&zone, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod tmp");
+    let mut cmd = if running_as_root() {
+        // Root reads anything: drop to nobody, which is what an unprivileged agent is.
+        // The checkout may sit under a directory nobody cannot enter (/root): run a copy.
+        let exe = tmp.path().join("domesday-agent");
+        std::fs::copy(binary("domesday-agent"), &exe).expect("copy binary");
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(binary("domesday-agent"))
+    };
+    let out = cmd
+        .args(["probe", "--interval", "100ms", "--host", "p"])
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .output()
+        .expect("probe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(" intel-rapl:0 ")).unwrap_or_default();
+    assert!(line.contains("permission:") && line.contains("CAP_DAC_READ_SEARCH"), "{text}");
+}
+
+/// Whether the tests run as root (CI does): the effective uid of this process.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
