@@ -44,13 +44,16 @@ pub const CONSTANT_LABELS: &[&str] = &["site", "host"];
 
 macro_rules! metric {
     ($ident:ident, $name:literal, $kind:ident, $unit:literal, [$($label:literal),*], $help:literal) => {
+        metric!($ident, Agent, $name, $kind, $unit, [$($label),*], $help);
+    };
+    ($ident:ident, $component:ident, $name:literal, $kind:ident, $unit:literal, [$($label:literal),*], $help:literal) => {
         pub const $ident: MetricDef = MetricDef {
             name: $name,
             kind: Kind::$kind,
             unit: $unit,
             help: $help,
             labels: &[$($label),*],
-            component: Component::Agent,
+            component: Component::$component,
         };
     };
 }
@@ -155,6 +158,13 @@ metric!(
     "Wall time the last sampling tick took."
 );
 
+metric!(PUSH_SAMPLES, "domesday_push_samples_total", Counter, "", ["result"],
+    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429).");
+metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [],
+    "Bytes waiting in the push spool on disk.");
+metric!(PUSH_LAST_SUCCESS, "domesday_push_last_success_timestamp_seconds", Gauge, "seconds", [],
+    "Unix time of the last request the collector acknowledged.");
+
 /// Every family, in exposition order.
 pub const CATALOG: &[MetricDef] = &[
     ENERGY,
@@ -172,6 +182,9 @@ pub const CATALOG: &[MetricDef] = &[
     SENSOR_ERRORS,
     AGENT_INFO,
     SAMPLE_DURATION,
+    PUSH_SAMPLES,
+    SPOOL_BYTES,
+    PUSH_LAST_SUCCESS,
 ];
 
 /// Looks a family up by name.

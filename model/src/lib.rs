@@ -12,4 +12,5 @@
 pub mod catalog;
 pub mod config_keys;
 pub mod docs;
+pub mod remote_write;
 pub mod vocab;
