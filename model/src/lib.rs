@@ -12,5 +12,6 @@
 pub mod catalog;
 pub mod config_keys;
 pub mod docs;
+pub mod exposition;
 pub mod remote_write;
 pub mod vocab;

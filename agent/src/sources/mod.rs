@@ -12,26 +12,11 @@ pub mod thermal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domesday_model::catalog::MetricDef;
 use domesday_model::vocab::{Reason, Source};
 
 use crate::fsread::ReadError;
 
-/// One exported value: a family of the catalog, its label values in the
-/// catalog's label order, and the value in the family's base unit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub def: &'static MetricDef,
-    pub labels: Vec<String>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn new(def: &'static MetricDef, labels: Vec<String>, value: f64) -> Self {
-        debug_assert_eq!(def.labels.len(), labels.len(), "{}", def.name);
-        Sample { def, labels, value }
-    }
-}
+pub use domesday_model::exposition::Sample;
 
 /// The outcome of one sensor's read this tick.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,131 @@
+//! The ledger's arithmetic, as pure functions: counter increments in integer
+//! microjoules (baseline, reset, stale marker) and the exact spreading of an
+//! interval's energy over one-minute UTC buckets.
+
+/// Milliseconds in a ledger bucket.
+pub const MINUTE_MS: i64 = 60_000;
+/// Milliseconds in a roll-up bucket.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A counter value in µJ, or `None` for a stale marker (the series ended).
+pub type Value = Option<i64>;
+
+/// Converts a transmitted counter value (joules, f64) to integer µJ.
+/// `None` when it cannot be a counter (NaN, ±Inf, negative, beyond i64 µJ).
+pub fn joules_to_uj(v: f64) -> Option<i64> {
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    let uj = (v * 1e6).round();
+    (uj < i64::MAX as f64).then_some(uj as i64)
+}
+
+/// Increment between two consecutive samples of a series: the first sample and
+/// the one after a stale marker are baselines (0); a drop is a reset and the
+/// new value counts from zero.
+pub fn increment(prev: Value, cur: Value) -> i64 {
+    match (prev, cur) {
+        (Some(p), Some(c)) if c >= p => c - p,
+        (Some(_), Some(c)) => c,
+        _ => 0,
+    }
+}
+
+/// One bucket's share of an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Bucket start, ms since the epoch (a multiple of the bucket size).
+    pub start_ms: i64,
+    pub energy_uj: i64,
+    /// Milliseconds of the bucket the interval observed (0 across a gap).
+    pub covered_ms: i64,
+}
+
+/// Spreads `energy_uj` evenly over `[t0, t1)` into buckets of `bucket_ms`.
+/// Shares are apportioned on cumulative time, so they sum to `energy_uj`
+/// exactly and any sub-range gets its proportional share. An interval longer
+/// than `gap_ms` still books its energy but covers nothing: coverage shows
+/// the gap.
+pub fn spread(t0: i64, t1: i64, energy_uj: i64, bucket_ms: i64, gap_ms: i64) -> Vec<Share> {
+    let mut out = Vec::new();
+    if t1 <= t0 || bucket_ms <= 0 {
+        return out;
+    }
+    let total = i128::from(t1 - t0);
+    let covered = t1 - t0 <= gap_ms;
+    let mut start = t0.div_euclid(bucket_ms) * bucket_ms;
+    let mut given: i128 = 0;
+    while start < t1 {
+        let end = start + bucket_ms;
+        let upto = i128::from(end.min(t1) - t0);
+        let cum = i128::from(energy_uj) * upto / total;
+        let share = cum - given;
+        given = cum;
+        let overlap = end.min(t1) - start.max(t0);
+        out.push(Share {
+            start_ms: start,
+            energy_uj: share as i64,
+            covered_ms: if covered { overlap } else { 0 },
+        });
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn increments() {
+        assert_eq!(increment(None, Some(5)), 0);
+        assert_eq!(increment(Some(5), Some(9)), 4);
+        assert_eq!(increment(Some(9), Some(3)), 3);
+        assert_eq!(increment(Some(9), None), 0);
+        assert_eq!(joules_to_uj(1.5), Some(1_500_000));
+        assert_eq!(joules_to_uj(f64::NAN), None);
+        assert_eq!(joules_to_uj(-1.0), None);
+        assert_eq!(joules_to_uj(1e300), None);
+    }
+
+    #[test]
+    fn spread_over_minutes() {
+        // 90 s from 00:00:30: a third in the first minute, two thirds in the second.
+        let s = spread(30_000, 120_000, 900, MINUTE_MS, 300_000);
+        assert_eq!(
+            s,
+            vec![
+                Share { start_ms: 0, energy_uj: 300, covered_ms: 30_000 },
+                Share { start_ms: 60_000, energy_uj: 600, covered_ms: 60_000 },
+            ]
+        );
+        // Across a gap: energy booked, nothing covered.
+        let g = spread(0, 600_000, 10, MINUTE_MS, 300_000);
+        assert_eq!(g.len(), 10);
+        assert_eq!(g.iter().map(|s| s.energy_uj).sum::<i64>(), 10);
+        assert!(g.iter().all(|s| s.covered_ms == 0));
+    }
+
+    proptest! {
+        /// Shares sum to the energy exactly, never go negative for a positive
+        /// energy, and cover exactly the interval when it is not a gap.
+        #[test]
+        fn spread_is_exact(t0 in -10_000_000i64..10_000_000, len in 1i64..20_000_000, e in 0i64..1_000_000_000_000) {
+            let s = spread(t0, t0 + len, e, MINUTE_MS, i64::MAX);
+            prop_assert_eq!(s.iter().map(|x| i128::from(x.energy_uj)).sum::<i128>(), i128::from(e));
+            prop_assert!(s.iter().all(|x| x.energy_uj >= 0 && x.start_ms % MINUTE_MS == 0));
+            prop_assert_eq!(s.iter().map(|x| x.covered_ms).sum::<i64>(), len);
+        }
+
+        /// Splitting an interval at any point and spreading both parts with
+        /// their own energies gives the same total as the whole.
+        #[test]
+        fn counter_increments_telescope(values in proptest::collection::vec(0i64..1_000_000_000, 2..30)) {
+            let mut sorted = values.clone();
+            sorted.sort();
+            let total: i64 = sorted.windows(2).map(|w| increment(Some(w[0]), Some(w[1]))).sum();
+            prop_assert_eq!(total, sorted[sorted.len() - 1] - sorted[0]);
+        }
+    }
+}
