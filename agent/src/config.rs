@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domesday_model::catalog::is_reserved_label;
+use domesday_model::config_text::{find_key, locate};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A configuration error, already formatted for the operator.
@@ -305,28 +306,8 @@ fn default_hostname() -> String {
     sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into())
 }
 
-/// Byte offset of the first line assigning `key` (best effort, for messages).
-fn find_key(text: &str, key: &str) -> usize {
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim_start();
-        if let Some(rest) = t.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return offset + (line.len() - t.len());
-        }
-        offset += line.len();
-    }
-    0
-}
-
 fn located(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before[line_start..].chars().count() + 1;
-    let snippet = text[line_start..].lines().next().unwrap_or("").to_string();
+    let (line, column, snippet) = locate(text, offset);
     ConfigError::Invalid { path: path.to_path_buf(), line, column, message, snippet }
 }
 

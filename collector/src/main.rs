@@ -1,15 +1,154 @@
-//! `domesday-collector`: the energy ledger and the efficiency indicators.
-//!
-//! Not built yet: ingest, ledger, meters and indicators arrive with issues #3
-//! and #4. Until then the binary says so and exits non-zero, so nothing can
-//! mistake it for a working collector.
+//! `domesday-collector` command line (contract §6).
 
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use domesday_collector::api::parse_range;
+use domesday_collector::config::{CollectorConfig, Loaded, hash_token, hex};
+use domesday_collector::ledger::LedgerReader;
+use domesday_collector::ledger::query::EnergyQuery;
+use domesday_collector::ledger::sqlite::SqliteReader;
+use domesday_collector::serve;
+
+#[derive(Parser)]
+#[command(
+    name = "domesday-collector",
+    version,
+    about = "Energy ledger of domesday: remote_write ingest and energy API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// TOML config file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Address to serve on (default 127.0.0.1:9956).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Ledger database (default ./domesday.db).
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ingest and the API until SIGTERM.
+    Serve,
+    /// Validate the configuration and print the effective one (secrets omitted).
+    CheckConfig,
+    /// Read a token on stdin and print its SHA-256 for `token_sha256`.
+    HashToken,
+    /// Print the ledger's energy over [from, to) (read-only; works while `serve` runs).
+    Energy {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        meter: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "domesday-collector {}: not implemented yet (ingest and ledger: issue #3; meters and indicators: issue #4)",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::FAILURE
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DOMESDAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::HashToken = cli.command {
+        let mut token = String::new();
+        std::io::stdin().read_to_string(&mut token).context("reading the token on stdin")?;
+        if token.trim().is_empty() {
+            bail!("empty token on stdin");
+        }
+        println!("{}", hex(&hash_token(&token)));
+        return Ok(());
+    }
+    let Loaded { config: mut cfg, sites, read_hash } =
+        CollectorConfig::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = cli.db {
+        cfg.db = d;
+    }
+    match cli.command {
+        Command::HashToken => Ok(()),
+        Command::CheckConfig => {
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Command::Serve => {
+            if sites.is_empty() {
+                bail!(
+                    "no [[sites]] configured: nothing could write (see docs/collector.md, or run `domesday-collector demo`)"
+                );
+            }
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let listener = serve::bind(cfg.listen).await?;
+                serve::serve(cfg, sites, read_hash, listener, serve::shutdown_signal()).await
+            })
+        }
+        Command::Energy { site, host, meter, role, from, to, format } => {
+            if !serve::ledger_exists(&cfg.db) {
+                bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+            }
+            let (from_ms, to_ms) = parse_range(Some(&from), Some(&to)).map_err(|e| anyhow::anyhow!(e))?;
+            let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+            let r = reader.energy(&EnergyQuery { site, host, meter, role, from_ms, to_ms })?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&r)?),
+                "csv" => {
+                    println!(
+                        "site,host,meter,role,from,to,energy_joules,energy_microjoules,measured_joules,estimated_joules,coverage_ratio,samples,first_sample,last_sample"
+                    );
+                    println!(
+                        "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                        r.site,
+                        r.host.clone().unwrap_or_default(),
+                        r.meter.clone().unwrap_or_default(),
+                        r.role,
+                        r.from,
+                        r.to,
+                        r.energy_joules,
+                        r.energy_microjoules,
+                        r.measured_joules,
+                        r.estimated_joules,
+                        r.coverage_ratio,
+                        r.samples,
+                        r.first_sample.clone().unwrap_or_default(),
+                        r.last_sample.clone().unwrap_or_default()
+                    );
+                }
+                other => bail!("--format {other:?}: use json or csv"),
+            }
+            Ok(())
+        }
+    }
 }

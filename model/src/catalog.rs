@@ -158,12 +158,87 @@ metric!(
     "Wall time the last sampling tick took."
 );
 
-metric!(PUSH_SAMPLES, "domesday_push_samples_total", Counter, "", ["result"],
-    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429).");
-metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [],
-    "Bytes waiting in the push spool on disk.");
-metric!(PUSH_LAST_SUCCESS, "domesday_push_last_success_timestamp_seconds", Gauge, "seconds", [],
-    "Unix time of the last request the collector acknowledged.");
+metric!(
+    PUSH_SAMPLES,
+    "domesday_push_samples_total",
+    Counter,
+    "",
+    ["result"],
+    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429)."
+);
+metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [], "Bytes waiting in the push spool on disk.");
+metric!(
+    PUSH_LAST_SUCCESS,
+    "domesday_push_last_success_timestamp_seconds",
+    Gauge,
+    "seconds",
+    [],
+    "Unix time of the last request the collector acknowledged."
+);
+
+metric!(
+    SITE_ENERGY,
+    Collector,
+    "domesday_site_energy_joules_total",
+    Counter,
+    "joules",
+    ["site", "role"],
+    "Energy booked in the ledger per site and boundary role (it_in: the sum of the agents' host energy)."
+);
+metric!(
+    HOST_LAST_SEEN,
+    Collector,
+    "domesday_host_last_seen_timestamp_seconds",
+    Gauge,
+    "seconds",
+    ["site", "host"],
+    "Unix time of the newest sample received from a host."
+);
+metric!(
+    INGEST_REQUESTS,
+    Collector,
+    "domesday_ingest_requests_total",
+    Counter,
+    "",
+    ["code"],
+    "remote_write requests answered, by HTTP status code."
+);
+metric!(
+    INGEST_SAMPLES,
+    Collector,
+    "domesday_ingest_samples_total",
+    Counter,
+    "",
+    ["result"],
+    "Samples of accepted requests: booked, duplicate (counted once), conflict (same timestamp, other value: first wins), host_conflict (another machine claims the host), too_old, not_booked (series the ledger does not sum), suspect (see domesday_ingest_rejected_total)."
+);
+metric!(
+    INGEST_REJECTED,
+    Collector,
+    "domesday_ingest_rejected_total",
+    Counter,
+    "",
+    ["reason"],
+    "Refused requests (invalid, unauthorized, wrong_site, too_large, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+);
+metric!(
+    LEDGER_LAG,
+    Collector,
+    "domesday_ledger_lag_seconds",
+    Gauge,
+    "seconds",
+    [],
+    "How long the oldest request of the last commit waited for the ledger writer."
+);
+metric!(
+    LEDGER_DB_BYTES,
+    Collector,
+    "domesday_ledger_db_bytes",
+    Gauge,
+    "bytes",
+    [],
+    "Size of the ledger database files (database and write-ahead log)."
+);
 
 /// Every family, in exposition order.
 pub const CATALOG: &[MetricDef] = &[
@@ -185,6 +260,13 @@ pub const CATALOG: &[MetricDef] = &[
     PUSH_SAMPLES,
     SPOOL_BYTES,
     PUSH_LAST_SUCCESS,
+    SITE_ENERGY,
+    HOST_LAST_SEEN,
+    INGEST_REQUESTS,
+    INGEST_SAMPLES,
+    INGEST_REJECTED,
+    LEDGER_LAG,
+    LEDGER_DB_BYTES,
 ];
 
 /// Looks a family up by name.

@@ -14,7 +14,10 @@ pub fn metrics_reference() -> String {
          Label values are listed in the contract's vocabulary (see `model/src/vocab.rs`).\n\n",
         CONSTANT_LABELS.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
     ));
-    for (title, component) in [("Agent (`domesday-agent`, `/metrics`)", Component::Agent)] {
+    for (title, component) in [
+        ("Agent (`domesday-agent`, `/metrics`)", Component::Agent),
+        ("Collector (`domesday-collector`, `/metrics`; no constant labels)", Component::Collector),
+    ] {
         out.push_str(&format!("## {title}\n\n| family | type | unit | labels | help |\n|---|---|---|---|---|\n"));
         for m in CATALOG.iter().filter(|m| m.component == component) {
             let labels = if m.labels.is_empty() {

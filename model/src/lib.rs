@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod config_keys;
+pub mod config_text;
 pub mod docs;
 pub mod exposition;
 pub mod remote_write;

@@ -62,11 +62,7 @@ pub fn spread(t0: i64, t1: i64, energy_uj: i64, bucket_ms: i64, gap_ms: i64) -> 
         let share = cum - given;
         given = cum;
         let overlap = end.min(t1) - start.max(t0);
-        out.push(Share {
-            start_ms: start,
-            energy_uj: share as i64,
-            covered_ms: if covered { overlap } else { 0 },
-        });
+        out.push(Share { start_ms: start, energy_uj: share as i64, covered_ms: if covered { overlap } else { 0 } });
         start = end;
     }
     out

@@ -138,7 +138,10 @@ fn parse_args() -> Result<Option<Args>> {
     }
     for (what, p) in [("--agent", &a.agent), ("--node-exporter", &a.node_exporter)] {
         if !p.is_file() {
-            bail!("{what} {}: no such file (build with `cargo build --release`, or apt-get install prometheus-node-exporter)", p.display());
+            bail!(
+                "{what} {}: no such file (build with `cargo build --release`, or apt-get install prometheus-node-exporter)",
+                p.display()
+            );
         }
     }
     Ok(Some(a))
@@ -313,7 +316,8 @@ fn cpu_of(pid: u32) -> Result<(Cpu, Vec<u32>)> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After "comm)": state is field 3, utime 14, stime 15.
-    let field = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| anyhow!("bad stat field {i}"));
+    let field =
+        |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| anyhow!("bad stat field {i}"));
     c.stat_ticks = field(14)? + field(15)?;
     tids.sort_unstable();
     Ok((c, tids))
@@ -450,6 +454,8 @@ struct Figures {
     wire_bytes: Vec<usize>,
     gzip_answers: usize,
     series: usize,
+    /// Which collectors (node_exporter) or sensors (agent) worked, from the body.
+    collectors: String,
     steady: Latencies,
     steady_failed: usize,
     burst: Latencies,
@@ -462,6 +468,26 @@ struct Figures {
 
 fn series_count(body: &[u8]) -> usize {
     String::from_utf8_lossy(body).lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count()
+}
+
+/// `collector=value` of node_exporter's `node_scrape_collector_success`, or
+/// `up/total` of the agent's `domesday_sensor_up`.
+fn health(body: &str) -> String {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let node: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("node_scrape_collector_success{"))
+        .map(|l| {
+            let c = l.split("collector=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("?");
+            format!("{c}={}", value(l))
+        })
+        .collect();
+    if !node.is_empty() {
+        return node.join(" ");
+    }
+    let up: Vec<f64> = body.lines().filter(|l| l.starts_with("domesday_sensor_up{")).map(value).collect();
+    let ok = up.iter().filter(|v| **v == 1.0).count();
+    format!("{ok}/{}", up.len())
 }
 
 fn median_usize(v: &[usize]) -> usize {
@@ -614,6 +640,7 @@ fn run() -> Result<()> {
         let (_, r) = t.http.scrape(false).with_context(|| format!("plain scrape of {}", t.name))?;
         f.plain_bytes = r.body.len();
         f.series = series_count(&r.body);
+        f.collectors = health(&String::from_utf8_lossy(&r.body));
     }
     let load_mid = loadavg();
 
@@ -714,7 +741,12 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
     let mut row = |name: &str, x: String, y: String, r: String| {
         let _ = writeln!(o, "| {name} | {x} | {y} | {r} |");
     };
-    row("CPU time over phase 1, schedstat (s)", format!("{:.3}", a.cpu_s), format!("{:.3}", n.cpu_s), ratio(a.cpu_s, n.cpu_s));
+    row(
+        "CPU time over phase 1, schedstat (s)",
+        format!("{:.3}", a.cpu_s),
+        format!("{:.3}", n.cpu_s),
+        ratio(a.cpu_s, n.cpu_s),
+    );
     row(
         "CPU time over phase 1, utime+stime (s)",
         format!("{:.2}", a.cpu_stat_s),
@@ -727,14 +759,39 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         format!("{:.3}", 100.0 * n.cpu_s / n.wall_s),
         String::new(),
     );
-    row("RSS at end of phase 1 (MiB)", format!("{:.1}", mib(a.rss_kb)), format!("{:.1}", mib(n.rss_kb)), ratio(a.rss_kb as f64, n.rss_kb as f64));
-    row("peak RSS, VmHWM (MiB)", format!("{:.1}", mib(a.hwm_kb)), format!("{:.1}", mib(n.hwm_kb)), ratio(a.hwm_kb as f64, n.hwm_kb as f64));
-    row("threads (exited during phase 1)", format!("{} ({})", a.threads, a.threads_gone), format!("{} ({})", n.threads, n.threads_gone), String::new());
-    row("body bytes, plain", a.plain_bytes.to_string(), n.plain_bytes.to_string(), ratio(a.plain_bytes as f64, n.plain_bytes as f64));
+    row(
+        "RSS at end of phase 1 (MiB)",
+        format!("{:.1}", mib(a.rss_kb)),
+        format!("{:.1}", mib(n.rss_kb)),
+        ratio(a.rss_kb as f64, n.rss_kb as f64),
+    );
+    row(
+        "peak RSS, VmHWM (MiB)",
+        format!("{:.1}", mib(a.hwm_kb)),
+        format!("{:.1}", mib(n.hwm_kb)),
+        ratio(a.hwm_kb as f64, n.hwm_kb as f64),
+    );
+    row(
+        "threads (exited during phase 1)",
+        format!("{} ({})", a.threads, a.threads_gone),
+        format!("{} ({})", n.threads, n.threads_gone),
+        String::new(),
+    );
+    row(
+        "body bytes, plain",
+        a.plain_bytes.to_string(),
+        n.plain_bytes.to_string(),
+        ratio(a.plain_bytes as f64, n.plain_bytes as f64),
+    );
     let wire_label = if args.gzip { "body bytes as scraped (gzip, median)" } else { "body bytes as scraped (median)" };
     let (aw, nw) = (median_usize(&a.wire_bytes), median_usize(&n.wire_bytes));
     row(wire_label, aw.to_string(), nw.to_string(), ratio(aw as f64, nw as f64));
-    row("series (non-comment lines)", a.series.to_string(), n.series.to_string(), ratio(a.series as f64, n.series as f64));
+    row(
+        "series (non-comment lines)",
+        a.series.to_string(),
+        n.series.to_string(),
+        ratio(a.series as f64, n.series as f64),
+    );
     row(
         "phase 1 scrapes ok / failed",
         format!("{} / {}", a.steady.ms.len(), a.steady_failed),
@@ -755,7 +812,12 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         format!("{:.1}", n.burst_cpu_us),
         ratio(a.burst_cpu_us, n.burst_cpu_us),
     );
-    row("stderr lines (warn/error)", format!("{} ({})", a.stderr_lines, a.stderr_problems.len()), format!("{} ({})", n.stderr_lines, n.stderr_problems.len()), String::new());
+    row(
+        "stderr lines (warn/error)",
+        format!("{} ({})", a.stderr_lines, a.stderr_problems.len()),
+        format!("{} ({})", n.stderr_lines, n.stderr_problems.len()),
+        String::new(),
+    );
     row("exit after SIGTERM", a.exit.clone(), n.exit.clone(), String::new());
 
     let cpu_r = a.cpu_s / n.cpu_s;
@@ -784,6 +846,8 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         "| agent /metrics p99 < 1 ms | < 1.000 ms, both phases | phase 2 {p99_burst:.3} ms, phase 1 {p99_steady:.3} ms | {} |",
         verdict(p99_burst < 1.0 && p99_steady < 1.0)
     );
+    let _ = writeln!(o, "\n* node_exporter collectors (`node_scrape_collector_success`): {}", n.collectors);
+    let _ = writeln!(o, "* agent sensors up (`domesday_sensor_up`): {}", a.collectors);
     for fig in f {
         if !fig.stderr_problems.is_empty() {
             let name = if std::ptr::eq(fig, a) { "domesday-agent" } else { "node_exporter" };
@@ -811,6 +875,7 @@ fn json(args: &Args, h: &Header, f: &[Figures; 2]) -> serde_json::Value {
             "wire_bytes": x.wire_bytes,
             "gzip_answers": x.gzip_answers,
             "series": x.series,
+            "health": x.collectors,
             "phase1_latency_ms": x.steady.ms,
             "phase1_failed": x.steady_failed,
             "phase2_latency_ms": x.burst.ms,

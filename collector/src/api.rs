@@ -1,0 +1,346 @@
+//! The collector's HTTP API (contract §6): remote_write ingest, the energy,
+//! sites and hosts read endpoints, health and `/metrics`. Handlers only
+//! validate, hand work to the ledger writer or reader, and format answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use domesday_model::catalog::{
+    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
+};
+use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::{IngestConfig, Site, hash_token};
+use crate::ingest::{Refusal, authenticate, decode_body, split};
+use crate::ledger::query::{EnergyQuery, rfc3339};
+use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
+use crate::ledger::{Batch, LedgerReader, Outcome};
+
+/// Counters behind the collector's `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    requests: BTreeMap<u16, u64>,
+    samples: BTreeMap<&'static str, u64>,
+    rejected: BTreeMap<&'static str, u64>,
+    site_energy: BTreeMap<(String, String), i128>,
+    last_seen: BTreeMap<(String, String), i64>,
+}
+
+impl Stats {
+    /// Starts the per-site energy counters from the ledger's totals.
+    pub fn with_totals(totals: Vec<(String, String, i128)>) -> Self {
+        Stats { site_energy: totals.into_iter().map(|(s, r, e)| ((s, r), e)).collect(), ..Default::default() }
+    }
+
+    /// Books what a commit did (called by the writer thread).
+    pub fn committed(&mut self, batches: &[Batch], outcomes: &[Outcome]) {
+        for (b, o) in batches.iter().zip(outcomes) {
+            if let Some(site) = b.samples.first().map(|s| s.site.clone()) {
+                *self.site_energy.entry((site, "it_in".into())).or_insert(0) += o.energy_uj;
+            }
+            for (k, v) in [
+                ("booked", o.booked),
+                ("duplicate", o.duplicate),
+                ("conflict", o.conflict),
+                ("host_conflict", o.host_conflict),
+                ("too_old", o.too_old),
+            ] {
+                *self.samples.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub sites: Vec<Site>,
+    pub read_hash: Option<[u8; 32]>,
+    pub limits: IngestConfig,
+    pub writer: WriterHandle,
+    pub reader: Arc<dyn LedgerReader>,
+    pub stats: Arc<Mutex<Stats>>,
+    pub db_path: PathBuf,
+}
+
+type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/api/v1/write", post(write).layer(DefaultBodyLimit::max(body_limit)))
+        .route("/api/v1/energy", get(energy))
+        .route("/api/v1/sites", get(sites))
+        .route("/api/v1/sites/{site}/hosts", get(hosts))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into() + "\n").into_response()
+}
+
+fn count_request(state: &AppState, code: u16) {
+    if let Ok(mut s) = state.stats.lock() {
+        *s.requests.entry(code).or_insert(0) += 1;
+    }
+}
+
+fn reject(state: &AppState, r: &Refusal) -> Response {
+    if let Ok(mut s) = state.stats.lock() {
+        *s.rejected.entry(r.reason()).or_insert(0) += 1;
+    }
+    count_request(state, r.status());
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, r.to_string())
+}
+
+async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let site = match authenticate(&state.sites, auth) {
+        Ok(s) => s.config.id.clone(),
+        Err(r) => return reject(&state, &r),
+    };
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+        && !enc.eq_ignore_ascii_case("snappy")
+    {
+        return reject(
+            &state,
+            &Refusal::BadRequest(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
+        );
+    }
+    let req = match decode_body(&body, &state.limits) {
+        Ok(r) => r,
+        Err(r) => return reject(&state, &r),
+    };
+    let accepted = match split(&req, &site, now_ms(), &state.limits) {
+        Ok(a) => a,
+        Err(r) => return reject(&state, &r),
+    };
+    if let Ok(mut s) = state.stats.lock() {
+        for (k, v) in &accepted.suspect {
+            *s.rejected.entry(k).or_insert(0) += v;
+            *s.samples.entry("suspect").or_insert(0) += v;
+        }
+        *s.samples.entry("not_booked").or_insert(0) += accepted.other;
+        for (host, t) in &accepted.hosts {
+            let e = s.last_seen.entry((site.clone(), host.clone())).or_insert(*t);
+            *e = (*e).max(*t);
+        }
+    }
+    if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
+        count_request(&state, 204);
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    match state.writer.submit(accepted.batch).await {
+        Ok(Ok(_)) => {
+            count_request(&state, 204);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Err(e)) => {
+            count_request(&state, 503);
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}"))
+        }
+        Err(e @ (SubmitError::Busy | SubmitError::Stopped)) => {
+            if let Ok(mut s) = state.stats.lock() {
+                *s.rejected.entry("busy").or_insert(0) += 1;
+            }
+            count_request(&state, 503);
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+/// Read endpoints: free on loopback, else the read token. `Some` is the refusal.
+fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+    if peer.ip().is_loopback() {
+        return None;
+    }
+    let token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+    match (state.read_hash, token) {
+        (Some(h), Some(t)) if bool::from(h.ct_eq(&hash_token(t))) => None,
+        _ => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "read endpoints need `Authorization: Bearer <read token>` off loopback",
+        )),
+    }
+}
+
+/// RFC 3339 or Unix milliseconds.
+pub fn parse_time(name: &str, v: &str) -> Result<i64, String> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    v.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| format!("`{name}`: {v:?} is neither RFC 3339 (2026-01-01T00:00:00Z) nor Unix milliseconds ({e})"))
+}
+
+/// Parses and checks `[from, to)`: whole minutes, from < to.
+pub fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), String> {
+    let from = parse_time("from", from.ok_or("`from` is required")?)?;
+    let to = parse_time("to", to.ok_or("`to` is required")?)?;
+    const MIN: i64 = 60_000;
+    if from % MIN != 0 || to % MIN != 0 {
+        return Err(format!(
+            "bounds must be whole minutes: use from={} and to={}",
+            rfc3339(from.div_euclid(MIN) * MIN),
+            rfc3339((to + MIN - 1).div_euclid(MIN) * MIN)
+        ));
+    }
+    if from >= to {
+        return Err("`from` must be before `to`".into());
+    }
+    Ok((from, to))
+}
+
+#[derive(Debug, Deserialize)]
+struct EnergyParams {
+    site: Option<String>,
+    host: Option<String>,
+    meter: Option<String>,
+    role: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn energy(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(p): Query<EnergyParams>,
+) -> Response {
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let Some(site) = p.site.clone() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
+    if !state.sites.iter().any(|s| s.config.id == site) {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    }
+    if p.host.is_some() && p.meter.is_some() {
+        return error(StatusCode::BAD_REQUEST, "give `host` or `meter`, not both");
+    }
+    let (from_ms, to_ms) = match parse_range(p.from.as_deref(), p.to.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let q = EnergyQuery { site, host: p.host, meter: p.meter, role: p.role, from_ms, to_ms };
+    let reader = state.reader.clone();
+    match tokio::task::spawn_blocking(move || reader.energy(&q)).await {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn sites(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let list: Vec<serde_json::Value> = state
+        .sites
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.config.id, "name": s.config.name, "operator": s.config.operator,
+                "region": s.config.region, "timezone": s.config.timezone, "pue_target": s.config.pue_target,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "sites": list })).into_response()
+}
+
+async fn hosts(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+) -> Response {
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    if !state.sites.iter().any(|s| s.config.id == site) {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    }
+    let reader = state.reader.clone();
+    let s = site.clone();
+    match tokio::task::spawn_blocking(move || reader.hosts(&s, now_ms())).await {
+        Ok(Ok(rows)) => axum::Json(serde_json::json!({ "site": site, "hosts": rows })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    let reader = state.reader.clone();
+    match tokio::task::spawn_blocking(move || reader.site_totals().map(|_| ())).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "ledger database not readable"),
+    }
+}
+
+fn db_bytes(path: &std::path::Path) -> u64 {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    [path.to_path_buf(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let mut samples = Vec::new();
+    if let Ok(s) = state.stats.lock() {
+        for ((site, role), uj) in &s.site_energy {
+            samples.push(Sample::new(&SITE_ENERGY, vec![site.clone(), role.clone()], *uj as f64 / 1e6));
+        }
+        for ((site, host), t) in &s.last_seen {
+            samples.push(Sample::new(&HOST_LAST_SEEN, vec![site.clone(), host.clone()], *t as f64 / 1000.0));
+        }
+        for (code, n) in &s.requests {
+            samples.push(Sample::new(&INGEST_REQUESTS, vec![code.to_string()], *n as f64));
+        }
+        for (r, n) in &s.samples {
+            samples.push(Sample::new(&INGEST_SAMPLES, vec![r.to_string()], *n as f64));
+        }
+        for (r, n) in &s.rejected {
+            samples.push(Sample::new(&INGEST_REJECTED, vec![r.to_string()], *n as f64));
+        }
+    }
+    samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
+    samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(&state.db_path) as f64));
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&samples, &[])).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_whole_minutes() {
+        assert_eq!(
+            parse_range(Some("2026-01-01T00:00:00Z"), Some("2026-01-01T01:00:00Z")),
+            Ok((1_767_225_600_000, 1_767_229_200_000))
+        );
+        assert_eq!(parse_range(Some("60000"), Some("120000")), Ok((60_000, 120_000)));
+        let e = parse_range(Some("2026-01-01T00:00:30Z"), Some("2026-01-01T00:01:30Z")).expect_err("must be refused");
+        assert!(e.contains("from=2026-01-01T00:00:00Z") && e.contains("to=2026-01-01T00:02:00Z"), "{e}");
+        assert!(parse_range(Some("120000"), Some("60000")).is_err());
+        assert!(parse_range(None, Some("60000")).is_err());
+        assert!(parse_range(Some("yesterday"), Some("60000")).expect_err("must be refused").contains("RFC 3339"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Collector configuration (contract §6): typed, validated before anything
+//! binds or starts; errors name the file, line, key and fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domesday_model::config_text::{find_key, locate};
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ledger::sqlite::Policy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n  | {snippet}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String, snippet: String },
+}
+
+/// A duration string (`"5m"`, `"90d"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"5m\", \"90d\""))
+        })?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(format!("duration {s:?} must be greater than zero")));
+        }
+        Ok(Dur(v))
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9956))
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("./domesday.db")
+}
+
+/// Ledger rules and retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Intervals between samples longer than this count as gaps in coverage.
+    pub gap: Dur,
+    /// Per-host minutes and raw samples are kept this long; hourly roll-ups forever.
+    pub minute_retention: Dur,
+    /// A machine silent this long yields its host name to another machine.
+    pub host_takeover: Dur,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            gap: Dur(Duration::from_secs(300)),
+            minute_retention: Dur(Duration::from_secs(90 * 86_400)),
+            host_takeover: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl LedgerConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            gap_ms: self.gap.0.as_millis() as i64,
+            minute_retention_ms: self.minute_retention.0.as_millis() as i64,
+            host_takeover_ms: self.host_takeover.0.as_millis() as i64,
+        }
+    }
+}
+
+/// Limits applied to each remote_write request before and while decoding.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub max_body_bytes: usize,
+    /// Checked against the length snappy declares, before decompressing.
+    pub max_uncompressed_bytes: usize,
+    pub max_series_per_request: usize,
+    pub max_samples_per_request: usize,
+    pub max_labels_per_series: usize,
+    pub max_label_bytes: usize,
+    /// Samples further in the future than this are suspect (clock skew).
+    pub max_future: Dur,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 16 << 20,
+            max_uncompressed_bytes: 64 << 20,
+            max_series_per_request: 100_000,
+            max_samples_per_request: 1_000_000,
+            max_labels_per_series: 64,
+            max_label_bytes: 4096,
+            max_future: Dur(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// A site.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub operator: String,
+    #[serde(default)]
+    pub region: String,
+    pub timezone: String,
+    /// SHA-256 (hex) of the site's write token (`domesday-collector hash-token`).
+    #[serde(default, skip_serializing)]
+    pub token_sha256: Option<String>,
+    /// A file holding the token itself (hashed at load).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub pue_target: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_db")]
+    pub db: PathBuf,
+    /// SHA-256 (hex) of the token that read endpoints need on non-loopback addresses.
+    #[serde(default, skip_serializing)]
+    pub read_token_sha256: Option<String>,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// A site with its token hash resolved.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub config: SiteConfig,
+    pub token_hash: [u8; 32],
+}
+
+/// SHA-256 of a token (trimmed of surrounding whitespace).
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let h = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(h, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// A validated configuration with its secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: CollectorConfig,
+    pub sites: Vec<Site>,
+    pub read_hash: Option<[u8; 32]>,
+}
+
+impl CollectorConfig {
+    /// Loads and validates; `None` gives the defaults (no site: `demo` adds one).
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let (text, path) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+                p.to_path_buf(),
+            ),
+            None => (String::new(), PathBuf::from("<defaults>")),
+        };
+        let err = |offset: usize, message: String| {
+            let (line, column, snippet) = locate(&text, offset);
+            ConfigError::Invalid { path: path.clone(), line, column, message, snippet }
+        };
+        let cfg: CollectorConfig =
+            toml::from_str(&text).map_err(|e| err(e.span().map(|s| s.start).unwrap_or(0), e.message().to_string()))?;
+        let at = |key: &str, msg: String| err(find_key(&text, key), format!("key `{key}`: {msg}"));
+        let read_hash = match &cfg.read_token_sha256 {
+            Some(h) => Some(parse_hex32(h).ok_or_else(|| {
+                at("read_token_sha256", "must be 64 hex digits (domesday-collector hash-token < token)".into())
+            })?),
+            None => None,
+        };
+        let mut sites = Vec::new();
+        for s in &cfg.sites {
+            if !valid_id(&s.id) {
+                return Err(at("id", format!("site id {:?} must be non-empty letters, digits, '-', '_' or '.'", s.id)));
+            }
+            if sites.iter().any(|o: &Site| o.config.id == s.id) {
+                return Err(at("id", format!("site id {:?} is defined twice", s.id)));
+            }
+            if jiff::tz::TimeZone::get(&s.timezone).is_err() {
+                return Err(at(
+                    "timezone",
+                    format!("{:?} is not an IANA time zone (e.g. \"Europe/Paris\")", s.timezone),
+                ));
+            }
+            if let Some(t) = s.pue_target
+                && !(t.is_finite() && t >= 1.0)
+            {
+                return Err(at("pue_target", format!("{t} is below 1.0, which no PUE can be")));
+            }
+            let token_hash = match (&s.token_sha256, &s.token_file) {
+                (Some(h), None) => parse_hex32(h).ok_or_else(|| {
+                    at("token_sha256", "must be 64 hex digits (domesday-collector hash-token < token)".into())
+                })?,
+                (None, Some(f)) => {
+                    let token = std::fs::read_to_string(f)
+                        .map_err(|e| at("token_file", format!("cannot read {}: {e}", f.display())))?;
+                    if token.trim().is_empty() {
+                        return Err(at("token_file", format!("{} is empty", f.display())));
+                    }
+                    hash_token(&token)
+                }
+                _ => {
+                    return Err(at("id", format!("site {:?} needs exactly one of token_sha256 or token_file", s.id)));
+                }
+            };
+            sites.push(Site { config: s.clone(), token_hash });
+        }
+        Ok(Loaded { config: cfg, sites, read_hash })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        f.write_all(text.as_bytes()).expect("write");
+        CollectorConfig::load(Some(f.path()))
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+
+    #[test]
+    fn defaults_and_a_site() {
+        let Loaded { config: c, sites, .. } =
+            load(&format!("[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{HASH}\"\n"))
+                .expect("load");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9956");
+        assert_eq!(c.db, PathBuf::from("./domesday.db"));
+        assert_eq!(sites[0].token_hash, hash_token("test"));
+        assert_eq!(hex(&hash_token("test")), HASH);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = load("[[sites]]\nid = \"a\"\ntimezone = \"Mars/Olympus\"\ntoken_sha256 = \"x\"\n")
+            .map(|_| ())
+            .expect_err("must be refused")
+            .to_string();
+        assert!(e.contains(":3:") && e.contains("IANA"), "{e}");
+        let e = load(&format!("[[sites]]\nid = \"a\"\ntimezone = \"UTC\"\ntoken_sha256 = \"{HASH}\"\ncolour = 1\n"))
+            .map(|_| ())
+            .expect_err("must be refused")
+            .to_string();
+        assert!(e.contains(":5:") && e.contains("colour"), "{e}");
+        let e =
+            load("[[sites]]\nid = \"a\"\ntimezone = \"UTC\"\n").map(|_| ()).expect_err("must be refused").to_string();
+        assert!(e.contains("token_sha256 or token_file"), "{e}");
+        let e = load("[ledger]\ngap = \"soon\"\n").map(|_| ()).expect_err("must be refused").to_string();
+        assert!(e.contains(":2:") && e.contains("5m"), "{e}");
+    }
+}

@@ -1,0 +1,367 @@
+//! remote_write ingest rules (contract §6): authentication of the site's token,
+//! limits, protocol validation, and the split of a request into what the ledger
+//! books and what is only counted. Pure functions over a decoded request, so
+//! every rule is unit-tested without HTTP.
+
+use std::collections::BTreeMap;
+
+use domesday_model::remote_write::{DecodeError, WriteRequest, decode, is_stale_nan};
+use domesday_model::vocab::Method;
+use subtle::ConstantTimeEq;
+
+use crate::config::{IngestConfig, Site, hash_token};
+use crate::ledger::book::joules_to_uj;
+use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim};
+
+/// Counters far beyond any machine's energy (10 TJ ≈ 2.8 GWh) are suspect.
+pub const ABSURD_JOULES: f64 = 1e13;
+
+/// A refused request and the status to answer with. Nothing is stored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadRequest(_) => 400,
+            Refusal::Unauthorized(_) => 401,
+            Refusal::Forbidden(_) => 403,
+            Refusal::TooLarge(_) => 413,
+        }
+    }
+
+    /// The `reason` label in `domesday_ingest_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "invalid",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Forbidden(_) => "wrong_site",
+            Refusal::TooLarge(_) => "too_large",
+        }
+    }
+}
+
+/// A request split for the ledger, with per-reason counts of what is not booked.
+#[derive(Debug, Default, PartialEq)]
+pub struct Accepted {
+    pub batch: Batch,
+    /// Samples accepted but not booked, by reason (`nan`, `inf`, `negative`,
+    /// `absurd`, `future`, `no_site`).
+    pub suspect: BTreeMap<&'static str, u64>,
+    /// Samples of other series, validated and not summed.
+    pub other: u64,
+    /// (host, latest timestamp) seen in the request, for last-seen.
+    pub hosts: BTreeMap<String, i64>,
+}
+
+/// Finds the site whose token this is, comparing hashes in constant time.
+pub fn authenticate<'a>(sites: &'a [Site], authorization: Option<&str>) -> Result<&'a Site, Refusal> {
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .ok_or_else(|| Refusal::Unauthorized("missing `Authorization: Bearer <site write token>`".into()))?;
+    let presented = hash_token(token);
+    let mut found = None;
+    for s in sites {
+        if bool::from(s.token_hash.ct_eq(&presented)) {
+            found = Some(s);
+        }
+    }
+    found.ok_or_else(|| Refusal::Unauthorized("unknown token: no site has this write token".into()))
+}
+
+fn valid_label_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+fn valid_metric_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+}
+
+/// Decodes a body within the limits.
+pub fn decode_body(body: &[u8], limits: &IngestConfig) -> Result<WriteRequest, Refusal> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Refusal::TooLarge(format!("body of {} bytes exceeds {}", body.len(), limits.max_body_bytes)));
+    }
+    decode(body, limits.max_uncompressed_bytes).map_err(|e| match e {
+        DecodeError::TooLarge { .. } => Refusal::TooLarge(e.to_string()),
+        _ => Refusal::BadRequest(e.to_string()),
+    })
+}
+
+/// Applies the ingest rules to a decoded request from `site`.
+pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
+    if req.timeseries.len() > limits.max_series_per_request {
+        return Err(Refusal::TooLarge(format!(
+            "{} series in one request exceed {}",
+            req.timeseries.len(),
+            limits.max_series_per_request
+        )));
+    }
+    let total: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
+    if total > limits.max_samples_per_request {
+        return Err(Refusal::TooLarge(format!(
+            "{total} samples in one request exceed {}",
+            limits.max_samples_per_request
+        )));
+    }
+    let max_future = now_ms + limits.max_future.0.as_millis() as i64;
+    let mut acc = Accepted::default();
+    for (i, ts) in req.timeseries.iter().enumerate() {
+        if ts.labels.len() > limits.max_labels_per_series {
+            return Err(Refusal::BadRequest(format!(
+                "series {i}: {} labels exceed {}",
+                ts.labels.len(),
+                limits.max_labels_per_series
+            )));
+        }
+        let mut names: Vec<&str> = Vec::with_capacity(ts.labels.len());
+        for l in &ts.labels {
+            if l.name.len() + l.value.len() > limits.max_label_bytes {
+                return Err(Refusal::BadRequest(format!(
+                    "series {i}: label {:?} is longer than {} bytes",
+                    l.name, limits.max_label_bytes
+                )));
+            }
+            if l.name != "__name__" && !valid_label_name(&l.name) {
+                return Err(Refusal::BadRequest(format!("series {i}: invalid label name {:?}", l.name)));
+            }
+            if names.contains(&l.name.as_str()) {
+                return Err(Refusal::BadRequest(format!("series {i}: duplicate label name {:?}", l.name)));
+            }
+            names.push(&l.name);
+        }
+        let name = ts.label("__name__").unwrap_or("");
+        if !valid_metric_name(name) {
+            return Err(Refusal::BadRequest(format!("series {i}: missing or invalid metric name {name:?}")));
+        }
+        let ledger = name == HOST_ENERGY_METRIC;
+        match ts.label("site") {
+            Some(s) if s != site => {
+                return Err(Refusal::Forbidden(format!(
+                    "series {i} ({name}) belongs to site {s:?}; this token writes site {site:?}"
+                )));
+            }
+            Some(_) => {}
+            None if ledger => {
+                return Err(Refusal::BadRequest(format!("series {i}: {name} without a `site` label cannot be booked")));
+            }
+            None => {
+                *acc.suspect.entry("no_site").or_insert(0) += ts.samples.len() as u64;
+                continue;
+            }
+        }
+        let host = ts.label("host").unwrap_or("");
+        if name == "domesday_host_info"
+            && let (false, Some(m)) = (host.is_empty(), ts.label("machine_id").filter(|m| !m.is_empty()))
+        {
+            for s in &ts.samples {
+                acc.batch.claims.push(HostClaim {
+                    site: site.into(),
+                    host: host.into(),
+                    machine_id: m.into(),
+                    ts_ms: s.timestamp,
+                });
+            }
+        }
+        if !host.is_empty()
+            && let Some(t) = ts.samples.iter().map(|s| s.timestamp).max()
+        {
+            let e = acc.hosts.entry(host.to_string()).or_insert(t);
+            *e = (*e).max(t);
+        }
+        if !ledger {
+            acc.other += ts.samples.len() as u64;
+            continue;
+        }
+        if host.is_empty() {
+            return Err(Refusal::BadRequest(format!("series {i}: {name} without a `host` label cannot be booked")));
+        }
+        let method_label = ts.label("method").unwrap_or("");
+        let Some(method) = Method::ALL.iter().find(|m| m.as_str() == method_label) else {
+            return Err(Refusal::BadRequest(format!("series {i}: {name} has an unknown method {method_label:?}")));
+        };
+        for s in &ts.samples {
+            let value_uj = if is_stale_nan(s.value) {
+                None
+            } else {
+                let reason = if s.value.is_nan() {
+                    Some("nan")
+                } else if s.value.is_infinite() {
+                    Some("inf")
+                } else if s.value < 0.0 {
+                    Some("negative")
+                } else if s.value > ABSURD_JOULES {
+                    Some("absurd")
+                } else if s.timestamp > max_future {
+                    Some("future")
+                } else {
+                    None
+                };
+                if let Some(r) = reason {
+                    *acc.suspect.entry(r).or_insert(0) += 1;
+                    continue;
+                }
+                match joules_to_uj(s.value) {
+                    Some(v) => Some(v),
+                    None => {
+                        *acc.suspect.entry("absurd").or_insert(0) += 1;
+                        continue;
+                    }
+                }
+            };
+            acc.batch.samples.push(CounterSample {
+                site: site.to_string(),
+                host: host.to_string(),
+                method: method.as_str().to_string(),
+                quality: method.quality().as_str().to_string(),
+                ts_ms: s.timestamp,
+                value_uj,
+            });
+        }
+    }
+    // Within a request, book each series in time order.
+    acc.batch.samples.sort_by(|a, b| (&a.host, &a.method, a.ts_ms).cmp(&(&b.host, &b.method, b.ts_ms)));
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domesday_model::remote_write::{Label, Sample, TimeSeries, stale_nan};
+
+    fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
+            samples: samples.iter().map(|(v, t)| Sample { value: *v, timestamp: *t }).collect(),
+        }
+    }
+
+    fn energy(site: &str, samples: &[(f64, i64)]) -> TimeSeries {
+        series(
+            &[
+                ("__name__", HOST_ENERGY_METRIC),
+                ("site", site),
+                ("host", "h1"),
+                ("method", "model"),
+                ("quality", "estimated"),
+            ],
+            samples,
+        )
+    }
+
+    fn req(ts: Vec<TimeSeries>) -> WriteRequest {
+        WriteRequest { timeseries: ts }
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn books_host_energy_and_counts_the_rest() {
+        let r = req(vec![
+            energy("s", &[(10.0, NOW - 2000), (11.5, NOW - 1000), (stale_nan(), NOW)]),
+            series(&[("__name__", "up"), ("job", "x")], &[(1.0, NOW)]),
+            series(&[("__name__", "domesday_cpu_utilization_ratio"), ("site", "s"), ("host", "h1")], &[(0.5, NOW)]),
+            series(
+                &[("__name__", "domesday_host_info"), ("site", "s"), ("host", "h1"), ("machine_id", "abc")],
+                &[(1.0, NOW)],
+            ),
+        ]);
+        let a = split(&r, "s", NOW, &IngestConfig::default()).expect("accepted");
+        assert_eq!(a.batch.samples.len(), 3);
+        assert_eq!(a.batch.samples[1].value_uj, Some(11_500_000));
+        assert_eq!(a.batch.samples[2].value_uj, None);
+        assert_eq!(a.batch.samples[0].quality, "estimated");
+        assert_eq!(a.suspect.get("no_site"), Some(&1));
+        assert_eq!(a.other, 2);
+        assert_eq!(
+            a.batch.claims,
+            vec![HostClaim { site: "s".into(), host: "h1".into(), machine_id: "abc".into(), ts_ms: NOW }]
+        );
+    }
+
+    #[test]
+    fn suspect_values_are_accepted_not_booked() {
+        let r = req(vec![energy(
+            "s",
+            &[
+                (f64::NAN, NOW),
+                (f64::INFINITY, NOW + 1),
+                (-1.0, NOW + 2),
+                (1e20, NOW + 3),
+                (5.0, NOW + 3_600_000),
+                (5.0, NOW + 4),
+            ],
+        )]);
+        let a = split(&r, "s", NOW, &IngestConfig::default()).expect("accepted");
+        assert_eq!(a.batch.samples.len(), 1);
+        for k in ["nan", "inf", "negative", "absurd", "future"] {
+            assert_eq!(a.suspect.get(k), Some(&1), "{k}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let limits = IngestConfig::default();
+        let other_site = req(vec![energy("s2", &[(1.0, NOW)])]);
+        assert!(matches!(split(&other_site, "s", NOW, &limits), Err(Refusal::Forbidden(_))));
+        let no_site =
+            req(vec![series(&[("__name__", HOST_ENERGY_METRIC), ("host", "h"), ("method", "model")], &[(1.0, NOW)])]);
+        assert!(matches!(split(&no_site, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        let dup = req(vec![series(&[("__name__", "x"), ("a", "1"), ("a", "2"), ("site", "s")], &[(1.0, NOW)])]);
+        assert!(matches!(split(&dup, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        let bad_name = req(vec![series(&[("__name__", "1x"), ("site", "s")], &[(1.0, NOW)])]);
+        assert!(matches!(split(&bad_name, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        let bad_label = req(vec![series(&[("__name__", "x"), ("a-b", "1"), ("site", "s")], &[(1.0, NOW)])]);
+        assert!(matches!(split(&bad_label, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        let bad_method = req(vec![series(
+            &[("__name__", HOST_ENERGY_METRIC), ("site", "s"), ("host", "h"), ("method", "guess")],
+            &[(1.0, NOW)],
+        )]);
+        assert!(matches!(split(&bad_method, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        let small = IngestConfig { max_series_per_request: 1, ..IngestConfig::default() };
+        let two = req(vec![energy("s", &[(1.0, NOW)]), energy("s", &[(2.0, NOW)])]);
+        assert!(matches!(split(&two, "s", NOW, &small), Err(Refusal::TooLarge(_))));
+    }
+
+    #[test]
+    fn authentication() {
+        let site = |id: &str, token: &str| Site {
+            config: crate::config::SiteConfig {
+                id: id.into(),
+                name: String::new(),
+                operator: String::new(),
+                region: String::new(),
+                timezone: "UTC".into(),
+                token_sha256: None,
+                token_file: None,
+                pue_target: None,
+            },
+            token_hash: hash_token(token),
+        };
+        let sites = vec![site("a", "tok-a"), site("b", "tok-b")];
+        assert_eq!(authenticate(&sites, Some("Bearer tok-b")).map(|s| s.config.id.as_str()), Ok("b"));
+        assert!(matches!(authenticate(&sites, Some("Bearer nope")), Err(Refusal::Unauthorized(_))));
+        assert!(matches!(authenticate(&sites, None), Err(Refusal::Unauthorized(_))));
+    }
+
+    #[test]
+    fn bodies_over_the_limits_are_refused_before_decoding() {
+        let limits = IngestConfig::default();
+        assert!(matches!(decode_body(&[186, 232, 186, 232, 11, 0, 0], &limits), Err(Refusal::TooLarge(_))));
+        assert!(matches!(decode_body(b"garbage", &limits), Err(Refusal::BadRequest(_))));
+        let small = IngestConfig { max_body_bytes: 4, ..IngestConfig::default() };
+        assert!(matches!(decode_body(b"12345", &small), Err(Refusal::TooLarge(_))));
+    }
+}

@@ -1,0 +1,270 @@
+//! Ledger reads: energy over a half-open `[from, to)` range (contract §6,
+//! `GET /api/v1/energy` and `domesday-collector energy`), hosts per site, and
+//! totals per site and role. Sums are taken in Rust in i128: SQLite's `SUM`
+//! over i64 µJ would overflow past 2.56 GWh.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::book::{HOUR_MS, MINUTE_MS};
+use super::sqlite::Policy;
+use super::{HOST_ENERGY_METRIC, StoreError};
+
+/// An energy question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnergyQuery {
+    pub site: String,
+    pub host: Option<String>,
+    pub meter: Option<String>,
+    pub role: Option<String>,
+    /// Milliseconds since the epoch, multiples of a minute.
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// The answer, field for field as the contract names them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnergyReport {
+    pub site: String,
+    pub host: Option<String>,
+    pub meter: Option<String>,
+    pub role: String,
+    pub from: String,
+    pub to: String,
+    pub energy_joules: f64,
+    /// Exact integer, as a string (JSON numbers lose precision past 2^53).
+    pub energy_microjoules: String,
+    pub measured_joules: f64,
+    pub estimated_joules: f64,
+    pub by_method: BTreeMap<String, f64>,
+    pub coverage_ratio: f64,
+    pub samples: u64,
+    pub first_sample: Option<String>,
+    pub last_sample: Option<String>,
+}
+
+impl EnergyReport {
+    pub fn energy_uj(&self) -> i128 {
+        self.energy_microjoules.parse().unwrap_or(0)
+    }
+}
+
+/// A host of a site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostRow {
+    pub host: String,
+    pub machine_id: Option<String>,
+    pub first_sample: Option<String>,
+    pub last_sample: Option<String>,
+    pub current_method: Option<String>,
+    pub current_quality: Option<String>,
+    /// Estimated share of the host's energy over the last 24 hours.
+    pub estimated_share_24h: Option<f64>,
+    /// Other machines that claimed this host name while it was owned.
+    pub conflicting_machine_ids: Vec<String>,
+}
+
+/// RFC 3339 UTC of a millisecond timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
+}
+
+fn uj_to_j(uj: i128) -> f64 {
+    uj as f64 / 1e6
+}
+
+/// Sums a bucket table over `[from, to)` per series: `(energy µJ, covered ms)`.
+fn sum_buckets(
+    conn: &Connection,
+    table: &str,
+    ids: &[i64],
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<i64, (i128, i128)>, StoreError> {
+    let mut out = BTreeMap::new();
+    if from >= to {
+        return Ok(out);
+    }
+    let sql =
+        format!("SELECT energy_uj, covered_ms FROM {table} WHERE series_id = ?1 AND start_ms >= ?2 AND start_ms < ?3");
+    let mut st = conn.prepare_cached(&sql)?;
+    for id in ids {
+        let mut e: i128 = 0;
+        let mut c: i128 = 0;
+        let rows = st.query_map(params![id, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (re, rc) = row?;
+            e += i128::from(re);
+            c += i128::from(rc);
+        }
+        out.insert(*id, (e, c));
+    }
+    Ok(out)
+}
+
+/// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges, hourly roll-ups
+/// for the whole hours in between (so ranges older than the minute retention
+/// still answer on whole hours).
+pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<EnergyReport, StoreError> {
+    let role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
+    let mut series: Vec<(i64, String, String, String)> = Vec::new();
+    if role == "it_in" && q.meter.is_none() {
+        let mut st = conn.prepare(
+            "SELECT id, host, method, quality FROM series WHERE site = ?1 AND metric = ?2 AND (?3 IS NULL OR host = ?3)",
+        )?;
+        let rows = st.query_map(params![q.site, HOST_ENERGY_METRIC, q.host], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        for row in rows {
+            series.push(row?);
+        }
+    }
+    let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
+    let h1 = ((q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
+    let h2 = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    let parts = if h1 < h2 {
+        vec![("minutes", q.from_ms, h1), ("hours", h1, h2), ("minutes", h2, q.to_ms)]
+    } else {
+        vec![("minutes", q.from_ms, q.to_ms)]
+    };
+    let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
+    for (table, a, b) in parts {
+        for (id, (e, c)) in sum_buckets(conn, table, &ids, a, b)? {
+            let t = per_series.entry(id).or_insert((0, 0));
+            t.0 += e;
+            t.1 += c;
+        }
+    }
+    let mut total: i128 = 0;
+    let mut measured: i128 = 0;
+    let mut estimated: i128 = 0;
+    let mut by_method: BTreeMap<String, i128> = BTreeMap::new();
+    let mut covered: i128 = 0;
+    let mut hosts = std::collections::BTreeSet::new();
+    for (id, host, method, quality) in &series {
+        let (e, c) = per_series.get(id).copied().unwrap_or((0, 0));
+        total += e;
+        covered += c;
+        *by_method.entry(method.clone()).or_insert(0) += e;
+        if quality == "estimated" {
+            estimated += e
+        } else {
+            measured += e
+        }
+        hosts.insert(host.clone());
+    }
+    let span = i128::from(q.to_ms - q.from_ms) * hosts.len() as i128;
+    let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
+    let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND value_uj IS NOT NULL",
+        )?;
+        for id in &ids {
+            let (n, a, b): (i64, Option<i64>, Option<i64>) =
+                st.query_row(params![id, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            samples += n as u64;
+            first = match (first, a) {
+                (Some(f), Some(a)) => Some(f.min(a)),
+                (f, a) => f.or(a),
+            };
+            last = match (last, b) {
+                (Some(l), Some(b)) => Some(l.max(b)),
+                (l, b) => l.or(b),
+            };
+        }
+    }
+    Ok(EnergyReport {
+        site: q.site.clone(),
+        host: q.host.clone(),
+        meter: q.meter.clone(),
+        role,
+        from: rfc3339(q.from_ms),
+        to: rfc3339(q.to_ms),
+        energy_joules: uj_to_j(total),
+        energy_microjoules: total.to_string(),
+        measured_joules: uj_to_j(measured),
+        estimated_joules: uj_to_j(estimated),
+        by_method: by_method.into_iter().map(|(k, v)| (k, uj_to_j(v))).collect(),
+        coverage_ratio: coverage,
+        samples,
+        first_sample: first.map(rfc3339),
+        last_sample: last.map(rfc3339),
+    })
+}
+
+/// Hosts of a site with their first/last sample, current method and estimated share.
+pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+    let mut names: Vec<String> = Vec::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT host FROM series WHERE site = ?1 UNION SELECT host FROM hosts WHERE site = ?1 ORDER BY 1",
+        )?;
+        for r in st.query_map([site], |r| r.get::<_, String>(0))? {
+            names.push(r?);
+        }
+    }
+    let mut out = Vec::new();
+    for host in names {
+        let machine_id: Option<String> = conn
+            .query_row("SELECT machine_id FROM hosts WHERE site = ?1 AND host = ?2", params![site, host], |r| r.get(0))
+            .ok();
+        let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN (SELECT id FROM series WHERE site = ?1 AND host = ?2)",
+            params![site, host],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let current: Option<(String, String)> = conn
+            .query_row(
+                "SELECT se.method, se.quality FROM samples sa JOIN series se ON se.id = sa.series_id \
+                 WHERE se.site = ?1 AND se.host = ?2 AND sa.value_uj IS NOT NULL ORDER BY sa.ts_ms DESC LIMIT 1",
+                params![site, host],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        let day = energy(
+            conn,
+            &EnergyQuery {
+                site: site.to_string(),
+                host: Some(host.clone()),
+                meter: None,
+                role: None,
+                from_ms: (now_ms - 24 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS,
+                to_ms: (now_ms.div_euclid(MINUTE_MS) + 1) * MINUTE_MS,
+            },
+            &Policy::default(),
+        )?;
+        let share = (day.energy_joules > 0.0).then(|| day.estimated_joules / day.energy_joules);
+        let mut conflicts = Vec::new();
+        let mut st =
+            conn.prepare_cached("SELECT machine_id FROM host_conflicts WHERE site = ?1 AND host = ?2 ORDER BY 1")?;
+        for r in st.query_map(params![site, host], |r| r.get::<_, String>(0))? {
+            conflicts.push(r?);
+        }
+        out.push(HostRow {
+            host,
+            machine_id,
+            first_sample: first.map(rfc3339),
+            last_sample: last.map(rfc3339),
+            current_method: current.as_ref().map(|c| c.0.clone()),
+            current_quality: current.map(|c| c.1),
+            estimated_share_24h: share,
+            conflicting_machine_ids: conflicts,
+        });
+    }
+    Ok(out)
+}
+
+/// Total booked energy per (site, role), µJ.
+pub fn site_totals(conn: &Connection) -> Result<Vec<(String, String, i128)>, StoreError> {
+    let mut st =
+        conn.prepare("SELECT se.site, se.role, h.energy_uj FROM hours h JOIN series se ON se.id = h.series_id")?;
+    let mut totals: BTreeMap<(String, String), i128> = BTreeMap::new();
+    for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+        let (site, role, e) = r?;
+        *totals.entry((site, role)).or_insert(0) += i128::from(e);
+    }
+    Ok(totals.into_iter().map(|((s, r), e)| (s, r, e)).collect())
+}

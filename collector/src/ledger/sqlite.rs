@@ -1,0 +1,393 @@
+//! The SQLite ledger (bundled SQLite, WAL).
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL`, so every commit is
+//! fsynced before the writer acknowledges the requests it holds: a power loss
+//! loses nothing that was answered 2xx. Group commit (several requests per
+//! transaction) pays for the fsync.
+//!
+//! Schema (versioned with `PRAGMA user_version`, migrations in [`MIGRATIONS`]):
+//! `series` (site, host, metric, method), raw `samples` (so a late sample can be
+//! slotted between its neighbours and a replay recognised), `minutes` and
+//! `hours` buckets of integer µJ with the observed milliseconds, `hosts` (the
+//! machine that owns each host name) and `host_conflicts`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::query::{EnergyQuery, EnergyReport, HostRow};
+use super::{Batch, HOST_ENERGY_METRIC, LedgerReader, LedgerWriter, Outcome, StoreError};
+
+/// Schema migrations; index + 1 is the `user_version` after applying it.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL, host TEXT NOT NULL, metric TEXT NOT NULL, method TEXT NOT NULL,
+    quality TEXT NOT NULL, role TEXT NOT NULL,
+    UNIQUE (site, host, metric, method)
+);
+CREATE TABLE samples (
+    series_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value_uj INTEGER,
+    PRIMARY KEY (series_id, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE minutes (
+    series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
+    PRIMARY KEY (series_id, start_ms)
+) WITHOUT ROWID;
+CREATE TABLE hours (
+    series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
+    PRIMARY KEY (series_id, start_ms)
+) WITHOUT ROWID;
+CREATE TABLE hosts (
+    site TEXT NOT NULL, host TEXT NOT NULL, machine_id TEXT NOT NULL, claimed_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, host)
+);
+CREATE TABLE host_conflicts (
+    site TEXT NOT NULL, host TEXT NOT NULL, machine_id TEXT NOT NULL,
+    first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, rejected_samples INTEGER NOT NULL,
+    PRIMARY KEY (site, host, machine_id)
+);
+"#];
+
+/// Retention and rules of the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// An interval between two samples longer than this books its energy but
+    /// covers nothing (coverage shows the gap).
+    pub gap_ms: i64,
+    /// Raw samples and per-host minutes older than this are pruned; hours stay.
+    pub minute_retention_ms: i64,
+    /// A machine that has not claimed its host for this long yields it to another.
+    pub host_takeover_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { gap_ms: 5 * MINUTE_MS, minute_retention_ms: 90 * 24 * HOUR_MS, host_takeover_ms: HOUR_MS }
+    }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// Opens (creating and migrating) the database for writing.
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("schema version {version} is newer than this collector knows ({})", MIGRATIONS.len()),
+        });
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Last {
+    ts_ms: i64,
+    value: Value,
+}
+
+/// The writer: one connection, the series ids and each series' last sample in memory.
+pub struct SqliteWriter {
+    conn: Connection,
+    policy: Policy,
+    series: HashMap<(String, String, String), i64>,
+    last: HashMap<i64, Last>,
+    owners: HashMap<(String, String), (String, i64)>,
+}
+
+#[derive(Default)]
+struct Staged {
+    series: HashMap<(String, String, String), i64>,
+    last: HashMap<i64, Last>,
+    owners: HashMap<(String, String), (String, i64)>,
+    minutes: HashMap<(i64, i64), (i64, i64)>,
+    hours: HashMap<(i64, i64), (i64, i64)>,
+    /// Net µJ booked by the batch being applied.
+    energy_uj: i128,
+}
+
+impl SqliteWriter {
+    pub fn open(path: &Path, policy: Policy) -> Result<Self, StoreError> {
+        let conn = open_writer(path)?;
+        let mut series = HashMap::new();
+        let mut last = HashMap::new();
+        let mut owners = HashMap::new();
+        {
+            let mut st = conn.prepare("SELECT id, site, host, method FROM series WHERE metric = ?1")?;
+            let rows = st.query_map([HOST_ENERGY_METRIC], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?;
+            for row in rows {
+                let (id, site, host, method) = row?;
+                series.insert((site, host, method), id);
+            }
+            let mut st = conn.prepare(
+                "SELECT s.series_id, s.ts_ms, s.value_uj FROM samples s \
+                 JOIN (SELECT series_id, MAX(ts_ms) AS m FROM samples GROUP BY series_id) l \
+                 ON s.series_id = l.series_id AND s.ts_ms = l.m",
+            )?;
+            let rows =
+                st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))?;
+            for row in rows {
+                let (id, ts_ms, value) = row?;
+                last.insert(id, Last { ts_ms, value });
+            }
+            let mut st = conn.prepare("SELECT site, host, machine_id, claimed_ms FROM hosts")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            for row in rows {
+                let (site, host, m, t) = row?;
+                owners.insert((site, host), (m, t));
+            }
+        }
+        Ok(SqliteWriter { conn, policy, series, last, owners })
+    }
+
+    fn book_interval(staged: &mut Staged, policy: &Policy, id: i64, t0: i64, t1: i64, energy: i64, sign: i64) {
+        if t1 > t0 {
+            staged.energy_uj += i128::from(sign) * i128::from(energy);
+        }
+        for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
+            for s in spread(t0, t1, energy, bucket, policy.gap_ms) {
+                let e = map.entry((id, s.start_ms)).or_insert((0, 0));
+                e.0 += sign * s.energy_uj;
+                e.1 += sign * s.covered_ms;
+            }
+        }
+    }
+
+    fn apply_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        staged: &mut Staged,
+        batch: &Batch,
+        now_ms: i64,
+    ) -> Result<Outcome, StoreError> {
+        let mut out = Outcome::default();
+        staged.energy_uj = 0;
+        // Host ownership first: a request's claims decide whether its samples are booked.
+        let mut refused: Vec<(String, String)> = Vec::new();
+        for c in &batch.claims {
+            let key = (c.site.clone(), c.host.clone());
+            let owner = staged.owners.get(&key).or_else(|| self.owners.get(&key)).cloned();
+            match owner {
+                Some((m, t)) if m != c.machine_id && c.ts_ms - t < self.policy.host_takeover_ms => {
+                    tx.execute(
+                        "INSERT INTO host_conflicts VALUES (?1, ?2, ?3, ?4, ?4, 0) \
+                         ON CONFLICT (site, host, machine_id) DO UPDATE SET last_ms = MAX(last_ms, ?4)",
+                        params![c.site, c.host, c.machine_id, c.ts_ms],
+                    )?;
+                    refused.push(key);
+                }
+                Some((m, _)) if m != c.machine_id => {
+                    // The previous owner went silent: the new machine takes the name
+                    // over, and its counters start from a fresh baseline.
+                    tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
+                    for ((s, h, _), id) in self.series.iter().chain(staged.series.iter()) {
+                        if *s == c.site && *h == c.host {
+                            let ts =
+                                staged.last.get(id).or_else(|| self.last.get(id)).map(|l| l.ts_ms).unwrap_or(c.ts_ms);
+                            staged.last.insert(*id, Last { ts_ms: ts, value: None });
+                        }
+                    }
+                    staged.owners.insert(key.clone(), (c.machine_id.clone(), c.ts_ms));
+                    tx.execute(
+                        "INSERT OR REPLACE INTO hosts VALUES (?1, ?2, ?3, ?4)",
+                        params![c.site, c.host, c.machine_id, c.ts_ms],
+                    )?;
+                }
+                _ => {
+                    staged.owners.insert(key, (c.machine_id.clone(), c.ts_ms));
+                    tx.execute(
+                        "INSERT OR REPLACE INTO hosts VALUES (?1, ?2, ?3, ?4)",
+                        params![c.site, c.host, c.machine_id, c.ts_ms],
+                    )?;
+                }
+            }
+        }
+        let oldest = now_ms - self.policy.minute_retention_ms;
+        let mut insert = tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_uj) VALUES (?1, ?2, ?3)")?;
+        for s in &batch.samples {
+            if refused.iter().any(|(site, host)| *site == s.site && *host == s.host) {
+                out.host_conflict += 1;
+                tx.execute(
+                    "UPDATE host_conflicts SET rejected_samples = rejected_samples + 1 WHERE site = ?1 AND host = ?2",
+                    params![s.site, s.host],
+                )?;
+                continue;
+            }
+            let key = (s.site.clone(), s.host.clone(), s.method.clone());
+            let id = match staged.series.get(&key).or_else(|| self.series.get(&key)) {
+                Some(id) => *id,
+                None => {
+                    tx.execute(
+                        "INSERT INTO series (site, host, metric, method, quality, role) VALUES (?1, ?2, ?3, ?4, ?5, 'it_in')",
+                        params![s.site, s.host, HOST_ENERGY_METRIC, s.method, s.quality],
+                    )?;
+                    let id = tx.last_insert_rowid();
+                    staged.series.insert(key, id);
+                    id
+                }
+            };
+            let last = staged.last.get(&id).or_else(|| self.last.get(&id)).copied();
+            match last {
+                None => {
+                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_uj });
+                    out.booked += 1;
+                }
+                Some(l) if s.ts_ms > l.ts_ms => {
+                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
+                    let inc = increment(l.value, s.value_uj);
+                    Self::book_interval(staged, &self.policy, id, l.ts_ms, s.ts_ms, inc, 1);
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_uj });
+                    out.booked += 1;
+                }
+                Some(_) => {
+                    // At or before the series' last sample: a replay, or a late sample.
+                    let existing: Option<Option<i64>> = tx
+                        .query_row(
+                            "SELECT value_uj FROM samples WHERE series_id = ?1 AND ts_ms = ?2",
+                            params![id, s.ts_ms],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(v) = existing {
+                        if v == s.value_uj {
+                            out.duplicate += 1
+                        } else {
+                            out.conflict += 1
+                        }
+                        continue;
+                    }
+                    if s.ts_ms < oldest {
+                        out.too_old += 1;
+                        continue;
+                    }
+                    let prev: Option<(i64, Option<i64>)> = tx
+                        .query_row(
+                            "SELECT ts_ms, value_uj FROM samples WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC LIMIT 1",
+                            params![id, s.ts_ms],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    let next: Option<(i64, Option<i64>)> = tx
+                        .query_row(
+                            "SELECT ts_ms, value_uj FROM samples WHERE series_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms ASC LIMIT 1",
+                            params![id, s.ts_ms],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
+                        Self::book_interval(staged, &self.policy, id, pt, nt, increment(pv, nv), -1);
+                    }
+                    if let Some((pt, pv)) = prev {
+                        Self::book_interval(staged, &self.policy, id, pt, s.ts_ms, increment(pv, s.value_uj), 1);
+                    }
+                    if let Some((nt, nv)) = next {
+                        Self::book_interval(staged, &self.policy, id, s.ts_ms, nt, increment(s.value_uj, nv), 1);
+                    }
+                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
+                    out.booked += 1;
+                }
+            }
+        }
+        out.energy_uj = staged.energy_uj;
+        Ok(out)
+    }
+}
+
+impl LedgerWriter for SqliteWriter {
+    fn apply(&mut self, batches: &[Batch], now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
+        let mut staged = Staged::default();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for b in batches {
+            outcomes.push(self.apply_one(&tx, &mut staged, b, now_ms)?);
+        }
+        {
+            let mut up_min = tx.prepare_cached(
+                "INSERT INTO minutes VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+                 energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+            )?;
+            for ((id, start), (e, c)) in &staged.minutes {
+                up_min.execute(params![id, start, e, c])?;
+            }
+            let mut up_hour = tx.prepare_cached(
+                "INSERT INTO hours VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+                 energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+            )?;
+            for ((id, start), (e, c)) in &staged.hours {
+                up_hour.execute(params![id, start, e, c])?;
+            }
+        }
+        tx.commit()?;
+        // Only now does the in-memory state follow: a failed commit leaves it untouched.
+        self.series.extend(staged.series);
+        self.last.extend(staged.last);
+        self.owners.extend(staged.owners);
+        Ok(outcomes)
+    }
+
+    fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let cutoff = now_ms - self.policy.minute_retention_ms;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM minutes WHERE start_ms < ?1", [cutoff])?;
+        // Keep each series' last sample: it is the baseline of the next one.
+        tx.execute(
+            "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (SELECT MAX(ts_ms) FROM samples s2 WHERE s2.series_id = samples.series_id)",
+            [cutoff],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The reader: a read-only connection per call (cheap with SQLite), so
+/// concurrent API requests and the `energy` CLI never block the writer.
+pub struct SqliteReader {
+    path: PathBuf,
+    policy: Policy,
+}
+
+impl SqliteReader {
+    pub fn new(path: &Path, policy: Policy) -> Self {
+        SqliteReader { path: path.to_path_buf(), policy }
+    }
+
+    fn conn(&self) -> Result<Connection, StoreError> {
+        open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    }
+}
+
+impl LedgerReader for SqliteReader {
+    fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        super::query::energy(&self.conn()?, q, &self.policy)
+    }
+
+    fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+        super::query::hosts(&self.conn()?, site, now_ms)
+    }
+
+    fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
+        super::query::site_totals(&self.conn()?)
+    }
+}

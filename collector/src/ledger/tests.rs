@@ -1,0 +1,238 @@
+//! Ledger invariants on a real SQLite file: whatever the delivery order,
+//! repetition, batching or restarts, the booked energy per minute equals what
+//! the counter's increments give when booked in order.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::book::{MINUTE_MS, increment, spread};
+use super::query::EnergyQuery;
+use super::sqlite::{Policy, SqliteReader, SqliteWriter};
+use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const NOW: i64 = T0 + 86_400_000;
+
+fn sample(host: &str, method: &str, ts: i64, v: Option<i64>) -> CounterSample {
+    CounterSample {
+        site: "s".into(),
+        host: host.into(),
+        method: method.into(),
+        quality: if method == "model" { "estimated".into() } else { "measured".into() },
+        ts_ms: ts,
+        value_uj: v,
+    }
+}
+
+fn batch(samples: Vec<CounterSample>) -> Batch {
+    Batch { samples, claims: vec![] }
+}
+
+fn query(host: Option<&str>, from: i64, to: i64) -> EnergyQuery {
+    EnergyQuery { site: "s".into(), host: host.map(str::to_string), meter: None, role: None, from_ms: from, to_ms: to }
+}
+
+/// Per-minute energy of an in-order, deduplicated series (the reference).
+fn reference(points: &[(i64, Option<i64>)], gap_ms: i64) -> BTreeMap<i64, i64> {
+    let mut out = BTreeMap::new();
+    for w in points.windows(2) {
+        for s in spread(w[0].0, w[1].0, increment(w[0].1, w[1].1), MINUTE_MS, gap_ms) {
+            *out.entry(s.start_ms).or_insert(0) += s.energy_uj;
+        }
+    }
+    out
+}
+
+fn ledger_minutes(reader: &SqliteReader, minutes: &[i64]) -> BTreeMap<i64, i64> {
+    minutes
+        .iter()
+        .map(|m| {
+            let r = reader.energy(&query(Some("h1"), *m, m + MINUTE_MS)).expect("energy");
+            (*m, r.energy_uj() as i64)
+        })
+        .filter(|(_, e)| *e != 0)
+        .collect()
+}
+
+#[test]
+fn in_order_counter_books_exactly_and_replays_count_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let b =
+        batch((0..20).map(|i| sample("h1", "psu_input", T0 + i * 15_000, Some(1_000_000 + i * 3_000_000))).collect());
+    let o = w.apply(std::slice::from_ref(&b), NOW).expect("apply");
+    assert_eq!((o[0].booked, o[0].energy_uj), (20, 19 * 3_000_000));
+    let again = w.apply(&[b], NOW).expect("replay");
+    assert_eq!((again[0].booked, again[0].duplicate, again[0].energy_uj), (0, 20, 0));
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(r.energy_microjoules, (19 * 3_000_000).to_string());
+    assert_eq!(r.measured_joules, 57.0);
+    assert_eq!(r.samples, 20);
+    assert_eq!(r.by_method.get("psu_input"), Some(&57.0));
+    // 19 intervals × 15 s observed over one host-hour.
+    assert!((r.coverage_ratio - 285.0 / 3600.0).abs() < 1e-12, "{}", r.coverage_ratio);
+}
+
+#[test]
+fn conflicting_value_first_wins_and_reset_counts_from_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    w.apply(&[batch(vec![sample("h1", "model", T0, Some(100)), sample("h1", "model", T0 + 10_000, Some(300))])], NOW)
+        .expect("a");
+    let o = w.apply(&[batch(vec![sample("h1", "model", T0 + 10_000, Some(999))])], NOW).expect("b");
+    assert_eq!(o[0].conflict, 1);
+    // A drop: the agent restarted without state; 50 counts from zero.
+    w.apply(&[batch(vec![sample("h1", "model", T0 + 20_000, Some(50))])], NOW).expect("c");
+    // A stale marker ends the series; the next sample is a new baseline.
+    w.apply(
+        &[batch(vec![sample("h1", "model", T0 + 30_000, None), sample("h1", "model", T0 + 40_000, Some(7_000))])],
+        NOW,
+    )
+    .expect("d");
+    w.apply(&[batch(vec![sample("h1", "model", T0 + 50_000, Some(7_010))])], NOW).expect("e");
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(Some("h1"), T0, T0 + 60_000)).expect("q");
+    assert_eq!(r.energy_uj(), 200 + 50 + 10);
+    assert_eq!(r.estimated_joules, 260e-6);
+}
+
+#[test]
+fn restart_continues_from_the_stored_last_sample() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    {
+        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        w.apply(&[batch(vec![sample("h1", "model", T0, Some(0)), sample("h1", "model", T0 + 60_000, Some(60))])], NOW)
+            .expect("a");
+    }
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("reopen");
+    w.apply(&[batch(vec![sample("h1", "model", T0 + 120_000, Some(180))])], NOW).expect("b");
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(Some("h1"), T0, T0 + 180_000)).expect("q");
+    assert_eq!(r.energy_uj(), 180);
+}
+
+#[test]
+fn a_gap_is_spread_and_shows_in_coverage() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    // Samples every minute for 10 minutes, then a 40-minute outage, then 10 more minutes.
+    let mut s: Vec<_> = (0..=10).map(|i| sample("h1", "model", T0 + i * 60_000, Some(i * 60_000_000))).collect();
+    s.extend((50..=60).map(|i| sample("h1", "model", T0 + i * 60_000, Some(i * 60_000_000))));
+    w.apply(&[batch(s)], NOW).expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let hour = reader.energy(&query(Some("h1"), T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(hour.energy_joules, 3600.0);
+    assert!((hour.coverage_ratio - 20.0 / 60.0).abs() < 1e-12, "{}", hour.coverage_ratio);
+    // The gap's 2400 J are spread evenly: 60 J in each of its minutes.
+    let gap_minute = reader.energy(&query(Some("h1"), T0 + 30 * 60_000, T0 + 31 * 60_000)).expect("q");
+    assert_eq!((gap_minute.energy_joules, gap_minute.coverage_ratio), (60.0, 0.0));
+}
+
+#[test]
+fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let claim = |m: &str, ts| HostClaim { site: "s".into(), host: "h1".into(), machine_id: m.into(), ts_ms: ts };
+    w.apply(&[Batch { samples: vec![sample("h1", "model", T0, Some(0))], claims: vec![claim("aaa", T0)] }], NOW)
+        .expect("a");
+    let o = w
+        .apply(
+            &[Batch {
+                samples: vec![sample("h1", "model", T0 + 1_000, Some(5_000_000))],
+                claims: vec![claim("bbb", T0 + 1_000)],
+            }],
+            NOW,
+        )
+        .expect("b");
+    assert_eq!(o[0].host_conflict, 1);
+    w.apply(
+        &[Batch { samples: vec![sample("h1", "model", T0 + 2_000, Some(10))], claims: vec![claim("aaa", T0 + 2_000)] }],
+        NOW,
+    )
+    .expect("c");
+    let reader = SqliteReader::new(&db, Policy::default());
+    assert_eq!(reader.energy(&query(Some("h1"), T0, T0 + 60_000)).expect("q").energy_uj(), 10);
+    let hosts = reader.hosts("s", NOW).expect("hosts");
+    assert_eq!(hosts[0].conflicting_machine_ids, vec!["bbb".to_string()]);
+    assert_eq!(hosts[0].machine_id.as_deref(), Some("aaa"));
+    // The owner falls silent for longer than the takeover delay: the new machine
+    // takes the name over from a fresh baseline.
+    let later = T0 + 2 * 3_600_000;
+    w.apply(&[Batch { samples: vec![sample("h1", "model", later, Some(42))], claims: vec![claim("bbb", later)] }], NOW)
+        .expect("d");
+    w.apply(&[batch(vec![sample("h1", "model", later + 60_000, Some(52))])], NOW).expect("e");
+    assert_eq!(reader.energy(&query(Some("h1"), later, later + 120_000)).expect("q").energy_uj(), 10);
+}
+
+#[test]
+fn old_minutes_are_pruned_but_hours_answer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let policy = Policy { minute_retention_ms: 3_600_000, ..Policy::default() };
+    let mut w = SqliteWriter::open(&db, policy).expect("open");
+    let s: Vec<_> = (0..=120).map(|i| sample("h1", "model", T0 + i * 60_000, Some(i * 1_000_000))).collect();
+    w.apply(&[batch(s)], T0 + 2 * 3_600_000).expect("apply");
+    w.prune(T0 + 3 * 3_600_000).expect("prune");
+    let reader = SqliteReader::new(&db, policy);
+    assert_eq!(reader.energy(&query(Some("h1"), T0, T0 + 2 * 3_600_000)).expect("q").energy_joules, 120.0);
+    // Minutes of the pruned hour are gone; the roll-up still holds the hour.
+    assert_eq!(reader.energy(&query(Some("h1"), T0, T0 + 60_000)).expect("q").energy_joules, 0.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any delivery order, duplicates and batching book exactly what the
+    /// in-order series gives, minute by minute.
+    #[test]
+    fn delivery_order_and_replays_do_not_change_the_ledger(
+        steps in proptest::collection::vec((1i64..200_000, 0i64..50_000_000, 0u8..20), 2..40),
+        order in proptest::collection::vec(any::<u64>(), 40),
+        dups in proptest::collection::vec(0usize..40, 0..10),
+        cuts in proptest::collection::vec(1usize..40, 0..5),
+        restart_at in 0usize..6,
+    ) {
+        // A counter with occasional resets (kind 0) and stale markers (kind 1).
+        let mut points: Vec<(i64, Option<i64>)> = Vec::new();
+        let (mut t, mut v) = (T0, 5_000_000i64);
+        for (dt, inc, kind) in steps {
+            t += dt;
+            match kind {
+                0 => v = inc,
+                1 => { points.push((t, None)); continue; }
+                _ => v += inc,
+            }
+            points.push((t, Some(v)));
+        }
+        let want = reference(&points, Policy::default().gap_ms);
+        let mut delivery: Vec<usize> = (0..points.len()).collect();
+        delivery.sort_by_key(|i| order[*i % order.len()] ^ (*i as u64));
+        for d in dups { if d < points.len() { delivery.push(d); } }
+        let mut batches: Vec<Vec<CounterSample>> = vec![Vec::new()];
+        for (k, i) in delivery.iter().enumerate() {
+            if cuts.contains(&k) { batches.push(Vec::new()); }
+            let (ts, val) = points[*i];
+            if let Some(b) = batches.last_mut() { b.push(sample("h1", "model", ts, val)); }
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        for (n, b) in batches.into_iter().enumerate() {
+            if n == restart_at {
+                w = SqliteWriter::open(&db, Policy::default()).expect("reopen");
+            }
+            w.apply(&[batch(b)], NOW).expect("apply");
+        }
+        let reader = SqliteReader::new(&db, Policy::default());
+        let first = points[0].0.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let last = (points[points.len() - 1].0.div_euclid(MINUTE_MS) + 1) * MINUTE_MS;
+        let minutes: Vec<i64> = (first..last).step_by(MINUTE_MS as usize).collect();
+        prop_assert_eq!(ledger_minutes(&reader, &minutes), want.clone().into_iter().filter(|(_, e)| *e != 0).collect::<BTreeMap<_, _>>());
+        let total: i64 = want.values().sum();
+        prop_assert_eq!(reader.energy(&query(Some("h1"), first, last)).expect("q").energy_uj(), i128::from(total));
+    }
+}

@@ -1,0 +1,114 @@
+//! The single writer thread. Requests arrive over a bounded channel; the thread
+//! drains up to [`GROUP_MAX`] of them into one transaction (group commit),
+//! commits, and only then answers each request. When the channel is full the
+//! ingest handler answers 503 so senders retry: the queue never grows without
+//! bound and nothing accepted is ever dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Batch, LedgerWriter, Outcome};
+
+/// Requests waiting for the writer.
+pub const WRITE_QUEUE: usize = 256;
+/// Requests committed together at most.
+pub const GROUP_MAX: usize = 64;
+/// How often old minutes and samples are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A request for the writer.
+pub struct Job {
+    pub batch: Batch,
+    pub reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// Called after each commit with the batches and what was booked.
+pub type OnCommit = Box<dyn Fn(&[Batch], &[Outcome]) + Send>;
+
+/// The sending side, cloned into the HTTP handlers.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<(Job, Instant)>,
+    /// Milliseconds the oldest request of the last group waited (ledger lag).
+    lag_ms: Arc<AtomicI64>,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the ledger writer is busy; retry")]
+    Busy,
+    #[error("the ledger writer has stopped")]
+    Stopped,
+}
+
+impl WriterHandle {
+    /// Queues a batch (fails fast when the queue is full) and waits for its commit.
+    pub async fn submit(&self, batch: Batch) -> Result<Result<Outcome, String>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send((Job { batch, reply }, Instant::now())).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })?;
+        rx.await.map_err(|_| SubmitError::Stopped)
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Starts the writer thread. It stops when every handle is dropped, after
+/// committing what is queued.
+pub fn spawn(
+    mut store: Box<dyn LedgerWriter>,
+    on_commit: OnCommit,
+) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    let (tx, mut rx) = mpsc::channel::<(Job, Instant)>(WRITE_QUEUE);
+    let lag_ms = Arc::new(AtomicI64::new(0));
+    let lag = lag_ms.clone();
+    let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || {
+        let mut last_prune = Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let oldest = jobs.iter().map(|(_, t)| *t).min().unwrap_or_else(Instant::now);
+            lag.store(oldest.elapsed().as_millis() as i64, Ordering::Relaxed);
+            let (batches, replies): (Vec<Batch>, Vec<_>) = jobs.into_iter().map(|(j, _)| (j.batch, j.reply)).unzip();
+            match store.apply(&batches, now_ms()) {
+                Ok(outcomes) => {
+                    on_commit(&batches, &outcomes);
+                    for (reply, o) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger commit failed; the requests are answered 503 and will be retried");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            lag.store(0, Ordering::Relaxed);
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = Instant::now();
+                if let Err(e) = store.prune(now_ms()) {
+                    tracing::warn!(error = %e, "ledger pruning failed");
+                }
+            }
+        }
+    })?;
+    Ok((WriterHandle { tx, lag_ms }, thread))
+}

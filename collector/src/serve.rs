@@ -1,0 +1,87 @@
+//! `serve`: opens the ledger, starts the writer thread, binds and serves until
+//! SIGTERM/SIGINT, then lets in-flight requests finish and the writer commit
+//! what is queued before exiting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+
+use crate::api::{AppState, Stats, router};
+use crate::config::{CollectorConfig, Site};
+use crate::ledger::LedgerReader;
+use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+use crate::ledger::writer;
+
+/// Runs the collector with validated config until `shutdown` completes.
+pub async fn serve(
+    cfg: CollectorConfig,
+    sites: Vec<Site>,
+    read_hash: Option<[u8; 32]>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let policy = cfg.ledger.policy();
+    let store =
+        SqliteWriter::open(&cfg.db, policy).with_context(|| format!("opening the ledger {}", cfg.db.display()))?;
+    let reader = Arc::new(SqliteReader::new(&cfg.db, policy));
+    let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
+    let s = stats.clone();
+    let (handle, writer_thread) = writer::spawn(
+        Box::new(store),
+        Box::new(move |b, o| {
+            if let Ok(mut st) = s.lock() {
+                st.committed(b, o);
+            }
+        }),
+    )
+    .context("starting the ledger writer")?;
+    let state = Arc::new(AppState {
+        sites,
+        read_hash,
+        limits: cfg.ingest.clone(),
+        writer: handle,
+        reader,
+        stats,
+        db_path: cfg.db.clone(),
+    });
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    // The router (and with it the last writer handle) is gone: the writer drains and stops.
+    tokio::task::spawn_blocking(move || writer_thread.join()).await.ok();
+    tracing::info!("ledger writer stopped; bye");
+    Ok(())
+}
+
+/// Binds the configured address with a clear error.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set `listen` or --listen)"))
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Whether `path` looks like an existing ledger (for the read-only `energy` command).
+pub fn ledger_exists(path: &Path) -> bool {
+    path.is_file()
+}
