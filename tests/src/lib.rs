@@ -203,3 +203,93 @@ pub fn promtool_check_metrics(exposition: &str) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() { String::new() } else { text }
 }
+
+/// A collector started on a scratch directory with one site `caen-1` whose
+/// write token is `token` (and a second site `rouen-1` with `other-token`).
+pub struct Collector {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+/// The collector's config for the end-to-end tests.
+pub fn collector_config(dir: &Path, port: u16, token: &str) -> PathBuf {
+    std::fs::write(dir.join("caen.token"), format!("{token}\n")).expect("token");
+    std::fs::write(dir.join("rouen.token"), "other-token\n").expect("token");
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n\n[[sites]]\nid = \"caen-1\"\nname = \"Caen 1\"\nregion = \"normandie\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n\n[[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n",
+            dir.join("domesday.db").display().to_string(),
+            dir.join("caen.token").display().to_string(),
+            dir.join("rouen.token").display().to_string()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+impl Collector {
+    /// Starts `domesday-collector serve` and waits until it is ready.
+    pub fn start(dir: &Path, port: u16, token: &str) -> Collector {
+        let config = collector_config(dir, port, token);
+        let child = Command::new(binary("domesday-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn collector");
+        let c = Collector { proc: Proc(child), port, dir: dir.to_path_buf() };
+        get_text(&c.url("/readyz"), Duration::from_secs(20));
+        c
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// POSTs a remote_write body; returns the status code and the body text.
+pub fn post_write(url: &str, token: Option<&str>, body: Vec<u8>) -> Result<(u16, String), String> {
+    let client =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+    let mut req = client
+        .post(url)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().map_err(|e| e.to_string())?;
+    let code = resp.status().as_u16();
+    Ok((code, resp.text().unwrap_or_default()))
+}
+
+/// A `domesday_host_energy_joules_total` series as an agent pushes it.
+pub fn host_energy_series(
+    site: &str,
+    host: &str,
+    method: &str,
+    samples: &[(f64, i64)],
+) -> domesday_model::remote_write::TimeSeries {
+    use domesday_model::remote_write::{Label, Sample, TimeSeries};
+    let quality = if matches!(method, "model" | "rapl_uplift") { "estimated" } else { "measured" };
+    let mut labels: Vec<Label> = [
+        ("__name__", "domesday_host_energy_joules_total"),
+        ("host", host),
+        ("job", "domesday-agent"),
+        ("method", method),
+        ("quality", quality),
+        ("site", site),
+    ]
+    .iter()
+    .map(|(n, v)| Label { name: (*n).into(), value: (*v).into() })
+    .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    TimeSeries { labels, samples: samples.iter().map(|(v, t)| Sample { value: *v, timestamp: *t }).collect() }
+}
