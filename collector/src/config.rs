@@ -137,6 +137,42 @@ pub struct SiteConfig {
     pub pue_target: Option<f64>,
 }
 
+fn default_pull_interval() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+fn default_lookback() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Pull mode: read agents' raw counters from a Prometheus-compatible query API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// The site these series belong to (their `site` label must match).
+    pub site: String,
+    /// Base URL of Prometheus or VictoriaMetrics (`http://prometheus:9090`).
+    pub url: String,
+    #[serde(default = "default_pull_interval")]
+    pub interval: Dur,
+    /// Range of each query; longer than `interval` so a missed pull loses nothing.
+    #[serde(default = "default_lookback")]
+    pub lookback: Dur,
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Series selector; default `domesday_host_energy_joules_total{site="<site>"}`.
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub bearer_token: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
@@ -153,6 +189,8 @@ pub struct CollectorConfig {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    #[serde(default)]
+    pub pull: Vec<PullConfig>,
 }
 
 /// A site with its token hash resolved.
@@ -255,6 +293,26 @@ impl CollectorConfig {
                 }
             };
             sites.push(Site { config: s.clone(), token_hash });
+        }
+        let mut cfg = cfg;
+        for p in &mut cfg.pull {
+            if !sites.iter().any(|s| s.config.id == p.site) {
+                return Err(at("site", format!("[[pull]] names site {:?}, which no [[sites]] defines", p.site)));
+            }
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(at("url", format!("{:?} must start with http:// or https://", p.url)));
+            }
+            if p.lookback.0 < p.interval.0 {
+                return Err(at(
+                    "lookback",
+                    "must be at least the pull interval, or samples between pulls are missed".into(),
+                ));
+            }
+            if let Some(f) = &p.bearer_token_file {
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| at("bearer_token_file", format!("cannot read {}: {e}", f.display())))?;
+                p.bearer_token = Some(t.trim().to_string());
+            }
         }
         Ok(Loaded { config: cfg, sites, read_hash })
     }

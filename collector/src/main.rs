@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command as Process;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -42,6 +43,12 @@ enum Command {
     CheckConfig,
     /// Read a token on stdin and print its SHA-256 for `token_sha256`.
     HashToken,
+    /// Run a local site: the collector and, if found, an agent on this machine pushing to it.
+    Demo {
+        /// Directory for the demo's config, token, ledger and agent state.
+        #[arg(long, default_value = "./domesday-demo")]
+        dir: PathBuf,
+    },
     /// Print the ledger's energy over [from, to) (read-only; works while `serve` runs).
     Energy {
         #[arg(long)]
@@ -89,6 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", hex(&hash_token(&token)));
         return Ok(());
     }
+    if let Command::Demo { dir } = &cli.command {
+        return demo(dir.clone(), cli.listen);
+    }
     let Loaded { config: mut cfg, sites, read_hash } =
         CollectorConfig::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     if let Some(l) = cli.listen {
@@ -98,7 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.db = d;
     }
     match cli.command {
-        Command::HashToken => Ok(()),
+        Command::HashToken | Command::Demo { .. } => Ok(()),
         Command::CheckConfig => {
             print!("{}", cfg.to_toml());
             Ok(())
@@ -151,4 +161,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn demo(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    use domesday_collector::demo::{DemoOptions, load, prepare, spawn_agent};
+    let opts = DemoOptions {
+        dir,
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9956))),
+        agent_listen: SocketAddr::from(([127, 0, 0, 1], 9955)),
+    };
+    let (collector_cfg, agent_cfg) = prepare(&opts)?;
+    let Loaded { config, sites, read_hash } = load(&collector_cfg)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = serve::bind(config.listen).await?;
+        let mut agent = spawn_agent(&agent_cfg);
+        println!("domesday demo (files in {})", opts.dir.display());
+        println!("  collector   http://{}/metrics", opts.listen);
+        println!("  hosts       http://{}/api/v1/sites/local/hosts", opts.listen);
+        println!("  energy      http://{}/api/v1/energy?site=local&from=<RFC 3339>&to=<RFC 3339>", opts.listen);
+        match &agent {
+            Some(_) => println!("  agent       http://{}/metrics (pushing every 10 s)", opts.agent_listen),
+            None => {
+                println!("  agent       not found beside this binary or on PATH: build it with `cargo build --release`")
+            }
+        }
+        println!("Ctrl-C stops both.");
+        let result = serve::serve(config, sites, read_hash, listener, serve::shutdown_signal()).await;
+        if let Some(a) = agent.as_mut() {
+            let _ = Process::new("kill").arg("-TERM").arg(a.id().to_string()).status();
+            let _ = a.wait();
+        }
+        result
+    })
 }

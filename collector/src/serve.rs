@@ -37,6 +37,12 @@ pub async fn serve(
         }),
     )
     .context("starting the ledger writer")?;
+    let pulls: Vec<_> = cfg
+        .pull
+        .iter()
+        .cloned()
+        .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
+        .collect();
     let state = Arc::new(AppState {
         sites,
         read_hash,
@@ -49,6 +55,10 @@ pub async fn serve(
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    for p in pulls {
+        p.abort();
+        let _ = p.await;
+    }
     // The router (and with it the last writer handle) is gone: the writer drains and stops.
     tokio::task::spawn_blocking(move || writer_thread.join()).await.ok();
     tracing::info!("ledger writer stopped; bye");

@@ -213,14 +213,14 @@ pub struct Collector {
 }
 
 /// The collector's config for the end-to-end tests.
-pub fn collector_config(dir: &Path, port: u16, token: &str) -> PathBuf {
+pub fn collector_config(dir: &Path, port: u16, token: &str, extra: &str) -> PathBuf {
     std::fs::write(dir.join("caen.token"), format!("{token}\n")).expect("token");
     std::fs::write(dir.join("rouen.token"), "other-token\n").expect("token");
     let config = dir.join("collector.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n\n[[sites]]\nid = \"caen-1\"\nname = \"Caen 1\"\nregion = \"normandie\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n\n[[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n",
+            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n{extra}\n\n[[sites]]\nid = \"caen-1\"\nname = \"Caen 1\"\nregion = \"normandie\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n\n[[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n",
             dir.join("domesday.db").display().to_string(),
             dir.join("caen.token").display().to_string(),
             dir.join("rouen.token").display().to_string()
@@ -233,7 +233,12 @@ pub fn collector_config(dir: &Path, port: u16, token: &str) -> PathBuf {
 impl Collector {
     /// Starts `domesday-collector serve` and waits until it is ready.
     pub fn start(dir: &Path, port: u16, token: &str) -> Collector {
-        let config = collector_config(dir, port, token);
+        Self::start_with(dir, port, token, "")
+    }
+
+    /// The same, with extra top-level TOML (before the sites), e.g. `[[pull]]` tables.
+    pub fn start_with(dir: &Path, port: u16, token: &str, extra: &str) -> Collector {
+        let config = collector_config(dir, port, token, extra);
         let child = Command::new(binary("domesday-collector"))
             .arg("serve")
             .arg("--config")

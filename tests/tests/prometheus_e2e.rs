@@ -8,6 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_tests::{Collector, Proc, fixture_copy, free_port, get_text, series_value, start_agent};
 
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 const TOKEN: &str = "prometheus-sender-token";
 
 fn prometheus() -> std::path::PathBuf {
@@ -77,4 +81,66 @@ fn prometheus_remote_write_is_booked() {
     );
     assert_eq!(series_value(&metrics, "domesday_ingest_requests_total", &["code=\"400\""]), None, "{metrics}");
     assert!(series_value(&metrics, "domesday_ingest_samples_total", &["result=\"not_booked\""]).unwrap_or(0.0) > 0.0);
+}
+
+/// Starts Prometheus scraping `agent_port` every second (no remote_write).
+fn scraping_prometheus(dir: &std::path::Path, agent_port: u16) -> (Proc, u16) {
+    let config = dir.join("prometheus-pull.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: domesday-agent\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let port = free_port();
+    let p = Proc(
+        Command::new(prometheus())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb-pull").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus"),
+    );
+    (p, port)
+}
+
+#[test]
+fn pull_mode_books_the_raw_samples_prometheus_scraped() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_fx, root) = fixture_copy("intel-2s");
+    let agent_port = free_port();
+    let _agent = start_agent(&root, agent_port, "500ms", &["--site", "caen-1"]);
+    let (_prom, prom_port) = scraping_prometheus(dir.path(), agent_port);
+    let pull = format!(
+        "\n[[pull]]\nsite = \"caen-1\"\nurl = \"http://127.0.0.1:{prom_port}\"\ninterval = \"1s\"\nlookback = \"2m\"\n"
+    );
+    let collector = Collector::start_with(dir.path(), free_port(), TOKEN, &pull);
+    let since = now_ms() / 60_000 * 60_000 - 60_000;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let to = now_ms() / 60_000 * 60_000 + 120_000;
+        let body = get_text(
+            &collector.url(&format!("/api/v1/energy?site=caen-1&host=test-host&from={since}&to={to}")),
+            Duration::from_secs(5),
+        );
+        let e: serde_json::Value = serde_json::from_str(&body).expect("json");
+        // The PSUs measure the host: booked as measured, by psu_input.
+        if e["samples"].as_u64().unwrap_or(0) >= 3 && e["measured_joules"].as_f64().unwrap_or(0.0) > 0.0 {
+            assert_eq!(e["estimated_joules"], 0.0, "{e}");
+            assert!(e["by_method"]["psu_input"].as_f64().unwrap_or(0.0) > 0.0, "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing pulled within 90 s: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Overlapping pulls read the same samples again: duplicates, counted once.
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = get_text(&collector.url("/metrics"), Duration::from_secs(5));
+    assert!(
+        series_value(&metrics, "domesday_ingest_samples_total", &["result=\"duplicate\""]).unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
 }
