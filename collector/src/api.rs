@@ -81,6 +81,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/energy", get(energy))
         .route("/api/v1/sites", get(sites))
         .route("/api/v1/sites/{site}/hosts", get(hosts))
+        .route("/api/v1/sites/{site}/meter-readings", post(meter_readings).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -161,6 +162,61 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             r
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CsvParams {
+    delimiter: Option<String>,
+    #[serde(default)]
+    decimal_comma: bool,
+    timezone: Option<String>,
+}
+
+async fn meter_readings(
+    State(state): State<Shared>,
+    Path(site): Path<String>,
+    Query(p): Query<CsvParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use crate::meters::csv_import::{CsvOptions, parse};
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let writer_site = match authenticate(&state.sites, auth) {
+        Ok(s) => s,
+        Err(r) => return error(StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED), r.to_string()),
+    };
+    if writer_site.config.id != site {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("this token writes site {:?}, not {site:?}", writer_site.config.id),
+        );
+    }
+    let delimiter = match p.delimiter.as_deref() {
+        None | Some("") => b',',
+        Some(d) if d.len() == 1 => d.as_bytes()[0],
+        Some(d) => return error(StatusCode::BAD_REQUEST, format!("delimiter {d:?} must be one character")),
+    };
+    let text = String::from_utf8_lossy(&body);
+    let opts = CsvOptions { delimiter, decimal_comma: p.decimal_comma, timezone: p.timezone };
+    let batch = match parse(&text, &site, &writer_site.config.meters, &opts) {
+        Ok(b) => b,
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().take(50).map(|e| e.to_string()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{} error(s); nothing imported:\n{}", errors.len(), lines.join("\n")),
+            );
+        }
+    };
+    let rows = batch.samples.len() + batch.intervals.len();
+    match state.writer.submit(batch).await {
+        Ok(Ok(o)) => axum::Json(serde_json::json!({
+            "rows": rows, "booked": o.booked, "duplicate": o.duplicate, "conflict": o.conflict,
+        }))
+        .into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -221,14 +221,14 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
                     }
                 }
             };
-            acc.batch.samples.push(CounterSample {
-                site: site.to_string(),
-                host: host.to_string(),
-                method: method.as_str().to_string(),
-                quality: method.quality().as_str().to_string(),
-                ts_ms: s.timestamp,
+            acc.batch.samples.push(CounterSample::host(
+                site,
+                host,
+                method.as_str(),
+                method.quality().as_str(),
+                s.timestamp,
                 value_uj,
-            });
+            ));
         }
     }
     // Within a request, book each series in time order.
@@ -280,8 +280,8 @@ mod tests {
         ]);
         let a = split(&r, "s", NOW, &IngestConfig::default()).expect("accepted");
         assert_eq!(a.batch.samples.len(), 3);
-        assert_eq!(a.batch.samples[1].value_uj, Some(11_500_000));
-        assert_eq!(a.batch.samples[2].value_uj, None);
+        assert_eq!(a.batch.samples[1].value_micro, Some(11_500_000));
+        assert_eq!(a.batch.samples[2].value_micro, None);
         assert_eq!(a.batch.samples[0].quality, "estimated");
         assert_eq!(a.suspect.get("no_site"), Some(&1));
         assert_eq!(a.other, 2);
@@ -347,6 +347,7 @@ mod tests {
                 token_sha256: None,
                 token_file: None,
                 pue_target: None,
+                meters: vec![],
             },
             token_hash: hash_token(token),
         };

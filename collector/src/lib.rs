@@ -16,5 +16,6 @@ pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod ledger;
+pub mod meters;
 pub mod pull;
 pub mod serve;

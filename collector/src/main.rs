@@ -43,6 +43,22 @@ enum Command {
     CheckConfig,
     /// Read a token on stdin and print its SHA-256 for `token_sha256`.
     HashToken,
+    /// Import meter readings from CSV (registers `timestamp,meter,value` or intervals `start,end,meter,value`).
+    ImportMeters {
+        #[arg(long)]
+        site: String,
+        /// The CSV file.
+        file: PathBuf,
+        /// Field separator (French Excel: ';').
+        #[arg(long, default_value = ",")]
+        delimiter: char,
+        /// Decimal comma (1234,5).
+        #[arg(long)]
+        decimal_comma: bool,
+        /// Time zone of naive timestamps (e.g. Europe/Paris).
+        #[arg(long)]
+        timezone: Option<String>,
+    },
     /// Run a local site: the collector and, if found, an agent on this machine pushing to it.
     Demo {
         /// Directory for the demo's config, token, ledger and agent state.
@@ -124,6 +140,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = serve::bind(cfg.listen).await?;
                 serve::serve(cfg, sites, read_hash, listener, serve::shutdown_signal()).await
             })
+        }
+        Command::ImportMeters { site, file, delimiter, decimal_comma, timezone } => {
+            use domesday_collector::ledger::LedgerWriter;
+            use domesday_collector::ledger::sqlite::SqliteWriter;
+            use domesday_collector::meters::csv_import::{CsvOptions, parse};
+            let Some(s) = sites.iter().find(|s| s.config.id == site) else {
+                bail!("no site {site:?} in the configuration");
+            };
+            if !delimiter.is_ascii() {
+                bail!("--delimiter must be one ASCII character");
+            }
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let opts = CsvOptions { delimiter: delimiter as u8, decimal_comma, timezone };
+            let batch = match parse(&text, &site, &s.config.meters, &opts) {
+                Ok(b) => b,
+                Err(errors) => {
+                    for e in errors.iter().take(50) {
+                        eprintln!("{}:{e}", file.display());
+                    }
+                    bail!("{} error(s) in {}; nothing was imported", errors.len(), file.display());
+                }
+            };
+            let rows = batch.samples.len() + batch.intervals.len();
+            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let o = w.apply(&[batch], domesday_collector::ledger::writer::now_ms())?;
+            let o = &o[0];
+            println!(
+                "{rows} rows: {} booked, {} already there (identical), {} conflicting (kept the first)",
+                o.booked, o.duplicate, o.conflict
+            );
+            Ok(())
         }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {

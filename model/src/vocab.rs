@@ -71,6 +71,60 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// `role`: a facility meter's place at the site boundary (contract §6).
+    Role {
+        UtilityIn => "utility_in", BackupGenOut => "backup_gen_out", FuelIn => "fuel_in",
+        OnsiteRenewableConsumed => "onsite_renewable_consumed", OnsiteRenewableExported => "onsite_renewable_exported",
+        ChilledWaterIn => "chilled_water_in", UpsOut => "ups_out", PduOut => "pdu_out", ItIn => "it_in",
+        Cooling => "cooling", WaterIn => "water_in", WaterPotableIn => "water_potable_in", HeatReusedOut => "heat_reused_out",
+    }
+}
+
+/// What a role's meter measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantity {
+    /// Electrical or thermal energy: `Wh`, `kWh`, `MWh`.
+    Energy,
+    /// Water: `m3`, `L`.
+    Water,
+    /// Generator fuel: `L`.
+    Fuel,
+}
+
+impl Role {
+    pub const fn quantity(self) -> Quantity {
+        match self {
+            Role::FuelIn => Quantity::Fuel,
+            Role::WaterIn | Role::WaterPotableIn => Quantity::Water,
+            _ => Quantity::Energy,
+        }
+    }
+
+    /// Units a meter of this role may declare.
+    pub const fn units(self) -> &'static [&'static str] {
+        match self.quantity() {
+            Quantity::Energy => &["Wh", "kWh", "MWh"],
+            Quantity::Water => &["m3", "L"],
+            Quantity::Fuel => &["L"],
+        }
+    }
+
+    /// PUE category of an IT metering point.
+    pub const fn it_category(self) -> Option<u8> {
+        match self {
+            Role::UpsOut => Some(1),
+            Role::PduOut => Some(2),
+            Role::ItIn => Some(3),
+            _ => None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+}
+
 impl Method {
     /// Measured methods read the power at the machine's input; the others estimate it.
     pub const fn quality(self) -> Quality {

@@ -239,10 +239,15 @@ impl Collector {
     /// The same, with extra top-level TOML (before the sites), e.g. `[[pull]]` tables.
     pub fn start_with(dir: &Path, port: u16, token: &str, extra: &str) -> Collector {
         let config = collector_config(dir, port, token, extra);
+        Self::spawn(dir, port, &config)
+    }
+
+    /// Starts `serve` with a given config file (which must listen on `port`).
+    pub fn spawn(dir: &Path, port: u16, config: &Path) -> Collector {
         let child = Command::new(binary("domesday-collector"))
             .arg("serve")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

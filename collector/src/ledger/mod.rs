@@ -18,16 +18,86 @@ pub mod writer;
 /// The metric the ledger books from agents (role `it_in`).
 pub const HOST_ENERGY_METRIC: &str = "domesday_host_energy_joules_total";
 
-/// One counter sample to book.
+/// The metric name under which facility meter series are stored.
+pub const METER_METRIC: &str = "meter";
+
+/// Units the ledger knows, with the factor from one micro-unit to the bucket's
+/// micro-base unit (µJ for energy, µL for volume), so conversions stay exact.
+pub fn micro_factor(unit: &str) -> Option<i64> {
+    match unit {
+        "J" => Some(1),
+        "Wh" => Some(3_600),
+        "kWh" => Some(3_600_000),
+        "MWh" => Some(3_600_000_000),
+        "L" => Some(1),
+        "m3" => Some(1_000),
+        _ => None,
+    }
+}
+
+/// Whether a unit measures volume (water, fuel) rather than energy.
+pub fn is_volume(unit: &str) -> bool {
+    matches!(unit, "L" | "m3")
+}
+
+/// One cumulative sample to book: a host's energy counter (`meter` empty,
+/// unit `J`) or a facility meter's register (`host` empty).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CounterSample {
     pub site: String,
     pub host: String,
+    pub meter: String,
     pub method: String,
     pub quality: String,
+    pub role: String,
+    pub unit: String,
     pub ts_ms: i64,
-    /// µJ; `None` is a stale marker.
-    pub value_uj: Option<i64>,
+    /// Micro-units of `unit` (µJ for agents); `None` is a stale marker.
+    pub value_micro: Option<i64>,
+}
+
+impl CounterSample {
+    /// An agent's host energy sample.
+    pub fn host(site: &str, host: &str, method: &str, quality: &str, ts_ms: i64, value_uj: Option<i64>) -> Self {
+        CounterSample {
+            site: site.into(),
+            host: host.into(),
+            meter: String::new(),
+            method: method.into(),
+            quality: quality.into(),
+            role: "it_in".into(),
+            unit: "J".into(),
+            ts_ms,
+            value_micro: value_uj,
+        }
+    }
+
+    /// A facility meter's register reading.
+    pub fn meter(site: &str, meter: &str, role: &str, unit: &str, ts_ms: i64, value_micro: i64) -> Self {
+        CounterSample {
+            site: site.into(),
+            host: String::new(),
+            meter: meter.into(),
+            method: String::new(),
+            quality: "measured".into(),
+            role: role.into(),
+            unit: unit.into(),
+            ts_ms,
+            value_micro: Some(value_micro),
+        }
+    }
+}
+
+/// A meter's consumption over an interval (`start,end,meter,value` rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntervalReading {
+    pub site: String,
+    pub meter: String,
+    pub role: String,
+    pub unit: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub value_micro: i64,
 }
 
 /// An agent's claim that `host` is the machine `machine_id` (from `domesday_host_info`).
@@ -44,6 +114,7 @@ pub struct HostClaim {
 pub struct Batch {
     pub samples: Vec<CounterSample>,
     pub claims: Vec<HostClaim>,
+    pub intervals: Vec<IntervalReading>,
 }
 
 /// What the ledger did with a batch's samples.

@@ -43,6 +43,12 @@ pub struct EnergyReport {
     pub samples: u64,
     pub first_sample: Option<String>,
     pub last_sample: Option<String>,
+    /// For water and fuel meters (roles `water_in`, `water_potable_in`, `fuel_in`):
+    /// the volume over the range, in litres; the energy fields are then zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_liters: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_microliters: Option<String>,
 }
 
 impl EnergyReport {
@@ -108,19 +114,43 @@ fn sum_buckets(
 /// for the whole hours in between (so ranges older than the minute retention
 /// still answer on whole hours).
 pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<EnergyReport, StoreError> {
-    let role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
-    let mut series: Vec<(i64, String, String, String)> = Vec::new();
-    if role == "it_in" && q.meter.is_none() {
-        let mut st = conn.prepare(
-            "SELECT id, host, method, quality FROM series WHERE site = ?1 AND metric = ?2 AND (?3 IS NULL OR host = ?3)",
-        )?;
-        let rows = st.query_map(params![q.site, HOST_ENERGY_METRIC, q.host], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-        })?;
+    let mut role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
+    // (id, host or meter, method, quality, unit)
+    let mut series: Vec<(i64, String, String, String, String)> = Vec::new();
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    };
+    if let Some(meter) = &q.meter {
+        let mut st =
+            conn.prepare("SELECT id, meter, method, quality, unit, role FROM series WHERE site = ?1 AND meter = ?2")?;
+        let rows = st.query_map(params![q.site, meter], |r| Ok((map(r)?, r.get::<_, String>(5)?)))?;
         for row in rows {
+            let (s, r) = row?;
+            role = r;
+            series.push(s);
+        }
+    } else if role == "it_in" {
+        let mut st = conn.prepare(
+            "SELECT id, host, method, quality, unit FROM series WHERE site = ?1 AND metric = ?2 AND (?3 IS NULL OR host = ?3)",
+        )?;
+        for row in st.query_map(params![q.site, HOST_ENERGY_METRIC, q.host], map)? {
+            series.push(row?);
+        }
+    } else {
+        let mut st = conn.prepare(
+            "SELECT id, meter, method, quality, unit FROM series WHERE site = ?1 AND meter != '' AND role = ?2",
+        )?;
+        for row in st.query_map(params![q.site, role], map)? {
             series.push(row?);
         }
     }
+    let volume = series.first().is_some_and(|s| super::is_volume(&s.4));
     let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
     let h1 = ((q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
     let h2 = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
@@ -143,11 +173,13 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
     let mut by_method: BTreeMap<String, i128> = BTreeMap::new();
     let mut covered: i128 = 0;
     let mut hosts = std::collections::BTreeSet::new();
-    for (id, host, method, quality) in &series {
+    for (id, host, method, quality, _) in &series {
         let (e, c) = per_series.get(id).copied().unwrap_or((0, 0));
         total += e;
         covered += c;
-        *by_method.entry(method.clone()).or_insert(0) += e;
+        if !method.is_empty() {
+            *by_method.entry(method.clone()).or_insert(0) += e;
+        }
         if quality == "estimated" {
             estimated += e
         } else {
@@ -155,12 +187,14 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
         }
         hosts.insert(host.clone());
     }
+    let (volume_total, total, measured, estimated) =
+        if volume { (Some(total), 0, 0, 0) } else { (None, total, measured, estimated) };
     let span = i128::from(q.to_ms - q.from_ms) * hosts.len() as i128;
     let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
         let mut st = conn.prepare_cached(
-            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND value_uj IS NOT NULL",
+            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND value_micro IS NOT NULL",
         )?;
         for id in &ids {
             let (n, a, b): (i64, Option<i64>, Option<i64>) =
@@ -192,6 +226,8 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
         samples,
         first_sample: first.map(rfc3339),
         last_sample: last.map(rfc3339),
+        volume_liters: volume_total.map(|v| v as f64 / 1e6),
+        volume_microliters: volume_total.map(|v| v.to_string()),
     })
 }
 
@@ -200,7 +236,7 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
     let mut names: Vec<String> = Vec::new();
     {
         let mut st = conn.prepare(
-            "SELECT host FROM series WHERE site = ?1 UNION SELECT host FROM hosts WHERE site = ?1 ORDER BY 1",
+            "SELECT host FROM series WHERE site = ?1 AND host != '' UNION SELECT host FROM hosts WHERE site = ?1 ORDER BY 1",
         )?;
         for r in st.query_map([site], |r| r.get::<_, String>(0))? {
             names.push(r?);
@@ -219,7 +255,7 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
         let current: Option<(String, String)> = conn
             .query_row(
                 "SELECT se.method, se.quality FROM samples sa JOIN series se ON se.id = sa.series_id \
-                 WHERE se.site = ?1 AND se.host = ?2 AND sa.value_uj IS NOT NULL ORDER BY sa.ts_ms DESC LIMIT 1",
+                 WHERE se.site = ?1 AND se.host = ?2 AND sa.value_micro IS NOT NULL ORDER BY sa.ts_ms DESC LIMIT 1",
                 params![site, host],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

@@ -7,8 +7,8 @@
 //!
 //! Schema (versioned with `PRAGMA user_version`, migrations in [`MIGRATIONS`]):
 //! `series` (site, host, metric, method), raw `samples` (so a late sample can be
-//! slotted between its neighbours and a replay recognised), `minutes` and
-//! `hours` buckets of integer µJ with the observed milliseconds, `hosts` (the
+//! slotted between its neighbours and a replay recognised), `intervals` of
+//! meters, `minutes` and `hours` buckets of integer µJ (or µL for water and fuel) with the observed milliseconds, `hosts` (the
 //! machine that owns each host name) and `host_conflicts`.
 
 use std::collections::HashMap;
@@ -18,19 +18,23 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
-use super::{Batch, HOST_ENERGY_METRIC, LedgerReader, LedgerWriter, Outcome, StoreError};
+use super::{Batch, HOST_ENERGY_METRIC, LedgerReader, LedgerWriter, METER_METRIC, Outcome, StoreError, micro_factor};
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
 pub const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE series (
     id INTEGER PRIMARY KEY,
-    site TEXT NOT NULL, host TEXT NOT NULL, metric TEXT NOT NULL, method TEXT NOT NULL,
-    quality TEXT NOT NULL, role TEXT NOT NULL,
-    UNIQUE (site, host, metric, method)
+    site TEXT NOT NULL, host TEXT NOT NULL, meter TEXT NOT NULL, metric TEXT NOT NULL, method TEXT NOT NULL,
+    quality TEXT NOT NULL, role TEXT NOT NULL, unit TEXT NOT NULL,
+    UNIQUE (site, host, meter, metric, method)
 );
 CREATE TABLE samples (
-    series_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value_uj INTEGER,
+    series_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, value_micro INTEGER,
     PRIMARY KEY (series_id, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE intervals (
+    series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, value_micro INTEGER NOT NULL,
+    PRIMARY KEY (series_id, start_ms, end_ms)
 ) WITHOUT ROWID;
 CREATE TABLE minutes (
     series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
@@ -97,6 +101,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// (site, host, meter, method): a series' identity (contract §6).
+type SeriesKey = (String, String, String, String);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Last {
     ts_ms: i64,
@@ -107,14 +114,14 @@ struct Last {
 pub struct SqliteWriter {
     conn: Connection,
     policy: Policy,
-    series: HashMap<(String, String, String), i64>,
+    series: HashMap<SeriesKey, i64>,
     last: HashMap<i64, Last>,
     owners: HashMap<(String, String), (String, i64)>,
 }
 
 #[derive(Default)]
 struct Staged {
-    series: HashMap<(String, String, String), i64>,
+    series: HashMap<SeriesKey, i64>,
     last: HashMap<i64, Last>,
     owners: HashMap<(String, String), (String, i64)>,
     minutes: HashMap<(i64, i64), (i64, i64)>,
@@ -130,18 +137,24 @@ impl SqliteWriter {
         let mut last = HashMap::new();
         let mut owners = HashMap::new();
         {
-            let mut st = conn.prepare("SELECT id, site, host, method FROM series WHERE metric = ?1")?;
-            let rows = st.query_map([HOST_ENERGY_METRIC], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            let mut st = conn.prepare("SELECT id, site, host, meter, method FROM series")?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?),
+                ))
             })?;
             for row in rows {
-                let (id, site, host, method) = row?;
-                series.insert((site, host, method), id);
+                let (id, key) = row?;
+                series.insert(key, id);
             }
+            // Only host series keep their last sample in memory: meters are few, and
+            // `import-meters` may write them while `serve` runs.
             let mut st = conn.prepare(
-                "SELECT s.series_id, s.ts_ms, s.value_uj FROM samples s \
+                "SELECT s.series_id, s.ts_ms, s.value_micro FROM samples s \
                  JOIN (SELECT series_id, MAX(ts_ms) AS m FROM samples GROUP BY series_id) l \
-                 ON s.series_id = l.series_id AND s.ts_ms = l.m",
+                 ON s.series_id = l.series_id AND s.ts_ms = l.m \
+                 JOIN series se ON se.id = s.series_id WHERE se.meter = ''",
             )?;
             let rows =
                 st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))?;
@@ -161,8 +174,21 @@ impl SqliteWriter {
         Ok(SqliteWriter { conn, policy, series, last, owners })
     }
 
-    fn book_interval(staged: &mut Staged, policy: &Policy, id: i64, t0: i64, t1: i64, energy: i64, sign: i64) {
-        if t1 > t0 {
+    /// Books `amount` (in the series' micro-units) over `[t0, t1)`, converted to the
+    /// bucket's micro-base unit with the unit's exact integer factor.
+    #[allow(clippy::too_many_arguments)]
+    fn book_interval(
+        staged: &mut Staged,
+        policy: &Policy,
+        id: i64,
+        factor: i64,
+        t0: i64,
+        t1: i64,
+        amount: i64,
+        sign: i64,
+    ) {
+        let energy = amount.saturating_mul(factor);
+        if t1 > t0 && factor > 0 {
             staged.energy_uj += i128::from(sign) * i128::from(energy);
         }
         for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
@@ -201,7 +227,7 @@ impl SqliteWriter {
                     // The previous owner went silent: the new machine takes the name
                     // over, and its counters start from a fresh baseline.
                     tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
-                    for ((s, h, _), id) in self.series.iter().chain(staged.series.iter()) {
+                    for ((s, h, _, _), id) in self.series.iter().chain(staged.series.iter()) {
                         if *s == c.site && *h == c.host {
                             let ts =
                                 staged.last.get(id).or_else(|| self.last.get(id)).map(|l| l.ts_ms).unwrap_or(c.ts_ms);
@@ -224,7 +250,8 @@ impl SqliteWriter {
             }
         }
         let oldest = now_ms - self.policy.minute_retention_ms;
-        let mut insert = tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_uj) VALUES (?1, ?2, ?3)")?;
+        let mut insert =
+            tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
         for s in &batch.samples {
             if refused.iter().any(|(site, host)| *site == s.site && *host == s.host) {
                 out.host_conflict += 1;
@@ -234,44 +261,42 @@ impl SqliteWriter {
                 )?;
                 continue;
             }
-            let key = (s.site.clone(), s.host.clone(), s.method.clone());
-            let id = match staged.series.get(&key).or_else(|| self.series.get(&key)) {
-                Some(id) => *id,
-                None => {
-                    tx.execute(
-                        "INSERT INTO series (site, host, metric, method, quality, role) VALUES (?1, ?2, ?3, ?4, ?5, 'it_in')",
-                        params![s.site, s.host, HOST_ENERGY_METRIC, s.method, s.quality],
-                    )?;
-                    let id = tx.last_insert_rowid();
-                    staged.series.insert(key, id);
-                    id
-                }
+            let factor = micro_factor(&s.unit).unwrap_or(0);
+            let id = self.series_id(tx, staged, &s.site, &s.host, &s.meter, &s.method, &s.quality, &s.role, &s.unit)?;
+            let last = if s.meter.is_empty() {
+                staged.last.get(&id).or_else(|| self.last.get(&id)).copied()
+            } else {
+                tx.query_row(
+                    "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 ORDER BY ts_ms DESC LIMIT 1",
+                    [id],
+                    |r| Ok(Last { ts_ms: r.get(0)?, value: r.get(1)? }),
+                )
+                .optional()?
             };
-            let last = staged.last.get(&id).or_else(|| self.last.get(&id)).copied();
             match last {
                 None => {
-                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
-                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_uj });
+                    insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
                 Some(l) if s.ts_ms > l.ts_ms => {
-                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
-                    let inc = increment(l.value, s.value_uj);
-                    Self::book_interval(staged, &self.policy, id, l.ts_ms, s.ts_ms, inc, 1);
-                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_uj });
+                    insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                    let inc = increment(l.value, s.value_micro);
+                    Self::book_interval(staged, &self.policy, id, factor, l.ts_ms, s.ts_ms, inc, 1);
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
                 Some(_) => {
                     // At or before the series' last sample: a replay, or a late sample.
                     let existing: Option<Option<i64>> = tx
                         .query_row(
-                            "SELECT value_uj FROM samples WHERE series_id = ?1 AND ts_ms = ?2",
+                            "SELECT value_micro FROM samples WHERE series_id = ?1 AND ts_ms = ?2",
                             params![id, s.ts_ms],
                             |r| r.get(0),
                         )
                         .optional()?;
                     if let Some(v) = existing {
-                        if v == s.value_uj {
+                        if v == s.value_micro {
                             out.duplicate += 1
                         } else {
                             out.conflict += 1
@@ -284,34 +309,117 @@ impl SqliteWriter {
                     }
                     let prev: Option<(i64, Option<i64>)> = tx
                         .query_row(
-                            "SELECT ts_ms, value_uj FROM samples WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC LIMIT 1",
+                            "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC LIMIT 1",
                             params![id, s.ts_ms],
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )
                         .optional()?;
                     let next: Option<(i64, Option<i64>)> = tx
                         .query_row(
-                            "SELECT ts_ms, value_uj FROM samples WHERE series_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms ASC LIMIT 1",
+                            "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms ASC LIMIT 1",
                             params![id, s.ts_ms],
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )
                         .optional()?;
                     if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
-                        Self::book_interval(staged, &self.policy, id, pt, nt, increment(pv, nv), -1);
+                        Self::book_interval(staged, &self.policy, id, factor, pt, nt, increment(pv, nv), -1);
                     }
                     if let Some((pt, pv)) = prev {
-                        Self::book_interval(staged, &self.policy, id, pt, s.ts_ms, increment(pv, s.value_uj), 1);
+                        Self::book_interval(
+                            staged,
+                            &self.policy,
+                            id,
+                            factor,
+                            pt,
+                            s.ts_ms,
+                            increment(pv, s.value_micro),
+                            1,
+                        );
                     }
                     if let Some((nt, nv)) = next {
-                        Self::book_interval(staged, &self.policy, id, s.ts_ms, nt, increment(s.value_uj, nv), 1);
+                        Self::book_interval(
+                            staged,
+                            &self.policy,
+                            id,
+                            factor,
+                            s.ts_ms,
+                            nt,
+                            increment(s.value_micro, nv),
+                            1,
+                        );
                     }
-                    insert.execute(params![id, s.ts_ms, s.value_uj])?;
+                    insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                    out.booked += 1;
+                }
+            }
+        }
+        for iv in &batch.intervals {
+            let factor = micro_factor(&iv.unit).unwrap_or(0);
+            let id = self.series_id(tx, staged, &iv.site, "", &iv.meter, "", "measured", &iv.role, &iv.unit)?;
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT value_micro FROM intervals WHERE series_id = ?1 AND start_ms = ?2 AND end_ms = ?3",
+                    params![id, iv.start_ms, iv.end_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(v) if v == iv.value_micro => out.duplicate += 1,
+                Some(_) => out.conflict += 1,
+                None => {
+                    tx.execute(
+                        "INSERT INTO intervals VALUES (?1, ?2, ?3, ?4)",
+                        params![id, iv.start_ms, iv.end_ms, iv.value_micro],
+                    )?;
+                    // An interval reading is a measurement of the whole interval: it covers it.
+                    let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+                    Self::book_interval(staged, &policy, id, factor, iv.start_ms, iv.end_ms, iv.value_micro, 1);
                     out.booked += 1;
                 }
             }
         }
         out.energy_uj = staged.energy_uj;
         Ok(out)
+    }
+
+    /// The id of a series, created in this transaction if new.
+    #[allow(clippy::too_many_arguments)]
+    fn series_id(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        staged: &mut Staged,
+        site: &str,
+        host: &str,
+        meter: &str,
+        method: &str,
+        quality: &str,
+        role: &str,
+        unit: &str,
+    ) -> Result<i64, StoreError> {
+        let key = (site.to_string(), host.to_string(), meter.to_string(), method.to_string());
+        if let Some(id) = staged.series.get(&key).or_else(|| self.series.get(&key)) {
+            return Ok(*id);
+        }
+        let metric = if meter.is_empty() { HOST_ENERGY_METRIC } else { METER_METRIC };
+        // Another process (import-meters) may have created it since we loaded.
+        if let Some(id) = tx
+            .query_row(
+                "SELECT id FROM series WHERE site = ?1 AND host = ?2 AND meter = ?3 AND metric = ?4 AND method = ?5",
+                params![site, host, meter, metric, method],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+        {
+            staged.series.insert(key, id);
+            return Ok(id);
+        }
+        tx.execute(
+            "INSERT INTO series (site, host, meter, metric, method, quality, role, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![site, host, meter, metric, method, quality, role, unit],
+        )?;
+        let id = tx.last_insert_rowid();
+        staged.series.insert(key, id);
+        Ok(id)
     }
 }
 

@@ -15,18 +15,11 @@ const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const NOW: i64 = T0 + 86_400_000;
 
 fn sample(host: &str, method: &str, ts: i64, v: Option<i64>) -> CounterSample {
-    CounterSample {
-        site: "s".into(),
-        host: host.into(),
-        method: method.into(),
-        quality: if method == "model" { "estimated".into() } else { "measured".into() },
-        ts_ms: ts,
-        value_uj: v,
-    }
+    CounterSample::host("s", host, method, if method == "model" { "estimated" } else { "measured" }, ts, v)
 }
 
 fn batch(samples: Vec<CounterSample>) -> Batch {
-    Batch { samples, claims: vec![] }
+    Batch { samples, claims: vec![], intervals: vec![] }
 }
 
 fn query(host: Option<&str>, from: i64, to: i64) -> EnergyQuery {
@@ -137,11 +130,19 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
     let db = dir.path().join("l.db");
     let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
     let claim = |m: &str, ts| HostClaim { site: "s".into(), host: "h1".into(), machine_id: m.into(), ts_ms: ts };
-    w.apply(&[Batch { samples: vec![sample("h1", "model", T0, Some(0))], claims: vec![claim("aaa", T0)] }], NOW)
-        .expect("a");
+    w.apply(
+        &[Batch {
+            intervals: vec![],
+            samples: vec![sample("h1", "model", T0, Some(0))],
+            claims: vec![claim("aaa", T0)],
+        }],
+        NOW,
+    )
+    .expect("a");
     let o = w
         .apply(
             &[Batch {
+                intervals: vec![],
                 samples: vec![sample("h1", "model", T0 + 1_000, Some(5_000_000))],
                 claims: vec![claim("bbb", T0 + 1_000)],
             }],
@@ -150,7 +151,11 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
         .expect("b");
     assert_eq!(o[0].host_conflict, 1);
     w.apply(
-        &[Batch { samples: vec![sample("h1", "model", T0 + 2_000, Some(10))], claims: vec![claim("aaa", T0 + 2_000)] }],
+        &[Batch {
+            intervals: vec![],
+            samples: vec![sample("h1", "model", T0 + 2_000, Some(10))],
+            claims: vec![claim("aaa", T0 + 2_000)],
+        }],
         NOW,
     )
     .expect("c");
@@ -162,8 +167,15 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
     // The owner falls silent for longer than the takeover delay: the new machine
     // takes the name over from a fresh baseline.
     let later = T0 + 2 * 3_600_000;
-    w.apply(&[Batch { samples: vec![sample("h1", "model", later, Some(42))], claims: vec![claim("bbb", later)] }], NOW)
-        .expect("d");
+    w.apply(
+        &[Batch {
+            intervals: vec![],
+            samples: vec![sample("h1", "model", later, Some(42))],
+            claims: vec![claim("bbb", later)],
+        }],
+        NOW,
+    )
+    .expect("d");
     w.apply(&[batch(vec![sample("h1", "model", later + 60_000, Some(52))])], NOW).expect("e");
     assert_eq!(reader.energy(&query(Some("h1"), later, later + 120_000)).expect("q").energy_uj(), 10);
 }
@@ -235,4 +247,64 @@ proptest! {
         let total: i64 = want.values().sum();
         prop_assert_eq!(reader.energy(&query(Some("h1"), first, last)).expect("q").energy_uj(), i128::from(total));
     }
+}
+
+fn meter_query(meter: Option<&str>, role: Option<&str>, from: i64, to: i64) -> EnergyQuery {
+    EnergyQuery {
+        site: "s".into(),
+        host: None,
+        meter: meter.map(str::to_string),
+        role: role.map(str::to_string),
+        from_ms: from,
+        to_ms: to,
+    }
+}
+
+#[test]
+fn meter_registers_and_intervals_book_exact_shares_and_reimport_is_idempotent() {
+    use super::IntervalReading;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    // A utility register in kWh far beyond 2.56 GWh (where i64 µJ would overflow a value).
+    let big = 12_345_678_000_000i64; // 12,345,678 kWh in µkWh
+    let regs = vec![
+        CounterSample::meter("s", "edf", "utility_in", "kWh", T0, big),
+        CounterSample::meter("s", "edf", "utility_in", "kWh", T0 + 3_600_000, big + 150_500_000),
+    ];
+    // A quarter-hour interval of district cold, and water in m³.
+    let iv = |meter: &str, role: &str, unit: &str, v: i64| IntervalReading {
+        site: "s".into(),
+        meter: meter.into(),
+        role: role.into(),
+        unit: unit.into(),
+        start_ms: T0,
+        end_ms: T0 + 900_000,
+        value_micro: v,
+    };
+    let b = Batch {
+        samples: regs,
+        claims: vec![],
+        intervals: vec![iv("cold", "chilled_water_in", "kWh", 30_000_000), iv("w", "water_in", "m3", 2_500_000)],
+    };
+    let o = w.apply(std::slice::from_ref(&b), NOW).expect("apply");
+    assert_eq!(o[0].booked, 4);
+    let again = w.apply(&[b], NOW).expect("re-import");
+    assert_eq!((again[0].booked, again[0].duplicate), (0, 4));
+    let r = SqliteReader::new(&db, Policy::default());
+    let hour = r.energy(&meter_query(None, Some("utility_in"), T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(hour.energy_microjoules, (150_500_000i128 * 3_600_000).to_string()); // 150.5 kWh
+    assert_eq!(hour.energy_joules, 150.5 * 3.6e6);
+    // The first quarter hour gets exactly a quarter.
+    let q1 = r.energy(&meter_query(Some("edf"), None, T0, T0 + 900_000)).expect("q");
+    assert_eq!(q1.energy_joules, 150.5 * 3.6e6 / 4.0);
+    assert_eq!(q1.role, "utility_in");
+    let cold = r.energy(&meter_query(None, Some("chilled_water_in"), T0, T0 + 300_000)).expect("q");
+    assert_eq!(cold.energy_joules, 10.0 * 3.6e6);
+    let water = r.energy(&meter_query(Some("w"), None, T0, T0 + 900_000)).expect("q");
+    assert_eq!((water.volume_liters, water.energy_joules), (Some(2_500.0), 0.0));
+    assert_eq!(water.coverage_ratio, 1.0);
+    // Meters never show up as hosts, nor in the agents' IT energy.
+    assert!(r.hosts("s", NOW).expect("hosts").is_empty());
+    assert_eq!(r.energy(&query(None, T0, T0 + 3_600_000)).expect("q").energy_joules, 0.0);
 }

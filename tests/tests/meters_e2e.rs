@@ -1,0 +1,114 @@
+//! Facility meter readings through the real collector: `import-meters` on a
+//! French Excel CSV and the HTTP upload, exact shares through the energy API,
+//! idempotent re-imports, and a bad file refused whole with its line numbers.
+
+use std::process::Command;
+use std::time::Duration;
+
+use domesday_tests::{Collector, binary, free_port, get_text};
+
+const TOKEN: &str = "meters-token";
+
+fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    std::fs::write(dir.join("t"), TOKEN).expect("token");
+    let p = dir.join("collector.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+db = {db:?}
+
+[[sites]]
+id = "caen-1"
+timezone = "Europe/Paris"
+token_file = {t:?}
+
+[[sites.meters]]
+id = "tgbt"
+role = "utility_in"
+kind = "csv"
+unit = "kWh"
+
+[[sites.meters]]
+id = "eau"
+role = "water_in"
+kind = "csv"
+unit = "m3"
+"#,
+            db = dir.join("domesday.db").display().to_string(),
+            t = dir.join("t").display().to_string()
+        ),
+    )
+    .expect("config");
+    p
+}
+
+fn import(cfg: &std::path::Path, file: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(binary("domesday-collector"))
+        .args(["import-meters", "--site", "caen-1", "--config"])
+        .arg(cfg)
+        .arg(file)
+        .args(extra)
+        .output()
+        .expect("import-meters");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn csv_imports_are_exact_idempotent_and_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let cfg = config(dir.path(), port);
+    // French Excel: BOM, ';', decimal comma, local Paris times, CRLF. 2026-01-01 00:00 Paris = 2025-12-31T23:00Z.
+    let csv = "\u{feff}start;end;meter;value\r\n2026-01-01 00:00:00;2026-01-01 00:15:00;tgbt;1 200,5\r\n2026-01-01 00:15:00;2026-01-01 00:30:00;tgbt;1 199,5\r\n";
+    let file = dir.path().join("releve.csv");
+    std::fs::write(&file, csv).expect("csv");
+    let excel = ["--delimiter", ";", "--decimal-comma", "--timezone", "Europe/Paris"];
+    let (ok, out) = import(&cfg, &file, &excel);
+    assert!(ok && out.contains("2 booked"), "{out}");
+    let (ok, out) = import(&cfg, &file, &excel);
+    assert!(ok && out.contains("0 booked, 2 already there"), "{out}");
+    // A bad file: nothing stored, each bad line named.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "timestamp,meter,value\n2026-01-01T00:00:00Z,eau,10\n2026-01-01T01:00:00Z,gaz,3\nhier,eau,11\n",
+    )
+    .expect("csv");
+    let (ok, out) = import(&cfg, &bad, &[]);
+    assert!(
+        !ok && out.contains("bad.csv:line 3") && out.contains("bad.csv:line 4") && out.contains("nothing was imported"),
+        "{out}"
+    );
+
+    let c = Collector::spawn(dir.path(), port, &cfg);
+    let get = |q: &str| -> serde_json::Value {
+        serde_json::from_str(&get_text(&c.url(&format!("/api/v1/energy?site=caen-1&{q}")), Duration::from_secs(10)))
+            .expect("json")
+    };
+    let half = get("meter=tgbt&from=2025-12-31T23:00:00Z&to=2025-12-31T23:30:00Z");
+    assert_eq!(half["energy_microjoules"], (2_400_000_000i128 * 3_600_000).to_string(), "{half}"); // 2400 kWh
+    let five = get("role=utility_in&from=2025-12-31T23:00:00Z&to=2025-12-31T23:05:00Z");
+    assert_eq!(five["energy_joules"], 1200.5 / 3.0 * 3.6e6, "{five}");
+    // The bad file's valid row was not stored either.
+    assert_eq!(
+        get("meter=eau&from=2025-12-31T23:00:00Z&to=2026-01-01T02:00:00Z")["volume_liters"],
+        serde_json::Value::Null
+    );
+
+    // The same through HTTP, with the site's write token; registers this time.
+    let client = reqwest::blocking::Client::new();
+    let body = "timestamp,meter,value\n2026-01-01T00:00:00Z,eau,1000.5\n2026-01-01T01:00:00Z,eau,1003\n";
+    let url = c.url("/api/v1/sites/caen-1/meter-readings");
+    let resp = client.post(&url).bearer_auth(TOKEN).header("content-type", "text/csv").body(body).send().expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value = serde_json::from_str(&resp.text().expect("body")).expect("json");
+    assert_eq!(v["booked"], 2, "{v}");
+    let water = get("meter=eau&from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z");
+    assert_eq!(water["volume_liters"], 2500.0, "{water}");
+    let resp = client.post(&url).bearer_auth("wrong").body(body).send().expect("post");
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = client.post(&url).bearer_auth(TOKEN).body("timestamp;meter;value\n").send().expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().unwrap_or_default().contains("--delimiter"));
+}
