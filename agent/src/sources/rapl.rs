@@ -217,4 +217,27 @@ mod tests {
         assert_eq!(third.facts.rapl_host_delta_uj, None);
         assert!(third.statuses.iter().any(|s| s.sensor == "intel-rapl:1" && s.result.is_err()));
     }
+
+    #[test]
+    fn keep_alive_reads_catch_a_wrap_that_one_long_interval_would_hide() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path();
+        let p0 = zone_dir(root, "intel-rapl:0", "package-0", 900_000_000);
+        let pr = Progress::default();
+        let run = |keep_alive: bool| {
+            std::fs::write(p0.join("energy_uj"), "900000000\n").expect("w");
+            let mut r = Rapl::new(root);
+            r.discover();
+            r.sample(Duration::ZERO, &pr);
+            // Two wraps of the 1e9 µJ range within one long interval: +200e6, then +950e6.
+            std::fs::write(p0.join("energy_uj"), "100000000\n").expect("w");
+            if keep_alive {
+                r.accumulate(&pr);
+            }
+            std::fs::write(p0.join("energy_uj"), "50000000\n").expect("w");
+            r.sample(Duration::from_secs(60), &pr).facts.rapl_host_delta_uj
+        };
+        assert_eq!(run(true), Some(200_000_000 + 950_000_000));
+        assert_eq!(run(false), Some(150_000_000), "without the keep-alive read the first wrap is lost");
+    }
 }
