@@ -101,8 +101,21 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// (site, host, meter, method): a series' identity (contract §6).
-type SeriesKey = (String, String, String, String);
+/// A series' identity (contract §6): site, host, meter and method joined by
+/// U+001F, so lookups can borrow a reused buffer instead of allocating four strings.
+type SeriesKey = String;
+
+const SEP: char = '\u{1f}';
+
+fn series_key(buf: &mut String, site: &str, host: &str, meter: &str, method: &str) {
+    buf.clear();
+    for (i, part) in [site, host, meter, method].iter().enumerate() {
+        if i > 0 {
+            buf.push(SEP);
+        }
+        buf.push_str(part);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Last {
@@ -128,6 +141,7 @@ struct Staged {
     hours: HashMap<(i64, i64), (i64, i64)>,
     /// Net µJ booked by the batch being applied.
     energy_uj: i128,
+    key_buf: String,
 }
 
 impl SqliteWriter {
@@ -145,7 +159,9 @@ impl SqliteWriter {
                 ))
             })?;
             for row in rows {
-                let (id, key) = row?;
+                let (id, (site, host, meter, method)) = row?;
+                let mut key = String::new();
+                series_key(&mut key, &site, &host, &meter, &method);
                 series.insert(key, id);
             }
             // Only host series keep their last sample in memory: meters are few, and
@@ -227,8 +243,9 @@ impl SqliteWriter {
                     // The previous owner went silent: the new machine takes the name
                     // over, and its counters start from a fresh baseline.
                     tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
-                    for ((s, h, _, _), id) in self.series.iter().chain(staged.series.iter()) {
-                        if *s == c.site && *h == c.host {
+                    for (key, id) in self.series.iter().chain(staged.series.iter()) {
+                        let mut parts = key.split(SEP);
+                        if parts.next() == Some(c.site.as_str()) && parts.next() == Some(c.host.as_str()) {
                             let ts =
                                 staged.last.get(id).or_else(|| self.last.get(id)).map(|l| l.ts_ms).unwrap_or(c.ts_ms);
                             staged.last.insert(*id, Last { ts_ms: ts, value: None });
@@ -396,10 +413,13 @@ impl SqliteWriter {
         role: &str,
         unit: &str,
     ) -> Result<i64, StoreError> {
-        let key = (site.to_string(), host.to_string(), meter.to_string(), method.to_string());
-        if let Some(id) = staged.series.get(&key).or_else(|| self.series.get(&key)) {
+        series_key(&mut staged.key_buf, site, host, meter, method);
+        if let Some(id) =
+            staged.series.get(staged.key_buf.as_str()).or_else(|| self.series.get(staged.key_buf.as_str()))
+        {
             return Ok(*id);
         }
+        let key = staged.key_buf.clone();
         let metric = if meter.is_empty() { HOST_ENERGY_METRIC } else { METER_METRIC };
         // Another process (import-meters) may have created it since we loaded.
         if let Some(id) = tx
