@@ -172,6 +172,56 @@ pub fn split(from_ms: i64, to_ms: i64, step: Step, tz: &TimeZone, now_ms: i64) -
     Ok(out)
 }
 
+/// A `window` label of the collector's indicator metrics (contract §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    Hour,
+    Day,
+    Days30,
+    Days365,
+    /// From 1 January of the current year in the site's zone.
+    YearToDate,
+    /// The last complete calendar year in the site's zone.
+    Year,
+}
+
+impl Window {
+    pub const ALL: [Window; 6] =
+        [Window::Hour, Window::Day, Window::Days30, Window::Days365, Window::YearToDate, Window::Year];
+
+    pub fn parse(s: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "1h",
+            Window::Day => "24h",
+            Window::Days30 => "30d",
+            Window::Days365 => "365d",
+            Window::YearToDate => "ytd",
+            Window::Year => "year",
+        }
+    }
+
+    /// `[from, to)` of the window at `now_ms`, on whole minutes (the ledger's
+    /// resolution): rolling windows end at the current minute; `year` is the
+    /// last complete calendar year of `tz`.
+    pub fn bounds(self, now_ms: i64, tz: &TimeZone) -> Result<(i64, i64), PeriodError> {
+        let now = now_ms - now_ms.rem_euclid(60_000);
+        let rolling = |h: i64| Ok((now - h * HOUR_MS, now));
+        let year = ts(now)?.to_zoned_datetime(tz.clone()).year();
+        match self {
+            Window::Hour => rolling(1),
+            Window::Day => rolling(24),
+            Window::Days30 => rolling(30 * 24),
+            Window::Days365 => rolling(365 * 24),
+            Window::YearToDate => Ok((calendar_year(year, tz)?.0, now)),
+            Window::Year => calendar_year(year - 1, tz),
+        }
+    }
+}
+
 /// An annual quantity (GOs per calendar year, kWh) brought down to
 /// `[from_ms, to_ms)`: Σ over the calendar years it overlaps of
 /// annual × overlap / year length. Additive over any split of the range, and
@@ -265,6 +315,20 @@ mod tests {
         let kolkata = TimeZone::get("Asia/Kolkata").expect("tz");
         let h = split(ms("2025-01-01T00:00:00Z"), ms("2025-01-01T02:00:00Z"), Step::Hour, &kolkata, NOW).expect("s");
         assert_eq!(h[0].to_ms, ms("2025-01-01T00:30:00Z"));
+    }
+
+    #[test]
+    fn metric_windows() {
+        let now = ms("2026-03-10T12:34:56Z");
+        assert_eq!(Window::Year.bounds(now, &paris()), calendar_year(2025, &paris()));
+        assert_eq!(
+            Window::YearToDate.bounds(now, &paris()),
+            Ok((ms("2025-12-31T23:00:00Z"), ms("2026-03-10T12:34:00Z")))
+        );
+        assert_eq!(Window::Day.bounds(now, &paris()), Ok((ms("2026-03-09T12:34:00Z"), ms("2026-03-10T12:34:00Z"))));
+        assert!(Window::ALL.iter().all(|w| Window::parse(w.as_str()) == Some(*w)));
+        let (a, b) = Window::Year.bounds(now, &paris()).expect("year");
+        assert!(is_complete_year(a, b, &paris(), now));
     }
 
     #[test]
