@@ -8,12 +8,18 @@
 //! - [`pull`]: pull mode, reading raw counters from a Prometheus-compatible API into the same path.
 //! - [`api`]: HTTP handlers (write, energy, sites, hosts, health, metrics).
 //! - [`serve`]: wiring and graceful shutdown; [`demo`]: the local all-in-one run.
+//! - [`indicators`]: PUE, DCiE, pPUE, ERE, CUE, WUE, ERF, REF as pure functions over period totals;
+//!   roll-ups, time-matched emissions, period arithmetic in the site's zone.
+//! - [`carbon`]: grid carbon intensity sources (static, RTE éCO2mix, Electricity Maps) behind one
+//!   trait, cached, with a visible fallback; the `[carbon]` config; embodied emissions.
 //!
-//! It must not read sensors; indicators (issue #4) will live in their own module.
+//! It must not read sensors, and computes no indicator outside [`indicators`].
 
 pub mod api;
+pub mod carbon;
 pub mod config;
 pub mod demo;
+pub mod indicators;
 pub mod ingest;
 pub mod ledger;
 pub mod meters;
