@@ -110,6 +110,15 @@ impl Role {
         }
     }
 
+    /// The unit indicators and reports use for this role (kWh, litres of fuel, m³ of water).
+    pub const fn report_unit(self) -> &'static str {
+        match self.quantity() {
+            Quantity::Energy => "kWh",
+            Quantity::Water => "m3",
+            Quantity::Fuel => "L",
+        }
+    }
+
     /// PUE category of an IT metering point.
     pub const fn it_category(self) -> Option<u8> {
         match self {

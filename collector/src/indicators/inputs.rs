@@ -28,7 +28,7 @@ pub fn kwh_from_uj(uj: i128) -> f64 {
     uj as f64 / UJ_PER_KWH
 }
 
-/// One role's total over the period, in the role's unit ([`Role::unit`]).
+/// One role's total over the period, in the role's unit ([`Role::report_unit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Amount {
     pub value: f64,

@@ -39,85 +39,19 @@ pub use crate::carbon::FactorBasis;
 
 /// A facility boundary role (contract §6). Units: kWh for energies (thermal
 /// kWh for `chilled_water_in`), litres for `fuel_in`, m³ for water.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    UtilityIn,
-    BackupGenOut,
-    FuelIn,
-    OnsiteRenewableConsumed,
-    OnsiteRenewableExported,
-    ChilledWaterIn,
-    UpsOut,
-    PduOut,
-    ItIn,
-    Cooling,
-    WaterIn,
-    WaterPotableIn,
-    HeatReusedOut,
-}
+/// Facility roles are the contract's vocabulary, encoded once in `model`.
+pub use domesday_model::vocab::Role;
 
-impl Role {
-    pub const ALL: [Role; 13] = [
-        Role::UtilityIn,
-        Role::BackupGenOut,
-        Role::FuelIn,
-        Role::OnsiteRenewableConsumed,
-        Role::OnsiteRenewableExported,
-        Role::ChilledWaterIn,
-        Role::UpsOut,
-        Role::PduOut,
-        Role::ItIn,
-        Role::Cooling,
-        Role::WaterIn,
-        Role::WaterPotableIn,
-        Role::HeatReusedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::UtilityIn => "utility_in",
-            Role::BackupGenOut => "backup_gen_out",
-            Role::FuelIn => "fuel_in",
-            Role::OnsiteRenewableConsumed => "onsite_renewable_consumed",
-            Role::OnsiteRenewableExported => "onsite_renewable_exported",
-            Role::ChilledWaterIn => "chilled_water_in",
-            Role::UpsOut => "ups_out",
-            Role::PduOut => "pdu_out",
-            Role::ItIn => "it_in",
-            Role::Cooling => "cooling",
-            Role::WaterIn => "water_in",
-            Role::WaterPotableIn => "water_potable_in",
-            Role::HeatReusedOut => "heat_reused_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The unit of the role's totals.
-    pub fn unit(self) -> &'static str {
-        match self {
-            Role::FuelIn => "L",
-            Role::WaterIn | Role::WaterPotableIn => "m3",
-            _ => "kWh",
-        }
-    }
-
-    /// The PUE category of an IT metering point.
-    pub fn category(self) -> Option<Category> {
-        match self {
-            Role::UpsOut => Some(Category::Ups),
-            Role::PduOut => Some(Category::Pdu),
-            Role::ItIn => Some(Category::ItInput),
-            _ => None,
-        }
+/// The PUE category an IT metering role gives.
+pub fn category_of(r: Role) -> Option<Category> {
+    match r {
+        Role::UpsOut => Some(Category::Ups),
+        Role::PduOut => Some(Category::Pdu),
+        Role::ItIn => Some(Category::ItInput),
+        _ => None,
     }
 }
 
-/// PUE category (EN 50600-4-2 / ISO/IEC 30134-2): where E_IT is metered.
-/// Serialized as the number `1`, `2` or `3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Category {
     /// Category 1 (basic): UPS output (`ups_out`). The EED's E_IT.

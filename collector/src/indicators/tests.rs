@@ -576,13 +576,12 @@ proptest! {
 #[test]
 fn roles_round_trip() {
     for r in Role::ALL {
-        assert_eq!(Role::parse(r.as_str()), Some(r));
-        assert_eq!(serde_json::to_value(r).expect("json"), r.as_str());
+        assert_eq!(Role::parse(r.as_str()), Some(*r));
     }
-    assert_eq!(Role::FuelIn.unit(), "L");
-    assert_eq!(Role::WaterPotableIn.unit(), "m3");
+    assert_eq!(Role::FuelIn.report_unit(), "L");
+    assert_eq!(Role::WaterPotableIn.report_unit(), "m3");
     assert_eq!(
-        Category::ALL.map(|c| c.role().category()),
+        Category::ALL.map(|c| super::category_of(c.role())),
         [Some(Category::Ups), Some(Category::Pdu), Some(Category::ItInput)]
     );
     assert_eq!(Category::Pdu.label(), "2");

@@ -287,12 +287,31 @@ impl Http {
 
 // ------------------------------------------------------------- /proc figures
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Cpu {
     /// Sum of `/proc/PID/task/*/schedstat` first fields (ns).
     sched_ns: u64,
     /// `/proc/PID/stat` utime + stime (clock ticks, includes exited threads).
     stat_ticks: u64,
+    /// (tid, thread name, schedstat ns) of every thread.
+    threads: Vec<(u32, String, u64)>,
+}
+
+impl Cpu {
+    /// CPU seconds per thread name between `before` and `self` (threads alive at both).
+    fn by_thread(&self, before: &Cpu) -> Vec<(String, f64)> {
+        let mut acc: Vec<(String, f64)> = Vec::new();
+        for (tid, name, ns) in &self.threads {
+            let Some((_, _, ns0)) = before.threads.iter().find(|(t, _, _)| t == tid) else { continue };
+            let s = ns.saturating_sub(*ns0) as f64 / 1e9;
+            match acc.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => *v += s,
+                None => acc.push((name.clone(), s)),
+            }
+        }
+        acc.sort_by(|a, b| b.1.total_cmp(&a.1));
+        acc
+    }
 }
 
 fn cpu_of(pid: u32) -> Result<(Cpu, Vec<u32>)> {
@@ -310,6 +329,8 @@ fn cpu_of(pid: u32) -> Result<(Cpu, Vec<u32>)> {
         c.sched_ns += ns;
         if let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
             tids.push(tid);
+            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+            c.threads.push((tid, name, ns));
         }
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -335,6 +356,47 @@ fn mem_of(pid: u32) -> Result<(u64, u64)> {
             .ok_or_else(|| anyhow!("no {k} in /proc/{pid}/status"))
     };
     Ok((get("VmRSS:")?, get("VmHWM:")?))
+}
+
+/// The aggregate `cpu` line of the machine's `/proc/stat` (USER_HZ ticks).
+#[derive(Clone, Copy, Default)]
+struct Machine {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl Machine {
+    fn read() -> Self {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = text
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .map(|l| l.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect())
+            .unwrap_or_default();
+        if f.len() < 8 {
+            return Machine::default();
+        }
+        // user nice system idle iowait irq softirq steal
+        Machine { total: f.iter().sum(), idle: f[3] + f[4], steal: f[7] }
+    }
+
+    /// Share of all CPUs busy (steal counted busy) since `before`, 0 to 1.
+    fn busy_since(&self, before: &Machine) -> f64 {
+        let dt = self.total.saturating_sub(before.total);
+        if dt == 0 {
+            return f64::NAN;
+        }
+        1.0 - self.idle.saturating_sub(before.idle) as f64 / dt as f64
+    }
+
+    fn steal_since(&self, before: &Machine) -> f64 {
+        let dt = self.total.saturating_sub(before.total);
+        if dt == 0 {
+            return f64::NAN;
+        }
+        self.steal.saturating_sub(before.steal) as f64 / dt as f64
+    }
 }
 
 fn clk_tck() -> f64 {
@@ -369,6 +431,7 @@ struct Target {
     pid: u32,
     http: Http,
     stderr: PathBuf,
+    spawned: Instant,
 }
 
 impl Target {
@@ -381,7 +444,15 @@ impl Target {
             .spawn()
             .with_context(|| format!("start {name} ({:?})", cmd.get_program()))?;
         let pid = child.id();
-        Ok(Target { name, proc: Proc(child), pid, http: Http::new(SocketAddr::from(([127, 0, 0, 1], port))), stderr })
+        let spawned = Instant::now();
+        Ok(Target {
+            spawned,
+            name,
+            proc: Proc(child),
+            pid,
+            http: Http::new(SocketAddr::from(([127, 0, 0, 1], port))),
+            stderr,
+        })
     }
 
     fn stderr_tail(&self, n: usize) -> String {
@@ -450,6 +521,8 @@ struct Figures {
     hwm_kb: u64,
     threads: usize,
     threads_gone: usize,
+    /// CPU seconds over phase 1 by thread name.
+    by_thread: Vec<(String, f64)>,
     plain_bytes: usize,
     wire_bytes: Vec<usize>,
     gzip_answers: usize,
@@ -457,6 +530,11 @@ struct Figures {
     /// Which collectors (node_exporter) or sensors (agent) worked, from the body.
     collectors: String,
     steady: Latencies,
+    /// Machine busy share (all CPUs) in the ~0.5 s before each phase 1 scrape.
+    steady_busy: Vec<f64>,
+    /// Time of each phase 1 scrape since the program was started, modulo 1 s
+    /// (ms): the agent ticks once a second from shortly after its start.
+    steady_phase: Vec<f64>,
     steady_failed: usize,
     burst: Latencies,
     burst_cpu_us: f64,
@@ -596,6 +674,9 @@ fn run() -> Result<()> {
     eprintln!("domesday-bench: phase 1, {ticks} s, one scrape per target per second");
     let mut cpu0 = [(Cpu::default(), Vec::new()), (Cpu::default(), Vec::new())];
     let start = Instant::now();
+    let machine0 = Machine::read();
+    let mut last = machine0;
+    let (bench0, _) = cpu_of(std::process::id())?;
     for (i, t) in targets.iter().enumerate() {
         cpu0[i] = cpu_of(t.pid)?;
     }
@@ -603,9 +684,15 @@ fn run() -> Result<()> {
         for (i, t) in targets.iter_mut().enumerate() {
             sleep_until(start + Duration::from_millis(k * 1000 + i as u64 * 500));
             t.check_alive()?;
+            let now = Machine::read();
+            let busy = now.busy_since(&last);
+            last = now;
+            let phase = (t.spawned.elapsed().as_secs_f64() * 1000.0) % 1000.0;
             match t.http.scrape(args.gzip) {
                 Ok((d, r)) if r.status == 200 => {
                     figs[i].steady.push(d);
+                    figs[i].steady_busy.push(busy);
+                    figs[i].steady_phase.push(phase);
                     figs[i].wire_bytes.push(r.body.len());
                     figs[i].gzip_answers += usize::from(r.gzip);
                 }
@@ -624,6 +711,8 @@ fn run() -> Result<()> {
         }
     }
     sleep_until(start + Duration::from_secs(ticks));
+    let machine1 = Machine::read();
+    let (bench1, _) = cpu_of(std::process::id())?;
     for (i, t) in targets.iter_mut().enumerate() {
         t.check_alive()?;
         let (c1, tids1) = cpu_of(t.pid)?;
@@ -635,6 +724,7 @@ fn run() -> Result<()> {
         f.cpu_stat_s = c1.stat_ticks.saturating_sub(c0.stat_ticks) as f64 / tck;
         f.threads = tids1.len();
         f.threads_gone = tids0.iter().filter(|t| tids1.binary_search(t).is_err()).count();
+        f.by_thread = c1.by_thread(c0);
         (f.rss_kb, f.hwm_kb) = mem_of(t.pid)?;
         // One plain-text scrape (not timed in any phase) for size and series.
         let (_, r) = t.http.scrape(false).with_context(|| format!("plain scrape of {}", t.name))?;
@@ -690,6 +780,9 @@ fn run() -> Result<()> {
         nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         loads: [load_before, load_mid, load_after],
+        machine_busy: machine1.busy_since(&machine0),
+        machine_steal: machine1.steal_since(&machine0),
+        bench_cpu_s: bench1.sched_ns.saturating_sub(bench0.sched_ns) as f64 / 1e9,
     };
     print!("{}", report(&args, &header, &figs));
     if let Some(path) = &args.json {
@@ -705,6 +798,11 @@ struct Header {
     nproc: usize,
     kernel: String,
     loads: [String; 3],
+    /// Share of all CPUs busy over phase 1, every process included.
+    machine_busy: f64,
+    machine_steal: f64,
+    /// CPU time of this benchmark process over phase 1.
+    bench_cpu_s: f64,
 }
 
 fn mib(kb: u64) -> f64 {
@@ -846,6 +944,66 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         "| agent /metrics p99 < 1 ms | < 1.000 ms, both phases | phase 2 {p99_burst:.3} ms, phase 1 {p99_steady:.3} ms | {} |",
         verdict(p99_burst < 1.0 && p99_steady < 1.0)
     );
+    let _ = writeln!(o, "\n### Load on the machine during phase 1\n");
+    let phase_cpu = a.wall_s * h.nproc as f64;
+    let others = h.machine_busy * phase_cpu - a.cpu_s - n.cpu_s - h.bench_cpu_s;
+    let _ = writeln!(
+        o,
+        "* all CPUs {:.1} % busy (steal {:.2} %): {:.1} CPU-s, of which agent {:.2}, node_exporter {:.2}, this benchmark {:.2}, other processes {:.1}",
+        100.0 * h.machine_busy,
+        100.0 * h.machine_steal,
+        h.machine_busy * phase_cpu,
+        a.cpu_s,
+        n.cpu_s,
+        h.bench_cpu_s,
+        others
+    );
+    let quiet = |fig: &Figures, limit: f64| Latencies {
+        ms: fig.steady.ms.iter().zip(&fig.steady_busy).filter(|(_, b)| **b < limit).map(|(m, _)| *m).collect(),
+    };
+    for (fig, name) in [(a, "agent"), (n, "node_exporter")] {
+        let slow: Vec<f64> =
+            fig.steady.ms.iter().zip(&fig.steady_busy).filter(|(m, _)| **m > 1.0).map(|(_, b)| *b).collect();
+        let all = Latencies { ms: fig.steady_busy.iter().map(|b| b * 100.0).collect() };
+        let slow_busy = Latencies { ms: slow.iter().map(|b| b * 100.0).collect() };
+        let q = quiet(fig, 0.25);
+        let _ = writeln!(
+            o,
+            "* {name}: {} of {} phase 1 scrapes over 1 ms; machine busy in the ~0.5 s before a scrape: median {:.0} % over all scrapes, {} over the slow ones; p99 over the {} scrapes with the machine < 25 % busy: {:.3} ms (max {:.3} ms)",
+            slow.len(),
+            fig.steady.ms.len(),
+            all.pct(0.5),
+            if slow.is_empty() { "n/a".to_string() } else { format!("{:.0} %", slow_busy.pct(0.5)) },
+            q.ms.len(),
+            q.pct(0.99),
+            q.max()
+        );
+        let phases = Latencies { ms: fig.steady_phase.clone() };
+        let slow_phases: Vec<String> = fig
+            .steady
+            .ms
+            .iter()
+            .zip(&fig.steady_phase)
+            .filter(|(m, _)| **m > 1.0)
+            .map(|(m, p)| format!("{p:.0} ms ({m:.1} ms)"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  * scrapes fell {:.0} ms (median; min {:.0}, max {:.0}) after a whole second since {name} was started; slow ones (latency): {}",
+            phases.pct(0.5),
+            phases.ms.iter().copied().fold(f64::NAN, f64::min),
+            phases.max(),
+            match slow_phases.len() {
+                0 => "none".to_string(),
+                k if k <= 12 => slow_phases.join(", "),
+                k => format!("{}, … ({} more)", slow_phases[..12].join(", "), k - 12),
+            }
+        );
+    }
+    for (fig, name) in [(a, "agent"), (n, "node_exporter")] {
+        let parts: Vec<String> = fig.by_thread.iter().map(|(t, s)| format!("{t} {s:.3}")).collect();
+        let _ = writeln!(o, "* {name} CPU seconds over phase 1 by thread: {}", parts.join(", "));
+    }
     let _ = writeln!(o, "\n* node_exporter collectors (`node_scrape_collector_success`): {}", n.collectors);
     let _ = writeln!(o, "* agent sensors up (`domesday_sensor_up`): {}", a.collectors);
     for fig in f {
@@ -871,6 +1029,7 @@ fn json(args: &Args, h: &Header, f: &[Figures; 2]) -> serde_json::Value {
             "hwm_kib": x.hwm_kb,
             "threads": x.threads,
             "threads_exited": x.threads_gone,
+            "cpu_s_by_thread": x.by_thread,
             "plain_bytes": x.plain_bytes,
             "wire_bytes": x.wire_bytes,
             "gzip_answers": x.gzip_answers,
@@ -878,6 +1037,8 @@ fn json(args: &Args, h: &Header, f: &[Figures; 2]) -> serde_json::Value {
             "health": x.collectors,
             "phase1_latency_ms": x.steady.ms,
             "phase1_failed": x.steady_failed,
+            "phase1_machine_busy": x.steady_busy,
+            "phase1_ms_since_start_mod_1s": x.steady_phase,
             "phase2_latency_ms": x.burst.ms,
             "phase2_cpu_us_per_scrape": x.burst_cpu_us,
             "reconnects": x.reconnects,
@@ -891,6 +1052,9 @@ fn json(args: &Args, h: &Header, f: &[Figures; 2]) -> serde_json::Value {
         "nproc": h.nproc,
         "kernel": h.kernel,
         "loadavg": h.loads,
+        "phase1_machine_busy": h.machine_busy,
+        "phase1_machine_steal": h.machine_steal,
+        "phase1_bench_cpu_s": h.bench_cpu_s,
         "duration_s": args.duration.as_secs_f64(),
         "burst": args.burst,
         "gzip": args.gzip,

@@ -51,7 +51,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -61,7 +63,15 @@ type Plan = Vec<Vec<Vec<u8>>>;
 
 /// Builds `requests` bodies per connection, each with `series` host-energy
 /// series of `samples` samples spaced `step_ms`, ending at `end_ms`.
-fn plan(connections: usize, requests: usize, series: usize, samples: usize, step_ms: i64, end_ms: i64, prefix: &str) -> (Plan, i64) {
+fn plan(
+    connections: usize,
+    requests: usize,
+    series: usize,
+    samples: usize,
+    step_ms: i64,
+    end_ms: i64,
+    prefix: &str,
+) -> (Plan, i64) {
     let span = (requests * samples) as i64 * step_ms;
     let start = end_ms - span;
     let mut out = Vec::new();
@@ -85,7 +95,10 @@ fn plan(connections: usize, requests: usize, series: usize, samples: usize, step
                         .map(|j| {
                             let k = (r * samples + j) as i64;
                             // 300 W host: 1.5 kJ per 5 s step, plus a per-host offset.
-                            Sample { value: 1000.0 + s as f64 + k as f64 * 0.3 * step_ms as f64, timestamp: start + k * step_ms }
+                            Sample {
+                                value: 1000.0 + s as f64 + k as f64 * 0.3 * step_ms as f64,
+                                timestamp: start + k * step_ms,
+                            }
                         })
                         .collect();
                     TimeSeries { labels, samples }
@@ -154,7 +167,8 @@ fn send_all(url: &str, token: Option<&str>, plan: &Plan, pid: u32) -> RunResult 
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let collector = PathBuf::from(arg(&args, "--collector").unwrap_or_else(|| "target/release/domesday-collector".into()));
+    let collector =
+        PathBuf::from(arg(&args, "--collector").unwrap_or_else(|| "target/release/domesday-collector".into()));
     let vm = PathBuf::from(arg(&args, "--victoria-metrics").unwrap_or_else(|| "/usr/bin/victoria-metrics".into()));
     let prom = PathBuf::from(arg(&args, "--prometheus").unwrap_or_else(|| "/usr/bin/prometheus".into()));
     let bulk_requests: usize = arg(&args, "--bulk-requests").and_then(|v| v.parse().ok()).unwrap_or(10);
@@ -175,7 +189,13 @@ fn main() -> anyhow::Result<()> {
             dir.path().join("t").display().to_string()
         ),
     )?;
-    let c = Killed(Command::new(&collector).args(["serve", "--config"]).arg(dir.path().join("c.toml")).stderr(Stdio::null()).spawn()?);
+    let c = Killed(
+        Command::new(&collector)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("c.toml"))
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let vport = port();
     let v = Killed(
         Command::new(&vm)
@@ -218,7 +238,8 @@ fn main() -> anyhow::Result<()> {
             rate(r, bulk_samples),
             r.failures,
             r.cpu,
-            peer.map(|p| format!("{:.2}× VictoriaMetrics", rate(r, bulk_samples) / rate(p, bulk_samples))).unwrap_or_default()
+            peer.map(|p| format!("{:.2}× VictoriaMetrics", rate(r, bulk_samples) / rate(p, bulk_samples)))
+                .unwrap_or_default()
         );
     }
     // Workload B: one-scrape-sized requests (100 series × 1 sample), recent timestamps for Prometheus.
@@ -227,14 +248,17 @@ fn main() -> anyhow::Result<()> {
     let sa = send_all(&format!("http://127.0.0.1:{cport}/api/v1/write"), Some(token), &small, c.0.id());
     let sb = send_all(&format!("http://127.0.0.1:{pport}/api/v1/write"), None, &small, p.0.id());
     let sv = send_all(&format!("http://127.0.0.1:{vport}/api/v1/write"), None, &small, v.0.id());
-    for (name, r, peer) in [("domesday-collector", &sa, Some(&sb)), ("Prometheus", &sb, None), ("VictoriaMetrics", &sv, None)] {
+    for (name, r, peer) in
+        [("domesday-collector", &sa, Some(&sb)), ("Prometheus", &sb, None), ("VictoriaMetrics", &sv, None)]
+    {
         println!(
             "| 100 series × 1 sample | {name} | {small_samples} | {:.2} | {:.0} | {} | {:.2} | {} |",
             r.seconds,
             rate(r, small_samples),
             r.failures,
             r.cpu,
-            peer.map(|p| format!("{:.2}× Prometheus", rate(r, small_samples) / rate(p, small_samples))).unwrap_or_default()
+            peer.map(|p| format!("{:.2}× Prometheus", rate(r, small_samples) / rate(p, small_samples)))
+                .unwrap_or_default()
         );
     }
     println!(
@@ -255,7 +279,11 @@ fn main() -> anyhow::Result<()> {
         );
         let e: serde_json::Value = serde_json::from_str(&reqwest::blocking::get(&url)?.text()?)?;
         let want = ((bulk_requests * 100 - 1) as f64 * 0.3 * 5_000.0 * 1e6).round() as i64;
-        anyhow::ensure!(e["energy_microjoules"] == want.to_string(), "{host}: ledger {} vs counter increase {want}", e["energy_microjoules"]);
+        anyhow::ensure!(
+            e["energy_microjoules"].as_str() == Some(want.to_string().as_str()),
+            "{host}: ledger {} vs counter increase {want}",
+            e["energy_microjoules"]
+        );
         checked += 1;
     }
     println!("Ledger check: {checked} bulk hosts' energy equals their counter increase exactly.");
