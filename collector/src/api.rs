@@ -70,6 +70,8 @@ pub struct AppState {
     pub reader: Arc<dyn LedgerReader>,
     pub stats: Arc<Mutex<Stats>>,
     pub db_path: PathBuf,
+    pub carbon_config: Option<crate::carbon::config::CarbonConfig>,
+    pub carbon: Option<Arc<crate::carbon::service::CarbonService>>,
 }
 
 type Shared = Arc<AppState>;
@@ -81,6 +83,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/energy", get(energy))
         .route("/api/v1/sites", get(sites))
         .route("/api/v1/sites/{site}/hosts", get(hosts))
+        .route("/api/v1/sites/{site}/indicators", get(indicators))
         .route("/api/v1/sites/{site}/meter-readings", post(meter_readings).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -342,6 +345,51 @@ async fn hosts(
         Ok(Ok(rows)) => axum::Json(serde_json::json!({ "site": site, "hosts": rows })).into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IndicatorParams {
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+}
+
+async fn indicators(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(site): Path<String>,
+    Query(p): Query<IndicatorParams>,
+) -> Response {
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    };
+    let (from_ms, to_ms) = match parse_range(p.from.as_deref(), p.to.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let params = crate::site_report::params(&site_cfg, state.carbon_config.as_ref());
+    let step = p.step.unwrap_or_else(|| "1d".into());
+    let reader = state.reader.clone();
+    let report = crate::site_report::report(
+        reader.as_ref(),
+        &site_cfg,
+        &params,
+        state.carbon.as_deref(),
+        from_ms,
+        to_ms,
+        &step,
+        now_ms(),
+    )
+    .await;
+    match report {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(crate::site_report::ReportError::Period(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -250,6 +250,9 @@ pub struct CollectorConfig {
     pub sites: Vec<SiteConfig>,
     #[serde(default)]
     pub pull: Vec<PullConfig>,
+    /// Grid carbon intensity (contract §6–7 `[carbon]`).
+    #[serde(default)]
+    pub carbon: Option<crate::carbon::config::CarbonConfig>,
 }
 
 /// A site with its token hash resolved.
@@ -396,6 +399,11 @@ impl CollectorConfig {
                 }
             }
             sites.push(Site { config: s.clone(), token_hash });
+        }
+        if let Some(c) = &cfg.carbon
+            && let Err(e) = c.validate()
+        {
+            return Err(at(e.key, e.message.clone()));
         }
         let mut cfg = cfg;
         for p in &mut cfg.pull {

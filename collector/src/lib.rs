@@ -6,6 +6,7 @@
 //! - [`ingest`]: the ingest rules as pure functions (auth, limits, validation, what is booked).
 //! - [`ledger`]: booking arithmetic, the SQLite store behind narrow traits, the writer thread, reads.
 //! - [`pull`]: pull mode, reading raw counters from a Prometheus-compatible API into the same path.
+//! - [`indicators`], [`carbon`]: the indicator maths and grid intensity sources; [`site_report`] feeds them from the ledger.
 //! - [`api`]: HTTP handlers (write, energy, sites, hosts, health, metrics).
 //! - [`serve`]: wiring and graceful shutdown; [`demo`]: the local all-in-one run.
 //! - [`indicators`]: PUE, DCiE, pPUE, ERE, CUE, WUE, ERF, REF as pure functions over period totals;
@@ -25,3 +26,4 @@ pub mod ledger;
 pub mod meters;
 pub mod pull;
 pub mod serve;
+pub mod site_report;

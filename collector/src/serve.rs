@@ -43,6 +43,10 @@ pub async fn serve(
         .cloned()
         .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
         .collect();
+    let carbon = match &cfg.carbon {
+        Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
+        None => None,
+    };
     let state = Arc::new(AppState {
         sites,
         read_hash,
@@ -51,6 +55,8 @@ pub async fn serve(
         reader,
         stats,
         db_path: cfg.db.clone(),
+        carbon_config: cfg.carbon.clone(),
+        carbon,
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");

@@ -303,3 +303,73 @@ pub fn host_energy_series(
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     TimeSeries { labels, samples: samples.iter().map(|(v, t)| Sample { value: *v, timestamp: *t }).collect() }
 }
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 for mock upstreams (grid APIs, BMCs):
+/// each request's path and query go to `handler`, whose `(status, body)` is
+/// answered as JSON with `Connection: close`. It stops with the test process.
+pub fn mock_http(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> u16 {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+    let port = listener.local_addr().map(|a| a.port()).expect("port");
+    let handler = std::sync::Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let (code, body) = handler(&target);
+                let mut w = &stream;
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Decodes `%XX` escapes and `+` in a query string component.
+pub fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -165,6 +165,8 @@ pub trait LedgerReader: Send + Sync {
     fn energy(&self, q: &query::EnergyQuery) -> Result<query::EnergyReport, StoreError>;
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<query::HostRow>, StoreError>;
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError>;
+    /// Hourly energy (µJ) of a site's meters of one role over whole hours in `[from, to)`.
+    fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError>;
 }
 
 #[cfg(test)]

@@ -304,3 +304,23 @@ pub fn site_totals(conn: &Connection) -> Result<Vec<(String, String, i128)>, Sto
     }
     Ok(totals.into_iter().map(|((s, r), e)| (s, r, e)).collect())
 }
+
+/// Hourly energy of a site's meters of `role` (µJ per hour start), whole hours in `[from, to)`.
+pub fn role_hourly(
+    conn: &Connection,
+    site: &str,
+    role: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, i128)>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT h.start_ms, h.energy_uj FROM hours h JOIN series se ON se.id = h.series_id \
+         WHERE se.site = ?1 AND se.role = ?2 AND se.meter != '' AND h.start_ms >= ?3 AND h.start_ms < ?4",
+    )?;
+    let mut by_hour: BTreeMap<i64, i128> = BTreeMap::new();
+    for r in st.query_map(params![site, role, from_ms, to_ms], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
+        let (h, e) = r?;
+        *by_hour.entry(h).or_insert(0) += i128::from(e);
+    }
+    Ok(by_hour.into_iter().filter(|(h, _)| h + HOUR_MS <= to_ms).collect())
+}

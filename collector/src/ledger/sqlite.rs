@@ -518,4 +518,8 @@ impl LedgerReader for SqliteReader {
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
         super::query::site_totals(&self.conn()?)
     }
+
+    fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
+        super::query::role_hourly(&self.conn()?, site, role, from_ms, to_ms)
+    }
 }

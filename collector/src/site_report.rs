@@ -1,0 +1,178 @@
+//! Feeds the indicators with the ledger: for a site and a period, the energy
+//! of each configured meter summed by role (and by hall for IT metering points
+//! and cooling), the agents' host energy as `it_in` when no `it_in` meter is
+//! configured, the meters that reported nothing, and the time-matched grid
+//! emissions. The maths is `indicators`'; this module only gathers inputs.
+
+use std::collections::BTreeMap;
+
+use crate::carbon::service::CarbonService;
+use crate::config::SiteConfig;
+use crate::indicators::emissions::{EnergyInterval, time_matched};
+use crate::indicators::inputs::{Amount, GridCarbon, HallTotals, MissingMeter, SiteParams, SiteTotals, kwh_from_uj};
+use crate::indicators::period::{Period, Step, split};
+use crate::indicators::{Indicator, IndicatorsReport, PeriodReport, Role, site_indicators};
+use crate::ledger::query::{EnergyQuery, rfc3339};
+use crate::ledger::{LedgerReader, StoreError};
+
+/// Why a report could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Period(String),
+}
+
+fn set(slot: &mut Option<Amount>, a: Amount) {
+    *slot = Some(match slot.take() {
+        Some(old) => old + a,
+        None => a,
+    });
+}
+
+/// Site parameters from its meters and the carbon settings.
+pub fn params(site: &SiteConfig, carbon: Option<&crate::carbon::config::CarbonConfig>) -> SiteParams {
+    let mut p = SiteParams {
+        kwh_per_litre: site.meters.iter().find(|m| m.role == "fuel_in").and_then(|m| m.kwh_per_litre),
+        ..SiteParams::default()
+    };
+    if let Some(c) = carbon {
+        c.apply(&mut p);
+    }
+    p
+}
+
+/// The period totals of a site.
+pub fn totals(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<SiteTotals, StoreError> {
+    let mut t = SiteTotals::default();
+    let q = |meter: Option<String>, role: Option<&str>| EnergyQuery {
+        site: site.id.clone(),
+        host: None,
+        meter,
+        role: role.map(str::to_string),
+        from_ms,
+        to_ms,
+    };
+    let mut halls: BTreeMap<String, HallTotals> = BTreeMap::new();
+    for m in &site.meters {
+        let Some(role) = Role::parse(&m.role) else { continue };
+        let r = reader.energy(&q(Some(m.id.clone()), None))?;
+        if r.samples == 0 && r.coverage_ratio == 0.0 {
+            t.missing_meters.push(MissingMeter { meter: m.id.clone(), role, hall: m.hall.clone() });
+        }
+        let amount = match (r.volume_microliters.as_deref(), role.report_unit()) {
+            (Some(ul), "m3") => Amount {
+                value: ul.parse::<f64>().unwrap_or(0.0) / 1e9,
+                estimated: 0.0,
+                coverage_ratio: r.coverage_ratio,
+            },
+            (Some(ul), _) => Amount {
+                value: ul.parse::<f64>().unwrap_or(0.0) / 1e6,
+                estimated: 0.0,
+                coverage_ratio: r.coverage_ratio,
+            },
+            (None, _) => Amount::from_uj(r.energy_uj(), 0, r.coverage_ratio),
+        };
+        let hall = halls.entry(m.hall.clone().unwrap_or_default()).or_default();
+        match role {
+            Role::UtilityIn => set(&mut t.utility_in, amount),
+            Role::BackupGenOut => set(&mut t.backup_gen_out, amount),
+            Role::FuelIn => set(&mut t.fuel_in, amount),
+            Role::OnsiteRenewableConsumed => set(&mut t.onsite_renewable_consumed, amount),
+            Role::OnsiteRenewableExported => set(&mut t.onsite_renewable_exported, amount),
+            Role::ChilledWaterIn => set(&mut t.chilled_water_in, amount),
+            Role::WaterIn => set(&mut t.water_in, amount),
+            Role::WaterPotableIn => set(&mut t.water_potable_in, amount),
+            Role::HeatReusedOut => set(&mut t.heat_reused_out, amount),
+            Role::UpsOut => set(&mut hall.ups_out, amount),
+            Role::PduOut => set(&mut hall.pdu_out, amount),
+            Role::ItIn => set(&mut hall.it_in, amount),
+            Role::Cooling => set(&mut hall.cooling, amount),
+        }
+    }
+    // Without an it_in meter, category 3 IT energy is the sum of the agents' host energy.
+    if !site.meters.iter().any(|m| m.role == "it_in") {
+        let r = reader.energy(&q(None, Some("it_in")))?;
+        if r.samples > 0 || r.coverage_ratio > 0.0 {
+            let estimated = (r.estimated_joules * 1e6).round() as i128;
+            halls.entry(String::new()).or_default().it_in =
+                Some(Amount::from_uj(r.energy_uj(), estimated, r.coverage_ratio));
+        }
+    }
+    halls.retain(|_, h| h.ups_out.is_some() || h.pdu_out.is_some() || h.it_in.is_some() || h.cooling.is_some());
+    t.halls = halls;
+    Ok(t)
+}
+
+/// Time-matched grid emissions of the site's `utility_in` over a period.
+pub async fn grid_carbon(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    carbon: &CarbonService,
+    from_ms: i64,
+    to_ms: i64,
+    now_ms: i64,
+) -> Result<Option<GridCarbon>, StoreError> {
+    let hours = reader.role_hourly(&site.id, "utility_in", from_ms, to_ms)?;
+    if hours.is_empty() {
+        return Ok(None);
+    }
+    let series = carbon.series(from_ms, to_ms, now_ms).await;
+    let energy: Vec<EnergyInterval> = hours
+        .iter()
+        .map(|(h, uj)| EnergyInterval { start_ms: *h, end_ms: h + 3_600_000, kwh: kwh_from_uj(*uj) })
+        .collect();
+    match time_matched(&energy, &series.points, carbon.fallback_g_per_kwh()) {
+        Ok(e) => Ok(Some(GridCarbon::from_emissions(&e, &series.source, series.basis))),
+        Err(e) => {
+            tracing::warn!(site = %site.id, error = %e, "no time-matched emissions for the period");
+            Ok(None)
+        }
+    }
+}
+
+/// Indicators of one period.
+pub async fn period_indicators(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    params: &SiteParams,
+    carbon: Option<&CarbonService>,
+    period: Period,
+    now_ms: i64,
+) -> Result<Vec<Indicator>, StoreError> {
+    let t = totals(reader, site, period.from_ms, period.to_ms)?;
+    let grid = match carbon {
+        Some(c) => grid_carbon(reader, site, c, period.from_ms, period.to_ms, now_ms).await?,
+        None => None,
+    };
+    Ok(site_indicators(&t, params, grid.as_ref()))
+}
+
+/// The `GET /api/v1/sites/{site}/indicators` answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn report(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    params: &SiteParams,
+    carbon: Option<&CarbonService>,
+    from_ms: i64,
+    to_ms: i64,
+    step: &str,
+    now_ms: i64,
+) -> Result<IndicatorsReport, ReportError> {
+    let step = Step::parse(step).map_err(|e| ReportError::Period(e.to_string()))?;
+    let tz = jiff::tz::TimeZone::get(&site.timezone).map_err(|e| ReportError::Period(e.to_string()))?;
+    let periods = split(from_ms, to_ms, step, &tz, now_ms).map_err(|e| ReportError::Period(e.to_string()))?;
+    let mut out = Vec::with_capacity(periods.len());
+    for p in periods {
+        let indicators = period_indicators(reader, site, params, carbon, p, now_ms).await?;
+        out.push(PeriodReport { from: rfc3339(p.from_ms), to: rfc3339(p.to_ms), interim: p.interim, indicators });
+    }
+    Ok(IndicatorsReport { site: site.id.clone(), from: rfc3339(from_ms), to: rfc3339(to_ms), step, periods: out })
+}
