@@ -72,6 +72,8 @@ pub struct AppState {
     pub db_path: PathBuf,
     pub carbon_config: Option<crate::carbon::config::CarbonConfig>,
     pub carbon: Option<Arc<crate::carbon::service::CarbonService>>,
+    /// Site gauges refreshed by `site_metrics::run`.
+    pub site_samples: Arc<Mutex<Vec<Sample>>>,
 }
 
 type Shared = Arc<AppState>;
@@ -424,6 +426,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         for (r, n) in &s.rejected {
             samples.push(Sample::new(&INGEST_REJECTED, vec![r.to_string()], *n as f64));
         }
+    }
+    if let Ok(site) = state.site_samples.lock() {
+        samples.extend(site.iter().cloned());
     }
     samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
     samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(&state.db_path) as f64));

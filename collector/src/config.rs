@@ -196,6 +196,10 @@ pub struct MeterConfig {
     pub interval: Option<Dur>,
 }
 
+fn default_gauges_refresh() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
 fn default_pull_interval() -> Dur {
     Dur(Duration::from_secs(60))
 }
@@ -250,6 +254,9 @@ pub struct CollectorConfig {
     pub sites: Vec<SiteConfig>,
     #[serde(default)]
     pub pull: Vec<PullConfig>,
+    /// How often the site gauges of `/metrics` are recomputed from the ledger.
+    #[serde(default = "default_gauges_refresh")]
+    pub gauges_refresh: Dur,
     /// Grid carbon intensity (contract §6–7 `[carbon]`).
     #[serde(default)]
     pub carbon: Option<crate::carbon::config::CarbonConfig>,

@@ -26,4 +26,5 @@ pub mod ledger;
 pub mod meters;
 pub mod pull;
 pub mod serve;
+pub mod site_metrics;
 pub mod site_report;

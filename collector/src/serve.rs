@@ -47,6 +47,14 @@ pub async fn serve(
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,
     };
+    let site_samples = Arc::new(Mutex::new(Vec::new()));
+    let gauges = tokio::spawn(crate::site_metrics::run(
+        reader.clone(),
+        cfg.clone(),
+        sites.clone(),
+        carbon.clone(),
+        site_samples.clone(),
+    ));
     let state = Arc::new(AppState {
         sites,
         read_hash,
@@ -57,10 +65,12 @@ pub async fn serve(
         db_path: cfg.db.clone(),
         carbon_config: cfg.carbon.clone(),
         carbon,
+        site_samples,
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    gauges.abort();
     for p in pulls {
         p.abort();
         let _ = p.await;

@@ -240,6 +240,106 @@ metric!(
     "Size of the ledger database files (database and write-ahead log)."
 );
 
+metric!(
+    SITE_POWER,
+    Collector,
+    "domesday_site_power_watts",
+    Gauge,
+    "watts",
+    ["site", "role"],
+    "Mean power per site and role over the last 5 minutes of the ledger."
+);
+metric!(
+    SITE_PUE,
+    Collector,
+    "domesday_site_pue",
+    Gauge,
+    "",
+    ["site", "category", "window"],
+    "Power usage effectiveness (ISO/IEC 30134-2): E_DC / E_IT summed over the window; absent when refused (see the indicators API for the reason)."
+);
+metric!(
+    SITE_DCIE,
+    Collector,
+    "domesday_site_dcie_ratio",
+    Gauge,
+    "ratio",
+    ["site", "category", "window"],
+    "Data centre infrastructure efficiency: E_IT / E_DC over the window (1 / PUE)."
+);
+metric!(
+    SITE_CUE,
+    Collector,
+    "domesday_site_cue_kg_per_kwh",
+    Gauge,
+    "kg_per_kwh",
+    ["site", "category", "basis", "window"],
+    "Carbon usage effectiveness (ISO/IEC 30134-8): kgCO2e of E_DC per kWh of E_IT over the window, location- or market-based."
+);
+metric!(
+    SITE_WUE,
+    Collector,
+    "domesday_site_wue_liters_per_kwh",
+    Gauge,
+    "liters_per_kwh",
+    ["site", "category", "water", "window"],
+    "Water usage effectiveness (ISO/IEC 30134-9): litres of water input per kWh of E_IT over the window."
+);
+metric!(
+    SITE_ERF,
+    Collector,
+    "domesday_site_erf_ratio",
+    Gauge,
+    "ratio",
+    ["site", "window"],
+    "Energy reuse factor (ISO/IEC 30134-6): reused heat / E_DC over the window."
+);
+metric!(
+    SITE_REF,
+    Collector,
+    "domesday_site_ref_ratio",
+    Gauge,
+    "ratio",
+    ["site", "window"],
+    "Renewable energy factor (ISO/IEC 30134-3): renewable energy / E_DC over the window, capped at 1."
+);
+metric!(
+    SITE_COVERAGE,
+    Collector,
+    "domesday_site_coverage_ratio",
+    Gauge,
+    "ratio",
+    ["site", "role", "window"],
+    "Observed share of the window for a role's meters (it_in: the agents)."
+);
+metric!(
+    SITE_EMISSIONS,
+    Collector,
+    "domesday_site_emissions_grams_total",
+    Counter,
+    "grams",
+    ["site", "basis"],
+    "Time-matched grid emissions of the site's utility energy since its first reading (location-based)."
+);
+metric!(
+    SITE_INFO,
+    Collector,
+    "domesday_site_info",
+    Gauge,
+    "",
+    ["site", "name", "region", "operator", "timezone", "pue_target"],
+    "Site identity; value 1."
+);
+metric!(
+    GRID_INTENSITY,
+    Collector,
+    "domesday_grid_carbon_intensity_grams_per_kwh",
+    Gauge,
+    "grams_per_kwh",
+    ["grid_zone", "source", "basis"],
+    "Current grid carbon intensity of the configured source (or its fallback)."
+);
+
 /// Every family, in exposition order.
 pub const CATALOG: &[MetricDef] = &[
     ENERGY,
@@ -267,6 +367,17 @@ pub const CATALOG: &[MetricDef] = &[
     INGEST_REJECTED,
     LEDGER_LAG,
     LEDGER_DB_BYTES,
+    SITE_POWER,
+    SITE_PUE,
+    SITE_DCIE,
+    SITE_CUE,
+    SITE_WUE,
+    SITE_ERF,
+    SITE_REF,
+    SITE_COVERAGE,
+    SITE_EMISSIONS,
+    SITE_INFO,
+    GRID_INTENSITY,
 ];
 
 /// Looks a family up by name.
@@ -274,13 +385,15 @@ pub fn lookup(name: &str) -> Option<&'static MetricDef> {
     CATALOG.iter().find(|m| m.name == name)
 }
 
-/// Whether a label name is reserved (catalog label, constant label, Prometheus
-/// target labels or `__` internals), so it cannot be an extra constant label.
+/// Whether a label name is reserved (a label of an agent family, a constant
+/// label, Prometheus target labels or `__` internals), so it cannot be an
+/// agent's extra constant label. Collector families' labels (`region` of
+/// `domesday_site_info`) are free: they never sit on agent series.
 pub fn is_reserved_label(name: &str) -> bool {
     name.starts_with("__")
         || matches!(name, "job" | "instance")
         || CONSTANT_LABELS.contains(&name)
-        || CATALOG.iter().any(|m| m.labels.contains(&name))
+        || CATALOG.iter().filter(|m| m.component == Component::Agent).any(|m| m.labels.contains(&name))
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn config(dir: &std::path::Path, port: u16, rte_port: u16) -> std::path::PathBuf
     std::fs::write(
         &p,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n\n[carbon]\nsource = \"rte\"\ngrid_zone = \"FR\"\nfallback_g_per_kwh = 50.0\nbasis = \"direct\"\nbase_url = \"http://127.0.0.1:{rte_port}\"\ntimeout = \"5s\"\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}{}{}{}",
+            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\ngauges_refresh = \"1s\"\n\n[carbon]\nsource = \"rte\"\ngrid_zone = \"FR\"\nfallback_g_per_kwh = 50.0\nbasis = \"direct\"\nbase_url = \"http://127.0.0.1:{rte_port}\"\ntimeout = \"5s\"\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}{}{}{}",
             dir.join("domesday.db").display().to_string(),
             dir.join("t").display().to_string(),
             meter("edf", "utility_in", "kWh"),
@@ -138,4 +138,42 @@ fn indicators_are_ratios_of_the_raw_readings() {
     assert!(pue["value"].is_null(), "{pue}");
     assert_eq!(pue["error"], "missing_meter", "{pue}");
     assert!(pue["missing_meters"].to_string().contains("edf"), "{pue}");
+
+    // The same maths feeds /metrics over rolling windows: over 24 h, E_DC = 1.2 + 0.18 kWh,
+    // E_IT = 1.5 kWh, so the PUE is below 1 (the third hour has no utility reading) and is
+    // refused, while the ratios that stand are exported.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = get_text(&c.url("/metrics"), Duration::from_secs(5));
+        if m.contains("domesday_site_wue_liters_per_kwh{") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let v = |name: &str, needles: &[&str]| domesday_tests::series_value(&metrics, name, needles);
+    assert!(v("domesday_site_pue", &["window=\"24h\""]).is_none(), "{metrics}");
+    assert!(
+        v("domesday_site_wue_liters_per_kwh", &["window=\"24h\"", "water=\"total\""])
+            .is_some_and(|x| (x - 3.0).abs() < 1e-9),
+        "{metrics}"
+    );
+    assert!(
+        v("domesday_site_erf_ratio", &["window=\"24h\""]).is_some_and(|x| (x - 0.45 / 1.38).abs() < 1e-9),
+        "{metrics}"
+    );
+    assert!(
+        v("domesday_site_coverage_ratio", &["role=\"utility_in\"", "window=\"24h\""])
+            .is_some_and(|x| (x - 2.0 / 24.0).abs() < 1e-9),
+        "{metrics}"
+    );
+    assert_eq!(v("domesday_site_info", &["site=\"caen-1\"", "timezone=\"Europe/Paris\""]), Some(1.0));
+    assert!(
+        v("domesday_site_emissions_grams_total", &["basis=\"location\""]).is_some_and(|g| (g - 30.0).abs() < 1e-6),
+        "{metrics}"
+    );
+    assert!(
+        domesday_tests::promtool_check_metrics(&metrics).is_empty(),
+        "{}",
+        domesday_tests::promtool_check_metrics(&metrics)
+    );
 }

@@ -1,0 +1,169 @@
+//! The collector's site gauges (`domesday_site_pue{window}` and friends),
+//! recomputed from the ledger every `gauges_refresh` (1 minute) on a background task so a scrape
+//! only copies them. Values come from the same `site_report` + `indicators`
+//! path as the API: one computation, two formats.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use domesday_model::catalog::{
+    GRID_INTENSITY, SITE_COVERAGE, SITE_CUE, SITE_DCIE, SITE_EMISSIONS, SITE_ERF, SITE_INFO, SITE_POWER, SITE_PUE,
+    SITE_REF, SITE_WUE,
+};
+use domesday_model::exposition::Sample;
+
+use crate::carbon::service::CarbonService;
+use crate::config::{CollectorConfig, Site};
+use crate::indicators::period::{Period, Window};
+use crate::indicators::{Indicator, Name};
+use crate::ledger::LedgerReader;
+use crate::ledger::query::EnergyQuery;
+use crate::ledger::writer::now_ms;
+use crate::site_report;
+
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn indicator_samples(site: &str, window: &str, list: &[Indicator], out: &mut Vec<Sample>) {
+    for i in list {
+        let Some(v) = i.value else { continue };
+        if i.hall.is_some() {
+            continue;
+        }
+        let cat = i.category.map(|c| c.label().to_string()).unwrap_or_default();
+        let (s, w) = (site.to_string(), window.to_string());
+        match i.name {
+            Name::Pue => out.push(Sample::new(&SITE_PUE, vec![s, cat, w], v)),
+            Name::Dcie => out.push(Sample::new(&SITE_DCIE, vec![s, cat, w], v)),
+            Name::Cue => out.push(Sample::new(&SITE_CUE, vec![s, cat, text(&i.basis), w], v)),
+            Name::Wue => out.push(Sample::new(&SITE_WUE, vec![s, cat, text(&i.water), w], v)),
+            Name::Erf => out.push(Sample::new(&SITE_ERF, vec![s, w], v)),
+            Name::Ref => out.push(Sample::new(&SITE_REF, vec![s, w], v)),
+            Name::Ere | Name::Ppue => {}
+        }
+    }
+}
+
+/// Time-matched emissions per site: (hour computed up to, grams).
+type Emitted = BTreeMap<String, (i64, f64)>;
+
+/// Computes every site gauge once.
+pub async fn compute(
+    reader: &dyn LedgerReader,
+    cfg: &CollectorConfig,
+    sites: &[Site],
+    carbon: Option<&CarbonService>,
+    emitted: &mut Emitted,
+) -> Vec<Sample> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for site in sites {
+        let s = &site.config;
+        out.push(Sample::new(
+            &SITE_INFO,
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.region.clone(),
+                s.operator.clone(),
+                s.timezone.clone(),
+                s.pue_target.map(|p| p.to_string()).unwrap_or_default(),
+            ],
+            1.0,
+        ));
+        let Ok(tz) = jiff::tz::TimeZone::get(&s.timezone) else { continue };
+        let params = site_report::params(s, cfg.carbon.as_ref());
+        let mut roles: Vec<String> = s.meters.iter().map(|m| m.role.clone()).collect();
+        roles.push("it_in".into());
+        roles.sort();
+        roles.dedup();
+        let minute = now / 60_000 * 60_000;
+        for role in &roles {
+            let q = EnergyQuery {
+                site: s.id.clone(),
+                host: None,
+                meter: None,
+                role: Some(role.clone()),
+                from_ms: minute - 300_000,
+                to_ms: minute,
+            };
+            if let Ok(r) = reader.energy(&q)
+                && r.volume_liters.is_none()
+                && (r.samples > 0 || r.coverage_ratio > 0.0)
+            {
+                out.push(Sample::new(&SITE_POWER, vec![s.id.clone(), role.clone()], r.energy_joules / 300.0));
+            }
+        }
+        for w in Window::ALL {
+            let Ok((from, to)) = w.bounds(now, &tz) else { continue };
+            let (from, to) = (from / 60_000 * 60_000, to / 60_000 * 60_000);
+            if to <= from {
+                continue;
+            }
+            for role in &roles {
+                let q = EnergyQuery {
+                    site: s.id.clone(),
+                    host: None,
+                    meter: None,
+                    role: Some(role.clone()),
+                    from_ms: from,
+                    to_ms: to,
+                };
+                if let Ok(r) = reader.energy(&q) {
+                    out.push(Sample::new(
+                        &SITE_COVERAGE,
+                        vec![s.id.clone(), role.clone(), w.as_str().into()],
+                        r.coverage_ratio,
+                    ));
+                }
+            }
+            let period = Period { from_ms: from, to_ms: to, interim: true };
+            match site_report::period_indicators(reader, s, &params, carbon, period, now).await {
+                Ok(list) => indicator_samples(&s.id, w.as_str(), &list, &mut out),
+                Err(e) => tracing::warn!(site = %s.id, window = w.as_str(), error = %e, "site indicators failed"),
+            }
+        }
+        if let Some(c) = carbon {
+            // Recomputed over the whole utility history each time: readings imported late
+            // (a CSV of last month) still count, and the total only grows with them.
+            let last_hour = now / 3_600_000 * 3_600_000;
+            let first =
+                reader.role_hourly(&s.id, "utility_in", 0, last_hour).ok().and_then(|h| h.first().map(|(t, _)| *t));
+            let entry = emitted.entry(s.id.clone()).or_insert((0, 0.0));
+            if let Some(first) = first {
+                match site_report::grid_carbon(reader, s, c, first, last_hour, now).await {
+                    Ok(g) => *entry = (last_hour, g.map(|g| g.grams).unwrap_or(0.0)),
+                    Err(e) => tracing::warn!(site = %s.id, error = %e, "emissions not updated"),
+                }
+            }
+            out.push(Sample::new(&SITE_EMISSIONS, vec![s.id.clone(), "location".into()], entry.1));
+        }
+    }
+    if let Some(c) = carbon
+        && let Some(p) = c.current(now).await
+    {
+        out.push(Sample::new(&GRID_INTENSITY, vec![c.grid_zone(), c.source_name(), text(&c.basis())], p.g_per_kwh));
+    }
+    out
+}
+
+/// Refreshes `target` every `gauges_refresh` until the task is dropped.
+pub async fn run(
+    reader: Arc<dyn LedgerReader>,
+    cfg: CollectorConfig,
+    sites: Vec<Site>,
+    carbon: Option<Arc<CarbonService>>,
+    target: Arc<Mutex<Vec<Sample>>>,
+) {
+    let mut emitted = Emitted::new();
+    let mut tick = tokio::time::interval(cfg.gauges_refresh.0);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let samples = compute(reader.as_ref(), &cfg, &sites, carbon.as_deref(), &mut emitted).await;
+        if let Ok(mut t) = target.lock() {
+            *t = samples;
+        }
+    }
+}
