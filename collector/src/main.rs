@@ -13,6 +13,8 @@ use domesday_collector::config::{CollectorConfig, Loaded, hash_token, hex};
 use domesday_collector::ledger::LedgerReader;
 use domesday_collector::ledger::query::EnergyQuery;
 use domesday_collector::ledger::sqlite::SqliteReader;
+use domesday_collector::ledger::sqlite::{Provenance, SqliteWriter};
+use domesday_collector::ledger::writer::now_ms;
 use domesday_collector::serve;
 
 #[derive(Parser)]
@@ -58,6 +60,51 @@ enum Command {
         /// Time zone of naive timestamps (e.g. Europe/Paris).
         #[arg(long)]
         timezone: Option<String>,
+    },
+    /// Record a manual correction of a meter's consumption over [from, to) (signed, in the meter's unit).
+    Correct {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        meter: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Signed amount in the meter's unit, e.g. -12.5 (kWh).
+        #[arg(long, allow_hyphen_values = true)]
+        value: String,
+        /// Who makes the correction.
+        #[arg(long)]
+        by: String,
+        /// Why (kept with the correction).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Record a meter swap: the old meter's final reading and the new one's initial reading at a time.
+    SwapMeter {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        meter: String,
+        /// When the swap happened (RFC 3339).
+        #[arg(long)]
+        at: String,
+        /// The old meter's final register reading, in the meter's unit.
+        #[arg(long = "final")]
+        final_reading: String,
+        /// The new meter's initial register reading.
+        #[arg(long)]
+        initial: String,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Write a consistent copy of the ledger (SQLite online backup; works while `serve` runs).
+    Backup {
+        /// Destination file (must not exist).
+        to: PathBuf,
     },
     /// Run a local site: the collector and, if found, an agent on this machine pushing to it.
     Demo {
@@ -173,6 +220,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Correct { site, meter, from, to, value, by, reason } => {
+            let m = find_meter(&sites, &site, &meter)?;
+            let (from_ms, to_ms) = parse_range(Some(&from), Some(&to)).map_err(|e| anyhow::anyhow!(e))?;
+            let (negative, digits) = match value.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, value.as_str()),
+            };
+            let micro = domesday_collector::meters::csv_import::parse_micro(digits, false)
+                .map_err(|e| anyhow::anyhow!("--value: {e}"))?;
+            let micro = if negative { -micro } else { micro };
+            require_reason(&by, &reason)?;
+            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let who = Provenance { author: by, reason, recorded_ms: now_ms() };
+            w.correct(&site, &m.id, &m.role, &m.unit, from_ms, to_ms, micro, &who)?;
+            println!("recorded: {value} {} on meter {} over [{from}, {to})", m.unit, m.id);
+            Ok(())
+        }
+        Command::SwapMeter { site, meter, at, final_reading, initial, by, reason } => {
+            use domesday_collector::meters::csv_import::{parse_micro, parse_time};
+            let m = find_meter(&sites, &site, &meter)?;
+            let at_ms = parse_time(&at, None).map_err(|e| anyhow::anyhow!("--at: {e}"))?;
+            let f = parse_micro(&final_reading, false).map_err(|e| anyhow::anyhow!("--final: {e}"))?;
+            let i = parse_micro(&initial, false).map_err(|e| anyhow::anyhow!("--initial: {e}"))?;
+            require_reason(&by, &reason)?;
+            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let who = Provenance { author: by, reason, recorded_ms: now_ms() };
+            w.swap_meter(&site, &m.id, &m.role, &m.unit, at_ms, f, i, &who)?;
+            println!("recorded: meter {} swapped at {at} (final {final_reading}, initial {initial} {})", m.id, m.unit);
+            Ok(())
+        }
+        Command::Backup { to } => {
+            if to.exists() {
+                bail!("{} exists; choose a new file", to.display());
+            }
+            let conn = rusqlite::Connection::open_with_flags(&cfg.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .with_context(|| format!("opening {}", cfg.db.display()))?;
+            // VACUUM INTO writes a consistent, compacted snapshot while writers go on.
+            conn.execute("VACUUM INTO ?1", [to.display().to_string()]).context("writing the backup")?;
+            println!("backup written to {}", to.display());
+            Ok(())
+        }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {
                 bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
@@ -209,6 +297,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn find_meter<'a>(
+    sites: &'a [domesday_collector::config::Site],
+    site: &str,
+    meter: &str,
+) -> anyhow::Result<&'a domesday_collector::config::MeterConfig> {
+    let s = sites
+        .iter()
+        .find(|s| s.config.id == site)
+        .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
+    s.config
+        .meters
+        .iter()
+        .find(|m| m.id == meter)
+        .ok_or_else(|| anyhow::anyhow!("site {site:?} has no meter {meter:?}"))
+}
+
+fn require_reason(by: &str, reason: &str) -> anyhow::Result<()> {
+    if by.trim().is_empty() || reason.trim().len() < 3 {
+        bail!("a change to the ledger needs --by (who) and --reason (why)");
+    }
+    Ok(())
 }
 
 fn demo(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {

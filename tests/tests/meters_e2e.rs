@@ -112,3 +112,124 @@ fn csv_imports_are_exact_idempotent_and_all_or_nothing() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().unwrap_or_default().contains("--delimiter"));
 }
+
+fn collector_cli(cfg: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg).output().expect("run");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_meter_swap_and_a_correction_are_booked_and_kept_with_who_and_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config(dir.path(), free_port());
+    let file = dir.path().join("eau.csv");
+    std::fs::write(&file, "timestamp,meter,value\n2026-02-01T00:00:00Z,eau,1000.5\n2026-02-01T01:00:00Z,eau,1003\n2026-02-01T02:00:00Z,eau,5\n")
+        .expect("csv");
+    // The swap happened at 01:30 (old meter ends at 1004, new one starts at 2): recorded first,
+    // so the 02:00 reading of the new meter counts from 2, not from zero.
+    let (ok, out) = collector_cli(
+        &cfg,
+        &[
+            "swap-meter",
+            "--site",
+            "caen-1",
+            "--meter",
+            "eau",
+            "--at",
+            "2026-02-01T01:30:00Z",
+            "--final",
+            "1004",
+            "--initial",
+            "2",
+            "--by",
+            "alice",
+            "--reason",
+            "meter replaced (leak)",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = import(&cfg, &file, &[]);
+    assert!(ok, "{out}");
+    let (ok, out) = collector_cli(
+        &cfg,
+        &[
+            "correct",
+            "--site",
+            "caen-1",
+            "--meter",
+            "eau",
+            "--from",
+            "2026-02-01T01:00:00Z",
+            "--to",
+            "2026-02-01T02:00:00Z",
+            "--value",
+            "-0.5",
+            "--by",
+            "bob",
+            "--reason",
+            "test flush of the new meter",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = collector_cli(
+        &cfg,
+        &[
+            "correct",
+            "--site",
+            "caen-1",
+            "--meter",
+            "eau",
+            "--from",
+            "2026-02-01T01:00:00Z",
+            "--to",
+            "2026-02-01T02:00:00Z",
+            "--value",
+            "1",
+            "--by",
+            "",
+            "--reason",
+            "",
+        ],
+    );
+    assert!(!ok && out.contains("--by"), "{out}");
+    let energy = |db: &std::path::Path| -> serde_json::Value {
+        let (ok, out) = collector_cli(
+            &cfg,
+            &[
+                "energy",
+                "--site",
+                "caen-1",
+                "--meter",
+                "eau",
+                "--from",
+                "2026-02-01T00:00:00Z",
+                "--to",
+                "2026-02-01T02:00:00Z",
+                "--db",
+                &db.display().to_string(),
+            ],
+        );
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).expect("json")
+    };
+    let e = energy(&dir.path().join("domesday.db"));
+    // 2.5 m³ + (1004 − 1003) + (5 − 2) − 0.5 = 6 m³.
+    assert_eq!(e["volume_liters"], 6000.0, "{e}");
+    let adj = e["adjustments"].as_array().expect("adjustments");
+    assert_eq!(adj.len(), 2, "{e}");
+    assert!(
+        adj.iter().any(|a| a["kind"] == "swap" && a["author"] == "alice" && a["final_micro"] == "1004000000"),
+        "{e}"
+    );
+    assert!(
+        adj.iter().any(|a| a["kind"] == "correction" && a["author"] == "bob" && a["value_micro"] == "-500000"),
+        "{e}"
+    );
+    // An online backup answers the same.
+    let backup = dir.path().join("backup.db");
+    let (ok, out) = collector_cli(&cfg, &["backup", &backup.display().to_string()]);
+    assert!(ok, "{out}");
+    assert_eq!(energy(&backup)["volume_liters"], 6000.0);
+    let (ok, out) = collector_cli(&cfg, &["backup", &backup.display().to_string()]);
+    assert!(!ok && out.contains("exists"), "{out}");
+}

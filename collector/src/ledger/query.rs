@@ -49,6 +49,29 @@ pub struct EnergyReport {
     pub volume_liters: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_microliters: Option<String>,
+    /// Manual corrections and meter swaps touching the range, with who and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<Adjustment>,
+}
+
+/// A hand-made change to a meter's record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Adjustment {
+    pub meter: String,
+    /// `correction` or `swap`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    /// Micro-units of the meter's unit (corrections), as a string.
+    pub value_micro: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_micro: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_micro: Option<String>,
+    pub unit: String,
+    pub author: String,
+    pub reason: String,
+    pub recorded: String,
 }
 
 impl EnergyReport {
@@ -210,6 +233,33 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
             };
         }
     }
+    let mut adjustments = Vec::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT se.meter, a.kind, a.start_ms, a.end_ms, a.value_micro, a.final_micro, a.initial_micro, se.unit, a.author, a.reason, a.recorded_ms \
+             FROM adjustments a JOIN series se ON se.id = a.series_id WHERE a.series_id = ?1 AND a.start_ms < ?3 AND a.end_ms >= ?2 ORDER BY a.id",
+        )?;
+        for id in &ids {
+            let rows = st.query_map(params![id, q.from_ms, q.to_ms], |r| {
+                Ok(Adjustment {
+                    meter: r.get(0)?,
+                    kind: r.get(1)?,
+                    from: rfc3339(r.get(2)?),
+                    to: rfc3339(r.get(3)?),
+                    value_micro: r.get::<_, i64>(4)?.to_string(),
+                    final_micro: r.get::<_, Option<i64>>(5)?.map(|v| v.to_string()),
+                    initial_micro: r.get::<_, Option<i64>>(6)?.map(|v| v.to_string()),
+                    unit: r.get(7)?,
+                    author: r.get(8)?,
+                    reason: r.get(9)?,
+                    recorded: rfc3339(r.get(10)?),
+                })
+            })?;
+            for a in rows {
+                adjustments.push(a?);
+            }
+        }
+    }
     Ok(EnergyReport {
         site: q.site.clone(),
         host: q.host.clone(),
@@ -228,6 +278,7 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
         last_sample: last.map(rfc3339),
         volume_liters: volume_total.map(|v| v as f64 / 1e6),
         volume_microliters: volume_total.map(|v| v.to_string()),
+        adjustments,
     })
 }
 

@@ -26,6 +26,8 @@ CREATE TABLE series (
     id INTEGER PRIMARY KEY,
     site TEXT NOT NULL, host TEXT NOT NULL, meter TEXT NOT NULL, metric TEXT NOT NULL, method TEXT NOT NULL,
     quality TEXT NOT NULL, role TEXT NOT NULL, unit TEXT NOT NULL,
+    -- Raw samples before this were pruned: a late sample older than it cannot find its neighbours.
+    pruned_until_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (site, host, meter, metric, method)
 );
 CREATE TABLE samples (
@@ -47,6 +49,12 @@ CREATE TABLE hours (
 CREATE TABLE hosts (
     site TEXT NOT NULL, host TEXT NOT NULL, machine_id TEXT NOT NULL, claimed_ms INTEGER NOT NULL,
     PRIMARY KEY (site, host)
+);
+CREATE TABLE adjustments (
+    id INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL, kind TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+    value_micro INTEGER NOT NULL, final_micro INTEGER, initial_micro INTEGER,
+    author TEXT NOT NULL, reason TEXT NOT NULL, recorded_ms INTEGER NOT NULL
 );
 CREATE TABLE host_conflicts (
     site TEXT NOT NULL, host TEXT NOT NULL, machine_id TEXT NOT NULL,
@@ -221,7 +229,6 @@ impl SqliteWriter {
         tx: &rusqlite::Transaction<'_>,
         staged: &mut Staged,
         batch: &Batch,
-        now_ms: i64,
     ) -> Result<Outcome, StoreError> {
         let mut out = Outcome::default();
         staged.energy_uj = 0;
@@ -266,7 +273,6 @@ impl SqliteWriter {
                 }
             }
         }
-        let oldest = now_ms - self.policy.minute_retention_ms;
         let mut insert =
             tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
         for s in &batch.samples {
@@ -320,7 +326,9 @@ impl SqliteWriter {
                         }
                         continue;
                     }
-                    if s.ts_ms < oldest {
+                    let pruned_until: i64 =
+                        tx.query_row("SELECT pruned_until_ms FROM series WHERE id = ?1", [id], |r| r.get(0))?;
+                    if s.ts_ms < pruned_until {
                         out.too_old += 1;
                         continue;
                     }
@@ -443,30 +451,134 @@ impl SqliteWriter {
     }
 }
 
+/// Who changed the ledger by hand, and why (kept forever in `adjustments`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub author: String,
+    pub reason: String,
+    pub recorded_ms: i64,
+}
+
+impl SqliteWriter {
+    /// Books a signed manual correction of a meter's consumption over
+    /// `[start, end)` (micro-units of its unit), recorded with who, when and why.
+    /// History is not rewritten: the correction is an entry of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn correct(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        start_ms: i64,
+        end_ms: i64,
+        value_micro: i64,
+        who: &Provenance,
+    ) -> Result<(), StoreError> {
+        let mut staged = Staged::default();
+        let tx = self.conn.unchecked_transaction()?;
+        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
+        tx.execute(
+            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, author, reason, recorded_ms) \
+             VALUES (?1, 'correction', ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, start_ms, end_ms, value_micro, who.author, who.reason, who.recorded_ms],
+        )?;
+        let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+        let factor = micro_factor(unit).unwrap_or(0);
+        let (amount, sign) = if value_micro < 0 { (-value_micro, -1) } else { (value_micro, 1) };
+        Self::book_interval(&mut staged, &policy, id, factor, start_ms, end_ms, amount, sign);
+        // A correction adds or removes energy; it observes nothing, so coverage stays.
+        for map in [&mut staged.minutes, &mut staged.hours] {
+            for v in map.values_mut() {
+                v.1 = 0;
+            }
+        }
+        Self::write_buckets(&tx, &staged)?;
+        tx.commit()?;
+        self.series.extend(staged.series);
+        Ok(())
+    }
+
+    /// Records a meter swap at `at_ms`: the old meter's final register reading,
+    /// then the new meter's initial one. The ledger books up to the final
+    /// reading, and the new meter's register starts a fresh baseline, so its
+    /// initial value is never counted as consumption.
+    #[allow(clippy::too_many_arguments)]
+    pub fn swap_meter(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        at_ms: i64,
+        final_micro: i64,
+        initial_micro: i64,
+        who: &Provenance,
+    ) -> Result<Outcome, StoreError> {
+        use super::CounterSample;
+        let batch = Batch {
+            samples: vec![
+                CounterSample::meter(site, meter, role, unit, at_ms, final_micro),
+                CounterSample { value_micro: None, ..CounterSample::meter(site, meter, role, unit, at_ms + 1, 0) },
+                CounterSample::meter(site, meter, role, unit, at_ms + 2, initial_micro),
+            ],
+            ..Batch::default()
+        };
+        let out = self.apply(&[batch], who.recorded_ms)?;
+        let mut staged = Staged::default();
+        let tx = self.conn.unchecked_transaction()?;
+        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
+        tx.execute(
+            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
+             VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+            params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
+        )?;
+        tx.commit()?;
+        Ok(out.into_iter().next().unwrap_or_default())
+    }
+
+    /// Writes the staged buckets. Minutes of a series before its prune point
+    /// are not recreated: they were pruned, their hour holds the energy, and a
+    /// partial minute row would be wrong.
+    fn write_buckets(tx: &rusqlite::Transaction<'_>, staged: &Staged) -> Result<(), StoreError> {
+        let mut pruned: HashMap<i64, i64> = HashMap::new();
+        {
+            let mut st = tx.prepare_cached("SELECT pruned_until_ms FROM series WHERE id = ?1")?;
+            for (id, _) in staged.minutes.keys() {
+                if !pruned.contains_key(id) {
+                    pruned.insert(*id, st.query_row([id], |r| r.get(0))?);
+                }
+            }
+        }
+        let mut up_min = tx.prepare_cached(
+            "INSERT INTO minutes VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+             energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+        )?;
+        for ((id, start), (e, c)) in
+            staged.minutes.iter().filter(|((id, start), _)| *start >= pruned.get(id).copied().unwrap_or(0))
+        {
+            up_min.execute(params![id, start, e, c])?;
+        }
+        let mut up_hour = tx.prepare_cached(
+            "INSERT INTO hours VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+             energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+        )?;
+        for ((id, start), (e, c)) in &staged.hours {
+            up_hour.execute(params![id, start, e, c])?;
+        }
+        Ok(())
+    }
+}
+
 impl LedgerWriter for SqliteWriter {
-    fn apply(&mut self, batches: &[Batch], now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
+    fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut staged = Staged::default();
         let tx = self.conn.unchecked_transaction()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for b in batches {
-            outcomes.push(self.apply_one(&tx, &mut staged, b, now_ms)?);
+            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
         }
-        {
-            let mut up_min = tx.prepare_cached(
-                "INSERT INTO minutes VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-                 energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
-            )?;
-            for ((id, start), (e, c)) in &staged.minutes {
-                up_min.execute(params![id, start, e, c])?;
-            }
-            let mut up_hour = tx.prepare_cached(
-                "INSERT INTO hours VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-                 energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
-            )?;
-            for ((id, start), (e, c)) in &staged.hours {
-                up_hour.execute(params![id, start, e, c])?;
-            }
-        }
+        Self::write_buckets(&tx, &staged)?;
         tx.commit()?;
         // Only now does the in-memory state follow: a failed commit leaves it untouched.
         self.series.extend(staged.series);
@@ -479,6 +591,11 @@ impl LedgerWriter for SqliteWriter {
         let cutoff = now_ms - self.policy.minute_retention_ms;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM minutes WHERE start_ms < ?1", [cutoff])?;
+        tx.execute(
+            "UPDATE series SET pruned_until_ms = ?1 WHERE pruned_until_ms < ?1 AND EXISTS \
+             (SELECT 1 FROM samples s WHERE s.series_id = series.id AND s.ts_ms < ?1)",
+            [cutoff],
+        )?;
         // Keep each series' last sample: it is the baseline of the next one.
         tx.execute(
             "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (SELECT MAX(ts_ms) FROM samples s2 WHERE s2.series_id = samples.series_id)",
