@@ -65,6 +65,18 @@ pub struct LedgerConfig {
     pub minute_retention: Dur,
     /// A machine silent this long yields its host name to another machine.
     pub host_takeover: Dur,
+    /// `full` (default): every commit is fsynced before the 2xx, so a power loss
+    /// loses nothing acknowledged. `normal`: faster; survives a collector crash,
+    /// but a power loss can lose the last acknowledged requests.
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
 }
 
 impl Default for LedgerConfig {
@@ -73,6 +85,7 @@ impl Default for LedgerConfig {
             gap: Dur(Duration::from_secs(300)),
             minute_retention: Dur(Duration::from_secs(90 * 86_400)),
             host_takeover: Dur(Duration::from_secs(3600)),
+            synchronous: Synchronous::Full,
         }
     }
 }
@@ -83,6 +96,7 @@ impl LedgerConfig {
             gap_ms: self.gap.0.as_millis() as i64,
             minute_retention_ms: self.minute_retention.0.as_millis() as i64,
             host_takeover_ms: self.host_takeover.0.as_millis() as i64,
+            fsync_each_commit: self.synchronous == Synchronous::Full,
         }
     }
 }

@@ -40,12 +40,15 @@ fn wait_ready(url: &str) -> anyhow::Result<()> {
     anyhow::bail!("{url} not ready within 60 s")
 }
 
+/// CPU seconds of every thread of a process (schedstat run time, ns).
 fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
-        .map(|ns| ns / 1e9)
-        .unwrap_or(f64::NAN)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / 1e9
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
