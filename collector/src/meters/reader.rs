@@ -220,6 +220,9 @@ pub async fn run(site: String, m: MeterConfig, writer: WriterHandle, stats: Arc<
     let (interval, timeout) = (m.interval(), m.timeout());
     let kind = m.kind.as_str();
     tracing::info!(site = %site, meter = %m.id, kind, interval = ?interval, "meter reader started");
+    if m.insecure_skip_verify {
+        tracing::warn!(site = %site, meter = %m.id, "TLS certificate verification is off for this meter (insecure_skip_verify)");
+    }
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
@@ -234,6 +237,9 @@ pub async fn run(site: String, m: MeterConfig, writer: WriterHandle, stats: Arc<
                 }
                 stats.failed(&site, &m.id, Reason::Rejected, poll.rejected.len() as u64);
                 let last = poll.readings.iter().map(|r| r.ts_ms).max();
+                if let Some(r) = poll.readings.last() {
+                    tracing::debug!(site = %site, meter = %m.id, kind, value_micro = r.value_micro, unit = %m.unit, "meter value");
+                }
                 submit(&site, &m, &poll.readings, &writer).await.map(|n| (n, poll.readings.len(), last))
             }
             Err(e) => Err(e),
