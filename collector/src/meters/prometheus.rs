@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::convert::{Decimal, ValueError, to_micro};
 use super::reader::{Poll, ReadError, Reading};
-use super::redfish::http_client;
+use super::redfish::{http_client, http_error};
 use crate::config::{MeterConfig, Secret};
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +90,7 @@ pub struct PrometheusReader {
     username: Option<String>,
     password: Option<Secret>,
     unit: String,
+    timeout: std::time::Duration,
 }
 
 impl PrometheusReader {
@@ -103,6 +104,7 @@ impl PrometheusReader {
             username: m.username.clone(),
             password: m.password.clone(),
             unit: m.unit.clone(),
+            timeout: m.timeout(),
         })
     }
 
@@ -111,12 +113,12 @@ impl PrometheusReader {
         if let Some(u) = &self.username {
             req = req.basic_auth(u, self.password.as_ref().map(Secret::expose));
         }
-        let resp = req.send().await.map_err(|e| ReadError::Io(format!("{e}")))?;
+        let resp = req.send().await.map_err(|e| http_error(&self.url, &e, self.timeout))?;
         let status = resp.status();
         if matches!(status.as_u16(), 401 | 403) {
             return Err(ReadError::Permission(format!("the query API answered {status}: check the credentials")));
         }
-        let body = resp.text().await.map_err(|e| ReadError::Io(format!("{e}")))?;
+        let body = resp.text().await.map_err(|e| http_error(&self.url, &e, self.timeout))?;
         if status.is_server_error() {
             return Err(ReadError::Io(format!("the query API answered {status}")));
         }

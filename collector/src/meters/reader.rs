@@ -187,6 +187,14 @@ pub fn next_delay(interval: Duration, failures: u32) -> Duration {
     backoff.min(MAX_BACKOFF.max(interval))
 }
 
+/// One read of `source`, given up after `timeout` (the source is then reset by the caller).
+pub async fn read_within(source: &mut Source, timeout: Duration) -> Result<Poll, ReadError> {
+    match tokio::time::timeout(timeout, source.read()).await {
+        Ok(r) => r,
+        Err(_) => Err(ReadError::Timeout(timeout)),
+    }
+}
+
 /// Submits one poll's readings; returns how many the ledger booked.
 async fn submit(site: &str, m: &MeterConfig, readings: &[Reading], writer: &WriterHandle) -> Result<u64, ReadError> {
     if readings.is_empty() {
@@ -226,11 +234,7 @@ pub async fn run(site: String, m: MeterConfig, writer: WriterHandle, stats: Arc<
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
-        let polled = match tokio::time::timeout(timeout, source.read()).await {
-            Ok(r) => r,
-            Err(_) => Err(ReadError::Timeout(timeout)),
-        };
-        let result = match polled {
+        let result = match read_within(&mut source, timeout).await {
             Ok(poll) => {
                 for e in &poll.rejected {
                     tracing::warn!(site = %site, meter = %m.id, kind, error = %e, "meter sample refused");

@@ -17,6 +17,8 @@
 //! is, which counts it as a reset from zero. Credentials are sent only in the
 //! `Authorization` header and never appear in logs or errors.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::convert::{Decimal, to_micro};
@@ -50,12 +52,13 @@ pub async fn get_json(
     client: &reqwest::Client,
     url: &str,
     auth: Option<(&str, Option<&Secret>)>,
+    timeout: Duration,
 ) -> Result<Value, ReadError> {
     let mut req = client.get(url).header("Accept", "application/json").header("OData-Version", "4.0");
     if let Some((user, password)) = auth {
         req = req.basic_auth(user, password.map(Secret::expose));
     }
-    let resp = req.send().await.map_err(|e| http_error(url, &e))?;
+    let resp = req.send().await.map_err(|e| http_error(url, &e, timeout))?;
     let status = resp.status();
     match status.as_u16() {
         200..=299 => {}
@@ -67,16 +70,17 @@ pub async fn get_json(
         404 => return Err(ReadError::Missing(format!("{url} answered 404: check `url`"))),
         _ => return Err(ReadError::Io(format!("{url} answered {status}"))),
     }
-    let body = resp.text().await.map_err(|e| http_error(url, &e))?;
+    let body = resp.text().await.map_err(|e| http_error(url, &e, timeout))?;
     serde_json::from_str(&body).map_err(|e| ReadError::Parse(format!("{url}: not JSON ({e})")))
 }
 
 /// A transport error, without anything but the URL (which holds no credentials).
-fn http_error(url: &str, e: &reqwest::Error) -> ReadError {
+pub fn http_error(url: &str, e: &reqwest::Error, timeout: Duration) -> ReadError {
     if e.is_timeout() {
-        return ReadError::Io(format!("{url}: timed out"));
+        return ReadError::Timeout(timeout);
     }
-    let mut msg = e.to_string();
+    // reqwest's own message repeats the URL; its sources say what went wrong.
+    let mut msg = format!("GET {url} failed");
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         msg.push_str(": ");
@@ -148,6 +152,7 @@ pub struct RedfishReader {
     username: Option<String>,
     password: Option<Secret>,
     unit: String,
+    timeout: Duration,
 }
 
 impl RedfishReader {
@@ -158,11 +163,13 @@ impl RedfishReader {
             username: m.username.clone(),
             password: m.password.clone(),
             unit: m.unit.clone(),
+            timeout: m.timeout(),
         })
     }
 
     async fn get(&self, url: &str) -> Result<Value, ReadError> {
-        get_json(&self.client, url, self.username.as_deref().map(|u| (u, self.password.as_ref()))).await
+        let auth = self.username.as_deref().map(|u| (u, self.password.as_ref()));
+        get_json(&self.client, url, auth, self.timeout).await
     }
 
     /// Reads the energy counter once.

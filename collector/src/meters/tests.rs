@@ -308,3 +308,33 @@ async fn prometheus_meters_read_raw_samples_of_one_series() {
         vec!["water_m3_total{meter=\"eau\"}[5m]".to_string()]
     );
 }
+
+#[tokio::test]
+async fn silent_devices_time_out_and_the_next_read_reconnects() {
+    use super::reader::{Source, read_within};
+    // Accepts connections and never answers: a hung gateway or PDU.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let short = Duration::from_millis(300);
+    let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\n");
+    let mut s = Source::new(&cfg).expect("source").expect("a reader");
+    let e = read_within(&mut s, short).await.expect_err("silent");
+    assert_eq!(e, ReadError::Timeout(short));
+    s.reset();
+    let _ = read_within(&mut s, short).await.expect_err("silent again");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a reset reader opens a new connection");
+    // Redfish and Prometheus: reqwest's own timeout is the same `timeout` and the same reason.
+    let mut m = redfish_meter(&format!("http://{addr}/redfish/v1"), None);
+    m.timeout = Some(crate::config::Dur(short));
+    let e = RedfishReader::new(&m).expect("reader").read().await.expect_err("silent");
+    assert_eq!(e.reason().as_str(), "timeout", "{e}");
+}
