@@ -45,8 +45,19 @@ impl Stats {
     /// Books what a commit did (called by the writer thread).
     pub fn committed(&mut self, batches: &[Batch], outcomes: &[Outcome]) {
         for (b, o) in batches.iter().zip(outcomes) {
-            if let Some(site) = b.samples.first().map(|s| s.site.clone()) {
-                *self.site_energy.entry((site, "it_in".into())).or_insert(0) += o.energy_uj;
+            // A batch's energy goes to its role (agents: it_in; a meter reader: its meter's
+            // role). Volumes (water, fuel) are not energy; a batch mixing roles (a CSV of several
+            // meters) is left to the ledger totals read at the next start.
+            let mut keys = b
+                .samples
+                .iter()
+                .map(|s| (&s.site, &s.role, &s.unit))
+                .chain(b.intervals.iter().map(|i| (&i.site, &i.role, &i.unit)));
+            if let Some(first @ (site, role, unit)) = keys.next()
+                && keys.all(|k| k.0 == first.0 && k.1 == first.1)
+                && !crate::ledger::is_volume(unit)
+            {
+                *self.site_energy.entry((site.clone(), role.clone())).or_insert(0) += o.energy_uj;
             }
             for (k, v) in [
                 ("booked", o.booked),
@@ -74,6 +85,8 @@ pub struct AppState {
     pub carbon: Option<Arc<crate::carbon::service::CarbonService>>,
     /// Site gauges refreshed by `site_metrics::run`.
     pub site_samples: Arc<Mutex<Vec<Sample>>>,
+    /// Counters of the facility meter readers.
+    pub meter_stats: Arc<crate::meters::reader::MeterStats>,
 }
 
 type Shared = Arc<AppState>;
@@ -430,6 +443,7 @@ async fn metrics(State(state): State<Shared>) -> Response {
     if let Ok(site) = state.site_samples.lock() {
         samples.extend(site.iter().cloned());
     }
+    samples.extend(state.meter_stats.samples());
     samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
     samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(&state.db_path) as f64));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&samples, &[])).into_response()

@@ -164,6 +164,85 @@ pub enum MeterKind {
     Prometheus,
 }
 
+impl MeterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterKind::Modbus => "modbus",
+            MeterKind::Redfish => "redfish",
+            MeterKind::Csv => "csv",
+            MeterKind::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// The value type of a Modbus register (contract §6 `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterType {
+    Float32,
+    Int32,
+    Uint32,
+    Int64,
+    Uint64,
+}
+
+impl RegisterType {
+    /// 16-bit words the value spans.
+    pub fn words(self) -> u16 {
+        match self {
+            RegisterType::Float32 | RegisterType::Int32 | RegisterType::Uint32 => 2,
+            RegisterType::Int64 | RegisterType::Uint64 => 4,
+        }
+    }
+}
+
+/// Order of the 16-bit words of a multi-word Modbus value (bytes within a word are always big-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WordOrder {
+    /// High word first (Modbus convention; Schneider, Socomec, Janitza, Eastron).
+    #[default]
+    Big,
+    /// Low word first ("word-swapped" devices).
+    Little,
+}
+
+/// Which Modbus table a register lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterFunction {
+    /// Holding registers, function code 03 (4xxxx).
+    #[default]
+    Holding,
+    /// Input registers, function code 04 (3xxxx).
+    Input,
+}
+
+/// A secret read from a file; never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Default polling interval of meter readers.
+pub const DEFAULT_METER_INTERVAL: Duration = Duration::from_secs(60);
+/// Default timeout of one meter read (connect and answer).
+pub const DEFAULT_METER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A facility meter (`[[sites.meters]]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -180,18 +259,25 @@ pub struct MeterConfig {
     #[serde(default)]
     pub kwh_per_litre: Option<f64>,
     // Reader settings (modbus, redfish, prometheus), validated per kind.
+    /// Modbus: `host:port` of the meter or gateway.
     #[serde(default)]
     pub address: Option<String>,
+    /// Modbus: unit (slave) id; default 1.
     #[serde(default)]
     pub unit_id: Option<u8>,
+    /// Modbus: 0-based protocol address of the first word (vendor register number − 1).
     #[serde(default)]
     pub register: Option<u16>,
     #[serde(default, rename = "type")]
-    pub value_type: Option<String>,
+    pub value_type: Option<RegisterType>,
+    /// Modbus: multiplier from the raw value to `unit`; default 1.
     #[serde(default)]
     pub scale: Option<f64>,
     #[serde(default)]
-    pub word_order: Option<String>,
+    pub word_order: Option<WordOrder>,
+    /// Modbus: `holding` (FC03, default) or `input` (FC04).
+    #[serde(default)]
+    pub function: Option<RegisterFunction>,
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
@@ -206,8 +292,28 @@ pub struct MeterConfig {
     pub allow_plain_http: bool,
     #[serde(default)]
     pub query: Option<String>,
+    /// Polling interval of readers; default 60 s.
     #[serde(default)]
     pub interval: Option<Dur>,
+    /// Timeout of one read; default 10 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// The password read from `password_file` at load.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// The PEM read from `ca_file` at load.
+    #[serde(skip)]
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl MeterConfig {
+    pub fn interval(&self) -> Duration {
+        self.interval.map(|d| d.0).unwrap_or(DEFAULT_METER_INTERVAL)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map(|d| d.0).unwrap_or(DEFAULT_METER_TIMEOUT)
+    }
 }
 
 fn default_gauges_refresh() -> Dur {
@@ -310,6 +416,262 @@ fn find_meter(text: &str, id: &str) -> usize {
     text.find(&format!("id = \"{id}\"")).unwrap_or(0)
 }
 
+/// Byte offset of `key = …` inside meter `id`'s table (else the meter's `id` line).
+fn find_meter_key(text: &str, id: &str, key: &str) -> usize {
+    let start = find_meter(text, id);
+    // The table runs from its `[[sites.meters]]` header (before the `id` line) to the next header.
+    let head = text[..start].rfind("\n[").map(|i| i + 1).unwrap_or(0);
+    let end = text[start..].find("\n[").map(|i| start + i + 1).unwrap_or(text.len());
+    match find_key(&text[head..end], key) {
+        0 => start, // not found (the region starts with its header, never with a key)
+        o => head + o,
+    }
+}
+
+/// Keys of `[[sites.meters]]` that only readers use, and whether `m` sets them.
+fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 16] {
+    [
+        ("address", m.address.is_some()),
+        ("unit_id", m.unit_id.is_some()),
+        ("register", m.register.is_some()),
+        ("type", m.value_type.is_some()),
+        ("scale", m.scale.is_some()),
+        ("word_order", m.word_order.is_some()),
+        ("function", m.function.is_some()),
+        ("url", m.url.is_some()),
+        ("username", m.username.is_some()),
+        ("password_file", m.password_file.is_some()),
+        ("ca_file", m.ca_file.is_some()),
+        ("insecure_skip_verify", m.insecure_skip_verify),
+        ("allow_plain_http", m.allow_plain_http),
+        ("query", m.query.is_some()),
+        ("interval", m.interval.is_some()),
+        ("timeout", m.timeout.is_some()),
+    ]
+}
+
+/// The reader keys each kind accepts.
+fn kind_keys(kind: MeterKind) -> &'static [&'static str] {
+    match kind {
+        MeterKind::Modbus => {
+            &["address", "unit_id", "register", "type", "scale", "word_order", "function", "interval", "timeout"]
+        }
+        MeterKind::Redfish => &[
+            "url",
+            "username",
+            "password_file",
+            "ca_file",
+            "insecure_skip_verify",
+            "allow_plain_http",
+            "interval",
+            "timeout",
+        ],
+        MeterKind::Prometheus => &[
+            "url",
+            "query",
+            "username",
+            "password_file",
+            "ca_file",
+            "insecure_skip_verify",
+            "allow_plain_http",
+            "interval",
+            "timeout",
+        ],
+        MeterKind::Csv => &[],
+    }
+}
+
+/// PromQL functions that extrapolate or differentiate: a meter query must read raw samples.
+const REFUSED_FUNCTIONS: &[&str] = &["rate", "irate", "increase", "delta", "idelta", "deriv"];
+
+/// Whether `query` calls function `name` (`name(` or `name (`, not part of a longer identifier).
+pub fn calls_function(query: &str, name: &str) -> bool {
+    let q = query.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = q[from..].find(name) {
+        let at = from + i;
+        let before_ok =
+            q[..at].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        let after = q[at + name.len()..].trim_start();
+        if before_ok && after.starts_with('(') {
+            return true;
+        }
+        from = at + name.len();
+    }
+    false
+}
+
+/// The duration of the last `[…]` range of a query, when it parses.
+fn query_range(query: &str) -> Option<&str> {
+    let open = query.rfind('[')?;
+    let close = open + query[open..].find(']')?;
+    Some(&query[open + 1..close])
+}
+
+/// Per-kind checks of a meter's reader settings; reads `password_file` and `ca_file`.
+fn validate_reader(
+    m: &mut MeterConfig,
+    text: &str,
+    err: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if m.kind == MeterKind::Csv {
+        return Ok(());
+    }
+    let kind = m.kind.as_str();
+    let id = m.id.clone();
+    let at = |key: &str, msg: String| err(find_meter_key(text, &id, key), format!("meter {id:?} (kind {kind}): {msg}"));
+    let allowed = kind_keys(m.kind);
+    for (key, set) in reader_keys(m) {
+        if set && !allowed.contains(&key) {
+            return Err(at(
+                key,
+                format!("key `{key}` does not apply to kind {kind} (its keys: {})", allowed.join(", ")),
+            ));
+        }
+    }
+    if let Some(i) = m.interval
+        && i.0 < Duration::from_secs(1)
+    {
+        return Err(at("interval", "must be at least \"1s\"".into()));
+    }
+    let energy_unit = matches!(m.unit.as_str(), "Wh" | "kWh" | "MWh");
+    match m.kind {
+        MeterKind::Modbus => {
+            let Some(address) = &m.address else {
+                return Err(at(
+                    "id",
+                    "`address` is required: host:port of the meter or gateway, e.g. \"10.0.0.5:502\"".into(),
+                ));
+            };
+            let port_ok =
+                address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(at("address", format!("{address:?} must be host:port, e.g. \"10.0.0.5:502\"")));
+            }
+            let Some(register) = m.register else {
+                return Err(at(
+                    "id",
+                    "`register` is required: the 0-based protocol address of the value's first word (vendor tables often list 1-based register numbers: subtract 1)".into(),
+                ));
+            };
+            let Some(t) = m.value_type else {
+                return Err(at("id", "`type` is required: float32, int32, uint32, int64 or uint64".into()));
+            };
+            if u32::from(register) + u32::from(t.words()) > 65_536 {
+                return Err(at("register", format!("{register} + {} words runs past address 65535", t.words())));
+            }
+            if let Some(sc) = m.scale
+                && !(sc.is_finite() && sc > 0.0)
+            {
+                return Err(at("scale", format!("{sc} must be a positive number (raw × scale = value in {})", m.unit)));
+            }
+        }
+        MeterKind::Redfish | MeterKind::Prometheus => {
+            let Some(url) = &m.url else {
+                let what = if m.kind == MeterKind::Redfish {
+                    "the PowerDistribution resource or its Metrics, Mains/Branches circuit or Outlet URI, e.g. \"https://pdu-a1/redfish/v1/PowerEquipment/RackPDUs/1/Metrics\""
+                } else {
+                    "the base URL of Prometheus or VictoriaMetrics, e.g. \"http://prometheus:9090\""
+                };
+                return Err(at("id", format!("`url` is required: {what}")));
+            };
+            let parsed = reqwest::Url::parse(url).map_err(|e| at("url", format!("{url:?} is not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(at("url", format!("{url:?} must be an http:// or https:// URL with a host")));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(at("url", "must not carry credentials: use `username` and `password_file`".into()));
+            }
+            let plain = parsed.scheme() == "http";
+            if m.kind == MeterKind::Redfish && plain && !m.allow_plain_http {
+                return Err(at(
+                    "url",
+                    format!(
+                        "{url:?} is plain http: use https://, or set allow_plain_http = true (credentials then travel in clear)"
+                    ),
+                ));
+            }
+            if m.kind == MeterKind::Prometheus && plain && m.username.is_some() && !m.allow_plain_http {
+                return Err(at(
+                    "url",
+                    format!(
+                        "{url:?} is plain http and the meter has credentials: use https://, or set allow_plain_http = true"
+                    ),
+                ));
+            }
+            if m.kind == MeterKind::Redfish && !energy_unit {
+                return Err(at(
+                    "unit",
+                    format!(
+                        "a redfish meter reads energy (EnergyJoules/EnergykWh): unit {:?} must be Wh, kWh or MWh",
+                        m.unit
+                    ),
+                ));
+            }
+            match (&m.username, &m.password_file) {
+                (Some(_), Some(f)) => {
+                    let p = std::fs::read_to_string(f)
+                        .map_err(|e| at("password_file", format!("cannot read {}: {e}", f.display())))?;
+                    let p = p.trim_end_matches(['\n', '\r']);
+                    if p.is_empty() {
+                        return Err(at("password_file", format!("{} is empty", f.display())));
+                    }
+                    m.password = Some(Secret::new(p));
+                }
+                (Some(_), None) => {
+                    return Err(at("username", "needs `password_file` (a file holding the password)".into()));
+                }
+                (None, Some(_)) => return Err(at("password_file", "needs `username`".into())),
+                (None, None) => {}
+            }
+            if let Some(f) = &m.ca_file {
+                let pem = std::fs::read(f).map_err(|e| at("ca_file", format!("cannot read {}: {e}", f.display())))?;
+                if reqwest::Certificate::from_pem_bundle(&pem).map(|c| c.is_empty()).unwrap_or(true) {
+                    return Err(at("ca_file", format!("{} holds no PEM certificate", f.display())));
+                }
+                m.ca_pem = Some(pem);
+            }
+            if m.kind == MeterKind::Prometheus {
+                let Some(q) = &m.query else {
+                    return Err(at(
+                        "id",
+                        "`query` is required: a range selector of the raw register, e.g. 'meter_energy_kwh_total{meter=\"tgbt\"}[5m]'".into(),
+                    ));
+                };
+                if let Some(f) = REFUSED_FUNCTIONS.iter().find(|f| calls_function(q, f)) {
+                    return Err(at(
+                        "query",
+                        format!(
+                            "{f}() extrapolates; give the raw samples with a range selector (the ledger computes increases exactly)"
+                        ),
+                    ));
+                }
+                let Some(range) = query_range(q).filter(|r| !r.contains(':')) else {
+                    return Err(at(
+                        "query",
+                        format!(
+                            "{q:?} is not a range selector of raw samples: write e.g. 'meter_energy_kwh_total{{meter=\"tgbt\"}}[5m]'"
+                        ),
+                    ));
+                };
+                if let Ok(r) = humantime::parse_duration(range.trim())
+                    && r < m.interval()
+                {
+                    return Err(at(
+                        "query",
+                        format!(
+                            "range [{range}] is shorter than the interval ({}): samples between polls would be missed",
+                            humantime::format_duration(m.interval())
+                        ),
+                    ));
+                }
+            }
+        }
+        MeterKind::Csv => {}
+    }
+    Ok(())
+}
+
 fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
@@ -380,16 +742,17 @@ impl CollectorConfig {
                     return Err(at("id", format!("site {:?} needs exactly one of token_sha256 or token_file", s.id)));
                 }
             };
-            let mut ids: Vec<&str> = Vec::new();
-            for m in &s.meters {
+            let mut site_cfg = s.clone();
+            let mut ids: Vec<String> = Vec::new();
+            for m in &mut site_cfg.meters {
                 let loc = |msg: String| err(find_meter(&text, &m.id), msg);
-                if !valid_id(&m.id) || ids.contains(&m.id.as_str()) {
+                if !valid_id(&m.id) || ids.contains(&m.id) {
                     return Err(loc(format!(
                         "meter id {:?} must be unique in site {:?} and made of letters, digits, '-', '_' or '.'",
                         m.id, s.id
                     )));
                 }
-                ids.push(&m.id);
+                ids.push(m.id.clone());
                 let Some(role) = Role::parse(&m.role) else {
                     let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
                     return Err(loc(format!("meter {:?}: role {:?} is not one of {}", m.id, m.role, all.join(", "))));
@@ -409,17 +772,9 @@ impl CollectorConfig {
                         m.id
                     )));
                 }
-                match m.kind {
-                    MeterKind::Csv => {}
-                    other => {
-                        return Err(loc(format!(
-                            "meter {:?}: kind {:?} is not supported by this version yet; feed it with kind = \"csv\" (import-meters or POST /api/v1/sites/{}/meter-readings)",
-                            m.id, other, s.id
-                        )));
-                    }
-                }
+                validate_reader(m, &text, &err)?;
             }
-            sites.push(Site { config: s.clone(), token_hash });
+            sites.push(Site { config: site_cfg, token_hash });
         }
         if let Some(c) = &cfg.carbon
             && let Err(e) = c.validate()
@@ -495,5 +850,136 @@ mod tests {
         assert!(e.contains("token_sha256 or token_file"), "{e}");
         let e = load("[ledger]\ngap = \"soon\"\n").map(|_| ()).expect_err("must be refused").to_string();
         assert!(e.contains(":2:") && e.contains("5m"), "{e}");
+    }
+
+    fn site_with(meter: &str) -> String {
+        format!(
+            "[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{HASH}\"\n\n[[sites.meters]]\n{meter}"
+        )
+    }
+
+    fn refused(text: &str) -> String {
+        load(text).map(|_| ()).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn modbus_meters_need_their_keys_and_get_defaults() {
+        let ok = site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"10.0.0.5:502\"\nregister = 3203\ntype = \"int64\"\nscale = 0.001\n",
+        );
+        let l = load(&ok).expect("load");
+        let m = &l.sites[0].config.meters[0];
+        assert_eq!(m.value_type, Some(RegisterType::Int64));
+        assert_eq!((m.function, m.word_order, m.unit_id), (None, None, None));
+        assert_eq!((m.interval(), m.timeout()), (DEFAULT_METER_INTERVAL, DEFAULT_METER_TIMEOUT));
+        // Line 9 is `kind = "modbus"`, 7 the meter's id: a missing key points at the meter.
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\nregister = 1\ntype = \"int64\"\n",
+        ));
+        assert!(e.contains(":7:") && e.contains("`address` is required"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"meter\"\nregister = 1\ntype = \"int64\"\n",
+        ));
+        assert!(e.contains(":11:") && e.contains("host:port"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 1\ntype = \"float64\"\n",
+        ));
+        assert!(e.contains(":13:") && e.contains("float64") && e.contains("float32"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 65534\ntype = \"int64\"\n",
+        ));
+        assert!(e.contains(":12:") && e.contains("65535"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 1\ntype = \"int64\"\nscale = -1.0\n",
+        ));
+        assert!(e.contains(":14:") && e.contains("positive"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 1\ntype = \"int64\"\nurl = \"http://x\"\n",
+        ));
+        assert!(e.contains(":14:") && e.contains("does not apply to kind modbus"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 1\ntype = \"int64\"\nfunction = \"coil\"\n",
+        ));
+        assert!(e.contains(":14:") && e.contains("holding"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"modbus\"\nunit = \"kWh\"\naddress = \"m:502\"\nregister = 1\ntype = \"int64\"\ninterval = \"500ms\"\n",
+        ));
+        assert!(e.contains(":14:") && e.contains("1s"), "{e}");
+    }
+
+    #[test]
+    fn redfish_meters_refuse_plain_http_and_read_their_secrets() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").expect("pw");
+        let meter = |url: &str, extra: &str| {
+            site_with(&format!(
+                "id = \"pdu-a1\"\nrole = \"pdu_out\"\nkind = \"redfish\"\nunit = \"kWh\"\nurl = \"{url}\"\n{extra}"
+            ))
+        };
+        let e = refused(&meter("http://pdu/redfish/v1/PowerEquipment/RackPDUs/1", ""));
+        assert!(e.contains(":11:") && e.contains("allow_plain_http"), "{e}");
+        load(&meter("http://pdu/redfish/v1/PowerEquipment/RackPDUs/1", "allow_plain_http = true\n")).expect("allowed");
+        let l = load(&meter(
+            "https://pdu/redfish/v1/PowerEquipment/RackPDUs/1",
+            &format!("username = \"monitor\"\npassword_file = {:?}\n", pw.display().to_string()),
+        ))
+        .expect("load");
+        let m = &l.sites[0].config.meters[0];
+        assert_eq!(m.password.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(!format!("{m:?}").contains("s3cret"), "Debug must not show the password");
+        assert!(!l.config.to_toml().contains("s3cret"));
+        let e = refused(&meter("https://pdu/x", "username = \"monitor\"\n"));
+        assert!(e.contains(":12:") && e.contains("password_file"), "{e}");
+        let e = refused(&meter("https://admin:pw@pdu/x", ""));
+        assert!(e.contains(":11:") && e.contains("credentials"), "{e}");
+        let bad_ca = dir.path().join("ca.pem");
+        std::fs::write(&bad_ca, "not a certificate").expect("ca");
+        let e = refused(&meter("https://pdu/x", &format!("ca_file = {:?}\n", bad_ca.display().to_string())));
+        assert!(e.contains(":12:") && e.contains("no PEM certificate"), "{e}");
+        let e = refused(&site_with(
+            "id = \"eau\"\nrole = \"water_in\"\nkind = \"redfish\"\nunit = \"m3\"\nurl = \"https://x/y\"\n",
+        ));
+        assert!(e.contains("EnergyJoules"), "{e}");
+        let e = refused(&site_with("id = \"pdu\"\nrole = \"pdu_out\"\nkind = \"redfish\"\nunit = \"kWh\"\n"));
+        assert!(e.contains(":7:") && e.contains("`url` is required"), "{e}");
+    }
+
+    #[test]
+    fn prometheus_meters_take_raw_range_selectors_only() {
+        let meter = |q: &str| {
+            site_with(&format!(
+                "id = \"eau\"\nrole = \"water_in\"\nkind = \"prometheus\"\nunit = \"m3\"\nurl = \"http://prom:9090\"\nquery = '{q}'\n"
+            ))
+        };
+        load(&meter("water_m3_total{meter=\"eau\"}[5m]")).expect("raw range selector");
+        for q in ["rate(water_m3_total[5m])", "sum(increase (water_m3_total[1h]))", "IRATE(x[5m])", "delta(x[5m])"] {
+            let e = refused(&meter(q));
+            assert!(e.contains(":12:") && e.contains("extrapolates"), "{q}: {e}");
+        }
+        // Names that merely contain a refused function are fine.
+        load(&meter("pump_rate_total[5m]")).expect("not a call");
+        let e = refused(&meter("water_m3_total"));
+        assert!(e.contains("not a range selector"), "{e}");
+        let e = refused(&meter("water_m3_total[1h:1m]"));
+        assert!(e.contains("not a range selector"), "{e}");
+        let e = refused(&meter("water_m3_total[30s]"));
+        assert!(e.contains("shorter than the interval"), "{e}");
+        // Credentials over plain http need the explicit opt-in.
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "x").expect("pw");
+        let e =
+            refused(&format!("{}username = \"u\"\npassword_file = {:?}\n", meter("x[5m]"), pw.display().to_string()));
+        assert!(e.contains("plain http"), "{e}");
+    }
+
+    #[test]
+    fn function_calls_are_recognised() {
+        assert!(calls_function("rate(x[5m])", "rate"));
+        assert!(calls_function("sum by (a) (Rate (x[5m]))", "rate"));
+        assert!(!calls_function("x_rate_total[5m]", "rate"));
+        assert!(!calls_function("rate_total[5m]", "rate"));
+        assert!(!calls_function("irate(x[5m])", "rate"));
     }
 }

@@ -6,6 +6,8 @@
 //! - [`ingest`]: the ingest rules as pure functions (auth, limits, validation, what is booked).
 //! - [`ledger`]: booking arithmetic, the SQLite store behind narrow traits, the writer thread, reads.
 //! - [`pull`]: pull mode, reading raw counters from a Prometheus-compatible API into the same path.
+//! - [`meters`]: facility meters: CSV imports and the live readers (Modbus TCP, Redfish
+//!   PowerDistribution, Prometheus), one task per meter, booked as exact register samples.
 //! - [`indicators`], [`carbon`]: the indicator maths and grid intensity sources; [`site_report`] feeds them from the ledger.
 //! - [`api`]: HTTP handlers (write, energy, sites, hosts, health, metrics).
 //! - [`serve`]: wiring and graceful shutdown; [`demo`]: the local all-in-one run.

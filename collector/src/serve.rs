@@ -1,6 +1,7 @@
-//! `serve`: opens the ledger, starts the writer thread, binds and serves until
-//! SIGTERM/SIGINT, then lets in-flight requests finish and the writer commit
-//! what is queued before exiting.
+//! `serve`: opens the ledger, starts the writer thread, the pulls and the
+//! facility meter readers, binds and serves until SIGTERM/SIGINT, then lets
+//! in-flight requests finish and the writer commit what is queued before
+//! exiting.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +44,8 @@ pub async fn serve(
         .cloned()
         .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
         .collect();
+    let meter_stats = Arc::new(crate::meters::reader::MeterStats::default());
+    let readers = crate::meters::reader::spawn_all(&sites, &handle, &meter_stats);
     let carbon = match &cfg.carbon {
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,
@@ -66,12 +69,13 @@ pub async fn serve(
         carbon_config: cfg.carbon.clone(),
         carbon,
         site_samples,
+        meter_stats,
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
     gauges.abort();
-    for p in pulls {
+    for p in pulls.into_iter().chain(readers) {
         p.abort();
         let _ = p.await;
     }

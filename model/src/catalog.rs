@@ -239,6 +239,33 @@ metric!(
     [],
     "Size of the ledger database files (database and write-ahead log)."
 );
+metric!(
+    METER_READINGS,
+    Collector,
+    "domesday_meter_readings_total",
+    Counter,
+    "",
+    ["site", "meter"],
+    "Register readings a facility meter reader (modbus, redfish, prometheus) took and handed to the ledger."
+);
+metric!(
+    METER_READ_ERRORS,
+    Collector,
+    "domesday_meter_read_errors_total",
+    Counter,
+    "",
+    ["site", "meter", "reason"],
+    "Failed meter reads (timeout, io, permission, missing, parse) and refused values (rejected: negative, NaN, overflow), by reason."
+);
+metric!(
+    METER_LAST_READING,
+    Collector,
+    "domesday_meter_last_reading_timestamp_seconds",
+    Gauge,
+    "seconds",
+    ["site", "meter"],
+    "Time of the last reading a meter reader handed to the ledger (Unix seconds)."
+);
 
 metric!(
     SITE_POWER,
@@ -367,6 +394,9 @@ pub const CATALOG: &[MetricDef] = &[
     INGEST_REJECTED,
     LEDGER_LAG,
     LEDGER_DB_BYTES,
+    METER_READINGS,
+    METER_READ_ERRORS,
+    METER_LAST_READING,
     SITE_POWER,
     SITE_PUE,
     SITE_DCIE,
