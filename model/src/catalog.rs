@@ -158,12 +158,23 @@ metric!(
     "Wall time the last sampling tick took."
 );
 
-metric!(PUSH_SAMPLES, "domesday_push_samples_total", Counter, "", ["result"],
-    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429).");
-metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [],
-    "Bytes waiting in the push spool on disk.");
-metric!(PUSH_LAST_SUCCESS, "domesday_push_last_success_timestamp_seconds", Gauge, "seconds", [],
-    "Unix time of the last request the collector acknowledged.");
+metric!(
+    PUSH_SAMPLES,
+    "domesday_push_samples_total",
+    Counter,
+    "",
+    ["result"],
+    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429)."
+);
+metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [], "Bytes waiting in the push spool on disk.");
+metric!(
+    PUSH_LAST_SUCCESS,
+    "domesday_push_last_success_timestamp_seconds",
+    Gauge,
+    "seconds",
+    [],
+    "Unix time of the last request the collector acknowledged."
+);
 
 /// Every family, in exposition order.
 pub const CATALOG: &[MetricDef] = &[

@@ -138,7 +138,10 @@ fn parse_args() -> Result<Option<Args>> {
     }
     for (what, p) in [("--agent", &a.agent), ("--node-exporter", &a.node_exporter)] {
         if !p.is_file() {
-            bail!("{what} {}: no such file (build with `cargo build --release`, or apt-get install prometheus-node-exporter)", p.display());
+            bail!(
+                "{what} {}: no such file (build with `cargo build --release`, or apt-get install prometheus-node-exporter)",
+                p.display()
+            );
         }
     }
     Ok(Some(a))
@@ -313,7 +316,8 @@ fn cpu_of(pid: u32) -> Result<(Cpu, Vec<u32>)> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After "comm)": state is field 3, utime 14, stime 15.
-    let field = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| anyhow!("bad stat field {i}"));
+    let field =
+        |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| anyhow!("bad stat field {i}"));
     c.stat_ticks = field(14)? + field(15)?;
     tids.sort_unstable();
     Ok((c, tids))
@@ -714,7 +718,12 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
     let mut row = |name: &str, x: String, y: String, r: String| {
         let _ = writeln!(o, "| {name} | {x} | {y} | {r} |");
     };
-    row("CPU time over phase 1, schedstat (s)", format!("{:.3}", a.cpu_s), format!("{:.3}", n.cpu_s), ratio(a.cpu_s, n.cpu_s));
+    row(
+        "CPU time over phase 1, schedstat (s)",
+        format!("{:.3}", a.cpu_s),
+        format!("{:.3}", n.cpu_s),
+        ratio(a.cpu_s, n.cpu_s),
+    );
     row(
         "CPU time over phase 1, utime+stime (s)",
         format!("{:.2}", a.cpu_stat_s),
@@ -727,14 +736,39 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         format!("{:.3}", 100.0 * n.cpu_s / n.wall_s),
         String::new(),
     );
-    row("RSS at end of phase 1 (MiB)", format!("{:.1}", mib(a.rss_kb)), format!("{:.1}", mib(n.rss_kb)), ratio(a.rss_kb as f64, n.rss_kb as f64));
-    row("peak RSS, VmHWM (MiB)", format!("{:.1}", mib(a.hwm_kb)), format!("{:.1}", mib(n.hwm_kb)), ratio(a.hwm_kb as f64, n.hwm_kb as f64));
-    row("threads (exited during phase 1)", format!("{} ({})", a.threads, a.threads_gone), format!("{} ({})", n.threads, n.threads_gone), String::new());
-    row("body bytes, plain", a.plain_bytes.to_string(), n.plain_bytes.to_string(), ratio(a.plain_bytes as f64, n.plain_bytes as f64));
+    row(
+        "RSS at end of phase 1 (MiB)",
+        format!("{:.1}", mib(a.rss_kb)),
+        format!("{:.1}", mib(n.rss_kb)),
+        ratio(a.rss_kb as f64, n.rss_kb as f64),
+    );
+    row(
+        "peak RSS, VmHWM (MiB)",
+        format!("{:.1}", mib(a.hwm_kb)),
+        format!("{:.1}", mib(n.hwm_kb)),
+        ratio(a.hwm_kb as f64, n.hwm_kb as f64),
+    );
+    row(
+        "threads (exited during phase 1)",
+        format!("{} ({})", a.threads, a.threads_gone),
+        format!("{} ({})", n.threads, n.threads_gone),
+        String::new(),
+    );
+    row(
+        "body bytes, plain",
+        a.plain_bytes.to_string(),
+        n.plain_bytes.to_string(),
+        ratio(a.plain_bytes as f64, n.plain_bytes as f64),
+    );
     let wire_label = if args.gzip { "body bytes as scraped (gzip, median)" } else { "body bytes as scraped (median)" };
     let (aw, nw) = (median_usize(&a.wire_bytes), median_usize(&n.wire_bytes));
     row(wire_label, aw.to_string(), nw.to_string(), ratio(aw as f64, nw as f64));
-    row("series (non-comment lines)", a.series.to_string(), n.series.to_string(), ratio(a.series as f64, n.series as f64));
+    row(
+        "series (non-comment lines)",
+        a.series.to_string(),
+        n.series.to_string(),
+        ratio(a.series as f64, n.series as f64),
+    );
     row(
         "phase 1 scrapes ok / failed",
         format!("{} / {}", a.steady.ms.len(), a.steady_failed),
@@ -755,7 +789,12 @@ fn report(args: &Args, h: &Header, f: &[Figures; 2]) -> String {
         format!("{:.1}", n.burst_cpu_us),
         ratio(a.burst_cpu_us, n.burst_cpu_us),
     );
-    row("stderr lines (warn/error)", format!("{} ({})", a.stderr_lines, a.stderr_problems.len()), format!("{} ({})", n.stderr_lines, n.stderr_problems.len()), String::new());
+    row(
+        "stderr lines (warn/error)",
+        format!("{} ({})", a.stderr_lines, a.stderr_problems.len()),
+        format!("{} ({})", n.stderr_lines, n.stderr_problems.len()),
+        String::new(),
+    );
     row("exit after SIGTERM", a.exit.clone(), n.exit.clone(), String::new());
 
     let cpu_r = a.cpu_s / n.cpu_s;
