@@ -224,7 +224,8 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(p)
 }
 
-fn user_state_dir() -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/domesday-agent` or `~/.local/state/domesday-agent`.
+pub(crate) fn user_state_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
