@@ -4,7 +4,8 @@
 //! all), their labels, stale markers for series that disappear, batching into
 //! requests within the protocol limits, the HTTP requests and how their answers
 //! are handled, backoff, the order guarantee, and the push self-metrics.
-//! [`spool`] owns the on-disk format of the batches waiting.
+//! [`spool`] owns the on-disk format of the batches waiting; [`simulate`] the
+//! `simulate` load generator.
 //!
 //! Data path: the sampler thread calls [`PushHandle::offer`] after each tick;
 //! when a push is due it turns the snapshot into a [`PushTick`] (labels built,
@@ -29,6 +30,7 @@
 //! `rejected` or `dropped`; `spooled` counts in addition the samples that went
 //! through the disk spool on their way.
 
+pub mod simulate;
 pub mod spool;
 
 use std::collections::HashSet;
