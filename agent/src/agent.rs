@@ -1,14 +1,16 @@
-//! The agent's loops: `run` (sampler thread + HTTP server until SIGTERM/SIGINT)
-//! and `once` (two samples an interval apart, printed).
+//! The agent's loops: `run` (sampler thread + HTTP server + pusher until
+//! SIGTERM/SIGINT) and `once` (two samples an interval apart, printed).
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use domesday_model::vocab::Source;
 
 use crate::config::AgentConfig;
+use crate::push::PushHandle;
 use crate::render::{constant_labels, render};
 use crate::sampler::{Sampler, Snapshot};
 use crate::server::{Exposition, Shared, router};
@@ -43,7 +45,8 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Runs until SIGTERM or SIGINT: the sampler on its own thread, `/metrics` on tokio.
+/// Runs until SIGTERM or SIGINT: the sampler on its own thread, `/metrics` on
+/// tokio, and with `[push]` the pusher on its own thread.
 pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -56,16 +59,32 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .with_context(|| format!("cannot listen on {} (set `listen` or --listen)", cfg.listen))?;
     let mut sampler = Sampler::new(cfg.clone(), true).context("starting sensor workers")?;
+    let pushing = match &cfg.push {
+        Some(p) => Some(crate::push::start(&cfg, p).context("starting the push to the collector")?),
+        None => None,
+    };
+    let (mut push, push_thread, push_stopping) = match pushing {
+        Some(p) => {
+            sampler.set_push_stats(p.stats);
+            (Some(p.handle), Some(p.thread), Some(p.stopping))
+        }
+        None => (None, None, None),
+    };
     let constant = constant_labels(&cfg);
     let start = Instant::now();
-    let shared: Shared = Arc::new(RwLock::new(Exposition::new(render(&sampler.tick(Duration::ZERO), &constant))));
+    let wall = SystemTime::now();
+    let first = sampler.tick(Duration::ZERO);
+    if let Some(p) = push.as_mut() {
+        p.offer(&first, Duration::ZERO, wall);
+    }
+    let shared: Shared = Arc::new(RwLock::new(Exposition::new(render(&first, &constant))));
     let (stop_tx, stop_rx) = channel::<()>();
     let sampler_shared = shared.clone();
     let interval = cfg.interval.0;
     let sampler_thread = std::thread::Builder::new()
         .name("sampler".into())
         .spawn(move || {
-            sample_loop(&mut sampler, &sampler_shared, &constant, start, interval, &stop_rx);
+            sample_loop(&mut sampler, &sampler_shared, &constant, start, interval, &stop_rx, push);
             sampler.flush();
         })
         .context("starting the sampler thread")?;
@@ -73,9 +92,19 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let served =
         rt.block_on(async { axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown_signal()).await });
     tracing::info!("shutting down: flushing host energy counters");
+    if let Some(s) = &push_stopping {
+        // Ticks still queued get one bounded attempt, else go to the spool.
+        s.store(true, Ordering::Relaxed);
+    }
     let _ = stop_tx.send(());
     if sampler_thread.join().is_err() {
         tracing::error!("sampler thread panicked");
+    }
+    // The sampler thread dropped its push handle: the pusher drains and returns.
+    if let Some(t) = push_thread
+        && t.join().is_err()
+    {
+        tracing::error!("pusher thread panicked");
     }
     served.context("HTTP server failed")
 }
@@ -87,6 +116,7 @@ fn sample_loop(
     start: Instant,
     interval: Duration,
     stop: &Receiver<()>,
+    mut push: Option<PushHandle>,
 ) {
     let mut next = interval;
     loop {
@@ -102,8 +132,12 @@ fn sample_loop(
         if now < next {
             continue;
         }
-        let body = render(&sampler.tick(now), constant);
-        let exp = Exposition::new(body);
+        let wall = SystemTime::now();
+        let snap = sampler.tick(now);
+        if let Some(p) = push.as_mut() {
+            p.offer(&snap, now, wall);
+        }
+        let exp = Exposition::new(render(&snap, constant));
         match shared.write() {
             Ok(mut g) => *g = exp,
             Err(_) => tracing::error!("exposition lock poisoned"),
@@ -115,7 +149,8 @@ fn sample_loop(
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

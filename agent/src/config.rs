@@ -130,6 +130,139 @@ struct FileConfig {
     sources: FileSources,
     #[serde(default)]
     estimation: FileEstimation,
+    push: Option<FilePush>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePush {
+    url: String,
+    token_file: Option<PathBuf>,
+    interval: Option<Dur>,
+    series: Option<SeriesSet>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<ByteSize>,
+    timeout: Option<Dur>,
+}
+
+/// Which series are pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesSet {
+    /// Host energy and power, sensor health, RAPL zones, inlet temperature,
+    /// CPU utilisation, host and agent info.
+    #[default]
+    Default,
+    /// Every series of the snapshot.
+    All,
+}
+
+/// A size in bytes, written as an integer or a string with a unit (`"256MiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom(format!("size {n} must not be negative"))),
+            Raw::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, mult) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= mult && self.0.is_multiple_of(mult) {
+                return write!(f, "{}{unit}", self.0 / mult);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+/// Parses `"256MiB"`, `"1GB"`, `"512 KiB"`, `"1048576"` into bytes (binary units
+/// are powers of 1024, decimal ones powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let hint = "write bytes as an integer or a number and a unit, e.g. \"256MiB\", \"1GB\", \"65536\"";
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}; {hint}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {s:?}; {hint}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A secret read from a file or the environment: never printed, logged or
+/// serialised (its `Debug` says `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The push token's environment variable (contract §4).
+pub const PUSH_TOKEN_ENV: &str = "DOMESDAY_PUSH_TOKEN";
+/// Smallest spool: one request of the largest size fits (contract §5: 1 MiB).
+pub const MIN_SPOOL_BYTES: u64 = 1 << 20;
+/// Largest spool accepted (a typo guard).
+pub const MAX_SPOOL_BYTES: u64 = 1 << 40;
+pub const DEFAULT_SPOOL_BYTES: u64 = 256 << 20;
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The effective `[push]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PushConfig {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Never serialised: `check-config` says where it came from instead.
+    #[serde(skip)]
+    pub token: Secret,
+    pub interval: Dur,
+    pub series: SeriesSet,
+    pub spool_dir: PathBuf,
+    /// Whether `spool_dir` was set (else it may fall back with `state_dir`).
+    #[serde(skip)]
+    pub spool_dir_explicit: bool,
+    pub spool_max_bytes: ByteSize,
+    pub timeout: Dur,
 }
 
 /// Which sources are enabled.
@@ -171,6 +304,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub sources: Sources,
     pub estimation: Estimation,
+    /// `None` without a `[push]` table: nothing is pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
 }
 
 /// Command-line overrides (contract §4 flags).
@@ -189,7 +325,17 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/domesday-agent";
 
 impl AgentConfig {
     /// Loads `path` (if any), applies the overrides and validates the result.
+    /// The push token may come from the process environment.
     pub fn load(path: Option<&Path>, ov: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, ov, |k| std::env::var(k).ok())
+    }
+
+    /// [`AgentConfig::load`] with the environment given as a lookup (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        ov: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let (file, text) = match path {
             Some(p) => {
                 let text =
@@ -220,6 +366,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             sources: FileSources::default(),
             estimation: FileEstimation::default(),
+            push: None,
         });
         let site = ov.site.clone().unwrap_or(f.site);
         if site.trim().is_empty() {
@@ -257,6 +404,11 @@ impl AgentConfig {
             ));
         }
         let interval = ov.interval.map(Dur).or(f.interval).unwrap_or(Dur(Duration::from_secs(5)));
+        let state_dir = f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let push = match f.push {
+            None => None,
+            Some(p) => Some(push_config(p, &state_dir, path, &text, &env)?),
+        };
         // Default: 2 s, but never more than half the interval.
         let sensor_timeout = f.sensor_timeout.unwrap_or(Dur(Duration::from_secs(2).min(interval.0 / 2)));
         let cfg = AgentConfig {
@@ -267,7 +419,7 @@ impl AgentConfig {
             sysfs_root: ov.sysfs_root.clone().or(f.sysfs_root).unwrap_or_else(|| "/sys".into()),
             procfs_root: ov.procfs_root.clone().or(f.procfs_root).unwrap_or_else(|| "/proc".into()),
             machine_id_file: f.machine_id_file.unwrap_or_else(|| "/etc/machine-id".into()),
-            state_dir: f.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
             sensor_timeout,
             rescan_interval: f.rescan_interval.unwrap_or(Dur(Duration::from_secs(60))),
             labels: f.labels.into_iter().map(|(k, v)| (k.0, v)).collect(),
@@ -282,6 +434,7 @@ impl AgentConfig {
                 max_watts: est.max_watts,
                 rapl_uplift,
             },
+            push,
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(
@@ -296,10 +449,144 @@ impl AgentConfig {
         Ok(cfg)
     }
 
-    /// The effective configuration as TOML, for `check-config`.
+    /// The effective configuration as TOML, for `check-config`. Secrets are
+    /// never in it: a comment says where the push token comes from.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut out = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
+        if let Some(p) = &self.push {
+            // `[push]` is the last table, so the comment lands in it.
+            let from = match &p.token_file {
+                Some(f) => format!("token_file {}", f.display()),
+                None => format!("environment variable {PUSH_TOKEN_ENV}"),
+            };
+            out.push_str(&format!("# token: <redacted>, {} bytes, from {from}\n", p.token.expose().len()));
+        }
+        out
     }
+}
+
+/// Validates the `[push]` table; errors point at the key's line in the file.
+fn push_config(
+    p: FilePush,
+    state_dir: &Path,
+    path: Option<&Path>,
+    text: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<PushConfig, ConfigError> {
+    let at = |key: &str, msg: String| match path {
+        Some(file) => {
+            let off = find_key_in_table(text, "push", key);
+            located(file, text, off, format!("key `push.{key}`: {msg}"))
+        }
+        None => ConfigError::Value(format!("push.{key}: {msg}")),
+    };
+    let url = parse_push_url(&p.url).map_err(|why| {
+        // The snippet would quote a password given in the URL: hide it.
+        let mut e = at("url", why);
+        if let ConfigError::Invalid { snippet, .. } = &mut e
+            && snippet.contains('@')
+        {
+            *snippet = "url = <redacted>".into();
+        }
+        e
+    })?;
+    let token = load_token(p.token_file.as_deref(), env).map_err(|why| at("token_file", why))?;
+    let spool_max_bytes = p.spool_max_bytes.unwrap_or(ByteSize(DEFAULT_SPOOL_BYTES));
+    if !(MIN_SPOOL_BYTES..=MAX_SPOOL_BYTES).contains(&spool_max_bytes.0) {
+        return Err(at(
+            "spool_max_bytes",
+            format!(
+                "{spool_max_bytes} is outside {}..={} (the spool must hold at least one 1 MiB request)",
+                ByteSize(MIN_SPOOL_BYTES),
+                ByteSize(MAX_SPOOL_BYTES)
+            ),
+        ));
+    }
+    let interval = p.interval.unwrap_or(Dur(DEFAULT_PUSH_INTERVAL));
+    let timeout = p.timeout.unwrap_or(Dur(DEFAULT_PUSH_TIMEOUT));
+    Ok(PushConfig {
+        url: url.to_string(),
+        token_file: p.token_file,
+        token,
+        interval,
+        series: p.series.unwrap_or_default(),
+        spool_dir_explicit: p.spool_dir.is_some(),
+        spool_dir: p.spool_dir.unwrap_or_else(|| state_dir.join("spool")),
+        spool_max_bytes,
+        timeout,
+    })
+}
+
+/// Validates a remote_write URL: http or https, a host, no credentials.
+pub fn parse_push_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| {
+        let shown = if s.contains('@') { "<redacted>" } else { s };
+        format!("{shown:?} is not a URL ({e}); e.g. \"http://collector:9956/api/v1/write\"")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?} is not supported; use http:// or https://", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; put the token in token_file".into());
+    }
+    Ok(url)
+}
+
+/// Reads the push token from `file`, else from `DOMESDAY_PUSH_TOKEN` (looked up
+/// with `env`). Errors never quote the token.
+pub fn load_token(file: Option<&Path>, env: &impl Fn(&str) -> Option<String>) -> Result<Secret, String> {
+    match file {
+        Some(file) => {
+            let raw = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            check_token(raw.trim()).map_err(|why| format!("the token in {}: {why}", file.display()))
+        }
+        None => match env(PUSH_TOKEN_ENV) {
+            Some(v) => check_token(v.trim()).map_err(|why| format!("the token in {PUSH_TOKEN_ENV}: {why}")),
+            None => {
+                Err(format!("[push] needs a write token: set token_file or the environment variable {PUSH_TOKEN_ENV}"))
+            }
+        },
+    }
+}
+
+/// A token must be non-empty visible ASCII (a valid header value). The reason
+/// never quotes the token.
+fn check_token(t: &str) -> Result<Secret, String> {
+    if t.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(i) = t.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(format!("character {} is not printable ASCII, which an Authorization header cannot carry", i + 1));
+    }
+    Ok(Secret(t.to_string()))
+}
+
+/// Offset of `key` inside `[table]` (or of the table header when the key is
+/// absent), for messages.
+fn find_key_in_table(text: &str, table: &str, key: &str) -> usize {
+    let header = format!("[{table}]");
+    let mut offset = 0;
+    let mut in_table = false;
+    let mut header_at = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            in_table = t.trim_end().starts_with(&header);
+            if in_table && header_at.is_none() {
+                header_at = Some(offset + (line.len() - t.len()));
+            }
+        } else if in_table
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return offset + (line.len() - t.len());
+        }
+        offset += line.len();
+    }
+    header_at.unwrap_or(0)
 }
 
 fn default_hostname() -> String {
@@ -323,9 +610,16 @@ mod tests {
     use std::io::Write;
 
     fn load_str(text: &str) -> Result<AgentConfig, ConfigError> {
+        load_env(text, None)
+    }
+
+    /// Loads `text` with `DOMESDAY_PUSH_TOKEN` set to `token` (or unset).
+    fn load_env(text: &str, token: Option<&str>) -> Result<AgentConfig, ConfigError> {
         let mut f = tempfile::NamedTempFile::new().expect("tempfile");
         f.write_all(text.as_bytes()).expect("write");
-        AgentConfig::load(Some(f.path()), &Overrides::default())
+        AgentConfig::load_with_env(Some(f.path()), &Overrides::default(), |k| {
+            (k == PUSH_TOKEN_ENV).then(|| token.map(str::to_string)).flatten()
+        })
     }
 
     fn err(text: &str) -> String {
@@ -335,6 +629,15 @@ mod tests {
         }
     }
 
+    /// A token file for the examples (their `/etc/domesday/push.token` does not exist here).
+    fn token_file(dir: &tempfile::TempDir, token: &str) -> String {
+        let p = dir.path().join("push.token");
+        std::fs::write(&p, token).expect("token");
+        p.display().to_string()
+    }
+
+    const EXAMPLE_TOKEN_FILE: &str = "/etc/domesday/push.token";
+
     #[test]
     fn defaults_without_a_file() {
         let c = AgentConfig::load(None, &Overrides::default()).expect("defaults");
@@ -343,34 +646,50 @@ mod tests {
         assert_eq!(c.interval.0, Duration::from_secs(5));
         assert_eq!(c.sysfs_root, PathBuf::from("/sys"));
         assert!(!c.host.is_empty());
+        assert!(c.push.is_none());
     }
 
     #[test]
     fn the_generated_example_with_every_key_parses() {
-        let c = load_str(&domesday_model::config_keys::example_toml()).expect("example");
+        let dir = tempfile::tempdir().expect("tmp");
+        let example = domesday_model::config_keys::example_toml();
+        assert!(example.contains(EXAMPLE_TOKEN_FILE));
+        let text = example.replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"));
+        let c = load_str(&text).expect("example");
         assert_eq!(c.site, "caen-1");
         assert_eq!(c.labels.get("region").map(String::as_str), Some("normandie"));
         assert_eq!(c.estimation.idle_watts, Some(110.0));
         assert_eq!(c.estimation.rapl_uplift, 1.25);
+        let p = c.push.expect("push");
+        assert_eq!(p.token.expose(), "tok-123");
+        assert_eq!(p.interval.0, Duration::from_secs(15));
+        assert_eq!(p.spool_max_bytes, ByteSize(256 << 20));
+        assert_eq!(p.series, SeriesSet::Default);
     }
 
     #[test]
     fn every_documented_key_is_known_and_every_known_key_documented() {
         // A key missing from the struct would make the example fail above; a key
         // missing from the table is caught by the unknown-key error below.
+        let dir = tempfile::tempdir().expect("tmp");
+        let tok = token_file(&dir, "t");
         for k in domesday_model::config_keys::AGENT_KEYS {
             let (t, name) = k.key.split_once('.').unwrap_or(("", k.key));
             let name = if name == "*" { "region" } else { name };
+            let example = k.example.replace(EXAMPLE_TOKEN_FILE, &tok);
             let text = if t.is_empty() {
                 if name == "site" {
                     "site = \"x\"\n".to_string()
                 } else {
-                    format!("site = \"x\"\n{name} = {}\n", k.example)
+                    format!("site = \"x\"\n{name} = {example}\n")
                 }
+            } else if t == "push" && name != "url" {
+                // `url` is required in [push]; the token comes from the environment.
+                format!("site = \"x\"\n[push]\nurl = \"http://c:9956/api/v1/write\"\n{name} = {example}\n")
             } else {
-                format!("site = \"x\"\n[{t}]\n{name} = {}\n", k.example)
+                format!("site = \"x\"\n[{t}]\n{name} = {example}\n")
             };
-            load_str(&text).unwrap_or_else(|e| panic!("{}: {e}", k.key));
+            load_env(&text, Some("t")).unwrap_or_else(|e| panic!("{}: {e}", k.key));
         }
     }
 
@@ -437,5 +756,91 @@ mod tests {
             t.contains("site = \"a\"") && t.contains("region = \"normandie\"") && t.contains("interval = \"5s\""),
             "{t}"
         );
+    }
+
+    const PUSH: &str = "site = \"a\"\n[push]\nurl = \"http://127.0.0.1:9956/api/v1/write\"\n";
+
+    #[test]
+    fn push_token_from_file_or_environment_never_printed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = "s3cr3t-Token_value";
+        let file = token_file(&dir, &format!("  {secret}\n"));
+        let c = load_str(&format!("{PUSH}token_file = {file:?}\n")).expect("file token");
+        let p = c.push.as_ref().expect("push");
+        assert_eq!(p.token.expose(), secret);
+        let shown = format!("{}\n{c:?}", c.to_toml());
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains(&file), "{shown}");
+        // The environment, when no file is named.
+        let c = load_env(PUSH, Some(secret)).expect("env token");
+        assert_eq!(c.push.as_ref().map(|p| p.token.expose()), Some(secret));
+        let shown = format!("{}\n{c:?}", c.to_toml());
+        assert!(!shown.contains(secret) && shown.contains(PUSH_TOKEN_ENV), "{shown}");
+        // The printed config is itself a valid config.
+        load_env(&c.to_toml(), Some(secret)).expect("effective config reloads");
+    }
+
+    #[test]
+    fn push_without_a_token_is_refused_at_the_push_table() {
+        let e = load_env(PUSH, None).map(|_| ()).expect_err("no token");
+        let e = e.to_string();
+        assert!(e.contains(":2:") && e.contains(PUSH_TOKEN_ENV), "{e}");
+        let e = err(&format!("{PUSH}token_file = \"/nonexistent/push.token\"\n"));
+        assert!(e.contains(":4:") && e.contains("cannot read /nonexistent/push.token"), "{e}");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for bad in ["", "   \n", "two words-SECRETPART"] {
+            let file = token_file(&dir, bad);
+            let e = err(&format!("{PUSH}token_file = {file:?}\n"));
+            assert!(e.contains(":4:") && e.contains("token"), "{e}");
+            assert!(!e.contains("SECRETPART"), "{e}");
+        }
+    }
+
+    #[test]
+    fn push_url_and_sizes_are_validated_with_their_line() {
+        let t = |rest: &str| load_env(&format!("site = \"a\"\n[push]\n{rest}"), Some("t")).map(|c| c.push);
+        let e = |rest: &str| t(rest).map(|_| ()).expect_err(rest).to_string();
+        let bad = e("url = \"ftp://c/x\"\n");
+        assert!(bad.contains(":3:") && bad.contains("http://"), "{bad}");
+        let bad = e("url = \"not a url\"\n");
+        assert!(bad.contains(":3:") && bad.contains("push.url"), "{bad}");
+        let bad = e("url = \"http://u:pw@c/x\"\n");
+        assert!(bad.contains(":3:") && bad.contains("credentials") && !bad.contains("pw@"), "{bad}");
+        let bad = e("url = \"http://c/x\"\nspool_max_bytes = \"10KiB\"\n");
+        assert!(bad.contains(":4:") && bad.contains("spool_max_bytes"), "{bad}");
+        let bad = e("url = \"http://c/x\"\nspool_max_bytes = \"12 parsecs\"\n");
+        assert!(bad.contains(":4:") && bad.contains("e.g. \"256MiB\""), "{bad}");
+        let bad = e("url = \"http://c/x\"\nspool_max_bytes = -5\n");
+        assert!(bad.contains(":4:") && bad.contains("negative"), "{bad}");
+        let bad = e("url = \"http://c/x\"\nseries = \"some\"\n");
+        assert!(bad.contains(":4:") && bad.contains("some"), "{bad}");
+        let bad = e("url = \"http://c/x\"\nbatch = 3\n");
+        assert!(bad.contains(":4:") && bad.contains("batch"), "{bad}");
+        let bad = e("interval = \"5s\"\n");
+        assert!(bad.contains("url"), "{bad}");
+        let p =
+            t("url = \"https://c/x\"\nspool_max_bytes = 2097152\nseries = \"all\"\n").expect("valid").expect("push");
+        assert_eq!(p.spool_max_bytes, ByteSize(2 << 20));
+        assert_eq!(p.series, SeriesSet::All);
+        assert_eq!(p.spool_dir, PathBuf::from(DEFAULT_STATE_DIR).join("spool"));
+        assert!(!p.spool_dir_explicit);
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("256 mib"), Ok(256 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert!(parse_size("1.5GiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
+        assert_eq!(ByteSize(1_000_000).to_string(), "1000000B");
     }
 }

@@ -224,7 +224,8 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(p)
 }
 
-fn user_state_dir() -> Option<PathBuf> {
+/// `$XDG_STATE_HOME/domesday-agent` or `~/.local/state/domesday-agent`.
+pub(crate) fn user_state_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
@@ -291,6 +292,16 @@ mod tests {
     }
 
     #[test]
+    fn a_counter_that_serde_json_misparsed_by_default_reloads_exactly() {
+        // Found by the e2e restart test: read back 1 ulp low without float_roundtrip.
+        let v: f64 = "124.84655258400001".parse().expect("f64");
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = StateFile::open(dir.path()).expect("state");
+        s.save(&BTreeMap::from([(Method::PsuInput, v)]), true);
+        assert_eq!(s.load().get(&Method::PsuInput).map(|x| x.to_bits()), Some(v.to_bits()));
+    }
+
+    #[test]
     fn counters_persist_across_restarts() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut h = hp(Some(StateFile::open(dir.path()).expect("state")));
@@ -307,6 +318,18 @@ mod tests {
     }
 
     proptest! {
+        /// A counter reloaded after a restart is the same f64, bit for bit: one
+        /// ulp lower would be a counter reset for Prometheus and the ledger
+        /// (serde_json parses floats exactly only with `float_roundtrip`).
+        #[test]
+        fn saved_counters_reload_bit_exact(joules in 0.0f64..1e12) {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut s = StateFile::open(dir.path()).expect("state");
+            s.save(&BTreeMap::from([(Method::PsuInput, joules)]), false);
+            let back = s.load().get(&Method::PsuInput).copied().unwrap_or(-1.0);
+            prop_assert_eq!(back.to_bits(), joules.to_bits(), "{} reloaded as {}", joules, back);
+        }
+
         /// Whatever sequence of available facts, every method's counter is
         /// monotonic and the sum over methods equals the sum of the booked
         /// intervals (nothing doubled, nothing lost).

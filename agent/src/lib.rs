@@ -10,6 +10,8 @@
 //! - [`sampler`]: the tick (worker thread per source, deadlines) producing a [`sampler::Snapshot`].
 //! - [`render`], [`server`]: the exposition (rendered once per tick) and `/metrics`.
 //! - [`probe`], [`inventory`]: the `probe` table and `domesday_host_info`.
+//! - [`push`]: remote_write push to the collector, its disk spool, and the
+//!   `simulate` load generator.
 //! - [`agent`]: the `run` and `once` loops, with shutdown.
 //!
 //! This crate knows nothing of sites' facilities or PUE: that is the collector's.
@@ -22,6 +24,7 @@ pub mod fsread;
 pub mod host_power;
 pub mod inventory;
 pub mod probe;
+pub mod push;
 pub mod render;
 pub mod sampler;
 pub mod server;

@@ -45,6 +45,34 @@ enum Command {
     Probe,
     /// Validate the configuration and print the effective one.
     CheckConfig,
+    /// Emulate N agents pushing the default series set to a collector, then
+    /// print what it acknowledged per host.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Number of simulated hosts (sim-00001, sim-00002, ...).
+    #[arg(long)]
+    hosts: usize,
+    /// remote_write URL of the collector, e.g. http://127.0.0.1:9956/api/v1/write.
+    #[arg(long)]
+    push: String,
+    /// File holding the site's write token (else env DOMESDAY_PUSH_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// How long to run (default: until Ctrl-C / SIGTERM). The push interval is --interval (default 15s).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Write the per-host lines (CSV) to this file instead of stdout.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Deadline of one request.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    timeout: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -54,8 +82,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::Simulate(args) = &cli.command {
+        return simulate(args, cli.site.clone(), cli.interval);
+    }
     let ov = Overrides {
         site: cli.site,
         host: cli.host,
@@ -79,11 +112,52 @@ fn main() -> ExitCode {
         Command::Once => domesday_agent::agent::once(cfg).map(|text| print!("{text}")),
         Command::Probe => domesday_agent::agent::probe(cfg).map(|text| print!("{text}")),
         Command::Run => domesday_agent::agent::run(cfg),
+        Command::Simulate(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate(args: &SimulateArgs, site: Option<String>, interval: Option<std::time::Duration>) -> ExitCode {
+    use domesday_agent::config::{DEFAULT_PUSH_INTERVAL, load_token, parse_push_url};
+    use domesday_agent::push::simulate::{SimOptions, run};
+    let url = match parse_push_url(&args.push) {
+        Ok(u) => u.to_string(),
+        Err(e) => {
+            eprintln!("error: --push: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = match load_token(args.token_file.as_deref(), &|k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --token-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = SimOptions {
+        hosts: args.hosts,
+        url,
+        token,
+        interval: interval.unwrap_or(DEFAULT_PUSH_INTERVAL),
+        duration: args.duration,
+        connections: args.connections,
+        site: site.unwrap_or_else(|| "sim".into()),
+        report: args.report.clone(),
+        timeout: args.timeout,
+    };
+    match run(opts) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

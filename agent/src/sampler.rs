@@ -22,6 +22,7 @@ use crate::estimation::PowerModel;
 use crate::fsread::ReadError;
 use crate::host_power::{HostPower, HostReading, StateFile};
 use crate::inventory::Inventory;
+use crate::push::PushStats;
 use crate::sources::{HostFacts, Output, Progress, Sample, SensorSource, Status};
 
 /// Capacity of a worker's command queue: a tick's command plus a rescan and a
@@ -85,6 +86,7 @@ pub struct Sampler {
     errors: BTreeMap<(Source, Reason), u64>,
     last_rescan: Duration,
     last_accumulate: Duration,
+    push: Option<Arc<PushStats>>,
 }
 
 impl Sampler {
@@ -135,7 +137,13 @@ impl Sampler {
             errors: BTreeMap::new(),
             last_rescan: Duration::ZERO,
             last_accumulate: Duration::ZERO,
+            push: None,
         })
+    }
+
+    /// Exports the pusher's self-metrics with every tick (only when pushing).
+    pub fn set_push_stats(&mut self, stats: Arc<PushStats>) {
+        self.push = Some(stats);
     }
 
     pub fn inventory(&self) -> &Inventory {
@@ -250,6 +258,9 @@ impl Sampler {
         }
         snap.samples.push(Sample::new(&AGENT_INFO, vec![env!("CARGO_PKG_VERSION").to_string()], 1.0));
         snap.samples.push(Sample::new(&SAMPLE_DURATION, vec![], took.as_secs_f64()));
+        if let Some(p) = &self.push {
+            snap.samples.extend(p.samples());
+        }
     }
 
     /// Persists the host counters (shutdown).

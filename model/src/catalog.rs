@@ -164,9 +164,16 @@ metric!(
     Counter,
     "",
     ["result"],
-    "Samples handled by the remote_write pusher: sent (acknowledged), spooled (written to the disk spool), dropped (spool full, oldest first), rejected (4xx other than 429)."
+    "Samples handled by the remote_write pusher (only with [push]): sent (acknowledged with 2xx), rejected (any other answer than 2xx, 429 or 5xx; never retried), dropped (lost: spool full, oldest first, or spool unwritable, or push queue full); spooled counts in addition those that went through the disk spool."
 );
-metric!(SPOOL_BYTES, "domesday_spool_bytes", Gauge, "bytes", [], "Bytes waiting in the push spool on disk.");
+metric!(
+    SPOOL_BYTES,
+    "domesday_spool_bytes",
+    Gauge,
+    "bytes",
+    [],
+    "Bytes waiting in the push spool on disk (only with [push])."
+);
 metric!(
     PUSH_LAST_SUCCESS,
     "domesday_push_last_success_timestamp_seconds",

@@ -60,6 +60,20 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Host power at full CPU load for the `linear` model.";
     "estimation.rapl_uplift", "float", "1.33", "1.25",
         "Factor from RAPL package + DRAM power to wall power for the `rapl_uplift` method (source: BoaviztAPI other_consumption_ratio 0.33).";
+    "push.url", "URL", "none: without a `[push]` table nothing is pushed", "\"http://127.0.0.1:9956/api/v1/write\"",
+        "Prometheus remote_write 1.0 endpoint of the collector (`http://` or `https://`, no credentials in the URL). Setting `[push]` turns pushing on.";
+    "push.token_file", "path", "none: the token comes from the environment variable `DOMESDAY_PUSH_TOKEN`", "\"/etc/domesday/push.token\"",
+        "File holding the site's write token (surrounding whitespace ignored), sent as `Authorization: Bearer`. One of `token_file` or `DOMESDAY_PUSH_TOKEN` is required; the file wins. The token is never printed or logged.";
+    "push.interval", "duration", "\"15s\"", "\"15s\"",
+        "How often a tick's samples are pushed (every tick when shorter than `interval`). Each sample carries its tick's timestamp.";
+    "push.series", "string", "\"default\"", "\"default\"",
+        "`default`: host energy and power, `domesday_sensor_up`, RAPL zone energy, inlet temperature, CPU utilisation, host and agent info (about 20 series per host). `all`: every series of `/metrics`.";
+    "push.spool_dir", "path", "\"<state_dir>/spool\"", "\"/var/lib/domesday-agent/spool\"",
+        "Disk spool for batches the collector could not take (unreachable, 5xx, 429); replayed in order, also after a restart.";
+    "push.spool_max_bytes", "size", "\"256MiB\"", "\"256MiB\"",
+        "Bound of the spool on disk, in bytes or as a string (`\"512MiB\"`, `\"1GB\"`), at least 1 MiB. When full the oldest batches are dropped (counted in `domesday_push_samples_total{result=\"dropped\"}`).";
+    "push.timeout", "duration", "\"10s\"", "\"10s\"",
+        "Deadline of one request to the collector (connect included); a request that times out is retried from the spool.";
 };
 
 /// The TOML example config: every key with its example value.
@@ -87,7 +101,7 @@ mod tests {
     #[test]
     fn example_has_every_table_once() {
         let ex = example_toml();
-        for t in ["[labels]", "[sources]", "[estimation]"] {
+        for t in ["[labels]", "[sources]", "[estimation]", "[push]"] {
             assert_eq!(ex.matches(t).count(), 1, "{t}");
         }
         assert!(ex.starts_with("site = \"caen-1\"\n"));

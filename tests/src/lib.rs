@@ -1,6 +1,9 @@
 //! Shared helpers of the end-to-end tests and the benchmark: fixture trees
 //! (copied with their symlinks, advanced in place like a live sysfs), the
-//! built binaries, free loopback ports and scraping. No production logic here.
+//! built binaries, free loopback ports and scraping, and a mock remote_write
+//! receiver ([`mock_rw`]). No production logic here.
+
+pub mod mock_rw;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -126,20 +129,54 @@ impl Proc {
 
 /// Starts `domesday-agent run` on a fixture root with a fast interval.
 pub fn start_agent(root: &Path, port: u16, interval: &str, extra: &[&str]) -> Proc {
+    let config = write_agent_config(root, "");
+    let child =
+        agent_command(root, &config, port, interval, extra).stderr(Stdio::piped()).spawn().expect("spawn agent");
+    Proc(child)
+}
+
+/// Writes `<root>/agent.toml` (site `test-site`, host `test-host`, state in
+/// `<root>/state`) followed by `tables` (e.g. `[labels]` and `[push]`).
+pub fn write_agent_config(root: &Path, tables: &str) -> PathBuf {
     let state = root.join("state");
     let config = root.join("agent.toml");
     let mut f = std::fs::File::create(&config).expect("config");
     writeln!(
         f,
-        "site = \"test-site\"\nhost = \"test-host\"\nstate_dir = {:?}\nmachine_id_file = {:?}\n",
+        "site = \"test-site\"\nhost = \"test-host\"\nstate_dir = {:?}\nmachine_id_file = {:?}\n{tables}",
         state.display().to_string(),
         root.join("etc/machine-id").display().to_string()
     )
     .expect("write config");
-    let child = Command::new(binary("domesday-agent"))
-        .arg("run")
+    config
+}
+
+/// Starts `domesday-agent run` like [`start_agent`] with extra config tables
+/// and environment, its stderr (the log) going to `log` so a test can read it
+/// while the agent runs.
+pub fn start_agent_logged(
+    root: &Path,
+    port: u16,
+    interval: &str,
+    tables: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Proc {
+    let config = write_agent_config(root, tables);
+    let log = std::fs::File::create(log).expect("log file");
+    let child = agent_command(root, &config, port, interval, &[])
+        .envs(env.iter().copied())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn agent");
+    Proc(child)
+}
+
+fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("domesday-agent"));
+    cmd.arg("run")
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .arg("--sysfs-root")
         .arg(root.join("sys"))
         .arg("--procfs-root")
@@ -149,11 +186,9 @@ pub fn start_agent(root: &Path, port: u16, interval: &str, extra: &[&str]) -> Pr
         .arg("--interval")
         .arg(interval)
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
-    Proc(child)
+        .env_remove("DOMESDAY_PUSH_TOKEN")
+        .stdout(Stdio::null());
+    cmd
 }
 
 /// GETs `url`, retrying until it answers or `within` passes.

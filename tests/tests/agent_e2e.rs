@@ -171,8 +171,13 @@ fn check_config_refuses_bad_files_with_file_and_line() {
     let run = |text: &str| {
         let p = dir.path().join("agent.toml");
         std::fs::write(&p, text).expect("write");
-        let out =
-            Command::new(binary("domesday-agent")).arg("check-config").arg("--config").arg(&p).output().expect("run");
+        let out = Command::new(binary("domesday-agent"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&p)
+            .env_remove("DOMESDAY_PUSH_TOKEN")
+            .output()
+            .expect("run");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -182,9 +187,10 @@ fn check_config_refuses_bad_files_with_file_and_line() {
     let (code, _, err) = run("site = \"a\"\n[labels]\ninstance = \"x\"\n");
     assert_eq!(code, Some(2));
     assert!(err.contains("agent.toml:3:") && err.contains("instance"), "{err}");
+    // [push] without a token (no token_file, no DOMESDAY_PUSH_TOKEN): refused at the table.
     let (code, _, err) = run("site = \"a\"\n[push]\nurl = \"http://x\"\n");
     assert_eq!(code, Some(2));
-    assert!(err.contains("agent.toml:2:") && err.contains("push"), "{err}");
+    assert!(err.contains("agent.toml:2:") && err.contains("push") && err.contains("DOMESDAY_PUSH_TOKEN"), "{err}");
     let (code, out, _) = run("site = \"a\"\nhost = \"h\"\ninterval = \"10s\"\n");
     assert_eq!(code, Some(0));
     assert!(out.contains("interval = \"10s\"") && out.contains("listen = \"127.0.0.1:9955\""), "{out}");
