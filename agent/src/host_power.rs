@@ -9,9 +9,8 @@
 //! doubles or loses an interval. Counters persist in `state_dir`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domesday_model::vocab::{Method, Reason, Source};
 use serde::{Deserialize, Serialize};
@@ -77,8 +76,8 @@ pub fn interval_joules(
 }
 
 impl HostPower {
-    pub fn new(model: PowerModel, rapl_uplift: f64, max_gap: Duration, state: Option<StateFile>) -> Self {
-        let totals = state.as_ref().map(|s| s.load()).unwrap_or_default();
+    pub fn new(model: PowerModel, rapl_uplift: f64, max_gap: Duration, mut state: Option<StateFile>) -> Self {
+        let totals = state.as_mut().map(|s| s.load()).unwrap_or_default();
         HostPower { model, rapl_uplift, max_gap, totals, last: None, state }
     }
 
@@ -142,16 +141,67 @@ struct StateDoc {
     host_energy_joules: BTreeMap<String, f64>,
 }
 
-/// The persisted host counters: rewritten atomically (temp file + rename) each
-/// tick, so a crashed agent restarts from its last tick; fsynced at most once a
-/// minute and on shutdown, so a power loss costs at most a minute of counting.
+/// The persisted host counters, in two checksummed slots of one file written
+/// in place (`host-energy.state`): each save writes the older slot and
+/// `fdatasync`s it, so a torn write leaves the other slot intact. The sampler
+/// saves before it publishes a tick, so the value any scrape or push has seen
+/// is on disk: after a crash or a power loss the counter resumes at or above it
+/// and never goes backwards (a drop would be a reset for Prometheus and the
+/// ledger, which would count the whole value again).
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
-    last_sync: Option<Instant>,
+    file: Option<std::fs::File>,
+    seq: u64,
+    last: Option<BTreeMap<Method, f64>>,
 }
 
-const SYNC_EVERY: Duration = Duration::from_secs(60);
+/// Bytes per slot; a document is a few hundred bytes.
+const SLOT: usize = 1024;
+const MAGIC: &[u8; 4] = b"DDH1";
+
+/// Encodes a slot: magic, sequence, length, CRC-32 of the JSON, the JSON, zero padding.
+fn encode_slot(seq: u64, json: &[u8]) -> Option<Vec<u8>> {
+    if json.len() > SLOT - 20 {
+        return None;
+    }
+    let mut b = Vec::with_capacity(SLOT);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    b.extend_from_slice(&crc32fast::hash(json).to_le_bytes());
+    b.extend_from_slice(json);
+    b.resize(SLOT, 0);
+    Some(b)
+}
+
+/// Decodes a slot: `(seq, json)` if it is whole.
+fn decode_slot(b: &[u8]) -> Option<(u64, &[u8])> {
+    if b.len() < 20 || &b[..4] != MAGIC {
+        return None;
+    }
+    let seq = u64::from_le_bytes(b[4..12].try_into().ok()?);
+    let len = u32::from_le_bytes(b[12..16].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(b[16..20].try_into().ok()?);
+    let json = b.get(20..20 + len)?;
+    (crc32fast::hash(json) == crc).then_some((seq, json))
+}
+
+fn parse_doc(json: &[u8]) -> Option<BTreeMap<Method, f64>> {
+    let doc: StateDoc = serde_json::from_slice(json).ok()?;
+    Some(
+        doc.host_energy_joules
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Method::ALL
+                    .iter()
+                    .find(|m| m.as_str() == k)
+                    .map(|m| (*m, v))
+                    .filter(|(_, v)| v.is_finite() && *v >= 0.0)
+            })
+            .collect(),
+    )
+}
 
 impl StateFile {
     /// Uses `dir` if it can be created and written, else the user's state directory.
@@ -160,7 +210,9 @@ impl StateFile {
         let mut errors = Vec::new();
         for d in candidates.into_iter().flatten() {
             match std::fs::create_dir_all(&d).and_then(|()| probe_writable(&d)) {
-                Ok(()) => return Ok(StateFile { path: d.join("host-energy.json"), last_sync: None }),
+                Ok(()) => {
+                    return Ok(StateFile { path: d.join("host-energy.state"), file: None, seq: 0, last: None });
+                }
                 Err(e) => errors.push(format!("{}: {e}", d.display())),
             }
         }
@@ -171,23 +223,22 @@ impl StateFile {
         &self.path
     }
 
-    fn load(&self) -> BTreeMap<Method, f64> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else { return BTreeMap::new() };
-        match serde_json::from_str::<StateDoc>(&text) {
-            Ok(doc) => doc
-                .host_energy_joules
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    Method::ALL
-                        .iter()
-                        .find(|m| m.as_str() == k)
-                        .map(|m| (*m, v))
-                        .filter(|(_, v)| v.is_finite() && *v >= 0.0)
-                })
-                .collect(),
-            Err(e) => {
-                let aside = self.path.with_extension("json.corrupt");
-                tracing::warn!(path = %self.path.display(), error = %e, aside = %aside.display(),
+    /// The newest whole slot; a file with no whole slot is set aside.
+    pub(crate) fn load(&mut self) -> BTreeMap<Method, f64> {
+        let Ok(bytes) = std::fs::read(&self.path) else { return BTreeMap::new() };
+        let best = bytes
+            .chunks(SLOT)
+            .filter_map(decode_slot)
+            .filter_map(|(seq, json)| parse_doc(json).map(|d| (seq, d)))
+            .max_by_key(|(seq, _)| *seq);
+        match best {
+            Some((seq, doc)) => {
+                self.seq = seq;
+                doc
+            }
+            None => {
+                let aside = self.path.with_extension("state.corrupt");
+                tracing::warn!(path = %self.path.display(), aside = %aside.display(),
                     "host energy state unreadable; counters restart from zero (Prometheus sees a reset)");
                 let _ = std::fs::rename(&self.path, aside);
                 BTreeMap::new()
@@ -195,25 +246,37 @@ impl StateFile {
         }
     }
 
-    fn save(&mut self, totals: &BTreeMap<Method, f64>, force_sync: bool) {
+    /// Writes the older slot and syncs it; nothing to do when nothing changed.
+    pub(crate) fn save(&mut self, totals: &BTreeMap<Method, f64>, _force_sync: bool) {
+        if self.last.as_ref() == Some(totals) {
+            return;
+        }
         let doc = StateDoc {
             version: 1,
             host_energy_joules: totals.iter().map(|(m, v)| (m.as_str().to_string(), *v)).collect(),
         };
-        let sync = force_sync || self.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY);
-        let tmp = self.path.with_extension("json.tmp");
         let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(serde_json::to_string(&doc).map_err(std::io::Error::other)?.as_bytes())?;
-            if sync {
-                f.sync_all()?;
+            use std::os::unix::fs::FileExt;
+            if self.file.is_none() {
+                self.file = Some(
+                    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&self.path)?,
+                );
             }
-            std::fs::rename(&tmp, &self.path)
+            let Some(f) = self.file.as_ref() else { return Err(std::io::Error::other("state file not open")) };
+            let json = serde_json::to_vec(&doc).map_err(std::io::Error::other)?;
+            let seq = self.seq + 1;
+            let slot = encode_slot(seq, &json).ok_or_else(|| std::io::Error::other("state document too large"))?;
+            f.write_all_at(&slot, (seq % 2) * SLOT as u64)?;
+            f.sync_data()?;
+            self.seq = seq;
+            Ok(())
         })();
         match result {
-            Ok(()) if sync => self.last_sync = Some(Instant::now()),
-            Ok(()) => {}
-            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot persist host energy"),
+            Ok(()) => self.last = Some(totals.clone()),
+            Err(e) => {
+                self.file = None;
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot persist host energy");
+            }
         }
     }
 }
@@ -308,13 +371,35 @@ mod tests {
         let psu = HostFacts { psu_input_watts: Some(300.0), ..Default::default() };
         h.update(Duration::from_secs(0), &psu);
         h.update(Duration::from_secs(10), &psu);
+        h.update(Duration::from_secs(20), &psu);
         h.flush();
         let h2 = hp(Some(StateFile::open(dir.path()).expect("state")));
-        assert_eq!(h2.total(Method::PsuInput), 3000.0);
-        std::fs::write(dir.path().join("host-energy.json"), "{garbage").expect("w");
+        assert_eq!(h2.total(Method::PsuInput), 6000.0);
+        // A torn write of the newest slot: the older slot still answers, a lower but
+        // valid value (the save before it), never garbage.
+        let path = dir.path().join("host-energy.state");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let newest = (0..2).max_by_key(|i| decode_slot(&bytes[i * SLOT..(i + 1) * SLOT]).map(|(s, _)| s)).unwrap_or(0);
+        bytes[newest * SLOT + 30] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
         let h3 = hp(Some(StateFile::open(dir.path()).expect("state")));
-        assert_eq!(h3.total(Method::PsuInput), 0.0);
-        assert!(dir.path().join("host-energy.json.corrupt").exists());
+        assert_eq!(h3.total(Method::PsuInput), 3000.0);
+        std::fs::write(&path, "{garbage").expect("w");
+        let h4 = hp(Some(StateFile::open(dir.path()).expect("state")));
+        assert_eq!(h4.total(Method::PsuInput), 0.0);
+        assert!(dir.path().join("host-energy.state.corrupt").exists());
+    }
+
+    #[test]
+    fn unchanged_counters_are_not_rewritten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = StateFile::open(dir.path()).expect("state");
+        let t = BTreeMap::from([(Method::Model, 5.0)]);
+        s.save(&t, false);
+        s.save(&t, false);
+        assert_eq!(s.seq, 1);
+        s.save(&BTreeMap::from([(Method::Model, 6.0)]), false);
+        assert_eq!(s.seq, 2);
     }
 
     proptest! {

@@ -80,9 +80,7 @@ fn host_energy_persists_across_restart() {
     let mut agent = start_agent(&root, port, "100ms", &[]);
     let before = scrape_until(port, "some host energy", |b| energy(b).is_some_and(|e| e > 100.0));
     assert!(agent.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()));
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("state/host-energy.json")).expect("state file"))
-            .expect("state json");
+    let saved = newest_state(&std::fs::read(root.join("state/host-energy.state")).expect("state file"));
     let saved = saved["host_energy_joules"]["psu_input"].as_f64().expect("psu_input joules");
     assert!(saved >= energy(&before).unwrap_or(f64::MAX), "state {saved} behind the last scrape");
     drop(agent);
@@ -250,4 +248,21 @@ fn running_as_root() -> bool {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
+}
+
+/// The newest whole slot of the agent's state file (two 1 KiB slots: magic
+/// `DDH1`, sequence, length, CRC-32, JSON), read independently of the agent.
+fn newest_state(bytes: &[u8]) -> serde_json::Value {
+    bytes
+        .chunks(1024)
+        .filter(|c| c.len() >= 20 && &c[..4] == b"DDH1")
+        .filter_map(|c| {
+            let seq = u64::from_le_bytes(c[4..12].try_into().ok()?);
+            let len = u32::from_le_bytes(c[12..16].try_into().ok()?) as usize;
+            let json: serde_json::Value = serde_json::from_slice(c.get(20..20 + len)?).ok()?;
+            Some((seq, json))
+        })
+        .max_by_key(|(seq, _)| *seq)
+        .map(|(_, j)| j)
+        .expect("a whole slot")
 }
