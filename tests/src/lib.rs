@@ -162,9 +162,22 @@ pub fn start_agent_logged(
     env: &[(&str, &str)],
     log: &Path,
 ) -> Proc {
+    start_agent_logged_with(root, port, interval, tables, env, log, &[])
+}
+
+/// [`start_agent_logged`] with extra command-line arguments (`--site caen-1`).
+pub fn start_agent_logged_with(
+    root: &Path,
+    port: u16,
+    interval: &str,
+    tables: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+    extra: &[&str],
+) -> Proc {
     let config = write_agent_config(root, tables);
     let log = std::fs::File::create(log).expect("log file");
-    let child = agent_command(root, &config, port, interval, &[])
+    let child = agent_command(root, &config, port, interval, extra)
         .envs(env.iter().copied())
         .stderr(Stdio::from(log))
         .spawn()

@@ -569,7 +569,18 @@ impl<T: Transport> Pusher<T> {
 
     /// Pushes one tick: directly when nothing waits, else through the spool.
     pub(crate) async fn handle_tick(&mut self, tick: PushTick) {
-        tracing::debug!(ts = tick.timestamp_ms, series = tick.series.len(), "push tick");
+        // The host energy counters of the tick, for audits that compare what was sent
+        // with what the collector booked.
+        let host_energy: Vec<String> = tick
+            .series
+            .iter()
+            .filter(|(labels, _)| labels.iter().any(|l| l.name == "__name__" && l.value == HOST_ENERGY.name))
+            .map(|(labels, v)| {
+                let method = labels.iter().find(|l| l.name == "method").map(|l| l.value.as_str()).unwrap_or("");
+                format!("{method}={v}")
+            })
+            .collect();
+        tracing::debug!(ts = tick.timestamp_ms, series = tick.series.len(), host_energy = %host_energy.join(","), "push tick");
         let series = self.stale.apply(tick);
         let (batches, dropped) = encode_batches(series, MAX_SAMPLES_PER_REQUEST, MAX_REQUEST_BYTES);
         PushStats::add(&self.stats.dropped, dropped);
