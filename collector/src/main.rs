@@ -111,6 +111,9 @@ enum Command {
         /// Directory for the demo's config, token, ledger and agent state.
         #[arg(long, default_value = "./domesday-demo")]
         dir: PathBuf,
+        /// Address of the demo agent's /metrics.
+        #[arg(long, default_value = "127.0.0.1:9955")]
+        agent_listen: SocketAddr,
     },
     /// Print the ledger's energy over [from, to) (read-only; works while `serve` runs).
     Energy {
@@ -160,8 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", hex(&hash_token(&token)));
         return Ok(());
     }
-    if let Command::Demo { dir } = &cli.command {
-        return demo(dir.clone(), cli.listen);
+    if let Command::Demo { dir, agent_listen } = &cli.command {
+        return demo(dir.clone(), cli.listen, *agent_listen);
     }
     let Loaded { config: mut cfg, sites, read_hash } =
         CollectorConfig::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -323,13 +326,10 @@ fn require_reason(by: &str, reason: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+fn demo(dir: PathBuf, listen: Option<SocketAddr>, agent_listen: SocketAddr) -> anyhow::Result<()> {
     use domesday_collector::demo::{DemoOptions, load, prepare, spawn_agent};
-    let opts = DemoOptions {
-        dir,
-        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9956))),
-        agent_listen: SocketAddr::from(([127, 0, 0, 1], 9955)),
-    };
+    let opts =
+        DemoOptions { dir, listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9956))), agent_listen };
     let (collector_cfg, agent_cfg) = prepare(&opts)?;
     let Loaded { config, sites, read_hash } = load(&collector_cfg)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
