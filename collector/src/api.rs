@@ -83,6 +83,8 @@ pub struct AppState {
     pub db_path: PathBuf,
     pub carbon_config: Option<crate::carbon::config::CarbonConfig>,
     pub carbon: Option<Arc<crate::carbon::service::CarbonService>>,
+    /// `[forward]`, when configured.
+    pub forward: Option<crate::forward::ForwardHandle>,
     /// Site gauges refreshed by `site_metrics::run`.
     pub site_samples: Arc<Mutex<Vec<Sample>>>,
     /// Counters of the facility meter readers.
@@ -159,11 +161,17 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         }
     }
     if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
+        if let Some(f) = &state.forward {
+            f.offer(body).await;
+        }
         count_request(&state, 204);
         return StatusCode::NO_CONTENT.into_response();
     }
     match state.writer.submit(accepted.batch).await {
         Ok(Ok(_)) => {
+            if let Some(f) = &state.forward {
+                f.offer(body).await;
+            }
             count_request(&state, 204);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -444,6 +452,26 @@ async fn metrics(State(state): State<Shared>) -> Response {
         samples.extend(site.iter().cloned());
     }
     samples.extend(state.meter_stats.samples());
+    if let Some(f) = &state.forward {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (result, n) in [
+            ("sent", &f.stats.sent),
+            ("spooled", &f.stats.spooled),
+            ("rejected", &f.stats.rejected),
+            ("dropped", &f.stats.dropped),
+        ] {
+            samples.push(Sample::new(
+                &domesday_model::catalog::FORWARD_REQUESTS,
+                vec![result.into()],
+                n.load(Relaxed) as f64,
+            ));
+        }
+        samples.push(Sample::new(
+            &domesday_model::catalog::FORWARD_SPOOL_BYTES,
+            vec![],
+            f.stats.spool_bytes.load(Relaxed) as f64,
+        ));
+    }
     samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
     samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(&state.db_path) as f64));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&samples, &[])).into_response()

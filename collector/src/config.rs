@@ -377,6 +377,9 @@ pub struct CollectorConfig {
     /// How often the site gauges of `/metrics` are recomputed from the ledger.
     #[serde(default = "default_gauges_refresh")]
     pub gauges_refresh: Dur,
+    /// Pass every accepted request on to an upstream remote_write receiver.
+    #[serde(default)]
+    pub forward: Option<crate::forward::ForwardConfig>,
     /// Grid carbon intensity (contract §6–7 `[carbon]`).
     #[serde(default)]
     pub carbon: Option<crate::carbon::config::CarbonConfig>,
@@ -782,6 +785,16 @@ impl CollectorConfig {
             return Err(at(e.key, e.message.clone()));
         }
         let mut cfg = cfg;
+        if let Some(f) = &mut cfg.forward {
+            if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
+                return Err(at("url", format!("[forward] url {:?} must start with http:// or https://", f.url)));
+            }
+            if let Some(t) = &f.token_file {
+                let token = std::fs::read_to_string(t)
+                    .map_err(|e| at("token_file", format!("[forward] cannot read {}: {e}", t.display())))?;
+                f.token = Some(token.trim().to_string());
+            }
+        }
         for p in &mut cfg.pull {
             if !sites.iter().any(|s| s.config.id == p.site) {
                 return Err(at("site", format!("[[pull]] names site {:?}, which no [[sites]] defines", p.site)));

@@ -5,6 +5,7 @@
 //! - [`config`]: collector config (sites, tokens, ledger and ingest limits), validated first.
 //! - [`ingest`]: the ingest rules as pure functions (auth, limits, validation, what is booked).
 //! - [`ledger`]: booking arithmetic, the SQLite store behind narrow traits, the writer thread, reads.
+//! - [`forward`]: `[forward]`, every accepted request passed on to an upstream TSDB through a disk spool.
 //! - [`pull`]: pull mode, reading raw counters from a Prometheus-compatible API into the same path.
 //! - [`meters`]: facility meters: CSV imports and the live readers (Modbus TCP, Redfish
 //!   PowerDistribution, Prometheus), one task per meter, booked as exact register samples.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod carbon;
 pub mod config;
 pub mod demo;
+pub mod forward;
 pub mod indicators;
 pub mod ingest;
 pub mod ledger;

@@ -50,6 +50,14 @@ pub async fn serve(
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,
     };
+    let forward = match &cfg.forward {
+        Some(f) => {
+            let default_dir =
+                cfg.db.parent().map(|p| p.join("forward-spool")).unwrap_or_else(|| "forward-spool".into());
+            Some(crate::forward::spawn(f.clone(), default_dir)?)
+        }
+        None => None,
+    };
     let site_samples = Arc::new(Mutex::new(Vec::new()));
     let gauges = tokio::spawn(crate::site_metrics::run(
         reader.clone(),
@@ -70,11 +78,17 @@ pub async fn serve(
         carbon,
         site_samples,
         meter_stats,
+        forward: forward.as_ref().map(|(h, _)| h.clone()),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
     gauges.abort();
+    if let Some((handle, task)) = forward {
+        // Closing the queue lets the forwarder finish what is queued (to upstream or the spool).
+        drop(handle);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     for p in pulls.into_iter().chain(readers) {
         p.abort();
         let _ = p.await;

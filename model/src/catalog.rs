@@ -374,6 +374,25 @@ metric!(
     "Current grid carbon intensity of the configured source (or its fallback)."
 );
 
+metric!(
+    FORWARD_REQUESTS,
+    Collector,
+    "domesday_forward_requests_total",
+    Counter,
+    "",
+    ["result"],
+    "Accepted requests passed on by [forward]: sent (upstream 2xx), spooled (kept on disk while the upstream was away), rejected (other 4xx; not retried), dropped (spool full or unwritable)."
+);
+metric!(
+    FORWARD_SPOOL_BYTES,
+    Collector,
+    "domesday_forward_spool_bytes",
+    Gauge,
+    "bytes",
+    [],
+    "Bytes waiting in the [forward] spool on disk."
+);
+
 /// Every family, in exposition order.
 pub const CATALOG: &[MetricDef] = &[
     ENERGY,
@@ -415,6 +434,8 @@ pub const CATALOG: &[MetricDef] = &[
     SITE_EMISSIONS,
     SITE_INFO,
     GRID_INTENSITY,
+    FORWARD_REQUESTS,
+    FORWARD_SPOOL_BYTES,
 ];
 
 /// Looks a family up by name.

@@ -306,7 +306,7 @@ fn check(inner: &Inner, request_line: &str, headers: &[(String, String)], body: 
             problems.push(format!("header {k}: {:?}", get(k)));
         }
     }
-    if !get("user-agent").is_some_and(|ua| ua.starts_with("domesday-agent/")) {
+    if !get("user-agent").is_some_and(|ua| ua.starts_with("domesday-agent/") || ua.starts_with("domesday-collector/")) {
         problems.push(format!("user-agent {:?}", get("user-agent")));
     }
     if get("authorization") != Some(format!("Bearer {}", inner.token).as_str()) {

@@ -31,7 +31,8 @@
 //! through the disk spool on their way.
 
 pub mod simulate;
-pub mod spool;
+/// The on-disk spool lives in its own crate, shared with the collector's forwarder.
+pub use domesday_spool as spool;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -1,6 +1,7 @@
-//! The push spool: remote_write request bodies the collector could not take
+//! The spool: remote_write request bodies the receiver could not take
 //! (unreachable, 5xx, 429), kept on disk in FIFO order until they are
-//! acknowledged, across agent restarts.
+//! acknowledged, across restarts. Used by the agent's pusher and the
+//! collector's `[forward]`.
 //!
 //! Owns the on-disk format and nothing else (no HTTP, no batching):
 //! - Append-only segment files `<id>.seg` (20-digit, increasing ids). A process
@@ -43,13 +44,13 @@ const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("push spool {path}: {source}")]
+    #[error("spool {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("push spool {0} is in use by another domesday-agent (set push.spool_dir to a directory of its own)")]
+    #[error("spool {0} is in use by another process (give each agent or collector a spool directory of its own)")]
     Busy(PathBuf),
     #[error("a record of {bytes} bytes cannot fit in a spool of {max} bytes")]
     TooLarge { bytes: u64, max: u64 },
