@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-300s}"
+AGENT_INTERVAL="${AGENT_INTERVAL:-1s}"
 BURST="${BURST:-2000}"
 FIXTURE="${FIXTURE:-intel-2s}"
 ENCODING="${ENCODING:-gzip}"
@@ -54,11 +55,11 @@ echo "* agent: $("$AGENT" --version 2>&1 | head -1)"
 echo "* node_exporter: $("$NODE_EXPORTER" --version 2>&1 | head -1)"
 echo "* loadavg before: $(cat /proc/loadavg)"
 echo
-echo "Command: DURATION=$DURATION BURST=$BURST FIXTURE=$FIXTURE ENCODING=$ENCODING bench/agent-vs-node-exporter.sh"
+echo "Command: DURATION=$DURATION BURST=$BURST FIXTURE=$FIXTURE ENCODING=$ENCODING AGENT_INTERVAL=$AGENT_INTERVAL bench/agent-vs-node-exporter.sh"
 echo
 
 args=(--agent "$AGENT" --node-exporter "$NODE_EXPORTER" --fixture "$FIXTURE"
-      --duration "$DURATION" --burst "$BURST" --encoding "$ENCODING")
+      --duration "$DURATION" --burst "$BURST" --encoding "$ENCODING" --agent-interval "$AGENT_INTERVAL")
 if [ -n "${JSON:-}" ]; then args+=(--json "$JSON"); fi
 "$BENCH" "${args[@]}"
 

@@ -64,6 +64,8 @@ struct Args {
     burst: usize,
     gzip: bool,
     json: Option<PathBuf>,
+    /// The agent's sampling interval (scrapes stay once a second).
+    agent_interval: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
@@ -98,6 +100,7 @@ fn parse_args() -> Result<Option<Args>> {
         burst: 2000,
         gzip: true,
         json: None,
+        agent_interval: "1s".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -133,6 +136,7 @@ fn parse_args() -> Result<Option<Args>> {
                 }
             }
             "--json" => a.json = Some(PathBuf::from(value()?)),
+            "--agent-interval" => a.agent_interval = value()?,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
@@ -631,7 +635,7 @@ fn run() -> Result<()> {
         .arg(root.join("proc"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{agent_port}"))
-        .args(["--interval", "1s", "--site", "bench", "--host", "bench"]);
+        .args(["--interval", args.agent_interval.as_str(), "--site", "bench", "--host", "bench"]);
     let mut node_cmd = Command::new(&args.node_exporter);
     node_cmd
         .arg(format!("--path.sysfs={}", root.join("sys").display()))
