@@ -9,23 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domesday_model::catalog::is_reserved_label;
-use domesday_model::config_text::{find_key, locate};
+use domesday_model::config_text::find_key;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A configuration error, already formatted for the operator.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}\n  | {snippet}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String, snippet: String },
-    #[error("{0}")]
-    Value(String),
-}
+pub use domesday_model::config_text::ConfigError;
 
 /// Longest gap between two RAPL reads: AMD's 65.5 kJ package range wraps in
 /// about 4 minutes at 270 W, so 30 s leaves a wide margin (contract §3).
@@ -594,8 +581,7 @@ fn default_hostname() -> String {
 }
 
 fn located(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
-    let (line, column, snippet) = locate(text, offset);
-    ConfigError::Invalid { path: path.to_path_buf(), line, column, message, snippet }
+    ConfigError::at(path, text, offset, message)
 }
 
 impl fmt::Display for Dur {

@@ -5,24 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domesday_model::config_text::{find_key, locate};
+use domesday_model::config_text::find_key;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ledger::sqlite::Policy;
 use domesday_model::vocab::Role;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}\n  | {snippet}")]
-    Invalid { path: PathBuf, line: usize, column: usize, message: String, snippet: String },
-}
+pub use domesday_model::config_text::ConfigError;
 
 /// A duration string (`"5m"`, `"90d"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,10 +687,7 @@ impl CollectorConfig {
             ),
             None => (String::new(), PathBuf::from("<defaults>")),
         };
-        let err = |offset: usize, message: String| {
-            let (line, column, snippet) = locate(&text, offset);
-            ConfigError::Invalid { path: path.clone(), line, column, message, snippet }
-        };
+        let err = |offset: usize, message: String| ConfigError::at(&path, &text, offset, message);
         let cfg: CollectorConfig =
             toml::from_str(&text).map_err(|e| err(e.span().map(|s| s.start).unwrap_or(0), e.message().to_string()))?;
         let at = |key: &str, msg: String| err(find_key(&text, key), format!("key `{key}`: {msg}"));

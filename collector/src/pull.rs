@@ -14,26 +14,29 @@ use crate::config::{IngestConfig, PullConfig};
 use crate::ingest::split;
 use crate::ledger::writer::{WriterHandle, now_ms};
 
+/// A Prometheus query API answer (also read by the Prometheus meter source).
 #[derive(Debug, Deserialize)]
-struct QueryResponse {
-    status: String,
+pub(crate) struct QueryResponse {
+    pub(crate) status: String,
     #[serde(default)]
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(default)]
-    data: Option<QueryData>,
+    pub(crate) data: Option<QueryData>,
 }
 
 #[derive(Debug, Deserialize)]
-struct QueryData {
+pub(crate) struct QueryData {
     #[serde(rename = "resultType")]
-    result_type: String,
-    result: Vec<MatrixSeries>,
+    pub(crate) result_type: String,
+    pub(crate) result: Vec<MatrixSeries>,
 }
 
 #[derive(Debug, Deserialize)]
-struct MatrixSeries {
-    metric: std::collections::BTreeMap<String, String>,
-    values: Vec<(f64, String)>,
+pub(crate) struct MatrixSeries {
+    #[serde(default)]
+    pub(crate) metric: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) values: Vec<(f64, String)>,
 }
 
 /// Why a pull failed.

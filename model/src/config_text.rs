@@ -1,6 +1,32 @@
-//! Locating configuration errors in the file text: line, column and the line
-//! itself, for messages of the form `FILE:LINE:COL: key `x`: reason`. Shared by
-//! the agent and the collector config loaders.
+//! Configuration errors and where they are in the file text: line, column
+//! and the line itself, for messages of the form `FILE:LINE:COL: key `x`:
+//! reason`. Shared by the agent and the collector config loaders.
+
+use std::path::{Path, PathBuf};
+
+/// A configuration error, already formatted for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n  | {snippet}")]
+    Invalid { path: PathBuf, line: usize, column: usize, message: String, snippet: String },
+    /// An error with no file to point at (command-line values, no config file).
+    #[error("{0}")]
+    Value(String),
+}
+
+impl ConfigError {
+    /// The error at byte `offset` of `text`, read from `path`.
+    pub fn at(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
+        let (line, column, snippet) = locate(text, offset);
+        ConfigError::Invalid { path: path.to_path_buf(), line, column, message, snippet }
+    }
+}
 
 /// `(line, column, line text)` of a byte offset (1-based line and column).
 pub fn locate(text: &str, offset: usize) -> (usize, usize, String) {

@@ -11,36 +11,12 @@
 //! harmless: a sample read twice is a duplicate and counts once. A NaN,
 //! infinite or negative sample is refused and counted; the others are booked.
 
-use serde::Deserialize;
-
 use super::convert::{Decimal, ValueError, to_micro};
 use super::reader::{Poll, ReadError, Reading};
 use super::redfish::{http_client, http_error};
 use crate::config::{MeterConfig, Secret};
 
-#[derive(Debug, Deserialize)]
-struct QueryResponse {
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<QueryData>,
-}
-
-#[derive(Debug, Deserialize)]
-struct QueryData {
-    #[serde(rename = "resultType")]
-    result_type: String,
-    result: Vec<MatrixSeries>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MatrixSeries {
-    #[serde(default)]
-    metric: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    values: Vec<(f64, String)>,
-}
+use crate::pull::QueryResponse;
 
 /// The query URL of a meter: `{url}/api/v1/query?query=…`.
 pub fn query_url(base: &str, query: &str) -> String {
