@@ -33,9 +33,15 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     let start = Instant::now();
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
+    // A BMC answers in seconds: give its first poll the time its timeout allows.
+    sampler.wait_for_bmc(cfg.ipmi.timeout.0 * 2 + Duration::from_millis(500));
     let snap: Snapshot = sampler.tick(start.elapsed());
-    let enabled =
-        [(Source::Rapl, cfg.sources.rapl), (Source::Hwmon, cfg.sources.hwmon), (Source::Thermal, cfg.sources.thermal)];
+    let enabled = [
+        (Source::Rapl, cfg.sources.rapl),
+        (Source::Hwmon, cfg.sources.hwmon),
+        (Source::Thermal, cfg.sources.thermal),
+        (Source::Ipmi, cfg.ipmi.enabled),
+    ];
     let inv = sampler.inventory();
     let mut out = format!(
         "host {} (site {}): {} {}, {} × {} socket(s), {} threads\n\n",

@@ -131,6 +131,61 @@ struct FileConfig {
     #[serde(default)]
     estimation: FileEstimation,
     push: Option<FilePush>,
+    ipmi: Option<FileIpmi>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileIpmi {
+    enabled: Option<bool>,
+    backend: Option<IpmiBackend>,
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    sensors: Option<bool>,
+}
+
+/// Which IPMI tool the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IpmiBackend {
+    /// `ipmitool dcmi power reading` and `ipmitool sdr elist`.
+    #[default]
+    Ipmitool,
+    /// FreeIPMI `ipmi-dcmi --get-system-power-statistics` (power only).
+    Freeipmi,
+}
+
+/// Shortest BMC polling interval (contract §7: tests may poll every second).
+pub const MIN_BMC_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_BMC_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_BMC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The effective `[ipmi]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IpmiConfig {
+    pub enabled: bool,
+    pub backend: IpmiBackend,
+    pub command: String,
+    pub args: Vec<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub sensors: bool,
+}
+
+impl Default for IpmiConfig {
+    fn default() -> Self {
+        IpmiConfig {
+            enabled: false,
+            backend: IpmiBackend::Ipmitool,
+            command: "ipmitool".into(),
+            args: Vec::new(),
+            interval: Dur(DEFAULT_BMC_INTERVAL),
+            timeout: Dur(DEFAULT_BMC_TIMEOUT),
+            sensors: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +362,7 @@ pub struct AgentConfig {
     /// `None` without a `[push]` table: nothing is pushed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
+    pub ipmi: IpmiConfig,
 }
 
 /// Command-line overrides (contract §4 flags).
@@ -367,6 +423,7 @@ impl AgentConfig {
             sources: FileSources::default(),
             estimation: FileEstimation::default(),
             push: None,
+            ipmi: None,
         });
         let site = ov.site.clone().unwrap_or(f.site);
         if site.trim().is_empty() {
@@ -409,6 +466,10 @@ impl AgentConfig {
             None => None,
             Some(p) => Some(push_config(p, &state_dir, path, &text, &env)?),
         };
+        let ipmi = match f.ipmi {
+            None => IpmiConfig::default(),
+            Some(i) => ipmi_config(i, path, &text)?,
+        };
         // Default: 2 s, but never more than half the interval.
         let sensor_timeout = f.sensor_timeout.unwrap_or(Dur(Duration::from_secs(2).min(interval.0 / 2)));
         let cfg = AgentConfig {
@@ -435,6 +496,7 @@ impl AgentConfig {
                 rapl_uplift,
             },
             push,
+            ipmi,
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(
@@ -514,6 +576,42 @@ fn push_config(
         spool_dir: p.spool_dir.unwrap_or_else(|| state_dir.join("spool")),
         spool_max_bytes,
         timeout,
+    })
+}
+
+/// Validates the `[ipmi]` table.
+fn ipmi_config(i: FileIpmi, path: Option<&Path>, text: &str) -> Result<IpmiConfig, ConfigError> {
+    let at = |key: &str, msg: String| match path {
+        Some(file) => located(file, text, find_key_in_table(text, "ipmi", key), format!("key `ipmi.{key}`: {msg}")),
+        None => ConfigError::Value(format!("ipmi.{key}: {msg}")),
+    };
+    let backend = i.backend.unwrap_or_default();
+    let interval = i.interval.unwrap_or(Dur(DEFAULT_BMC_INTERVAL));
+    if interval.0 < MIN_BMC_INTERVAL {
+        return Err(at("interval", format!("{interval} is below the 1s minimum; BMCs answer in seconds")));
+    }
+    let timeout = i.timeout.unwrap_or(Dur(DEFAULT_BMC_TIMEOUT.min(interval.0)));
+    if timeout.0 > interval.0 {
+        return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+    }
+    let command = i.command.unwrap_or_else(|| {
+        match backend {
+            IpmiBackend::Ipmitool => "ipmitool",
+            IpmiBackend::Freeipmi => "ipmi-dcmi",
+        }
+        .to_string()
+    });
+    if command.trim().is_empty() {
+        return Err(at("command", "must not be empty; e.g. \"ipmitool\" or a full path".into()));
+    }
+    Ok(IpmiConfig {
+        enabled: i.enabled.unwrap_or(true),
+        backend,
+        command,
+        args: i.args.unwrap_or_default(),
+        interval,
+        timeout,
+        sensors: i.sensors.unwrap_or(true),
     })
 }
 

@@ -12,6 +12,16 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
             "energy_uj is root-only since Linux 5.10 (CVE-2020-8694): run the agent with CAP_DAC_READ_SEARCH \
              (the shipped systemd unit does), as root, or install the udev rule of docs/permissions.md"
         }
+        (Source::Ipmi, Reason::Permission) => {
+            "in-band IPMI needs /dev/ipmi0 readable: run as root or add the udev rule of docs/bmc.md"
+        }
+        (Source::Ipmi, Reason::Missing) => {
+            "/dev/ipmi0 missing: modprobe ipmi_devintf ipmi_si, or use -I lanplus args in [ipmi] (docs/bmc.md)"
+        }
+        (Source::Ipmi, Reason::Timeout) => {
+            "the BMC did not answer within [ipmi] timeout; the command was killed, retried with backoff"
+        }
+        (Source::Ipmi, Reason::Gap) => "the last BMC reading is older than 3 intervals; see the agent log",
         (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
         (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",
         (_, Reason::Missing) => {
@@ -33,6 +43,7 @@ fn absent_hint(source: Source) -> &'static str {
             "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
         }
         Source::Thermal => "no thermal zones (normal on many servers)",
+        Source::Ipmi => "no answer from the BMC yet (slow BMC: see the agent log)",
         _ => "",
     }
 }
@@ -50,7 +61,14 @@ pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
     }
     for (source, on) in enabled {
         if !on {
-            rows.push([source.to_string(), "-".into(), "".into(), "disabled in [sources]".into(), "".into()]);
+            let (why, fix) = match source {
+                Source::Ipmi => (
+                    "off: no [ipmi] table (or enabled = false)",
+                    "add [ipmi] to read BMC wall power and temperatures (docs/bmc.md)",
+                ),
+                _ => ("disabled in [sources]", ""),
+            };
+            rows.push([source.to_string(), "-".into(), "".into(), why.into(), fix.into()]);
         } else if !snap.statuses.iter().any(|s| s.source == *source) {
             rows.push([source.to_string(), "-".into(), "".into(), "none found".into(), absent_hint(*source).into()]);
         }

@@ -74,6 +74,20 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Bound of the spool on disk, in bytes or as a string (`\"512MiB\"`, `\"1GB\"`), at least 1 MiB. When full the oldest batches are dropped (counted in `domesday_push_samples_total{result=\"dropped\"}`).";
     "push.timeout", "duration", "\"10s\"", "\"10s\"",
         "Deadline of one request to the collector (connect included); a request that times out is retried from the spool.";
+    "ipmi.enabled", "bool", "false without an `[ipmi]` table, true with one", "true",
+        "Read the BMC over IPMI: DCMI wall power (host power method `bmc_dcmi`, above `psu_input`) and the BMC's temperature and power sensors. See docs/bmc.md for permissions (`/dev/ipmi0`).";
+    "ipmi.backend", "string", "\"ipmitool\"", "\"ipmitool\"",
+        "`ipmitool` (`dcmi power reading`, `sdr elist`) or `freeipmi` (`ipmi-dcmi --get-system-power-statistics`, power only).";
+    "ipmi.command", "string", "\"ipmitool\" (`\"ipmi-dcmi\"` with `backend = \"freeipmi\"`)", "\"ipmitool\"",
+        "Program run for each poll, looked up in PATH unless a path is given. It runs in its own process group, killed with the group on timeout.";
+    "ipmi.args", "array of strings", "[] (in-band, /dev/ipmi0)", "[\"-I\", \"lanplus\", \"-H\", \"bmc\", \"-U\", \"monitor\", \"-E\"]",
+        "Arguments put before the subcommand, e.g. `-I lanplus -H bmc -U monitor -E` for out-of-band access (the password from `IPMI_PASSWORD`, never on the command line).";
+    "ipmi.interval", "duration", "\"30s\"", "\"30s\"",
+        "BMC polling interval (at least 1s). The BMC is polled on its own thread; a tick uses the last reading, and a reading older than 3 intervals is not used.";
+    "ipmi.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
+        "Deadline of one poll; a command still running then is killed with its process group (`reason=\"timeout\"`). Failures back off up to 8 intervals.";
+    "ipmi.sensors", "bool", "true", "true",
+        "Also read the sensor listing (temperatures and power in `degrees C`/`Watts`); ipmitool backend only.";
 };
 
 /// The TOML example config: every key with its example value.
