@@ -34,13 +34,15 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
     // A BMC answers in seconds: give its first poll the time its timeout allows.
-    sampler.wait_for_bmc(cfg.ipmi.timeout.0 * 2 + Duration::from_millis(500));
+    let redfish_timeout = cfg.redfish.as_ref().map(|r| r.timeout.0 * 3).unwrap_or_default();
+    sampler.wait_for_bmc((cfg.ipmi.timeout.0 * 2).max(redfish_timeout) + Duration::from_millis(500));
     let snap: Snapshot = sampler.tick(start.elapsed());
     let enabled = [
         (Source::Rapl, cfg.sources.rapl),
         (Source::Hwmon, cfg.sources.hwmon),
         (Source::Thermal, cfg.sources.thermal),
         (Source::Ipmi, cfg.ipmi.enabled),
+        (Source::Redfish, cfg.redfish.as_ref().is_some_and(|r| r.enabled)),
     ];
     let inv = sampler.inventory();
     let mut out = format!(

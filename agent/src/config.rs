@@ -132,6 +132,48 @@ struct FileConfig {
     estimation: FileEstimation,
     push: Option<FilePush>,
     ipmi: Option<FileIpmi>,
+    redfish: Option<FileRedfish>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedfish {
+    enabled: Option<bool>,
+    url: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    insecure_skip_verify: Option<bool>,
+    allow_plain_http: Option<bool>,
+    chassis: Option<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+}
+
+/// The effective `[redfish]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RedfishConfig {
+    pub enabled: bool,
+    /// Scheme and authority of the BMC, without a trailing slash.
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Never serialised nor logged.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The PEM read from `ca_file`.
+    #[serde(skip)]
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    pub allow_plain_http: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -363,6 +405,9 @@ pub struct AgentConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
     pub ipmi: IpmiConfig,
+    /// `None` without a `[redfish]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<RedfishConfig>,
 }
 
 /// Command-line overrides (contract §4 flags).
@@ -424,6 +469,7 @@ impl AgentConfig {
             estimation: FileEstimation::default(),
             push: None,
             ipmi: None,
+            redfish: None,
         });
         let site = ov.site.clone().unwrap_or(f.site);
         if site.trim().is_empty() {
@@ -470,6 +516,10 @@ impl AgentConfig {
             None => IpmiConfig::default(),
             Some(i) => ipmi_config(i, path, &text)?,
         };
+        let redfish = match f.redfish {
+            None => None,
+            Some(r) => Some(redfish_config(r, path, &text)?),
+        };
         // Default: 2 s, but never more than half the interval.
         let sensor_timeout = f.sensor_timeout.unwrap_or(Dur(Duration::from_secs(2).min(interval.0 / 2)));
         let cfg = AgentConfig {
@@ -497,6 +547,7 @@ impl AgentConfig {
             },
             push,
             ipmi,
+            redfish,
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(
@@ -612,6 +663,90 @@ fn ipmi_config(i: FileIpmi, path: Option<&Path>, text: &str) -> Result<IpmiConfi
         interval,
         timeout,
         sensors: i.sensors.unwrap_or(true),
+    })
+}
+
+/// Validates the `[redfish]` table; reads the password and the CA file.
+fn redfish_config(r: FileRedfish, path: Option<&Path>, text: &str) -> Result<RedfishConfig, ConfigError> {
+    let at = |key: &str, msg: String| match path {
+        Some(file) => {
+            let mut e =
+                located(file, text, find_key_in_table(text, "redfish", key), format!("key `redfish.{key}`: {msg}"));
+            if let ConfigError::Invalid { snippet, .. } = &mut e
+                && snippet.contains('@')
+            {
+                *snippet = "<redacted>".into();
+            }
+            e
+        }
+        None => ConfigError::Value(format!("redfish.{key}: {msg}")),
+    };
+    let allow_plain_http = r.allow_plain_http.unwrap_or(false);
+    let url = reqwest::Url::parse(r.url.trim()).map_err(|e| {
+        let shown = if r.url.contains('@') { "<redacted>" } else { r.url.as_str() };
+        at("url", format!("{shown:?} is not a URL ({e}); e.g. \"https://bmc.example\""))
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_plain_http => {}
+        "http" => {
+            return Err(at(
+                "url",
+                "http:// sends the BMC password in clear: use https://, or set allow_plain_http = true".into(),
+            ));
+        }
+        other => return Err(at("url", format!("scheme {other:?} is not supported; use https://"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(at("url", "the URL has no host".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(at("url", "must not carry credentials; use username and password_file".into()));
+    }
+    let insecure_skip_verify = r.insecure_skip_verify.unwrap_or(false);
+    if insecure_skip_verify && r.ca_file.is_some() {
+        return Err(at("insecure_skip_verify", "contradicts ca_file; keep one".into()));
+    }
+    let ca_pem = match &r.ca_file {
+        Some(f) => Some(std::fs::read(f).map_err(|e| at("ca_file", format!("cannot read {}: {e}", f.display())))?),
+        None => None,
+    };
+    let password = match &r.password_file {
+        Some(f) => {
+            let raw = std::fs::read_to_string(f)
+                .map_err(|e| at("password_file", format!("cannot read {}: {e}", f.display())))?;
+            let p = raw.trim_end_matches(['\r', '\n']);
+            if p.is_empty() {
+                return Err(at("password_file", format!("{} is empty", f.display())));
+            }
+            Some(Secret(p.to_string()))
+        }
+        None => None,
+    };
+    if password.is_some() && r.username.is_none() {
+        return Err(at("username", "password_file is set but username is not".into()));
+    }
+    let interval = r.interval.unwrap_or(Dur(DEFAULT_BMC_INTERVAL));
+    if interval.0 < MIN_BMC_INTERVAL {
+        return Err(at("interval", format!("{interval} is below the 1s minimum; BMCs answer in seconds")));
+    }
+    let timeout = r.timeout.unwrap_or(Dur(DEFAULT_BMC_TIMEOUT.min(interval.0)));
+    if timeout.0 > interval.0 {
+        return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+    }
+    Ok(RedfishConfig {
+        enabled: r.enabled.unwrap_or(true),
+        url: url.as_str().trim_end_matches('/').to_string(),
+        username: r.username,
+        password_file: r.password_file,
+        password,
+        ca_file: r.ca_file,
+        ca_pem,
+        insecure_skip_verify,
+        allow_plain_http,
+        chassis: r.chassis,
+        interval,
+        timeout,
     })
 }
 
@@ -735,6 +870,14 @@ mod tests {
     }
 
     const EXAMPLE_TOKEN_FILE: &str = "/etc/domesday/push.token";
+    const EXAMPLE_PASSWORD_FILE: &str = "/etc/domesday/bmc.password";
+    const EXAMPLE_CA_FILE: &str = "/etc/domesday/bmc-ca.pem";
+
+    fn password_file(dir: &tempfile::TempDir, pw: &str) -> String {
+        let p = dir.path().join("bmc.password");
+        std::fs::write(&p, pw).expect("password");
+        p.display().to_string()
+    }
 
     #[test]
     fn defaults_without_a_file() {
@@ -752,7 +895,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let example = domesday_model::config_keys::example_toml();
         assert!(example.contains(EXAMPLE_TOKEN_FILE));
-        let text = example.replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"));
+        let text = example
+            .replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"))
+            .replace(EXAMPLE_PASSWORD_FILE, &password_file(&dir, "pw\n"))
+            .replace(EXAMPLE_CA_FILE, &password_file(&dir, "pem"));
         let c = load_str(&text).expect("example");
         assert_eq!(c.site, "caen-1");
         assert_eq!(c.labels.get("region").map(String::as_str), Some("normandie"));
@@ -774,7 +920,12 @@ mod tests {
         for k in domesday_model::config_keys::AGENT_KEYS {
             let (t, name) = k.key.split_once('.').unwrap_or(("", k.key));
             let name = if name == "*" { "region" } else { name };
-            let example = k.example.replace(EXAMPLE_TOKEN_FILE, &tok);
+            let pw = password_file(&dir, "pw");
+            let example = k
+                .example
+                .replace(EXAMPLE_TOKEN_FILE, &tok)
+                .replace(EXAMPLE_PASSWORD_FILE, &pw)
+                .replace(EXAMPLE_CA_FILE, &pw);
             let text = if t.is_empty() {
                 if name == "site" {
                     "site = \"x\"\n".to_string()
@@ -784,6 +935,9 @@ mod tests {
             } else if t == "push" && name != "url" {
                 // `url` is required in [push]; the token comes from the environment.
                 format!("site = \"x\"\n[push]\nurl = \"http://c:9956/api/v1/write\"\n{name} = {example}\n")
+            } else if t == "redfish" && name != "url" {
+                let user = if name == "password_file" { "username = \"u\"\n" } else { "" };
+                format!("site = \"x\"\n[redfish]\nurl = \"https://bmc\"\n{user}{name} = {example}\n")
             } else {
                 format!("site = \"x\"\n[{t}]\n{name} = {example}\n")
             };
@@ -926,6 +1080,40 @@ mod tests {
         assert_eq!(p.series, SeriesSet::All);
         assert_eq!(p.spool_dir, PathBuf::from(DEFAULT_STATE_DIR).join("spool"));
         assert!(!p.spool_dir_explicit);
+    }
+
+    #[test]
+    fn redfish_tls_plain_http_and_password_rules() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = password_file(&dir, "s3cret-pw\n");
+        let c = load_str(&format!(
+            "site = \"a\"\n[redfish]\nurl = \"https://bmc.example/\"\nusername = \"monitor\"\npassword_file = {pw:?}\n"
+        ))
+        .expect("redfish");
+        let r = c.redfish.as_ref().expect("table");
+        assert_eq!(r.url, "https://bmc.example");
+        assert_eq!(r.password.as_ref().map(Secret::expose), Some("s3cret-pw"));
+        assert_eq!((r.interval.0, r.timeout.0), (DEFAULT_BMC_INTERVAL, DEFAULT_BMC_TIMEOUT));
+        let shown = format!("{}\n{c:?}", c.to_toml());
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\n");
+        assert!(e.contains(":3:") && e.contains("allow_plain_http"), "{e}");
+        load_str("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\nallow_plain_http = true\n").expect("opt-in");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nca_file = \"/x\"\ninsecure_skip_verify = true\n");
+        assert!(e.contains(":5:") && e.contains("contradicts"), "{e}");
+        let e = err(
+            "site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+        );
+        assert!(e.contains(":5:") && e.contains("cannot read"), "{e}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\ninterval = \"500ms\"\n");
+        assert!(e.contains(":4:") && e.contains("1s minimum"), "{e}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://u:pw@bmc\"\n");
+        assert!(e.contains("credentials") && !e.contains("pw@"), "{e}");
+        let e = err("site = \"a\"\n[ipmi]\ninterval = \"1s\"\ntimeout = \"2s\"\n");
+        assert!(e.contains(":4:") && e.contains("ipmi.timeout"), "{e}");
+        let c = load_str("site = \"a\"\n[ipmi]\ninterval = \"1s\"\n").expect("ipmi");
+        assert_eq!((c.ipmi.enabled, c.ipmi.timeout.0), (true, Duration::from_secs(1)));
+        assert!(!AgentConfig::load(None, &Overrides::default()).expect("defaults").ipmi.enabled);
     }
 
     #[test]

@@ -16,12 +16,18 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
             "in-band IPMI needs /dev/ipmi0 readable: run as root or add the udev rule of docs/bmc.md"
         }
         (Source::Ipmi, Reason::Missing) => {
-            "/dev/ipmi0 missing: modprobe ipmi_devintf ipmi_si, or use -I lanplus args in [ipmi] (docs/bmc.md)"
+            "in-band needs /dev/ipmi0 (modprobe ipmi_devintf ipmi_si) or use -I lanplus args in [ipmi]; a deactivated DCMI reading is the BMC's own (docs/bmc.md)"
         }
         (Source::Ipmi, Reason::Timeout) => {
             "the BMC did not answer within [ipmi] timeout; the command was killed, retried with backoff"
         }
         (Source::Ipmi, Reason::Gap) => "the last BMC reading is older than 3 intervals; see the agent log",
+        (Source::Redfish, Reason::Permission) => {
+            "the BMC refused the credentials: check [redfish] username and password_file, and the account's role"
+        }
+        (Source::Redfish, Reason::Timeout) => "the BMC did not answer within [redfish] timeout; retried with backoff",
+        (Source::Redfish, Reason::Parse) => "the BMC's answer is not the expected Redfish JSON (see the agent log)",
+        (Source::Redfish, Reason::Io) => "cannot reach the BMC: check [redfish] url, the network and TLS (ca_file)",
         (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
         (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",
         (_, Reason::Missing) => {
@@ -43,7 +49,7 @@ fn absent_hint(source: Source) -> &'static str {
             "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
         }
         Source::Thermal => "no thermal zones (normal on many servers)",
-        Source::Ipmi => "no answer from the BMC yet (slow BMC: see the agent log)",
+        Source::Ipmi | Source::Redfish => "no answer from the BMC yet (slow BMC: see the agent log)",
         _ => "",
     }
 }
@@ -65,6 +71,10 @@ pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
                 Source::Ipmi => (
                     "off: no [ipmi] table (or enabled = false)",
                     "add [ipmi] to read BMC wall power and temperatures (docs/bmc.md)",
+                ),
+                Source::Redfish => (
+                    "off: no [redfish] table (or enabled = false)",
+                    "add [redfish] url/username/password_file to read the BMC over Redfish (docs/bmc.md)",
                 ),
                 _ => ("disabled in [sources]", ""),
             };

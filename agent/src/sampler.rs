@@ -112,6 +112,11 @@ impl Sampler {
             bmc_waiters.push(Box::new(ipmi.waiter()));
             sources.push(Box::new(ipmi));
         }
+        if let Some(r) = cfg.redfish.as_ref().filter(|r| r.enabled) {
+            let redfish = crate::sources::redfish::Redfish::new(r)?;
+            bmc_waiters.push(Box::new(redfish.waiter()));
+            sources.push(Box::new(redfish));
+        }
         let workers = sources.into_iter().map(Worker::spawn).collect::<std::io::Result<Vec<_>>>()?;
         let inventory = Inventory::read(&cfg);
         let model = PowerModel::new(

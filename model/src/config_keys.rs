@@ -88,6 +88,26 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Deadline of one poll; a command still running then is killed with its process group (`reason=\"timeout\"`). Failures back off up to 8 intervals.";
     "ipmi.sensors", "bool", "true", "true",
         "Also read the sensor listing (temperatures and power in `degrees C`/`Watts`); ipmitool backend only.";
+    "redfish.enabled", "bool", "true with a `[redfish]` table", "true",
+        "Read the BMC over Redfish (legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. See docs/bmc.md.";
+    "redfish.url", "URL", "none: without a `[redfish]` table Redfish is off", "\"https://bmc.example\"",
+        "Base URL of the BMC (`https://`; `http://` only with `allow_plain_http = true`). No credentials in the URL.";
+    "redfish.username", "string", "none", "\"monitor\"",
+        "Account for HTTP Basic auth (a read-only role is enough).";
+    "redfish.password_file", "path", "none", "\"/etc/domesday/bmc.password\"",
+        "File holding the account's password (trailing newline ignored). Never printed or logged.";
+    "redfish.ca_file", "path", "none: the system's roots", "\"/etc/domesday/bmc-ca.pem\"",
+        "PEM bundle trusted for the BMC's certificate, instead of the system roots (self-signed BMC certificates).";
+    "redfish.insecure_skip_verify", "bool", "false", "false",
+        "Accept any certificate (explicit opt-in; exclusive with `ca_file`).";
+    "redfish.allow_plain_http", "bool", "false", "false",
+        "Allow an `http://` URL (the password then travels in clear).";
+    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis`", "\"1U\"",
+        "Chassis id whose `Power` and `Thermal` are read.";
+    "redfish.interval", "duration", "\"30s\"", "\"30s\"",
+        "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
+    "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
+        "Deadline of one HTTP request (connect included).";
 };
 
 /// The TOML example config: every key with its example value.

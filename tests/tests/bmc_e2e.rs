@@ -213,3 +213,109 @@ fn probe_says_why_ipmi_is_off() {
     let text = run(&config);
     assert!(text.contains("host power: 212.0 W by method bmc_dcmi (measured)"), "{text}");
 }
+
+const PASSWORD: &str = "s3cret-pw";
+/// base64("monitor:s3cret-pw")
+const BASIC: &str = "Basic bW9uaXRvcjpzM2NyZXQtcHc=";
+
+/// A Redfish BMC on loopback serving the legacy mockup; `mode` switches it
+/// between `legacy`, `auth` (401 for everything), `slow` (answers after 3 s)
+/// and `malformed` (not JSON). Every request's Authorization header is kept.
+fn mock_bmc(
+    mode: std::sync::Arc<std::sync::Mutex<String>>,
+    auths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> u16 {
+    let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
+    let (chassis, power, thermal) = (fixture("chassis.json"), fixture("power.json"), fixture("thermal.json"));
+    domesday_tests::mock_http_headers(move |target, headers| {
+        let auth = headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).unwrap_or_default();
+        if let Ok(mut a) = auths.lock() {
+            a.push(auth.clone());
+        }
+        let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+        if mode == "auth" || auth != BASIC {
+            return (401, r#"{"error":{"code":"Base.1.8.NoValidSession"}}"#.into());
+        }
+        if mode == "slow" {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        if mode == "malformed" {
+            return (200, "{\"PowerControl\": [ {\"PowerConsumedWatts\": 3".into());
+        }
+        match target {
+            "/redfish/v1/Chassis" => (200, chassis.clone()),
+            "/redfish/v1/Chassis/1U/Power" => (200, power.clone()),
+            "/redfish/v1/Chassis/1U/Thermal" => (200, thermal.clone()),
+            _ => (404, "{}".into()),
+        }
+    })
+}
+
+fn redfish_errors(body: &str, reason: &str) -> f64 {
+    series_value(body, "domesday_sensor_errors_total", &["source=\"redfish\"", &format!("reason=\"{reason}\"")])
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let mode = Arc::new(Mutex::new("legacy".to_string()));
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let bmc_port = mock_bmc(mode.clone(), auths.clone());
+    let pw = tmp.path().join("bmc.password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password");
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        pw.display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[("DOMESDAY_LOG", "trace")], &log, &[]);
+    let mut seen = BTreeMap::new();
+
+    let body = scrape_until(port, "bmc_redfish", |b| host_power(b, "bmc_redfish").is_some());
+    assert_eq!(
+        series_value(&body, "domesday_host_power_watts", &["method=\"bmc_redfish\"", "quality=\"measured\""]),
+        Some(344.0)
+    );
+    assert_eq!(host_power(&body, "psu_input"), None);
+    assert_eq!(
+        series_value(&body, "domesday_power_watts", &["source=\"redfish\"", "zone=\"1U\"", "domain=\"platform\""]),
+        Some(344.0)
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            "domesday_temperature_celsius",
+            &["source=\"redfish\"", "sensor=\"Chassis Intake Temp\"", "location=\"inlet\""]
+        ),
+        Some(25.0)
+    );
+    assert!(!body.contains("sensor=\"CPU2 Temp\",label"), "a disabled sensor has no value: {body}");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+    assert!(auths.lock().map(|a| a.iter().all(|h| h == BASIC)).unwrap_or(false), "Basic auth on every request");
+
+    for (m, reason) in [("auth", "permission"), ("slow", "timeout"), ("malformed", "parse")] {
+        if let Ok(mut g) = mode.lock() {
+            *g = m.to_string();
+        }
+        let body = scrape_until(port, reason, |b| redfish_errors(b, reason) >= 1.0);
+        check_monotonic(&mut seen, &body);
+        let took = series_value(&body, "domesday_sample_duration_seconds", &[]).expect("duration");
+        assert!(took < 0.5, "tick took {took} s with a {m} BMC");
+    }
+    // Stale readings are not used: psu_input carries the host again.
+    let body = scrape_until(port, "the fallback", |b| host_power(b, "psu_input").is_some());
+    check_monotonic(&mut seen, &body);
+    if let Ok(mut g) = mode.lock() {
+        *g = "legacy".to_string();
+    }
+    let body = scrape_until(port, "bmc_redfish again", |b| host_power(b, "bmc_redfish") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("401"), "the auth failure is logged: {log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("bW9uaXRvcjpzM2NyZXQtcHc"), "the password leaked into the log");
+}

@@ -9,6 +9,7 @@ pub mod hwmon;
 pub mod ipmi;
 pub mod procfs;
 pub mod rapl;
+pub mod redfish;
 pub mod thermal;
 
 use std::sync::{Arc, Mutex};
