@@ -133,6 +133,75 @@ struct FileConfig {
     push: Option<FilePush>,
     ipmi: Option<FileIpmi>,
     redfish: Option<FileRedfish>,
+    nvml: Option<FileNvml>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileNvml {
+    enabled: Option<Switch>,
+    command: Option<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+}
+
+/// `true`, `false` or `"auto"` (on where the hardware is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Switch {
+    On,
+    Off,
+    #[default]
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Switch::On),
+            Raw::Bool(false) => Ok(Switch::Off),
+            Raw::Text(t) if t == "auto" => Ok(Switch::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!("{t:?} is not true, false or \"auto\""))),
+        }
+    }
+}
+
+impl Serialize for Switch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::On => s.serialize_bool(true),
+            Switch::Off => s.serialize_bool(false),
+            Switch::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+pub const DEFAULT_NVML_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_NVML_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The effective `[nvml]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NvmlConfig {
+    pub enabled: Switch,
+    pub command: String,
+    pub interval: Dur,
+    pub timeout: Dur,
+}
+
+impl Default for NvmlConfig {
+    fn default() -> Self {
+        NvmlConfig {
+            enabled: Switch::Auto,
+            command: "nvidia-smi".into(),
+            interval: Dur(DEFAULT_NVML_INTERVAL),
+            timeout: Dur(DEFAULT_NVML_TIMEOUT),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +477,7 @@ pub struct AgentConfig {
     /// `None` without a `[redfish]` table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redfish: Option<RedfishConfig>,
+    pub nvml: NvmlConfig,
 }
 
 /// Command-line overrides (contract §4 flags).
@@ -470,6 +540,7 @@ impl AgentConfig {
             push: None,
             ipmi: None,
             redfish: None,
+            nvml: None,
         });
         let site = ov.site.clone().unwrap_or(f.site);
         if site.trim().is_empty() {
@@ -520,6 +591,31 @@ impl AgentConfig {
             None => None,
             Some(r) => Some(redfish_config(r, path, &text)?),
         };
+        let nvml = match f.nvml {
+            None => NvmlConfig::default(),
+            Some(n) => {
+                let at = |key: &str, msg: String| match path {
+                    Some(file) => {
+                        located(file, &text, find_key_in_table(&text, "nvml", key), format!("key `nvml.{key}`: {msg}"))
+                    }
+                    None => ConfigError::Value(format!("nvml.{key}: {msg}")),
+                };
+                let interval = n.interval.unwrap_or(Dur(DEFAULT_NVML_INTERVAL));
+                if interval.0 < MIN_BMC_INTERVAL {
+                    return Err(at("interval", format!("{interval} is below the 1s minimum")));
+                }
+                let timeout = n.timeout.unwrap_or(Dur(DEFAULT_NVML_TIMEOUT.min(interval.0)));
+                if timeout.0 > interval.0 {
+                    return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+                }
+                NvmlConfig {
+                    enabled: n.enabled.unwrap_or_default(),
+                    command: n.command.unwrap_or_else(|| "nvidia-smi".into()),
+                    interval,
+                    timeout,
+                }
+            }
+        };
         // Default: 2 s, but never more than half the interval.
         let sensor_timeout = f.sensor_timeout.unwrap_or(Dur(Duration::from_secs(2).min(interval.0 / 2)));
         let cfg = AgentConfig {
@@ -548,6 +644,7 @@ impl AgentConfig {
             push,
             ipmi,
             redfish,
+            nvml,
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(

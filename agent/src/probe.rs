@@ -49,13 +49,14 @@ fn absent_hint(source: Source) -> &'static str {
             "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
         }
         Source::Thermal => "no thermal zones (normal on many servers)",
-        Source::Ipmi | Source::Redfish => "no answer from the BMC yet (slow BMC: see the agent log)",
+        Source::Ipmi | Source::Redfish | Source::Nvml => "no answer from the BMC yet (slow BMC: see the agent log)",
         _ => "",
     }
 }
 
 /// Formats the probe table.
-pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
+/// `enabled` lists each source with why it is off (`None`: on).
+pub fn table(snap: &Snapshot, enabled: &[(Source, Option<String>)]) -> String {
     let mut rows: Vec<[String; 5]> =
         vec![["SOURCE".into(), "SENSOR".into(), "UNIT".into(), "STATUS".into(), "FIX / PATH".into()]];
     for s in &snap.statuses {
@@ -65,20 +66,17 @@ pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
         };
         rows.push([s.source.to_string(), s.sensor.clone(), s.unit.to_string(), status, note]);
     }
-    for (source, on) in enabled {
-        if !on {
-            let (why, fix) = match source {
-                Source::Ipmi => (
-                    "off: no [ipmi] table (or enabled = false)",
-                    "add [ipmi] to read BMC wall power and temperatures (docs/bmc.md)",
-                ),
-                Source::Redfish => (
-                    "off: no [redfish] table (or enabled = false)",
-                    "add [redfish] url/username/password_file to read the BMC over Redfish (docs/bmc.md)",
-                ),
-                _ => ("disabled in [sources]", ""),
+    for (source, off) in enabled {
+        if let Some(why) = off {
+            let fix = match source {
+                Source::Ipmi => "add [ipmi] to read BMC wall power and temperatures (docs/bmc.md)",
+                Source::Redfish => {
+                    "add [redfish] url/username/password_file to read the BMC over Redfish (docs/bmc.md)"
+                }
+                Source::Nvml => "[nvml] enabled = true forces it on (docs/bmc.md)",
+                _ => "",
             };
-            rows.push([source.to_string(), "-".into(), "".into(), why.into(), fix.into()]);
+            rows.push([source.to_string(), "-".into(), "".into(), why.clone(), fix.into()]);
         } else if !snap.statuses.iter().any(|s| s.source == *source) {
             rows.push([source.to_string(), "-".into(), "".into(), "none found".into(), absent_hint(*source).into()]);
         }

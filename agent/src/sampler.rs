@@ -117,6 +117,11 @@ impl Sampler {
             bmc_waiters.push(Box::new(redfish.waiter()));
             sources.push(Box::new(redfish));
         }
+        if crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).is_ok() {
+            let nvml = crate::sources::nvml::Nvml::new(&cfg.nvml)?;
+            bmc_waiters.push(Box::new(nvml.waiter()));
+            sources.push(Box::new(nvml));
+        }
         let workers = sources.into_iter().map(Worker::spawn).collect::<std::io::Result<Vec<_>>>()?;
         let inventory = Inventory::read(&cfg);
         let model = PowerModel::new(

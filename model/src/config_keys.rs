@@ -108,6 +108,14 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
     "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
         "Deadline of one HTTP request (connect included).";
+    "nvml.enabled", "bool or \"auto\"", "\"auto\"", "\"auto\"",
+        "Read NVIDIA GPUs (power `domain=\"gpu\"`, temperature) through `nvidia-smi` (NVML), nothing needed at build time. `auto`: on when the `nvidia` kernel module is loaded (`<sysfs_root>/module/nvidia`) and the command is found; `probe` says why it is off.";
+    "nvml.command", "string", "\"nvidia-smi\"", "\"nvidia-smi\"",
+        "Program run for each poll (`--query-gpu=index,uuid,name,power.draw,temperature.gpu --format=csv,noheader,nounits`), in its own process group, killed on timeout.";
+    "nvml.interval", "duration", "\"10s\"", "\"10s\"",
+        "GPU polling interval (at least 1s), on its own thread; a reading older than 3 intervals is not used.";
+    "nvml.timeout", "duration", "\"5s\", at most the interval", "\"5s\"",
+        "Deadline of one `nvidia-smi` run.";
 };
 
 /// The TOML example config: every key with its example value.

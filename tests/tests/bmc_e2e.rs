@@ -207,6 +207,9 @@ fn probe_says_why_ipmi_is_off() {
     let config = write_agent_config(&root, "");
     let text = run(&config);
     assert!(text.lines().any(|l| l.starts_with("ipmi ") && l.contains("no [ipmi] table")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("redfish ") && l.contains("no [redfish] table")), "{text}");
+    // nvml = "auto" on a tree without the nvidia module: off, and why.
+    assert!(text.lines().any(|l| l.starts_with("nvml ") && l.contains("no nvidia kernel module")), "{text}");
     // A working BMC: the DCMI reading and the host method.
     bmc.set("hpe-ilo");
     let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
@@ -318,4 +321,30 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("401"), "the auth failure is logged: {log}");
     assert!(!log.contains(PASSWORD) && !log.contains("bW9uaXRvcjpzM2NyZXQtcHc"), "the password leaked into the log");
+}
+
+#[test]
+fn nvidia_gpus_through_nvidia_smi_are_gpu_power_not_host_power() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let table = format!(
+        "[nvml]\nenabled = true\ncommand = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        fixtures_dir().join("nvml/nvidia-smi").display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let gpu0 =
+        |b: &str| series_value(b, "domesday_power_watts", &["source=\"nvml\"", "zone=\"gpu0\"", "domain=\"gpu\""]);
+    let body = scrape_until(port, "GPU power", |b| gpu0(b).is_some());
+    assert_eq!(gpu0(&body), Some(61.33));
+    // [N/A] power is no reading: down, never 0 W.
+    assert!(!body.contains("zone=\"gpu1\""), "{body}");
+    assert_eq!(series_value(&body, "domesday_sensor_up", &["source=\"nvml\"", "sensor=\"gpu1/power\""]), Some(0.0));
+    assert_eq!(
+        series_value(&body, "domesday_temperature_celsius", &["source=\"nvml\"", "chip=\"gpu1\"", "location=\"gpu\""]),
+        Some(29.0)
+    );
+    // GPUs are inside the host: they never become the host power method.
+    assert!(host_power(&body, "psu_input").is_some(), "{body}");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
 }

@@ -7,6 +7,7 @@
 pub mod bmc;
 pub mod hwmon;
 pub mod ipmi;
+pub mod nvml;
 pub mod procfs;
 pub mod rapl;
 pub mod redfish;
