@@ -470,14 +470,15 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub sources: Sources,
     pub estimation: Estimation,
-    /// `None` without a `[push]` table: nothing is pushed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub push: Option<PushConfig>,
     pub ipmi: IpmiConfig,
     /// `None` without a `[redfish]` table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redfish: Option<RedfishConfig>,
     pub nvml: NvmlConfig,
+    /// `None` without a `[push]` table: nothing is pushed. Last, so that
+    /// `to_toml`'s token comment lands in its table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
 }
 
 /// Command-line overrides (contract §4 flags).
@@ -1120,6 +1121,8 @@ mod tests {
         let shown = format!("{}\n{c:?}", c.to_toml());
         assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("<redacted>") && shown.contains(&file), "{shown}");
+        let tail = shown.rsplit_once("[push]").map(|(_, t)| t).unwrap_or("");
+        assert!(tail.contains("# token: <redacted>") && !tail.contains("\n["), "comment outside [push]: {shown}");
         // The environment, when no file is named.
         let c = load_env(PUSH, Some(secret)).expect("env token");
         assert_eq!(c.push.as_ref().map(|p| p.token.expose()), Some(secret));

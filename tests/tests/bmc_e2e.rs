@@ -215,6 +215,11 @@ fn probe_says_why_ipmi_is_off() {
     let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
     let text = run(&config);
     assert!(text.contains("host power: 212.0 W by method bmc_dcmi (measured)"), "{text}");
+    // The FreeIPMI backend (ipmi-dcmi --get-system-power-statistics).
+    bmc.set("freeipmi");
+    let config = write_agent_config(&root, &format!("{}backend = \"freeipmi\"\n", ipmi_table("1s", "1s")));
+    let text = run(&config);
+    assert!(text.contains("host power: 164.0 W by method bmc_dcmi (measured)"), "{text}");
 }
 
 const PASSWORD: &str = "s3cret-pw";
