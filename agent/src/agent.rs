@@ -22,8 +22,15 @@ pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
     let start = Instant::now();
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0);
+    sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap = sampler.tick(start.elapsed());
     Ok(render(&snap, &constant_labels(&cfg)))
+}
+
+/// How long `once` and `probe` wait for the BMC and GPU sources' first polls.
+fn bmc_wait(cfg: &AgentConfig) -> Duration {
+    let redfish_timeout = cfg.redfish.as_ref().map(|r| r.timeout.0 * 3).unwrap_or_default();
+    (cfg.ipmi.timeout.0 * 2).max(redfish_timeout).max(cfg.nvml.timeout.0) + Duration::from_millis(500)
 }
 
 /// Samples twice (at most a second apart) and returns the probe table.
@@ -34,10 +41,7 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
     // A BMC answers in seconds: give its first poll the time its timeout allows.
-    let redfish_timeout = cfg.redfish.as_ref().map(|r| r.timeout.0 * 3).unwrap_or_default();
-    sampler.wait_for_bmc(
-        (cfg.ipmi.timeout.0 * 2).max(redfish_timeout).max(cfg.nvml.timeout.0) + Duration::from_millis(500),
-    );
+    sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap: Snapshot = sampler.tick(start.elapsed());
     let off = |on: bool, why: &str| if on { None } else { Some(why.to_string()) };
     let enabled = [

@@ -215,6 +215,19 @@ fn probe_says_why_ipmi_is_off() {
     let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
     let text = run(&config);
     assert!(text.contains("host power: 212.0 W by method bmc_dcmi (measured)"), "{text}");
+    // `once` waits for the BMC's first poll too.
+    let out = Command::new(binary("domesday-agent"))
+        .args(["once", "--interval", "100ms", "--host", "p", "--config"])
+        .arg(&config)
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .envs(bmc.env())
+        .output()
+        .expect("once");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(host_power(&body, "bmc_dcmi"), Some(212.0), "{body}");
     // The FreeIPMI backend (ipmi-dcmi --get-system-power-statistics).
     bmc.set("freeipmi");
     let config = write_agent_config(&root, &format!("{}backend = \"freeipmi\"\n", ipmi_table("1s", "1s")));
