@@ -22,8 +22,15 @@ pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
     let start = Instant::now();
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0);
+    sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap = sampler.tick(start.elapsed());
     Ok(render(&snap, &constant_labels(&cfg)))
+}
+
+/// How long `once` and `probe` wait for the BMC and GPU sources' first polls.
+fn bmc_wait(cfg: &AgentConfig) -> Duration {
+    let redfish_timeout = cfg.redfish.as_ref().map(|r| r.timeout.0 * 3).unwrap_or_default();
+    (cfg.ipmi.timeout.0 * 2).max(redfish_timeout).max(cfg.nvml.timeout.0) + Duration::from_millis(500)
 }
 
 /// Samples twice (at most a second apart) and returns the probe table.
@@ -33,9 +40,21 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     let start = Instant::now();
     sampler.tick(Duration::ZERO);
     std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
+    // A BMC answers in seconds: give its first poll the time its timeout allows.
+    sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap: Snapshot = sampler.tick(start.elapsed());
-    let enabled =
-        [(Source::Rapl, cfg.sources.rapl), (Source::Hwmon, cfg.sources.hwmon), (Source::Thermal, cfg.sources.thermal)];
+    let off = |on: bool, why: &str| if on { None } else { Some(why.to_string()) };
+    let enabled = [
+        (Source::Rapl, off(cfg.sources.rapl, "disabled in [sources]")),
+        (Source::Hwmon, off(cfg.sources.hwmon, "disabled in [sources]")),
+        (Source::Thermal, off(cfg.sources.thermal, "disabled in [sources]")),
+        (Source::Ipmi, off(cfg.ipmi.enabled, "off: no [ipmi] table (or enabled = false)")),
+        (
+            Source::Redfish,
+            off(cfg.redfish.as_ref().is_some_and(|r| r.enabled), "off: no [redfish] table (or enabled = false)"),
+        ),
+        (Source::Nvml, crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).err()),
+    ];
     let inv = sampler.inventory();
     let mut out = format!(
         "host {} (site {}): {} {}, {} × {} socket(s), {} threads\n\n",

@@ -118,6 +118,172 @@ struct FileConfig {
     #[serde(default)]
     estimation: FileEstimation,
     push: Option<FilePush>,
+    ipmi: Option<FileIpmi>,
+    redfish: Option<FileRedfish>,
+    nvml: Option<FileNvml>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileNvml {
+    enabled: Option<Switch>,
+    command: Option<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+}
+
+/// `true`, `false` or `"auto"` (on where the hardware is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Switch {
+    On,
+    Off,
+    #[default]
+    Auto,
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Switch::On),
+            Raw::Bool(false) => Ok(Switch::Off),
+            Raw::Text(t) if t == "auto" => Ok(Switch::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!("{t:?} is not true, false or \"auto\""))),
+        }
+    }
+}
+
+impl Serialize for Switch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::On => s.serialize_bool(true),
+            Switch::Off => s.serialize_bool(false),
+            Switch::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+pub const DEFAULT_NVML_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_NVML_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The effective `[nvml]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NvmlConfig {
+    pub enabled: Switch,
+    pub command: String,
+    pub interval: Dur,
+    pub timeout: Dur,
+}
+
+impl Default for NvmlConfig {
+    fn default() -> Self {
+        NvmlConfig {
+            enabled: Switch::Auto,
+            command: "nvidia-smi".into(),
+            interval: Dur(DEFAULT_NVML_INTERVAL),
+            timeout: Dur(DEFAULT_NVML_TIMEOUT),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedfish {
+    enabled: Option<bool>,
+    url: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    insecure_skip_verify: Option<bool>,
+    allow_plain_http: Option<bool>,
+    chassis: Option<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+}
+
+/// The effective `[redfish]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RedfishConfig {
+    pub enabled: bool,
+    /// Scheme and authority of the BMC, without a trailing slash.
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Never serialised nor logged.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The PEM read from `ca_file`.
+    #[serde(skip)]
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    pub allow_plain_http: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileIpmi {
+    enabled: Option<bool>,
+    backend: Option<IpmiBackend>,
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    sensors: Option<bool>,
+}
+
+/// Which IPMI tool the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IpmiBackend {
+    /// `ipmitool dcmi power reading` and `ipmitool sdr elist`.
+    #[default]
+    Ipmitool,
+    /// FreeIPMI `ipmi-dcmi --get-system-power-statistics` (power only).
+    Freeipmi,
+}
+
+/// Shortest BMC polling interval (contract §7: tests may poll every second).
+pub const MIN_BMC_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_BMC_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_BMC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The effective `[ipmi]` table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IpmiConfig {
+    pub enabled: bool,
+    pub backend: IpmiBackend,
+    pub command: String,
+    pub args: Vec<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub sensors: bool,
+}
+
+impl Default for IpmiConfig {
+    fn default() -> Self {
+        IpmiConfig {
+            enabled: false,
+            backend: IpmiBackend::Ipmitool,
+            command: "ipmitool".into(),
+            args: Vec::new(),
+            interval: Dur(DEFAULT_BMC_INTERVAL),
+            timeout: Dur(DEFAULT_BMC_TIMEOUT),
+            sensors: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,7 +457,13 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     pub sources: Sources,
     pub estimation: Estimation,
-    /// `None` without a `[push]` table: nothing is pushed.
+    pub ipmi: IpmiConfig,
+    /// `None` without a `[redfish]` table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<RedfishConfig>,
+    pub nvml: NvmlConfig,
+    /// `None` without a `[push]` table: nothing is pushed. Last, so that
+    /// `to_toml`'s token comment lands in its table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push: Option<PushConfig>,
 }
@@ -354,6 +526,9 @@ impl AgentConfig {
             sources: FileSources::default(),
             estimation: FileEstimation::default(),
             push: None,
+            ipmi: None,
+            redfish: None,
+            nvml: None,
         });
         let site = ov.site.clone().unwrap_or(f.site);
         if site.trim().is_empty() {
@@ -396,6 +571,39 @@ impl AgentConfig {
             None => None,
             Some(p) => Some(push_config(p, &state_dir, path, &text, &env)?),
         };
+        let ipmi = match f.ipmi {
+            None => IpmiConfig::default(),
+            Some(i) => ipmi_config(i, path, &text)?,
+        };
+        let redfish = match f.redfish {
+            None => None,
+            Some(r) => Some(redfish_config(r, path, &text)?),
+        };
+        let nvml = match f.nvml {
+            None => NvmlConfig::default(),
+            Some(n) => {
+                let at = |key: &str, msg: String| match path {
+                    Some(file) => {
+                        located(file, &text, find_key_in_table(&text, "nvml", key), format!("key `nvml.{key}`: {msg}"))
+                    }
+                    None => ConfigError::Value(format!("nvml.{key}: {msg}")),
+                };
+                let interval = n.interval.unwrap_or(Dur(DEFAULT_NVML_INTERVAL));
+                if interval.0 < MIN_BMC_INTERVAL {
+                    return Err(at("interval", format!("{interval} is below the 1s minimum")));
+                }
+                let timeout = n.timeout.unwrap_or(Dur(DEFAULT_NVML_TIMEOUT.min(interval.0)));
+                if timeout.0 > interval.0 {
+                    return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+                }
+                NvmlConfig {
+                    enabled: n.enabled.unwrap_or_default(),
+                    command: n.command.unwrap_or_else(|| "nvidia-smi".into()),
+                    interval,
+                    timeout,
+                }
+            }
+        };
         // Default: 2 s, but never more than half the interval.
         let sensor_timeout = f.sensor_timeout.unwrap_or(Dur(Duration::from_secs(2).min(interval.0 / 2)));
         let cfg = AgentConfig {
@@ -422,6 +630,9 @@ impl AgentConfig {
                 rapl_uplift,
             },
             push,
+            ipmi,
+            redfish,
+            nvml,
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(
@@ -500,6 +711,126 @@ fn push_config(
         spool_dir_explicit: p.spool_dir.is_some(),
         spool_dir: p.spool_dir.unwrap_or_else(|| state_dir.join("spool")),
         spool_max_bytes,
+        timeout,
+    })
+}
+
+/// Validates the `[ipmi]` table.
+fn ipmi_config(i: FileIpmi, path: Option<&Path>, text: &str) -> Result<IpmiConfig, ConfigError> {
+    let at = |key: &str, msg: String| match path {
+        Some(file) => located(file, text, find_key_in_table(text, "ipmi", key), format!("key `ipmi.{key}`: {msg}")),
+        None => ConfigError::Value(format!("ipmi.{key}: {msg}")),
+    };
+    let backend = i.backend.unwrap_or_default();
+    let interval = i.interval.unwrap_or(Dur(DEFAULT_BMC_INTERVAL));
+    if interval.0 < MIN_BMC_INTERVAL {
+        return Err(at("interval", format!("{interval} is below the 1s minimum; BMCs answer in seconds")));
+    }
+    let timeout = i.timeout.unwrap_or(Dur(DEFAULT_BMC_TIMEOUT.min(interval.0)));
+    if timeout.0 > interval.0 {
+        return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+    }
+    let command = i.command.unwrap_or_else(|| {
+        match backend {
+            IpmiBackend::Ipmitool => "ipmitool",
+            IpmiBackend::Freeipmi => "ipmi-dcmi",
+        }
+        .to_string()
+    });
+    if command.trim().is_empty() {
+        return Err(at("command", "must not be empty; e.g. \"ipmitool\" or a full path".into()));
+    }
+    Ok(IpmiConfig {
+        enabled: i.enabled.unwrap_or(true),
+        backend,
+        command,
+        args: i.args.unwrap_or_default(),
+        interval,
+        timeout,
+        sensors: i.sensors.unwrap_or(true),
+    })
+}
+
+/// Validates the `[redfish]` table; reads the password and the CA file.
+fn redfish_config(r: FileRedfish, path: Option<&Path>, text: &str) -> Result<RedfishConfig, ConfigError> {
+    let at = |key: &str, msg: String| match path {
+        Some(file) => {
+            let mut e =
+                located(file, text, find_key_in_table(text, "redfish", key), format!("key `redfish.{key}`: {msg}"));
+            if let ConfigError::Invalid { snippet, .. } = &mut e
+                && snippet.contains('@')
+            {
+                *snippet = "<redacted>".into();
+            }
+            e
+        }
+        None => ConfigError::Value(format!("redfish.{key}: {msg}")),
+    };
+    let allow_plain_http = r.allow_plain_http.unwrap_or(false);
+    let url = reqwest::Url::parse(r.url.trim()).map_err(|e| {
+        let shown = if r.url.contains('@') { "<redacted>" } else { r.url.as_str() };
+        at("url", format!("{shown:?} is not a URL ({e}); e.g. \"https://bmc.example\""))
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_plain_http => {}
+        "http" => {
+            return Err(at(
+                "url",
+                "http:// sends the BMC password in clear: use https://, or set allow_plain_http = true".into(),
+            ));
+        }
+        other => return Err(at("url", format!("scheme {other:?} is not supported; use https://"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(at("url", "the URL has no host".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(at("url", "must not carry credentials; use username and password_file".into()));
+    }
+    let insecure_skip_verify = r.insecure_skip_verify.unwrap_or(false);
+    if insecure_skip_verify && r.ca_file.is_some() {
+        return Err(at("insecure_skip_verify", "contradicts ca_file; keep one".into()));
+    }
+    let ca_pem = match &r.ca_file {
+        Some(f) => Some(std::fs::read(f).map_err(|e| at("ca_file", format!("cannot read {}: {e}", f.display())))?),
+        None => None,
+    };
+    let password = match &r.password_file {
+        Some(f) => {
+            let raw = std::fs::read_to_string(f)
+                .map_err(|e| at("password_file", format!("cannot read {}: {e}", f.display())))?;
+            let p = raw.trim_end_matches(['\r', '\n']);
+            if p.is_empty() {
+                return Err(at("password_file", format!("{} is empty", f.display())));
+            }
+            Some(Secret(p.to_string()))
+        }
+        None => None,
+    };
+    if password.is_some() && r.username.is_none() {
+        return Err(at("username", "password_file is set but username is not".into()));
+    }
+    let interval = r.interval.unwrap_or(Dur(DEFAULT_BMC_INTERVAL));
+    if interval.0 < MIN_BMC_INTERVAL {
+        return Err(at("interval", format!("{interval} is below the 1s minimum; BMCs answer in seconds")));
+    }
+    let timeout = r.timeout.unwrap_or(Dur(DEFAULT_BMC_TIMEOUT.min(interval.0)));
+    if timeout.0 > interval.0 {
+        return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
+    }
+    Ok(RedfishConfig {
+        enabled: r.enabled.unwrap_or(true),
+        url: url.as_str().trim_end_matches('/').to_string(),
+        username: r.username,
+        password_file: r.password_file,
+        password,
+        ca_file: r.ca_file,
+        ca_pem,
+        insecure_skip_verify,
+        allow_plain_http,
+        chassis: r.chassis,
+        interval,
         timeout,
     })
 }
@@ -623,6 +954,14 @@ mod tests {
     }
 
     const EXAMPLE_TOKEN_FILE: &str = "/etc/domesday/push.token";
+    const EXAMPLE_PASSWORD_FILE: &str = "/etc/domesday/bmc.password";
+    const EXAMPLE_CA_FILE: &str = "/etc/domesday/bmc-ca.pem";
+
+    fn password_file(dir: &tempfile::TempDir, pw: &str) -> String {
+        let p = dir.path().join("bmc.password");
+        std::fs::write(&p, pw).expect("password");
+        p.display().to_string()
+    }
 
     #[test]
     fn defaults_without_a_file() {
@@ -640,7 +979,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let example = domesday_model::config_keys::example_toml();
         assert!(example.contains(EXAMPLE_TOKEN_FILE));
-        let text = example.replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"));
+        let text = example
+            .replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"))
+            .replace(EXAMPLE_PASSWORD_FILE, &password_file(&dir, "pw\n"))
+            .replace(EXAMPLE_CA_FILE, &password_file(&dir, "pem"));
         let c = load_str(&text).expect("example");
         assert_eq!(c.site, "caen-1");
         assert_eq!(c.labels.get("region").map(String::as_str), Some("normandie"));
@@ -662,7 +1004,12 @@ mod tests {
         for k in domesday_model::config_keys::AGENT_KEYS {
             let (t, name) = k.key.split_once('.').unwrap_or(("", k.key));
             let name = if name == "*" { "region" } else { name };
-            let example = k.example.replace(EXAMPLE_TOKEN_FILE, &tok);
+            let pw = password_file(&dir, "pw");
+            let example = k
+                .example
+                .replace(EXAMPLE_TOKEN_FILE, &tok)
+                .replace(EXAMPLE_PASSWORD_FILE, &pw)
+                .replace(EXAMPLE_CA_FILE, &pw);
             let text = if t.is_empty() {
                 if name == "site" {
                     "site = \"x\"\n".to_string()
@@ -672,6 +1019,9 @@ mod tests {
             } else if t == "push" && name != "url" {
                 // `url` is required in [push]; the token comes from the environment.
                 format!("site = \"x\"\n[push]\nurl = \"http://c:9956/api/v1/write\"\n{name} = {example}\n")
+            } else if t == "redfish" && name != "url" {
+                let user = if name == "password_file" { "username = \"u\"\n" } else { "" };
+                format!("site = \"x\"\n[redfish]\nurl = \"https://bmc\"\n{user}{name} = {example}\n")
             } else {
                 format!("site = \"x\"\n[{t}]\n{name} = {example}\n")
             };
@@ -757,6 +1107,8 @@ mod tests {
         let shown = format!("{}\n{c:?}", c.to_toml());
         assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("<redacted>") && shown.contains(&file), "{shown}");
+        let tail = shown.rsplit_once("[push]").map(|(_, t)| t).unwrap_or("");
+        assert!(tail.contains("# token: <redacted>") && !tail.contains("\n["), "comment outside [push]: {shown}");
         // The environment, when no file is named.
         let c = load_env(PUSH, Some(secret)).expect("env token");
         assert_eq!(c.push.as_ref().map(|p| p.token.expose()), Some(secret));
@@ -814,6 +1166,40 @@ mod tests {
         assert_eq!(p.series, SeriesSet::All);
         assert_eq!(p.spool_dir, PathBuf::from(DEFAULT_STATE_DIR).join("spool"));
         assert!(!p.spool_dir_explicit);
+    }
+
+    #[test]
+    fn redfish_tls_plain_http_and_password_rules() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = password_file(&dir, "s3cret-pw\n");
+        let c = load_str(&format!(
+            "site = \"a\"\n[redfish]\nurl = \"https://bmc.example/\"\nusername = \"monitor\"\npassword_file = {pw:?}\n"
+        ))
+        .expect("redfish");
+        let r = c.redfish.as_ref().expect("table");
+        assert_eq!(r.url, "https://bmc.example");
+        assert_eq!(r.password.as_ref().map(Secret::expose), Some("s3cret-pw"));
+        assert_eq!((r.interval.0, r.timeout.0), (DEFAULT_BMC_INTERVAL, DEFAULT_BMC_TIMEOUT));
+        let shown = format!("{}\n{c:?}", c.to_toml());
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\n");
+        assert!(e.contains(":3:") && e.contains("allow_plain_http"), "{e}");
+        load_str("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\nallow_plain_http = true\n").expect("opt-in");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nca_file = \"/x\"\ninsecure_skip_verify = true\n");
+        assert!(e.contains(":5:") && e.contains("contradicts"), "{e}");
+        let e = err(
+            "site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+        );
+        assert!(e.contains(":5:") && e.contains("cannot read"), "{e}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\ninterval = \"500ms\"\n");
+        assert!(e.contains(":4:") && e.contains("1s minimum"), "{e}");
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://u:pw@bmc\"\n");
+        assert!(e.contains("credentials") && !e.contains("pw@"), "{e}");
+        let e = err("site = \"a\"\n[ipmi]\ninterval = \"1s\"\ntimeout = \"2s\"\n");
+        assert!(e.contains(":4:") && e.contains("ipmi.timeout"), "{e}");
+        let c = load_str("site = \"a\"\n[ipmi]\ninterval = \"1s\"\n").expect("ipmi");
+        assert_eq!((c.ipmi.enabled, c.ipmi.timeout.0), (true, Duration::from_secs(1)));
+        assert!(!AgentConfig::load(None, &Overrides::default()).expect("defaults").ipmi.enabled);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Host power arbitration and the per-method host energy counters.
 //!
 //! Each tick the best available method wins (contract §3 order; the BMC methods
-//! join with the BMC sources): `psu_input`, then `acpi_power_meter`, then
+//! are the BMC's wall readings): `bmc_dcmi`, `bmc_redfish`, `psu_input`, then `acpi_power_meter`, then
 //! `rapl_uplift`, then `model`. The energy of the interval since the previous tick is booked on the
 //! winner's counter only, computed from the winner's own data (trapezoid of its
 //! power readings over the actual elapsed time, RAPL counter increments × uplift,
@@ -41,6 +41,12 @@ pub struct HostPower {
 
 /// Picks the best available method and its instantaneous power.
 pub fn choose(facts: &HostFacts, dt: Option<Duration>, model: &PowerModel, uplift: f64) -> Option<HostReading> {
+    if let Some(w) = facts.bmc_dcmi_watts {
+        return Some(HostReading { method: Method::BmcDcmi, watts: w });
+    }
+    if let Some(w) = facts.bmc_redfish_watts {
+        return Some(HostReading { method: Method::BmcRedfish, watts: w });
+    }
     if let Some(w) = facts.psu_input_watts {
         return Some(HostReading { method: Method::PsuInput, watts: w });
     }
@@ -311,14 +317,20 @@ mod tests {
     #[test]
     fn order_of_methods() {
         let all = HostFacts {
+            bmc_dcmi_watts: Some(400.0),
+            bmc_redfish_watts: Some(390.0),
             rapl_host_delta_uj: Some(1_000_000),
             psu_input_watts: Some(350.0),
             acpi_power_watts: Some(300.0),
             cpu_utilization: Some(0.5),
         };
         let dt = Some(Duration::from_secs(1));
-        assert_eq!(choose(&all, dt, &model(), 1.25).map(|r| r.method), Some(Method::PsuInput));
-        let f = HostFacts { psu_input_watts: None, ..all.clone() };
+        assert_eq!(choose(&all, dt, &model(), 1.25), Some(HostReading { method: Method::BmcDcmi, watts: 400.0 }));
+        let f = HostFacts { bmc_dcmi_watts: None, ..all.clone() };
+        assert_eq!(choose(&f, dt, &model(), 1.25), Some(HostReading { method: Method::BmcRedfish, watts: 390.0 }));
+        let f = HostFacts { bmc_redfish_watts: None, ..f };
+        assert_eq!(choose(&f, dt, &model(), 1.25).map(|r| r.method), Some(Method::PsuInput));
+        let f = HostFacts { psu_input_watts: None, ..f };
         assert_eq!(choose(&f, dt, &model(), 1.25).map(|r| r.method), Some(Method::AcpiPowerMeter));
         let f = HostFacts { acpi_power_watts: None, ..f };
         assert_eq!(choose(&f, dt, &model(), 1.25), Some(HostReading { method: Method::RaplUplift, watts: 1.25 }));
@@ -421,16 +433,17 @@ mod tests {
         #[test]
         fn counters_monotonic_and_additive(steps in proptest::collection::vec(
             (1u64..30, proptest::option::of(0.0f64..2000.0), proptest::option::of(0.0f64..2000.0),
-             proptest::option::of(0u128..10_000_000_000), proptest::option::of(0.0f64..=1.0)), 1..40)) {
+             proptest::option::of(0u128..10_000_000_000), proptest::option::of(0.0f64..=1.0),
+             proptest::option::of(0.0f64..2000.0)), 1..40)) {
             let mut h = hp(None);
             let mut now = Duration::ZERO;
             let mut prev: BTreeMap<Method, f64> = BTreeMap::new();
             let mut booked = 0.0;
             let mut last: Option<(Method, f64)> = None;
             let mut first = true;
-            for (dt, psu, acpi, rapl, util) in steps {
+            for (dt, psu, acpi, rapl, util, bmc) in steps {
                 now += Duration::from_secs(dt);
-                let f = HostFacts { psu_input_watts: psu, acpi_power_watts: acpi, rapl_host_delta_uj: rapl, cpu_utilization: util };
+                let f = HostFacts { bmc_dcmi_watts: bmc, bmc_redfish_watts: None, psu_input_watts: psu, acpi_power_watts: acpi, rapl_host_delta_uj: rapl, cpu_utilization: util };
                 let expect = if first { None } else { choose(&f, Some(Duration::from_secs(dt)), &model(), 1.25) };
                 if let Some(r) = &expect {
                     booked += interval_joules(r, last.as_ref(), &f, Duration::from_secs(dt), 1.25);

@@ -12,6 +12,22 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
             "energy_uj is root-only since Linux 5.10 (CVE-2020-8694): run the agent with CAP_DAC_READ_SEARCH \
              (the shipped systemd unit does), as root, or install the udev rule of docs/permissions.md"
         }
+        (Source::Ipmi, Reason::Permission) => {
+            "in-band IPMI needs /dev/ipmi0 readable: run as root or add the udev rule of docs/bmc.md"
+        }
+        (Source::Ipmi, Reason::Missing) => {
+            "in-band needs /dev/ipmi0 (modprobe ipmi_devintf ipmi_si) or use -I lanplus args in [ipmi]; a deactivated DCMI reading is the BMC's own (docs/bmc.md)"
+        }
+        (Source::Ipmi, Reason::Timeout) => {
+            "the BMC did not answer within [ipmi] timeout; the command was killed, retried with backoff"
+        }
+        (Source::Ipmi, Reason::Gap) => "the last BMC reading is older than 3 intervals; see the agent log",
+        (Source::Redfish, Reason::Permission) => {
+            "the BMC refused the credentials: check [redfish] username and password_file, and the account's role"
+        }
+        (Source::Redfish, Reason::Timeout) => "the BMC did not answer within [redfish] timeout; retried with backoff",
+        (Source::Redfish, Reason::Parse) => "the BMC's answer is not the expected Redfish JSON (see the agent log)",
+        (Source::Redfish, Reason::Io) => "cannot reach the BMC: check [redfish] url, the network and TLS (ca_file)",
         (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
         (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",
         (_, Reason::Missing) => {
@@ -33,12 +49,14 @@ fn absent_hint(source: Source) -> &'static str {
             "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
         }
         Source::Thermal => "no thermal zones (normal on many servers)",
+        Source::Ipmi | Source::Redfish | Source::Nvml => "no answer from the BMC yet (slow BMC: see the agent log)",
         _ => "",
     }
 }
 
 /// Formats the probe table.
-pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
+/// `enabled` lists each source with why it is off (`None`: on).
+pub fn table(snap: &Snapshot, enabled: &[(Source, Option<String>)]) -> String {
     let mut rows: Vec<[String; 5]> =
         vec![["SOURCE".into(), "SENSOR".into(), "UNIT".into(), "STATUS".into(), "FIX / PATH".into()]];
     for s in &snap.statuses {
@@ -48,9 +66,17 @@ pub fn table(snap: &Snapshot, enabled: &[(Source, bool)]) -> String {
         };
         rows.push([s.source.to_string(), s.sensor.clone(), s.unit.to_string(), status, note]);
     }
-    for (source, on) in enabled {
-        if !on {
-            rows.push([source.to_string(), "-".into(), "".into(), "disabled in [sources]".into(), "".into()]);
+    for (source, off) in enabled {
+        if let Some(why) = off {
+            let fix = match source {
+                Source::Ipmi => "add [ipmi] to read BMC wall power and temperatures (docs/bmc.md)",
+                Source::Redfish => {
+                    "add [redfish] url/username/password_file to read the BMC over Redfish (docs/bmc.md)"
+                }
+                Source::Nvml => "[nvml] enabled = true forces it on (docs/bmc.md)",
+                _ => "",
+            };
+            rows.push([source.to_string(), "-".into(), "".into(), why.clone(), fix.into()]);
         } else if !snap.statuses.iter().any(|s| s.source == *source) {
             rows.push([source.to_string(), "-".into(), "".into(), "none found".into(), absent_hint(*source).into()]);
         }

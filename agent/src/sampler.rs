@@ -87,6 +87,8 @@ pub struct Sampler {
     last_rescan: Duration,
     last_accumulate: Duration,
     push: Option<Arc<PushStats>>,
+    /// Waits for each BMC source's first poll (`probe`).
+    bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>>,
 }
 
 impl Sampler {
@@ -103,6 +105,22 @@ impl Sampler {
         }
         if cfg.sources.thermal {
             sources.push(Box::new(Thermal::new(&cfg.sysfs_root)));
+        }
+        let mut bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>> = Vec::new();
+        if cfg.ipmi.enabled {
+            let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi)?;
+            bmc_waiters.push(Box::new(ipmi.waiter()));
+            sources.push(Box::new(ipmi));
+        }
+        if let Some(r) = cfg.redfish.as_ref().filter(|r| r.enabled) {
+            let redfish = crate::sources::redfish::Redfish::new(r)?;
+            bmc_waiters.push(Box::new(redfish.waiter()));
+            sources.push(Box::new(redfish));
+        }
+        if crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).is_ok() {
+            let nvml = crate::sources::nvml::Nvml::new(&cfg.nvml)?;
+            bmc_waiters.push(Box::new(nvml.waiter()));
+            sources.push(Box::new(nvml));
         }
         let workers = sources.into_iter().map(Worker::spawn).collect::<std::io::Result<Vec<_>>>()?;
         let inventory = Inventory::read(&cfg);
@@ -138,7 +156,15 @@ impl Sampler {
             last_rescan: Duration::ZERO,
             last_accumulate: Duration::ZERO,
             push: None,
+            bmc_waiters,
         })
+    }
+
+    /// Waits, at most `within` each, for the BMC sources' first polls (`probe`).
+    pub fn wait_for_bmc(&self, within: Duration) {
+        for w in &self.bmc_waiters {
+            w(within);
+        }
     }
 
     /// Exports the pusher's self-metrics with every tick (only when pushing).

@@ -74,6 +74,48 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Bound of the spool on disk, in bytes or as a string (`\"512MiB\"`, `\"1GB\"`), at least 1 MiB. When full the oldest batches are dropped (counted in `domesday_push_samples_total{result=\"dropped\"}`).";
     "push.timeout", "duration", "\"10s\"", "\"10s\"",
         "Deadline of one request to the collector (connect included); a request that times out is retried from the spool.";
+    "ipmi.enabled", "bool", "false without an `[ipmi]` table, true with one", "true",
+        "Read the BMC over IPMI: DCMI wall power (host power method `bmc_dcmi`, above `psu_input`) and the BMC's temperature and power sensors. See docs/bmc.md for permissions (`/dev/ipmi0`).";
+    "ipmi.backend", "string", "\"ipmitool\"", "\"ipmitool\"",
+        "`ipmitool` (`dcmi power reading`, `sdr elist`) or `freeipmi` (`ipmi-dcmi --get-system-power-statistics`, power only).";
+    "ipmi.command", "string", "\"ipmitool\" (`\"ipmi-dcmi\"` with `backend = \"freeipmi\"`)", "\"ipmitool\"",
+        "Program run for each poll, looked up in PATH unless a path is given. It runs in its own process group, killed with the group on timeout.";
+    "ipmi.args", "array of strings", "[] (in-band, /dev/ipmi0)", "[\"-I\", \"lanplus\", \"-H\", \"bmc\", \"-U\", \"monitor\", \"-E\"]",
+        "Arguments put before the subcommand, e.g. `-I lanplus -H bmc -U monitor -E` for out-of-band access (the password from `IPMI_PASSWORD`, never on the command line).";
+    "ipmi.interval", "duration", "\"30s\"", "\"30s\"",
+        "BMC polling interval (at least 1s). The BMC is polled on its own thread; a tick uses the last reading, and a reading older than 3 intervals is not used.";
+    "ipmi.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
+        "Deadline of one poll; a command still running then is killed with its process group (`reason=\"timeout\"`). Failures back off up to 8 intervals.";
+    "ipmi.sensors", "bool", "true", "true",
+        "Also read the sensor listing (temperatures and power in `degrees C`/`Watts`); ipmitool backend only.";
+    "redfish.enabled", "bool", "true with a `[redfish]` table", "true",
+        "Read the BMC over Redfish (legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. See docs/bmc.md.";
+    "redfish.url", "URL", "none: without a `[redfish]` table Redfish is off", "\"https://bmc.example\"",
+        "Base URL of the BMC (`https://`; `http://` only with `allow_plain_http = true`). No credentials in the URL.";
+    "redfish.username", "string", "none", "\"monitor\"",
+        "Account for HTTP Basic auth (a read-only role is enough).";
+    "redfish.password_file", "path", "none", "\"/etc/domesday/bmc.password\"",
+        "File holding the account's password (trailing newline ignored). Never printed or logged.";
+    "redfish.ca_file", "path", "none: the system's roots", "\"/etc/domesday/bmc-ca.pem\"",
+        "PEM bundle trusted for the BMC's certificate, instead of the system roots (self-signed BMC certificates).";
+    "redfish.insecure_skip_verify", "bool", "false", "false",
+        "Accept any certificate (explicit opt-in; exclusive with `ca_file`).";
+    "redfish.allow_plain_http", "bool", "false", "false",
+        "Allow an `http://` URL (the password then travels in clear).";
+    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis`", "\"1U\"",
+        "Chassis id whose `Power` and `Thermal` are read.";
+    "redfish.interval", "duration", "\"30s\"", "\"30s\"",
+        "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
+    "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
+        "Deadline of one HTTP request (connect included).";
+    "nvml.enabled", "bool or \"auto\"", "\"auto\"", "\"auto\"",
+        "Read NVIDIA GPUs (power `domain=\"gpu\"`, temperature) through `nvidia-smi` (NVML), nothing needed at build time. `auto`: on when the `nvidia` kernel module is loaded (`<sysfs_root>/module/nvidia`) and the command is found; `probe` says why it is off.";
+    "nvml.command", "string", "\"nvidia-smi\"", "\"nvidia-smi\"",
+        "Program run for each poll (`--query-gpu=index,uuid,name,power.draw,temperature.gpu --format=csv,noheader,nounits`), in its own process group, killed on timeout.";
+    "nvml.interval", "duration", "\"10s\"", "\"10s\"",
+        "GPU polling interval (at least 1s), on its own thread; a reading older than 3 intervals is not used.";
+    "nvml.timeout", "duration", "\"5s\", at most the interval", "\"5s\"",
+        "Deadline of one `nvidia-smi` run.";
 };
 
 /// The TOML example config: every key with its example value.

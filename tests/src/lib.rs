@@ -356,6 +356,11 @@ pub fn host_energy_series(
 /// each request's path and query go to `handler`, whose `(status, body)` is
 /// answered as JSON with `Connection: close`. It stops with the test process.
 pub fn mock_http(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> u16 {
+    mock_http_headers(move |target, _| handler(target))
+}
+
+/// [`mock_http`] whose handler also sees the request headers (names lower-cased).
+pub fn mock_http_headers(handler: impl Fn(&str, &[(String, String)]) -> (u16, String) + Send + Sync + 'static) -> u16 {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
     let port = listener.local_addr().map(|a| a.port()).expect("port");
@@ -370,13 +375,17 @@ pub fn mock_http(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static
                     return;
                 }
                 let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut headers = Vec::new();
                 loop {
                     let mut h = String::new();
                     if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
                         break;
                     }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
                 }
-                let (code, body) = handler(&target);
+                let (code, body) = handler(&target, &headers);
                 let mut w = &stream;
                 let _ = write!(
                     w,

@@ -340,6 +340,43 @@ mod tests {
         assert_eq!(temperature_location("acpitz", ""), Location::Other);
     }
 
+    /// An AMD GPU (`amdgpu` hwmon chip, PCI device): its power is `domain="gpu"`,
+    /// its temperatures `location="gpu"`, and it never counts as PSU or platform power.
+    #[test]
+    fn an_amdgpu_chip_is_gpu_power_and_gpu_temperature() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dev = root.path().join("devices/pci0000:00/0000:00:01.1/0000:03:00.0");
+        let hw = dev.join("hwmon/hwmon4");
+        std::fs::create_dir_all(&hw).expect("mkdir");
+        for (f, v) in [
+            ("name", "amdgpu"),
+            ("power1_average", "45000000"),
+            ("power1_label", "PPT"),
+            ("temp1_input", "52000"),
+            ("temp1_label", "edge"),
+            ("temp2_input", "61000"),
+            ("temp2_label", "junction"),
+        ] {
+            std::fs::write(hw.join(f), format!("{v}\n")).expect("write");
+        }
+        std::os::unix::fs::symlink(&dev, hw.join("device")).expect("device link");
+        let class = root.path().join("class/hwmon");
+        std::fs::create_dir_all(&class).expect("class");
+        std::os::unix::fs::symlink(&hw, class.join("hwmon4")).expect("class link");
+        let mut h = Hwmon::new(root.path());
+        h.discover();
+        let out = h.sample(Duration::ZERO, &Progress::default());
+        let power: Vec<_> = out.samples.iter().filter(|s| s.def.name == POWER.name).collect();
+        assert_eq!(power.len(), 1, "{:?}", out.samples);
+        assert_eq!(power[0].labels[2], "gpu");
+        assert_eq!(power[0].value, 45.0);
+        let temps: Vec<_> = out.samples.iter().filter(|s| s.def.name == TEMPERATURE.name).collect();
+        assert_eq!(temps.len(), 2);
+        assert!(temps.iter().all(|t| t.labels[4] == "gpu"), "{temps:?}");
+        assert_eq!(out.facts.psu_input_watts, None);
+        assert_eq!(out.facts.acpi_power_watts, None);
+    }
+
     #[test]
     fn attributes_prefer_input_over_average() {
         let d = tempfile::tempdir().expect("tmp");

@@ -4,9 +4,13 @@
 //! status with a reason, and the sampler turns it into `domesday_sensor_up=0`
 //! and `domesday_sensor_errors_total{reason}`.
 
+pub mod bmc;
 pub mod hwmon;
+pub mod ipmi;
+pub mod nvml;
 pub mod procfs;
 pub mod rapl;
+pub mod redfish;
 pub mod thermal;
 
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,10 @@ pub struct Status {
 /// this tick (sensor absent, unreadable, or no baseline yet).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostFacts {
+    /// BMC DCMI wall power, W, from a reading younger than 3 BMC intervals.
+    pub bmc_dcmi_watts: Option<f64>,
+    /// BMC Redfish wall power (`PowerConsumedWatts`), W, same freshness rule.
+    pub bmc_redfish_watts: Option<f64>,
     /// Σ package + Σ dram RAPL increments since the previous tick, µJ; `None`
     /// when any of those zones failed or had no baseline.
     pub rapl_host_delta_uj: Option<u128>,
@@ -48,6 +56,8 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn merge(&mut self, o: &HostFacts) {
+        self.bmc_dcmi_watts = self.bmc_dcmi_watts.or(o.bmc_dcmi_watts);
+        self.bmc_redfish_watts = self.bmc_redfish_watts.or(o.bmc_redfish_watts);
         self.rapl_host_delta_uj = self.rapl_host_delta_uj.or(o.rapl_host_delta_uj);
         self.psu_input_watts = self.psu_input_watts.or(o.psu_input_watts);
         self.acpi_power_watts = self.acpi_power_watts.or(o.acpi_power_watts);

@@ -1,0 +1,520 @@
+//! The BMC over IPMI: DCMI wall power and the sensor listing, read by running
+//! `ipmitool` (or FreeIPMI's `ipmi-dcmi`) on a poll thread of its own
+//! ([`super::bmc`]). The tick only copies the last reading.
+//!
+//! Parsers go by label prefix and unit, never by column position or SDR type:
+//! the layouts differ between versions and vendors (Dell iDRAC, HPE iLO, Lenovo
+//! XCC, Supermicro; fixtures in `tests/fixtures/bmc/`). A DCMI reading whose
+//! state is `deactivated` (FreeIPMI: `Not Available`) is no reading, never 0 W.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use domesday_model::catalog::{POWER, TEMPERATURE};
+use domesday_model::vocab::{Domain, Reason, Source};
+
+use super::bmc::{Poller, run_command};
+use super::hwmon::temperature_location;
+use super::{Output, Progress, Sample, SensorSource};
+use crate::config::{IpmiBackend, IpmiConfig};
+use crate::fsread::ReadError;
+
+/// One DCMI power reading, W.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dcmi {
+    pub current: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub average: Option<f64>,
+}
+
+/// The unit of a listed sensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Celsius,
+    Watts,
+}
+
+/// One sensor of the listing: its reading, or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BmcSensor {
+    /// The BMC's name, made unique (`Temp`, `Temp (0Eh)`).
+    pub name: String,
+    pub unit: Unit,
+    pub value: Result<f64, String>,
+}
+
+/// What one poll read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpmiReading {
+    pub dcmi: Result<Dcmi, ReadError>,
+    pub sensors: Vec<BmcSensor>,
+}
+
+fn parse_err(detail: impl Into<String>) -> ReadError {
+    ReadError::new(Reason::Parse, detail)
+}
+
+/// A number, accepting a decimal comma (`23,5`).
+fn number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    let v: f64 = t.parse().ok().or_else(|| t.replace(',', ".").parse().ok())?;
+    v.is_finite().then_some(v)
+}
+
+/// The first number in `s` (`"   344 Watts"` → 344).
+fn first_number(s: &str) -> Option<f64> {
+    s.split(|c: char| c.is_whitespace()).find_map(number)
+}
+
+/// Splits `label: value` on the first colon, both trimmed, label lower-cased
+/// with runs of whitespace collapsed.
+fn label_value(line: &str) -> Option<(String, &str)> {
+    let (l, v) = line.split_once(':')?;
+    Some((l.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase(), v.trim()))
+}
+
+/// `ipmitool dcmi power reading`.
+pub fn parse_ipmitool_dcmi(text: &str) -> Result<Dcmi, ReadError> {
+    let mut current = None;
+    let (mut min, mut max, mut average, mut state) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((label, value)) = label_value(line) else { continue };
+        if label.starts_with("instantaneous power reading") {
+            current = first_number(value);
+        } else if label.starts_with("minimum during sampling period") {
+            min = first_number(value);
+        } else if label.starts_with("maximum during sampling period") {
+            max = first_number(value);
+        } else if label.starts_with("average power reading") {
+            average = first_number(value);
+        } else if label.starts_with("power reading state is") {
+            state = Some(value.to_lowercase());
+        }
+    }
+    match state.as_deref() {
+        Some("activated") => {}
+        Some(s) if s.starts_with("deactivated") => {
+            return Err(ReadError::new(
+                Reason::Missing,
+                "the BMC reports its power reading state as deactivated (no measurement; not 0 W)",
+            ));
+        }
+        Some(other) => return Err(parse_err(format!("unknown power reading state {other:?}"))),
+        None => return Err(parse_err("no \"Power reading state is\" line in the DCMI output")),
+    }
+    let current = current.ok_or_else(|| parse_err("no numeric \"Instantaneous power reading\" in the DCMI output"))?;
+    Ok(Dcmi { current, min, max, average })
+}
+
+/// FreeIPMI `ipmi-dcmi --get-system-power-statistics`.
+pub fn parse_freeipmi_dcmi(text: &str) -> Result<Dcmi, ReadError> {
+    let mut current = None;
+    let (mut min, mut max, mut average, mut state) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((label, value)) = label_value(line) else { continue };
+        if label == "current power" {
+            current = first_number(value);
+        } else if label.starts_with("minimum power") {
+            min = first_number(value);
+        } else if label.starts_with("maximum power") {
+            max = first_number(value);
+        } else if label.starts_with("average power") {
+            average = first_number(value);
+        } else if label == "power measurement" {
+            state = Some(value.to_lowercase());
+        }
+    }
+    match state.as_deref() {
+        Some("active") => {}
+        Some(s) if s.starts_with("not available") || s.starts_with("inactive") => {
+            return Err(ReadError::new(
+                Reason::Missing,
+                "the BMC reports Power Measurement: Not Available (no measurement; not 0 W)",
+            ));
+        }
+        Some(other) => return Err(parse_err(format!("unknown Power Measurement state {other:?}"))),
+        None => return Err(parse_err("no \"Power Measurement\" line in the ipmi-dcmi output")),
+    }
+    let current = current.ok_or_else(|| parse_err("no numeric \"Current Power\" in the ipmi-dcmi output"))?;
+    Ok(Dcmi { current, min, max, average })
+}
+
+/// A reading cell `23 degrees C`, `224 Watts`, `23,5 degrees C`: its unit and value.
+fn reading_with_unit(cell: &str) -> Option<(Unit, Option<f64>)> {
+    let t = cell.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    let (num, unit) = if let Some(n) = t.strip_suffix("degrees c") {
+        (n, Unit::Celsius)
+    } else if let Some(n) = t.strip_suffix("watts") {
+        (n, Unit::Watts)
+    } else {
+        return None;
+    };
+    Some((unit, number(num)))
+}
+
+fn unit_cell(cell: &str) -> Option<Unit> {
+    match cell.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase().as_str() {
+        "degrees c" => Some(Unit::Celsius),
+        "watts" => Some(Unit::Watts),
+        _ => None,
+    }
+}
+
+/// A cell that says there is no reading.
+fn no_reading(cell: &str) -> bool {
+    matches!(
+        cell.trim().to_lowercase().as_str(),
+        "na" | "n/a" | "no reading" | "not available" | "disabled" | "unavailable" | ""
+    )
+}
+
+/// An `ipmitool sdr`, `sdr elist` or `sensor` listing: the sensors whose unit
+/// is `degrees C` or `Watts`, whatever their SDR type. Other lines (discrete
+/// sensors, volts, fans, garbage) are skipped.
+pub fn parse_ipmitool_sensors(text: &str) -> Vec<BmcSensor> {
+    let mut out: Vec<(BmcSensor, String)> = Vec::new();
+    // Duplicate names are normal (Dell's several `Temp`): such names are
+    // qualified with the sensor number, counted over every row so that a name
+    // stays the same whether or not its twin has a reading.
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines() {
+        let name = line.split('|').next().unwrap_or("").trim();
+        if line.matches('|').count() >= 2 && !name.is_empty() {
+            *count.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 3 || cells[0].is_empty() {
+            continue;
+        }
+        let name = cells[0].to_string();
+        let status = |s: &str| s.to_lowercase();
+        // `sensor`: name | value | unit | status | thresholds…
+        if cells.len() >= 4
+            && let Some(unit) = unit_cell(cells[2])
+        {
+            let value = if no_reading(cells[1]) || status(cells[3]) == "ns" {
+                Err(format!("no reading ({})", cells[1]))
+            } else {
+                number(cells[1]).ok_or_else(|| format!("unparsable reading {:?}", cells[1]))
+            };
+            out.push((BmcSensor { name, unit, value }, String::new()));
+            continue;
+        }
+        // `sdr`: name | reading | status; `sdr elist`: name | id | status | entity | reading.
+        let (reading, id, st) =
+            if cells.len() >= 5 { (cells[4], cells[1], cells[2]) } else { (cells[1], "", cells[2]) };
+        match reading_with_unit(reading) {
+            Some((unit, Some(v))) if status(st) != "ns" => {
+                out.push((BmcSensor { name, unit, value: Ok(v) }, id.to_string()))
+            }
+            Some((unit, _)) => out.push((
+                BmcSensor { name, unit, value: Err(format!("no reading ({reading}, status {st})")) },
+                id.to_string(),
+            )),
+            None => {}
+        }
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    out.into_iter()
+        .map(|(mut s, id)| {
+            if count.get(&s.name).copied().unwrap_or(0) > 1 {
+                let n = seen.entry(s.name.clone()).or_default();
+                *n += 1;
+                let tag = if id.is_empty() { n.to_string() } else { id };
+                s.name = format!("{} ({tag})", s.name);
+            }
+            s
+        })
+        .collect()
+}
+
+/// Domain of a BMC power sensor, from its name.
+pub fn sensor_power_domain(name: &str) -> Domain {
+    let l = name.to_lowercase();
+    let psu = l.starts_with("ps") || l.contains("psu") || l.contains("power supply");
+    if psu && (l.contains(" in") || l.contains("input")) {
+        Domain::PsuInput
+    } else if psu && (l.contains(" out") || l.contains("output")) {
+        Domain::PsuOutput
+    } else if l.contains("cpu") {
+        Domain::Package
+    } else if l.contains("consumption")
+        || l.contains("system")
+        || l.contains("sys power")
+        || l.contains("total")
+        || l.contains("power meter")
+    {
+        Domain::Platform
+    } else {
+        Domain::Other
+    }
+}
+
+/// Why the tool failed, from its stderr, with the fix.
+pub fn classify_failure(program: &str, stderr: &str) -> ReadError {
+    let first = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
+    let l = stderr.to_lowercase();
+    if l.contains("permission denied") {
+        ReadError::new(
+            Reason::Permission,
+            format!("{first}: in-band IPMI needs root or a udev rule for /dev/ipmi0 (docs/bmc.md)"),
+        )
+    } else if l.contains("/dev/ipmi") && (l.contains("no such file") || l.contains("could not open device")) {
+        ReadError::new(
+            Reason::Missing,
+            format!(
+                "/dev/ipmi0 missing ({first}): modprobe ipmi_devintf ipmi_si, or use -I lanplus args for the BMC's network port"
+            ),
+        )
+    } else if l.contains("invalid command") || l.contains("not supported") || l.contains("unsupported") {
+        ReadError::new(Reason::Missing, format!("the BMC does not support DCMI power readings: {first}"))
+    } else {
+        ReadError::new(Reason::Io, format!("{program} failed: {first}"))
+    }
+}
+
+/// One poll: DCMI power, then the sensor listing.
+pub fn poll(cfg: &IpmiConfig) -> Result<IpmiReading, ReadError> {
+    let timeout = cfg.timeout.0;
+    let started = std::time::Instant::now();
+    type Parser = fn(&str) -> Result<Dcmi, ReadError>;
+    let (sub, parse): (&[&str], Parser) = match cfg.backend {
+        IpmiBackend::Ipmitool => (&["dcmi", "power", "reading"], parse_ipmitool_dcmi),
+        IpmiBackend::Freeipmi => (&["--get-system-power-statistics"], parse_freeipmi_dcmi),
+    };
+    let args: Vec<String> = cfg.args.iter().cloned().chain(sub.iter().map(|s| s.to_string())).collect();
+    let out = run_command(&cfg.command, &args, timeout)?;
+    let dcmi = if out.success { parse(&out.stdout) } else { Err(classify_failure(&cfg.command, &out.stderr)) };
+    // A BMC without the device at all: no use trying the listing.
+    if let Err(e) = &dcmi
+        && e.reason != Reason::Parse
+        && !(e.reason == Reason::Missing && e.detail.contains("deactivated"))
+        && !e.detail.contains("does not support")
+    {
+        return Err(e.clone());
+    }
+    let mut sensors = Vec::new();
+    if cfg.sensors && cfg.backend == IpmiBackend::Ipmitool {
+        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let args: Vec<String> = cfg.args.iter().cloned().chain(["sdr".to_string(), "elist".to_string()]).collect();
+        let out = run_command(&cfg.command, &args, left)?;
+        if out.success {
+            sensors = parse_ipmitool_sensors(&out.stdout);
+        }
+    }
+    Ok(IpmiReading { dcmi, sensors })
+}
+
+/// The IPMI source: the tick's view of the poll thread.
+pub struct Ipmi {
+    poller: Poller<IpmiReading>,
+    command: String,
+}
+
+impl Ipmi {
+    pub fn new(cfg: &IpmiConfig) -> std::io::Result<Self> {
+        let c = cfg.clone();
+        let poller = Poller::spawn("ipmi", cfg.interval.0, move || poll(&c))?;
+        Ok(Ipmi { poller, command: cfg.command.clone() })
+    }
+
+    /// Waits (bounded) for the first poll; for `probe`.
+    pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
+        self.poller.waiter()
+    }
+}
+
+impl SensorSource for Ipmi {
+    fn kind(&self) -> Source {
+        Source::Ipmi
+    }
+
+    fn discover(&mut self) {}
+
+    fn sample(&mut self, _now: Duration, progress: &Progress) -> Output {
+        let mut out = Output::default();
+        let path = format!("{} dcmi power reading", self.command);
+        progress.enter("dcmi", &path);
+        let st = self.poller.state();
+        let src = Source::Ipmi.to_string();
+        let fresh = self.poller.fresh(&st);
+        if st.polls == 0 {
+            out.status(
+                Source::Ipmi,
+                "dcmi".into(),
+                "watts",
+                path,
+                Err(ReadError::new(Reason::Missing, "no BMC answer yet (first poll running)")),
+            );
+            return out;
+        }
+        let dcmi = match (&st.last_err, &fresh) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(r)) => r.dcmi.clone(),
+            (None, None) => {
+                Err(ReadError::new(Reason::Gap, "the last BMC reading is older than 3 polling intervals; not used"))
+            }
+        };
+        // Host power uses a fresh reading even while a later poll fails.
+        if let Some(Ok(d)) = fresh.as_ref().map(|r| &r.dcmi) {
+            out.facts.bmc_dcmi_watts = Some(d.current);
+        }
+        if let Ok(d) = &dcmi {
+            out.samples.push(Sample::new(
+                &POWER,
+                vec![src.clone(), "dcmi".into(), Domain::Platform.to_string(), String::new()],
+                d.current,
+            ));
+        }
+        out.status(Source::Ipmi, "dcmi".into(), "watts", path, dcmi.map(|d| d.current));
+        let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        for s in &reading.sensors {
+            let unit = match s.unit {
+                Unit::Celsius => "celsius",
+                Unit::Watts => "watts",
+            };
+            if let Ok(v) = s.value {
+                match s.unit {
+                    Unit::Celsius => out.samples.push(Sample::new(
+                        &TEMPERATURE,
+                        vec![
+                            src.clone(),
+                            "bmc".into(),
+                            s.name.clone(),
+                            String::new(),
+                            temperature_location("", &s.name).to_string(),
+                        ],
+                        v,
+                    )),
+                    Unit::Watts => out.samples.push(Sample::new(
+                        &POWER,
+                        vec![src.clone(), s.name.clone(), sensor_power_domain(&s.name).to_string(), String::new()],
+                        v,
+                    )),
+                }
+            }
+            let result = s.value.clone().map_err(|why| ReadError::new(Reason::Missing, why));
+            out.status(Source::Ipmi, s.name.clone(), unit, format!("{} sdr elist", self.command), result);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bmc").join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn ipmitool_dcmi_of_each_vendor() {
+        for (file, cur, avg) in [
+            ("dell-idrac.dcmi", 344.0, Some(320.0)),
+            ("hpe-ilo.dcmi", 212.0, Some(208.0)),
+            ("lenovo-xcc.dcmi", 418.0, Some(401.0)),
+            ("supermicro.dcmi", 96.0, Some(95.0)),
+        ] {
+            let d = parse_ipmitool_dcmi(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!((d.current, d.average), (cur, avg), "{file}");
+        }
+        let d = parse_ipmitool_dcmi(&fixture("dell-idrac.dcmi")).expect("dell");
+        assert_eq!((d.min, d.max), (Some(270.0), Some(668.0)));
+    }
+
+    #[test]
+    fn a_deactivated_reading_is_no_reading_not_zero() {
+        let e = parse_ipmitool_dcmi(&fixture("deactivated.dcmi")).expect_err("deactivated");
+        assert_eq!(e.reason, Reason::Missing);
+        assert!(e.detail.contains("deactivated"), "{e}");
+        let e = parse_freeipmi_dcmi(&fixture("freeipmi-not-available.dcmi")).expect_err("n/a");
+        assert_eq!(e.reason, Reason::Missing);
+    }
+
+    #[test]
+    fn whitespace_tabs_and_crlf_do_not_matter() {
+        let text = "\r\n\tInstantaneous power reading:\t\t  250 Watts\r\n    Power reading state is:   activated\r\n";
+        assert_eq!(parse_ipmitool_dcmi(text).map(|d| d.current), Ok(250.0));
+        let text = "Instantaneous  power   reading :250 Watts\npower reading state is: ACTIVATED\n";
+        assert_eq!(parse_ipmitool_dcmi(text).map(|d| d.current), Ok(250.0));
+    }
+
+    #[test]
+    fn garbage_and_truncated_output_are_parse_errors() {
+        for text in [fixture("garbage.dcmi"), String::new(), "Instantaneous power reading: lots Watts\n".into()] {
+            let e = parse_ipmitool_dcmi(&text).expect_err("garbage");
+            assert_eq!(e.reason, Reason::Parse, "{text:?}");
+        }
+        let e = parse_ipmitool_dcmi("Instantaneous power reading: x Watts\nPower reading state is: activated\n");
+        assert_eq!(e.map_err(|e| e.reason), Err(Reason::Parse));
+    }
+
+    #[test]
+    fn freeipmi_dcmi_matches_watts_case_insensitively() {
+        let d = parse_freeipmi_dcmi(&fixture("freeipmi.dcmi")).expect("freeipmi");
+        assert_eq!(d, Dcmi { current: 164.0, min: Some(48.0), max: Some(361.0), average: Some(157.0) });
+    }
+
+    #[test]
+    fn dell_sdr_elist_by_unit_with_duplicates_and_no_reading() {
+        let s = parse_ipmitool_sensors(&fixture("dell-idrac.sdr"));
+        let get = |n: &str| s.iter().find(|x| x.name == n).map(|x| (x.unit, x.value.clone()));
+        assert_eq!(get("Inlet Temp"), Some((Unit::Celsius, Ok(23.0))));
+        assert_eq!(get("Exhaust Temp"), Some((Unit::Celsius, Ok(31.0))));
+        assert_eq!(get("Pwr Consumption"), Some((Unit::Watts, Ok(168.0))));
+        assert_eq!(get("Temp (0Eh)"), Some((Unit::Celsius, Ok(41.0))));
+        // `No Reading` carries no unit in `sdr elist`: not listed, and its twin keeps its qualified name.
+        assert_eq!(get("Temp (0Fh)"), None, "{s:?}");
+        assert_eq!(get("Temp"), None, "{s:?}");
+        // Discrete sensors, volts, amps and fans are not listed.
+        assert!(s.iter().all(|x| !x.name.starts_with("PS1 Status") && !x.name.starts_with("Fan")), "{s:?}");
+    }
+
+    #[test]
+    fn other_vendors_and_listing_formats() {
+        let s = parse_ipmitool_sensors(&fixture("hpe-ilo.sdr"));
+        let inlet = s.iter().find(|x| x.name == "01-Inlet Ambient").expect("inlet");
+        assert_eq!(inlet.value, Ok(22.0));
+        assert_eq!(temperature_location("", &inlet.name).to_string(), "inlet");
+        assert!(s.iter().any(|x| x.name == "Power Meter" && x.value == Ok(212.0)), "{s:?}");
+        let s = parse_ipmitool_sensors(&fixture("lenovo-xcc.sdr"));
+        assert!(s.iter().any(|x| x.name == "Ambient Temp" && x.value == Ok(24.0)), "{s:?}");
+        assert!(s.iter().any(|x| x.name == "Exhaust Temp" && x.value == Ok(35.0)), "{s:?}");
+        assert!(s.iter().any(|x| x.name == "Sys Power" && x.value == Ok(418.0)), "{s:?}");
+        // Supermicro `ipmitool sensor`: value | unit | status | thresholds, `na` when disabled.
+        let s = parse_ipmitool_sensors(&fixture("supermicro.sdr"));
+        assert!(s.iter().any(|x| x.name == "CPU Temp" && x.value == Ok(45.0)), "{s:?}");
+        assert!(s.iter().any(|x| x.name == "Inlet Temp" && x.value == Ok(23.5)), "{s:?}");
+        assert!(s.iter().any(|x| x.name == "PS1 Input Power" && x.value == Ok(96.0)), "{s:?}");
+        assert!(s.iter().any(|x| x.name == "GPU Temp" && x.value.is_err()), "{s:?}");
+        assert!(!s.iter().any(|x| x.name == "FAN1"), "{s:?}");
+    }
+
+    #[test]
+    fn locale_decimal_comma_and_garbage_listing() {
+        let s = parse_ipmitool_sensors("Inlet Temp | 23,5 degrees C | ok\n");
+        assert_eq!(s[0].value, Ok(23.5));
+        assert!(parse_ipmitool_sensors(&fixture("garbage.dcmi")).is_empty());
+    }
+
+    #[test]
+    fn power_sensor_domains_and_failures() {
+        assert_eq!(sensor_power_domain("Pwr Consumption"), Domain::Platform);
+        assert_eq!(sensor_power_domain("PS1 Input Power"), Domain::PsuInput);
+        assert_eq!(sensor_power_domain("PS2 Output Power"), Domain::PsuOutput);
+        assert_eq!(sensor_power_domain("CPU Power"), Domain::Package);
+        let e = classify_failure(
+            "ipmitool",
+            "Could not open device at /dev/ipmi0 or /dev/ipmi/0 or /dev/ipmidev/0: No such file or directory\n",
+        );
+        assert_eq!(e.reason, Reason::Missing);
+        assert!(e.detail.contains("modprobe ipmi_devintf") && e.detail.contains("lanplus"), "{e}");
+        let e = classify_failure("ipmitool", "Could not open device at /dev/ipmi0: Permission denied\n");
+        assert_eq!(e.reason, Reason::Permission);
+    }
+}

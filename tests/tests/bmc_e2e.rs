@@ -1,0 +1,368 @@
+//! The real `domesday-agent` with a fake `ipmitool` (tests/fixtures/bmc/ipmitool)
+//! on the intel-2s fixture, whose PSUs give a `psu_input` host power: the BMC's
+//! DCMI reading wins over it (`bmc_dcmi`), a deactivated reading is no reading
+//! (never 0 W), a hung ipmitool is killed with its children on timeout while
+//! `/metrics` keeps answering, and every host counter stays monotonic across
+//! the method switches. `probe` says why IPMI is off.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use domesday_tests::{
+    binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics, series_value,
+    start_agent_logged_with, write_agent_config,
+};
+
+const WAIT: Duration = Duration::from_secs(25);
+
+fn fake_ipmitool() -> PathBuf {
+    fixtures_dir().join("bmc/ipmitool")
+}
+
+fn ipmi_table(interval: &str, timeout: &str) -> String {
+    format!(
+        "[ipmi]\ncommand = {:?}\nargs = [\"-I\", \"open\"]\ninterval = {interval:?}\ntimeout = {timeout:?}\n",
+        fake_ipmitool().display().to_string()
+    )
+}
+
+struct Bmc {
+    mode_file: PathBuf,
+    pids: PathBuf,
+}
+
+impl Bmc {
+    fn new(dir: &Path, mode: &str) -> Bmc {
+        let b = Bmc { mode_file: dir.join("ipmi-mode"), pids: dir.join("ipmi-pids") };
+        b.set(mode);
+        b
+    }
+
+    fn set(&self, mode: &str) {
+        std::fs::write(&self.mode_file, format!("{mode}\n")).expect("mode");
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("FAKE_IPMITOOL_MODE_FILE", self.mode_file.display().to_string()),
+            ("FAKE_IPMITOOL_PIDS", self.pids.display().to_string()),
+        ]
+    }
+}
+
+/// Scrapes until `pred` holds (bounded); every scrape must answer fast.
+fn scrape_until(port: u16, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t = Instant::now();
+        let body = get_text(&url, WAIT);
+        assert!(t.elapsed() < Duration::from_secs(2), "a scrape took {:?}", t.elapsed());
+        if pred(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last body:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn host_power(body: &str, method: &str) -> Option<f64> {
+    series_value(body, "domesday_host_power_watts", &[&format!("method=\"{method}\"")])
+}
+
+fn dcmi_power(body: &str) -> Option<f64> {
+    series_value(body, "domesday_power_watts", &["source=\"ipmi\"", "zone=\"dcmi\"", "domain=\"platform\""])
+}
+
+fn dcmi_up(body: &str) -> Option<f64> {
+    series_value(body, "domesday_sensor_up", &["source=\"ipmi\"", "sensor=\"dcmi\""])
+}
+
+fn ipmi_errors(body: &str, reason: &str) -> f64 {
+    series_value(body, "domesday_sensor_errors_total", &["source=\"ipmi\"", &format!("reason=\"{reason}\"")])
+        .unwrap_or(0.0)
+}
+
+/// Every host energy counter seen so far; asserts none went down.
+fn check_monotonic(seen: &mut BTreeMap<String, f64>, body: &str) {
+    for l in body.lines().filter(|l| l.starts_with("domesday_host_energy_joules_total{")) {
+        let (series, v) = l.rsplit_once(' ').expect("sample line");
+        let v: f64 = v.parse().expect("value");
+        let prev = seen.insert(series.to_string(), v).unwrap_or(0.0);
+        assert!(v >= prev, "{series} went from {prev} to {v}");
+    }
+}
+
+#[test]
+fn bmc_dcmi_wins_over_psu_input_and_a_deactivated_or_hung_bmc_falls_back() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let bmc = Bmc::new(tmp.path(), "deactivated");
+    let port = free_port();
+    let env = bmc.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &ipmi_table("1s", "1s"), &env, &log, &[]);
+    let mut seen = BTreeMap::new();
+
+    // Deactivated: no reading, not 0 W; the PSUs carry the host.
+    let body = scrape_until(port, "the deactivated DCMI reading", |b| dcmi_up(b) == Some(0.0));
+    assert!(ipmi_errors(&body, "missing") >= 1.0, "{body}");
+    assert_eq!(dcmi_power(&body), None, "a deactivated reading must not be exported as a value");
+    assert!(host_power(&body, "psu_input").is_some() && host_power(&body, "bmc_dcmi").is_none(), "{body}");
+    check_monotonic(&mut seen, &body);
+
+    // Activated (Dell iDRAC layout): bmc_dcmi wins over psu_input, measured.
+    bmc.set("dell-idrac");
+    let body = scrape_until(port, "bmc_dcmi", |b| host_power(b, "bmc_dcmi").is_some());
+    assert_eq!(
+        series_value(&body, "domesday_host_power_watts", &["method=\"bmc_dcmi\"", "quality=\"measured\""]),
+        Some(344.0)
+    );
+    assert_eq!(host_power(&body, "psu_input"), None, "one method at a time");
+    assert_eq!(dcmi_power(&body), Some(344.0));
+    assert_eq!(dcmi_up(&body), Some(1.0));
+    assert_eq!(
+        series_value(
+            &body,
+            "domesday_temperature_celsius",
+            &["source=\"ipmi\"", "sensor=\"Inlet Temp\"", "location=\"inlet\""]
+        ),
+        Some(23.0)
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            "domesday_temperature_celsius",
+            &["source=\"ipmi\"", "sensor=\"Exhaust Temp\"", "location=\"exhaust\""]
+        ),
+        Some(31.0)
+    );
+    assert_eq!(
+        series_value(&body, "domesday_power_watts", &["source=\"ipmi\"", "zone=\"Pwr Consumption\""]),
+        Some(168.0)
+    );
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+    // 344 W integrated on the agent's clock: the counter grows by about 344 J/s.
+    let e0 = series_value(&body, "domesday_host_energy_joules_total", &["method=\"bmc_dcmi\""]).expect("bmc energy");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let body = scrape_until(port, "more bmc energy", |b| host_power(b, "bmc_dcmi").is_some());
+    let e1 = series_value(&body, "domesday_host_energy_joules_total", &["method=\"bmc_dcmi\""]).expect("bmc energy");
+    let expect = 344.0 * t0.elapsed().as_secs_f64();
+    assert!((e1 - e0 - expect).abs() < 344.0 * 0.8, "booked {} J, expected about {expect} J", e1 - e0);
+    check_monotonic(&mut seen, &body);
+
+    // Hung: the poll is killed on timeout with its children, /metrics never waits,
+    // and once the last reading is 3 intervals old the PSUs take over again.
+    bmc.set("hang");
+    let body = scrape_until(port, "the IPMI timeout", |b| ipmi_errors(b, "timeout") >= 1.0);
+    check_monotonic(&mut seen, &body);
+    let body = scrape_until(port, "the fallback to psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_dcmi"), None);
+    check_monotonic(&mut seen, &body);
+    let took = series_value(&body, "domesday_sample_duration_seconds", &[]).expect("duration");
+    assert!(took < 0.5, "tick took {took} s while the BMC hung");
+    let pids = std::fs::read_to_string(&bmc.pids).expect("the hang mode ran");
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in pids.lines().take(1) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z"), "the hung ipmitool's child {pid} survived: {stat}");
+    }
+
+    // Back to life: bmc_dcmi again, counters still monotonic.
+    bmc.set("dell-idrac");
+    let body = scrape_until(port, "bmc_dcmi again", |b| host_power(b, "bmc_dcmi") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("killed with its process group"), "{log}");
+}
+
+#[test]
+fn probe_says_why_ipmi_is_off() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let bmc = Bmc::new(tmp.path(), "nodevice");
+    let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
+    let run = |config: &Path| {
+        let out = Command::new(binary("domesday-agent"))
+            .args(["probe", "--interval", "100ms", "--host", "p", "--config"])
+            .arg(config)
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc"))
+            .envs(bmc.env())
+            .output()
+            .expect("probe");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&config);
+    let row = text.lines().find(|l| l.starts_with("ipmi ") && l.contains("dcmi")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("/dev/ipmi0 missing") && row.contains("modprobe ipmi_devintf"), "{row}");
+    assert!(row.contains("lanplus"), "{row}");
+    // Without an [ipmi] table the source is off, and probe says so.
+    let config = write_agent_config(&root, "");
+    let text = run(&config);
+    assert!(text.lines().any(|l| l.starts_with("ipmi ") && l.contains("no [ipmi] table")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("redfish ") && l.contains("no [redfish] table")), "{text}");
+    // nvml = "auto" on a tree without the nvidia module: off, and why.
+    assert!(text.lines().any(|l| l.starts_with("nvml ") && l.contains("no nvidia kernel module")), "{text}");
+    // A working BMC: the DCMI reading and the host method.
+    bmc.set("hpe-ilo");
+    let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
+    let text = run(&config);
+    assert!(text.contains("host power: 212.0 W by method bmc_dcmi (measured)"), "{text}");
+    // `once` waits for the BMC's first poll too.
+    let out = Command::new(binary("domesday-agent"))
+        .args(["once", "--interval", "100ms", "--host", "p", "--config"])
+        .arg(&config)
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .envs(bmc.env())
+        .output()
+        .expect("once");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(host_power(&body, "bmc_dcmi"), Some(212.0), "{body}");
+    // The FreeIPMI backend (ipmi-dcmi --get-system-power-statistics).
+    bmc.set("freeipmi");
+    let config = write_agent_config(&root, &format!("{}backend = \"freeipmi\"\n", ipmi_table("1s", "1s")));
+    let text = run(&config);
+    assert!(text.contains("host power: 164.0 W by method bmc_dcmi (measured)"), "{text}");
+}
+
+const PASSWORD: &str = "s3cret-pw";
+/// base64("monitor:s3cret-pw")
+const BASIC: &str = "Basic bW9uaXRvcjpzM2NyZXQtcHc=";
+
+/// A Redfish BMC on loopback serving the legacy mockup; `mode` switches it
+/// between `legacy`, `auth` (401 for everything), `slow` (answers after 3 s)
+/// and `malformed` (not JSON). Every request's Authorization header is kept.
+fn mock_bmc(
+    mode: std::sync::Arc<std::sync::Mutex<String>>,
+    auths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> u16 {
+    let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
+    let (chassis, power, thermal) = (fixture("chassis.json"), fixture("power.json"), fixture("thermal.json"));
+    domesday_tests::mock_http_headers(move |target, headers| {
+        let auth = headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).unwrap_or_default();
+        if let Ok(mut a) = auths.lock() {
+            a.push(auth.clone());
+        }
+        let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+        if mode == "auth" || auth != BASIC {
+            return (401, r#"{"error":{"code":"Base.1.8.NoValidSession"}}"#.into());
+        }
+        if mode == "slow" {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        if mode == "malformed" {
+            return (200, "{\"PowerControl\": [ {\"PowerConsumedWatts\": 3".into());
+        }
+        match target {
+            "/redfish/v1/Chassis" => (200, chassis.clone()),
+            "/redfish/v1/Chassis/1U/Power" => (200, power.clone()),
+            "/redfish/v1/Chassis/1U/Thermal" => (200, thermal.clone()),
+            _ => (404, "{}".into()),
+        }
+    })
+}
+
+fn redfish_errors(body: &str, reason: &str) -> f64 {
+    series_value(body, "domesday_sensor_errors_total", &["source=\"redfish\"", &format!("reason=\"{reason}\"")])
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let mode = Arc::new(Mutex::new("legacy".to_string()));
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let bmc_port = mock_bmc(mode.clone(), auths.clone());
+    let pw = tmp.path().join("bmc.password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password");
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        pw.display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[("DOMESDAY_LOG", "trace")], &log, &[]);
+    let mut seen = BTreeMap::new();
+
+    let body = scrape_until(port, "bmc_redfish", |b| host_power(b, "bmc_redfish").is_some());
+    assert_eq!(
+        series_value(&body, "domesday_host_power_watts", &["method=\"bmc_redfish\"", "quality=\"measured\""]),
+        Some(344.0)
+    );
+    assert_eq!(host_power(&body, "psu_input"), None);
+    assert_eq!(
+        series_value(&body, "domesday_power_watts", &["source=\"redfish\"", "zone=\"1U\"", "domain=\"platform\""]),
+        Some(344.0)
+    );
+    assert_eq!(
+        series_value(
+            &body,
+            "domesday_temperature_celsius",
+            &["source=\"redfish\"", "sensor=\"Chassis Intake Temp\"", "location=\"inlet\""]
+        ),
+        Some(25.0)
+    );
+    assert!(!body.contains("sensor=\"CPU2 Temp\",label"), "a disabled sensor has no value: {body}");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+    assert!(auths.lock().map(|a| a.iter().all(|h| h == BASIC)).unwrap_or(false), "Basic auth on every request");
+
+    for (m, reason) in [("auth", "permission"), ("slow", "timeout"), ("malformed", "parse")] {
+        if let Ok(mut g) = mode.lock() {
+            *g = m.to_string();
+        }
+        let body = scrape_until(port, reason, |b| redfish_errors(b, reason) >= 1.0);
+        check_monotonic(&mut seen, &body);
+        let took = series_value(&body, "domesday_sample_duration_seconds", &[]).expect("duration");
+        assert!(took < 0.5, "tick took {took} s with a {m} BMC");
+    }
+    // Stale readings are not used: psu_input carries the host again.
+    let body = scrape_until(port, "the fallback", |b| host_power(b, "psu_input").is_some());
+    check_monotonic(&mut seen, &body);
+    if let Ok(mut g) = mode.lock() {
+        *g = "legacy".to_string();
+    }
+    let body = scrape_until(port, "bmc_redfish again", |b| host_power(b, "bmc_redfish") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("401"), "the auth failure is logged: {log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("bW9uaXRvcjpzM2NyZXQtcHc"), "the password leaked into the log");
+}
+
+#[test]
+fn nvidia_gpus_through_nvidia_smi_are_gpu_power_not_host_power() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let table = format!(
+        "[nvml]\nenabled = true\ncommand = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        fixtures_dir().join("nvml/nvidia-smi").display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let gpu0 =
+        |b: &str| series_value(b, "domesday_power_watts", &["source=\"nvml\"", "zone=\"gpu0\"", "domain=\"gpu\""]);
+    let body = scrape_until(port, "GPU power", |b| gpu0(b).is_some());
+    assert_eq!(gpu0(&body), Some(61.33));
+    // [N/A] power is no reading: down, never 0 W.
+    assert!(!body.contains("zone=\"gpu1\""), "{body}");
+    assert_eq!(series_value(&body, "domesday_sensor_up", &["source=\"nvml\"", "sensor=\"gpu1/power\""]), Some(0.0));
+    assert_eq!(
+        series_value(&body, "domesday_temperature_celsius", &["source=\"nvml\"", "chip=\"gpu1\"", "location=\"gpu\""]),
+        Some(29.0)
+    );
+    // GPUs are inside the host: they never become the host power method.
+    assert!(host_power(&body, "psu_input").is_some(), "{body}");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+}
