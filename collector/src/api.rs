@@ -552,4 +552,42 @@ mod tests {
         assert!(parse_range(None, Some("60000")).is_err());
         assert!(parse_range(Some("yesterday"), Some("60000")).expect_err("must be refused").contains("RFC 3339"));
     }
+
+    #[test]
+    fn expected_hosts_are_marked_and_the_silent_ones_listed() {
+        let row = |host: &str, last: Option<i64>| crate::ledger::query::HostRow {
+            host: host.into(),
+            machine_id: None,
+            first_sample: last.map(crate::ledger::query::rfc3339),
+            last_sample: last.map(crate::ledger::query::rfc3339),
+            current_method: None,
+            current_quality: None,
+            estimated_share_24h: None,
+            conflicting_machine_ids: vec![],
+        };
+        let since = 1_767_225_600_000;
+        let rows = vec![row("a", Some(since)), row("b", Some(since - 60_000)), row("extra", Some(since - 60_000))];
+        let expected: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let (out, missing) = with_inventory(rows, &expected, since);
+        assert_eq!(missing, vec!["b".to_string(), "c".to_string()]);
+        let status: Vec<(String, String, bool)> = out
+            .iter()
+            .map(|v| {
+                (
+                    v["host"].as_str().unwrap_or("").into(),
+                    v["status"].as_str().unwrap_or("").into(),
+                    v["expected"] == true,
+                )
+            })
+            .collect();
+        assert_eq!(
+            status,
+            vec![
+                ("a".into(), "reporting".into(), true),
+                ("b".into(), "silent".into(), true),
+                ("extra".into(), "silent".into(), false),
+                ("c".into(), "never".into(), true),
+            ]
+        );
+    }
 }
