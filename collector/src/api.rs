@@ -76,6 +76,8 @@ impl Stats {
 pub struct AppState {
     pub sites: Vec<Site>,
     pub read_hash: Option<[u8; 32]>,
+    /// An expected host silent longer than this (the ledger gap) is listed as missing.
+    pub host_silence_ms: i64,
     pub limits: IngestConfig,
     pub writer: WriterHandle,
     pub reader: Arc<dyn LedgerReader>,
@@ -341,9 +343,22 @@ async fn sites(
         .sites
         .iter()
         .map(|s| {
+            let c = &s.config;
             serde_json::json!({
-                "id": s.config.id, "name": s.config.name, "operator": s.config.operator,
-                "region": s.config.region, "timezone": s.config.timezone, "pue_target": s.config.pue_target,
+                "id": c.id, "name": c.name, "operator": c.operator,
+                "region": c.region, "timezone": c.timezone, "pue_target": c.pue_target,
+                "owner": c.owner, "owner_contact": c.owner_contact, "operator_contact": c.operator_contact,
+                "address": c.address, "country": c.country, "lau_code": c.lau_code, "nuts3_code": c.nuts3_code,
+                "dc_type": c.dc_type, "dc_structure": c.dc_structure,
+                "offers_other_type_services": c.offers_other_type_services,
+                "entry_into_operation": c.entry_into_operation, "redundancy": c.redundancy,
+                "installed_it_power_kw": c.installed_it_power_kw, "total_floor_area_m2": c.total_floor_area_m2,
+                "computer_room_floor_area_m2": c.computer_room_floor_area_m2,
+                "intake_air_set_point_c": c.intake_air_set_point_c,
+                "meters": c.meters.iter().map(|m| serde_json::json!({
+                    "id": m.id, "role": m.role, "kind": m.kind, "unit": m.unit, "hall": m.hall,
+                })).collect::<Vec<_>>(),
+                "expected_hosts": c.expected_hosts, "it_loads": c.it_loads,
             })
         })
         .collect();
@@ -359,16 +374,59 @@ async fn hosts(
     if let Some(r) = deny_read(&state, peer, &headers) {
         return r;
     }
-    if !state.sites.iter().any(|s| s.config.id == site) {
+    let Some(expected) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.expected_hosts.clone())
+    else {
         return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
-    }
+    };
     let reader = state.reader.clone();
     let s = site.clone();
-    match tokio::task::spawn_blocking(move || reader.hosts(&s, now_ms())).await {
-        Ok(Ok(rows)) => axum::Json(serde_json::json!({ "site": site, "hosts": rows })).into_response(),
+    let now = now_ms();
+    match tokio::task::spawn_blocking(move || reader.hosts(&s, now)).await {
+        Ok(Ok(rows)) => {
+            let (hosts, missing) = with_inventory(rows, &expected, now - state.host_silence_ms);
+            axum::Json(serde_json::json!({ "site": site, "hosts": hosts, "missing": missing })).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// Host rows marked against the expected inventory: each row gets `expected`
+/// and `status` (`reporting`, `silent`: nothing since `since_ms`, `never`:
+/// expected but never reported); expected hosts that never reported get a row.
+/// Returns the rows and the expected hosts that are `silent` or `never`.
+fn with_inventory(
+    rows: Vec<crate::ledger::query::HostRow>,
+    expected: &[String],
+    since_ms: i64,
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let last_ms =
+            r.last_sample.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond());
+        let status = if last_ms.is_some_and(|l| l >= since_ms) { "reporting" } else { "silent" };
+        let is_expected = expected.contains(&r.host);
+        if is_expected && status != "reporting" {
+            missing.push(r.host.clone());
+        }
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("expected".into(), is_expected.into());
+            o.insert("status".into(), status.into());
+        }
+        out.push(v);
+    }
+    for h in expected.iter().filter(|h| !rows.iter().any(|r| &r.host == *h)) {
+        missing.push(h.clone());
+        out.push(serde_json::json!({
+            "host": h, "machine_id": null, "first_sample": null, "last_sample": null, "current_method": null,
+            "current_quality": null, "estimated_share_24h": null, "conflicting_machine_ids": [],
+            "expected": true, "status": "never",
+        }));
+    }
+    missing.sort();
+    (out, missing)
 }
 
 #[derive(Debug, Deserialize)]
@@ -493,5 +551,43 @@ mod tests {
         assert!(parse_range(Some("120000"), Some("60000")).is_err());
         assert!(parse_range(None, Some("60000")).is_err());
         assert!(parse_range(Some("yesterday"), Some("60000")).expect_err("must be refused").contains("RFC 3339"));
+    }
+
+    #[test]
+    fn expected_hosts_are_marked_and_the_silent_ones_listed() {
+        let row = |host: &str, last: Option<i64>| crate::ledger::query::HostRow {
+            host: host.into(),
+            machine_id: None,
+            first_sample: last.map(crate::ledger::query::rfc3339),
+            last_sample: last.map(crate::ledger::query::rfc3339),
+            current_method: None,
+            current_quality: None,
+            estimated_share_24h: None,
+            conflicting_machine_ids: vec![],
+        };
+        let since = 1_767_225_600_000;
+        let rows = vec![row("a", Some(since)), row("b", Some(since - 60_000)), row("extra", Some(since - 60_000))];
+        let expected: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let (out, missing) = with_inventory(rows, &expected, since);
+        assert_eq!(missing, vec!["b".to_string(), "c".to_string()]);
+        let status: Vec<(String, String, bool)> = out
+            .iter()
+            .map(|v| {
+                (
+                    v["host"].as_str().unwrap_or("").into(),
+                    v["status"].as_str().unwrap_or("").into(),
+                    v["expected"] == true,
+                )
+            })
+            .collect();
+        assert_eq!(
+            status,
+            vec![
+                ("a".into(), "reporting".into(), true),
+                ("b".into(), "silent".into(), true),
+                ("extra".into(), "silent".into(), false),
+                ("c".into(), "never".into(), true),
+            ]
+        );
     }
 }

@@ -121,7 +121,7 @@ impl Default for IngestConfig {
 }
 
 /// A site.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub id: String,
@@ -142,6 +142,154 @@ pub struct SiteConfig {
     pub pue_target: Option<f64>,
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
+    // Identity and characteristics for the EED report (Delegated Regulation
+    // (EU) 2024/1364, Annex I and Annex II 1(a)–(c), (l)); all optional here,
+    // mapping in docs/collector.md.
+    /// Annex I 1(b): owner of the data centre (name).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Annex I 1(b): owner's contact details.
+    #[serde(default)]
+    pub owner_contact: Option<String>,
+    /// Annex I 1(b): operator's contact details (`operator` is the name).
+    #[serde(default)]
+    pub operator_contact: Option<String>,
+    /// Postal address (building or site).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// ISO 3166-1 alpha-2 country code (`FR`).
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Annex I 1(c): Eurostat LAU code of the location.
+    #[serde(default)]
+    pub lau_code: Option<String>,
+    /// Annex I 1(c) as amended in 2026: NUTS 3 code of the location (`FRD11`).
+    #[serde(default)]
+    pub nuts3_code: Option<String>,
+    /// Annex I 1(d): enterprise, colocation or co-hosting data centre.
+    #[serde(default)]
+    pub dc_type: Option<DcType>,
+    /// Annex I 1(d): one structure or a group of structures.
+    #[serde(default)]
+    pub dc_structure: Option<DcStructure>,
+    /// Annex I 1(d): a colocation DC also offering co-hosting, or the reverse.
+    #[serde(default)]
+    pub offers_other_type_services: Option<bool>,
+    /// Annex I 1(e): year and month of entry into operation, `"YYYY-MM"`.
+    #[serde(default)]
+    pub entry_into_operation: Option<String>,
+    /// Annex I 2(a)–(b): redundancy levels (`N`, `N+1`, `2N`, `2N+1`…).
+    #[serde(default)]
+    pub redundancy: Option<Redundancy>,
+    /// Annex II 1(a) PDIT: installed IT power demand, kW.
+    #[serde(default)]
+    pub installed_it_power_kw: Option<f64>,
+    /// Annex II 1(b) SDC: data centre total floor area, m².
+    #[serde(default)]
+    pub total_floor_area_m2: Option<f64>,
+    /// Annex II 1(c) SCR: computer room floor area, m².
+    #[serde(default)]
+    pub computer_room_floor_area_m2: Option<f64>,
+    /// Annex II 1(l): set point of the IT equipment intake (supply) air temperature, °C.
+    #[serde(default)]
+    pub intake_air_set_point_c: Option<f64>,
+    /// Expected IT inventory: hosts whose agents should report.
+    #[serde(default)]
+    pub expected_hosts: Vec<String>,
+    /// Expected IT inventory: IT loads without an agent (network, storage…).
+    #[serde(default)]
+    pub it_loads: Vec<ItLoadConfig>,
+}
+
+/// Annex I 1(d) type of data centre (Art. 2(1)–(3) of 2024/1364).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DcType {
+    Enterprise,
+    Colocation,
+    CoHosting,
+}
+
+/// Annex I 1(d): `structure` or `group_of_structures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DcStructure {
+    Structure,
+    GroupOfStructures,
+}
+
+/// Annex I 2: redundancy levels (`[sites.redundancy]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redundancy {
+    /// 2(a) electrical, high voltage level.
+    #[serde(default)]
+    pub electrical_hv: Option<String>,
+    /// 2(a) electrical, low voltage level (line-up).
+    #[serde(default)]
+    pub electrical_lv: Option<String>,
+    /// 2(a) electrical, rack level.
+    #[serde(default)]
+    pub electrical_rack: Option<String>,
+    /// 2(b) cooling, room level.
+    #[serde(default)]
+    pub cooling_room: Option<String>,
+    /// 2(b) cooling, rack level.
+    #[serde(default)]
+    pub cooling_rack: Option<String>,
+}
+
+impl Redundancy {
+    fn levels(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("electrical_hv", self.electrical_hv.as_deref()),
+            ("electrical_lv", self.electrical_lv.as_deref()),
+            ("electrical_rack", self.electrical_rack.as_deref()),
+            ("cooling_room", self.cooling_room.as_deref()),
+            ("cooling_rack", self.cooling_rack.as_deref()),
+        ]
+    }
+}
+
+/// Whether `s` is a redundancy level against a baseline N: `N`, `N+1`, `2N`, `2N+2`, `3N/2`…
+pub fn valid_redundancy(s: &str) -> bool {
+    let (base, plus) = match s.split_once('+') {
+        Some((b, p)) => (b, Some(p)),
+        None => (s, None),
+    };
+    let digits = |d: &str| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit());
+    let base_ok = match base.split_once('/') {
+        Some((n, d)) => n.strip_suffix('N').is_some_and(|k| k.is_empty() || digits(k)) && digits(d),
+        None => base.strip_suffix('N').is_some_and(|k| k.is_empty() || digits(k)),
+    };
+    base_ok && plus.is_none_or(digits)
+}
+
+/// What an IT load without an agent is (`[[sites.it_loads]]` `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItLoadKind {
+    Network,
+    Storage,
+    Other,
+}
+
+/// An IT load without an agent: metered (a PDU outlet meter of role `it_in`)
+/// or estimated from its nameplate power.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItLoadConfig {
+    pub id: String,
+    pub kind: ItLoadKind,
+    /// Id of a `[[sites.meters]]` entry of role `it_in` (e.g. the PDU outlet).
+    #[serde(default)]
+    pub meter: Option<String>,
+    /// Nameplate (or measured-once) power, W; booked as estimated energy.
+    #[serde(default)]
+    pub nameplate_watts: Option<f64>,
+    /// Must be `"estimated"` with `nameplate_watts`.
+    #[serde(default)]
+    pub quality: Option<String>,
 }
 
 /// How a meter is read.
@@ -402,6 +550,161 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(h, 16).ok()?;
     }
     Some(out)
+}
+
+/// Byte offset of `key = …` in site `id`'s `[[sites]]` table (including its
+/// sub-tables, up to the next `[[sites]]`), else of the site's `id` line.
+fn find_site_key(text: &str, id: &str, key: &str) -> usize {
+    let start = text.find(&format!("id = \"{id}\"")).unwrap_or(0);
+    let head = text[..start].rfind("[[sites]]").unwrap_or(0);
+    let end = text[start..].find("\n[[sites]]").map(|i| start + i + 1).unwrap_or(text.len());
+    match find_key(&text[head..end], key) {
+        0 => start,
+        o => head + o,
+    }
+}
+
+/// Byte offset of `key = …` after the line `id = "<item>"` inside site `site`'s table.
+fn find_item_key(text: &str, site: &str, item: &str, key: &str) -> usize {
+    let site_at = find_site_key(text, site, "id");
+    let start = text[site_at..].find(&format!("id = \"{item}\"")).map(|i| site_at + i).unwrap_or(site_at);
+    let end = text[start..].find("\n[").map(|i| start + i + 1).unwrap_or(text.len());
+    match find_key(&text[start..end], key) {
+        0 => start,
+        o => start + o,
+    }
+}
+
+/// Checks the Annex I fields and the expected IT inventory of a site.
+fn validate_site_details(
+    s: &SiteConfig,
+    text: &str,
+    err: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let id = s.id.as_str();
+    let at = |key: &str, msg: String| err(find_site_key(text, id, key), format!("site {id:?}: key `{key}`: {msg}"));
+    if let Some(c) = &s.country
+        && !(c.len() == 2 && c.chars().all(|c| c.is_ascii_uppercase()))
+    {
+        return Err(at("country", format!("{c:?} must be an ISO 3166-1 alpha-2 code in capitals, e.g. \"FR\"")));
+    }
+    if let Some(n) = &s.nuts3_code
+        && !(n.len() == 5 && n.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+    {
+        return Err(at("nuts3_code", format!("{n:?} must be a 5-character NUTS 3 code, e.g. \"FRD11\"")));
+    }
+    if let Some(e) = &s.entry_into_operation {
+        let ok = e.len() == 7
+            && e.as_bytes()[4] == b'-'
+            && e[..4].parse::<u16>().is_ok_and(|y| (1950..=2100).contains(&y))
+            && e[5..].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m));
+        if !ok {
+            return Err(at(
+                "entry_into_operation",
+                format!("{e:?} must be year and month \"YYYY-MM\", e.g. \"2019-06\""),
+            ));
+        }
+    }
+    if let Some(r) = &s.redundancy {
+        for (key, v) in r.levels() {
+            if let Some(v) = v
+                && !valid_redundancy(v)
+            {
+                return Err(at(
+                    key,
+                    format!(
+                        "{v:?} is not a redundancy level: write it against N, e.g. \"N\", \"N+1\", \"2N\", \"2N+1\""
+                    ),
+                ));
+            }
+        }
+    }
+    let positive = [
+        ("installed_it_power_kw", s.installed_it_power_kw),
+        ("total_floor_area_m2", s.total_floor_area_m2),
+        ("computer_room_floor_area_m2", s.computer_room_floor_area_m2),
+    ];
+    for (key, v) in positive {
+        if let Some(v) = v
+            && !(v.is_finite() && v > 0.0)
+        {
+            return Err(at(key, format!("{v} must be a positive number")));
+        }
+    }
+    if let (Some(total), Some(room)) = (s.total_floor_area_m2, s.computer_room_floor_area_m2)
+        && room > total
+    {
+        return Err(at(
+            "computer_room_floor_area_m2",
+            format!("{room} m² exceeds total_floor_area_m2 ({total} m²), which includes the computer rooms"),
+        ));
+    }
+    if let Some(t) = s.intake_air_set_point_c
+        && !(t.is_finite() && (5.0..=45.0).contains(&t))
+    {
+        return Err(at("intake_air_set_point_c", format!("{t} °C is not a plausible intake air set point (5–45 °C)")));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for h in &s.expected_hosts {
+        if !valid_host(h) || seen.contains(&h.as_str()) {
+            return Err(at(
+                "expected_hosts",
+                format!("host {h:?} must be unique and a non-empty host name without spaces or quotes"),
+            ));
+        }
+        seen.push(h);
+    }
+    let mut ids: Vec<&str> = Vec::new();
+    for l in &s.it_loads {
+        let lat = |key: &str, msg: String| {
+            err(find_item_key(text, id, &l.id, key), format!("site {id:?}: it_load {:?}: {msg}", l.id))
+        };
+        if !valid_id(&l.id) || ids.contains(&l.id.as_str()) {
+            return Err(lat(
+                "id",
+                "ids must be unique in the site and made of letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        ids.push(&l.id);
+        match (&l.meter, l.nameplate_watts) {
+            (Some(m), None) => {
+                let Some(meter) = s.meters.iter().find(|x| &x.id == m) else {
+                    return Err(lat("meter", format!("meter {m:?} is not one of the site's [[sites.meters]]")));
+                };
+                if meter.role != "it_in" {
+                    return Err(lat(
+                        "meter",
+                        format!(
+                            "meter {m:?} has role {}; an IT load's meter measures IT input energy (role it_in, e.g. a PDU outlet)",
+                            meter.role
+                        ),
+                    ));
+                }
+                if l.quality.is_some() {
+                    return Err(lat("quality", "applies to nameplate_watts only (a meter is measured)".into()));
+                }
+            }
+            (None, Some(w)) => {
+                if !(w.is_finite() && w > 0.0) {
+                    return Err(lat("nameplate_watts", format!("{w} must be a positive number of watts")));
+                }
+                if l.quality.as_deref() != Some("estimated") {
+                    return Err(lat(
+                        "nameplate_watts",
+                        "needs quality = \"estimated\" (nameplate power is an estimate, booked as such)".into(),
+                    ));
+                }
+            }
+            _ => {
+                return Err(lat("id", "needs exactly one of `meter` (a PDU outlet meter) or `nameplate_watts`".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_host(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\'' && c != '\\')
 }
 
 /// Byte offset of the `id = "<meter>"` line, for messages about a meter.
@@ -764,6 +1067,7 @@ impl CollectorConfig {
                 }
                 validate_reader(m, &text, &err)?;
             }
+            validate_site_details(&site_cfg, &text, &err)?;
             sites.push(Site { config: site_cfg, token_hash });
         }
         if let Some(c) = &cfg.carbon
@@ -972,6 +1276,83 @@ mod tests {
         let e =
             refused(&format!("{}username = \"u\"\npassword_file = {:?}\n", meter("x[5m]"), pw.display().to_string()));
         assert!(e.contains("plain http"), "{e}");
+    }
+
+    fn site(extra: &str) -> String {
+        format!("[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{HASH}\"\n{extra}")
+    }
+
+    #[test]
+    fn annex_i_fields_are_typed_and_checked() {
+        let l = load(&site(
+            "owner = \"Caen Metropole\"\naddress = \"1 rue X, 14000 Caen\"\ncountry = \"FR\"\nnuts3_code = \"FRD11\"\n\
+             dc_type = \"co_hosting\"\ndc_structure = \"group_of_structures\"\nentry_into_operation = \"2019-06\"\n\
+             installed_it_power_kw = 640.0\ntotal_floor_area_m2 = 1200.0\ncomputer_room_floor_area_m2 = 450.0\n\
+             intake_air_set_point_c = 24.0\n[sites.redundancy]\nelectrical_hv = \"2N\"\ncooling_room = \"N+1\"\n",
+        ))
+        .expect("load");
+        let c = &l.sites[0].config;
+        assert_eq!((c.dc_type, c.dc_structure), (Some(DcType::CoHosting), Some(DcStructure::GroupOfStructures)));
+        assert_eq!(c.redundancy.as_ref().and_then(|r| r.cooling_room.as_deref()), Some("N+1"));
+        for ok in ["N", "N+1", "2N", "2N+2", "3N/2"] {
+            assert!(valid_redundancy(ok), "{ok}");
+        }
+        for bad in ["", "N+", "1+1", "n+1", "2N+x", "Tier III"] {
+            assert!(!valid_redundancy(bad), "{bad}");
+        }
+        // Errors name the line and the key.
+        let e = refused(&site("dc_type = \"hyperscale\"\n"));
+        assert!(e.contains(":5:") && e.contains("colocation"), "{e}");
+        let e = refused(&site("country = \"France\"\n"));
+        assert!(e.contains(":5:") && e.contains("alpha-2"), "{e}");
+        let e = refused(&site("name = \"x\"\nentry_into_operation = \"2019\"\n"));
+        assert!(e.contains(":6:") && e.contains("YYYY-MM"), "{e}");
+        let e = refused(&site("installed_it_power_kw = -5.0\n"));
+        assert!(e.contains(":5:") && e.contains("positive"), "{e}");
+        let e = refused(&site("total_floor_area_m2 = 100.0\ncomputer_room_floor_area_m2 = 200.0\n"));
+        assert!(e.contains(":6:") && e.contains("exceeds"), "{e}");
+        let e = refused(&site("intake_air_set_point_c = 80.0\n"));
+        assert!(e.contains(":5:") && e.contains("set point"), "{e}");
+        let e = refused(&site("[sites.redundancy]\nelectrical_hv = \"2N\"\nelectrical_rack = \"Tier 3\"\n"));
+        assert!(e.contains(":7:") && e.contains("N+1"), "{e}");
+        let e = refused(&site("[sites.redundancy]\nwater = \"N\"\n"));
+        assert!(e.contains(":6:") && e.contains("water"), "{e}");
+        // The second site's errors point into the second site.
+        let two = format!("{}{}", site(""), site("country = \"fr\"\n").replace("caen-1", "caen-2"));
+        let e = refused(&two);
+        assert!(e.contains(":9:") && e.contains("caen-2"), "{e}");
+    }
+
+    #[test]
+    fn the_expected_inventory_is_checked() {
+        let meter = "[[sites.meters]]\nid = \"pdu-a1-o7\"\nrole = \"it_in\"\nkind = \"csv\"\nunit = \"kWh\"\n";
+        let l = load(&site(&format!(
+            "expected_hosts = [\"srv-1\", \"srv-2\"]\n{meter}\
+             [[sites.it_loads]]\nid = \"core-switch\"\nkind = \"network\"\nnameplate_watts = 350.0\nquality = \"estimated\"\n\
+             [[sites.it_loads]]\nid = \"san-a\"\nkind = \"storage\"\nmeter = \"pdu-a1-o7\"\n"
+        )))
+        .expect("load");
+        let c = &l.sites[0].config;
+        assert_eq!(c.expected_hosts, vec!["srv-1".to_string(), "srv-2".to_string()]);
+        assert_eq!(c.it_loads[1].kind, ItLoadKind::Storage);
+        let e = refused(&site("expected_hosts = [\"srv-1\", \"srv-1\"]\n"));
+        assert!(e.contains(":5:") && e.contains("unique"), "{e}");
+        // Line 5 is the load's header, 6 its id, 8 `nameplate_watts`.
+        let e = refused(&site("[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nnameplate_watts = 350.0\n"));
+        assert!(e.contains(":8:") && e.contains("estimated"), "{e}");
+        let e = refused(&site("[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\n"));
+        assert!(e.contains(":6:") && e.contains("exactly one"), "{e}");
+        let e = refused(&site("[[sites.it_loads]]\nid = \"sw\"\nkind = \"router\"\n"));
+        assert!(e.contains(":7:") && e.contains("network"), "{e}");
+        let e = refused(&site("[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"nope\"\n"));
+        assert!(e.contains(":8:") && e.contains("nope"), "{e}");
+        let ups = "[[sites.meters]]\nid = \"ups\"\nrole = \"ups_out\"\nkind = \"csv\"\nunit = \"kWh\"\n";
+        let e = refused(&site(&format!("{ups}[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"ups\"\n")));
+        assert!(e.contains(":13:") && e.contains("role it_in"), "{e}");
+        let e = refused(&site(&format!(
+            "{meter}[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"pdu-a1-o7\"\nquality = \"estimated\"\n"
+        )));
+        assert!(e.contains(":14:") && e.contains("nameplate_watts only"), "{e}");
     }
 
     #[test]

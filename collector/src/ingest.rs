@@ -348,6 +348,7 @@ mod tests {
                 token_file: None,
                 pue_target: None,
                 meters: vec![],
+                ..Default::default()
             },
             token_hash: hash_token(token),
         };

@@ -69,6 +69,7 @@ pub async fn serve(
     let state = Arc::new(AppState {
         sites,
         read_hash,
+        host_silence_ms: cfg.ledger.gap.0.as_millis() as i64,
         limits: cfg.ingest.clone(),
         writer: handle,
         reader,

@@ -43,12 +43,14 @@ pub fn params(site: &SiteConfig, carbon: Option<&crate::carbon::config::CarbonCo
     p
 }
 
-/// The period totals of a site.
+/// The period totals of a site. `now_ms` bounds the nameplate estimates of
+/// IT loads without an agent (no energy is estimated for the future).
 pub fn totals(
     reader: &dyn LedgerReader,
     site: &SiteConfig,
     from_ms: i64,
     to_ms: i64,
+    now_ms: i64,
 ) -> Result<SiteTotals, StoreError> {
     let mut t = SiteTotals::default();
     let q = |meter: Option<String>, role: Option<&str>| EnergyQuery {
@@ -60,11 +62,20 @@ pub fn totals(
         to_ms,
     };
     let mut halls: BTreeMap<String, HallTotals> = BTreeMap::new();
+    // Meters of IT loads without an agent (`[[sites.it_loads]]`): added to the
+    // agents' category 3 energy when that is the site's it_in.
+    let load_meter = |id: &str| site.it_loads.iter().any(|l| l.meter.as_deref() == Some(id));
+    let agents_it = !site.meters.iter().any(|m| m.role == "it_in" && !load_meter(&m.id));
+    let mut loads: Option<Amount> = None;
     for m in &site.meters {
         let Some(role) = Role::parse(&m.role) else { continue };
         let r = reader.energy(&q(Some(m.id.clone()), None))?;
         if r.samples == 0 && r.coverage_ratio == 0.0 {
             t.missing_meters.push(MissingMeter { meter: m.id.clone(), role, hall: m.hall.clone() });
+        }
+        if agents_it && load_meter(&m.id) {
+            set(&mut loads, Amount::from_uj(r.energy_uj(), 0, r.coverage_ratio));
+            continue;
         }
         let amount = match (r.volume_microliters.as_deref(), role.report_unit()) {
             (Some(ul), "m3") => Amount {
@@ -96,13 +107,43 @@ pub fn totals(
             Role::Cooling => set(&mut hall.cooling, amount),
         }
     }
-    // Without an it_in meter, category 3 IT energy is the sum of the agents' host energy.
-    if !site.meters.iter().any(|m| m.role == "it_in") {
+    // Without an it_in meter, category 3 IT energy is the sum of the agents'
+    // host energy, plus the IT loads without an agent (metered outlets and
+    // nameplate estimates) of the expected inventory.
+    if agents_it {
         let r = reader.energy(&q(None, Some("it_in")))?;
-        if r.samples > 0 || r.coverage_ratio > 0.0 {
+        let mut it = (r.samples > 0 || r.coverage_ratio > 0.0).then(|| {
             let estimated = (r.estimated_joules * 1e6).round() as i128;
-            halls.entry(String::new()).or_default().it_in =
-                Some(Amount::from_uj(r.energy_uj(), estimated, r.coverage_ratio));
+            Amount::from_uj(r.energy_uj(), estimated, r.coverage_ratio)
+        });
+        if !site.expected_hosts.is_empty() {
+            let mut reported = 0usize;
+            for h in &site.expected_hosts {
+                let hr = reader.energy(&EnergyQuery { host: Some(h.clone()), ..q(None, Some("it_in")) })?;
+                if hr.samples > 0 || hr.coverage_ratio > 0.0 {
+                    reported += 1;
+                } else {
+                    t.missing_meters.push(MissingMeter { meter: format!("host:{h}"), role: Role::ItIn, hall: None });
+                }
+            }
+            let inventory = reported as f64 / site.expected_hosts.len() as f64;
+            let a = it.get_or_insert(Amount { value: 0.0, estimated: 0.0, coverage_ratio: 0.0 });
+            a.coverage_ratio = a.coverage_ratio.min(inventory);
+        }
+        let span_ms = (to_ms.min(now_ms) - from_ms).max(0);
+        for l in &site.it_loads {
+            if let Some(w) = l.nameplate_watts {
+                // W × ms = mJ; × 1000 = µJ. All of it estimated.
+                let uj = (w * span_ms as f64 * 1000.0).round() as i128;
+                set(&mut loads, Amount::from_uj(uj, uj, 1.0));
+            }
+        }
+        // Loads without an agent complete the agents' energy; alone they are not the site's IT.
+        if let (Some(l), Some(_)) = (loads, it) {
+            set(&mut it, l);
+        }
+        if let Some(a) = it {
+            halls.entry(String::new()).or_default().it_in = Some(a);
         }
     }
     halls.retain(|_, h| h.ups_out.is_some() || h.pdu_out.is_some() || h.it_in.is_some() || h.cooling.is_some());
@@ -146,7 +187,7 @@ pub async fn period_indicators(
     period: Period,
     now_ms: i64,
 ) -> Result<Vec<Indicator>, StoreError> {
-    let t = totals(reader, site, period.from_ms, period.to_ms)?;
+    let t = totals(reader, site, period.from_ms, period.to_ms, now_ms)?;
     let grid = match carbon {
         Some(c) => grid_carbon(reader, site, c, period.from_ms, period.to_ms, now_ms).await?,
         None => None,
