@@ -221,6 +221,9 @@ impl Sampler {
                     facts.merge(&out.facts);
                     snap.samples.extend(out.samples);
                     snap.statuses.extend(out.statuses);
+                    for k in out.errors {
+                        *self.errors.entry(k).or_insert(0) += 1;
+                    }
                 }
                 Err(e) => {
                     let (sensor, path) = w.progress.current().unwrap_or_else(|| (w.kind.to_string(), String::new()));

@@ -102,8 +102,8 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Accept any certificate (explicit opt-in; exclusive with `ca_file`).";
     "redfish.allow_plain_http", "bool", "false", "false",
         "Allow an `http://` URL (the password then travels in clear).";
-    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis`", "\"1U\"",
-        "Chassis id whose `Power` and `Thermal` are read.";
+    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis` not contained by another", "\"1U\"",
+        "Chassis id read (its `EnvironmentMetrics` and `Sensors`, else its legacy `Power` and `Thermal`).";
     "redfish.interval", "duration", "\"30s\"", "\"30s\"",
         "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
     "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
