@@ -343,7 +343,8 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
 
 /// A Redfish BMC of the newer model (`EnvironmentMetrics`, `Sensors`; no
 /// `Power`/`Thermal`), whose first chassis is a backplane contained by the
-/// node. `mode`: `new`, `reset` (the BMC's energy counter restarted low) or
+/// node. `mode`: `new`, `reset` (the BMC's energy counter restarted low),
+/// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`) or
 /// `shared` (the node's chassis lists four computer systems).
 fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
@@ -356,6 +357,7 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         ("/redfish/v1/Chassis/Node1/Sensors/AmbientTemp", "new-sensor-ambient.json"),
         ("/redfish/v1/Chassis/Node1/Sensors/ExhaustTemp", "new-sensor-exhaust.json"),
         ("/redfish/v1/Chassis/Node1/Sensors/TotalPower", "new-sensor-power.json"),
+        ("/redfish/v1/Chassis/Node1/Power", "power.json"),
     ]
     .into_iter()
     .map(|(k, f)| (k, fixture(f)))
@@ -365,6 +367,10 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
         let doc = match (mode.as_str(), target) {
             ("reset", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => doc.replace("3600000", "1000"),
+            ("envnopower", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => r#"{"TemperatureCelsius":{"Reading":22.5}}"#.into(),
+            ("envnopower", "/redfish/v1/Chassis/Node1") => {
+                doc.replace(r#""PowerState":"On","#, r#""PowerState":"On","Power":{"@odata.id":"/redfish/v1/Chassis/Node1/Power"},"#)
+            }
             ("shared", "/redfish/v1/Chassis/Node1") => doc.replace(
                 r#""ComputerSystems":[{"@odata.id":"/redfish/v1/Systems/Node1"}]"#,
                 r#""ComputerSystems":[{"@odata.id":"/redfish/v1/Systems/Node1"},{"@odata.id":"/redfish/v1/Systems/Node2"},
@@ -420,6 +426,13 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     }
     let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
     assert_eq!(bmc_energy(&body), Some(3_601_000.0));
+    check_monotonic(&mut seen, &body);
+
+    // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
+    if let Ok(mut g) = mode.lock() {
+        *g = "envnopower".to_string();
+    }
+    let body = scrape_until(port, "the legacy Power", |b| host_power(b, "bmc_redfish") == Some(344.0));
     check_monotonic(&mut seen, &body);
 
     // A chassis shared by four nodes: rejected, never the host's power.

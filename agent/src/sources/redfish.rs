@@ -344,7 +344,7 @@ impl Client {
             );
             self.warned_shared = true;
         }
-        let (watts, energy_j, power_path) = match odata_id(&doc, "EnvironmentMetrics") {
+        let mut power = match odata_id(&doc, "EnvironmentMetrics") {
             Some(env) => {
                 let env = env.to_string();
                 match self.get(&env) {
@@ -367,11 +367,32 @@ impl Client {
                 (w, None, p)
             }
         };
-        let (temps, thermal_path) = match odata_id(&doc, "Sensors") {
-            Some(sensors) => {
-                let sensors = sensors.to_string();
-                (self.sensor_temps(&sensors)?, sensors)
+        // EnvironmentMetrics without a power reading: the legacy Power if the chassis links it.
+        if let (Err(e), Some(p)) = (&power.0, odata_id(&doc, "Power"))
+            && e.reason == Reason::Missing
+            && power.2 != p
+        {
+            let p = p.to_string();
+            match self.get(&p) {
+                Ok(d) => power = (power_consumed(&d), power.1, p),
+                Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
+                Err(_) => {}
             }
+        }
+        let (watts, energy_j, power_path) = power;
+        let sensors = odata_id(&doc, "Sensors").map(str::to_string);
+        let sensor_temps = match &sensors {
+            Some(s) => self.sensor_temps(s)?,
+            None => Vec::new(),
+        };
+        // Sensors without temperatures: the legacy Thermal, unless the chassis has Sensors and no Thermal link.
+        let thermal = if sensor_temps.is_empty() && (sensors.is_none() || odata_id(&doc, "Thermal").is_some()) {
+            None
+        } else {
+            sensors
+        };
+        let (temps, thermal_path) = match thermal {
+            Some(sensors) => (sensor_temps, sensors),
             None => {
                 let p = format!("{chassis}/Thermal");
                 let temps = match self.get(&p) {
