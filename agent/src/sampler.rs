@@ -112,8 +112,12 @@ impl Sampler {
             bmc_waiters.push(Box::new(ipmi.waiter()));
             sources.push(Box::new(ipmi));
         }
-        if let Some(r) = cfg.redfish.as_ref().filter(|r| r.enabled) {
-            let redfish = crate::sources::redfish::Redfish::new(r)?;
+        // Several BMCs: each one's chassis label is prefixed by its URL's host
+        // (the first with a fresh reading is the host's `bmc_redfish` power).
+        let several = cfg.redfish.len() > 1;
+        for r in cfg.redfish.iter().filter(|r| r.enabled) {
+            let prefix = if several { crate::sources::redfish::label_prefix(&r.url) } else { String::new() };
+            let redfish = crate::sources::redfish::Redfish::new(r, prefix)?;
             bmc_waiters.push(Box::new(redfish.waiter()));
             sources.push(Box::new(redfish));
         }

@@ -89,7 +89,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "ipmi.sensors", "bool", "true", "true",
         "Also read the sensor listing (temperatures and power in `degrees C`/`Watts`); ipmitool backend only.";
     "redfish.enabled", "bool", "true with a `[redfish]` table", "true",
-        "Read the BMC over Redfish (legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. See docs/bmc.md.";
+        "Read the BMC over Redfish (`EnvironmentMetrics`/`Sensors`, else legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. Several BMCs: `[[redfish]]` tables, each with these keys. See docs/bmc.md.";
     "redfish.url", "URL", "none: without a `[redfish]` table Redfish is off", "\"https://bmc.example\"",
         "Base URL of the BMC (`https://`; `http://` only with `allow_plain_http = true`). No credentials in the URL.";
     "redfish.username", "string", "none", "\"monitor\"",

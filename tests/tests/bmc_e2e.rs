@@ -454,6 +454,34 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
 }
 
 #[test]
+fn several_redfish_targets_are_read_and_the_first_is_the_host_power() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let legacy = mock_bmc(Arc::new(Mutex::new("legacy".to_string())), Arc::new(Mutex::new(Vec::new())));
+    let new = mock_bmc_new(Arc::new(Mutex::new("new".to_string())));
+    let pw = tmp.path().join("bmc.password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password");
+    let table = format!(
+        "[[redfish]]\nurl = \"http://127.0.0.1:{new}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n\
+         [[redfish]]\nurl = \"http://127.0.0.1:{legacy}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        pw.display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let zone =
+        |b: &str, z: String| series_value(b, "domesday_power_watts", &["source=\"redfish\"", &format!("zone=\"{z}\"")]);
+    let body = scrape_until(port, "both BMCs", |b| {
+        zone(b, format!("127.0.0.1:{new}/Node1")).is_some() && zone(b, format!("127.0.0.1:{legacy}/1U")).is_some()
+    });
+    assert_eq!(zone(&body, format!("127.0.0.1:{new}/Node1")), Some(412.0));
+    assert_eq!(zone(&body, format!("127.0.0.1:{legacy}/1U")), Some(344.0));
+    assert_eq!(host_power(&body, "bmc_redfish"), Some(412.0), "the first listed BMC is the host's power");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+}
+
+#[test]
 fn nvidia_gpus_through_nvidia_smi_are_gpu_power_not_host_power() {
     let (tmp, root) = fixture_copy("intel-2s");
     let table = format!(

@@ -428,13 +428,22 @@ pub struct Redfish {
     url: String,
     /// The last poll whose shared-chassis rejection was counted.
     rejected_poll: u64,
+    /// Put before the chassis id in labels when several BMCs are read.
+    prefix: String,
+}
+
+/// The label prefix of a BMC among several: its URL's host and port, then `/`.
+pub fn label_prefix(url: &str) -> String {
+    let authority = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    format!("{authority}/")
 }
 
 impl Redfish {
-    pub fn new(cfg: &RedfishConfig) -> std::io::Result<Self> {
+    pub fn new(cfg: &RedfishConfig, prefix: String) -> std::io::Result<Self> {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
-        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0 })
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -454,11 +463,11 @@ impl SensorSource for Redfish {
         let st = self.poller.state();
         let fresh = self.poller.fresh(&st);
         let last = st.last_ok.as_ref().map(|(_, r)| r);
-        let chassis = last.map(|r| r.chassis.clone()).unwrap_or_else(|| "chassis".into());
+        let chassis = format!("{}{}", self.prefix, last.map(|r| r.chassis.as_str()).unwrap_or("chassis"));
         let sensor = format!("{chassis}/power");
         let path = match last {
             Some(r) => format!("{}{}", self.url, r.power_path),
-            None => format!("{}/redfish/v1/Chassis/{chassis}/Power", self.url),
+            None => format!("{}/redfish/v1/Chassis/chassis/Power", self.url),
         };
         progress.enter(&sensor, &path);
         if st.polls == 0 {
@@ -582,6 +591,12 @@ mod tests {
         assert_eq!(sensor_temperature(&fixture("new-sensor-power.json")), None, "a power sensor is no temperature");
         let off = serde_json::json!({"ReadingType": "Temperature", "Name": "T", "Reading": 1.0, "Status": {"State": "Absent"}});
         assert!(sensor_temperature(&off).expect("temp").value.is_err());
+    }
+
+    #[test]
+    fn label_prefix_is_the_bmc_authority() {
+        assert_eq!(label_prefix("https://bmc1.example:8443"), "bmc1.example:8443/");
+        assert_eq!(label_prefix("http://10.0.0.5"), "10.0.0.5/");
     }
 
     #[test]
