@@ -344,7 +344,8 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
 /// A Redfish BMC of the newer model (`EnvironmentMetrics`, `Sensors`; no
 /// `Power`/`Thermal`), whose first chassis is a backplane contained by the
 /// node. `mode`: `new`, `reset` (the BMC's energy counter restarted low),
-/// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`) or
+/// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`),
+/// `nosensors` (no `Sensors`: `ThermalSubsystem/ThermalMetrics` summary) or
 /// `shared` (the node's chassis lists four computer systems).
 fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
@@ -364,6 +365,25 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     .collect();
     domesday_tests::mock_http_headers(move |target, _headers| {
         let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+        if mode == "nosensors" {
+            match target {
+                t if t.starts_with("/redfish/v1/Chassis/Node1/Sensors") => return (404, "{}".into()),
+                "/redfish/v1/Chassis/Node1/ThermalSubsystem" => {
+                    return (
+                        200,
+                        r#"{"ThermalMetrics":{"@odata.id":"/redfish/v1/Chassis/Node1/ThermalSubsystem/ThermalMetrics"}}"#.into(),
+                    );
+                }
+                "/redfish/v1/Chassis/Node1/ThermalSubsystem/ThermalMetrics" => {
+                    return (
+                        200,
+                        r#"{"TemperatureSummaryCelsius":{"Intake":{"Reading":19.5},"Exhaust":{"Reading":30.5}}}"#
+                            .into(),
+                    );
+                }
+                _ => {}
+            }
+        }
         let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
         let doc = match (mode.as_str(), target) {
             ("reset", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => doc.replace("3600000", "1000"),
@@ -433,6 +453,14 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
         *g = "envnopower".to_string();
     }
     let body = scrape_until(port, "the legacy Power", |b| host_power(b, "bmc_redfish") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+
+    // No Sensors: the ThermalMetrics summary gives the intake and exhaust temperatures.
+    if let Ok(mut g) = mode.lock() {
+        *g = "nosensors".to_string();
+    }
+    let body = scrape_until(port, "the ThermalMetrics summary", |b| temp(b, "inlet") == Some(19.5));
+    assert_eq!(temp(&body, "exhaust"), Some(30.5), "{body}");
     check_monotonic(&mut seen, &body);
 
     // A chassis shared by four nodes: rejected, never the host's power.

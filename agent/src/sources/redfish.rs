@@ -105,9 +105,24 @@ fn reading_of(doc: &Value, key: &str) -> Result<f64, ReadError> {
     }
 }
 
-/// `EnvironmentMetrics`: `PowerWatts.Reading` (W) and `EnergyJoules.Reading` (J, if any).
+/// `EnvironmentMetrics`: `PowerWatts.Reading` (W) and the energy counter in J,
+/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ.
 pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<f64>) {
-    (reading_of(doc, "PowerWatts"), reading_of(doc, "EnergyJoules").ok())
+    let energy =
+        reading_of(doc, "EnergyJoules").ok().or_else(|| reading_of(doc, "EnergykWh").ok().map(|kwh| kwh * 3.6e6));
+    (reading_of(doc, "PowerWatts"), energy)
+}
+
+/// `ThermalMetrics.TemperatureSummaryCelsius`: the chassis' `Intake` and `Exhaust`.
+pub fn temperature_summary(doc: &Value) -> Vec<Temp> {
+    [("Intake", Location::Inlet), ("Exhaust", Location::Exhaust)]
+        .into_iter()
+        .filter_map(|(key, location)| {
+            let v = doc.pointer(&format!("/TemperatureSummaryCelsius/{key}"))?;
+            let value = v.get("Reading").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string());
+            Some(Temp { name: format!("{key} Temp"), location, value })
+        })
+        .collect()
 }
 
 /// A `Sensor` resource if it is a temperature, `None` otherwise.
@@ -385,15 +400,26 @@ impl Client {
             Some(s) => self.sensor_temps(s)?,
             None => Vec::new(),
         };
-        // Sensors without temperatures: the legacy Thermal, unless the chassis has Sensors and no Thermal link.
-        let thermal = if sensor_temps.is_empty() && (sensors.is_none() || odata_id(&doc, "Thermal").is_some()) {
-            None
-        } else {
-            sensors
+        // Sensors without temperatures: ThermalSubsystem's summary, else the legacy Thermal.
+        let thermal = if sensor_temps.is_empty() { None } else { sensors };
+        let summary = match (&thermal, odata_id(&doc, "Thermal"), odata_id(&doc, "ThermalSubsystem")) {
+            (Some(_), _, _) | (None, Some(_), _) | (None, None, None) => None,
+            // No temperature sensor and no legacy Thermal: ThermalSubsystem/ThermalMetrics.
+            (None, None, Some(ts)) => {
+                let metrics = match self.get_opt(ts)? {
+                    Some(d) => odata_id(&d, "ThermalMetrics").map(str::to_string),
+                    None => None,
+                };
+                match metrics {
+                    Some(m) => self.get_opt(&m)?.map(|d| (temperature_summary(&d), m)),
+                    None => None,
+                }
+            }
         };
-        let (temps, thermal_path) = match thermal {
-            Some(sensors) => (sensor_temps, sensors),
-            None => {
+        let (temps, thermal_path) = match (thermal, summary) {
+            (Some(sensors), _) => (sensor_temps, sensors),
+            (None, Some(summary)) => summary,
+            (None, None) => {
                 let p = format!("{chassis}/Thermal");
                 let temps = match self.get(&p) {
                     Ok(doc) => temperatures(&doc).unwrap_or_default(),
@@ -597,6 +623,21 @@ mod tests {
     fn label_prefix_is_the_bmc_authority() {
         assert_eq!(label_prefix("https://bmc1.example:8443"), "bmc1.example:8443/");
         assert_eq!(label_prefix("http://10.0.0.5"), "10.0.0.5/");
+    }
+
+    #[test]
+    fn energy_kwh_and_thermal_metrics_summary() {
+        let doc = serde_json::json!({"PowerWatts": {"Reading": 374}, "EnergykWh": {"Reading": 2.5}});
+        assert_eq!(environment_power(&doc), (Ok(374.0), Some(9_000_000.0)));
+        let both = serde_json::json!({"PowerWatts": {"Reading": 1}, "EnergykWh": {"Reading": 2.5}, "EnergyJoules": {"Reading": 7}});
+        assert_eq!(environment_power(&both).1, Some(7.0), "EnergyJoules first");
+        let tm = serde_json::json!({"TemperatureSummaryCelsius": {"Intake": {"Reading": 21.5}, "Exhaust": {"Reading": null}}});
+        let t = temperature_summary(&tm);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].location, t[0].value.clone()), (Location::Inlet, Ok(21.5)));
+        assert_eq!(t[1].location, Location::Exhaust);
+        assert!(t[1].value.is_err(), "null is no reading");
+        assert!(temperature_summary(&serde_json::json!({})).is_empty());
     }
 
     #[test]
