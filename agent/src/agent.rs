@@ -29,7 +29,7 @@ pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
 
 /// How long `once` and `probe` wait for the BMC and GPU sources' first polls.
 fn bmc_wait(cfg: &AgentConfig) -> Duration {
-    let redfish_timeout = cfg.redfish.as_ref().map(|r| r.timeout.0 * 3).unwrap_or_default();
+    let redfish_timeout = cfg.redfish.iter().map(|r| r.timeout.0 * 3).max().unwrap_or_default();
     (cfg.ipmi.timeout.0 * 2).max(redfish_timeout).max(cfg.nvml.timeout.0) + Duration::from_millis(500)
 }
 
@@ -49,10 +49,7 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
         (Source::Hwmon, off(cfg.sources.hwmon, "disabled in [sources]")),
         (Source::Thermal, off(cfg.sources.thermal, "disabled in [sources]")),
         (Source::Ipmi, off(cfg.ipmi.enabled, "off: no [ipmi] table (or enabled = false)")),
-        (
-            Source::Redfish,
-            off(cfg.redfish.as_ref().is_some_and(|r| r.enabled), "off: no [redfish] table (or enabled = false)"),
-        ),
+        (Source::Redfish, off(cfg.redfish.iter().any(|r| r.enabled), "off: no [redfish] table (or enabled = false)")),
         (Source::Nvml, crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).err()),
     ];
     let inv = sampler.inventory();

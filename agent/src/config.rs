@@ -119,7 +119,7 @@ struct FileConfig {
     estimation: FileEstimation,
     push: Option<FilePush>,
     ipmi: Option<FileIpmi>,
-    redfish: Option<FileRedfish>,
+    redfish: Option<OneOrMany<FileRedfish>>,
     nvml: Option<FileNvml>,
 }
 
@@ -206,7 +206,41 @@ struct FileRedfish {
     timeout: Option<Dur>,
 }
 
-/// The effective `[redfish]` table.
+/// A `[redfish]` table or `[[redfish]]` tables.
+#[derive(Debug, Clone)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// One `[redfish]` table written back as a table, several as `[[redfish]]`.
+fn one_or_many<S: Serializer>(v: &[RedfishConfig], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
+
+/// The effective `[redfish]` table (one of the `[[redfish]]` tables).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RedfishConfig {
     pub enabled: bool,
@@ -458,9 +492,9 @@ pub struct AgentConfig {
     pub sources: Sources,
     pub estimation: Estimation,
     pub ipmi: IpmiConfig,
-    /// `None` without a `[redfish]` table.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redfish: Option<RedfishConfig>,
+    /// The `[redfish]` table or the `[[redfish]]` tables; empty without any.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "one_or_many")]
+    pub redfish: Vec<RedfishConfig>,
     pub nvml: NvmlConfig,
     /// `None` without a `[push]` table: nothing is pushed. Last, so that
     /// `to_toml`'s token comment lands in its table.
@@ -576,8 +610,22 @@ impl AgentConfig {
             Some(i) => ipmi_config(i, path, &text)?,
         };
         let redfish = match f.redfish {
-            None => None,
-            Some(r) => Some(redfish_config(r, path, &text)?),
+            None => Vec::new(),
+            Some(OneOrMany::One(r)) => vec![redfish_config(r, path, &text)?],
+            Some(OneOrMany::Many(rs)) => {
+                let mut v: Vec<RedfishConfig> = Vec::new();
+                for r in rs {
+                    let r = redfish_config(r, path, &text)?;
+                    if v.iter().any(|o| o.url == r.url && o.chassis == r.chassis) {
+                        return Err(ConfigError::Value(format!(
+                            "[[redfish]]: {} is listed twice (with the same chassis); list each BMC once",
+                            r.url
+                        )));
+                    }
+                    v.push(r);
+                }
+                v
+            }
         };
         let nvml = match f.nvml {
             None => NvmlConfig::default(),
@@ -1169,6 +1217,24 @@ mod tests {
     }
 
     #[test]
+    fn several_redfish_targets_and_the_single_table() {
+        let c = load_str("site = \"a\"\n[redfish]\nurl = \"https://bmc1\"\n").expect("one table");
+        assert_eq!(c.redfish.len(), 1);
+        assert!(c.to_toml().contains("[redfish]\n"), "{}", c.to_toml());
+        let two = "site = \"a\"\n[[redfish]]\nurl = \"https://bmc1\"\n[[redfish]]\nurl = \"https://bmc2:8443\"\nchassis = \"1U\"\n";
+        let c = load_str(two).expect("two tables");
+        assert_eq!(c.redfish.iter().map(|r| r.url.as_str()).collect::<Vec<_>>(), ["https://bmc1", "https://bmc2:8443"]);
+        assert_eq!(c.redfish[1].chassis.as_deref(), Some("1U"));
+        assert!(c.to_toml().contains("[[redfish]]"), "{}", c.to_toml());
+        let e = err("site = \"a\"\n[[redfish]]\nurl = \"https://bmc1\"\n[[redfish]]\nurl = \"https://bmc1/\"\n");
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err("site = \"a\"\n[[redfish]]\nurl = \"https://bmc1\"\nchasis = \"x\"\n");
+        assert!(e.contains("chasis"), "{e}");
+        let e = err("site = \"a\"\n[[redfish]]\nurl = \"http://bmc1\"\n");
+        assert!(e.contains("allow_plain_http"), "{e}");
+    }
+
+    #[test]
     fn redfish_tls_plain_http_and_password_rules() {
         let dir = tempfile::tempdir().expect("tmp");
         let pw = password_file(&dir, "s3cret-pw\n");
@@ -1176,7 +1242,7 @@ mod tests {
             "site = \"a\"\n[redfish]\nurl = \"https://bmc.example/\"\nusername = \"monitor\"\npassword_file = {pw:?}\n"
         ))
         .expect("redfish");
-        let r = c.redfish.as_ref().expect("table");
+        let r = c.redfish.first().expect("table");
         assert_eq!(r.url, "https://bmc.example");
         assert_eq!(r.password.as_ref().map(Secret::expose), Some("s3cret-pw"));
         assert_eq!((r.interval.0, r.timeout.0), (DEFAULT_BMC_INTERVAL, DEFAULT_BMC_TIMEOUT));

@@ -112,8 +112,12 @@ impl Sampler {
             bmc_waiters.push(Box::new(ipmi.waiter()));
             sources.push(Box::new(ipmi));
         }
-        if let Some(r) = cfg.redfish.as_ref().filter(|r| r.enabled) {
-            let redfish = crate::sources::redfish::Redfish::new(r)?;
+        // Several BMCs: each one's chassis label is prefixed by its URL's host
+        // (the first with a fresh reading is the host's `bmc_redfish` power).
+        let several = cfg.redfish.len() > 1;
+        for r in cfg.redfish.iter().filter(|r| r.enabled) {
+            let prefix = if several { crate::sources::redfish::label_prefix(&r.url) } else { String::new() };
+            let redfish = crate::sources::redfish::Redfish::new(r, prefix)?;
             bmc_waiters.push(Box::new(redfish.waiter()));
             sources.push(Box::new(redfish));
         }
@@ -221,6 +225,9 @@ impl Sampler {
                     facts.merge(&out.facts);
                     snap.samples.extend(out.samples);
                     snap.statuses.extend(out.statuses);
+                    for k in out.errors {
+                        *self.errors.entry(k).or_insert(0) += 1;
+                    }
                 }
                 Err(e) => {
                     let (sensor, path) = w.progress.current().unwrap_or_else(|| (w.kind.to_string(), String::new()));

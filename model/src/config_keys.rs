@@ -89,7 +89,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "ipmi.sensors", "bool", "true", "true",
         "Also read the sensor listing (temperatures and power in `degrees C`/`Watts`); ipmitool backend only.";
     "redfish.enabled", "bool", "true with a `[redfish]` table", "true",
-        "Read the BMC over Redfish (legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. See docs/bmc.md.";
+        "Read the BMC over Redfish (`EnvironmentMetrics`/`Sensors`, else legacy `Chassis/{id}/Power` and `/Thermal`): wall power (host power method `bmc_redfish`, below `bmc_dcmi`) and temperatures. Several BMCs: `[[redfish]]` tables, each with these keys. See docs/bmc.md.";
     "redfish.url", "URL", "none: without a `[redfish]` table Redfish is off", "\"https://bmc.example\"",
         "Base URL of the BMC (`https://`; `http://` only with `allow_plain_http = true`). No credentials in the URL.";
     "redfish.username", "string", "none", "\"monitor\"",
@@ -102,8 +102,8 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Accept any certificate (explicit opt-in; exclusive with `ca_file`).";
     "redfish.allow_plain_http", "bool", "false", "false",
         "Allow an `http://` URL (the password then travels in clear).";
-    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis`", "\"1U\"",
-        "Chassis id whose `Power` and `Thermal` are read.";
+    "redfish.chassis", "string", "the first member of `/redfish/v1/Chassis` not contained by another", "\"1U\"",
+        "Chassis id read (its `EnvironmentMetrics` and `Sensors`, else its legacy `Power` and `Thermal`).";
     "redfish.interval", "duration", "\"30s\"", "\"30s\"",
         "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
     "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",

@@ -341,6 +341,174 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
     assert!(!log.contains(PASSWORD) && !log.contains("bW9uaXRvcjpzM2NyZXQtcHc"), "the password leaked into the log");
 }
 
+/// A Redfish BMC of the newer model (`EnvironmentMetrics`, `Sensors`; no
+/// `Power`/`Thermal`), whose first chassis is a backplane contained by the
+/// node. `mode`: `new`, `reset` (the BMC's energy counter restarted low),
+/// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`),
+/// `nosensors` (no `Sensors`: `ThermalSubsystem/ThermalMetrics` summary) or
+/// `shared` (the node's chassis lists four computer systems).
+fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
+    let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
+    let docs: BTreeMap<&'static str, String> = [
+        ("/redfish/v1/Chassis", "new-chassis.json"),
+        ("/redfish/v1/Chassis/Backplane", "new-backplane.json"),
+        ("/redfish/v1/Chassis/Node1", "new-node1.json"),
+        ("/redfish/v1/Chassis/Node1/EnvironmentMetrics", "new-envmetrics.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors", "new-sensors.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors/AmbientTemp", "new-sensor-ambient.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors/ExhaustTemp", "new-sensor-exhaust.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors/TotalPower", "new-sensor-power.json"),
+        ("/redfish/v1/Chassis/Node1/Power", "power.json"),
+    ]
+    .into_iter()
+    .map(|(k, f)| (k, fixture(f)))
+    .collect();
+    domesday_tests::mock_http_headers(move |target, _headers| {
+        let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+        if mode == "nosensors" {
+            match target {
+                t if t.starts_with("/redfish/v1/Chassis/Node1/Sensors") => return (404, "{}".into()),
+                "/redfish/v1/Chassis/Node1/ThermalSubsystem" => {
+                    return (
+                        200,
+                        r#"{"ThermalMetrics":{"@odata.id":"/redfish/v1/Chassis/Node1/ThermalSubsystem/ThermalMetrics"}}"#.into(),
+                    );
+                }
+                "/redfish/v1/Chassis/Node1/ThermalSubsystem/ThermalMetrics" => {
+                    return (
+                        200,
+                        r#"{"TemperatureSummaryCelsius":{"Intake":{"Reading":19.5},"Exhaust":{"Reading":30.5}}}"#
+                            .into(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
+        let doc = match (mode.as_str(), target) {
+            ("reset", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => doc.replace("3600000", "1000"),
+            ("envnopower", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => r#"{"TemperatureCelsius":{"Reading":22.5}}"#.into(),
+            ("envnopower", "/redfish/v1/Chassis/Node1") => {
+                doc.replace(r#""PowerState":"On","#, r#""PowerState":"On","Power":{"@odata.id":"/redfish/v1/Chassis/Node1/Power"},"#)
+            }
+            ("shared", "/redfish/v1/Chassis/Node1") => doc.replace(
+                r#""ComputerSystems":[{"@odata.id":"/redfish/v1/Systems/Node1"}]"#,
+                r#""ComputerSystems":[{"@odata.id":"/redfish/v1/Systems/Node1"},{"@odata.id":"/redfish/v1/Systems/Node2"},
+                   {"@odata.id":"/redfish/v1/Systems/Node3"},{"@odata.id":"/redfish/v1/Systems/Node4"}]"#,
+            ),
+            _ => doc.clone(),
+        };
+        (200, doc)
+    })
+}
+
+#[test]
+fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let mode = Arc::new(Mutex::new("new".to_string()));
+    let bmc_port = mock_bmc_new(mode.clone());
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let mut seen = BTreeMap::new();
+    let bmc_energy =
+        |b: &str| series_value(b, "domesday_energy_joules_total", &["source=\"redfish\"", "zone=\"Node1\""]);
+
+    // The backplane (contained by Node1) is skipped; EnvironmentMetrics gives the power.
+    let body = scrape_until(port, "bmc_redfish", |b| host_power(b, "bmc_redfish").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), Some(412.0));
+    assert_eq!(host_power(&body, "psu_input"), None);
+    assert_eq!(
+        series_value(&body, "domesday_power_watts", &["source=\"redfish\"", "zone=\"Node1\"", "domain=\"platform\""]),
+        Some(412.0)
+    );
+    assert_eq!(bmc_energy(&body), Some(3_600_000.0), "the BMC's energy counter");
+    let temp = |b: &str, location: &str| {
+        series_value(
+            b,
+            "domesday_temperature_celsius",
+            &["source=\"redfish\"", "chip=\"Node1\"", &format!("location=\"{location}\"")],
+        )
+    };
+    assert_eq!(temp(&body, "inlet"), Some(22.5), "{body}");
+    assert_eq!(temp(&body, "exhaust"), Some(34.0), "{body}");
+    assert!(!body.contains("sensor=\"Total Power\",label"), "a power sensor is no temperature");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+
+    // The BMC reset its counter: ours keeps growing.
+    if let Ok(mut g) = mode.lock() {
+        *g = "reset".to_string();
+    }
+    let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
+    assert_eq!(bmc_energy(&body), Some(3_601_000.0));
+    check_monotonic(&mut seen, &body);
+
+    // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
+    if let Ok(mut g) = mode.lock() {
+        *g = "envnopower".to_string();
+    }
+    let body = scrape_until(port, "the legacy Power", |b| host_power(b, "bmc_redfish") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+
+    // No Sensors: the ThermalMetrics summary gives the intake and exhaust temperatures.
+    if let Ok(mut g) = mode.lock() {
+        *g = "nosensors".to_string();
+    }
+    let body = scrape_until(port, "the ThermalMetrics summary", |b| temp(b, "inlet") == Some(19.5));
+    assert_eq!(temp(&body, "exhaust"), Some(30.5), "{body}");
+    check_monotonic(&mut seen, &body);
+
+    // A chassis shared by four nodes: rejected, never the host's power.
+    if let Ok(mut g) = mode.lock() {
+        *g = "shared".to_string();
+    }
+    scrape_until(port, "the shared chassis", |b| redfish_errors(b, "rejected") >= 1.0);
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None, "{body}");
+    let n0 = redfish_errors(&body, "rejected");
+    std::thread::sleep(Duration::from_secs(2));
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None, "{body}");
+    let n = redfish_errors(&body, "rejected") - n0;
+    assert!((1.0..=4.0).contains(&n), "rejected once per poll (1 s), not per tick (200 ms): {n} in 2 s");
+    check_monotonic(&mut seen, &body);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("covers several nodes"), "{log}");
+}
+
+#[test]
+fn several_redfish_targets_are_read_and_the_first_is_the_host_power() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let legacy = mock_bmc(Arc::new(Mutex::new("legacy".to_string())), Arc::new(Mutex::new(Vec::new())));
+    let new = mock_bmc_new(Arc::new(Mutex::new("new".to_string())));
+    let pw = tmp.path().join("bmc.password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password");
+    let table = format!(
+        "[[redfish]]\nurl = \"http://127.0.0.1:{new}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n\
+         [[redfish]]\nurl = \"http://127.0.0.1:{legacy}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        pw.display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let zone =
+        |b: &str, z: String| series_value(b, "domesday_power_watts", &["source=\"redfish\"", &format!("zone=\"{z}\"")]);
+    let body = scrape_until(port, "both BMCs", |b| {
+        zone(b, format!("127.0.0.1:{new}/Node1")).is_some() && zone(b, format!("127.0.0.1:{legacy}/1U")).is_some()
+    });
+    assert_eq!(zone(&body, format!("127.0.0.1:{new}/Node1")), Some(412.0));
+    assert_eq!(zone(&body, format!("127.0.0.1:{legacy}/1U")), Some(344.0));
+    assert_eq!(host_power(&body, "bmc_redfish"), Some(412.0), "the first listed BMC is the host's power");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+}
+
 #[test]
 fn nvidia_gpus_through_nvidia_smi_are_gpu_power_not_host_power() {
     let (tmp, root) = fixture_copy("intel-2s");

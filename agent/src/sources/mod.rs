@@ -71,6 +71,8 @@ pub struct Output {
     pub samples: Vec<Sample>,
     pub statuses: Vec<Status>,
     pub facts: HostFacts,
+    /// Errors to count without a sensor status (once per event, e.g. per BMC poll).
+    pub errors: Vec<(Source, Reason)>,
 }
 
 impl Output {

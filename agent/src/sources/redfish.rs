@@ -1,12 +1,19 @@
-//! The BMC over Redfish, legacy model (DSP0268 `Chassis/{id}/Power` and
-//! `/Thermal`, the most widely implemented): `PowerControl[0].PowerConsumedWatts`
-//! is the host's wall power (method `bmc_redfish`), `Temperatures[]` the
-//! thermals. Polled on its own thread ([`super::bmc`]) with HTTP Basic auth,
+//! The BMC over Redfish (DSP0268). The newer model first: when the chassis has
+//! `EnvironmentMetrics`, its `PowerWatts.Reading` is the host's wall power
+//! (method `bmc_redfish`) and `EnergyJoules.Reading` the BMC's energy counter
+//! (reset-corrected: a drop is a reset), the temperatures come from `Sensors`
+//! (`ReadingType` `Temperature`, located by `PhysicalContext`). Otherwise the
+//! legacy model: `Power` `PowerControl[0].PowerConsumedWatts` (one member only:
+//! it already includes the PSUs, which are never added) and `Thermal`
+//! `Temperatures[]`. The chassis is the first one not contained by another
+//! (`Links.ContainedBy`) unless configured; a chassis shared by several nodes
+//! (an enclosure) is flagged and never used as the host's power.
+//! Polled on its own thread ([`super::bmc`]) with HTTP Basic auth,
 //! TLS verified unless `insecure_skip_verify`, the password never logged.
 
 use std::time::Duration;
 
-use domesday_model::catalog::{POWER, TEMPERATURE};
+use domesday_model::catalog::{ENERGY, POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Location, Reason, Source};
 use serde_json::Value;
 
@@ -30,7 +37,129 @@ pub struct RedfishReading {
     pub chassis: String,
     pub watts: Result<f64, ReadError>,
     pub temps: Vec<Temp>,
+    /// The BMC's energy counter (`EnergyJoules`), reset-corrected, J.
+    pub energy_j: Option<f64>,
+    /// The resource the power was read from (`.../Power` or `.../EnvironmentMetrics`).
+    pub power_path: String,
+    /// The resource the temperatures were read from (`.../Thermal` or `.../Sensors`).
+    pub thermal_path: String,
+    /// Why the chassis covers several nodes; its power is then not the host's.
+    pub shared: Option<String>,
 }
+
+/// A BMC energy counter made monotonic: a drop is a reset (the energy since
+/// the reset is the new raw value). Starts at the raw counter value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnergyCounter {
+    last_raw: Option<f64>,
+    total: f64,
+}
+
+impl EnergyCounter {
+    pub fn update(&mut self, raw: f64) -> f64 {
+        match self.last_raw {
+            None => self.total = raw,
+            Some(last) if raw >= last => self.total += raw - last,
+            Some(_) => self.total += raw,
+        }
+        self.last_raw = Some(raw);
+        self.total
+    }
+}
+
+fn odata_id<'a>(doc: &'a Value, key: &str) -> Option<&'a str> {
+    doc.get(key).and_then(|v| v.get("@odata.id")).and_then(Value::as_str)
+}
+
+/// Whether a chassis is inside another one (`Links.ContainedBy`).
+pub fn contained_by(chassis: &Value) -> bool {
+    chassis.pointer("/Links/ContainedBy/@odata.id").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+}
+
+/// Why a chassis covers several nodes, `None` for one node: `Links.ComputerSystems`
+/// lists more than one system, or an enclosure-like `ChassisType` (`Enclosure`,
+/// `Rack`, `RackGroup`, `Zone`, `Shelf`) does not list exactly one system.
+pub fn shared_by_nodes(chassis: &Value) -> Option<String> {
+    let systems = chassis.pointer("/Links/ComputerSystems").and_then(Value::as_array).map(Vec::len);
+    let kind = chassis.get("ChassisType").and_then(Value::as_str).unwrap_or("");
+    match systems {
+        Some(n) if n > 1 => Some(format!("its Links.ComputerSystems lists {n} systems")),
+        Some(1) => None,
+        _ if matches!(kind, "Enclosure" | "Rack" | "RackGroup" | "Zone" | "Shelf") => {
+            Some(format!("its ChassisType is {kind} and it does not name one computer system"))
+        }
+        _ => None,
+    }
+}
+
+fn reading_of(doc: &Value, key: &str) -> Result<f64, ReadError> {
+    match doc.get(key).map(|v| v.get("Reading")) {
+        Some(Some(Value::Number(n))) => n
+            .as_f64()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| parse_err(format!("{key}.Reading out of range"))),
+        Some(None | Some(Value::Null)) | None => {
+            Err(ReadError::new(Reason::Missing, format!("{key}.Reading is absent or null; not 0")))
+        }
+        Some(Some(other)) => Err(parse_err(format!("{key}.Reading is not a number: {other}"))),
+    }
+}
+
+/// `EnvironmentMetrics`: `PowerWatts.Reading` (W) and the energy counter in J,
+/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ.
+pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<f64>) {
+    let energy =
+        reading_of(doc, "EnergyJoules").ok().or_else(|| reading_of(doc, "EnergykWh").ok().map(|kwh| kwh * 3.6e6));
+    (reading_of(doc, "PowerWatts"), energy)
+}
+
+/// `ThermalMetrics.TemperatureSummaryCelsius`: the chassis' `Intake` and `Exhaust`.
+pub fn temperature_summary(doc: &Value) -> Vec<Temp> {
+    [("Intake", Location::Inlet), ("Exhaust", Location::Exhaust)]
+        .into_iter()
+        .filter_map(|(key, location)| {
+            let v = doc.pointer(&format!("/TemperatureSummaryCelsius/{key}"))?;
+            let value = v.get("Reading").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string());
+            Some(Temp { name: format!("{key} Temp"), location, value })
+        })
+        .collect()
+}
+
+/// A `Sensor` resource if it is a temperature, `None` otherwise.
+pub fn sensor_temperature(doc: &Value) -> Option<Temp> {
+    let is_temp = doc.get("ReadingType").and_then(Value::as_str) == Some("Temperature")
+        || doc.get("ReadingUnits").and_then(Value::as_str) == Some("Cel");
+    if !is_temp {
+        return None;
+    }
+    let name = doc.get("Name").or_else(|| doc.get("Id")).and_then(Value::as_str).unwrap_or("temperature").to_string();
+    let context = doc.get("PhysicalContext").and_then(Value::as_str).unwrap_or("");
+    let location = context_location(context, &name);
+    let state = doc.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled");
+    let value = if state != "Enabled" {
+        Err(format!("state {state}"))
+    } else {
+        doc.get("Reading").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string())
+    };
+    Some(Temp { name, location, value })
+}
+
+fn context_location(context: &str, name: &str) -> Location {
+    match context {
+        "Intake" => Location::Inlet,
+        "Exhaust" => Location::Exhaust,
+        "CPU" | "CPUSubsystem" => Location::Cpu,
+        "Memory" | "MemorySubsystem" => Location::Memory,
+        "PowerSupply" | "PowerSubsystem" => Location::Psu,
+        "StorageDevice" | "StorageSubsystem" => Location::Disk,
+        "GPU" | "GPUSubsystem" | "Accelerator" => Location::Gpu,
+        "Room" => Location::Ambient,
+        _ => temperature_location("", name),
+    }
+}
+
+/// Most sensors fetched one by one to find the temperatures (once per chassis).
+const MAX_SENSORS: usize = 128;
 
 fn parse_err(detail: impl Into<String>) -> ReadError {
     ReadError::new(Reason::Parse, detail)
@@ -69,17 +198,7 @@ pub fn temperatures(doc: &Value) -> Result<Vec<Temp>, ReadError> {
         .map(|(i, t)| {
             let name = t.get("Name").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("temp{i}"));
             let context = t.get("PhysicalContext").and_then(Value::as_str).unwrap_or("");
-            let location = match context {
-                "Intake" => Location::Inlet,
-                "Exhaust" => Location::Exhaust,
-                "CPU" | "CPUSubsystem" => Location::Cpu,
-                "Memory" | "MemorySubsystem" => Location::Memory,
-                "PowerSupply" | "PowerSubsystem" => Location::Psu,
-                "StorageDevice" | "StorageSubsystem" => Location::Disk,
-                "GPU" | "GPUSubsystem" | "Accelerator" => Location::Gpu,
-                "Room" => Location::Ambient,
-                _ => temperature_location("", &name),
-            };
+            let location = context_location(context, &name);
             let state = t.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled");
             let value = if state != "Enabled" {
                 Err(format!("state {state}"))
@@ -97,6 +216,10 @@ pub struct Client {
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
     chassis: Option<String>,
+    /// The temperature sensors of `Sensors` (found on the first poll).
+    temp_sensors: Option<Vec<String>>,
+    energy: EnergyCounter,
+    warned_shared: bool,
 }
 
 impl Client {
@@ -120,7 +243,15 @@ impl Client {
             .build()
             .map_err(|e| format!("Redfish runtime: {e}"))?;
         let chassis = cfg.chassis.as_ref().map(|c| format!("/redfish/v1/Chassis/{c}"));
-        Ok(Client { cfg: cfg.clone(), http, rt, chassis })
+        Ok(Client {
+            cfg: cfg.clone(),
+            http,
+            rt,
+            chassis,
+            temp_sensors: None,
+            energy: EnergyCounter::default(),
+            warned_shared: false,
+        })
     }
 
     fn get(&self, path: &str) -> Result<Value, ReadError> {
@@ -149,37 +280,161 @@ impl Client {
         })
     }
 
-    /// One poll: the chassis (first member unless configured), its Power and Thermal.
+    /// A document, where 404 and non-JSON are `None` (the resource is not
+    /// there); transport and auth failures are errors.
+    fn get_opt(&self, path: &str) -> Result<Option<Value>, ReadError> {
+        match self.get(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The first chassis not contained by another (a DIMM riser, a backplane,
+    /// Dell's `Enclosure.Internal`), else the first member.
+    fn pick_chassis(&self) -> Result<String, ReadError> {
+        let all = members(&self.get("/redfish/v1/Chassis")?)?;
+        for c in &all {
+            if let Some(doc) = self.get_opt(c)?
+                && !contained_by(&doc)
+            {
+                return Ok(c.clone());
+            }
+        }
+        all.into_iter().next().ok_or_else(|| ReadError::new(Reason::Missing, "the BMC lists no chassis"))
+    }
+
+    /// The temperatures of a `Sensors` collection (members expanded or not).
+    fn sensor_temps(&mut self, sensors: &str) -> Result<Vec<Temp>, ReadError> {
+        if let Some(uris) = &self.temp_sensors {
+            let mut temps = Vec::new();
+            for u in uris.clone() {
+                if let Some(t) = self.get_opt(&u)?.as_ref().and_then(sensor_temperature) {
+                    temps.push(t);
+                }
+            }
+            return Ok(temps);
+        }
+        let Some(coll) = self.get_opt(sensors)? else { return Ok(Vec::new()) };
+        let listed = coll.get("Members").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut temps = Vec::new();
+        let mut uris = Vec::new();
+        for m in listed.iter().take(MAX_SENSORS) {
+            let Some(uri) = m.get("@odata.id").and_then(Value::as_str) else { continue };
+            let doc = if m.get("Reading").is_some() || m.get("ReadingType").is_some() {
+                Some(m.clone())
+            } else {
+                self.get_opt(uri)?
+            };
+            if let Some(t) = doc.as_ref().and_then(sensor_temperature) {
+                uris.push(uri.to_string());
+                temps.push(t);
+            }
+        }
+        self.temp_sensors = Some(uris);
+        Ok(temps)
+    }
+
+    /// One poll: the chassis, its `EnvironmentMetrics` and `Sensors` when it has
+    /// them, else its legacy `Power` and `Thermal`.
     pub fn poll(&mut self) -> Result<RedfishReading, ReadError> {
         let chassis = match &self.chassis {
             Some(c) => c.clone(),
             None => {
-                let c = members(&self.get("/redfish/v1/Chassis")?)?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| ReadError::new(Reason::Missing, "the BMC lists no chassis"))?;
+                let c = self.pick_chassis()?;
                 self.chassis = Some(c.clone());
                 c
             }
         };
         let id = chassis.rsplit('/').next().unwrap_or(&chassis).to_string();
-        let watts = match self.get(&format!("{chassis}/Power")) {
-            Ok(doc) => power_consumed(&doc),
-            // A transport or auth failure fails the whole poll.
-            Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
-            Err(e) => Err(e),
+        let doc = self.get_opt(&chassis)?.unwrap_or(Value::Null);
+        let shared = shared_by_nodes(&doc);
+        if let Some(why) = &shared
+            && !self.warned_shared
+        {
+            tracing::warn!(
+                chassis = %id,
+                "Redfish chassis {id} covers several nodes ({why}): its power is not this host's wall power and is \
+                 not used as bmc_redfish; configure [redfish] chassis with the node's own chassis"
+            );
+            self.warned_shared = true;
+        }
+        let mut power = match odata_id(&doc, "EnvironmentMetrics") {
+            Some(env) => {
+                let env = env.to_string();
+                match self.get(&env) {
+                    Ok(d) => {
+                        let (w, e) = environment_power(&d);
+                        (w, e.map(|raw| self.energy.update(raw)), env)
+                    }
+                    Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
+                    Err(e) => (Err(e), None, env),
+                }
+            }
+            None => {
+                let p = format!("{chassis}/Power");
+                let w = match self.get(&p) {
+                    Ok(doc) => power_consumed(&doc),
+                    // A transport or auth failure fails the whole poll.
+                    Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
+                    Err(e) => Err(e),
+                };
+                (w, None, p)
+            }
         };
-        let temps = match self.get(&format!("{chassis}/Thermal")) {
-            Ok(doc) => temperatures(&doc).unwrap_or_default(),
-            Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
-            Err(_) => Vec::new(),
+        // EnvironmentMetrics without a power reading: the legacy Power if the chassis links it.
+        if let (Err(e), Some(p)) = (&power.0, odata_id(&doc, "Power"))
+            && e.reason == Reason::Missing
+            && power.2 != p
+        {
+            let p = p.to_string();
+            match self.get(&p) {
+                Ok(d) => power = (power_consumed(&d), power.1, p),
+                Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let (watts, energy_j, power_path) = power;
+        let sensors = odata_id(&doc, "Sensors").map(str::to_string);
+        let sensor_temps = match &sensors {
+            Some(s) => self.sensor_temps(s)?,
+            None => Vec::new(),
+        };
+        // Sensors without temperatures: ThermalSubsystem's summary, else the legacy Thermal.
+        let thermal = if sensor_temps.is_empty() { None } else { sensors };
+        let summary = match (&thermal, odata_id(&doc, "Thermal"), odata_id(&doc, "ThermalSubsystem")) {
+            (Some(_), _, _) | (None, Some(_), _) | (None, None, None) => None,
+            // No temperature sensor and no legacy Thermal: ThermalSubsystem/ThermalMetrics.
+            (None, None, Some(ts)) => {
+                let metrics = match self.get_opt(ts)? {
+                    Some(d) => odata_id(&d, "ThermalMetrics").map(str::to_string),
+                    None => None,
+                };
+                match metrics {
+                    Some(m) => self.get_opt(&m)?.map(|d| (temperature_summary(&d), m)),
+                    None => None,
+                }
+            }
+        };
+        let (temps, thermal_path) = match (thermal, summary) {
+            (Some(sensors), _) => (sensor_temps, sensors),
+            (None, Some(summary)) => summary,
+            (None, None) => {
+                let p = format!("{chassis}/Thermal");
+                let temps = match self.get(&p) {
+                    Ok(doc) => temperatures(&doc).unwrap_or_default(),
+                    Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
+                    Err(_) => Vec::new(),
+                };
+                (temps, p)
+            }
         };
         if let Err(e) = &watts
             && e.reason == Reason::Parse
         {
             return Err(e.clone());
         }
-        Ok(RedfishReading { chassis: id, watts, temps })
+        Ok(RedfishReading { chassis: id, watts, temps, energy_j, power_path, thermal_path, shared })
     }
 }
 
@@ -197,13 +452,24 @@ fn http_error(url: &str, e: &reqwest::Error, timeout: Duration) -> ReadError {
 pub struct Redfish {
     poller: Poller<RedfishReading>,
     url: String,
+    /// The last poll whose shared-chassis rejection was counted.
+    rejected_poll: u64,
+    /// Put before the chassis id in labels when several BMCs are read.
+    prefix: String,
+}
+
+/// The label prefix of a BMC among several: its URL's host and port, then `/`.
+pub fn label_prefix(url: &str) -> String {
+    let authority = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    format!("{authority}/")
 }
 
 impl Redfish {
-    pub fn new(cfg: &RedfishConfig) -> std::io::Result<Self> {
+    pub fn new(cfg: &RedfishConfig, prefix: String) -> std::io::Result<Self> {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
-        Ok(Redfish { poller, url: cfg.url.clone() })
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -222,9 +488,13 @@ impl SensorSource for Redfish {
         let mut out = Output::default();
         let st = self.poller.state();
         let fresh = self.poller.fresh(&st);
-        let chassis = st.last_ok.as_ref().map(|(_, r)| r.chassis.clone()).unwrap_or_else(|| "chassis".into());
+        let last = st.last_ok.as_ref().map(|(_, r)| r);
+        let chassis = format!("{}{}", self.prefix, last.map(|r| r.chassis.as_str()).unwrap_or("chassis"));
         let sensor = format!("{chassis}/power");
-        let path = format!("{}/redfish/v1/Chassis/{chassis}/Power", self.url);
+        let path = match last {
+            Some(r) => format!("{}{}", self.url, r.power_path),
+            None => format!("{}/redfish/v1/Chassis/chassis/Power", self.url),
+        };
         progress.enter(&sensor, &path);
         if st.polls == 0 {
             let e = ReadError::new(Reason::Missing, "no BMC answer yet (first poll running)");
@@ -238,8 +508,15 @@ impl SensorSource for Redfish {
                 Err(ReadError::new(Reason::Gap, "the last BMC reading is older than 3 polling intervals; not used"))
             }
         };
+        let shared = fresh.as_ref().is_some_and(|r| r.shared.is_some());
         if let Some(Ok(w)) = fresh.as_ref().map(|r| &r.watts) {
-            out.facts.bmc_redfish_watts = Some(*w);
+            if !shared {
+                out.facts.bmc_redfish_watts = Some(*w);
+            } else if st.polls != self.rejected_poll {
+                // Once per poll: the chassis covers several nodes, its power is not the host's.
+                self.rejected_poll = st.polls;
+                out.errors.push((Source::Redfish, Reason::Rejected));
+            }
         }
         let src = Source::Redfish.to_string();
         if let Ok(w) = &watts {
@@ -251,6 +528,13 @@ impl SensorSource for Redfish {
         }
         out.status(Source::Redfish, sensor, "watts", path, watts);
         let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        if let Some(e) = reading.energy_j {
+            out.samples.push(Sample::new(
+                &ENERGY,
+                vec![src.clone(), chassis.clone(), Domain::Platform.to_string(), String::new()],
+                e,
+            ));
+        }
         for t in &reading.temps {
             if let Ok(v) = t.value {
                 out.samples.push(Sample::new(
@@ -263,7 +547,7 @@ impl SensorSource for Redfish {
                 Source::Redfish,
                 format!("{chassis}/{}", t.name),
                 "celsius",
-                format!("{}/redfish/v1/Chassis/{chassis}/Thermal", self.url),
+                format!("{}{}", self.url, reading.thermal_path),
                 t.value.clone().map_err(|why| ReadError::new(Reason::Missing, why)),
             );
         }
@@ -309,5 +593,76 @@ mod tests {
         assert_eq!(get("CPU1 Temp").location, Location::Cpu);
         assert!(get("CPU2 Temp").value.is_err());
         assert!(get("Broken Temp").value.is_err());
+    }
+
+    #[test]
+    fn newer_model_environment_metrics_and_sensors() {
+        let node = fixture("new-node1.json");
+        assert!(!contained_by(&node));
+        assert!(contained_by(&fixture("new-backplane.json")));
+        assert_eq!(shared_by_nodes(&node), None);
+        assert_eq!(odata_id(&node, "EnvironmentMetrics"), Some("/redfish/v1/Chassis/Node1/EnvironmentMetrics"));
+        let (w, e) = environment_power(&fixture("new-envmetrics.json"));
+        assert_eq!(w, Ok(412.0));
+        assert_eq!(e, Some(3_600_000.0));
+        let (w, e) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": null}}));
+        assert_eq!(w.map_err(|e| e.reason), Err(Reason::Missing), "null is no reading, not 0 W");
+        assert_eq!(e, None);
+        let (w, _) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": "x"}}));
+        assert_eq!(w.map_err(|e| e.reason), Err(Reason::Parse));
+        let inlet = sensor_temperature(&fixture("new-sensor-ambient.json")).expect("temperature");
+        assert_eq!((inlet.location, inlet.value), (Location::Inlet, Ok(22.5)));
+        let exhaust = sensor_temperature(&fixture("new-sensor-exhaust.json")).expect("temperature");
+        assert_eq!((exhaust.location, exhaust.value), (Location::Exhaust, Ok(34.0)));
+        assert_eq!(sensor_temperature(&fixture("new-sensor-power.json")), None, "a power sensor is no temperature");
+        let off = serde_json::json!({"ReadingType": "Temperature", "Name": "T", "Reading": 1.0, "Status": {"State": "Absent"}});
+        assert!(sensor_temperature(&off).expect("temp").value.is_err());
+    }
+
+    #[test]
+    fn label_prefix_is_the_bmc_authority() {
+        assert_eq!(label_prefix("https://bmc1.example:8443"), "bmc1.example:8443/");
+        assert_eq!(label_prefix("http://10.0.0.5"), "10.0.0.5/");
+    }
+
+    #[test]
+    fn energy_kwh_and_thermal_metrics_summary() {
+        let doc = serde_json::json!({"PowerWatts": {"Reading": 374}, "EnergykWh": {"Reading": 2.5}});
+        assert_eq!(environment_power(&doc), (Ok(374.0), Some(9_000_000.0)));
+        let both = serde_json::json!({"PowerWatts": {"Reading": 1}, "EnergykWh": {"Reading": 2.5}, "EnergyJoules": {"Reading": 7}});
+        assert_eq!(environment_power(&both).1, Some(7.0), "EnergyJoules first");
+        let tm = serde_json::json!({"TemperatureSummaryCelsius": {"Intake": {"Reading": 21.5}, "Exhaust": {"Reading": null}}});
+        let t = temperature_summary(&tm);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].location, t[0].value.clone()), (Location::Inlet, Ok(21.5)));
+        assert_eq!(t[1].location, Location::Exhaust);
+        assert!(t[1].value.is_err(), "null is no reading");
+        assert!(temperature_summary(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn energy_counter_survives_bmc_resets() {
+        let mut c = EnergyCounter::default();
+        assert_eq!(c.update(1000.0), 1000.0, "starts at the raw counter value");
+        assert_eq!(c.update(1500.0), 1500.0);
+        // The BMC reset its counter: the energy since the reset is the new raw value.
+        assert_eq!(c.update(200.0), 1700.0);
+        assert_eq!(c.update(300.0), 1800.0);
+        assert_eq!(c.update(300.0), 1800.0);
+    }
+
+    #[test]
+    fn chassis_shared_by_several_nodes_is_flagged() {
+        let why = shared_by_nodes(&fixture("enclosure.json")).expect("an enclosure of 4 nodes");
+        assert!(why.contains("4 systems"), "{why}");
+        let e = serde_json::json!({"ChassisType": "Enclosure"});
+        assert!(shared_by_nodes(&e).expect("enclosure").contains("Enclosure"));
+        // An enclosure-typed chassis that names exactly one system is that node.
+        let one = serde_json::json!({"ChassisType": "Enclosure", "Links": {"ComputerSystems": [{"@odata.id": "/redfish/v1/Systems/1"}]}});
+        assert_eq!(shared_by_nodes(&one), None);
+        let two = serde_json::json!({"ChassisType": "RackMount", "Links": {"ComputerSystems": [{}, {}]}});
+        assert!(shared_by_nodes(&two).is_some());
+        assert_eq!(shared_by_nodes(&serde_json::json!({"ChassisType": "Blade"})), None);
+        assert_eq!(shared_by_nodes(&Value::Null), None);
     }
 }
