@@ -616,9 +616,11 @@ fn run() -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "site = \"bench\"\nstate_dir = {:?}\nmachine_id_file = {:?}\n",
+            "site = \"bench\"\nstate_dir = {:?}\nmachine_id_file = {:?}\n{}\n",
             tmp.path().join("state").display().to_string(),
-            root.join("etc/machine-id").display().to_string()
+            root.join("etc/machine-id").display().to_string(),
+            // Extra agent tables (e.g. an [ipmi] table with a fake ipmitool) from the environment.
+            std::env::var("AGENT_TABLES").unwrap_or_default()
         ),
     )?;
 
