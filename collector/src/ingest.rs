@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
 use crate::ledger::book::joules_to_uj;
-use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim};
+use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel};
 
 /// Counters far beyond any machine's energy (10 TJ ≈ 2.8 GWh) are suspect.
 pub const ABSURD_JOULES: f64 = 1e13;
@@ -166,12 +166,20 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         if name == "domesday_host_info"
             && let (false, Some(m)) = (host.is_empty(), ts.label("machine_id").filter(|m| !m.is_empty()))
         {
+            let label = |k: &str| ts.label(k).unwrap_or("").to_string();
+            let model = HostModel {
+                vendor: label("vendor"),
+                product: label("product"),
+                cpu_model: label("cpu_model"),
+                sockets: ts.label("sockets").and_then(|s| s.parse().ok()),
+            };
             for s in &ts.samples {
                 acc.batch.claims.push(HostClaim {
                     site: site.into(),
                     host: host.into(),
                     machine_id: m.into(),
                     ts_ms: s.timestamp,
+                    model: model.clone(),
                 });
             }
         }
@@ -287,7 +295,13 @@ mod tests {
         assert_eq!(a.other, 2);
         assert_eq!(
             a.batch.claims,
-            vec![HostClaim { site: "s".into(), host: "h1".into(), machine_id: "abc".into(), ts_ms: NOW }]
+            vec![HostClaim {
+                site: "s".into(),
+                host: "h1".into(),
+                machine_id: "abc".into(),
+                ts_ms: NOW,
+                model: HostModel::default()
+            }]
         );
     }
 

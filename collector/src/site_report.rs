@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::carbon::embodied::period_embodied;
 use crate::carbon::service::CarbonService;
 use crate::config::SiteConfig;
 use crate::indicators::emissions::{EnergyInterval, time_matched};
@@ -213,7 +214,16 @@ pub async fn report(
     let mut out = Vec::with_capacity(periods.len());
     for p in periods {
         let indicators = period_indicators(reader, site, params, carbon, p, now_ms).await?;
-        out.push(PeriodReport { from: rfc3339(p.from_ms), to: rfc3339(p.to_ms), interim: p.interim, indicators });
+        let models = reader.host_models(&site.id, p.from_ms, p.to_ms)?;
+        let embodied =
+            period_embodied(models.iter().map(|(_, m)| (m.vendor.as_str(), m.product.as_str())), p.from_ms, p.to_ms);
+        out.push(PeriodReport {
+            from: rfc3339(p.from_ms),
+            to: rfc3339(p.to_ms),
+            interim: p.interim,
+            indicators,
+            embodied,
+        });
     }
     Ok(IndicatorsReport { site: site.id.clone(), from: rfc3339(from_ms), to: rfc3339(to_ms), step, periods: out })
 }

@@ -2,11 +2,13 @@
 //! éCO2mix API produces PUE, CUE, WUE, ERF and REF through the real
 //! collector's indicators endpoint; the test recomputes each from the raw
 //! readings. An hour without utility data is refused (`missing_meter`), never
-//! given a number.
+//! given a number. Each period also carries the embodied emissions of the
+//! hosts that reported in it (from `domesday_host_info`), beside the
+//! indicators and outside CUE.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domesday_model::remote_write::{WriteRequest, encode};
+use domesday_model::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use domesday_tests::{Collector, free_port, get_text, host_energy_series, mock_http, post_write, url_decode};
 
 const TOKEN: &str = "indicator-token";
@@ -64,6 +66,26 @@ fn config(dir: &std::path::Path, port: u16, rte_port: u16) -> std::path::PathBuf
     p
 }
 
+/// A `domesday_host_info` series as an agent pushes it.
+fn host_info(host: &str, vendor: &str, product: &str, machine_id: &str, t: i64) -> TimeSeries {
+    let mut labels: Vec<Label> = [
+        ("__name__", "domesday_host_info"),
+        ("cpu_model", "Intel(R) Xeon(R) Gold 6248R CPU @ 3.00GHz"),
+        ("host", host),
+        ("job", "domesday-agent"),
+        ("machine_id", machine_id),
+        ("product", product),
+        ("site", "caen-1"),
+        ("sockets", "2"),
+        ("vendor", vendor),
+    ]
+    .iter()
+    .map(|(n, v)| Label { name: (*n).into(), value: (*v).into() })
+    .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    TimeSeries { labels, samples: vec![Sample { value: 1.0, timestamp: t }] }
+}
+
 fn indicator<'a>(period: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     period["indicators"]
         .as_array()
@@ -85,9 +107,15 @@ fn indicators_are_ratios_of_the_raw_readings() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let h0 = now / HOUR * HOUR - 6 * HOUR;
     // Two agents at 250 W each over three hours: 0.5 kWh of IT energy per hour.
-    for host in ["srv-a", "srv-b"] {
+    // srv-a is a Dell PowerEdge R740 (in the shipped table), srv-b a model it does not know.
+    for (host, vendor, product) in [("srv-a", "Dell Inc.", "PowerEdge R740"), ("srv-b", "Acme", "Rackbox 9")] {
         let points: Vec<(f64, i64)> = (0..=180).map(|m| (250.0 * 60.0 * m as f64, h0 + m * 60_000)).collect();
-        let body = encode(&WriteRequest { timeseries: vec![host_energy_series("caen-1", host, "psu_input", &points)] });
+        let body = encode(&WriteRequest {
+            timeseries: vec![
+                host_info(host, vendor, product, &format!("{host}-machine"), h0),
+                host_energy_series("caen-1", host, "psu_input", &points),
+            ],
+        });
         assert_eq!(post_write(&c.url("/api/v1/write"), Some(TOKEN), body).map(|r| r.0), Ok(204));
     }
     // Meters: utility 0.15 kWh per quarter hour for the first two hours only; PV, heat and water per hour.
@@ -132,6 +160,18 @@ fn indicators_are_ratios_of_the_raw_readings() {
         assert_eq!(cue["carbon_fallback"], false, "{cue}");
         assert!(cue["carbon_source"].as_str().unwrap_or_default().contains("rte"), "{cue}");
         assert_eq!(pue["estimated_share"], 0.0);
+    }
+    // Embodied emissions, per period, beside the indicators: the table's footprints
+    // (967.9 kg for the R740, the 1,000 kg default for the unknown model) × 1 h / 4 years.
+    // CUE above is the grid's alone.
+    for p in periods {
+        let e = &p["embodied"];
+        assert!(close(&e["kg_co2e"], (967.9 + 1000.0) / 35_040.0), "{e}");
+        assert_eq!((e["hosts"].as_u64(), e["unknown_models"].as_u64()), (Some(2), Some(1)), "{e}");
+        assert_eq!(e["lifetime_years"], 4.0, "{e}");
+        let source = e["source"].as_str().unwrap_or_default();
+        assert!(source.contains("dell_r740: BoaviztAPI") && source.contains("unknown models"), "{e}");
+        assert!(indicator(p, "cue").get("embodied").is_none());
     }
     // The third hour has no utility reading: no PUE, and the missing meter is named.
     let pue = indicator(&periods[2], "pue");

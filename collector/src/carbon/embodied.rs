@@ -104,6 +104,77 @@ pub fn site_embodied(hosts: &[EmbodiedHost], from_ms: i64, to_ms: i64) -> Embodi
     r
 }
 
+/// The class of [`FOOTPRINTS`] a host model from `domesday_host_info` falls
+/// in, if the table knows it: a Dell (vendor "Dell…") PowerEdge R740 (product
+/// naming "R740", case-insensitive) is `dell_r740`. Anything else is unknown.
+pub fn class_of(vendor: &str, product: &str) -> Option<&'static str> {
+    let v = vendor.to_ascii_lowercase();
+    let p = product.to_ascii_lowercase();
+    (v.starts_with("dell") && p.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == "r740")).then_some("dell_r740")
+}
+
+/// The class used for hosts whose model the table does not know.
+pub const DEFAULT_CLASS: &str = "rack_server";
+
+/// Embodied emissions of the hosts that reported in one period of the
+/// indicators answer, beside the indicators (never inside CUE).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeriodEmbodied {
+    /// kgCO2e amortised over the period.
+    pub kg_co2e: f64,
+    /// Hosts counted.
+    pub hosts: usize,
+    /// Hosts whose model is not in the table, counted with the default footprint.
+    pub unknown_models: usize,
+    /// Where the footprints come from.
+    pub source: String,
+    /// The lifetime the footprints are amortised over.
+    pub lifetime_years: f64,
+}
+
+/// Amortises the footprints of hosts given as `(vendor, product)` over the
+/// whole of `[from_ms, to_ms)` (each host counts for the whole period it
+/// reported in); `None` without hosts.
+pub fn period_embodied<'a>(
+    models: impl IntoIterator<Item = (&'a str, &'a str)>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Option<PeriodEmbodied> {
+    let mut r =
+        PeriodEmbodied { kg_co2e: 0.0, hosts: 0, unknown_models: 0, source: String::new(), lifetime_years: 0.0 };
+    let mut sources: Vec<String> = Vec::new();
+    let mut lifetimes: Vec<f64> = Vec::new();
+    for (vendor, product) in models {
+        let class = class_of(vendor, product);
+        let f = footprint(class.unwrap_or(DEFAULT_CLASS))?;
+        let source = match class {
+            Some(c) => format!("{c}: {}", f.source),
+            None => {
+                r.unknown_models += 1;
+                format!("unknown models, default {DEFAULT_CLASS} ({} kg): {}", f.kg_co2e, f.source)
+            }
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+        if !lifetimes.contains(&f.lifetime_hours) {
+            lifetimes.push(f.lifetime_hours);
+        }
+        r.kg_co2e += amortised_kg(f.kg_co2e, f.lifetime_hours, from_ms, from_ms, to_ms);
+        r.hosts += 1;
+    }
+    if r.hosts == 0 {
+        return None;
+    }
+    sources.sort();
+    r.source = sources.join("; ");
+    r.lifetime_years = lifetimes.iter().copied().fold(0.0, f64::max) / HOURS_PER_YEAR;
+    Some(r)
+}
+
+/// 365 days.
+const HOURS_PER_YEAR: f64 = 8_760.0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +207,25 @@ mod tests {
         );
         assert!((r.kg_co2e - 967.9).abs() < 1e-9);
         assert_eq!(r.unknown, vec!["b".to_string()]);
+    }
+
+    /// Two hosts of known models (and one unknown) over one day.
+    #[test]
+    fn period_amortisation() {
+        let day = 24 * H;
+        let r = period_embodied([("Dell Inc.", "PowerEdge R740"), ("DELL", "PowerEdge R740 (SKU 0715)")], 0, day)
+            .expect("hosts");
+        let want = 2.0 * 967.9 * 24.0 / DEFAULT_LIFETIME_HOURS;
+        assert!((r.kg_co2e - want).abs() < 1e-12, "{} vs {want}", r.kg_co2e);
+        assert_eq!((r.hosts, r.unknown_models), (2, 0));
+        assert_eq!(r.lifetime_years, 4.0);
+        assert!(r.source.starts_with("dell_r740: BoaviztAPI"), "{}", r.source);
+        let r = period_embodied([("Dell Inc.", "PowerEdge R740"), ("Acme", "Toaster")], day, 2 * day).expect("hosts");
+        assert!((r.kg_co2e - (967.9 + 1000.0) * 24.0 / DEFAULT_LIFETIME_HOURS).abs() < 1e-12);
+        assert_eq!(r.unknown_models, 1);
+        assert!(r.source.contains("unknown models, default rack_server"), "{}", r.source);
+        assert_eq!(class_of("Dell Inc.", "PowerEdge R7400"), None);
+        assert_eq!(period_embodied([], 0, day), None);
     }
 
     proptest! {

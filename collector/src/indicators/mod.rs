@@ -348,6 +348,10 @@ pub struct PeriodReport {
     /// Anything but a complete calendar year in the site's zone.
     pub interim: bool,
     pub indicators: Vec<Indicator>,
+    /// Embodied emissions of the hosts that reported in the period, amortised
+    /// over it: beside the indicators, never inside CUE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embodied: Option<crate::carbon::embodied::PeriodEmbodied>,
 }
 
 /// The whole indicators answer (contract §7).

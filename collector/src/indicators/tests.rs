@@ -268,7 +268,13 @@ fn json_shape_is_the_contracts() {
         from: "2025-01-01T00:00:00Z".into(),
         to: "2025-01-02T00:00:00Z".into(),
         step: period::Step::Day,
-        periods: vec![PeriodReport { from: "a".into(), to: "b".into(), interim: true, indicators: vec![i] }],
+        periods: vec![PeriodReport {
+            from: "a".into(),
+            to: "b".into(),
+            interim: true,
+            indicators: vec![i],
+            embodied: None,
+        }],
     };
     let j = serde_json::to_value(&r).expect("json");
     assert_eq!(j["step"], "1d");

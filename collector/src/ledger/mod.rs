@@ -107,6 +107,17 @@ pub struct HostClaim {
     pub host: String,
     pub machine_id: String,
     pub ts_ms: i64,
+    /// What the machine is (labels `vendor`, `product`, `cpu_model`, `sockets`).
+    pub model: HostModel,
+}
+
+/// A host's model as its agent reports it in `domesday_host_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostModel {
+    pub vendor: String,
+    pub product: String,
+    pub cpu_model: String,
+    pub sockets: Option<u32>,
 }
 
 /// What one accepted request asks the ledger to do.
@@ -164,6 +175,8 @@ pub trait LedgerWriter: Send {
 pub trait LedgerReader: Send + Sync {
     fn energy(&self, q: &query::EnergyQuery) -> Result<query::EnergyReport, StoreError>;
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<query::HostRow>, StoreError>;
+    /// The claimed hosts of a site with a sample in `[from, to)`, and their model.
+    fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError>;
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError>;
     /// Hourly energy (µJ) of a site's meters of one role over whole hours in `[from, to)`.
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError>;

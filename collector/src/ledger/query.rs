@@ -282,6 +282,35 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
     })
 }
 
+/// The claimed hosts of a site with a sample in `[from, to)`, and their model.
+pub fn host_models(
+    conn: &Connection,
+    site: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(String, super::HostModel)>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT h.host, h.vendor, h.product, h.cpu_model, h.sockets FROM hosts h WHERE h.site = ?1 AND EXISTS \
+         (SELECT 1 FROM series se JOIN samples sa ON sa.series_id = se.id \
+          WHERE se.site = h.site AND se.host = h.host AND sa.ts_ms >= ?2 AND sa.ts_ms < ?3) \
+         OR h.site = ?1 AND EXISTS (SELECT 1 FROM series se JOIN hours ho ON ho.series_id = se.id \
+          WHERE se.site = h.site AND se.host = h.host AND ho.start_ms >= ?2 - 3600000 AND ho.start_ms < ?3) \
+         ORDER BY h.host",
+    )?;
+    let rows = st.query_map(params![site, from_ms, to_ms], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            super::HostModel {
+                vendor: r.get(1)?,
+                product: r.get(2)?,
+                cpu_model: r.get(3)?,
+                sockets: r.get::<_, Option<u32>>(4)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Hosts of a site with their first/last sample, current method and estimated share.
 pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
     let mut names: Vec<String> = Vec::new();

@@ -18,7 +18,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
-use super::{Batch, HOST_ENERGY_METRIC, LedgerReader, LedgerWriter, METER_METRIC, Outcome, StoreError, micro_factor};
+use super::{
+    Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, LedgerReader, LedgerWriter, METER_METRIC, Outcome, StoreError,
+    micro_factor,
+};
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
 pub const MIGRATIONS: &[&str] = &[r#"
@@ -48,6 +51,7 @@ CREATE TABLE hours (
 ) WITHOUT ROWID;
 CREATE TABLE hosts (
     site TEXT NOT NULL, host TEXT NOT NULL, machine_id TEXT NOT NULL, claimed_ms INTEGER NOT NULL,
+    vendor TEXT NOT NULL DEFAULT '', product TEXT NOT NULL DEFAULT '', cpu_model TEXT NOT NULL DEFAULT '', sockets INTEGER,
     PRIMARY KEY (site, host)
 );
 CREATE TABLE adjustments (
@@ -274,17 +278,11 @@ impl SqliteWriter {
                         }
                     }
                     staged.owners.insert(key.clone(), (c.machine_id.clone(), c.ts_ms));
-                    tx.execute(
-                        "INSERT OR REPLACE INTO hosts VALUES (?1, ?2, ?3, ?4)",
-                        params![c.site, c.host, c.machine_id, c.ts_ms],
-                    )?;
+                    upsert_host(tx, c)?;
                 }
                 _ => {
                     staged.owners.insert(key, (c.machine_id.clone(), c.ts_ms));
-                    tx.execute(
-                        "INSERT OR REPLACE INTO hosts VALUES (?1, ?2, ?3, ?4)",
-                        params![c.site, c.host, c.machine_id, c.ts_ms],
-                    )?;
+                    upsert_host(tx, c)?;
                 }
             }
         }
@@ -638,6 +636,25 @@ impl SqliteReader {
     }
 }
 
+/// Records a host's owner and model.
+fn upsert_host(tx: &rusqlite::Transaction<'_>, c: &HostClaim) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO hosts (site, host, machine_id, claimed_ms, vendor, product, cpu_model, sockets) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            c.site,
+            c.host,
+            c.machine_id,
+            c.ts_ms,
+            c.model.vendor,
+            c.model.product,
+            c.model.cpu_model,
+            c.model.sockets
+        ],
+    )?;
+    Ok(())
+}
+
 impl LedgerReader for SqliteReader {
     fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
         super::query::energy(&self.conn()?, q, &self.policy)
@@ -645,6 +662,9 @@ impl LedgerReader for SqliteReader {
 
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
         super::query::hosts(&self.conn()?, site, now_ms)
+    }
+    fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
+        super::query::host_models(&self.conn()?, site, from_ms, to_ms)
     }
 
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {

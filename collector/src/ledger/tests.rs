@@ -129,7 +129,13 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("l.db");
     let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
-    let claim = |m: &str, ts| HostClaim { site: "s".into(), host: "h1".into(), machine_id: m.into(), ts_ms: ts };
+    let claim = |m: &str, ts| HostClaim {
+        site: "s".into(),
+        host: "h1".into(),
+        machine_id: m.into(),
+        ts_ms: ts,
+        model: Default::default(),
+    };
     w.apply(
         &[Batch {
             intervals: vec![],
