@@ -313,6 +313,16 @@ impl MeterKind {
     }
 }
 
+/// What a `prometheus` meter's series measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// A cumulative register in the meter's unit (default).
+    Energy,
+    /// An instantaneous power gauge in watts, integrated into energy.
+    Power,
+}
+
 /// The value type of a Modbus register (contract §6 `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -430,6 +440,9 @@ pub struct MeterConfig {
     pub allow_plain_http: bool,
     #[serde(default)]
     pub query: Option<String>,
+    /// Prometheus: `energy` (a register, default) or `power` (a gauge in W, integrated).
+    #[serde(default)]
+    pub measure: Option<Measure>,
     /// Polling interval of readers; default 60 s.
     #[serde(default)]
     pub interval: Option<Dur>,
@@ -725,7 +738,7 @@ fn find_meter_key(text: &str, id: &str, key: &str) -> usize {
 }
 
 /// Keys of `[[sites.meters]]` that only readers use, and whether `m` sets them.
-fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 16] {
+fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 17] {
     [
         ("address", m.address.is_some()),
         ("unit_id", m.unit_id.is_some()),
@@ -741,6 +754,7 @@ fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 16] {
         ("insecure_skip_verify", m.insecure_skip_verify),
         ("allow_plain_http", m.allow_plain_http),
         ("query", m.query.is_some()),
+        ("measure", m.measure.is_some()),
         ("interval", m.interval.is_some()),
         ("timeout", m.timeout.is_some()),
     ]
@@ -765,6 +779,7 @@ fn kind_keys(kind: MeterKind) -> &'static [&'static str] {
         MeterKind::Prometheus => &[
             "url",
             "query",
+            "measure",
             "username",
             "password_file",
             "ca_file",
@@ -810,12 +825,15 @@ fn validate_reader(
     text: &str,
     err: &dyn Fn(usize, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
-    if m.kind == MeterKind::Csv {
-        return Ok(());
-    }
     let kind = m.kind.as_str();
     let id = m.id.clone();
     let at = |key: &str, msg: String| err(find_meter_key(text, &id, key), format!("meter {id:?} (kind {kind}): {msg}"));
+    if m.kind == MeterKind::Csv {
+        if m.measure.is_some() {
+            return Err(at("measure", "key `measure` applies to kind prometheus only".into()));
+        }
+        return Ok(());
+    }
     let allowed = kind_keys(m.kind);
     for (key, set) in reader_keys(m) {
         if set && !allowed.contains(&key) {
@@ -926,6 +944,15 @@ fn validate_reader(
                     return Err(at("ca_file", format!("{} holds no PEM certificate", f.display())));
                 }
                 m.ca_pem = Some(pem);
+            }
+            if m.kind == MeterKind::Prometheus && m.measure == Some(Measure::Power) && !energy_unit {
+                return Err(at(
+                    "measure",
+                    format!(
+                        "measure = \"power\" integrates a gauge in watts into energy: unit {:?} must be Wh, kWh or MWh",
+                        m.unit
+                    ),
+                ));
             }
             if m.kind == MeterKind::Prometheus {
                 let Some(q) = &m.query else {
@@ -1278,6 +1305,27 @@ mod tests {
         assert!(e.contains("plain http"), "{e}");
     }
 
+    #[test]
+    fn power_gauges_need_prometheus_and_an_energy_unit() {
+        let meter =
+            |kind_unit: &str, extra: &str| site_with(&format!("id = \"ups\"\nrole = \"pdu_out\"\n{kind_unit}{extra}"));
+        let prom =
+            "kind = \"prometheus\"\nunit = \"kWh\"\nurl = \"http://prom:9090\"\nquery = 'upsOutputTruePower[5m]'\n";
+        let l = load(&meter(prom, "measure = \"power\"\n")).expect("power gauge");
+        assert_eq!(l.sites[0].config.meters[0].measure, Some(Measure::Power));
+        load(&meter(prom, "measure = \"energy\"\n")).expect("energy register");
+        let water = prom.replace("kWh", "m3");
+        let e = refused(&meter(&water, "measure = \"power\"\n").replace("pdu_out", "water_in"));
+        assert!(e.contains(":13:") && e.contains("must be Wh, kWh or MWh"), "{e}");
+        let e = refused(&meter("kind = \"csv\"\nunit = \"kWh\"\n", "measure = \"power\"\n"));
+        assert!(e.contains(":11:") && e.contains("prometheus only"), "{e}");
+        let e =
+            refused(&meter("kind = \"redfish\"\nunit = \"kWh\"\nurl = \"https://pdu/x\"\n", "measure = \"power\"\n"));
+        assert!(e.contains(":12:") && e.contains("does not apply to kind redfish"), "{e}");
+        let e = refused(&meter(prom, "measure = \"watts\"\n"));
+        assert!(e.contains("measure"), "{e}");
+    }
+
     fn site(extra: &str) -> String {
         format!("[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{HASH}\"\n{extra}")
     }
@@ -1346,7 +1394,7 @@ mod tests {
         assert!(e.contains(":7:") && e.contains("network"), "{e}");
         let e = refused(&site("[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"nope\"\n"));
         assert!(e.contains(":8:") && e.contains("nope"), "{e}");
-        let ups = "[[sites.meters]]\nid = \"ups\"\nrole = \"ups_out\"\nkind = \"csv\"\nunit = \"kWh\"\n";
+        let ups = "[[sites.meters]]\nid = \"ups\"\nrole = \"pdu_out\"\nkind = \"csv\"\nunit = \"kWh\"\n";
         let e = refused(&site(&format!("{ups}[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"ups\"\n")));
         assert!(e.contains(":13:") && e.contains("role it_in"), "{e}");
         let e = refused(&site(&format!(

@@ -45,7 +45,7 @@ pub async fn serve(
         .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
         .collect();
     let meter_stats = Arc::new(crate::meters::reader::MeterStats::default());
-    let readers = crate::meters::reader::spawn_all(&sites, &handle, &meter_stats);
+    let readers = crate::meters::reader::spawn_all(&sites, cfg.ledger.gap.0, &handle, &meter_stats);
     let carbon = match &cfg.carbon {
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,

@@ -90,12 +90,13 @@ pub enum Source {
 
 impl Source {
     /// The reader of a validated meter; `None` for `csv` meters (fed by imports).
-    pub fn new(m: &MeterConfig) -> Result<Option<Source>, ReadError> {
+    /// `gap` is the ledger's gap (how far a power gauge is integrated across missing samples).
+    pub fn new(m: &MeterConfig, gap: Duration) -> Result<Option<Source>, ReadError> {
         Ok(Some(match m.kind {
             MeterKind::Csv => return Ok(None),
             MeterKind::Modbus => Source::Modbus(ModbusReader::new(RegisterSpec::from_config(m)?)),
             MeterKind::Redfish => Source::Redfish(RedfishReader::new(m)?),
-            MeterKind::Prometheus => Source::Prometheus(PrometheusReader::new(m)?),
+            MeterKind::Prometheus => Source::Prometheus(PrometheusReader::new(m, gap)?),
         }))
     }
 
@@ -215,8 +216,8 @@ async fn submit(site: &str, m: &MeterConfig, readings: &[Reading], writer: &Writ
 }
 
 /// Polls one meter until the task is aborted.
-pub async fn run(site: String, m: MeterConfig, writer: WriterHandle, stats: Arc<MeterStats>) {
-    let mut source = match Source::new(&m) {
+pub async fn run(site: String, m: MeterConfig, gap: Duration, writer: WriterHandle, stats: Arc<MeterStats>) {
+    let mut source = match Source::new(&m, gap) {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -273,12 +274,12 @@ pub async fn run(site: String, m: MeterConfig, writer: WriterHandle, stats: Arc<
 }
 
 /// Starts a reader task for every configured non-csv meter.
-pub fn spawn_all(sites: &[Site], writer: &WriterHandle, stats: &Arc<MeterStats>) -> Vec<JoinHandle<()>> {
+pub fn spawn_all(sites: &[Site], gap: Duration, writer: &WriterHandle, stats: &Arc<MeterStats>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for s in sites {
         for m in s.config.meters.iter().filter(|m| m.kind != MeterKind::Csv) {
             stats.register(&s.config.id, &m.id);
-            tasks.push(tokio::spawn(run(s.config.id.clone(), m.clone(), writer.clone(), stats.clone())));
+            tasks.push(tokio::spawn(run(s.config.id.clone(), m.clone(), gap, writer.clone(), stats.clone())));
         }
     }
     tasks

@@ -22,6 +22,9 @@ use crate::ledger::LedgerReader;
 use crate::ledger::query::EnergyQuery;
 use crate::ledger::sqlite::{Policy, SqliteReader, SqliteWriter};
 
+/// The ledger's default gap.
+const GAP: Duration = Duration::from_secs(300);
+
 /// Words of a 64-bit value, most significant first.
 fn words64(v: u64) -> Vec<u16> {
     (0..4).rev().map(|i| (v >> (16 * i)) as u16).collect()
@@ -155,7 +158,7 @@ async fn the_polling_loop_books_the_register_increase_exactly() {
     let stats = Arc::new(MeterStats::default());
     let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\nscale = 0.001\ninterval = \"1s\"\n");
     let start = crate::ledger::writer::now_ms();
-    let task = tokio::spawn(super::reader::run("caen-1".into(), cfg, writer.clone(), stats.clone()));
+    let task = tokio::spawn(super::reader::run("caen-1".into(), cfg, GAP, writer.clone(), stats.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while stats.status("caen-1", "tgbt").map(|s| s.readings).unwrap_or(0) < 3 {
         assert!(tokio::time::Instant::now() < deadline, "no readings: {:?}", stats.status("caen-1", "tgbt"));
@@ -295,7 +298,7 @@ async fn prometheus_meters_read_raw_samples_of_one_series() {
     let m = meter(&format!(
         "id = \"eau\"\nrole = \"water_in\"\nkind = \"prometheus\"\nunit = \"m3\"\nurl = \"http://{addr}\"\nquery = 'water_m3_total{{meter=\"eau\"}}[5m]'\n"
     ));
-    let poll = PrometheusReader::new(&m).expect("reader").read().await.expect("poll");
+    let poll = PrometheusReader::new(&m, GAP).expect("reader").read().await.expect("poll");
     assert_eq!(
         poll.readings,
         vec![
@@ -326,7 +329,7 @@ async fn silent_devices_time_out_and_the_next_read_reconnects() {
     });
     let short = Duration::from_millis(300);
     let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\n");
-    let mut s = Source::new(&cfg).expect("source").expect("a reader");
+    let mut s = Source::new(&cfg, GAP).expect("source").expect("a reader");
     let e = read_within(&mut s, short).await.expect_err("silent");
     assert_eq!(e, ReadError::Timeout(short));
     s.reset();
