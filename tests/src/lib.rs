@@ -430,3 +430,19 @@ pub fn url_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `(timestamp ms, joules)` of every tick an agent queued for push, for one host
+/// power `method`, read from its debug log (`domesday_agent::push=debug`).
+pub fn pushed_host_energy(log: &str, method: &str) -> Vec<(i64, f64)> {
+    let prefix = format!("{method}=");
+    log.lines()
+        .filter(|l| l.contains("push tick"))
+        .filter_map(|l| {
+            let field = |name: &str| l.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_string);
+            let ts = field("ts=")?.parse::<i64>().ok()?;
+            let energy = field("host_energy=")?;
+            let v = energy.split(',').find_map(|m| m.strip_prefix(prefix.as_str()))?.parse::<f64>().ok()?;
+            Some((ts, v))
+        })
+        .collect()
+}

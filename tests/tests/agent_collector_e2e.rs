@@ -6,23 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, fixture_copy, free_port, get_text, start_agent_logged_with};
+use domesday_tests::{Collector, fixture_copy, free_port, get_text, pushed_host_energy, start_agent_logged_with};
 
 const TOKEN: &str = "agent-collector-token";
-
-/// `(timestamp ms, psu_input joules)` of every tick the agent queued for push.
-fn pushed_ticks(log: &str) -> Vec<(i64, f64)> {
-    log.lines()
-        .filter(|l| l.contains("push tick"))
-        .filter_map(|l| {
-            let field = |name: &str| l.split_whitespace().find_map(|w| w.strip_prefix(name)).map(str::to_string);
-            let ts = field("ts=")?.parse::<i64>().ok()?;
-            let energy = field("host_energy=")?;
-            let v = energy.split(',').find_map(|m| m.strip_prefix("psu_input="))?.parse::<f64>().ok()?;
-            Some((ts, v))
-        })
-        .collect()
-}
 
 fn uj(v: f64) -> i64 {
     (v * 1e6).round() as i64
@@ -67,7 +53,7 @@ fn the_ledger_books_exactly_what_the_agent_sent_across_collector_restarts_and_a_
     let c = Collector::start(dir.path(), port, TOKEN);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(agent.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()), "agent stops cleanly");
-    let ticks = pushed_ticks(&std::fs::read_to_string(&log).expect("log"));
+    let ticks = pushed_host_energy(&std::fs::read_to_string(&log).expect("log"), "psu_input");
     assert!(ticks.len() >= 20, "{} ticks pushed", ticks.len());
     let (first, last) = (ticks[0], ticks[ticks.len() - 1]);
     let from = first.0 / 60_000 * 60_000;

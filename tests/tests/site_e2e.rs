@@ -1,4 +1,4 @@
-//! Issue #4's whole site through the real collector: agents (remote_write), a
+//! Issue #4's whole site through the real collector: a real agent on a fixture tree and two pushed hosts, a
 //! mock Modbus utility meter, a mock Redfish rack PDU, CSV water, heat-reuse and
 //! on-site PV meters, and a mock RTE API. The indicators the collector answers
 //! are recomputed here from the raw readings the mocks served.
@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{WriteRequest, encode};
-use domesday_tests::{Collector, free_port, get_text, host_energy_series, mock_http, post_write};
+use domesday_tests::{
+    Collector, fixture_copy, free_port, get_text, host_energy_series, mock_http, post_write, pushed_host_energy,
+    start_agent_logged_with,
+};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 const TOKEN: &str = "site-token";
@@ -213,6 +216,23 @@ unit = "kWh"
         .send()
         .expect("csv");
     assert_eq!(resp.status().as_u16(), 200);
+    // And a real agent on the intel-2s fixture tree, pushing its measured host energy (PSU inputs).
+    let (_fx, root) = fixture_copy("intel-2s");
+    std::fs::write(root.join("push.token"), TOKEN).expect("token");
+    let log = root.join("agent.log");
+    let mut agent = start_agent_logged_with(
+        &root,
+        free_port(),
+        "200ms",
+        &format!(
+            "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"200ms\"\n",
+            c.url("/api/v1/write"),
+            root.join("push.token").display().to_string()
+        ),
+        &[("DOMESDAY_LOG", "info,domesday_agent::push=debug")],
+        &log,
+        &["--site", "caen-1"],
+    );
     let (from, to) = (t0, (now / 3_600_000 + 1) * 3_600_000);
     let energy = |meter: &str| -> f64 {
         let b = get_text(
@@ -227,6 +247,24 @@ unit = "kWh"
         assert!(Instant::now() < deadline, "meters: tgbt {} J, pdu-a {} J", energy("tgbt"), energy("pdu-a"));
         std::thread::sleep(Duration::from_millis(300));
     }
+    assert!(agent.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    let ticks = pushed_host_energy(&std::fs::read_to_string(&log).expect("log"), "psu_input");
+    assert!(ticks.len() >= 5, "{} ticks", ticks.len());
+    let uj = |v: f64| (v * 1e6).round() as i64;
+    let agent_uj = uj(ticks[ticks.len() - 1].1) - uj(ticks[0].1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = get_text(
+            &c.url(&format!("/api/v1/energy?site=caen-1&host=test-host&from={from}&to={to}")),
+            Duration::from_secs(5),
+        );
+        let e: serde_json::Value = serde_json::from_str(&b).expect("json");
+        if e["samples"].as_u64() == Some(ticks.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ledger lacks the agent's ticks: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let body = get_text(
         &c.url(&format!("/api/v1/sites/caen-1/indicators?from={from}&to={to}&step=1y")),
         Duration::from_secs(30),
@@ -234,11 +272,18 @@ unit = "kWh"
     let r: serde_json::Value = serde_json::from_str(&body).expect("json");
     let p = &r["periods"][0];
     // From the raw readings: the utility register rose 2,400 Wh, the PDU 7.2 MJ (2.0 kWh),
-    // PV 0.24 kWh consumed on site, the agents 0.45 kWh; water 3 L; heat reused 0.6 kWh.
-    let (grid, pv, pdu_it, host_it, water_l, heat) = (2.4, 0.24, 2.0, 0.45, 3.0, 0.6);
+    // PV 0.24 kWh consumed on site, the two pushed agents 0.45 kWh plus what the fixture agent's
+    // counter rose by; water 3 L; heat reused 0.6 kWh.
+    let host_it = 0.45 + agent_uj as f64 / 3.6e12;
+    let (grid, pv, pdu_it, water_l, heat) = (2.4, 0.24, 2.0, 3.0, 0.6);
     let e_dc = grid + pv;
     assert!(close(&find(p, "pue", 2)["value"], e_dc / pdu_it), "{}", find(p, "pue", 2));
-    assert!(close(&find(p, "pue", 3)["value"], e_dc / host_it), "{}", find(p, "pue", 3));
+    assert!(
+        close(&find(p, "pue", 3)["value"], e_dc / host_it),
+        "{} vs host_it {host_it} (agent {agent_uj} µJ over {} ticks)",
+        find(p, "pue", 3),
+        ticks.len()
+    );
     assert!(close(&find(p, "cue", 3)["value"], grid * 42.0 / 1000.0 / host_it), "{}", find(p, "cue", 3));
     assert!(close(&find(p, "wue", 3)["value"], water_l / host_it), "{}", find(p, "wue", 3));
     assert!(close(&find(p, "erf", 0)["value"], heat / e_dc), "{}", find(p, "erf", 0));
