@@ -6,6 +6,9 @@
 //! booked energy must equal the registers' increase exactly, and the failing
 //! readers must be counted in `/metrics` without stopping the collector.
 
+mod common;
+use common::start_modbus;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,25 +57,6 @@ impl tokio_modbus::server::Service for ModbusMeter {
             _ => Err(ExceptionCode::GatewayTargetDevice),
         })
     }
-}
-
-/// Serves the meter on a thread of its own; returns the port.
-fn start_modbus(meter: Arc<ModbusMeter>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind modbus");
-            tx.send(listener.local_addr().expect("addr").port()).expect("port");
-            let server = tokio_modbus::server::tcp::Server::new(listener);
-            let on_connected = move |stream, _peer| {
-                let meter = meter.clone();
-                async move { Ok(Some((meter, stream))) }
-            };
-            let _ = server.serve(&on_connected, |_e| {}).await;
-        });
-    });
-    rx.recv().expect("modbus port")
 }
 
 /// EnergyJoules served on the n-th read of the PDU's Metrics (`None`: malformed JSON).

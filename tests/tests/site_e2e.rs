@@ -3,6 +3,9 @@
 //! on-site PV meters, and a mock RTE API. The indicators the collector answers
 //! are recomputed here from the raw readings the mocks served.
 
+mod common;
+use common::start_modbus;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,24 +39,6 @@ impl tokio_modbus::server::Service for Utility {
             _ => Err(ExceptionCode::IllegalDataAddress),
         })
     }
-}
-
-fn start_modbus(meter: Arc<Utility>) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr").port()).expect("port");
-            let server = tokio_modbus::server::tcp::Server::new(listener);
-            let on_connected = move |stream, _peer| {
-                let meter = meter.clone();
-                async move { Ok(Some((meter, stream))) }
-            };
-            let _ = server.serve(&on_connected, |_e| {}).await;
-        });
-    });
-    rx.recv().expect("modbus port")
 }
 
 fn now_ms() -> i64 {
