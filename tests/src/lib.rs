@@ -446,3 +446,22 @@ pub fn pushed_host_energy(log: &str, method: &str) -> Vec<(i64, f64)> {
         })
         .collect()
 }
+
+/// Writes `collector.toml` in `dir` for one site, `caen-1` (Europe/Paris), whose
+/// write token `token` is in `dir/t`; the ledger is `dir/domesday.db`. `site`
+/// is appended inside the site's table: more site keys first, then its
+/// `[[sites.meters]]` and other sub-tables.
+pub fn site_config(dir: &Path, port: u16, token: &str, site: &str) -> PathBuf {
+    std::fs::write(dir.join("t"), token).expect("token");
+    let p = dir.join("collector.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{site}",
+            dir.join("domesday.db").display().to_string(),
+            dir.join("t").display().to_string()
+        ),
+    )
+    .expect("config");
+    p
+}

@@ -7,26 +7,18 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{WriteRequest, encode};
-use domesday_tests::{Collector, free_port, get_text, host_energy_series, post_write};
+use domesday_tests::{Collector, free_port, get_text, host_energy_series, post_write, site_config};
 
 const TOKEN: &str = "inventory-token";
 const HOUR: i64 = 3_600_000;
 
 fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    std::fs::write(dir.join("t"), TOKEN).expect("token");
-    let p = dir.join("collector.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-db = {db:?}
-
-[[sites]]
-id = "caen-1"
-name = "Caen 1"
+    site_config(
+        dir,
+        port,
+        TOKEN,
+        r#"name = "Caen 1"
 operator = "Normandie DC"
-timezone = "Europe/Paris"
-token_file = {t:?}
 country = "FR"
 dc_type = "colocation"
 dc_structure = "structure"
@@ -53,12 +45,7 @@ kind = "network"
 nameplate_watts = 100.0
 quality = "estimated"
 "#,
-            db = dir.join("domesday.db").display().to_string(),
-            t = dir.join("t").display().to_string()
-        ),
     )
-    .expect("config");
-    p
 }
 
 fn close(v: &serde_json::Value, want: f64) -> bool {

@@ -5,24 +5,16 @@
 use std::process::Command;
 use std::time::Duration;
 
-use domesday_tests::{Collector, binary, free_port, get_text};
+use domesday_tests::{Collector, binary, free_port, get_text, site_config};
 
 const TOKEN: &str = "meters-token";
 
 fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    std::fs::write(dir.join("t"), TOKEN).expect("token");
-    let p = dir.join("collector.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-db = {db:?}
-
-[[sites]]
-id = "caen-1"
-timezone = "Europe/Paris"
-token_file = {t:?}
-
+    site_config(
+        dir,
+        port,
+        TOKEN,
+        r#"
 [[sites.meters]]
 id = "tgbt"
 role = "utility_in"
@@ -35,12 +27,7 @@ role = "water_in"
 kind = "csv"
 unit = "m3"
 "#,
-            db = dir.join("domesday.db").display().to_string(),
-            t = dir.join("t").display().to_string()
-        ),
     )
-    .expect("config");
-    p
 }
 
 fn import(cfg: &std::path::Path, file: &std::path::Path, extra: &[&str]) -> (bool, String) {

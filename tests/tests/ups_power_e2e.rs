@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, Proc, binary, free_port, get_text, mock_http};
+use domesday_tests::{Collector, Proc, binary, free_port, get_text, mock_http, site_config};
 
 const TOKEN: &str = "ups-token";
 const MINUTE: i64 = 60_000;
@@ -44,19 +44,12 @@ fn a_ups_power_gauge_is_integrated_into_exact_energy() {
         )
     });
 
-    std::fs::write(dir.path().join("t"), TOKEN).expect("token");
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-db = {db:?}
-
-[[sites]]
-id = "caen-1"
-timezone = "Europe/Paris"
-token_file = {t:?}
-
+    let config = site_config(
+        dir.path(),
+        port,
+        TOKEN,
+        &format!(
+            r#"
 [[sites.meters]]
 id = "ups-a"
 role = "ups_out"
@@ -66,12 +59,9 @@ url = "http://127.0.0.1:{http_port}"
 query = 'upsOutputTruePower{{instance="ups-a",upsOutputLineIndex="1"}}[5m]'
 measure = "power"
 interval = "5s"          # spans up to 3 × 5 s = 15 s are integrated
-"#,
-            db = dir.path().join("domesday.db").display().to_string(),
-            t = dir.path().join("t").display().to_string(),
+"#
         ),
-    )
-    .expect("config");
+    );
 
     let out = Command::new(binary("domesday-collector"))
         .args(["check-config", "--config"])
