@@ -87,6 +87,7 @@ impl LedgerConfig {
             minute_retention_ms: self.minute_retention.0.as_millis() as i64,
             host_takeover_ms: self.host_takeover.0.as_millis() as i64,
             fsync_each_commit: self.synchronous == Synchronous::Full,
+            ..Policy::default()
         }
     }
 }

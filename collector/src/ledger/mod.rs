@@ -9,8 +9,11 @@
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
+//! Host samples that arrive in order go to an append-only [`journal`] first and
+//! are written to the per-series tables in bulk later; readers see both.
 
 pub mod book;
+pub mod journal;
 pub mod query;
 pub mod sqlite;
 pub mod writer;
@@ -162,6 +165,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("ledger database {path}: {message}")]
     Open { path: String, message: String },
+    #[error("ledger journal row {seq} cannot be read ({message}); restore the database from a backup")]
+    Journal { seq: i64, message: String },
 }
 
 /// Books batches; one call is one transaction.
@@ -169,6 +174,9 @@ pub trait LedgerWriter: Send {
     fn apply(&mut self, batches: &[Batch], now_ms: i64) -> Result<Vec<Outcome>, StoreError>;
     /// Drops per-host minutes and raw samples older than the retention (hourly roll-ups stay).
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError>;
+    /// Work that may wait until the requests are answered (materializing the
+    /// journal when it is due); `force` does it now, as at shutdown.
+    fn housekeeping(&mut self, force: bool) -> Result<(), StoreError>;
 }
 
 /// Reads the ledger; safe while a writer runs.

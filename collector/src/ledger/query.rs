@@ -1,14 +1,16 @@
 //! Ledger reads: energy over a half-open `[from, to)` range (contract §6,
 //! `GET /api/v1/energy` and `domesday-collector energy`), hosts per site, and
 //! totals per site and role. Sums are taken in Rust in i128: SQLite's `SUM`
-//! over i64 µJ would overflow past 2.56 GWh.
+//! over i64 µJ would overflow past 2.56 GWh. Every answer adds the journal's
+//! unmaterialized entries ([`super::journal::Pending`]) to what the tables say.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::book::{HOUR_MS, MINUTE_MS};
+use super::book::{HOUR_MS, MINUTE_MS, spread};
+use super::journal::Pending;
 use super::sqlite::Policy;
 use super::{HOST_ENERGY_METRIC, StoreError};
 
@@ -136,7 +138,12 @@ fn sum_buckets(
 /// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges, hourly roll-ups
 /// for the whole hours in between (so ranges older than the minute retention
 /// still answer on whole hours).
-pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<EnergyReport, StoreError> {
+pub fn energy(
+    conn: &Connection,
+    q: &EnergyQuery,
+    policy: &Policy,
+    pending: &Pending,
+) -> Result<EnergyReport, StoreError> {
     let mut role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
     // (id, host or meter, method, quality, unit)
     let mut series: Vec<(i64, String, String, String, String)> = Vec::new();
@@ -189,6 +196,22 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
             t.0 += e;
             t.1 += c;
         }
+        // The journal's entries, spread exactly as materialization will book them.
+        let bucket = if table == "hours" { HOUR_MS } else { MINUTE_MS };
+        for id in &ids {
+            for (t0, t1, inc) in pending.of(*id).iter().filter_map(|e| e.interval()) {
+                if t1 <= a || t0 >= b {
+                    continue;
+                }
+                let t = per_series.entry(*id).or_insert((0, 0));
+                for sh in
+                    spread(t0, t1, inc, bucket, policy.gap_ms).into_iter().filter(|s| s.start_ms >= a && s.start_ms < b)
+                {
+                    t.0 += i128::from(sh.energy_uj);
+                    t.1 += i128::from(sh.covered_ms);
+                }
+            }
+        }
     }
     let mut total: i128 = 0;
     let mut measured: i128 = 0;
@@ -223,14 +246,13 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
             let (n, a, b): (i64, Option<i64>, Option<i64>) =
                 st.query_row(params![id, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             samples += n as u64;
-            first = match (first, a) {
-                (Some(f), Some(a)) => Some(f.min(a)),
-                (f, a) => f.or(a),
-            };
-            last = match (last, b) {
-                (Some(l), Some(b)) => Some(l.max(b)),
-                (l, b) => l.or(b),
-            };
+            first = min_opt(first, a);
+            last = max_opt(last, b);
+            for e in pending.of(*id).iter().filter(|e| e.value.is_some() && e.ts_ms >= q.from_ms && e.ts_ms < q.to_ms) {
+                samples += 1;
+                first = min_opt(first, Some(e.ts_ms));
+                last = max_opt(last, Some(e.ts_ms));
+            }
         }
     }
     let mut adjustments = Vec::new();
@@ -282,12 +304,27 @@ pub fn energy(conn: &Connection, q: &EnergyQuery, _policy: &Policy) -> Result<En
     })
 }
 
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The claimed hosts of a site with a sample in `[from, to)`, and their model.
 pub fn host_models(
     conn: &Connection,
     site: &str,
     from_ms: i64,
     to_ms: i64,
+    pending: &Pending,
 ) -> Result<Vec<(String, super::HostModel)>, StoreError> {
     let mut st = conn.prepare_cached(
         "SELECT h.host, h.vendor, h.product, h.cpu_model, h.sockets FROM hosts h WHERE h.site = ?1 AND EXISTS \
@@ -297,7 +334,7 @@ pub fn host_models(
           WHERE se.site = h.site AND se.host = h.host AND ho.start_ms >= ?2 - 3600000 AND ho.start_ms < ?3) \
          ORDER BY h.host",
     )?;
-    let rows = st.query_map(params![site, from_ms, to_ms], |r| {
+    let model = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, String>(0)?,
             super::HostModel {
@@ -307,12 +344,40 @@ pub fn host_models(
                 sockets: r.get::<_, Option<u32>>(4)?,
             },
         ))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let mut out: BTreeMap<String, super::HostModel> =
+        st.query_map(params![site, from_ms, to_ms], model)?.collect::<Result<_, _>>()?;
+    // Hosts whose only samples in the range are still journaled.
+    let mut journaled = std::collections::BTreeSet::new();
+    let mut st = conn.prepare_cached("SELECT id, host FROM series WHERE site = ?1 AND host != ''")?;
+    for r in st.query_map([site], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, host) = r?;
+        if pending.of(id).iter().any(|e| e.ts_ms >= from_ms && e.ts_ms < to_ms) {
+            journaled.insert(host);
+        }
+    }
+    if !journaled.is_empty() {
+        let mut st = conn.prepare_cached(
+            "SELECT host, vendor, product, cpu_model, sockets FROM hosts WHERE site = ?1 ORDER BY host",
+        )?;
+        for r in st.query_map([site], model)? {
+            let (host, m) = r?;
+            if journaled.contains(&host) {
+                out.entry(host).or_insert(m);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// Hosts of a site with their first/last sample, current method and estimated share.
-pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+pub fn hosts(
+    conn: &Connection,
+    site: &str,
+    now_ms: i64,
+    policy: &Policy,
+    pending: &Pending,
+) -> Result<Vec<HostRow>, StoreError> {
     let mut names: Vec<String> = Vec::new();
     {
         let mut st = conn.prepare(
@@ -327,19 +392,32 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
         let machine_id: Option<String> = conn
             .query_row("SELECT machine_id FROM hosts WHERE site = ?1 AND host = ?2", params![site, host], |r| r.get(0))
             .ok();
-        let (first, last): (Option<i64>, Option<i64>) = conn.query_row(
+        let (mut first, mut last): (Option<i64>, Option<i64>) = conn.query_row(
             "SELECT MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN (SELECT id FROM series WHERE site = ?1 AND host = ?2)",
             params![site, host],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let current: Option<(String, String)> = conn
+        let mut current: Option<(i64, String, String)> = conn
             .query_row(
-                "SELECT se.method, se.quality FROM samples sa JOIN series se ON se.id = sa.series_id \
+                "SELECT sa.ts_ms, se.method, se.quality FROM samples sa JOIN series se ON se.id = sa.series_id \
                  WHERE se.site = ?1 AND se.host = ?2 AND sa.value_micro IS NOT NULL ORDER BY sa.ts_ms DESC LIMIT 1",
                 params![site, host],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .ok();
+        let mut st = conn.prepare_cached("SELECT id, method, quality FROM series WHERE site = ?1 AND host = ?2")?;
+        for r in st.query_map(params![site, host], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })? {
+            let (id, method, quality) = r?;
+            for e in pending.of(id) {
+                first = min_opt(first, Some(e.ts_ms));
+                last = max_opt(last, Some(e.ts_ms));
+                if e.value.is_some() && current.as_ref().is_none_or(|c| e.ts_ms > c.0) {
+                    current = Some((e.ts_ms, method.clone(), quality.clone()));
+                }
+            }
+        }
         let day = energy(
             conn,
             &EnergyQuery {
@@ -350,7 +428,8 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
                 from_ms: (now_ms - 24 * HOUR_MS).div_euclid(MINUTE_MS) * MINUTE_MS,
                 to_ms: (now_ms.div_euclid(MINUTE_MS) + 1) * MINUTE_MS,
             },
-            &Policy::default(),
+            policy,
+            pending,
         )?;
         let share = (day.energy_joules > 0.0).then(|| day.estimated_joules / day.energy_joules);
         let mut conflicts = Vec::new();
@@ -364,8 +443,8 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
             machine_id,
             first_sample: first.map(rfc3339),
             last_sample: last.map(rfc3339),
-            current_method: current.as_ref().map(|c| c.0.clone()),
-            current_quality: current.map(|c| c.1),
+            current_method: current.as_ref().map(|c| c.1.clone()),
+            current_quality: current.map(|c| c.2),
             estimated_share_24h: share,
             conflicting_machine_ids: conflicts,
         });
@@ -374,13 +453,23 @@ pub fn hosts(conn: &Connection, site: &str, now_ms: i64) -> Result<Vec<HostRow>,
 }
 
 /// Total booked energy per (site, role), µJ.
-pub fn site_totals(conn: &Connection) -> Result<Vec<(String, String, i128)>, StoreError> {
+pub fn site_totals(conn: &Connection, pending: &Pending) -> Result<Vec<(String, String, i128)>, StoreError> {
     let mut st =
         conn.prepare("SELECT se.site, se.role, h.energy_uj FROM hours h JOIN series se ON se.id = h.series_id")?;
     let mut totals: BTreeMap<(String, String), i128> = BTreeMap::new();
     for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
         let (site, role, e) = r?;
         *totals.entry((site, role)).or_insert(0) += i128::from(e);
+    }
+    if !pending.by_series.is_empty() {
+        let mut st = conn.prepare("SELECT id, site, role FROM series")?;
+        for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
+            let (id, site, role) = r?;
+            let e: i128 = pending.of(id).iter().map(|e| i128::from(e.increment())).sum();
+            if e != 0 {
+                *totals.entry((site, role)).or_insert(0) += e;
+            }
+        }
     }
     Ok(totals.into_iter().map(|((s, r), e)| (s, r, e)).collect())
 }

@@ -9,14 +9,17 @@
 //! `series` (site, host, metric, method), raw `samples` (so a late sample can be
 //! slotted between its neighbours and a replay recognised), `intervals` of
 //! meters, `minutes` and `hours` buckets of integer µJ (or µL for water and fuel) with the observed milliseconds, `hosts` (the
-//! machine that owns each host name) and `host_conflicts`.
+//! machine that owns each host name) and `host_conflicts`, and the `journal` of
+//! host samples not yet written to `samples`/`minutes`/`hours` ([`super::journal`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, LedgerReader, LedgerWriter, METER_METRIC, Outcome, StoreError,
@@ -24,7 +27,8 @@ use super::{
 };
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE series (
     id INTEGER PRIMARY KEY,
     site TEXT NOT NULL, host TEXT NOT NULL, meter TEXT NOT NULL, metric TEXT NOT NULL, method TEXT NOT NULL,
@@ -65,7 +69,13 @@ CREATE TABLE host_conflicts (
     first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL, rejected_samples INTEGER NOT NULL,
     PRIMARY KEY (site, host, machine_id)
 );
-"#];
+"#,
+    r#"
+-- Host samples booked but not yet written to samples/minutes/hours (see ledger::journal).
+-- AUTOINCREMENT: a seq is never reused, so readers may cache rows by seq.
+CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
+"#,
+];
 
 /// Retention and rules of the ledger.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +89,12 @@ pub struct Policy {
     pub host_takeover_ms: i64,
     /// fsync every commit before acknowledging (`synchronous=FULL`).
     pub fsync_each_commit: bool,
+    /// How often the journal is written to the per-series tables.
+    pub materialize_every_ms: i64,
 }
+
+/// Journal entries that trigger a materialization whatever the time.
+const MATERIALIZE_MAX_ENTRIES: usize = 500_000;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -88,6 +103,7 @@ impl Default for Policy {
             minute_retention_ms: 90 * 24 * HOUR_MS,
             host_takeover_ms: HOUR_MS,
             fsync_each_commit: true,
+            materialize_every_ms: MINUTE_MS,
         }
     }
 }
@@ -153,6 +169,9 @@ pub struct SqliteWriter {
     series: HashMap<SeriesKey, i64>,
     last: HashMap<i64, Last>,
     owners: HashMap<(String, String), (String, i64)>,
+    /// Journal entries this writer committed since the last materialization.
+    journal_entries: usize,
+    last_materialized: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -165,6 +184,10 @@ struct Staged {
     /// Net µJ booked by the batch being applied.
     energy_uj: i128,
     key_buf: String,
+    /// Fast-path host samples for this transaction's journal row.
+    entries: Vec<Entry>,
+    /// The journal was materialized in this transaction.
+    materialized: bool,
 }
 
 impl SqliteWriter {
@@ -173,6 +196,13 @@ impl SqliteWriter {
         if !policy.fsync_each_commit {
             // Durable against a crash of the collector, not against a power loss (WAL synced at checkpoints).
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        // What a previous run journaled goes to the tables first, so the last
+        // samples loaded below are the series' true last samples.
+        {
+            let tx = conn.unchecked_transaction()?;
+            materialize(&tx, &policy)?;
+            tx.commit()?;
         }
         let mut series = HashMap::new();
         let mut last = HashMap::new();
@@ -214,7 +244,15 @@ impl SqliteWriter {
                 owners.insert((site, host), (m, t));
             }
         }
-        Ok(SqliteWriter { conn, policy, series, last, owners })
+        Ok(SqliteWriter {
+            conn,
+            policy,
+            series,
+            last,
+            owners,
+            journal_entries: 0,
+            last_materialized: std::time::Instant::now(),
+        })
     }
 
     /// Books `amount` (in the series' micro-units) over `[t0, t1)`, converted to the
@@ -288,6 +326,8 @@ impl SqliteWriter {
         }
         let mut insert =
             tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
+        // Requests carry runs of one series: its id is looked up once per run.
+        let mut run: Option<(&super::CounterSample, i64)> = None;
         for s in &batch.samples {
             if refused.iter().any(|(site, host)| *site == s.site && *host == s.host) {
                 out.host_conflict += 1;
@@ -298,7 +338,13 @@ impl SqliteWriter {
                 continue;
             }
             let factor = micro_factor(&s.unit).unwrap_or(0);
-            let id = self.series_id(tx, staged, &s.site, &s.host, &s.meter, &s.method, &s.quality, &s.role, &s.unit)?;
+            let id = match run {
+                Some((r, id)) if r.host == s.host && r.method == s.method && r.meter == s.meter && r.site == s.site => {
+                    id
+                }
+                _ => self.series_id(tx, staged, &s.site, &s.host, &s.meter, &s.method, &s.quality, &s.role, &s.unit)?,
+            };
+            run = Some((s, id));
             let last = if s.meter.is_empty() {
                 staged.last.get(&id).or_else(|| self.last.get(&id)).copied()
             } else {
@@ -309,6 +355,19 @@ impl SqliteWriter {
                 )
                 .optional()?
             };
+            let newest = last.is_none_or(|l| s.ts_ms > l.ts_ms);
+            if newest && s.meter.is_empty() {
+                // The fast path: journaled now, written to the series' tables in bulk later.
+                let prev = last.map(|l| (l.ts_ms, l.value));
+                let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
+                if prev.is_some() && factor > 0 {
+                    staged.energy_uj += i128::from(e.increment().saturating_mul(factor));
+                }
+                staged.entries.push(e);
+                staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
+                out.booked += 1;
+                continue;
+            }
             match last {
                 None => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
@@ -324,6 +383,12 @@ impl SqliteWriter {
                 }
                 Some(_) => {
                     // At or before the series' last sample: a replay, or a late sample.
+                    // Its neighbours may still be in the journal: write it out first.
+                    if s.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
+                        Self::journal_staged(tx, staged)?;
+                        materialize(tx, &self.policy)?;
+                        staged.materialized = true;
+                    }
                     let existing: Option<Option<i64>> = tx
                         .query_row(
                             "SELECT value_micro FROM samples WHERE series_id = ?1 AND ts_ms = ?2",
@@ -583,6 +648,55 @@ impl SqliteWriter {
     }
 }
 
+impl SqliteWriter {
+    /// Writes the transaction's fast-path entries as one journal row.
+    fn journal_staged(tx: &rusqlite::Transaction<'_>, staged: &mut Staged) -> Result<(), StoreError> {
+        if staged.entries.is_empty() {
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        journal::encode(&staged.entries, &mut data);
+        tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?.execute([data])?;
+        staged.entries.clear();
+        Ok(())
+    }
+
+    fn materialize_now(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        materialize(&tx, &self.policy)?;
+        tx.commit()?;
+        self.journal_entries = 0;
+        self.last_materialized = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+/// Writes every journal row to the per-series tables (raw samples, minutes,
+/// hours) and deletes them, inside `tx`. The rows are read back from the
+/// database, so whichever process materializes them does it once.
+fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy) -> Result<usize, StoreError> {
+    let rows = journal::rows(tx)?;
+    let Some(max_seq) = rows.last().map(|(seq, _)| *seq) else { return Ok(0) };
+    let mut entries: Vec<Entry> = rows.into_iter().flat_map(|(_, e)| e).collect();
+    // Series by series, in time order: each series' pages are touched once.
+    entries.sort_by_key(|e| (e.series_id, e.ts_ms));
+    let mut staged = Staged::default();
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
+        for e in &entries {
+            insert.execute(params![e.series_id, e.ts_ms, e.value])?;
+            if let Some((t0, t1, inc)) = e.interval() {
+                // Journaled series are host energy counters: joules, factor 1.
+                SqliteWriter::book_interval(&mut staged, policy, e.series_id, 1, t0, t1, inc, 1);
+            }
+        }
+    }
+    SqliteWriter::write_buckets(tx, &staged)?;
+    tx.execute("DELETE FROM journal WHERE seq <= ?1", [max_seq])?;
+    Ok(entries.len())
+}
+
 impl LedgerWriter for SqliteWriter {
     fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut staged = Staged::default();
@@ -591,16 +705,32 @@ impl LedgerWriter for SqliteWriter {
         for b in batches {
             outcomes.push(self.apply_one(&tx, &mut staged, b)?);
         }
+        let journaled = staged.entries.len();
+        Self::journal_staged(&tx, &mut staged)?;
         Self::write_buckets(&tx, &staged)?;
         tx.commit()?;
         // Only now does the in-memory state follow: a failed commit leaves it untouched.
         self.series.extend(staged.series);
         self.last.extend(staged.last);
         self.owners.extend(staged.owners);
+        if staged.materialized {
+            self.journal_entries = 0;
+            self.last_materialized = std::time::Instant::now();
+        }
+        self.journal_entries += journaled;
         Ok(outcomes)
     }
 
+    fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {
+        let due = self.journal_entries > 0
+            && (self.journal_entries >= MATERIALIZE_MAX_ENTRIES
+                || self.last_materialized.elapsed().as_millis() as i64 >= self.policy.materialize_every_ms);
+        if force || due { self.materialize_now() } else { Ok(()) }
+    }
+
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        // Pruning decides on raw samples: they must all be in the table.
+        self.materialize_now()?;
         let cutoff = now_ms - self.policy.minute_retention_ms;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM minutes WHERE start_ms < ?1", [cutoff])?;
@@ -624,15 +754,50 @@ impl LedgerWriter for SqliteWriter {
 pub struct SqliteReader {
     path: PathBuf,
     policy: Policy,
+    /// The journal as last read, with the row seqs it holds: rows are only
+    /// ever appended or deleted, so unchanged seqs mean an unchanged journal,
+    /// and appended rows are the only ones to decode.
+    pending: std::sync::Mutex<(Vec<i64>, Arc<Pending>)>,
 }
 
 impl SqliteReader {
     pub fn new(path: &Path, policy: Policy) -> Self {
-        SqliteReader { path: path.to_path_buf(), policy }
+        SqliteReader { path: path.to_path_buf(), policy, pending: Default::default() }
     }
 
     fn conn(&self) -> Result<Connection, StoreError> {
         open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    }
+
+    /// The journal in the snapshot of `conn`'s read transaction.
+    fn pending(&self, conn: &Connection) -> Result<Arc<Pending>, StoreError> {
+        let seqs: Vec<i64> = conn
+            .prepare_cached("SELECT seq FROM journal ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut cache = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.0 == seqs {
+            return Ok(cache.1.clone());
+        }
+        let (mut pending, after) = if !cache.0.is_empty() && seqs.starts_with(&cache.0) {
+            (cache.1.clone(), cache.0.last().copied())
+        } else {
+            (Arc::new(Pending::default()), None)
+        };
+        Arc::make_mut(&mut pending).load_after(conn, after)?;
+        *cache = (seqs, pending.clone());
+        Ok(pending)
+    }
+
+    /// Runs `f` in one read transaction: the journal and the tables it reads
+    /// are one snapshot, so a materialization in between cannot count twice.
+    fn read<T>(&self, f: impl FnOnce(&Connection, &Pending) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let pending = self.pending(&tx)?;
+        let out = f(&tx, &pending)?;
+        tx.finish()?;
+        Ok(out)
     }
 }
 
@@ -657,21 +822,21 @@ fn upsert_host(tx: &rusqlite::Transaction<'_>, c: &HostClaim) -> Result<(), Stor
 
 impl LedgerReader for SqliteReader {
     fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
-        super::query::energy(&self.conn()?, q, &self.policy)
+        self.read(|c, p| super::query::energy(c, q, &self.policy, p))
     }
 
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
-        super::query::hosts(&self.conn()?, site, now_ms)
+        self.read(|c, p| super::query::hosts(c, site, now_ms, &self.policy, p))
     }
     fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
-        super::query::host_models(&self.conn()?, site, from_ms, to_ms)
+        self.read(|c, p| super::query::host_models(c, site, from_ms, to_ms, p))
     }
 
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
-        super::query::site_totals(&self.conn()?)
+        self.read(super::query::site_totals)
     }
 
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
-        super::query::role_hourly(&self.conn()?, site, role, from_ms, to_ms)
+        self.read(|c, _| super::query::role_hourly(c, site, role, from_ms, to_ms))
     }
 }

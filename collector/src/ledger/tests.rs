@@ -213,6 +213,7 @@ proptest! {
         dups in proptest::collection::vec(0usize..40, 0..10),
         cuts in proptest::collection::vec(1usize..40, 0..5),
         restart_at in 0usize..6,
+        materialize_after in proptest::collection::vec(any::<bool>(), 6),
     ) {
         // A counter with occasional resets (kind 0) and stale markers (kind 1).
         let mut points: Vec<(i64, Option<i64>)> = Vec::new();
@@ -244,6 +245,10 @@ proptest! {
                 w = SqliteWriter::open(&db, Policy::default()).expect("reopen");
             }
             w.apply(&[batch(b)], NOW).expect("apply");
+            // Sometimes the journal goes to the tables, sometimes readers see it as is.
+            if materialize_after[n % materialize_after.len()] {
+                w.housekeeping(true).expect("materialize");
+            }
         }
         let reader = SqliteReader::new(&db, Policy::default());
         let first = points[0].0.div_euclid(MINUTE_MS) * MINUTE_MS;
@@ -313,4 +318,99 @@ fn meter_registers_and_intervals_book_exact_shares_and_reimport_is_idempotent() 
     // Meters never show up as hosts, nor in the agents' IT energy.
     assert!(r.hosts("s", NOW).expect("hosts").is_empty());
     assert_eq!(r.energy(&query(None, T0, T0 + 3_600_000)).expect("q").energy_joules, 0.0);
+}
+
+/// Everything the readers answer is the same whether the host samples are
+/// still journaled or already written to the tables.
+#[test]
+fn readers_answer_the_same_before_and_after_materialization() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let claim = |host: &str| HostClaim {
+        site: "s".into(),
+        host: host.into(),
+        machine_id: format!("m-{host}"),
+        ts_ms: T0,
+        model: super::HostModel { vendor: "v".into(), ..Default::default() },
+    };
+    w.apply(
+        &[Batch {
+            samples: (0..30)
+                .flat_map(|i| {
+                    [
+                        sample("h1", "psu_input", T0 + i * 70_000, Some(i * 9_000_000)),
+                        sample("h2", "model", T0 + i * 70_000, Some(5 + i * 1_000_000)),
+                    ]
+                })
+                .collect(),
+            claims: vec![claim("h1"), claim("h2")],
+            intervals: vec![],
+        }],
+        NOW,
+    )
+    .expect("apply");
+    // A long gap, then one more sample per host.
+    w.apply(&[batch(vec![sample("h1", "psu_input", T0 + 3 * 3_600_000, Some(400_000_000))])], NOW).expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let ask = |reader: &SqliteReader| {
+        let ranges = [(T0, T0 + 60_000), (T0 + 120_000, T0 + 3_600_000), (T0, T0 + 4 * 3_600_000)];
+        let energy: Vec<_> = ranges
+            .iter()
+            .flat_map(|(a, b)| [None, Some("h1"), Some("h2")].map(|h| reader.energy(&query(h, *a, *b)).expect("q")))
+            .collect();
+        (
+            energy,
+            reader.hosts("s", T0 + 4 * 3_600_000).expect("hosts"),
+            reader.host_models("s", T0, T0 + 60_000).expect("models"),
+            reader.site_totals().expect("totals"),
+        )
+    };
+    let journaled = ask(&reader);
+    assert_eq!((journaled.0[6].energy_uj(), journaled.0[8].energy_uj()), (429_000_000, 29_000_000));
+    assert_eq!(journaled.2.len(), 2, "{:?}", journaled.2);
+    assert_eq!(journaled.3, vec![("s".to_string(), "it_in".to_string(), 400_000_000 + 29_000_000)]);
+    w.housekeeping(true).expect("materialize");
+    assert_eq!(ask(&reader), journaled);
+}
+
+/// A second writer (`import-meters`, `correct`) materializes the server's
+/// journal when it opens; the server's own materialization then finds nothing
+/// left, so nothing is booked twice.
+#[test]
+fn a_journal_is_materialized_once_whichever_process_does_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut server = SqliteWriter::open(&db, Policy::default()).expect("open");
+    server
+        .apply(&[batch((0..10).map(|i| sample("h1", "model", T0 + i * 10_000, Some(i * 1_000))).collect())], NOW)
+        .expect("apply");
+    let other = SqliteWriter::open(&db, Policy::default()).expect("second writer");
+    drop(other);
+    server.housekeeping(true).expect("materialize");
+    server.apply(&[batch(vec![sample("h1", "model", T0 + 100_000, Some(10_000))])], NOW).expect("apply");
+    server.housekeeping(true).expect("materialize");
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(Some("h1"), T0, T0 + 120_000)).expect("q");
+    assert_eq!((r.energy_uj(), r.samples), (10_000, 11));
+}
+
+/// A reader that cached the journal sees rows written after a
+/// materialization emptied it: seqs are never reused.
+#[test]
+fn a_cached_journal_is_never_mistaken_for_a_new_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let total = |r: &SqliteReader| r.energy(&query(Some("h1"), T0, T0 + 3_600_000)).expect("q").energy_uj();
+    w.apply(&[batch(vec![sample("h1", "model", T0, Some(0)), sample("h1", "model", T0 + 10_000, Some(10))])], NOW)
+        .expect("a");
+    assert_eq!(total(&reader), 10);
+    w.housekeeping(true).expect("materialize");
+    w.apply(&[batch(vec![sample("h1", "model", T0 + 20_000, Some(30))])], NOW).expect("b");
+    assert_eq!(total(&reader), 30);
+    w.apply(&[batch(vec![sample("h1", "model", T0 + 30_000, Some(60))])], NOW).expect("c");
+    assert_eq!(total(&reader), 60);
+    w.housekeeping(true).expect("materialize");
+    assert_eq!(total(&reader), 60);
 }

@@ -2,7 +2,8 @@
 //! drains up to [`GROUP_MAX`] of them into one transaction (group commit),
 //! commits, and only then answers each request. When the channel is full the
 //! ingest handler answers 503 so senders retry: the queue never grows without
-//! bound and nothing accepted is ever dropped.
+//! bound and nothing accepted is ever dropped. Between groups the thread does
+//! the store's housekeeping (journal materialization, pruning).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -102,12 +103,20 @@ pub fn spawn(
                 }
             }
             lag.store(0, Ordering::Relaxed);
+            // After the answers: materializing the journal delays no request it holds.
+            if let Err(e) = store.housekeeping(false) {
+                tracing::warn!(error = %e, "writing the ledger journal to its tables failed; it stays journaled and is retried");
+            }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();
                 if let Err(e) = store.prune(now_ms()) {
                     tracing::warn!(error = %e, "ledger pruning failed");
                 }
             }
+        }
+        // Every sender is gone: leave the ledger fully materialized.
+        if let Err(e) = store.housekeeping(true) {
+            tracing::warn!(error = %e, "writing the ledger journal to its tables at shutdown failed; the next start does it");
         }
     })?;
     Ok((WriterHandle { tx, lag_ms }, thread))

@@ -6,6 +6,7 @@
 //!
 //! Usage: domesday-ingest-bench --collector PATH [--victoria-metrics PATH]
 //!        [--prometheus PATH] [--bulk-requests N] [--small-requests N] [--connections N]
+//!        [--synchronous full|normal]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,6 +178,8 @@ fn main() -> anyhow::Result<()> {
     let bulk_requests: usize = arg(&args, "--bulk-requests").and_then(|v| v.parse().ok()).unwrap_or(10);
     let small_requests: usize = arg(&args, "--small-requests").and_then(|v| v.parse().ok()).unwrap_or(1000);
     let connections: usize = arg(&args, "--connections").and_then(|v| v.parse().ok()).unwrap_or(4);
+    let synchronous = arg(&args, "--synchronous").unwrap_or_else(|| "full".into());
+    anyhow::ensure!(["full", "normal"].contains(&synchronous.as_str()), "--synchronous is full or normal");
     let dir = tempfile::tempdir()?;
     let token = "bench-token";
     std::fs::write(dir.path().join("t"), token)?;
@@ -187,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         dir.path().join("c.toml"),
         format!(
-            "listen = \"127.0.0.1:{cport}\"\ndb = {:?}\n[[sites]]\nid = \"bench\"\ntimezone = \"UTC\"\ntoken_file = {:?}\n",
+            "listen = \"127.0.0.1:{cport}\"\ndb = {:?}\n[ledger]\nsynchronous = {synchronous:?}\n[[sites]]\nid = \"bench\"\ntimezone = \"UTC\"\ntoken_file = {:?}\n",
             dir.path().join("bench.db").display().to_string(),
             dir.path().join("t").display().to_string()
         ),
@@ -225,7 +228,9 @@ fn main() -> anyhow::Result<()> {
     wait_ready(&format!("http://127.0.0.1:{vport}/health"))?;
     wait_ready(&format!("http://127.0.0.1:{pport}/-/ready"))?;
 
-    println!("# Ingest benchmark ({connections} connections, identical bodies per target)\n");
+    println!(
+        "# Ingest benchmark ({connections} connections, identical bodies per target, collector synchronous={synchronous})\n"
+    );
     println!("| workload | target | samples | seconds | samples/s | failed requests | server CPU s | ratio vs peer |");
     println!("|---|---|---|---|---|---|---|---|");
     // Workload A: 1000 series × 100 samples per request (bulk), 5 s steps.
