@@ -160,10 +160,11 @@ pub fn reason_of(e: &NvmlError) -> Reason {
     }
 }
 
-/// Errors after which the NVML handle is not trusted any more: the next poll
-/// initialises NVML again.
+/// Errors of a per-GPU call after which the NVML handle is not trusted any
+/// more: the next poll initialises NVML again. (Not `Unknown`: a board that
+/// always fails one call would otherwise re-initialise NVML at every poll.)
 fn needs_reinit(e: &NvmlError) -> bool {
-    matches!(e, NvmlError::Uninitialized | NvmlError::DriverNotLoaded | NvmlError::GpuLost | NvmlError::Unknown)
+    matches!(e, NvmlError::Uninitialized | NvmlError::DriverNotLoaded | NvmlError::GpuLost)
 }
 
 fn call_error(call: &str, e: &NvmlError) -> ReadError {
@@ -229,13 +230,8 @@ impl NvmlReader {
     /// One poll: initialises NVML if needed, then reads every GPU.
     pub fn poll(&mut self) -> Result<Polled, ReadError> {
         if self.nvml.is_none() {
-            let mut builder = NvmlLib::builder();
-            if let Some(l) = &self.library {
-                builder.lib_path(l.as_os_str());
-            } else {
-                builder.lib_path(OsStr::new(DEFAULT_LIBRARY));
-            }
-            match builder.init() {
+            let lib = self.library.as_deref().map_or(OsStr::new(DEFAULT_LIBRARY), Path::as_os_str);
+            match NvmlLib::builder().lib_path(lib).init() {
                 Ok(n) => {
                     tracing::info!(library = %self.library_name(), "NVML initialised");
                     self.last_off = None;
@@ -576,6 +572,14 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
         let g = gpus(&mut r);
         assert!(g[0].watts.is_err() && g[1].celsius == Ok(29.0), "{g:?}");
         assert!(fake.calls().ends_with("init\nshutdown\n"), "{}", fake.calls());
+        // A call that keeps failing otherwise is that reading down, not an NVML restart at every poll.
+        fake.set(&TWO_GPUS.replace("temp=29", "temp=unknown"));
+        for _ in 0..3 {
+            let g = gpus(&mut r);
+            assert_eq!(g[1].celsius.clone().map_err(|e| e.reason), Err(Reason::Io));
+        }
+        assert_eq!(fake.calls().matches("init").count(), 3, "{}", fake.calls());
+        assert!(fake.calls().ends_with("shutdown\ninit\n"), "{}", fake.calls());
     }
 
     #[test]
