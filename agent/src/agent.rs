@@ -44,13 +44,18 @@ pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap: Snapshot = sampler.tick(start.elapsed());
     let off = |on: bool, why: &str| if on { None } else { Some(why.to_string()) };
+    // A source that runs can still find no driver (NVML under `auto`).
+    let snap_off = |source: Source| snap.off.iter().find(|(s, _)| *s == source).map(|(_, why)| why.clone());
     let enabled = [
         (Source::Rapl, off(cfg.sources.rapl, "disabled in [sources]")),
         (Source::Hwmon, off(cfg.sources.hwmon, "disabled in [sources]")),
         (Source::Thermal, off(cfg.sources.thermal, "disabled in [sources]")),
         (Source::Ipmi, off(cfg.ipmi.enabled, "off: no [ipmi] table (or enabled = false)")),
         (Source::Redfish, off(cfg.redfish.iter().any(|r| r.enabled), "off: no [redfish] table (or enabled = false)")),
-        (Source::Nvml, crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).err()),
+        (
+            Source::Nvml,
+            crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).err().or_else(|| snap_off(Source::Nvml)),
+        ),
     ];
     let inv = sampler.inventory();
     let mut out = format!(

@@ -127,6 +127,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileNvml {
     enabled: Option<Switch>,
+    backend: Option<NvmlBackend>,
+    library: Option<PathBuf>,
     command: Option<String>,
     interval: Option<Dur>,
     timeout: Option<Dur>,
@@ -171,10 +173,26 @@ impl Serialize for Switch {
 pub const DEFAULT_NVML_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_NVML_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How the agent talks to NVIDIA GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvmlBackend {
+    /// `libnvidia-ml.so.1` loaded at runtime in-process (through `nvml-wrapper`).
+    #[default]
+    Nvml,
+    /// `nvidia-smi --query-gpu=…` run at each poll (power and temperature only).
+    NvidiaSmi,
+}
+
 /// The effective `[nvml]` table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NvmlConfig {
     pub enabled: Switch,
+    pub backend: NvmlBackend,
+    /// NVML library to load (`nvml` backend); `None`: `libnvidia-ml.so.1`
+    /// through the dynamic loader's search path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
     pub command: String,
     pub interval: Dur,
     pub timeout: Dur,
@@ -184,6 +202,8 @@ impl Default for NvmlConfig {
     fn default() -> Self {
         NvmlConfig {
             enabled: Switch::Auto,
+            backend: NvmlBackend::Nvml,
+            library: None,
             command: "nvidia-smi".into(),
             interval: Dur(DEFAULT_NVML_INTERVAL),
             timeout: Dur(DEFAULT_NVML_TIMEOUT),
@@ -644,8 +664,26 @@ impl AgentConfig {
                 if timeout.0 > interval.0 {
                     return Err(at("timeout", format!("{timeout} is longer than the interval ({interval})")));
                 }
+                // A `command` without `backend` is a config written for the
+                // nvidia-smi source that preceded NVML: it keeps its meaning.
+                let backend = match (n.backend, &n.command, &n.library) {
+                    (Some(b), _, _) => b,
+                    (None, Some(_), Some(_)) => {
+                        return Err(at(
+                            "library",
+                            "and `command` belong to different backends; set backend = \"nvml\" (library) or \"nvidia-smi\" (command)".into(),
+                        ));
+                    }
+                    (None, Some(_), None) => NvmlBackend::NvidiaSmi,
+                    (None, None, _) => NvmlBackend::Nvml,
+                };
+                if n.library.as_ref().is_some_and(|l| l.as_os_str().is_empty()) {
+                    return Err(at("library", "must not be empty; omit it to use libnvidia-ml.so.1".into()));
+                }
                 NvmlConfig {
                     enabled: n.enabled.unwrap_or_default(),
+                    backend,
+                    library: n.library,
                     command: n.command.unwrap_or_else(|| "nvidia-smi".into()),
                     interval,
                     timeout,
@@ -1280,5 +1318,23 @@ mod tests {
         assert!(parse_size("99999999999TiB").is_err());
         assert_eq!(ByteSize(256 << 20).to_string(), "256MiB");
         assert_eq!(ByteSize(1_000_000).to_string(), "1000000B");
+    }
+
+    #[test]
+    fn nvml_backend_follows_the_keys_given() {
+        let nvml = |table: &str| load_str(&format!("site = \"s\"\n[nvml]\n{table}")).map(|c| c.nvml);
+        let c = nvml("").expect("empty table");
+        assert_eq!((c.backend, c.library), (NvmlBackend::Nvml, None));
+        let c = nvml("library = \"/opt/nvidia/libnvidia-ml.so.1\"\n").expect("library");
+        assert_eq!((c.backend, c.library), (NvmlBackend::Nvml, Some(PathBuf::from("/opt/nvidia/libnvidia-ml.so.1"))));
+        // A config of the nvidia-smi source keeps working.
+        let c = nvml("command = \"/usr/bin/nvidia-smi\"\n").expect("command");
+        assert_eq!((c.backend, c.command.as_str()), (NvmlBackend::NvidiaSmi, "/usr/bin/nvidia-smi"));
+        let c = nvml("backend = \"nvidia-smi\"\n").expect("backend");
+        assert_eq!((c.backend, c.command.as_str()), (NvmlBackend::NvidiaSmi, "nvidia-smi"));
+        let e = nvml("command = \"nvidia-smi\"\nlibrary = \"/l.so\"\n").expect_err("both").to_string();
+        assert!(e.contains("nvml.library") && e.contains("set backend"), "{e}");
+        assert!(nvml("backend = \"cuda\"\n").is_err());
+        assert!(nvml("library = \"\"\n").is_err());
     }
 }

@@ -28,6 +28,12 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
         (Source::Redfish, Reason::Timeout) => "the BMC did not answer within [redfish] timeout; retried with backoff",
         (Source::Redfish, Reason::Parse) => "the BMC's answer is not the expected Redfish JSON (see the agent log)",
         (Source::Redfish, Reason::Io) => "cannot reach the BMC: check [redfish] url, the network and TLS (ca_file)",
+        (Source::Nvml, Reason::Missing) => {
+            "the GPU or its driver does not offer this reading (older GPUs: no power or energy), or the NVIDIA driver is not installed ([nvml] library) (docs/bmc.md)"
+        }
+        (Source::Nvml, Reason::Permission) => {
+            "NVML needs /dev/nvidiactl and /dev/nvidia* readable by the agent's user (docs/bmc.md)"
+        }
         (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
         (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",
         (_, Reason::Missing) => {
@@ -49,7 +55,8 @@ fn absent_hint(source: Source) -> &'static str {
             "no hwmon chips under <sysfs>/class/hwmon: load the drivers (coretemp, k10temp, acpi_power_meter, pmbus)"
         }
         Source::Thermal => "no thermal zones (normal on many servers)",
-        Source::Ipmi | Source::Redfish | Source::Nvml => "no answer from the BMC yet (slow BMC: see the agent log)",
+        Source::Ipmi | Source::Redfish => "no answer from the BMC yet (slow BMC: see the agent log)",
+        Source::Nvml => "the NVIDIA driver lists no GPU (`nvidia-smi -L`), or no answer yet (see the agent log)",
         _ => "",
     }
 }
@@ -73,7 +80,9 @@ pub fn table(snap: &Snapshot, enabled: &[(Source, Option<String>)]) -> String {
                 Source::Redfish => {
                     "add [redfish] url/username/password_file to read the BMC over Redfish (docs/bmc.md)"
                 }
-                Source::Nvml => "[nvml] enabled = true forces it on (docs/bmc.md)",
+                Source::Nvml => {
+                    "install the NVIDIA driver or set [nvml] library; enabled = true reports its absence as an error (docs/bmc.md)"
+                }
                 _ => "",
             };
             rows.push([source.to_string(), "-".into(), "".into(), why.clone(), fix.into()]);

@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub samples: Vec<Sample>,
     pub statuses: Vec<Status>,
     pub host: Option<HostReading>,
+    /// Sources running but off for lack of hardware, and why (`probe`).
+    pub off: Vec<(Source, String)>,
 }
 
 /// Drives the sources and owns the host energy counters.
@@ -225,6 +227,7 @@ impl Sampler {
                     facts.merge(&out.facts);
                     snap.samples.extend(out.samples);
                     snap.statuses.extend(out.statuses);
+                    snap.off.extend(out.off.map(|why| (w.kind, why)));
                     for k in out.errors {
                         *self.errors.entry(k).or_insert(0) += 1;
                     }

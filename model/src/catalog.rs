@@ -64,7 +64,7 @@ metric!(
     Counter,
     "joules",
     ["source", "zone", "domain", "socket"],
-    "Energy counted by a zone (RAPL, hwmon energy), wrap-corrected; starts at the raw counter value."
+    "Energy counted by a zone (RAPL, hwmon energy, NVIDIA GPU energy since driver load), wrap-corrected (a drop with no known range is a reset); starts at the raw counter value."
 );
 metric!(
     POWER,
@@ -80,7 +80,7 @@ metric!(
     Gauge,
     "celsius",
     ["source", "chip", "sensor", "label", "location"],
-    "Temperature reported by a hwmon chip or thermal zone."
+    "Temperature reported by a hwmon chip, thermal zone, BMC or GPU."
 );
 metric!(
     FAN,
@@ -97,6 +97,14 @@ metric!(
     "ratio",
     [],
     "Share of CPU time not idle (idle + iowait) over the last sampling interval, all CPUs, 0 to 1."
+);
+metric!(
+    GPU_UTILIZATION,
+    "domesday_gpu_utilization_ratio",
+    Gauge,
+    "ratio",
+    ["source", "zone"],
+    "Share of time over the driver's last sample period (1/6 s to 1 s) during which a kernel ran on the GPU, 0 to 1."
 );
 metric!(MEMORY_USED, "domesday_memory_used_bytes", Gauge, "bytes", [], "Memory in use: MemTotal minus MemAvailable.");
 metric!(MEMORY_TOTAL, "domesday_memory_total_bytes", Gauge, "bytes", [], "Total usable memory (MemTotal).");
@@ -400,6 +408,7 @@ pub const CATALOG: &[MetricDef] = &[
     TEMPERATURE,
     FAN,
     CPU_UTILIZATION,
+    GPU_UTILIZATION,
     MEMORY_USED,
     MEMORY_TOTAL,
     LOAD_AVERAGE,

@@ -109,13 +109,17 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
         "Deadline of one HTTP request (connect included).";
     "nvml.enabled", "bool or \"auto\"", "\"auto\"", "\"auto\"",
-        "Read NVIDIA GPUs (power `domain=\"gpu\"`, temperature) through `nvidia-smi` (NVML), nothing needed at build time. `auto`: on when the `nvidia` kernel module is loaded (`<sysfs_root>/module/nvidia`) and the command is found; `probe` says why it is off.";
+        "Read NVIDIA GPUs: power and energy (`domain=\"gpu\"`), temperature, utilisation. Nothing NVIDIA is needed at build time. `auto`: on when the NVML library loads and the driver answers, else off quietly (`probe` says why); `true`: a missing library or driver is reported as a sensor error.";
+    "nvml.backend", "string", "\"nvml\" (`\"nvidia-smi\"` when only `command` is set)", "\"nvml\"",
+        "`nvml`: the NVML library loaded at runtime, in-process, on the GPU poll thread (power, energy counter, temperature, utilisation). `nvidia-smi`: runs `command` at each poll (power and temperature only).";
+    "nvml.library", "path", "`libnvidia-ml.so.1` through the dynamic loader's search path", "\"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1\"",
+        "NVML library loaded by the `nvml` backend, for driver installs outside the loader's path (contract addition).";
     "nvml.command", "string", "\"nvidia-smi\"", "\"nvidia-smi\"",
-        "Program run for each poll (`--query-gpu=index,uuid,name,power.draw,temperature.gpu --format=csv,noheader,nounits`), in its own process group, killed on timeout.";
+        "Program run for each poll by the `nvidia-smi` backend (`--query-gpu=index,uuid,name,power.draw,temperature.gpu --format=csv,noheader,nounits`), in its own process group, killed on timeout.";
     "nvml.interval", "duration", "\"10s\"", "\"10s\"",
         "GPU polling interval (at least 1s), on its own thread; a reading older than 3 intervals is not used.";
     "nvml.timeout", "duration", "\"5s\", at most the interval", "\"5s\"",
-        "Deadline of one `nvidia-smi` run.";
+        "Deadline of one `nvidia-smi` run; with the `nvml` backend, how long `probe` and `once` wait for the first poll (an NVML call cannot be interrupted: a hung one holds only the poll thread, and its reading goes stale).";
 };
 
 /// The TOML example config: every key with its example value.

@@ -208,8 +208,8 @@ fn probe_says_why_ipmi_is_off() {
     let text = run(&config);
     assert!(text.lines().any(|l| l.starts_with("ipmi ") && l.contains("no [ipmi] table")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("redfish ") && l.contains("no [redfish] table")), "{text}");
-    // nvml = "auto" on a tree without the nvidia module: off, and why.
-    assert!(text.lines().any(|l| l.starts_with("nvml ") && l.contains("no nvidia kernel module")), "{text}");
+    // nvml = "auto": a row whether or not this host has the NVIDIA driver (nvml_e2e checks the reason).
+    assert!(text.lines().any(|l| l.starts_with("nvml ")), "{text}");
     // A working BMC: the DCMI reading and the host method.
     bmc.set("hpe-ilo");
     let config = write_agent_config(&root, &ipmi_table("1s", "1s"));

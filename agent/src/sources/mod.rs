@@ -73,6 +73,9 @@ pub struct Output {
     pub facts: HostFacts,
     /// Errors to count without a sensor status (once per event, e.g. per BMC poll).
     pub errors: Vec<(Source, Reason)>,
+    /// Why a source that runs reads nothing at all (`enabled = "auto"` on a host
+    /// without the hardware's driver), for `probe`; not an error.
+    pub off: Option<String>,
 }
 
 impl Output {

@@ -1,22 +1,40 @@
-//! NVIDIA GPUs through NVML, by running `nvidia-smi` (which links NVML) on a
-//! poll thread of its own ([`super::bmc`]): nothing NVIDIA is needed to build
-//! the agent, and a host without the driver simply has the source off.
-//! (Loading `libnvidia-ml.so` in-process would need `unsafe`, which the
-//! workspace forbids.)
+//! NVIDIA GPUs: per-GPU power, energy counter, temperature and utilisation,
+//! read on a poll thread of their own ([`super::bmc::Poller`]) so a slow or
+//! hung driver never holds the tick. Two backends:
+//!
+//! - `nvml` (default): `libnvidia-ml.so.1` loaded at runtime by `nvml-wrapper`
+//!   (libloading underneath). Nothing NVIDIA is needed to build the agent, and
+//!   the FFI `unsafe` stays in that crate: the workspace keeps
+//!   `unsafe_code = "forbid"`. NVML is initialised once on the poll thread and
+//!   kept; a failed poll drops it and the next poll (after the poller's
+//!   backoff) initialises it again. With `enabled = "auto"`, a host where the
+//!   library or the kernel driver is absent has the source off, and `probe`
+//!   says why.
+//! - `nvidia-smi`: runs the command at each poll (power and temperature only),
+//!   for configs written before NVML was loaded in-process.
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domesday_model::catalog::{POWER, TEMPERATURE};
+use domesday_model::catalog::{ENERGY, GPU_UTILIZATION, POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Location, Reason, Source};
+use nvml_wrapper::Nvml as NvmlLib;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::error::NvmlError;
 
 use super::bmc::{Poller, run_command};
 use super::{Output, Progress, Sample, SensorSource};
-use crate::config::{NvmlConfig, Switch};
+use crate::config::{NvmlBackend, NvmlConfig, Switch};
+use crate::energy::Accumulator;
 use crate::fsread::ReadError;
 
-/// The query run at each poll.
+/// The query the `nvidia-smi` backend runs at each poll.
 pub const QUERY: &[&str] = &["--query-gpu=index,uuid,name,power.draw,temperature.gpu", "--format=csv,noheader,nounits"];
+
+/// The library the dynamic loader is asked for when `library` is not set.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 /// One GPU's readings.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,15 +42,29 @@ pub struct Gpu {
     pub index: u32,
     pub uuid: String,
     pub name: String,
-    pub watts: Result<f64, String>,
-    pub celsius: Result<f64, String>,
+    pub watts: Result<f64, ReadError>,
+    pub celsius: Result<f64, ReadError>,
+    /// Energy since the first reading's raw value, reset-corrected, J; `None`
+    /// when the backend does not read it (`nvidia-smi`).
+    pub joules: Option<Result<f64, ReadError>>,
+    /// Share of time a kernel ran, 0 to 1; `None` as for `joules`.
+    pub utilization: Option<Result<f64, ReadError>>,
 }
 
-fn field(s: &str) -> Result<f64, String> {
+/// What one poll found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Polled {
+    /// `enabled = "auto"` on a host without the NVIDIA library or driver: the
+    /// source is off, and this says why (for `probe`).
+    Off(String),
+    Gpus(Vec<Gpu>),
+}
+
+fn field(s: &str) -> Result<f64, ReadError> {
     let t = s.trim();
     match t.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("no reading ({t})")),
+        _ => Err(ReadError::new(Reason::Missing, format!("no reading ({t})"))),
     }
 }
 
@@ -53,6 +85,8 @@ pub fn parse_query(text: &str) -> Result<Vec<Gpu>, ReadError> {
             name: f[2..n - 2].join(", "),
             watts: field(f[n - 2]),
             celsius: field(f[n - 1]),
+            joules: None,
+            utilization: None,
         });
     }
     Ok(out)
@@ -68,12 +102,14 @@ pub fn find_command(command: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-/// Whether the source runs, and if not, why (for `probe`).
+/// Whether the source runs, and if not, why (for `probe`). With the `nvml`
+/// backend `auto` always starts it: whether the library loads is found out on
+/// the poll thread, and reported as [`Polled::Off`].
 pub fn decide(cfg: &NvmlConfig, sysfs_root: &Path) -> Result<(), String> {
-    match cfg.enabled {
-        Switch::Off => Err("off: [nvml] enabled = false".into()),
-        Switch::On => Ok(()),
-        Switch::Auto => {
+    match (cfg.enabled, cfg.backend) {
+        (Switch::Off, _) => Err("off: [nvml] enabled = false".into()),
+        (Switch::On, _) | (Switch::Auto, NvmlBackend::Nvml) => Ok(()),
+        (Switch::Auto, NvmlBackend::NvidiaSmi) => {
             if !sysfs_root.join("module/nvidia").exists() {
                 Err(format!(
                     "off (auto): no nvidia kernel module ({}/module/nvidia); no NVIDIA GPU or driver",
@@ -88,8 +124,8 @@ pub fn decide(cfg: &NvmlConfig, sysfs_root: &Path) -> Result<(), String> {
     }
 }
 
-/// One poll.
-pub fn poll(cfg: &NvmlConfig) -> Result<Vec<Gpu>, ReadError> {
+/// One `nvidia-smi` poll.
+pub fn poll_smi(cfg: &NvmlConfig) -> Result<Vec<Gpu>, ReadError> {
     let args: Vec<String> = QUERY.iter().map(|s| s.to_string()).collect();
     let out = run_command(&cfg.command, &args, cfg.timeout.0)?;
     if !out.success {
@@ -105,21 +141,243 @@ pub fn poll(cfg: &NvmlConfig) -> Result<Vec<Gpu>, ReadError> {
     parse_query(&out.stdout)
 }
 
+/// The reason label of an NVML error.
+pub fn reason_of(e: &NvmlError) -> Reason {
+    match e {
+        NvmlError::NotSupported
+        | NvmlError::NotFound
+        | NvmlError::FunctionNotFound
+        | NvmlError::FailedToLoadSymbol(_)
+        | NvmlError::LibloadingError(_)
+        | NvmlError::LibraryNotFound
+        | NvmlError::DriverNotLoaded
+        | NvmlError::GpuLost
+        | NvmlError::NoData => Reason::Missing,
+        NvmlError::NoPermission => Reason::Permission,
+        NvmlError::Timeout => Reason::Timeout,
+        NvmlError::Utf8Error(_) | NvmlError::NulError(_) | NvmlError::UnexpectedVariant(_) => Reason::Parse,
+        _ => Reason::Io,
+    }
+}
+
+/// Errors of a per-GPU call after which the NVML handle is not trusted any
+/// more: the next poll initialises NVML again. (Not `Unknown`: a board that
+/// always fails one call would otherwise re-initialise NVML at every poll.)
+fn needs_reinit(e: &NvmlError) -> bool {
+    matches!(e, NvmlError::Uninitialized | NvmlError::DriverNotLoaded | NvmlError::GpuLost)
+}
+
+fn call_error(call: &str, e: &NvmlError) -> ReadError {
+    ReadError::new(reason_of(e), format!("{call}: {e}"))
+}
+
+/// Why NVML could not start, and whether that means "no NVIDIA driver here"
+/// (off under `auto`) rather than a broken one.
+fn init_error(library: &str, e: &NvmlError) -> (ReadError, bool) {
+    match e {
+        NvmlError::LibloadingError(le) => {
+            let msg = le.to_string();
+            if msg.contains("No such file") {
+                // The loader's message only repeats the name: the fix column says what to do.
+                let why = format!("{library} not found: the NVIDIA driver is not installed");
+                (ReadError::new(Reason::Missing, why), true)
+            } else {
+                (ReadError::new(Reason::Io, format!("cannot load {library}: {msg}")), false)
+            }
+        }
+        NvmlError::FailedToLoadSymbol(msg) => {
+            (ReadError::new(Reason::Io, format!("{library} is not a usable NVML library: {msg}")), false)
+        }
+        NvmlError::DriverNotLoaded => (
+            ReadError::new(
+                Reason::Missing,
+                format!(
+                    "nvmlInit: the NVIDIA kernel driver is not loaded ({library} is installed): no NVIDIA GPU here"
+                ),
+            ),
+            true,
+        ),
+        e => (call_error("nvmlInit", e), false),
+    }
+}
+
+/// The `nvml` backend's poll state, owned by the poll thread: the NVML handle
+/// (initialised once, reused) and each GPU's energy accumulator by UUID, kept
+/// across re-initialisations so the counter never goes back.
+pub struct NvmlReader {
+    enabled: Switch,
+    library: Option<PathBuf>,
+    nvml: Option<NvmlLib>,
+    counters: BTreeMap<String, Accumulator>,
+    last_off: Option<String>,
+}
+
+impl NvmlReader {
+    pub fn new(cfg: &NvmlConfig) -> Self {
+        NvmlReader {
+            enabled: cfg.enabled,
+            library: cfg.library.clone(),
+            nvml: None,
+            counters: BTreeMap::new(),
+            last_off: None,
+        }
+    }
+
+    fn library_name(&self) -> String {
+        self.library.as_ref().map_or_else(|| DEFAULT_LIBRARY.to_string(), |p| p.display().to_string())
+    }
+
+    /// One poll: initialises NVML if needed, then reads every GPU.
+    pub fn poll(&mut self) -> Result<Polled, ReadError> {
+        if self.nvml.is_none() {
+            let lib = self.library.as_deref().map_or(OsStr::new(DEFAULT_LIBRARY), Path::as_os_str);
+            match NvmlLib::builder().lib_path(lib).init() {
+                Ok(n) => {
+                    tracing::info!(library = %self.library_name(), "NVML initialised");
+                    self.last_off = None;
+                    self.nvml = Some(n);
+                }
+                Err(e) => {
+                    let (err, absent) = init_error(&self.library_name(), &e);
+                    if absent && self.enabled == Switch::Auto {
+                        // Quiet: a host without NVIDIA GPUs is the normal case.
+                        let why = format!("off (auto): {}", err.detail);
+                        if self.last_off.as_ref() != Some(&why) {
+                            tracing::info!("NVIDIA GPUs: {why}");
+                            self.last_off = Some(why.clone());
+                        }
+                        return Ok(Polled::Off(why));
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let Some(nvml) = &self.nvml else {
+            return Err(ReadError::new(Reason::Io, "NVML not initialised"));
+        };
+        let (result, reinit) = read_gpus(nvml, &mut self.counters);
+        if reinit {
+            // Dropping the handle calls nvmlShutdown; the next poll starts afresh.
+            self.nvml = None;
+        }
+        result.map(Polled::Gpus)
+    }
+}
+
+/// Reads every GPU; a failing call makes that reading an error, a failing
+/// count the whole poll. The flag asks for a new NVML initialisation.
+fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (Result<Vec<Gpu>, ReadError>, bool) {
+    let count = match nvml.device_count() {
+        Ok(n) => n,
+        Err(e) => return (Err(call_error("nvmlDeviceGetCount", &e)), true),
+    };
+    let mut reinit = false;
+    let mut gpus = Vec::new();
+    for index in 0..count {
+        let dev = match nvml.device_by_index(index) {
+            Ok(d) => d,
+            Err(e) => {
+                reinit |= needs_reinit(&e);
+                let err = call_error("nvmlDeviceGetHandleByIndex", &e);
+                gpus.push(Gpu {
+                    index,
+                    uuid: String::new(),
+                    name: String::new(),
+                    watts: Err(err.clone()),
+                    celsius: Err(err.clone()),
+                    joules: Some(Err(err.clone())),
+                    utilization: Some(Err(err)),
+                });
+                continue;
+            }
+        };
+        let uuid = dev.uuid().unwrap_or_else(|_| format!("gpu{index}"));
+        let name = dev.name().unwrap_or_default();
+        let watts = dev.power_usage().map(|mw| f64::from(mw) / 1000.0);
+        let joules = dev.total_energy_consumption().map(|mj| {
+            // NVML counts mJ since the driver loaded; a drop is a driver reload.
+            let acc = counters.entry(uuid.clone()).or_default();
+            acc.update(mj.saturating_mul(1000), None);
+            acc.joules()
+        });
+        let celsius = dev.temperature(TemperatureSensor::Gpu).map(f64::from);
+        let utilization = dev.utilization_rates().map(|u| f64::from(u.gpu.min(100)) / 100.0);
+        reinit |= [&watts, &joules, &celsius, &utilization].iter().any(|r| r.as_ref().is_err_and(needs_reinit));
+        gpus.push(Gpu {
+            index,
+            uuid,
+            name,
+            watts: watts.map_err(|e| call_error("nvmlDeviceGetPowerUsage", &e)),
+            celsius: celsius.map_err(|e| call_error("nvmlDeviceGetTemperature", &e)),
+            joules: Some(joules.map_err(|e| call_error("nvmlDeviceGetTotalEnergyConsumption", &e))),
+            utilization: Some(utilization.map_err(|e| call_error("nvmlDeviceGetUtilizationRates", &e))),
+        });
+    }
+    (Ok(gpus), reinit)
+}
+
 /// The GPU source.
 pub struct Nvml {
-    poller: Poller<Vec<Gpu>>,
-    command: String,
+    poller: Poller<Polled>,
+    /// What `probe` shows as the path of the source as a whole.
+    path: String,
 }
 
 impl Nvml {
     pub fn new(cfg: &NvmlConfig) -> std::io::Result<Self> {
-        let c = cfg.clone();
-        let poller = Poller::spawn("nvml", cfg.interval.0, move || poll(&c))?;
-        Ok(Nvml { poller, command: cfg.command.clone() })
+        let (poller, path) = match cfg.backend {
+            NvmlBackend::Nvml => {
+                let mut reader = NvmlReader::new(cfg);
+                let path = reader.library_name();
+                (Poller::spawn("nvml", cfg.interval.0, move || reader.poll())?, path)
+            }
+            NvmlBackend::NvidiaSmi => {
+                let c = cfg.clone();
+                let poller = Poller::spawn("nvml", cfg.interval.0, move || poll_smi(&c).map(Polled::Gpus))?;
+                (poller, format!("{} {}", cfg.command, QUERY.join(" ")))
+            }
+        };
+        Ok(Nvml { poller, path })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
         self.poller.waiter()
+    }
+}
+
+/// Samples and statuses of the GPUs of one poll.
+pub fn gpu_output(gpus: &[Gpu], out: &mut Output) {
+    let src = Source::Nvml.to_string();
+    for g in gpus {
+        let zone = format!("gpu{}", g.index);
+        let zone_labels = || vec![src.clone(), zone.clone(), Domain::Gpu.to_string(), String::new()];
+        if let Ok(w) = g.watts {
+            out.samples.push(Sample::new(&POWER, zone_labels(), w));
+        }
+        if let Some(Ok(j)) = g.joules {
+            out.samples.push(Sample::new(&ENERGY, zone_labels(), j));
+        }
+        if let Ok(c) = g.celsius {
+            out.samples.push(Sample::new(
+                &TEMPERATURE,
+                vec![src.clone(), zone.clone(), "gpu".into(), g.name.clone(), Location::Gpu.to_string()],
+                c,
+            ));
+        }
+        if let Some(Ok(u)) = g.utilization {
+            out.samples.push(Sample::new(&GPU_UTILIZATION, vec![src.clone(), zone.clone()], u));
+        }
+        let readings = [
+            ("power", "watts", Some(&g.watts)),
+            ("energy", "joules", g.joules.as_ref()),
+            ("temp", "celsius", Some(&g.celsius)),
+            ("utilization", "ratio", g.utilization.as_ref()),
+        ];
+        for (what, unit, r) in readings {
+            if let Some(r) = r {
+                out.status(Source::Nvml, format!("{zone}/{what}"), unit, g.uuid.clone(), r.clone());
+            }
+        }
     }
 }
 
@@ -132,52 +390,23 @@ impl SensorSource for Nvml {
 
     fn sample(&mut self, _now: Duration, progress: &Progress) -> Output {
         let mut out = Output::default();
-        let path = format!("{} {}", self.command, QUERY.join(" "));
-        progress.enter("nvml", &path);
+        progress.enter("nvml", &self.path);
         let st = self.poller.state();
         let fail = match (st.polls, &st.last_err, self.poller.fresh(&st)) {
             (0, _, _) => Some(ReadError::new(Reason::Missing, "no answer yet (first poll running)")),
             (_, Some(e), _) => Some(e.clone()),
             (_, None, None) => Some(ReadError::new(Reason::Gap, "the last reading is older than 3 intervals")),
-            (_, None, Some(gpus)) => {
-                let src = Source::Nvml.to_string();
-                for g in &gpus {
-                    let zone = format!("gpu{}", g.index);
-                    if let Ok(w) = g.watts {
-                        out.samples.push(Sample::new(
-                            &POWER,
-                            vec![src.clone(), zone.clone(), Domain::Gpu.to_string(), String::new()],
-                            w,
-                        ));
-                    }
-                    if let Ok(c) = g.celsius {
-                        out.samples.push(Sample::new(
-                            &TEMPERATURE,
-                            vec![src.clone(), zone.clone(), "gpu".into(), g.name.clone(), Location::Gpu.to_string()],
-                            c,
-                        ));
-                    }
-                    let miss = |why: &String| ReadError::new(Reason::Missing, why.clone());
-                    out.status(
-                        Source::Nvml,
-                        format!("{zone}/power"),
-                        "watts",
-                        g.uuid.clone(),
-                        g.watts.as_ref().map(|w| *w).map_err(miss),
-                    );
-                    out.status(
-                        Source::Nvml,
-                        format!("{zone}/temp"),
-                        "celsius",
-                        g.uuid.clone(),
-                        g.celsius.as_ref().map(|c| *c).map_err(miss),
-                    );
-                }
+            (_, None, Some(Polled::Off(why))) => {
+                out.off = Some(why);
+                None
+            }
+            (_, None, Some(Polled::Gpus(gpus))) => {
+                gpu_output(&gpus, &mut out);
                 None
             }
         };
         if let Some(e) = fail {
-            out.status(Source::Nvml, "nvml".into(), "", path, Err(e));
+            out.status(Source::Nvml, "nvml".into(), "", self.path.clone(), Err(e));
         }
         out
     }
@@ -207,15 +436,180 @@ mod tests {
     }
 
     #[test]
-    fn auto_needs_the_module_and_the_command() {
+    fn auto_needs_the_module_and_the_command_for_nvidia_smi() {
         let root = tempfile::tempdir().expect("tmp");
-        let cfg = NvmlConfig { command: "/bin/sh".into(), ..Default::default() };
-        assert!(decide(&cfg, root.path()).expect_err("no module").contains("nvidia kernel module"));
+        let smi = |command: &str| NvmlConfig {
+            backend: NvmlBackend::NvidiaSmi,
+            command: command.into(),
+            ..Default::default()
+        };
+        assert!(decide(&smi("/bin/sh"), root.path()).expect_err("no module").contains("nvidia kernel module"));
         std::fs::create_dir_all(root.path().join("module/nvidia")).expect("mkdir");
-        assert_eq!(decide(&cfg, root.path()), Ok(()));
-        let cfg = NvmlConfig { command: "/nonexistent/nvidia-smi".into(), ..Default::default() };
-        assert!(decide(&cfg, root.path()).expect_err("no command").contains("not found"));
+        assert_eq!(decide(&smi("/bin/sh"), root.path()), Ok(()));
+        assert!(decide(&smi("/nonexistent/nvidia-smi"), root.path()).expect_err("no command").contains("not found"));
         let cfg = NvmlConfig { enabled: Switch::Off, ..Default::default() };
         assert!(decide(&cfg, root.path()).is_err());
+        // The NVML backend finds out on its poll thread.
+        assert_eq!(decide(&NvmlConfig::default(), tempfile::tempdir().expect("tmp").path()), Ok(()));
+    }
+
+    /// Builds the fake NVML library (tests/fixtures/nvml/fake_nvml.c) into a
+    /// fresh directory; its state file and call log sit beside it.
+    struct Fake {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new(state: &str) -> Fake {
+            let dir = tempfile::tempdir().expect("tmp");
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nvml/fake_nvml.c");
+            let out = std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(dir.path().join("libnvidia-ml.so.1"))
+                .arg(&src)
+                .arg("-ldl")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run `cc` to build the fake NVML library ({e}): install gcc"));
+            assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+            let f = Fake { dir };
+            f.set(state);
+            f
+        }
+
+        fn set(&self, state: &str) {
+            std::fs::write(self.dir.path().join("fake-nvml-state"), state).expect("state");
+        }
+
+        fn calls(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("fake-nvml.log")).unwrap_or_default()
+        }
+
+        fn reader(&self, enabled: Switch) -> NvmlReader {
+            NvmlReader::new(&NvmlConfig {
+                enabled,
+                library: Some(self.dir.path().join("libnvidia-ml.so.1")),
+                ..Default::default()
+            })
+        }
+    }
+
+    const TWO_GPUS: &str = "\
+gpu uuid=GPU-aaaa power=61330 energy=1000000 temp=34 util=87 name=NVIDIA A100-SXM4-40GB
+gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
+";
+
+    fn gpus(r: &mut NvmlReader) -> Vec<Gpu> {
+        match r.poll() {
+            Ok(Polled::Gpus(g)) => g,
+            other => panic!("expected GPUs, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nvml_reads_every_gpu_and_an_unsupported_call_is_a_down_sensor() {
+        let fake = Fake::new(TWO_GPUS);
+        let mut r = fake.reader(Switch::Auto);
+        let g = gpus(&mut r);
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].index, g[0].uuid.as_str(), g[0].name.as_str()), (0, "GPU-aaaa", "NVIDIA A100-SXM4-40GB"));
+        assert_eq!(g[0].watts, Ok(61.33));
+        assert_eq!(g[0].joules, Some(Ok(1000.0)), "the counter starts at its raw value (mJ → J)");
+        assert_eq!(g[0].celsius, Ok(34.0));
+        assert_eq!(g[0].utilization, Some(Ok(0.87)));
+        let e = g[1].watts.clone().expect_err("not supported");
+        assert_eq!(e.reason, Reason::Missing);
+        assert!(e.detail.contains("nvmlDeviceGetPowerUsage") && e.detail.contains("not available"), "{e:?}");
+
+        let mut out = Output::default();
+        gpu_output(&g, &mut out);
+        let find = |name: &str, zone: &str| {
+            out.samples.iter().find(|s| s.def.name == name && s.labels.get(1).map(String::as_str) == Some(zone))
+        };
+        let power = find("domesday_power_watts", "gpu0").expect("gpu0 power");
+        assert_eq!(power.labels, ["nvml", "gpu0", "gpu", ""]);
+        assert_eq!(power.value, 61.33);
+        assert!(find("domesday_power_watts", "gpu1").is_none(), "no reading is no sample, never 0 W");
+        assert_eq!(find("domesday_energy_joules_total", "gpu1").map(|s| s.value), Some(5.0));
+        assert_eq!(find("domesday_gpu_utilization_ratio", "gpu1").map(|s| s.value), Some(0.0));
+        let temp = find("domesday_temperature_celsius", "gpu0").expect("temp");
+        assert_eq!(temp.labels, ["nvml", "gpu0", "gpu", "NVIDIA A100-SXM4-40GB", "gpu"]);
+        let status = |id: &str| out.statuses.iter().find(|s| s.sensor == id).map(|s| s.result.clone());
+        assert_eq!(status("gpu0/power"), Some(Ok(61.33)));
+        assert_eq!(status("gpu1/power").map(|r| r.map_err(|e| e.reason)), Some(Err(Reason::Missing)));
+        assert_eq!(out.statuses.len(), 8, "power, energy, temp, utilization per GPU");
+    }
+
+    #[test]
+    fn the_energy_counter_stays_monotonic_across_a_driver_reset_and_nvml_is_initialised_once() {
+        let fake = Fake::new(TWO_GPUS);
+        let mut r = fake.reader(Switch::On);
+        assert_eq!(gpus(&mut r)[0].joules, Some(Ok(1000.0)));
+        fake.set(&TWO_GPUS.replace("energy=1000000", "energy=1000500"));
+        assert_eq!(gpus(&mut r)[0].joules, Some(Ok(1000.5)));
+        // The driver reloaded: the raw counter restarts near zero and counts from there.
+        fake.set(&TWO_GPUS.replace("energy=1000000", "energy=200"));
+        assert_eq!(gpus(&mut r)[0].joules, Some(Ok(1000.7)));
+        assert_eq!(fake.calls(), "init\n", "one nvmlInit for every poll");
+    }
+
+    #[test]
+    fn a_failed_poll_reinitialises_nvml_and_keeps_the_counters() {
+        let fake = Fake::new(TWO_GPUS);
+        let mut r = fake.reader(Switch::On);
+        gpus(&mut r);
+        fake.set(&format!("count unknown\n{TWO_GPUS}"));
+        let e = r.poll().expect_err("count fails");
+        assert!(e.detail.contains("nvmlDeviceGetCount"), "{e:?}");
+        assert_eq!(fake.calls(), "init\nshutdown\n", "the handle is dropped after a failed poll");
+        fake.set(&TWO_GPUS.replace("energy=1000000", "energy=1002000"));
+        assert_eq!(gpus(&mut r)[0].joules, Some(Ok(1002.0)));
+        assert_eq!(fake.calls(), "init\nshutdown\ninit\n");
+        // A lost GPU: its readings are errors now, and NVML restarts at the next poll.
+        fake.set(&TWO_GPUS.replace(
+            "power=61330 energy=1000000 temp=34 util=87",
+            "power=gpu_lost energy=gpu_lost temp=gpu_lost util=gpu_lost",
+        ));
+        let g = gpus(&mut r);
+        assert!(g[0].watts.is_err() && g[1].celsius == Ok(29.0), "{g:?}");
+        assert!(fake.calls().ends_with("init\nshutdown\n"), "{}", fake.calls());
+        // A call that keeps failing otherwise is that reading down, not an NVML restart at every poll.
+        fake.set(&TWO_GPUS.replace("temp=29", "temp=unknown"));
+        for _ in 0..3 {
+            let g = gpus(&mut r);
+            assert_eq!(g[1].celsius.clone().map_err(|e| e.reason), Err(Reason::Io));
+        }
+        assert_eq!(fake.calls().matches("init").count(), 3, "{}", fake.calls());
+        assert!(fake.calls().ends_with("shutdown\ninit\n"), "{}", fake.calls());
+    }
+
+    #[test]
+    fn no_library_or_driver_is_off_under_auto_and_an_error_when_forced_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("libnvidia-ml.so.1");
+        let cfg = |enabled| NvmlConfig { enabled, library: Some(missing.clone()), ..Default::default() };
+        match NvmlReader::new(&cfg(Switch::Auto)).poll() {
+            Ok(Polled::Off(why)) => {
+                assert!(why.contains("not found: the NVIDIA driver is not installed"), "{why}");
+                assert!(why.contains(&missing.display().to_string()), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = NvmlReader::new(&cfg(Switch::On)).poll().expect_err("forced on");
+        assert_eq!(e.reason, Reason::Missing);
+        assert!(e.detail.contains("not found"), "{e:?}");
+        // The library is there but the kernel driver is not.
+        let fake = Fake::new("init driver_not_loaded\n");
+        match fake.reader(Switch::Auto).poll() {
+            Ok(Polled::Off(why)) => assert!(why.contains("driver is not loaded"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fake.reader(Switch::On).poll().map_err(|e| e.reason), Err(Reason::Missing));
+        // Any other init failure is an error even under auto.
+        fake.set("init no_permission\n");
+        assert_eq!(fake.reader(Switch::Auto).poll().map_err(|e| e.reason), Err(Reason::Permission));
+        // A file that is not NVML is an error, not an absent driver.
+        std::fs::write(&missing, "not an ELF file").expect("write");
+        let e = NvmlReader::new(&cfg(Switch::Auto)).poll().expect_err("not a library");
+        assert_eq!(e.reason, Reason::Io, "{e:?}");
     }
 }
