@@ -81,17 +81,17 @@ pub fn encode(entries: &[Entry], out: &mut Vec<u8>) {
         }
         out.push(flags);
         if !chained {
-            put(out, e.series_id.wrapping_sub(before.series_id));
+            put_varint(out, e.series_id.wrapping_sub(before.series_id));
         }
-        put(out, e.ts_ms.wrapping_sub(before.ts_ms));
+        put_varint(out, e.ts_ms.wrapping_sub(before.ts_ms));
         let base = before.value.unwrap_or(0);
         if let Some(v) = e.value {
-            put(out, v.wrapping_sub(base));
+            put_varint(out, v.wrapping_sub(base));
         }
         if !chained && let Some((pt, pv)) = e.prev {
-            put(out, pt.wrapping_sub(e.ts_ms));
+            put_varint(out, pt.wrapping_sub(e.ts_ms));
             if let Some(v) = pv {
-                put(out, v.wrapping_sub(base));
+                put_varint(out, v.wrapping_sub(base));
             }
         }
         before = *e;
@@ -99,7 +99,7 @@ pub fn encode(entries: &[Entry], out: &mut Vec<u8>) {
 }
 
 /// Zigzag LEB128.
-fn put(out: &mut Vec<u8>, v: i64) {
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -168,18 +168,23 @@ impl Reader<'_> {
         Some(u32::from_le_bytes(s.try_into().ok()?))
     }
 
-    /// Zigzag LEB128; `None` when truncated or longer than 10 bytes.
     fn get(&mut self) -> Option<i64> {
-        let mut z: u64 = 0;
-        for shift in (0..70).step_by(7) {
-            let b = self.u8()?;
-            z |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
-            }
-        }
-        None
+        get_varint(self.bytes, &mut self.pos)
     }
+}
+
+/// Zigzag LEB128 at `*pos`, advancing it; `None` when truncated or longer than 10 bytes.
+pub fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        z |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
 }
 
 /// Every journal row in order: `(seq, entries)`.

@@ -13,6 +13,7 @@
 //! are written to the per-series tables in bulk later; readers see both.
 
 pub mod book;
+pub mod chunk;
 pub mod journal;
 pub mod query;
 pub mod sqlite;
@@ -167,6 +168,10 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("ledger journal row {seq} cannot be read ({message}); restore the database from a backup")]
     Journal { seq: i64, message: String },
+    #[error(
+        "ledger sample chunk of series {series_id} from {first_ts} ms cannot be read ({message}); restore the database from a backup"
+    )]
+    Chunk { series_id: i64, first_ts: i64, message: String },
 }
 
 /// Books batches; one call is one transaction.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::book::{HOUR_MS, MINUTE_MS, spread};
@@ -248,6 +248,10 @@ pub fn energy(
             samples += n as u64;
             first = min_opt(first, a);
             last = max_opt(last, b);
+            let c = super::chunk::range_stats(conn, *id, q.from_ms, q.to_ms)?;
+            samples += c.values;
+            first = min_opt(first, c.first_value);
+            last = max_opt(last, c.last_value);
             for e in pending.of(*id).iter().filter(|e| e.value.is_some() && e.ts_ms >= q.from_ms && e.ts_ms < q.to_ms) {
                 samples += 1;
                 first = min_opt(first, Some(e.ts_ms));
@@ -347,12 +351,17 @@ pub fn host_models(
     };
     let mut out: BTreeMap<String, super::HostModel> =
         st.query_map(params![site, from_ms, to_ms], model)?.collect::<Result<_, _>>()?;
-    // Hosts whose only samples in the range are still journaled.
+    // Hosts whose samples in the range are in chunks or still journaled.
     let mut journaled = std::collections::BTreeSet::new();
     let mut st = conn.prepare_cached("SELECT id, host FROM series WHERE site = ?1 AND host != ''")?;
     for r in st.query_map([site], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
         let (id, host) = r?;
-        if pending.of(id).iter().any(|e| e.ts_ms >= from_ms && e.ts_ms < to_ms) {
+        if journaled.contains(&host) || out.contains_key(&host) {
+            continue;
+        }
+        if pending.of(id).iter().any(|e| e.ts_ms >= from_ms && e.ts_ms < to_ms)
+            || super::chunk::range_stats(conn, id, from_ms, to_ms)?.points > 0
+        {
             journaled.insert(host);
         }
     }
@@ -405,6 +414,30 @@ pub fn hosts(
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .ok();
+        {
+            // Host samples live in chunks: their spans give first and last.
+            let (a, b): (Option<i64>, Option<i64>) = conn.query_row(
+                "SELECT MIN(c.first_ts), MAX(c.last_ts) FROM chunks c JOIN series se ON se.id = c.series_id \
+                 WHERE se.site = ?1 AND se.host = ?2",
+                params![site, host],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            first = min_opt(first, a);
+            last = max_opt(last, b);
+            let latest: Option<(i64, String, String)> = conn
+                .query_row(
+                    "SELECT c.last_value_ts, se.method, se.quality FROM chunks c JOIN series se ON se.id = c.series_id \
+                     WHERE se.site = ?1 AND se.host = ?2 AND c.last_value_ts IS NOT NULL ORDER BY c.last_value_ts DESC LIMIT 1",
+                    params![site, host],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some(l) = latest
+                && current.as_ref().is_none_or(|c| l.0 > c.0)
+            {
+                current = Some(l);
+            }
+        }
         let mut st = conn.prepare_cached("SELECT id, method, quality FROM series WHERE site = ?1 AND host = ?2")?;
         for r in st.query_map(params![site, host], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))

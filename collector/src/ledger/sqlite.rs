@@ -19,6 +19,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
@@ -75,7 +76,20 @@ CREATE TABLE host_conflicts (
 -- AUTOINCREMENT: a seq is never reused, so readers may cache rows by seq.
 CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 "#,
+    r#"
+-- Raw host samples, per series in chunks (see ledger::chunk); `samples` keeps meters'.
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+    n_points INTEGER NOT NULL, n_values INTEGER NOT NULL, first_value_ts INTEGER, last_value_ts INTEGER,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);
+"#,
 ];
+
+/// Points per chunk when migration 3 moves the host rows of `samples` into chunks.
+const MIGRATED_CHUNK_POINTS: usize = 1_024;
 
 /// Retention and rules of the ledger.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +148,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(m)?;
+        if i == 2 {
+            chunk::migrate_host_samples(&tx, MIGRATED_CHUNK_POINTS)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
@@ -224,16 +241,17 @@ impl SqliteWriter {
             // Only host series keep their last sample in memory: meters are few, and
             // `import-meters` may write them while `serve` runs.
             let mut st = conn.prepare(
-                "SELECT s.series_id, s.ts_ms, s.value_micro FROM samples s \
-                 JOIN (SELECT series_id, MAX(ts_ms) AS m FROM samples GROUP BY series_id) l \
-                 ON s.series_id = l.series_id AND s.ts_ms = l.m \
-                 JOIN series se ON se.id = s.series_id WHERE se.meter = ''",
+                "SELECT c.series_id, c.first_ts, c.data FROM chunks c \
+                 JOIN (SELECT series_id, MAX(first_ts) AS m FROM chunks GROUP BY series_id) l \
+                 ON c.series_id = l.series_id AND c.first_ts = l.m",
             )?;
-            let rows =
-                st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))?;
-            for row in rows {
-                let (id, ts_ms, value) = row?;
-                last.insert(id, Last { ts_ms, value });
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let (id, first): (i64, i64) = (r.get(0)?, r.get(1)?);
+                let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+                if let Some((ts_ms, value)) = chunk::decode(id, first, data)?.last() {
+                    last.insert(id, Last { ts_ms: *ts_ms, value: *value });
+                }
             }
             let mut st = conn.prepare("SELECT site, host, machine_id, claimed_ms FROM hosts")?;
             let rows = st.query_map([], |r| {
@@ -389,13 +407,9 @@ impl SqliteWriter {
                         materialize(tx, &self.policy)?;
                         staged.materialized = true;
                     }
-                    let existing: Option<Option<i64>> = tx
-                        .query_row(
-                            "SELECT value_micro FROM samples WHERE series_id = ?1 AND ts_ms = ?2",
-                            params![id, s.ts_ms],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
+                    let host = s.meter.is_empty();
+                    let (prev, existing, next) =
+                        if host { chunk::neighbours(tx, id, s.ts_ms)? } else { sample_neighbours(tx, id, s.ts_ms)? };
                     if let Some(v) = existing {
                         if v == s.value_micro {
                             out.duplicate += 1
@@ -410,20 +424,6 @@ impl SqliteWriter {
                         out.too_old += 1;
                         continue;
                     }
-                    let prev: Option<(i64, Option<i64>)> = tx
-                        .query_row(
-                            "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC LIMIT 1",
-                            params![id, s.ts_ms],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    let next: Option<(i64, Option<i64>)> = tx
-                        .query_row(
-                            "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms ASC LIMIT 1",
-                            params![id, s.ts_ms],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
                     if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
                         Self::book_interval(staged, &self.policy, id, factor, pt, nt, increment(pv, nv), -1);
                     }
@@ -451,7 +451,11 @@ impl SqliteWriter {
                             1,
                         );
                     }
-                    insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                    if host {
+                        chunk::insert(tx, id, (s.ts_ms, s.value_micro))?;
+                    } else {
+                        insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                    }
                     out.booked += 1;
                 }
             }
@@ -671,6 +675,23 @@ impl SqliteWriter {
     }
 }
 
+/// A meter series' samples around `t` (see [`chunk::neighbours`] for host series).
+fn sample_neighbours(tx: &rusqlite::Transaction<'_>, id: i64, t: i64) -> Result<chunk::Neighbours, StoreError> {
+    let point = |sql: &str| {
+        tx.prepare_cached(sql)?
+            .query_row(params![id, t], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?)))
+            .optional()
+            .map_err(StoreError::from)
+    };
+    let exact = point("SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms = ?2")?;
+    let prev = point(
+        "SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC LIMIT 1",
+    )?;
+    let next =
+        point("SELECT ts_ms, value_micro FROM samples WHERE series_id = ?1 AND ts_ms > ?2 ORDER BY ts_ms ASC LIMIT 1")?;
+    Ok((prev, exact.map(|p| p.1), next))
+}
+
 /// Writes every journal row to the per-series tables (raw samples, minutes,
 /// hours) and deletes them, inside `tx`. The rows are read back from the
 /// database, so whichever process materializes them does it once.
@@ -681,15 +702,12 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy) -> Result<usize,
     // Series by series, in time order: each series' pages are touched once.
     entries.sort_by_key(|e| (e.series_id, e.ts_ms));
     let mut staged = Staged::default();
-    {
-        let mut insert =
-            tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
-        for e in &entries {
-            insert.execute(params![e.series_id, e.ts_ms, e.value])?;
-            if let Some((t0, t1, inc)) = e.interval() {
-                // Journaled series are host energy counters: joules, factor 1.
-                SqliteWriter::book_interval(&mut staged, policy, e.series_id, 1, t0, t1, inc, 1);
-            }
+    for run in entries.chunk_by(|a, b| a.series_id == b.series_id) {
+        let points: Vec<chunk::Point> = run.iter().map(|e| (e.ts_ms, e.value)).collect();
+        chunk::append(tx, run[0].series_id, &points)?;
+        for (t0, t1, inc) in run.iter().filter_map(Entry::interval) {
+            // Journaled series are host energy counters: joules, factor 1.
+            SqliteWriter::book_interval(&mut staged, policy, run[0].series_id, 1, t0, t1, inc, 1);
         }
     }
     SqliteWriter::write_buckets(tx, &staged)?;
@@ -739,6 +757,7 @@ impl LedgerWriter for SqliteWriter {
              (SELECT 1 FROM samples s WHERE s.series_id = series.id AND s.ts_ms < ?1)",
             [cutoff],
         )?;
+        chunk::prune(&tx, cutoff)?;
         // Keep each series' last sample: it is the baseline of the next one.
         tx.execute(
             "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (SELECT MAX(ts_ms) FROM samples s2 WHERE s2.series_id = samples.series_id)",

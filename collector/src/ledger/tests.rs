@@ -414,3 +414,49 @@ fn a_cached_journal_is_never_mistaken_for_a_new_one() {
     w.housekeeping(true).expect("materialize");
     assert_eq!(total(&reader), 60);
 }
+
+/// A database from before chunks (schema 2, host samples as rows) is migrated:
+/// the samples move into chunks, counts and the baseline carry on, replays are
+/// still recognised.
+#[test]
+fn host_sample_rows_of_schema_2_move_into_chunks() {
+    use super::sqlite::MIGRATIONS;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("db");
+        for m in &MIGRATIONS[..2] {
+            conn.execute_batch(m).expect("migrate");
+        }
+        conn.pragma_update(None, "user_version", 2).expect("version");
+        conn.execute(
+            "INSERT INTO series (id, site, host, meter, metric, method, quality, role, unit) \
+             VALUES (1, 's', 'h1', '', 'domesday_host_energy_joules_total', 'model', 'estimated', 'it_in', 'J')",
+            [],
+        )
+        .expect("series");
+        for i in 0..2_500i64 {
+            conn.execute("INSERT INTO samples VALUES (1, ?1, ?2)", [T0 + i * 1_000, i * 10]).expect("sample");
+        }
+    }
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open migrates");
+    let left: i64 = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 0);
+    let o = w
+        .apply(
+            &[batch(vec![
+                sample("h1", "model", T0 + 1_000, Some(10)),
+                sample("h1", "model", T0 + 2_500_000, Some(25_000)),
+            ])],
+            NOW,
+        )
+        .expect("apply");
+    // The replayed sample is a duplicate; the new one counts from the migrated last value.
+    assert_eq!((o[0].duplicate, o[0].booked, o[0].energy_uj), (1, 1, 10));
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(Some("h1"), T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(r.samples, 2_501);
+    assert_eq!(r.first_sample.as_deref(), Some("2026-01-01T00:00:00Z"));
+}

@@ -1,0 +1,323 @@
+//! Raw host samples, stored per series in chunks.
+//!
+//! A row per sample cost about a microsecond of B-tree work each, which made
+//! writing the journal to the tables the collector's largest cost. Host
+//! samples are therefore kept as `chunks` rows: one per series per
+//! materialization, holding the sorted `(timestamp, value)` points (zigzag
+//! LEB128 deltas) with their time span, point count and first/last
+//! non-stale timestamps as columns, so range counts decode only the chunks
+//! at the range's edges. A series' chunks never overlap in time and are
+//! ordered by `first_ts`; a late sample is written into the chunk whose span
+//! it falls in (or the one before the gap it falls in). Meter samples stay in
+//! `samples` (few, and written by `import-meters` too).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use super::book::Value;
+use super::journal::{get_varint, put_varint};
+
+/// A sample: timestamp (ms) and value (µJ; `None` is a stale marker).
+pub type Point = (i64, Value);
+
+const VERSION: u8 = 1;
+
+pub fn encode(points: &[Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + points.len() * 6);
+    out.push(VERSION);
+    out.extend_from_slice(&(points.len() as u32).to_le_bytes());
+    let (mut ts, mut base) = (0i64, 0i64);
+    for (t, v) in points {
+        out.push(u8::from(v.is_some()));
+        put_varint(&mut out, t.wrapping_sub(ts));
+        ts = *t;
+        if let Some(v) = v {
+            put_varint(&mut out, v.wrapping_sub(base));
+            base = *v;
+        }
+    }
+    out
+}
+
+/// Decodes a chunk; `series_id` and `first_ts` name it in the error.
+pub fn decode(series_id: i64, first_ts: i64, bytes: &[u8]) -> Result<Vec<Point>, StoreError> {
+    let bad = |what: &str| StoreError::Chunk { series_id, first_ts, message: what.to_string() };
+    let (Some(&VERSION), Some(n)) = (bytes.first(), bytes.get(1..5)) else {
+        return Err(bad("unknown encoding version or truncated header"));
+    };
+    let count = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+    let mut pos = 5;
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 2));
+    let (mut ts, mut base) = (0i64, 0i64);
+    while pos < bytes.len() {
+        let flag = bytes[pos];
+        pos += 1;
+        ts = ts.wrapping_add(get_varint(bytes, &mut pos).ok_or_else(|| bad("truncated point"))?);
+        let v = if flag & 1 != 0 {
+            base = base.wrapping_add(get_varint(bytes, &mut pos).ok_or_else(|| bad("truncated point"))?);
+            Some(base)
+        } else {
+            None
+        };
+        out.push((ts, v));
+    }
+    if out.len() != count {
+        return Err(bad(&format!("holds {} points, its header says {count}", out.len())));
+    }
+    Ok(out)
+}
+
+/// Writes `points` (sorted, unique) as the chunk starting at their first timestamp.
+fn put(tx: &Connection, series_id: i64, points: &[Point], replacing: Option<i64>) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else { return Ok(()) };
+    let values = points.iter().filter(|p| p.1.is_some());
+    let n_values = values.clone().count() as i64;
+    let first_value = values.clone().next().map(|p| p.0);
+    let last_value = values.last().map(|p| p.0);
+    if let Some(old) = replacing {
+        tx.prepare_cached("DELETE FROM chunks WHERE series_id = ?1 AND first_ts = ?2")?
+            .execute(params![series_id, old])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO chunks (series_id, first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        series_id,
+        first.0,
+        last.0,
+        points.len() as i64,
+        n_values,
+        first_value,
+        last_value,
+        encode(points)
+    ])?;
+    Ok(())
+}
+
+/// Appends points newer than every stored one as a new chunk.
+pub fn append(tx: &Connection, series_id: i64, points: &[Point]) -> Result<(), StoreError> {
+    put(tx, series_id, points, None)
+}
+
+/// The chunk `(first_ts, points)` of a series chosen by `sql` with `?1` the series and `?2` a time.
+fn chunk_where(conn: &Connection, sql: &str, series_id: i64, t: i64) -> Result<Option<(i64, Vec<Point>)>, StoreError> {
+    let row: Option<(i64, Vec<u8>)> =
+        conn.prepare_cached(sql)?.query_row(params![series_id, t], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    row.map(|(first, data)| Ok((first, decode(series_id, first, &data)?))).transpose()
+}
+
+const AT_OR_BEFORE: &str =
+    "SELECT first_ts, data FROM chunks WHERE series_id = ?1 AND first_ts <= ?2 ORDER BY first_ts DESC LIMIT 1";
+const BEFORE: &str =
+    "SELECT first_ts, data FROM chunks WHERE series_id = ?1 AND first_ts < ?2 ORDER BY first_ts DESC LIMIT 1";
+const AFTER: &str =
+    "SELECT first_ts, data FROM chunks WHERE series_id = ?1 AND first_ts > ?2 ORDER BY first_ts ASC LIMIT 1";
+
+/// The series' last point.
+pub fn last_point(conn: &Connection, series_id: i64) -> Result<Option<Point>, StoreError> {
+    Ok(chunk_where(conn, AT_OR_BEFORE, series_id, i64::MAX)?.and_then(|(_, p)| p.last().copied()))
+}
+
+/// Around `t`: the point before it, the value at it (if any), the point after it.
+pub type Neighbours = (Option<Point>, Option<Value>, Option<Point>);
+
+pub fn neighbours(conn: &Connection, series_id: i64, t: i64) -> Result<Neighbours, StoreError> {
+    let here = chunk_where(conn, AT_OR_BEFORE, series_id, t)?;
+    let (mut prev, mut exact, mut next) = (None, None, None);
+    if let Some((first, points)) = &here {
+        let i = points.partition_point(|p| p.0 < t);
+        prev = i.checked_sub(1).map(|k| points[k]);
+        if let Some(p) = points.get(i).filter(|p| p.0 == t) {
+            exact = Some(p.1);
+            next = points.get(i + 1).copied();
+        } else {
+            next = points.get(i).copied();
+        }
+        if prev.is_none() {
+            prev = chunk_where(conn, BEFORE, series_id, *first)?.and_then(|(_, p)| p.last().copied());
+        }
+    }
+    if next.is_none() {
+        next = chunk_where(conn, AFTER, series_id, t)?.and_then(|(_, p)| p.first().copied());
+    }
+    Ok((prev, exact, next))
+}
+
+/// Writes one late point into the chunk whose span (or following gap) holds
+/// it, or in front of the first chunk when it is older than all of them.
+pub fn insert(tx: &Connection, series_id: i64, point: Point) -> Result<(), StoreError> {
+    let (old_first, mut points) = match chunk_where(tx, AT_OR_BEFORE, series_id, point.0)? {
+        Some(c) => c,
+        None => match chunk_where(tx, AFTER, series_id, point.0)? {
+            Some(c) => c,
+            None => return append(tx, series_id, &[point]),
+        },
+    };
+    let i = points.partition_point(|p| p.0 < point.0);
+    if points.get(i).is_some_and(|p| p.0 == point.0) {
+        return Ok(());
+    }
+    points.insert(i, point);
+    put(tx, series_id, &points, Some(old_first))
+}
+
+/// Points of a series with a timestamp in `[from, to)`: `(all, non-stale, first non-stale, last non-stale)`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RangeStats {
+    pub points: u64,
+    pub values: u64,
+    pub first_value: Option<i64>,
+    pub last_value: Option<i64>,
+}
+
+pub fn range_stats(conn: &Connection, series_id: i64, from: i64, to: i64) -> Result<RangeStats, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data FROM chunks \
+         WHERE series_id = ?1 AND last_ts >= ?2 AND first_ts < ?3 ORDER BY first_ts",
+    )?;
+    let mut out = RangeStats::default();
+    let mut rows = st.query(params![series_id, from, to])?;
+    while let Some(r) = rows.next()? {
+        let (first, last): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let mut add = |points: u64, values: u64, fv: Option<i64>, lv: Option<i64>| {
+            out.points += points;
+            out.values += values;
+            out.first_value = out.first_value.or(fv);
+            if lv.is_some() {
+                out.last_value = lv;
+            }
+        };
+        if first >= from && last < to {
+            add(r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get(4)?, r.get(5)?);
+        } else {
+            // An edge chunk: count its points inside the range.
+            let data = r.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
+            let inside: Vec<Point> =
+                decode(series_id, first, data)?.into_iter().filter(|p| p.0 >= from && p.0 < to).collect();
+            let values: Vec<i64> = inside.iter().filter(|p| p.1.is_some()).map(|p| p.0).collect();
+            add(inside.len() as u64, values.len() as u64, values.first().copied(), values.last().copied());
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the chunks of every series that end before `cutoff`, keeping each
+/// series' last chunk (its last point is the next sample's baseline), and
+/// records `pruned_until_ms` for the series that lost some.
+pub fn prune(tx: &Connection, cutoff: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE series SET pruned_until_ms = ?1 WHERE pruned_until_ms < ?1 AND EXISTS \
+         (SELECT 1 FROM chunks c WHERE c.series_id = series.id AND c.last_ts < ?1 AND c.first_ts < \
+          (SELECT MAX(first_ts) FROM chunks c2 WHERE c2.series_id = series.id))",
+        [cutoff],
+    )?;
+    tx.execute(
+        "DELETE FROM chunks WHERE last_ts < ?1 AND first_ts < \
+         (SELECT MAX(first_ts) FROM chunks c2 WHERE c2.series_id = chunks.series_id)",
+        [cutoff],
+    )?;
+    Ok(())
+}
+
+/// Migration: moves the host series' rows of `samples` into chunks of at most
+/// `per_chunk` points.
+pub fn migrate_host_samples(tx: &Connection, per_chunk: usize) -> Result<u64, StoreError> {
+    let mut st = tx.prepare(
+        "SELECT s.series_id, s.ts_ms, s.value_micro FROM samples s JOIN series se ON se.id = s.series_id \
+         WHERE se.meter = '' ORDER BY s.series_id, s.ts_ms",
+    )?;
+    let mut rows = st.query([])?;
+    let mut current: Option<i64> = None;
+    let mut points: Vec<Point> = Vec::new();
+    let mut moved = 0u64;
+    while let Some(r) = rows.next()? {
+        let (id, ts, v): (i64, i64, Value) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if current != Some(id) || points.len() >= per_chunk {
+            if let Some(c) = current {
+                append(tx, c, &points)?;
+            }
+            points.clear();
+            current = Some(id);
+        }
+        points.push((ts, v));
+        moved += 1;
+    }
+    if let Some(c) = current {
+        append(tx, c, &points)?;
+    }
+    tx.execute("DELETE FROM samples WHERE series_id IN (SELECT id FROM series WHERE meter = '')", [])?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![Just(None), any::<i64>().prop_map(Some)]
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips(raw in proptest::collection::vec((any::<i64>(), value()), 0..60), cut in 0usize..400) {
+            let buf = encode(&raw);
+            prop_assert_eq!(decode(1, 0, &buf).expect("decode"), raw);
+            if cut < buf.len() {
+                prop_assert!(decode(1, 0, &buf[..cut]).is_err());
+            }
+        }
+
+        /// Whatever the order points are inserted in, the chunks hold them
+        /// sorted, and neighbours and range counts match a plain sorted list.
+        #[test]
+        fn inserts_and_lookups_match_a_sorted_list(
+            appended in proptest::collection::btree_set(0i64..10_000, 0..40),
+            late in proptest::collection::vec(0i64..12_000, 0..30),
+            probes in proptest::collection::vec(0i64..12_000, 1..10),
+        ) {
+            let conn = Connection::open_in_memory().expect("db");
+            conn.execute_batch(
+                "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,
+                   last_ts INTEGER NOT NULL, n_points INTEGER NOT NULL, n_values INTEGER NOT NULL,
+                   first_value_ts INTEGER, last_value_ts INTEGER, data BLOB NOT NULL);
+                 CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);",
+            ).expect("schema");
+            let mut all = std::collections::BTreeMap::new();
+            // Appended in runs of up to 7 points, as materializations do.
+            let appended: Vec<i64> = appended.into_iter().collect();
+            for run in appended.chunks(7) {
+                let points: Vec<Point> = run.iter().map(|t| (*t, (t % 5 != 0).then_some(*t * 10))).collect();
+                append(&conn, 1, &points).expect("append");
+                all.extend(points);
+            }
+            for t in late {
+                let p = (t, Some(t * 10));
+                if let std::collections::btree_map::Entry::Vacant(e) = all.entry(t) {
+                    e.insert(p.1);
+                    insert(&conn, 1, p).expect("insert");
+                }
+            }
+            for t in probes {
+                let prev = all.range(..t).next_back().map(|(k, v)| (*k, *v));
+                let exact = all.get(&t).copied();
+                let next = all.range(t + 1..).next().map(|(k, v)| (*k, *v));
+                prop_assert_eq!(neighbours(&conn, 1, t).expect("neighbours"), (prev, exact, next));
+                let inside: Vec<(i64, Value)> = all.range(t..t + 2_000).map(|(k, v)| (*k, *v)).collect();
+                let values: Vec<i64> = inside.iter().filter(|p| p.1.is_some()).map(|p| p.0).collect();
+                prop_assert_eq!(
+                    range_stats(&conn, 1, t, t + 2_000).expect("stats"),
+                    RangeStats {
+                        points: inside.len() as u64,
+                        values: values.len() as u64,
+                        first_value: values.first().copied(),
+                        last_value: values.last().copied(),
+                    }
+                );
+            }
+            prop_assert_eq!(last_point(&conn, 1).expect("last"), all.iter().next_back().map(|(k, v)| (*k, *v)));
+        }
+    }
+}
