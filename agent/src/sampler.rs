@@ -89,6 +89,9 @@ pub struct Sampler {
     push: Option<Arc<PushStats>>,
     /// Waits for each BMC source's first poll (`probe`).
     bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>>,
+    /// Time zero of the agent's monotonic clock (`tick(now)` is time since it);
+    /// BMC readings are stamped on the same clock.
+    epoch: Instant,
 }
 
 impl Sampler {
@@ -96,6 +99,7 @@ impl Sampler {
     /// (`run`); `once` and `probe` do not.
     pub fn new(cfg: Arc<AgentConfig>, persist: bool) -> std::io::Result<Self> {
         use crate::sources::{hwmon::Hwmon, procfs::Procfs, rapl::Rapl, thermal::Thermal};
+        let epoch = Instant::now();
         let mut sources: Vec<Box<dyn SensorSource>> = vec![Box::new(Procfs::new(&cfg.procfs_root))];
         if cfg.sources.rapl {
             sources.push(Box::new(Rapl::new(&cfg.sysfs_root)));
@@ -108,7 +112,7 @@ impl Sampler {
         }
         let mut bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>> = Vec::new();
         if cfg.ipmi.enabled {
-            let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi)?;
+            let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi, epoch)?;
             bmc_waiters.push(Box::new(ipmi.waiter()));
             sources.push(Box::new(ipmi));
         }
@@ -117,7 +121,7 @@ impl Sampler {
         let several = cfg.redfish.len() > 1;
         for r in cfg.redfish.iter().filter(|r| r.enabled) {
             let prefix = if several { crate::sources::redfish::label_prefix(&r.url) } else { String::new() };
-            let redfish = crate::sources::redfish::Redfish::new(r, prefix)?;
+            let redfish = crate::sources::redfish::Redfish::new(r, prefix, epoch)?;
             bmc_waiters.push(Box::new(redfish.waiter()));
             sources.push(Box::new(redfish));
         }
@@ -161,6 +165,7 @@ impl Sampler {
             last_accumulate: Duration::ZERO,
             push: None,
             bmc_waiters,
+            epoch,
         })
     }
 
@@ -169,6 +174,11 @@ impl Sampler {
         for w in &self.bmc_waiters {
             w(within);
         }
+    }
+
+    /// Time zero of the agent's clock: the caller's `now` must be time since it.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Exports the pusher's self-metrics with every tick (only when pushing).

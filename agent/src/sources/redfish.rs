@@ -11,15 +11,15 @@
 //! Polled on its own thread ([`super::bmc`]) with HTTP Basic auth,
 //! TLS verified unless `insecure_skip_verify`, the password never logged.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domesday_model::catalog::{ENERGY, POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Location, Reason, Source};
 use serde_json::Value;
 
-use super::bmc::Poller;
+use super::bmc::{Poller, STALE_INTERVALS};
 use super::hwmon::temperature_location;
-use super::{Output, Progress, Sample, SensorSource};
+use super::{BmcEnergy, BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
 use crate::config::RedfishConfig;
 use crate::fsread::ReadError;
 
@@ -39,6 +39,11 @@ pub struct RedfishReading {
     pub temps: Vec<Temp>,
     /// The BMC's energy counter (`EnergyJoules`), reset-corrected, J.
     pub energy_j: Option<f64>,
+    /// The same counter raw (as the BMC gives it, resets included) with its
+    /// finest step seen, for host energy.
+    pub energy_raw: Option<BmcEnergy>,
+    /// When the power was read: the middle of its request.
+    pub taken: Instant,
     /// The resource the power was read from (`.../Power` or `.../EnvironmentMetrics`).
     pub power_path: String,
     /// The resource the temperatures were read from (`.../Thermal` or `.../Sensors`).
@@ -105,11 +110,30 @@ fn reading_of(doc: &Value, key: &str) -> Result<f64, ReadError> {
     }
 }
 
+/// The step of a reading written with this many decimals (`12.345` → 0.001):
+/// the counter's resolution is at most that.
+pub fn decimal_step(v: f64) -> f64 {
+    let text = format!("{v}");
+    let decimals = text.split_once('.').map(|(_, d)| d.len()).unwrap_or(0).min(15);
+    10f64.powi(-(decimals as i32))
+}
+
 /// `EnvironmentMetrics`: `PowerWatts.Reading` (W) and the energy counter in J,
-/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ.
-pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<f64>) {
-    let energy =
-        reading_of(doc, "EnergyJoules").ok().or_else(|| reading_of(doc, "EnergykWh").ok().map(|kwh| kwh * 3.6e6));
+/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ, with
+/// the step this reading shows (its decimals).
+pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<BmcEnergy>) {
+    let joules = reading_of(doc, "EnergyJoules").ok().map(|j| BmcEnergy {
+        joules: j,
+        resolution_j: decimal_step(j),
+        native_joules: true,
+    });
+    let energy = joules.or_else(|| {
+        reading_of(doc, "EnergykWh").ok().map(|kwh| BmcEnergy {
+            joules: kwh * 3.6e6,
+            resolution_j: decimal_step(kwh) * 3.6e6,
+            native_joules: false,
+        })
+    });
     (reading_of(doc, "PowerWatts"), energy)
 }
 
@@ -219,6 +243,8 @@ pub struct Client {
     /// The temperature sensors of `Sensors` (found on the first poll).
     temp_sensors: Option<Vec<String>>,
     energy: EnergyCounter,
+    /// The finest step of the energy counter seen (`EnergyJoules`?, J).
+    energy_step: Option<(bool, f64)>,
     warned_shared: bool,
 }
 
@@ -250,6 +276,7 @@ impl Client {
             chassis,
             temp_sensors: None,
             energy: EnergyCounter::default(),
+            energy_step: None,
             warned_shared: false,
         })
     }
@@ -335,6 +362,25 @@ impl Client {
         Ok(temps)
     }
 
+    /// A GET and the middle of its request: when the BMC's value was read.
+    fn timed_get(&mut self, path: &str) -> (Result<Value, ReadError>, Instant) {
+        let t0 = Instant::now();
+        let got = self.get(path);
+        (got, t0 + t0.elapsed() / 2)
+    }
+
+    /// The raw counter with the finest step it has shown so far (a reading
+    /// written with fewer decimals, `12.5` for `12.500`, does not coarsen it).
+    fn energy_raw(&mut self, mut raw: BmcEnergy) -> BmcEnergy {
+        let step = match self.energy_step {
+            Some((native, s)) if native == raw.native_joules => s.min(raw.resolution_j),
+            _ => raw.resolution_j,
+        };
+        self.energy_step = Some((raw.native_joules, step));
+        raw.resolution_j = step;
+        raw
+    }
+
     /// One poll: the chassis, its `EnvironmentMetrics` and `Sensors` when it has
     /// them, else its legacy `Power` and `Thermal`.
     pub fn poll(&mut self) -> Result<RedfishReading, ReadError> {
@@ -362,24 +408,26 @@ impl Client {
         let mut power = match odata_id(&doc, "EnvironmentMetrics") {
             Some(env) => {
                 let env = env.to_string();
-                match self.get(&env) {
+                let (got, taken) = self.timed_get(&env);
+                match got {
                     Ok(d) => {
                         let (w, e) = environment_power(&d);
-                        (w, e.map(|raw| self.energy.update(raw)), env)
+                        (w, e.map(|raw| self.energy_raw(raw)), env, taken)
                     }
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
-                    Err(e) => (Err(e), None, env),
+                    Err(e) => (Err(e), None, env, taken),
                 }
             }
             None => {
                 let p = format!("{chassis}/Power");
-                let w = match self.get(&p) {
+                let (got, taken) = self.timed_get(&p);
+                let w = match got {
                     Ok(doc) => power_consumed(&doc),
                     // A transport or auth failure fails the whole poll.
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                     Err(e) => Err(e),
                 };
-                (w, None, p)
+                (w, None, p, taken)
             }
         };
         // EnvironmentMetrics without a power reading: the legacy Power if the chassis links it.
@@ -388,13 +436,15 @@ impl Client {
             && power.2 != p
         {
             let p = p.to_string();
-            match self.get(&p) {
-                Ok(d) => power = (power_consumed(&d), power.1, p),
+            let (got, taken) = self.timed_get(&p);
+            match got {
+                Ok(d) => power = (power_consumed(&d), power.1, p, taken),
                 Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                 Err(_) => {}
             }
         }
-        let (watts, energy_j, power_path) = power;
+        let (watts, energy_raw, power_path, taken) = power;
+        let energy_j = energy_raw.map(|raw| self.energy.update(raw.joules));
         let sensors = odata_id(&doc, "Sensors").map(str::to_string);
         let sensor_temps = match &sensors {
             Some(s) => self.sensor_temps(s)?,
@@ -434,7 +484,7 @@ impl Client {
         {
             return Err(e.clone());
         }
-        Ok(RedfishReading { chassis: id, watts, temps, energy_j, power_path, thermal_path, shared })
+        Ok(RedfishReading { chassis: id, watts, temps, energy_j, energy_raw, taken, power_path, thermal_path, shared })
     }
 }
 
@@ -456,6 +506,10 @@ pub struct Redfish {
     rejected_poll: u64,
     /// Put before the chassis id in labels when several BMCs are read.
     prefix: String,
+    /// The sampler's start: readings are stamped on the agent's clock.
+    epoch: Instant,
+    /// Readings further apart than this are not interpolated across.
+    max_gap: Duration,
 }
 
 /// The label prefix of a BMC among several: its URL's host and port, then `/`.
@@ -466,10 +520,11 @@ pub fn label_prefix(url: &str) -> String {
 }
 
 impl Redfish {
-    pub fn new(cfg: &RedfishConfig, prefix: String) -> std::io::Result<Self> {
+    pub fn new(cfg: &RedfishConfig, prefix: String, epoch: Instant) -> std::io::Result<Self> {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
-        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix })
+        let max_gap = cfg.interval.0 * STALE_INTERVALS;
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix, epoch, max_gap })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -509,9 +564,15 @@ impl SensorSource for Redfish {
             }
         };
         let shared = fresh.as_ref().is_some_and(|r| r.shared.is_some());
-        if let Some(Ok(w)) = fresh.as_ref().map(|r| &r.watts) {
+        if let Some((Ok(w), r)) = fresh.as_ref().map(|r| (&r.watts, r)) {
             if !shared {
-                out.facts.bmc_redfish_watts = Some(*w);
+                out.facts.bmc_redfish = Some(BmcPower {
+                    watts: *w,
+                    at: on_agent_clock(self.epoch, r.taken),
+                    max_gap: self.max_gap,
+                    bmc: self.url.clone(),
+                    energy: r.energy_raw,
+                });
             } else if st.polls != self.rejected_poll {
                 // Once per poll: the chassis covers several nodes, its power is not the host's.
                 self.rejected_poll = st.polls;
@@ -604,7 +665,7 @@ mod tests {
         assert_eq!(odata_id(&node, "EnvironmentMetrics"), Some("/redfish/v1/Chassis/Node1/EnvironmentMetrics"));
         let (w, e) = environment_power(&fixture("new-envmetrics.json"));
         assert_eq!(w, Ok(412.0));
-        assert_eq!(e, Some(3_600_000.0));
+        assert_eq!(e, Some(BmcEnergy { joules: 3_600_000.0, resolution_j: 1.0, native_joules: true }));
         let (w, e) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": null}}));
         assert_eq!(w.map_err(|e| e.reason), Err(Reason::Missing), "null is no reading, not 0 W");
         assert_eq!(e, None);
@@ -628,9 +689,19 @@ mod tests {
     #[test]
     fn energy_kwh_and_thermal_metrics_summary() {
         let doc = serde_json::json!({"PowerWatts": {"Reading": 374}, "EnergykWh": {"Reading": 2.5}});
-        assert_eq!(environment_power(&doc), (Ok(374.0), Some(9_000_000.0)));
+        assert_eq!(
+            environment_power(&doc),
+            (Ok(374.0), Some(BmcEnergy { joules: 9_000_000.0, resolution_j: 360_000.0, native_joules: false }))
+        );
         let both = serde_json::json!({"PowerWatts": {"Reading": 1}, "EnergykWh": {"Reading": 2.5}, "EnergyJoules": {"Reading": 7}});
-        assert_eq!(environment_power(&both).1, Some(7.0), "EnergyJoules first");
+        assert_eq!(
+            environment_power(&both).1.map(|e| (e.joules, e.native_joules)),
+            Some((7.0, true)),
+            "EnergyJoules first"
+        );
+        assert_eq!(decimal_step(325675.0), 1.0);
+        assert_eq!(decimal_step(12.345), 0.001);
+        assert_eq!(decimal_step(0.00001), 0.00001);
         let tm = serde_json::json!({"TemperatureSummaryCelsius": {"Intake": {"Reading": 21.5}, "Exhaust": {"Reading": null}}});
         let t = temperature_summary(&tm);
         assert_eq!(t.len(), 2);
