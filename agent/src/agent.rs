@@ -104,6 +104,7 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .spawn(move || {
             sample_loop(&mut sampler, &sampler_shared, &constant, start, interval, &stop_rx, push);
             sampler.flush();
+            sampler.close_bmc();
         })
         .context("starting the sampler thread")?;
     tracing::info!(listen = %cfg.listen, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");

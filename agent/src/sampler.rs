@@ -92,6 +92,9 @@ pub struct Sampler {
     /// Time zero of the agent's monotonic clock (`tick(now)` is time since it);
     /// BMC readings are stamped on the same clock.
     epoch: Instant,
+    /// Stop the Redfish poll threads and wait for their sessions' logout.
+    bmc_closers: Vec<Box<dyn Fn(Instant) + Send>>,
+    close_within: Duration,
 }
 
 impl Sampler {
@@ -111,6 +114,8 @@ impl Sampler {
             sources.push(Box::new(Thermal::new(&cfg.sysfs_root)));
         }
         let mut bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>> = Vec::new();
+        let mut bmc_closers: Vec<Box<dyn Fn(Instant) + Send>> = Vec::new();
+        let mut close_within = Duration::ZERO;
         if cfg.ipmi.enabled {
             let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi, epoch)?;
             bmc_waiters.push(Box::new(ipmi.waiter()));
@@ -123,6 +128,9 @@ impl Sampler {
             let prefix = if several { crate::sources::redfish::label_prefix(&r.url) } else { String::new() };
             let redfish = crate::sources::redfish::Redfish::new(r, prefix, epoch)?;
             bmc_waiters.push(Box::new(redfish.waiter()));
+            bmc_closers.push(Box::new(redfish.closer()));
+            // A poll in flight (one request), then the session's DELETE.
+            close_within = close_within.max(r.timeout.0 * 2 + Duration::from_millis(500));
             sources.push(Box::new(redfish));
         }
         if crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).is_ok() {
@@ -166,6 +174,8 @@ impl Sampler {
             push: None,
             bmc_waiters,
             epoch,
+            bmc_closers,
+            close_within,
         })
     }
 
@@ -309,5 +319,24 @@ impl Sampler {
     /// Persists the host counters (shutdown).
     pub fn flush(&mut self) {
         self.host.flush();
+    }
+
+    /// Stops the Redfish poll threads and waits, bounded, for each to delete
+    /// its session (a BMC has few session slots). Done once, on drop at the latest.
+    pub fn close_bmc(&mut self) {
+        // Stop them all first (a deadline of now only signals), then wait.
+        for close in &self.bmc_closers {
+            close(Instant::now());
+        }
+        let deadline = Instant::now() + self.close_within;
+        for close in self.bmc_closers.drain(..) {
+            close(deadline);
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.close_bmc();
     }
 }

@@ -8,8 +8,10 @@
 //! `Temperatures[]`. The chassis is the first one not contained by another
 //! (`Links.ContainedBy`) unless configured; a chassis shared by several nodes
 //! (an enclosure) is flagged and never used as the host's power.
-//! Polled on its own thread ([`super::bmc`]) with HTTP Basic auth,
-//! TLS verified unless `insecure_skip_verify`, the password never logged.
+//! Polled on its own thread ([`super::bmc`]) through one Redfish session
+//! (`X-Auth-Token`, re-created on 401, deleted at shutdown) or HTTP Basic auth,
+//! TLS verified unless `insecure_skip_verify`; the password and the token are
+//! never logged.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use serde_json::Value;
 use super::bmc::{Poller, STALE_INTERVALS};
 use super::hwmon::temperature_location;
 use super::{BmcEnergy, BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
-use crate::config::RedfishConfig;
+use crate::config::{RedfishAuth, RedfishConfig};
 use crate::fsread::ReadError;
 
 /// One temperature of `Thermal`.
@@ -246,6 +248,42 @@ pub struct Client {
     /// The finest step of the energy counter seen (`EnergyJoules`?, J).
     energy_step: Option<(bool, f64)>,
     warned_shared: bool,
+    /// The session in use (`auth = "session"`).
+    session: Option<Session>,
+    /// The BMC answered the session login with 404/405/501: Basic instead.
+    no_session_service: bool,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.logout();
+    }
+}
+
+/// The session collection (DSP0266 §13.3.4).
+const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+
+/// A Redfish session: its token is a secret (never logged, redacted in
+/// `Debug`, a sensitive header), its path is where to delete it.
+struct Session {
+    token: reqwest::header::HeaderValue,
+    path: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("token", &"<redacted>").field("path", &self.path).finish()
+    }
+}
+
+/// The path of a session's `Location`: a path as is, an absolute URL reduced
+/// to its path (the token is only ever sent to the configured BMC).
+pub fn session_path(location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with('/') {
+        return Some(location.to_string());
+    }
+    reqwest::Url::parse(location).ok().map(|u| u.path().to_string()).filter(|p| p.len() > 1)
 }
 
 impl Client {
@@ -278,38 +316,159 @@ impl Client {
             energy: EnergyCounter::default(),
             energy_step: None,
             warned_shared: false,
+            session: None,
+            no_session_service: false,
         })
     }
 
-    fn get(&self, path: &str) -> Result<Value, ReadError> {
+    /// Whether requests go through a session (`auth = "session"` with a
+    /// username, and the BMC has a session service).
+    fn wants_session(&self) -> bool {
+        self.cfg.username.is_some() && self.cfg.auth == RedfishAuth::Session && !self.no_session_service
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url).header("Accept", "application/json").header("OData-Version", "4.0");
+        match (&self.session, &self.cfg.username) {
+            (Some(s), _) => req.header("X-Auth-Token", s.token.clone()),
+            (None, Some(user)) if !self.wants_session() => {
+                req.basic_auth(user, self.cfg.password.as_ref().map(|p| p.expose()))
+            }
+            _ => req,
+        }
+    }
+
+    /// A document; on a 401 with a session, logs in again once and retries
+    /// (the BMC expired or dropped the session).
+    fn get(&mut self, path: &str) -> Result<Value, ReadError> {
+        if self.wants_session() && self.session.is_none() {
+            self.login()?;
+        }
+        match self.get_once(path) {
+            Err((_, true)) if self.session.is_some() => {
+                tracing::info!(bmc = %self.cfg.url, "the Redfish session is no longer valid (401): logging in again");
+                self.session = None;
+                self.login()?;
+                self.get_once(path).map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One GET; the flag says the answer was 401.
+    fn get_once(&self, path: &str) -> Result<Value, (ReadError, bool)> {
         let url = format!("{}{path}", self.cfg.url);
         let timeout = self.cfg.timeout.0;
-        let mut req = self.http.get(&url).header("Accept", "application/json").header("OData-Version", "4.0");
-        if let Some(user) = &self.cfg.username {
-            req = req.basic_auth(user, self.cfg.password.as_ref().map(|p| p.expose()));
-        }
+        let req = self.request(reqwest::Method::GET, &url);
         self.rt.block_on(async {
-            let resp = req.send().await.map_err(|e| http_error(&url, &e, timeout))?;
+            let resp = req.send().await.map_err(|e| (http_error(&url, &e, timeout), false))?;
             let status = resp.status();
             match status.as_u16() {
                 200..=299 => {}
                 401 | 403 => {
-                    return Err(ReadError::new(
-                        Reason::Permission,
-                        format!("{url} answered {status}: check username and password_file (and the account's role)"),
+                    return Err((
+                        ReadError::new(
+                            Reason::Permission,
+                            format!(
+                                "{url} answered {status}: check username and password_file (and the account's role)"
+                            ),
+                        ),
+                        status.as_u16() == 401,
                     ));
                 }
-                404 => return Err(ReadError::new(Reason::Missing, format!("{url} answered 404"))),
-                _ => return Err(ReadError::new(Reason::Io, format!("{url} answered {status}"))),
+                404 => return Err((ReadError::new(Reason::Missing, format!("{url} answered 404")), false)),
+                _ => return Err((ReadError::new(Reason::Io, format!("{url} answered {status}")), false)),
             }
-            let body = resp.text().await.map_err(|e| http_error(&url, &e, timeout))?;
-            serde_json::from_str(&body).map_err(|e| parse_err(format!("{url}: not JSON ({e})")))
+            let body = resp.text().await.map_err(|e| (http_error(&url, &e, timeout), false))?;
+            serde_json::from_str(&body).map_err(|e| (parse_err(format!("{url}: not JSON ({e})")), false))
         })
+    }
+
+    /// Creates a session (DSP0266 §13.3): `POST /redfish/v1/SessionService/Sessions`
+    /// with the credentials, the token from `X-Auth-Token`, the session's URI
+    /// from `Location` (else the body's `@odata.id`). A BMC without a session
+    /// service (404, 405, 501) is read with HTTP Basic instead.
+    fn login(&mut self) -> Result<(), ReadError> {
+        let url = format!("{}{SESSIONS}", self.cfg.url);
+        let timeout = self.cfg.timeout.0;
+        let body = serde_json::json!({
+            "UserName": self.cfg.username.as_deref().unwrap_or(""),
+            "Password": self.cfg.password.as_ref().map(|p| p.expose()).unwrap_or(""),
+        });
+        let req = self
+            .request(reqwest::Method::POST, &url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let answer = self.rt.block_on(async {
+            let resp = req.send().await.map_err(|e| http_error(&url, &e, timeout))?;
+            let status = resp.status();
+            let token = resp.headers().get("X-Auth-Token").cloned();
+            let location =
+                resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(String::from);
+            let text = resp.text().await.unwrap_or_default();
+            Ok::<_, ReadError>((status, token, location, text))
+        })?;
+        let (status, token, location, text) = answer;
+        match status.as_u16() {
+            200..=299 => {}
+            404 | 405 | 501 => {
+                tracing::warn!(bmc = %self.cfg.url, %status,
+                    "the BMC has no Redfish session service ({url} answered {status}): using HTTP Basic auth");
+                self.no_session_service = true;
+                return Ok(());
+            }
+            401 | 403 => {
+                return Err(ReadError::new(
+                    Reason::Permission,
+                    format!("session login at {url} refused ({status}): check username and password_file"),
+                ));
+            }
+            _ => return Err(ReadError::new(Reason::Io, format!("session login at {url} answered {status}"))),
+        }
+        let Some(mut token) = token.filter(|t| !t.is_empty()) else {
+            return Err(parse_err(format!("session login at {url} answered {status} without an X-Auth-Token")));
+        };
+        token.set_sensitive(true);
+        let from_body = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("@odata.id").and_then(Value::as_str).map(String::from));
+        let path = location.or(from_body).and_then(|l: String| session_path(&l));
+        if path.is_none() {
+            tracing::warn!(bmc = %self.cfg.url, "the Redfish session has no Location: it cannot be deleted at shutdown");
+        }
+        tracing::info!(bmc = %self.cfg.url, session = path.as_deref().unwrap_or("?"), "Redfish session created");
+        self.session = Some(Session { token, path });
+        Ok(())
+    }
+
+    /// Deletes the session (shutdown), best effort: a BMC has few session
+    /// slots, and an abandoned one holds its slot until it times out.
+    fn logout(&mut self) {
+        let Some(Session { token, path: Some(path) }) = self.session.take() else { return };
+        let url = format!("{}{path}", self.cfg.url);
+        let req = self
+            .http
+            .delete(&url)
+            .header("Accept", "application/json")
+            .header("OData-Version", "4.0")
+            .header("X-Auth-Token", token);
+        // `send` arms its timeout, which needs the runtime: inside `block_on`.
+        match self.rt.block_on(async { req.send().await }) {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(bmc = %self.cfg.url, session = %path, "Redfish session deleted")
+            }
+            Ok(r) => tracing::warn!(bmc = %self.cfg.url, session = %path, status = %r.status(),
+                "the BMC refused to delete the Redfish session; it will expire it"),
+            Err(e) => {
+                tracing::warn!(bmc = %self.cfg.url, session = %path, "cannot delete the Redfish session ({}); the BMC will expire it",
+                http_error(&url, &e, self.cfg.timeout.0))
+            }
+        }
     }
 
     /// A document, where 404 and non-JSON are `None` (the resource is not
     /// there); transport and auth failures are errors.
-    fn get_opt(&self, path: &str) -> Result<Option<Value>, ReadError> {
+    fn get_opt(&mut self, path: &str) -> Result<Option<Value>, ReadError> {
         match self.get(path) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => Ok(None),
@@ -319,7 +478,7 @@ impl Client {
 
     /// The first chassis not contained by another (a DIMM riser, a backplane,
     /// Dell's `Enclosure.Internal`), else the first member.
-    fn pick_chassis(&self) -> Result<String, ReadError> {
+    fn pick_chassis(&mut self) -> Result<String, ReadError> {
         let all = members(&self.get("/redfish/v1/Chassis")?)?;
         for c in &all {
             if let Some(doc) = self.get_opt(c)?
@@ -530,6 +689,11 @@ impl Redfish {
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
         self.poller.waiter()
     }
+
+    /// Stops polling and waits (until the deadline) for the session's logout.
+    pub fn closer(&self) -> impl Fn(Instant) + Send + 'static {
+        self.poller.closer()
+    }
 }
 
 impl SensorSource for Redfish {
@@ -678,6 +842,22 @@ mod tests {
         assert_eq!(sensor_temperature(&fixture("new-sensor-power.json")), None, "a power sensor is no temperature");
         let off = serde_json::json!({"ReadingType": "Temperature", "Name": "T", "Reading": 1.0, "Status": {"State": "Absent"}});
         assert!(sensor_temperature(&off).expect("temp").value.is_err());
+    }
+
+    #[test]
+    fn session_location_is_reduced_to_a_path() {
+        assert_eq!(
+            session_path("/redfish/v1/SessionService/Sessions/7").as_deref(),
+            Some("/redfish/v1/SessionService/Sessions/7")
+        );
+        // An absolute Location naming another host never receives the token: only its path is kept.
+        assert_eq!(
+            session_path("https://elsewhere.example/redfish/v1/SessionService/Sessions/7").as_deref(),
+            Some("/redfish/v1/SessionService/Sessions/7")
+        );
+        assert_eq!(session_path("not a url"), None);
+        let s = Session { token: reqwest::header::HeaderValue::from_static("tok-secret"), path: None };
+        assert!(!format!("{s:?}").contains("tok-secret"), "{s:?}");
     }
 
     #[test]
