@@ -19,8 +19,8 @@ use crate::server::{Exposition, Shared, router};
 pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
     let cfg = Arc::new(cfg);
     let mut sampler = Sampler::new(cfg.clone(), false).context("starting sensor workers")?;
-    let start = Instant::now();
-    sampler.tick(Duration::ZERO);
+    let start = sampler.epoch();
+    sampler.tick(start.elapsed());
     std::thread::sleep(cfg.interval.0);
     sampler.wait_for_bmc(bmc_wait(&cfg));
     let snap = sampler.tick(start.elapsed());
@@ -37,8 +37,8 @@ fn bmc_wait(cfg: &AgentConfig) -> Duration {
 pub fn probe(cfg: AgentConfig) -> anyhow::Result<String> {
     let cfg = Arc::new(cfg);
     let mut sampler = Sampler::new(cfg.clone(), false).context("starting sensor workers")?;
-    let start = Instant::now();
-    sampler.tick(Duration::ZERO);
+    let start = sampler.epoch();
+    sampler.tick(start.elapsed());
     std::thread::sleep(cfg.interval.0.min(Duration::from_secs(1)));
     // A BMC answers in seconds: give its first poll the time its timeout allows.
     sampler.wait_for_bmc(bmc_wait(&cfg));
@@ -92,11 +92,13 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         None => (None, None, None),
     };
     let constant = constant_labels(&cfg);
-    let start = Instant::now();
+    // The agent's clock is the sampler's, on which BMC readings are stamped.
+    let start = sampler.epoch();
     let wall = SystemTime::now();
-    let first = sampler.tick(Duration::ZERO);
+    let t0 = start.elapsed();
+    let first = sampler.tick(t0);
     if let Some(p) = push.as_mut() {
-        p.offer(&first, Duration::ZERO, wall);
+        p.offer(&first, t0, wall);
     }
     let shared: Shared = Arc::new(RwLock::new(Exposition::new(render(&first, &constant))));
     let (stop_tx, stop_rx) = channel::<()>();
@@ -107,6 +109,7 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .spawn(move || {
             sample_loop(&mut sampler, &sampler_shared, &constant, start, interval, &stop_rx, push);
             sampler.flush();
+            sampler.close_bmc();
         })
         .context("starting the sampler thread")?;
     tracing::info!(listen = %cfg.listen, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");

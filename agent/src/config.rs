@@ -224,6 +224,19 @@ struct FileRedfish {
     chassis: Option<String>,
     interval: Option<Dur>,
     timeout: Option<Dur>,
+    auth: Option<RedfishAuth>,
+}
+
+/// How the agent authenticates to a Redfish BMC (with `username`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedfishAuth {
+    /// One Redfish session (`X-Auth-Token`, DSP0266 §13.3), re-created on 401,
+    /// deleted at shutdown; Basic when the BMC has no session service.
+    #[default]
+    Session,
+    /// HTTP Basic on every request.
+    Basic,
 }
 
 /// A `[redfish]` table or `[[redfish]]` tables.
@@ -284,6 +297,7 @@ pub struct RedfishConfig {
     pub chassis: Option<String>,
     pub interval: Dur,
     pub timeout: Dur,
+    pub auth: RedfishAuth,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -918,6 +932,7 @@ fn redfish_config(r: FileRedfish, path: Option<&Path>, text: &str) -> Result<Red
         chassis: r.chassis,
         interval,
         timeout,
+        auth: r.auth.unwrap_or_default(),
     })
 }
 
@@ -1284,6 +1299,11 @@ mod tests {
         assert_eq!(r.url, "https://bmc.example");
         assert_eq!(r.password.as_ref().map(Secret::expose), Some("s3cret-pw"));
         assert_eq!((r.interval.0, r.timeout.0), (DEFAULT_BMC_INTERVAL, DEFAULT_BMC_TIMEOUT));
+        assert_eq!(r.auth, RedfishAuth::Session, "sessions by default");
+        let basic = load_str("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nauth = \"basic\"\n").expect("basic");
+        assert_eq!(basic.redfish.first().map(|r| r.auth), Some(RedfishAuth::Basic));
+        let e = err("site = \"a\"\n[redfish]\nurl = \"https://bmc\"\nauth = \"digest\"\n");
+        assert!(e.contains("digest") || e.contains("auth"), "{e}");
         let shown = format!("{}\n{c:?}", c.to_toml());
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         let e = err("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\n");

@@ -2,11 +2,22 @@
 //!
 //! Each tick the best available method wins (contract §3 order; the BMC methods
 //! are the BMC's wall readings): `bmc_dcmi`, `bmc_redfish`, `psu_input`, then `acpi_power_meter`, then
-//! `rapl_uplift`, then `model`. The energy of the interval since the previous tick is booked on the
-//! winner's counter only, computed from the winner's own data (trapezoid of its
-//! power readings over the actual elapsed time, RAPL counter increments × uplift,
-//! or the model at the interval's mean utilisation), so switching methods never
-//! doubles or loses an interval. Counters persist in `state_dir`.
+//! `rapl_uplift`, then `model`. The host's timeline on the agent's monotonic clock is booked once:
+//! every span goes to exactly one method's counter, computed from that method's own data, or is
+//! counted as a gap (`reason="gap"`), so switching methods never doubles or loses a span.
+//!
+//! - Tick methods (`psu_input`, `acpi_power_meter`, `rapl_uplift`, `model`) book the interval since the
+//!   previous tick: trapezoid of their power readings over the actual elapsed time, RAPL counter
+//!   increments × uplift, or the model at the interval's mean utilisation.
+//! - BMC methods book between their own readings, which carry the instant the BMC was read (its
+//!   poll thread runs at its own interval): the trapezoid of successive readings over their actual
+//!   times, or the increments of the BMC's own energy counter when it has one (`EnergyJoules`, or
+//!   `EnergykWh` when fine enough, see [`counter_usable`]); a counter that goes down was reset by the
+//!   BMC and that span falls back to the trapezoid. Two readings further apart than the BMC's gap
+//!   bound are not interpolated across. The time after a BMC's last reading is booked by the method
+//!   that takes over, or counted as a gap when too long.
+//!
+//! Counters persist in `state_dir`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +28,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::energy::{trapezoid_joules, uj_to_joules};
 use crate::estimation::PowerModel;
-use crate::sources::HostFacts;
+use crate::sources::{BmcEnergy, BmcPower, HostFacts};
 
 /// What the arbitration decided this tick.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostReading {
     pub method: Method,
     pub watts: f64,
+}
+
+/// How the host's timeline was accounted, in time (for tests and `probe`-style checks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timeline {
+    /// Booked on some method's counter.
+    pub booked: Duration,
+    /// Counted as gaps (too long to interpolate across).
+    pub gaps: Duration,
+    /// No method at all, or an energy that was not a finite non-negative number.
+    pub skipped: Duration,
 }
 
 /// The current method's power and every method's cumulative energy.
@@ -35,17 +57,65 @@ pub struct HostPower {
     /// not bridged by interpolation but counted as a gap.
     max_gap: Duration,
     totals: BTreeMap<Method, f64>,
+    /// The previous tick and the reading it chose.
     last: Option<(Duration, Option<(Method, f64)>)>,
+    /// The timeline is booked (or counted) up to here; it only moves forward.
+    booked_until: Option<Duration>,
+    /// The last reading of the BMC run in progress (the BMC method carried every tick since).
+    bmc_last: Option<(Method, BmcPower)>,
+    timeline: Timeline,
     state: Option<StateFile>,
+}
+
+/// An `EnergykWh` counter is used only when its step is at most this share of
+/// the energy of the span between two readings (the trapezoid of their power):
+/// each span's energy is then right to 1 %, and over a run the counter's
+/// quantisation does not accumulate (increments telescope). Coarser (a whole
+/// kWh is 3.6 MJ, hours of a server's power) the power readings are integrated instead.
+pub const KWH_MAX_STEP_SHARE: f64 = 0.01;
+
+/// Whether a BMC energy counter may carry a span whose power trapezoid is
+/// `segment_j`: `EnergyJoules` always (J resolution), `EnergykWh` when its step is
+/// fine enough ([`KWH_MAX_STEP_SHARE`]).
+pub fn counter_usable(e: &BmcEnergy, segment_j: f64) -> bool {
+    e.native_joules || (e.resolution_j > 0.0 && e.resolution_j <= KWH_MAX_STEP_SHARE * segment_j)
+}
+
+/// Energy of the span `[from, b.at]` between BMC readings `a` and `b`
+/// (`a.at <= from < b.at`): the BMC's counter increment when usable (pro rata
+/// when only part of the span is booked), else the trapezoid of the power
+/// readings over their actual times (linear between them). `true` when the
+/// counter went down (reset by the BMC): the trapezoid is used then.
+pub fn segment_joules(a: &BmcPower, b: &BmcPower, from: Duration) -> (f64, bool) {
+    let full = b.at.saturating_sub(a.at).as_secs_f64();
+    if full <= 0.0 || from >= b.at {
+        return (0.0, false);
+    }
+    let part = b.at.saturating_sub(from.max(a.at)).as_secs_f64();
+    let share = part / full;
+    let w_from = a.watts + (b.watts - a.watts) * (1.0 - share);
+    let trapezoid = trapezoid_joules(w_from, b.watts, part);
+    match (&a.energy, &b.energy) {
+        (Some(ea), Some(eb))
+            if ea.native_joules == eb.native_joules && counter_usable(eb, trapezoid_joules(a.watts, b.watts, full)) =>
+        {
+            if eb.joules >= ea.joules {
+                ((eb.joules - ea.joules) * share, false)
+            } else {
+                (trapezoid, true)
+            }
+        }
+        _ => (trapezoid, false),
+    }
 }
 
 /// Picks the best available method and its instantaneous power.
 pub fn choose(facts: &HostFacts, dt: Option<Duration>, model: &PowerModel, uplift: f64) -> Option<HostReading> {
-    if let Some(w) = facts.bmc_dcmi_watts {
-        return Some(HostReading { method: Method::BmcDcmi, watts: w });
+    if let Some(b) = &facts.bmc_dcmi {
+        return Some(HostReading { method: Method::BmcDcmi, watts: b.watts });
     }
-    if let Some(w) = facts.bmc_redfish_watts {
-        return Some(HostReading { method: Method::BmcRedfish, watts: w });
+    if let Some(b) = &facts.bmc_redfish {
+        return Some(HostReading { method: Method::BmcRedfish, watts: b.watts });
     }
     if let Some(w) = facts.psu_input_watts {
         return Some(HostReading { method: Method::PsuInput, watts: w });
@@ -61,7 +131,17 @@ pub fn choose(facts: &HostFacts, dt: Option<Duration>, model: &PowerModel, uplif
     facts.cpu_utilization.map(|u| HostReading { method: Method::Model, watts: model.watts(u) })
 }
 
-/// Energy of one interval for the chosen method.
+/// The BMC reading behind a BMC method.
+fn bmc_fact(facts: &HostFacts, m: Method) -> Option<&BmcPower> {
+    match m {
+        Method::BmcDcmi => facts.bmc_dcmi.as_ref(),
+        Method::BmcRedfish => facts.bmc_redfish.as_ref(),
+        _ => None,
+    }
+}
+
+/// Energy of one tick interval for a tick method (not the BMC methods, which
+/// book between their own readings).
 pub fn interval_joules(
     chosen: &HostReading,
     previous: Option<&(Method, f64)>,
@@ -81,28 +161,46 @@ pub fn interval_joules(
     }
 }
 
+enum Span {
+    Booked,
+    Gap,
+    Skipped,
+}
+
 impl HostPower {
     pub fn new(model: PowerModel, rapl_uplift: f64, max_gap: Duration, mut state: Option<StateFile>) -> Self {
         let totals = state.as_mut().map(|s| s.load()).unwrap_or_default();
-        HostPower { model, rapl_uplift, max_gap, totals, last: None, state }
+        HostPower {
+            model,
+            rapl_uplift,
+            max_gap,
+            totals,
+            last: None,
+            booked_until: None,
+            bmc_last: None,
+            timeline: Timeline::default(),
+            state,
+        }
     }
 
-    /// Books the interval ending at `now`; returns the reading and any errors to count.
+    /// Books what is known at tick `now`; returns the reading and any errors to count.
     pub fn update(&mut self, now: Duration, facts: &HostFacts) -> (Option<HostReading>, Vec<(Source, Reason)>) {
         let mut errors = Vec::new();
-        let dt = self.last.as_ref().map(|(t, _)| now.saturating_sub(*t));
+        let last_tick = self.last.as_ref().map(|(t, _)| *t);
+        let dt = last_tick.map(|t| now.saturating_sub(t));
         let reading = choose(facts, dt, &self.model, self.rapl_uplift);
-        if let (Some(r), Some(dt)) = (&reading, dt) {
-            if dt > self.max_gap {
-                errors.push((method_source(r.method), Reason::Gap));
-            } else {
-                let prev = self.last.as_ref().and_then(|(_, p)| p.as_ref());
-                let j = interval_joules(r, prev, facts, dt, self.rapl_uplift);
-                if j.is_finite() && j >= 0.0 {
-                    *self.totals.entry(r.method).or_insert(0.0) += j;
-                } else {
-                    errors.push((method_source(r.method), Reason::Rejected));
+        match (&reading, reading.as_ref().and_then(|r| bmc_fact(facts, r.method))) {
+            (Some(r), Some(p)) => self.book_bmc(r.method, p, &mut errors),
+            (Some(r), None) => {
+                self.bmc_last = None;
+                self.book_tick(r, now, last_tick, facts, &mut errors);
+            }
+            (None, _) => {
+                self.bmc_last = None;
+                if self.booked_until.is_none() {
+                    self.booked_until = Some(now);
                 }
+                self.advance(now, Span::Skipped);
             }
         }
         // Make sure the active method has a counter even before its first interval.
@@ -116,9 +214,134 @@ impl HostPower {
         (reading, errors)
     }
 
+    /// Moves the booked edge forward to `to` (never back), tallying the span.
+    fn advance(&mut self, to: Duration, kind: Span) {
+        let Some(from) = self.booked_until else {
+            self.booked_until = Some(to);
+            return;
+        };
+        if to <= from {
+            return;
+        }
+        let span = to - from;
+        match kind {
+            Span::Booked => self.timeline.booked += span,
+            Span::Gap => self.timeline.gaps += span,
+            Span::Skipped => self.timeline.skipped += span,
+        }
+        self.booked_until = Some(to);
+    }
+
+    /// Adds `joules` to `m` for the span up to `to`, if it is a sane energy.
+    fn book(&mut self, m: Method, joules: f64, to: Duration, errors: &mut Vec<(Source, Reason)>) {
+        if joules.is_finite() && joules >= 0.0 {
+            *self.totals.entry(m).or_insert(0.0) += joules;
+            self.advance(to, Span::Booked);
+        } else {
+            errors.push((method_source(m), Reason::Rejected));
+            self.advance(to, Span::Skipped);
+        }
+    }
+
+    /// A tick method carries the interval since the previous tick, and before
+    /// it whatever a BMC run left unbooked after its last reading.
+    fn book_tick(
+        &mut self,
+        r: &HostReading,
+        now: Duration,
+        last_tick: Option<Duration>,
+        facts: &HostFacts,
+        errors: &mut Vec<(Source, Reason)>,
+    ) {
+        let (Some(from), Some(lt)) = (self.booked_until, last_tick) else {
+            // The first tick is the baseline.
+            self.booked_until = Some(now);
+            return;
+        };
+        if from < lt {
+            // A BMC carried the previous ticks but booked only up to its last reading.
+            let tail = lt - from;
+            if now.saturating_sub(from) <= self.max_gap {
+                self.book(r.method, r.watts * tail.as_secs_f64(), lt, errors);
+            } else {
+                let by = self.last.as_ref().and_then(|(_, p)| p.as_ref()).map(|(m, _)| *m).unwrap_or(r.method);
+                errors.push((method_source(by), Reason::Gap));
+                self.advance(lt, Span::Gap);
+            }
+        }
+        let dt = now.saturating_sub(lt);
+        if dt.is_zero() {
+            return;
+        }
+        if dt > self.max_gap {
+            errors.push((method_source(r.method), Reason::Gap));
+            self.advance(now, Span::Gap);
+            return;
+        }
+        let prev = self.last.as_ref().and_then(|(_, p)| p.as_ref());
+        let j = interval_joules(r, prev, facts, dt, self.rapl_uplift);
+        // A BMC reading taken after the previous tick already booked the start of this interval.
+        let booked = self.booked_until.unwrap_or(lt).max(lt);
+        let share = now.saturating_sub(booked).as_secs_f64() / dt.as_secs_f64();
+        if share > 0.0 {
+            self.book(r.method, j * share, now, errors);
+        }
+    }
+
+    /// A BMC method: books between the run's previous reading and this one.
+    fn book_bmc(&mut self, m: Method, p: &BmcPower, errors: &mut Vec<(Source, Reason)>) {
+        let Some(from) = self.booked_until else {
+            // The first update: this reading is the baseline.
+            self.booked_until = Some(p.at);
+            self.bmc_last = Some((m, p.clone()));
+            return;
+        };
+        let run = self.bmc_last.take().filter(|(lm, q)| *lm == m && q.bmc == p.bmc).map(|(_, q)| q);
+        match run {
+            Some(q) if p.at <= q.at => {
+                // No new reading since the previous tick.
+                self.bmc_last = Some((m, q));
+                return;
+            }
+            Some(q) => {
+                if p.at.saturating_sub(q.at) > p.max_gap {
+                    // Too long between two readings: an outage, not interpolated.
+                    errors.push((method_source(m), Reason::Gap));
+                    self.advance(p.at, Span::Gap);
+                } else if p.at > from {
+                    let (j, reset) = segment_joules(&q, p, from);
+                    if reset {
+                        tracing::info!(method = %m, bmc = %p.bmc, from = q.energy.map(|e| e.joules), to = p.energy.map(|e| e.joules),
+                            "the BMC's energy counter went down (reset by the BMC): this span is integrated from its power readings");
+                        errors.push((method_source(m), Reason::Rejected));
+                    }
+                    self.book(m, j, p.at, errors);
+                }
+            }
+            None => {
+                // A BMC run starts: its first reading, held back to the booked edge.
+                if p.at > from {
+                    let span = p.at - from;
+                    if span > self.max_gap.max(p.max_gap) {
+                        errors.push((method_source(m), Reason::Gap));
+                        self.advance(p.at, Span::Gap);
+                    } else {
+                        self.book(m, p.watts * span.as_secs_f64(), p.at, errors);
+                    }
+                }
+            }
+        }
+        self.bmc_last = Some((m, p.clone()));
+    }
+
     /// Cumulative joules of a method.
     pub fn total(&self, m: Method) -> f64 {
         self.totals.get(&m).copied().unwrap_or(0.0)
+    }
+
+    /// How the timeline has been accounted so far.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline
     }
 
     /// Writes the state and syncs it (shutdown).
@@ -314,11 +537,153 @@ mod tests {
         HostPower::new(model(), 1.25, Duration::from_secs(60), state)
     }
 
+    /// A BMC reading of `watts` taken at `at_ms` (agent clock), gap bound 90 s.
+    fn bmc(watts: f64, at_ms: u64, joules: Option<f64>) -> BmcPower {
+        BmcPower {
+            watts,
+            at: Duration::from_millis(at_ms),
+            max_gap: Duration::from_secs(90),
+            bmc: "bmc".into(),
+            energy: joules.map(|j| BmcEnergy { joules: j, resolution_j: 1.0, native_joules: true }),
+        }
+    }
+
+    fn redfish(p: BmcPower) -> HostFacts {
+        HostFacts {
+            bmc_redfish: Some(p),
+            psu_input_watts: Some(1000.0),
+            cpu_utilization: Some(0.5),
+            ..Default::default()
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn bmc_energy_is_the_trapezoid_between_its_own_readings_not_the_ticks() {
+        let mut h = hp(None);
+        let psu = HostFacts { psu_input_watts: Some(1000.0), ..Default::default() };
+        // Ticks every 10 s; the BMC is read at 13 s, 43 s and 73 s (every 30 s).
+        h.update(secs(0), &psu);
+        h.update(secs(10), &psu);
+        assert_eq!(h.total(Method::PsuInput), 10_000.0);
+        // The BMC's first reading (13 s): held back to the booked edge (10 s) only.
+        h.update(secs(20), &redfish(bmc(100.0, 13_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 300.0);
+        // The same reading seen again: nothing booked (no sample-and-hold between readings).
+        h.update(secs(30), &redfish(bmc(100.0, 13_000, None)));
+        h.update(secs(40), &redfish(bmc(100.0, 13_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 300.0);
+        // 43 s: the trapezoid 100 → 400 W over the readings' 30 s, whatever the ticks.
+        h.update(secs(50), &redfish(bmc(400.0, 43_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 300.0 + 7_500.0);
+        h.update(secs(80), &redfish(bmc(200.0, 73_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 300.0 + 7_500.0 + 9_000.0);
+        assert_eq!(h.total(Method::PsuInput), 10_000.0, "never double-booked on the psu");
+        let t = h.timeline();
+        assert_eq!((t.booked, t.gaps, t.skipped), (secs(73), Duration::ZERO, Duration::ZERO));
+
+        // A reading taken before the booked edge (8 s < 10 s) is a baseline only:
+        // the next span is booked from the edge, on the line between the readings.
+        let mut h = hp(None);
+        h.update(secs(0), &psu);
+        h.update(secs(10), &psu);
+        h.update(secs(20), &redfish(bmc(100.0, 8_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 0.0);
+        h.update(secs(40), &redfish(bmc(400.0, 38_000, None)));
+        let w10 = 100.0 + 300.0 * 2.0 / 30.0;
+        let want = (w10 + 400.0) / 2.0 * 28.0;
+        assert!((h.total(Method::BmcRedfish) - want).abs() < 1e-9, "{}", h.total(Method::BmcRedfish));
+        assert_eq!(h.timeline().booked, secs(38));
+    }
+
+    #[test]
+    fn readings_too_far_apart_are_a_gap_and_the_bmc_tail_goes_to_the_next_method() {
+        let mut h = hp(None);
+        h.update(secs(0), &redfish(bmc(300.0, 0, None)));
+        h.update(secs(30), &redfish(bmc(300.0, 30_000, None)));
+        assert_eq!(h.total(Method::BmcRedfish), 9000.0);
+        // Next reading 100 s later (> 90 s gap bound): counted, not interpolated.
+        let (_, errs) = h.update(secs(130), &redfish(bmc(300.0, 130_000, None)));
+        assert_eq!(errs, vec![(Source::Redfish, Reason::Gap)]);
+        assert_eq!(h.total(Method::BmcRedfish), 9000.0);
+        assert_eq!(h.timeline().gaps, secs(100));
+        // The BMC goes stale at 140 s: psu carries [130, 140] (tail, held back) and [140, 150].
+        let psu = HostFacts { psu_input_watts: Some(500.0), ..Default::default() };
+        h.update(secs(140), &redfish(bmc(300.0, 130_000, None)));
+        let (r, errs) = h.update(secs(150), &psu);
+        assert_eq!(r.map(|r| r.method), Some(Method::PsuInput));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(h.total(Method::PsuInput), 500.0 * 20.0);
+        // A tail longer than max_gap (60 s) is a gap of the BMC, the interval is booked.
+        h.update(secs(160), &redfish(bmc(300.0, 160_000, None)));
+        h.update(secs(200), &redfish(bmc(300.0, 160_000, None)));
+        let (_, errs) = h.update(secs(230), &psu);
+        assert_eq!(errs, vec![(Source::Redfish, Reason::Gap)]);
+        assert_eq!(h.total(Method::PsuInput), 500.0 * 20.0 + 500.0 * 30.0);
+        let t = h.timeline();
+        assert_eq!(t.booked + t.gaps + t.skipped, secs(230));
+    }
+
+    #[test]
+    fn the_bmc_energy_counter_is_preferred_and_its_resets_fall_back_to_power() {
+        let mut h = hp(None);
+        h.update(secs(0), &redfish(bmc(100.0, 0, Some(5_000.0))));
+        // Power says 3000 J, the BMC's counter 3100 J: the counter wins.
+        h.update(secs(30), &redfish(bmc(100.0, 30_000, Some(8_100.0))));
+        assert_eq!(h.total(Method::BmcRedfish), 3100.0);
+        // Reset by the BMC: counted, the span is the power trapezoid, never negative.
+        let (_, errs) = h.update(secs(60), &redfish(bmc(100.0, 60_000, Some(50.0))));
+        assert_eq!(errs, vec![(Source::Redfish, Reason::Rejected)]);
+        assert_eq!(h.total(Method::BmcRedfish), 6100.0);
+        // The new baseline counts on.
+        h.update(secs(90), &redfish(bmc(100.0, 90_000, Some(3_050.0))));
+        assert_eq!(h.total(Method::BmcRedfish), 9100.0);
+    }
+
+    #[test]
+    fn energy_kwh_only_when_its_step_is_fine_enough() {
+        let kwh = |j: f64, step: f64| Some(BmcEnergy { joules: j, resolution_j: step, native_joules: false });
+        let at = |w: f64, ms: u64, e: Option<BmcEnergy>| BmcPower { energy: e, ..bmc(w, ms, None) };
+        // 400 W for 30 s is 12 kJ: a 36 J step (0.01 Wh) is fine, a 3.6 kJ step (1 Wh) is not.
+        let (j, _) = segment_joules(&at(400.0, 0, kwh(0.0, 36.0)), &at(400.0, 30_000, kwh(12_096.0, 36.0)), secs(0));
+        assert_eq!(j, 12_096.0);
+        let (j, _) =
+            segment_joules(&at(400.0, 0, kwh(0.0, 3600.0)), &at(400.0, 30_000, kwh(14_400.0, 3600.0)), secs(0));
+        assert_eq!(j, 12_000.0);
+        // EnergyJoules and EnergykWh are never differenced with each other.
+        let (j, _) = segment_joules(&bmc(400.0, 0, Some(0.0)), &at(400.0, 30_000, kwh(12_096.0, 36.0)), secs(0));
+        assert_eq!(j, 12_000.0);
+        // Part of a span (the psu booked its start): pro rata.
+        let (j, _) = segment_joules(&bmc(400.0, 0, Some(0.0)), &bmc(400.0, 30_000, Some(12_600.0)), secs(10));
+        assert!((j - 8_400.0).abs() < 1e-9, "{j}");
+        assert!(counter_usable(&BmcEnergy { joules: 0.0, resolution_j: 1.0, native_joules: true }, 0.5));
+        assert!(!counter_usable(&BmcEnergy { joules: 0.0, resolution_j: 0.0, native_joules: false }, 1e9));
+    }
+
+    #[test]
+    fn several_bmcs_are_never_paired_and_dcmi_to_redfish_is_exact() {
+        let mut h = hp(None);
+        h.update(secs(0), &redfish(bmc(100.0, 0, None)));
+        h.update(secs(30), &redfish(bmc(100.0, 30_000, None)));
+        // The second BMC takes over: its first reading starts a run, held back to 30 s.
+        let other = BmcPower { bmc: "bmc2".into(), ..bmc(200.0, 40_000, Some(1e6)) };
+        h.update(secs(45), &redfish(other.clone()));
+        assert_eq!(h.total(Method::BmcRedfish), 3000.0 + 2000.0);
+        // DCMI appears: it starts its own run from the booked edge (40 s).
+        let dcmi = HostFacts { bmc_dcmi: Some(bmc(300.0, 50_000, None)), ..redfish(other) };
+        h.update(secs(55), &dcmi);
+        assert_eq!(h.total(Method::BmcDcmi), 3000.0);
+        assert_eq!(h.timeline().booked, secs(50));
+    }
+
     #[test]
     fn order_of_methods() {
         let all = HostFacts {
-            bmc_dcmi_watts: Some(400.0),
-            bmc_redfish_watts: Some(390.0),
+            bmc_dcmi: Some(bmc(400.0, 0, None)),
+            bmc_redfish: Some(bmc(390.0, 0, None)),
             rapl_host_delta_uj: Some(1_000_000),
             psu_input_watts: Some(350.0),
             acpi_power_watts: Some(300.0),
@@ -326,9 +691,9 @@ mod tests {
         };
         let dt = Some(Duration::from_secs(1));
         assert_eq!(choose(&all, dt, &model(), 1.25), Some(HostReading { method: Method::BmcDcmi, watts: 400.0 }));
-        let f = HostFacts { bmc_dcmi_watts: None, ..all.clone() };
+        let f = HostFacts { bmc_dcmi: None, ..all.clone() };
         assert_eq!(choose(&f, dt, &model(), 1.25), Some(HostReading { method: Method::BmcRedfish, watts: 390.0 }));
-        let f = HostFacts { bmc_redfish_watts: None, ..f };
+        let f = HostFacts { bmc_redfish: None, ..f };
         assert_eq!(choose(&f, dt, &model(), 1.25).map(|r| r.method), Some(Method::PsuInput));
         let f = HostFacts { psu_input_watts: None, ..f };
         assert_eq!(choose(&f, dt, &model(), 1.25).map(|r| r.method), Some(Method::AcpiPowerMeter));
@@ -433,17 +798,16 @@ mod tests {
         #[test]
         fn counters_monotonic_and_additive(steps in proptest::collection::vec(
             (1u64..30, proptest::option::of(0.0f64..2000.0), proptest::option::of(0.0f64..2000.0),
-             proptest::option::of(0u128..10_000_000_000), proptest::option::of(0.0f64..=1.0),
-             proptest::option::of(0.0f64..2000.0)), 1..40)) {
+             proptest::option::of(0u128..10_000_000_000), proptest::option::of(0.0f64..=1.0)), 1..40)) {
             let mut h = hp(None);
             let mut now = Duration::ZERO;
             let mut prev: BTreeMap<Method, f64> = BTreeMap::new();
             let mut booked = 0.0;
             let mut last: Option<(Method, f64)> = None;
             let mut first = true;
-            for (dt, psu, acpi, rapl, util, bmc) in steps {
+            for (dt, psu, acpi, rapl, util) in steps {
                 now += Duration::from_secs(dt);
-                let f = HostFacts { bmc_dcmi_watts: bmc, bmc_redfish_watts: None, psu_input_watts: psu, acpi_power_watts: acpi, rapl_host_delta_uj: rapl, cpu_utilization: util };
+                let f = HostFacts { bmc_dcmi: None, bmc_redfish: None, psu_input_watts: psu, acpi_power_watts: acpi, rapl_host_delta_uj: rapl, cpu_utilization: util };
                 let expect = if first { None } else { choose(&f, Some(Duration::from_secs(dt)), &model(), 1.25) };
                 if let Some(r) = &expect {
                     booked += interval_joules(r, last.as_ref(), &f, Duration::from_secs(dt), 1.25);
@@ -458,6 +822,88 @@ mod tests {
             }
             let sum: f64 = Method::ALL.iter().map(|m| h.total(*m)).sum();
             prop_assert!((sum - booked).abs() <= 1e-6 * (1.0 + booked));
+        }
+
+        /// BMC readings alone, seen by ticks at any times: the booked energy is
+        /// the trapezoid of the readings over their own times; with an
+        /// `EnergyJoules` counter, the counter's increase.
+        #[test]
+        fn bmc_energy_equals_the_trapezoid_of_its_readings(readings in proptest::collection::vec(
+            (1u64..30_000, 0.0f64..2000.0, 0.0f64..5000.0, 0u8..3), 2..40), counter in any::<bool>()) {
+            let mut h = hp(None);
+            let mut at = 0u64;
+            let mut raw = 1e6;
+            let mut expect = 0.0;
+            let mut prev: Option<BmcPower> = None;
+            for (i, (step, watts, inc, ticks)) in readings.into_iter().enumerate() {
+                if i > 0 {
+                    at += step;
+                    raw += inc;
+                }
+                let p = bmc(watts, at, counter.then_some(raw));
+                if let Some(q) = &prev {
+                    expect += if counter { p.energy.map(|e| e.joules).unwrap_or(0.0) - q.energy.map(|e| e.joules).unwrap_or(0.0) }
+                        else { trapezoid_joules(q.watts, p.watts, (p.at - q.at).as_secs_f64()) };
+                }
+                // One to three ticks see this reading, at or after the instant it was taken.
+                for k in 0..=ticks {
+                    h.update(p.at + Duration::from_millis(u64::from(k) * 7), &redfish(p.clone()));
+                }
+                prev = Some(p);
+            }
+            let got = h.total(Method::BmcRedfish);
+            prop_assert!((got - expect).abs() <= 1e-9 * (1.0 + expect), "{} vs {}", got, expect);
+            prop_assert_eq!(h.total(Method::PsuInput), 0.0);
+        }
+
+        /// Any mix of BMC readings (new, repeated, late, from two BMCs, with
+        /// counters that reset), power methods and outages: every counter is
+        /// monotonic, the timeline is accounted exactly once (booked + gaps +
+        /// skipped = elapsed), and the energy stays within the power range
+        /// times the booked time (nothing doubled).
+        #[test]
+        fn counters_monotonic_and_timeline_exact_across_bmc_switches(steps in proptest::collection::vec(
+            (1u64..40_000, 0u8..6, 100.0f64..500.0, 0u64..3000, any::<bool>(), proptest::option::of(0.0f64..1e6)), 1..60)) {
+            let mut h = hp(None);
+            let mut now = 0u64;
+            let mut last_at = [0u64; 3];
+            let mut prev: BTreeMap<Method, f64> = BTreeMap::new();
+            let mut first = None;
+            let mut counters = false;
+            for (dt, which, watts, lag, new_reading, counter) in steps {
+                now += dt;
+                counters |= counter.is_some() && which < 3;
+                let mut f = HostFacts { cpu_utilization: Some(0.5), ..Default::default() };
+                let mut reading = |slot: usize, name: &str| {
+                    if new_reading {
+                        last_at[slot] = last_at[slot].max(now.saturating_sub(lag));
+                    }
+                    BmcPower { bmc: name.into(), energy: counter.map(|j| BmcEnergy { joules: j, resolution_j: 1.0, native_joules: true }), ..bmc(watts, last_at[slot], None) }
+                };
+                match which {
+                    0 => f.bmc_dcmi = Some(reading(0, "ipmi")),
+                    1 => f.bmc_redfish = Some(reading(1, "bmc1")),
+                    2 => f.bmc_redfish = Some(reading(2, "bmc2")),
+                    3 => f.psu_input_watts = Some(watts),
+                    4 => f.acpi_power_watts = Some(watts),
+                    _ => {}
+                }
+                h.update(Duration::from_millis(now), &f);
+                first = first.or(h.booked_until);
+                for m in Method::ALL {
+                    prop_assert!(h.total(*m) >= prev.get(m).copied().unwrap_or(0.0));
+                    prev.insert(*m, h.total(*m));
+                }
+                let t = h.timeline();
+                let edge = h.booked_until.unwrap_or_default();
+                prop_assert!(edge <= Duration::from_millis(now));
+                prop_assert_eq!(t.booked + t.gaps + t.skipped, edge.saturating_sub(first.unwrap_or_default()));
+            }
+            if !counters {
+                let sum: f64 = Method::ALL.iter().map(|m| h.total(*m)).sum();
+                let booked = h.timeline().booked.as_secs_f64();
+                prop_assert!(sum <= 500.0 * booked + 1e-6 && sum >= 100.0 * booked - 1e-6, "{} J in {} s", sum, booked);
+            }
         }
     }
 }

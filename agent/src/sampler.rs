@@ -91,6 +91,12 @@ pub struct Sampler {
     push: Option<Arc<PushStats>>,
     /// Waits for each BMC source's first poll (`probe`).
     bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>>,
+    /// Time zero of the agent's monotonic clock (`tick(now)` is time since it);
+    /// BMC readings are stamped on the same clock.
+    epoch: Instant,
+    /// Stop the Redfish poll threads and wait for their sessions' logout.
+    bmc_closers: Vec<Box<dyn Fn(Instant) + Send>>,
+    close_within: Duration,
 }
 
 impl Sampler {
@@ -98,6 +104,7 @@ impl Sampler {
     /// (`run`); `once` and `probe` do not.
     pub fn new(cfg: Arc<AgentConfig>, persist: bool) -> std::io::Result<Self> {
         use crate::sources::{hwmon::Hwmon, procfs::Procfs, rapl::Rapl, thermal::Thermal};
+        let epoch = Instant::now();
         let mut sources: Vec<Box<dyn SensorSource>> = vec![Box::new(Procfs::new(&cfg.procfs_root))];
         if cfg.sources.rapl {
             sources.push(Box::new(Rapl::new(&cfg.sysfs_root)));
@@ -109,8 +116,10 @@ impl Sampler {
             sources.push(Box::new(Thermal::new(&cfg.sysfs_root)));
         }
         let mut bmc_waiters: Vec<Box<dyn Fn(Duration) + Send>> = Vec::new();
+        let mut bmc_closers: Vec<Box<dyn Fn(Instant) + Send>> = Vec::new();
+        let mut close_within = Duration::ZERO;
         if cfg.ipmi.enabled {
-            let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi)?;
+            let ipmi = crate::sources::ipmi::Ipmi::new(&cfg.ipmi, epoch)?;
             bmc_waiters.push(Box::new(ipmi.waiter()));
             sources.push(Box::new(ipmi));
         }
@@ -119,8 +128,11 @@ impl Sampler {
         let several = cfg.redfish.len() > 1;
         for r in cfg.redfish.iter().filter(|r| r.enabled) {
             let prefix = if several { crate::sources::redfish::label_prefix(&r.url) } else { String::new() };
-            let redfish = crate::sources::redfish::Redfish::new(r, prefix)?;
+            let redfish = crate::sources::redfish::Redfish::new(r, prefix, epoch)?;
             bmc_waiters.push(Box::new(redfish.waiter()));
+            bmc_closers.push(Box::new(redfish.closer()));
+            // A poll in flight (one request), then the session's DELETE.
+            close_within = close_within.max(r.timeout.0 * 2 + Duration::from_millis(500));
             sources.push(Box::new(redfish));
         }
         if crate::sources::nvml::decide(&cfg.nvml, &cfg.sysfs_root).is_ok() {
@@ -163,6 +175,9 @@ impl Sampler {
             last_accumulate: Duration::ZERO,
             push: None,
             bmc_waiters,
+            epoch,
+            bmc_closers,
+            close_within,
         })
     }
 
@@ -171,6 +186,11 @@ impl Sampler {
         for w in &self.bmc_waiters {
             w(within);
         }
+    }
+
+    /// Time zero of the agent's clock: the caller's `now` must be time since it.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Exports the pusher's self-metrics with every tick (only when pushing).
@@ -302,5 +322,24 @@ impl Sampler {
     /// Persists the host counters (shutdown).
     pub fn flush(&mut self) {
         self.host.flush();
+    }
+
+    /// Stops the Redfish poll threads and waits, bounded, for each to delete
+    /// its session (a BMC has few session slots). Done once, on drop at the latest.
+    pub fn close_bmc(&mut self) {
+        // Stop them all first (a deadline of now only signals), then wait.
+        for close in &self.bmc_closers {
+            close(Instant::now());
+        }
+        let deadline = Instant::now() + self.close_within;
+        for close in self.bmc_closers.drain(..) {
+            close(deadline);
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.close_bmc();
     }
 }

@@ -93,7 +93,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "redfish.url", "URL", "none: without a `[redfish]` table Redfish is off", "\"https://bmc.example\"",
         "Base URL of the BMC (`https://`; `http://` only with `allow_plain_http = true`). No credentials in the URL.";
     "redfish.username", "string", "none", "\"monitor\"",
-        "Account for HTTP Basic auth (a read-only role is enough).";
+        "BMC account (a read-only role is enough); without it requests carry no credentials.";
     "redfish.password_file", "path", "none", "\"/etc/domesday/bmc.password\"",
         "File holding the account's password (trailing newline ignored). Never printed or logged.";
     "redfish.ca_file", "path", "none: the system's roots", "\"/etc/domesday/bmc-ca.pem\"",
@@ -108,6 +108,8 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Polling interval (at least 1s), on the Redfish source's own thread; a reading older than 3 intervals is not used.";
     "redfish.timeout", "duration", "\"10s\", at most the interval", "\"10s\"",
         "Deadline of one HTTP request (connect included).";
+    "redfish.auth", "`session` or `basic`", "\"session\"", "\"session\"",
+        "With `username`: `session` logs in once (`POST /redfish/v1/SessionService/Sessions`), sends `X-Auth-Token`, logs in again on 401 and deletes the session at shutdown (HTTP Basic when the BMC has no session service); `basic` sends HTTP Basic on every request. The token is never logged.";
     "nvml.enabled", "bool or \"auto\"", "\"auto\"", "\"auto\"",
         "Read NVIDIA GPUs: power and energy (`domain=\"gpu\"`), temperature, utilisation. Nothing NVIDIA is needed at build time. `auto`: on when the NVML library loads and the driver answers, else off quietly (`probe` says why); `true`: a missing library or driver is reported as a sensor error.";
     "nvml.backend", "string", "\"nvml\" (`\"nvidia-smi\"` when only `command` is set)", "\"nvml\"",

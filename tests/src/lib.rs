@@ -361,7 +361,41 @@ pub fn mock_http(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static
 
 /// [`mock_http`] whose handler also sees the request headers (names lower-cased).
 pub fn mock_http_headers(handler: impl Fn(&str, &[(String, String)]) -> (u16, String) + Send + Sync + 'static) -> u16 {
-    use std::io::{BufRead, BufReader};
+    mock_http_full(move |r| {
+        let (status, body) = handler(&r.target, &r.headers);
+        MockResponse { status, headers: Vec::new(), body }
+    })
+}
+
+/// One request seen by [`mock_http_full`].
+#[derive(Debug, Clone)]
+pub struct MockRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl MockRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The answer of a [`mock_http_full`] handler (a JSON body).
+#[derive(Debug, Clone)]
+pub struct MockResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// [`mock_http`] whose handler sees the method, headers and body, and answers
+/// headers too (a Redfish BMC's sessions).
+pub fn mock_http_full(handler: impl Fn(&MockRequest) -> MockResponse + Send + Sync + 'static) -> u16 {
+    use std::io::{BufRead, BufReader, Read};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
     let port = listener.local_addr().map(|a| a.port()).expect("port");
     let handler = std::sync::Arc::new(handler);
@@ -374,7 +408,9 @@ pub fn mock_http_headers(handler: impl Fn(&str, &[(String, String)]) -> (u16, St
                 if reader.read_line(&mut line).is_err() {
                     return;
                 }
-                let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("GET").to_string();
+                let target = parts.next().unwrap_or("/").to_string();
                 let mut headers = Vec::new();
                 loop {
                     let mut h = String::new();
@@ -385,12 +421,24 @@ pub fn mock_http_headers(handler: impl Fn(&str, &[(String, String)]) -> (u16, St
                         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
                     }
                 }
-                let (code, body) = handler(&target, &headers);
+                let len = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .min(1 << 20);
+                let mut body = Vec::new();
+                let _ = reader.by_ref().take(len).read_to_end(&mut body);
+                let req = MockRequest { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() };
+                let resp = handler(&req);
+                let extra: String = resp.headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
                 let mut w = &stream;
                 let _ = write!(
                     w,
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+                    resp.status,
+                    resp.body.len(),
+                    resp.body
                 );
             });
         }

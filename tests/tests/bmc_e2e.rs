@@ -239,38 +239,105 @@ const PASSWORD: &str = "s3cret-pw";
 /// base64("monitor:s3cret-pw")
 const BASIC: &str = "Basic bW9uaXRvcjpzM2NyZXQtcHc=";
 
+/// The mock BMC's Redfish sessions.
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Live token → session id.
+    live: BTreeMap<String, u32>,
+    created: u32,
+    deleted: u32,
+    /// Logins refused (bad credentials).
+    refused: u32,
+    next: u32,
+}
+
+const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+
 /// A Redfish BMC on loopback serving the legacy mockup; `mode` switches it
 /// between `legacy`, `auth` (401 for everything), `slow` (answers after 3 s)
-/// and `malformed` (not JSON). Every request's Authorization header is kept.
+/// and `malformed` (not JSON). Every GET's credentials are kept
+/// (`Authorization`, or `token <X-Auth-Token>`).
 fn mock_bmc(
     mode: std::sync::Arc<std::sync::Mutex<String>>,
     auths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) -> u16 {
+    mock_bmc_sessions(mode, auths, Default::default())
+}
+
+/// [`mock_bmc`] with its session service (DSP0266 §13.3): a login with the
+/// right credentials creates a session (`X-Auth-Token`, `Location`), a DELETE
+/// of its `Location` ends it; clearing `sessions.live` expires every token.
+/// Mode `session` accepts only a live token (no Basic).
+fn mock_bmc_sessions(
+    mode: std::sync::Arc<std::sync::Mutex<String>>,
+    auths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sessions: std::sync::Arc<std::sync::Mutex<Sessions>>,
+) -> u16 {
     let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
     let (chassis, power, thermal) = (fixture("chassis.json"), fixture("power.json"), fixture("thermal.json"));
-    domesday_tests::mock_http_headers(move |target, headers| {
-        let auth = headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).unwrap_or_default();
-        if let Ok(mut a) = auths.lock() {
-            a.push(auth.clone());
-        }
+    let answer = |status: u16, body: &str| domesday_tests::MockResponse { status, headers: vec![], body: body.into() };
+    domesday_tests::mock_http_full(move |r| {
         let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
-        if mode == "auth" || auth != BASIC {
-            return (401, r#"{"error":{"code":"Base.1.8.NoValidSession"}}"#.into());
+        let auth = r.header("authorization").unwrap_or_default().to_string();
+        let token = r.header("x-auth-token").map(str::to_string);
+        let Ok(mut ss) = sessions.lock() else { return answer(500, "{}") };
+        if mode == "auth" {
+            return answer(401, r#"{"error":{"code":"Base.1.8.NoValidSession"}}"#);
+        }
+        if r.method == "POST" && r.target == SESSIONS {
+            let creds: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if creds["UserName"] != "monitor" || creds["Password"] != PASSWORD {
+                ss.refused += 1;
+                return answer(401, r#"{"error":{"code":"Base.1.8.InsufficientPrivilege"}}"#);
+            }
+            ss.next += 1;
+            ss.created += 1;
+            let id = ss.next;
+            let tok = format!("tok{id}-{SESSION_SECRET}");
+            ss.live.insert(tok.clone(), id);
+            let location = format!("{SESSIONS}/{id}");
+            return domesday_tests::MockResponse {
+                status: 201,
+                headers: vec![("X-Auth-Token".into(), tok), ("Location".into(), location.clone())],
+                body: format!(r#"{{"@odata.id":"{location}","Id":"{id}","UserName":"monitor"}}"#),
+            };
+        }
+        let session = token.as_ref().and_then(|t| ss.live.get(t).copied());
+        if r.method == "DELETE" {
+            return match session {
+                Some(id) if r.target == format!("{SESSIONS}/{id}") => {
+                    ss.live.retain(|_, v| *v != id);
+                    ss.deleted += 1;
+                    answer(200, "{}")
+                }
+                _ => answer(401, "{}"),
+            };
+        }
+        drop(ss);
+        if let Ok(mut a) = auths.lock() {
+            a.push(token.as_ref().map(|t| format!("token {t}")).unwrap_or_else(|| auth.clone()));
+        }
+        let basic_ok = mode != "session" && auth == BASIC;
+        if session.is_none() && !basic_ok {
+            return answer(401, r#"{"error":{"code":"Base.1.8.NoValidSession"}}"#);
         }
         if mode == "slow" {
             std::thread::sleep(Duration::from_secs(3));
         }
         if mode == "malformed" {
-            return (200, "{\"PowerControl\": [ {\"PowerConsumedWatts\": 3".into());
+            return answer(200, "{\"PowerControl\": [ {\"PowerConsumedWatts\": 3");
         }
-        match target {
-            "/redfish/v1/Chassis" => (200, chassis.clone()),
-            "/redfish/v1/Chassis/1U/Power" => (200, power.clone()),
-            "/redfish/v1/Chassis/1U/Thermal" => (200, thermal.clone()),
-            _ => (404, "{}".into()),
+        match r.target.as_str() {
+            "/redfish/v1/Chassis" => answer(200, &chassis),
+            "/redfish/v1/Chassis/1U/Power" => answer(200, &power),
+            "/redfish/v1/Chassis/1U/Thermal" => answer(200, &thermal),
+            _ => answer(404, "{}"),
         }
     })
 }
+
+/// A marker in the mock's session tokens, to look for in the agent's log.
+const SESSION_SECRET: &str = "f00dsecrettoken";
 
 fn redfish_errors(body: &str, reason: &str) -> f64 {
     series_value(body, "domesday_sensor_errors_total", &["source=\"redfish\"", &format!("reason=\"{reason}\"")])
@@ -288,7 +355,7 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password");
     let table = format!(
         "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
-         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\nauth = \"basic\"\n",
         pw.display().to_string()
     );
     let port = free_port();
@@ -341,13 +408,126 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
     assert!(!log.contains(PASSWORD) && !log.contains("bW9uaXRvcjpzM2NyZXQtcHc"), "the password leaked into the log");
 }
 
+/// `sensor_up` of the Redfish power reading (`chassis/power` before any reading).
+fn redfish_up(body: &str, chassis: &str) -> Option<f64> {
+    series_value(body, "domesday_sensor_up", &["source=\"redfish\"", &format!("sensor=\"{chassis}/power\"")])
+}
+
+fn redfish_session_agent(
+    tmp: &Path,
+    root: &Path,
+    bmc_port: u16,
+    password: &str,
+) -> (domesday_tests::Proc, u16, PathBuf) {
+    let pw = tmp.join("bmc.password");
+    std::fs::write(&pw, format!("{password}\n")).expect("password");
+    // No `auth` key: sessions are the default.
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\nusername = \"monitor\"\n\
+         password_file = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        pw.display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.join("agent.log");
+    let agent = start_agent_logged_with(root, port, "200ms", &table, &[("DOMESDAY_LOG", "trace")], &log, &[]);
+    (agent, port, log)
+}
+
+#[test]
+fn redfish_session_logs_in_once_again_on_expiry_without_a_gap_and_logs_out_at_shutdown() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let mode = Arc::new(Mutex::new("session".to_string()));
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let sessions = Arc::new(Mutex::new(Sessions::default()));
+    let bmc_port = mock_bmc_sessions(mode, auths.clone(), sessions.clone());
+    let (mut agent, port, log) = redfish_session_agent(tmp.path(), &root, bmc_port, PASSWORD);
+    let created = || sessions.lock().map(|s| s.created).unwrap_or(0);
+    let mut seen = BTreeMap::new();
+
+    let body = scrape_until(port, "bmc_redfish over a session", |b| host_power(b, "bmc_redfish") == Some(344.0));
+    check_monotonic(&mut seen, &body);
+    assert_eq!(created(), 1, "one session for every request");
+    let gets = auths.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(
+        !gets.is_empty() && gets.iter().all(|a| a.starts_with("token tok1-")),
+        "every request carries the session's X-Auth-Token, never Basic: {gets:?}"
+    );
+
+    // The BMC expires the session: one new login, and the readings go on.
+    if let Ok(mut s) = sessions.lock() {
+        s.live.clear();
+    }
+    let deadline = Instant::now() + WAIT;
+    while created() < 2 {
+        let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+        assert!(host_power(&body, "bmc_redfish").is_some(), "no gap at the re-login:\n{body}");
+        assert!(Instant::now() < deadline, "no new login after the session expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few more polls (1 s apart) on the new session: no other login, no failure.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+        assert!(host_power(&body, "bmc_redfish").is_some(), "no gap after the re-login:\n{body}");
+        assert_eq!(redfish_up(&body, "1U"), Some(1.0), "{body}");
+        assert_eq!(redfish_errors(&body, "permission"), 0.0, "{body}");
+        assert_eq!(redfish_errors(&body, "gap"), 0.0, "{body}");
+        check_monotonic(&mut seen, &body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(created(), 2, "exactly one re-login");
+    let gets = auths.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(gets.last().is_some_and(|a| a.starts_with("token tok2-")), "{gets:?}");
+
+    // SIGTERM: the agent deletes its session before it exits.
+    let status = agent.terminate(Duration::from_secs(15)).expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let s = sessions.lock().map(|s| (s.deleted, s.live.len())).unwrap_or_default();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        s,
+        (1, 0),
+        "the live session was deleted at shutdown: {}",
+        log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+    );
+    assert!(log.contains("Redfish session deleted"), "{log}");
+    assert!(!log.contains(SESSION_SECRET), "a session token leaked into the log");
+    assert!(!log.contains(PASSWORD), "the password leaked into the log");
+}
+
+#[test]
+fn redfish_session_with_bad_credentials_is_a_permission_failure_and_psu_input_carries_the_host() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let sessions = Arc::new(Mutex::new(Sessions::default()));
+    let bmc_port =
+        mock_bmc_sessions(Arc::new(Mutex::new("session".into())), Arc::new(Mutex::new(Vec::new())), sessions.clone());
+    let wrong = "not-the-pw-9f3b";
+    let (_agent, port, log) = redfish_session_agent(tmp.path(), &root, bmc_port, wrong);
+    let body = scrape_until(port, "the refused login", |b| redfish_errors(b, "permission") >= 1.0);
+    assert_eq!(redfish_up(&body, "chassis"), Some(0.0), "{body}");
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = sessions.lock().map(|s| (s.created, s.refused)).unwrap_or_default();
+    assert_eq!(s.0, 0);
+    // Failures back off (2, 4, 8 intervals): a handful of logins, not one per tick.
+    assert!((1..=4).contains(&s.1), "{} logins refused", s.1);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("session login") && log.contains("401"), "the refusal is logged: {log}");
+    assert!(!log.contains(wrong), "the password leaked into the log");
+}
+
 /// A Redfish BMC of the newer model (`EnvironmentMetrics`, `Sensors`; no
 /// `Power`/`Thermal`), whose first chassis is a backplane contained by the
 /// node. `mode`: `new`, `reset` (the BMC's energy counter restarted low),
 /// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`),
-/// `nosensors` (no `Sensors`: `ThermalSubsystem/ThermalMetrics` summary) or
-/// `shared` (the node's chassis lists four computer systems).
+/// `nosensors` (no `Sensors`: `ThermalSubsystem/ThermalMetrics` summary),
+/// `counting` (the energy counter grows 1000 J per poll while the power reads
+/// 412 W) or `shared` (the node's chassis lists four computer systems).
 fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
+    let counted = std::sync::atomic::AtomicU64::new(0);
     let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
     let docs: BTreeMap<&'static str, String> = [
         ("/redfish/v1/Chassis", "new-chassis.json"),
@@ -387,6 +567,10 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
         let doc = match (mode.as_str(), target) {
             ("reset", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => doc.replace("3600000", "1000"),
+            ("counting", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                doc.replace("3600000", &(3_600_000 + 1000 * (n + 1)).to_string())
+            }
             ("envnopower", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => r#"{"TemperatureCelsius":{"Reading":22.5}}"#.into(),
             ("envnopower", "/redfish/v1/Chassis/Node1") => {
                 doc.replace(r#""PowerState":"On","#, r#""PowerState":"On","Power":{"@odata.id":"/redfish/v1/Chassis/Node1/Power"},"#)
@@ -446,6 +630,8 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     }
     let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
     assert_eq!(bmc_energy(&body), Some(3_601_000.0));
+    // The host counter saw the reset too: counted, never negative.
+    let body = scrape_until(port, "the reset counted", |b| redfish_errors(b, "rejected") >= 1.0);
     check_monotonic(&mut seen, &body);
 
     // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
@@ -463,11 +649,29 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     assert_eq!(temp(&body, "exhaust"), Some(30.5), "{body}");
     check_monotonic(&mut seen, &body);
 
+    // The BMC's energy counter carries the host energy (1000 J per poll), not
+    // the integral of its 412 W readings.
+    if let Ok(mut g) = mode.lock() {
+        *g = "counting".to_string();
+    }
+    let host_energy = |b: &str| {
+        series_value(b, "domesday_host_energy_joules_total", &["method=\"bmc_redfish\""]).expect("bmc_redfish energy")
+    };
+    let body = scrape_until(port, "the counter's first increment", |b| bmc_energy(b).is_some_and(|e| e > 3_601_000.0));
+    let e0 = host_energy(&body);
+    let body = scrape_until(port, "a counted increment", |b| host_energy(b) > e0);
+    let e1 = host_energy(&body);
+    let body = scrape_until(port, "two more increments", |b| host_energy(b) >= e1 + 2000.0);
+    let e2 = host_energy(&body);
+    assert_eq!((e2 - e1) % 1000.0, 0.0, "whole counter increments, not 412 W integrated: {e1} → {e2}");
+    check_monotonic(&mut seen, &body);
+
     // A chassis shared by four nodes: rejected, never the host's power.
+    let rejected = redfish_errors(&body, "rejected");
     if let Ok(mut g) = mode.lock() {
         *g = "shared".to_string();
     }
-    scrape_until(port, "the shared chassis", |b| redfish_errors(b, "rejected") >= 1.0);
+    scrape_until(port, "the shared chassis", |b| redfish_errors(b, "rejected") > rejected);
     let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
     assert_eq!(host_power(&body, "bmc_redfish"), None, "{body}");
     let n0 = redfish_errors(&body, "rejected");

@@ -46,6 +46,19 @@ struct Shared<T> {
     stop: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// Set once the thread has left its loop and dropped its poll closure
+    /// (a Redfish client logs out of its session then).
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Under the lock, so a thread between its check and its wait cannot miss it.
+        let _g = self.wake_lock.lock();
+        self.wake.notify_all();
+    }
 }
 
 /// Delay before the next poll after `failures` consecutive failures.
@@ -73,6 +86,8 @@ impl<T: Clone + Send + 'static> Poller<T> {
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
         });
         let s = shared.clone();
         let name = name.to_string();
@@ -102,6 +117,11 @@ impl<T: Clone + Send + 'static> Poller<T> {
                 let Ok(g) = s.wake_lock.lock() else { return };
                 let _ = s.wake.wait_timeout_while(g, delay, |_| !s.stop.load(Ordering::Relaxed));
             }
+            drop(poll);
+            if let Ok(mut d) = s.done.lock() {
+                *d = true;
+            }
+            s.done_cv.notify_all();
         })?;
         Ok(Poller { shared, interval })
     }
@@ -127,10 +147,24 @@ impl<T: Clone + Send + 'static> Poller<T> {
     }
 }
 
+impl<T: Send + 'static> Poller<T> {
+    /// Stops the thread and waits, until `deadline` at most, for it to finish
+    /// its poll and drop its closure (shutdown: a Redfish session is deleted).
+    pub fn closer(&self) -> impl Fn(Instant) + Send + 'static {
+        let s = self.shared.clone();
+        move |deadline| {
+            s.signal_stop();
+            if let Ok(g) = s.done.lock() {
+                let within = deadline.saturating_duration_since(Instant::now());
+                let _ = s.done_cv.wait_timeout_while(g, within, |done| !*done);
+            }
+        }
+    }
+}
+
 impl<T> Drop for Poller<T> {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.wake.notify_all();
+        self.shared.signal_stop();
     }
 }
 
@@ -267,6 +301,30 @@ mod tests {
         assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.success), ("out\n", "err\n", false));
         let e = run_command("/nonexistent/ipmitool", &[], Duration::from_secs(1)).expect_err("missing");
         assert_eq!(e.reason, Reason::Missing);
+    }
+
+    #[test]
+    fn the_closer_waits_for_the_poll_closure_to_be_dropped() {
+        struct OnDrop(Arc<AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                std::thread::sleep(Duration::from_millis(100));
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = OnDrop(dropped.clone());
+        let p = Poller::spawn("t", Duration::from_secs(60), move || {
+            let _keep = &guard;
+            Ok(1.0)
+        })
+        .expect("spawn");
+        p.waiter()(Duration::from_secs(2));
+        let t = Instant::now();
+        // The thread sleeps for its 60 s interval: the closer wakes it.
+        p.closer()(Instant::now() + Duration::from_secs(5));
+        assert!(dropped.load(Ordering::Relaxed), "the closure was dropped before the closer returned");
+        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
     }
 
     #[test]

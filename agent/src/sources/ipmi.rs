@@ -13,9 +13,9 @@ use std::time::Duration;
 use domesday_model::catalog::{POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Reason, Source};
 
-use super::bmc::{Poller, run_command};
+use super::bmc::{Poller, STALE_INTERVALS, run_command};
 use super::hwmon::temperature_location;
-use super::{Output, Progress, Sample, SensorSource};
+use super::{BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
 use crate::config::{IpmiBackend, IpmiConfig};
 use crate::fsread::ReadError;
 
@@ -48,6 +48,8 @@ pub struct BmcSensor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IpmiReading {
     pub dcmi: Result<Dcmi, ReadError>,
+    /// When the DCMI reading was taken: the middle of the command's run.
+    pub taken: std::time::Instant,
     pub sensors: Vec<BmcSensor>,
 }
 
@@ -287,6 +289,7 @@ pub fn poll(cfg: &IpmiConfig) -> Result<IpmiReading, ReadError> {
     };
     let args: Vec<String> = cfg.args.iter().cloned().chain(sub.iter().map(|s| s.to_string())).collect();
     let out = run_command(&cfg.command, &args, timeout)?;
+    let taken = started + started.elapsed() / 2;
     let dcmi = if out.success { parse(&out.stdout) } else { Err(classify_failure(&cfg.command, &out.stderr)) };
     // A BMC without the device at all: no use trying the listing.
     if let Err(e) = &dcmi
@@ -305,20 +308,23 @@ pub fn poll(cfg: &IpmiConfig) -> Result<IpmiReading, ReadError> {
             sensors = parse_ipmitool_sensors(&out.stdout);
         }
     }
-    Ok(IpmiReading { dcmi, sensors })
+    Ok(IpmiReading { dcmi, taken, sensors })
 }
 
 /// The IPMI source: the tick's view of the poll thread.
 pub struct Ipmi {
     poller: Poller<IpmiReading>,
     command: String,
+    /// The sampler's start: readings are stamped on the agent's clock.
+    epoch: std::time::Instant,
+    max_gap: Duration,
 }
 
 impl Ipmi {
-    pub fn new(cfg: &IpmiConfig) -> std::io::Result<Self> {
+    pub fn new(cfg: &IpmiConfig, epoch: std::time::Instant) -> std::io::Result<Self> {
         let c = cfg.clone();
         let poller = Poller::spawn("ipmi", cfg.interval.0, move || poll(&c))?;
-        Ok(Ipmi { poller, command: cfg.command.clone() })
+        Ok(Ipmi { poller, command: cfg.command.clone(), epoch, max_gap: cfg.interval.0 * STALE_INTERVALS })
     }
 
     /// Waits (bounded) for the first poll; for `probe`.
@@ -359,8 +365,14 @@ impl SensorSource for Ipmi {
             }
         };
         // Host power uses a fresh reading even while a later poll fails.
-        if let Some(Ok(d)) = fresh.as_ref().map(|r| &r.dcmi) {
-            out.facts.bmc_dcmi_watts = Some(d.current);
+        if let Some((Ok(d), taken)) = fresh.as_ref().map(|r| (&r.dcmi, r.taken)) {
+            out.facts.bmc_dcmi = Some(BmcPower {
+                watts: d.current,
+                at: on_agent_clock(self.epoch, taken),
+                max_gap: self.max_gap,
+                bmc: "ipmi".into(),
+                energy: None,
+            });
         }
         if let Ok(d) = &dcmi {
             out.samples.push(Sample::new(

@@ -39,10 +39,11 @@ pub struct Status {
 /// this tick (sensor absent, unreadable, or no baseline yet).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostFacts {
-    /// BMC DCMI wall power, W, from a reading younger than 3 BMC intervals.
-    pub bmc_dcmi_watts: Option<f64>,
-    /// BMC Redfish wall power (`PowerConsumedWatts`), W, same freshness rule.
-    pub bmc_redfish_watts: Option<f64>,
+    /// BMC DCMI wall power, from a reading younger than 3 BMC intervals.
+    pub bmc_dcmi: Option<BmcPower>,
+    /// BMC Redfish wall power (`PowerWatts`/`PowerConsumedWatts`) and energy
+    /// counter, same freshness rule.
+    pub bmc_redfish: Option<BmcPower>,
     /// Σ package + Σ dram RAPL increments since the previous tick, µJ; `None`
     /// when any of those zones failed or had no baseline.
     pub rapl_host_delta_uj: Option<u128>,
@@ -56,13 +57,48 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn merge(&mut self, o: &HostFacts) {
-        self.bmc_dcmi_watts = self.bmc_dcmi_watts.or(o.bmc_dcmi_watts);
-        self.bmc_redfish_watts = self.bmc_redfish_watts.or(o.bmc_redfish_watts);
+        self.bmc_dcmi = self.bmc_dcmi.take().or_else(|| o.bmc_dcmi.clone());
+        self.bmc_redfish = self.bmc_redfish.take().or_else(|| o.bmc_redfish.clone());
         self.rapl_host_delta_uj = self.rapl_host_delta_uj.or(o.rapl_host_delta_uj);
         self.psu_input_watts = self.psu_input_watts.or(o.psu_input_watts);
         self.acpi_power_watts = self.acpi_power_watts.or(o.acpi_power_watts);
         self.cpu_utilization = self.cpu_utilization.or(o.cpu_utilization);
     }
+}
+
+/// One BMC wall power reading as host power arbitration needs it: the BMC
+/// polls on its own thread, so the reading carries the instant it was taken
+/// and host energy integrates between readings, not between ticks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BmcPower {
+    pub watts: f64,
+    /// When the BMC was read (the middle of the request), on the agent's
+    /// monotonic clock (the sampler's epoch).
+    pub at: Duration,
+    /// Readings further apart than this are not interpolated across (an outage).
+    pub max_gap: Duration,
+    /// Which BMC (several `[[redfish]]` tables): readings of two BMCs are never
+    /// paired.
+    pub bmc: String,
+    /// The BMC's own energy counter, when it has one.
+    pub energy: Option<BmcEnergy>,
+}
+
+/// A BMC energy counter reading (raw: it may be reset by the BMC).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BmcEnergy {
+    /// The raw counter, J.
+    pub joules: f64,
+    /// The smallest step seen in the counter, J (from the decimals it is
+    /// written with).
+    pub resolution_j: f64,
+    /// `EnergyJoules` (true) or the coarser `EnergykWh` (false).
+    pub native_joules: bool,
+}
+
+/// The agent's monotonic clock at `at`: time since `epoch` (the sampler's start).
+pub fn on_agent_clock(epoch: std::time::Instant, at: std::time::Instant) -> Duration {
+    at.saturating_duration_since(epoch)
 }
 
 /// What a source returns for a tick.

@@ -8,19 +8,21 @@
 //! `Temperatures[]`. The chassis is the first one not contained by another
 //! (`Links.ContainedBy`) unless configured; a chassis shared by several nodes
 //! (an enclosure) is flagged and never used as the host's power.
-//! Polled on its own thread ([`super::bmc`]) with HTTP Basic auth,
-//! TLS verified unless `insecure_skip_verify`, the password never logged.
+//! Polled on its own thread ([`super::bmc`]) through one Redfish session
+//! (`X-Auth-Token`, re-created on 401, deleted at shutdown) or HTTP Basic auth,
+//! TLS verified unless `insecure_skip_verify`; the password and the token are
+//! never logged.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domesday_model::catalog::{ENERGY, POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Location, Reason, Source};
 use serde_json::Value;
 
-use super::bmc::Poller;
+use super::bmc::{Poller, STALE_INTERVALS};
 use super::hwmon::temperature_location;
-use super::{Output, Progress, Sample, SensorSource};
-use crate::config::RedfishConfig;
+use super::{BmcEnergy, BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
+use crate::config::{RedfishAuth, RedfishConfig};
 use crate::fsread::ReadError;
 
 /// One temperature of `Thermal`.
@@ -39,6 +41,11 @@ pub struct RedfishReading {
     pub temps: Vec<Temp>,
     /// The BMC's energy counter (`EnergyJoules`), reset-corrected, J.
     pub energy_j: Option<f64>,
+    /// The same counter raw (as the BMC gives it, resets included) with its
+    /// finest step seen, for host energy.
+    pub energy_raw: Option<BmcEnergy>,
+    /// When the power was read: the middle of its request.
+    pub taken: Instant,
     /// The resource the power was read from (`.../Power` or `.../EnvironmentMetrics`).
     pub power_path: String,
     /// The resource the temperatures were read from (`.../Thermal` or `.../Sensors`).
@@ -105,11 +112,30 @@ fn reading_of(doc: &Value, key: &str) -> Result<f64, ReadError> {
     }
 }
 
+/// The step of a reading written with this many decimals (`12.345` → 0.001):
+/// the counter's resolution is at most that.
+pub fn decimal_step(v: f64) -> f64 {
+    let text = format!("{v}");
+    let decimals = text.split_once('.').map(|(_, d)| d.len()).unwrap_or(0).min(15);
+    10f64.powi(-(decimals as i32))
+}
+
 /// `EnvironmentMetrics`: `PowerWatts.Reading` (W) and the energy counter in J,
-/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ.
-pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<f64>) {
-    let energy =
-        reading_of(doc, "EnergyJoules").ok().or_else(|| reading_of(doc, "EnergykWh").ok().map(|kwh| kwh * 3.6e6));
+/// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ, with
+/// the step this reading shows (its decimals).
+pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<BmcEnergy>) {
+    let joules = reading_of(doc, "EnergyJoules").ok().map(|j| BmcEnergy {
+        joules: j,
+        resolution_j: decimal_step(j),
+        native_joules: true,
+    });
+    let energy = joules.or_else(|| {
+        reading_of(doc, "EnergykWh").ok().map(|kwh| BmcEnergy {
+            joules: kwh * 3.6e6,
+            resolution_j: decimal_step(kwh) * 3.6e6,
+            native_joules: false,
+        })
+    });
     (reading_of(doc, "PowerWatts"), energy)
 }
 
@@ -219,7 +245,45 @@ pub struct Client {
     /// The temperature sensors of `Sensors` (found on the first poll).
     temp_sensors: Option<Vec<String>>,
     energy: EnergyCounter,
+    /// The finest step of the energy counter seen (`EnergyJoules`?, J).
+    energy_step: Option<(bool, f64)>,
     warned_shared: bool,
+    /// The session in use (`auth = "session"`).
+    session: Option<Session>,
+    /// The BMC answered the session login with 404/405/501: Basic instead.
+    no_session_service: bool,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.logout();
+    }
+}
+
+/// The session collection (DSP0266 §13.3.4).
+const SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+
+/// A Redfish session: its token is a secret (never logged, redacted in
+/// `Debug`, a sensitive header), its path is where to delete it.
+struct Session {
+    token: reqwest::header::HeaderValue,
+    path: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("token", &"<redacted>").field("path", &self.path).finish()
+    }
+}
+
+/// The path of a session's `Location`: a path as is, an absolute URL reduced
+/// to its path (the token is only ever sent to the configured BMC).
+pub fn session_path(location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with('/') {
+        return Some(location.to_string());
+    }
+    reqwest::Url::parse(location).ok().map(|u| u.path().to_string()).filter(|p| p.len() > 1)
 }
 
 impl Client {
@@ -250,39 +314,161 @@ impl Client {
             chassis,
             temp_sensors: None,
             energy: EnergyCounter::default(),
+            energy_step: None,
             warned_shared: false,
+            session: None,
+            no_session_service: false,
         })
     }
 
-    fn get(&self, path: &str) -> Result<Value, ReadError> {
+    /// Whether requests go through a session (`auth = "session"` with a
+    /// username, and the BMC has a session service).
+    fn wants_session(&self) -> bool {
+        self.cfg.username.is_some() && self.cfg.auth == RedfishAuth::Session && !self.no_session_service
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url).header("Accept", "application/json").header("OData-Version", "4.0");
+        match (&self.session, &self.cfg.username) {
+            (Some(s), _) => req.header("X-Auth-Token", s.token.clone()),
+            (None, Some(user)) if !self.wants_session() => {
+                req.basic_auth(user, self.cfg.password.as_ref().map(|p| p.expose()))
+            }
+            _ => req,
+        }
+    }
+
+    /// A document; on a 401 with a session, logs in again once and retries
+    /// (the BMC expired or dropped the session).
+    fn get(&mut self, path: &str) -> Result<Value, ReadError> {
+        if self.wants_session() && self.session.is_none() {
+            self.login()?;
+        }
+        match self.get_once(path) {
+            Err((_, true)) if self.session.is_some() => {
+                tracing::info!(bmc = %self.cfg.url, "the Redfish session is no longer valid (401): logging in again");
+                self.session = None;
+                self.login()?;
+                self.get_once(path).map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One GET; the flag says the answer was 401.
+    fn get_once(&self, path: &str) -> Result<Value, (ReadError, bool)> {
         let url = format!("{}{path}", self.cfg.url);
         let timeout = self.cfg.timeout.0;
-        let mut req = self.http.get(&url).header("Accept", "application/json").header("OData-Version", "4.0");
-        if let Some(user) = &self.cfg.username {
-            req = req.basic_auth(user, self.cfg.password.as_ref().map(|p| p.expose()));
-        }
+        let req = self.request(reqwest::Method::GET, &url);
         self.rt.block_on(async {
-            let resp = req.send().await.map_err(|e| http_error(&url, &e, timeout))?;
+            let resp = req.send().await.map_err(|e| (http_error(&url, &e, timeout), false))?;
             let status = resp.status();
             match status.as_u16() {
                 200..=299 => {}
                 401 | 403 => {
-                    return Err(ReadError::new(
-                        Reason::Permission,
-                        format!("{url} answered {status}: check username and password_file (and the account's role)"),
+                    return Err((
+                        ReadError::new(
+                            Reason::Permission,
+                            format!(
+                                "{url} answered {status}: check username and password_file (and the account's role)"
+                            ),
+                        ),
+                        status.as_u16() == 401,
                     ));
                 }
-                404 => return Err(ReadError::new(Reason::Missing, format!("{url} answered 404"))),
-                _ => return Err(ReadError::new(Reason::Io, format!("{url} answered {status}"))),
+                404 => return Err((ReadError::new(Reason::Missing, format!("{url} answered 404")), false)),
+                _ => return Err((ReadError::new(Reason::Io, format!("{url} answered {status}")), false)),
             }
-            let body = resp.text().await.map_err(|e| http_error(&url, &e, timeout))?;
-            serde_json::from_str(&body).map_err(|e| parse_err(format!("{url}: not JSON ({e})")))
+            let body = resp.text().await.map_err(|e| (http_error(&url, &e, timeout), false))?;
+            serde_json::from_str(&body).map_err(|e| (parse_err(format!("{url}: not JSON ({e})")), false))
         })
+    }
+
+    /// Creates a session (DSP0266 §13.3): `POST /redfish/v1/SessionService/Sessions`
+    /// with the credentials, the token from `X-Auth-Token`, the session's URI
+    /// from `Location` (else the body's `@odata.id`). A BMC without a session
+    /// service (404, 405, 501) is read with HTTP Basic instead.
+    fn login(&mut self) -> Result<(), ReadError> {
+        let url = format!("{}{SESSIONS}", self.cfg.url);
+        let timeout = self.cfg.timeout.0;
+        let body = serde_json::json!({
+            "UserName": self.cfg.username.as_deref().unwrap_or(""),
+            "Password": self.cfg.password.as_ref().map(|p| p.expose()).unwrap_or(""),
+        });
+        let req = self
+            .request(reqwest::Method::POST, &url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let answer = self.rt.block_on(async {
+            let resp = req.send().await.map_err(|e| http_error(&url, &e, timeout))?;
+            let status = resp.status();
+            let token = resp.headers().get("X-Auth-Token").cloned();
+            let location =
+                resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(String::from);
+            let text = resp.text().await.unwrap_or_default();
+            Ok::<_, ReadError>((status, token, location, text))
+        })?;
+        let (status, token, location, text) = answer;
+        match status.as_u16() {
+            200..=299 => {}
+            404 | 405 | 501 => {
+                tracing::warn!(bmc = %self.cfg.url, %status,
+                    "the BMC has no Redfish session service ({url} answered {status}): using HTTP Basic auth");
+                self.no_session_service = true;
+                return Ok(());
+            }
+            401 | 403 => {
+                return Err(ReadError::new(
+                    Reason::Permission,
+                    format!("session login at {url} refused ({status}): check username and password_file"),
+                ));
+            }
+            _ => return Err(ReadError::new(Reason::Io, format!("session login at {url} answered {status}"))),
+        }
+        let Some(mut token) = token.filter(|t| !t.is_empty()) else {
+            return Err(parse_err(format!("session login at {url} answered {status} without an X-Auth-Token")));
+        };
+        token.set_sensitive(true);
+        let from_body = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("@odata.id").and_then(Value::as_str).map(String::from));
+        let path = location.or(from_body).and_then(|l: String| session_path(&l));
+        if path.is_none() {
+            tracing::warn!(bmc = %self.cfg.url, "the Redfish session has no Location: it cannot be deleted at shutdown");
+        }
+        tracing::info!(bmc = %self.cfg.url, session = path.as_deref().unwrap_or("?"), "Redfish session created");
+        self.session = Some(Session { token, path });
+        Ok(())
+    }
+
+    /// Deletes the session (shutdown), best effort: a BMC has few session
+    /// slots, and an abandoned one holds its slot until it times out.
+    fn logout(&mut self) {
+        let Some(Session { token, path: Some(path) }) = self.session.take() else { return };
+        let url = format!("{}{path}", self.cfg.url);
+        let req = self
+            .http
+            .delete(&url)
+            .header("Accept", "application/json")
+            .header("OData-Version", "4.0")
+            .header("X-Auth-Token", token);
+        // `send` arms its timeout, which needs the runtime: inside `block_on`.
+        match self.rt.block_on(async { req.send().await }) {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(bmc = %self.cfg.url, session = %path, "Redfish session deleted")
+            }
+            Ok(r) => tracing::warn!(bmc = %self.cfg.url, session = %path, status = %r.status(),
+                "the BMC refused to delete the Redfish session; it will expire it"),
+            Err(e) => {
+                tracing::warn!(bmc = %self.cfg.url, session = %path, "cannot delete the Redfish session ({}); the BMC will expire it",
+                http_error(&url, &e, self.cfg.timeout.0))
+            }
+        }
     }
 
     /// A document, where 404 and non-JSON are `None` (the resource is not
     /// there); transport and auth failures are errors.
-    fn get_opt(&self, path: &str) -> Result<Option<Value>, ReadError> {
+    fn get_opt(&mut self, path: &str) -> Result<Option<Value>, ReadError> {
         match self.get(path) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => Ok(None),
@@ -292,7 +478,7 @@ impl Client {
 
     /// The first chassis not contained by another (a DIMM riser, a backplane,
     /// Dell's `Enclosure.Internal`), else the first member.
-    fn pick_chassis(&self) -> Result<String, ReadError> {
+    fn pick_chassis(&mut self) -> Result<String, ReadError> {
         let all = members(&self.get("/redfish/v1/Chassis")?)?;
         for c in &all {
             if let Some(doc) = self.get_opt(c)?
@@ -335,6 +521,25 @@ impl Client {
         Ok(temps)
     }
 
+    /// A GET and the middle of its request: when the BMC's value was read.
+    fn timed_get(&mut self, path: &str) -> (Result<Value, ReadError>, Instant) {
+        let t0 = Instant::now();
+        let got = self.get(path);
+        (got, t0 + t0.elapsed() / 2)
+    }
+
+    /// The raw counter with the finest step it has shown so far (a reading
+    /// written with fewer decimals, `12.5` for `12.500`, does not coarsen it).
+    fn energy_raw(&mut self, mut raw: BmcEnergy) -> BmcEnergy {
+        let step = match self.energy_step {
+            Some((native, s)) if native == raw.native_joules => s.min(raw.resolution_j),
+            _ => raw.resolution_j,
+        };
+        self.energy_step = Some((raw.native_joules, step));
+        raw.resolution_j = step;
+        raw
+    }
+
     /// One poll: the chassis, its `EnvironmentMetrics` and `Sensors` when it has
     /// them, else its legacy `Power` and `Thermal`.
     pub fn poll(&mut self) -> Result<RedfishReading, ReadError> {
@@ -362,24 +567,26 @@ impl Client {
         let mut power = match odata_id(&doc, "EnvironmentMetrics") {
             Some(env) => {
                 let env = env.to_string();
-                match self.get(&env) {
+                let (got, taken) = self.timed_get(&env);
+                match got {
                     Ok(d) => {
                         let (w, e) = environment_power(&d);
-                        (w, e.map(|raw| self.energy.update(raw)), env)
+                        (w, e.map(|raw| self.energy_raw(raw)), env, taken)
                     }
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
-                    Err(e) => (Err(e), None, env),
+                    Err(e) => (Err(e), None, env, taken),
                 }
             }
             None => {
                 let p = format!("{chassis}/Power");
-                let w = match self.get(&p) {
+                let (got, taken) = self.timed_get(&p);
+                let w = match got {
                     Ok(doc) => power_consumed(&doc),
                     // A transport or auth failure fails the whole poll.
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                     Err(e) => Err(e),
                 };
-                (w, None, p)
+                (w, None, p, taken)
             }
         };
         // EnvironmentMetrics without a power reading: the legacy Power if the chassis links it.
@@ -388,13 +595,15 @@ impl Client {
             && power.2 != p
         {
             let p = p.to_string();
-            match self.get(&p) {
-                Ok(d) => power = (power_consumed(&d), power.1, p),
+            let (got, taken) = self.timed_get(&p);
+            match got {
+                Ok(d) => power = (power_consumed(&d), power.1, p, taken),
                 Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                 Err(_) => {}
             }
         }
-        let (watts, energy_j, power_path) = power;
+        let (watts, energy_raw, power_path, taken) = power;
+        let energy_j = energy_raw.map(|raw| self.energy.update(raw.joules));
         let sensors = odata_id(&doc, "Sensors").map(str::to_string);
         let sensor_temps = match &sensors {
             Some(s) => self.sensor_temps(s)?,
@@ -434,7 +643,7 @@ impl Client {
         {
             return Err(e.clone());
         }
-        Ok(RedfishReading { chassis: id, watts, temps, energy_j, power_path, thermal_path, shared })
+        Ok(RedfishReading { chassis: id, watts, temps, energy_j, energy_raw, taken, power_path, thermal_path, shared })
     }
 }
 
@@ -456,6 +665,10 @@ pub struct Redfish {
     rejected_poll: u64,
     /// Put before the chassis id in labels when several BMCs are read.
     prefix: String,
+    /// The sampler's start: readings are stamped on the agent's clock.
+    epoch: Instant,
+    /// Readings further apart than this are not interpolated across.
+    max_gap: Duration,
 }
 
 /// The label prefix of a BMC among several: its URL's host and port, then `/`.
@@ -466,14 +679,20 @@ pub fn label_prefix(url: &str) -> String {
 }
 
 impl Redfish {
-    pub fn new(cfg: &RedfishConfig, prefix: String) -> std::io::Result<Self> {
+    pub fn new(cfg: &RedfishConfig, prefix: String, epoch: Instant) -> std::io::Result<Self> {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
-        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix })
+        let max_gap = cfg.interval.0 * STALE_INTERVALS;
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix, epoch, max_gap })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
         self.poller.waiter()
+    }
+
+    /// Stops polling and waits (until the deadline) for the session's logout.
+    pub fn closer(&self) -> impl Fn(Instant) + Send + 'static {
+        self.poller.closer()
     }
 }
 
@@ -509,9 +728,15 @@ impl SensorSource for Redfish {
             }
         };
         let shared = fresh.as_ref().is_some_and(|r| r.shared.is_some());
-        if let Some(Ok(w)) = fresh.as_ref().map(|r| &r.watts) {
+        if let Some((Ok(w), r)) = fresh.as_ref().map(|r| (&r.watts, r)) {
             if !shared {
-                out.facts.bmc_redfish_watts = Some(*w);
+                out.facts.bmc_redfish = Some(BmcPower {
+                    watts: *w,
+                    at: on_agent_clock(self.epoch, r.taken),
+                    max_gap: self.max_gap,
+                    bmc: self.url.clone(),
+                    energy: r.energy_raw,
+                });
             } else if st.polls != self.rejected_poll {
                 // Once per poll: the chassis covers several nodes, its power is not the host's.
                 self.rejected_poll = st.polls;
@@ -604,7 +829,7 @@ mod tests {
         assert_eq!(odata_id(&node, "EnvironmentMetrics"), Some("/redfish/v1/Chassis/Node1/EnvironmentMetrics"));
         let (w, e) = environment_power(&fixture("new-envmetrics.json"));
         assert_eq!(w, Ok(412.0));
-        assert_eq!(e, Some(3_600_000.0));
+        assert_eq!(e, Some(BmcEnergy { joules: 3_600_000.0, resolution_j: 1.0, native_joules: true }));
         let (w, e) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": null}}));
         assert_eq!(w.map_err(|e| e.reason), Err(Reason::Missing), "null is no reading, not 0 W");
         assert_eq!(e, None);
@@ -620,6 +845,22 @@ mod tests {
     }
 
     #[test]
+    fn session_location_is_reduced_to_a_path() {
+        assert_eq!(
+            session_path("/redfish/v1/SessionService/Sessions/7").as_deref(),
+            Some("/redfish/v1/SessionService/Sessions/7")
+        );
+        // An absolute Location naming another host never receives the token: only its path is kept.
+        assert_eq!(
+            session_path("https://elsewhere.example/redfish/v1/SessionService/Sessions/7").as_deref(),
+            Some("/redfish/v1/SessionService/Sessions/7")
+        );
+        assert_eq!(session_path("not a url"), None);
+        let s = Session { token: reqwest::header::HeaderValue::from_static("tok-secret"), path: None };
+        assert!(!format!("{s:?}").contains("tok-secret"), "{s:?}");
+    }
+
+    #[test]
     fn label_prefix_is_the_bmc_authority() {
         assert_eq!(label_prefix("https://bmc1.example:8443"), "bmc1.example:8443/");
         assert_eq!(label_prefix("http://10.0.0.5"), "10.0.0.5/");
@@ -628,9 +869,19 @@ mod tests {
     #[test]
     fn energy_kwh_and_thermal_metrics_summary() {
         let doc = serde_json::json!({"PowerWatts": {"Reading": 374}, "EnergykWh": {"Reading": 2.5}});
-        assert_eq!(environment_power(&doc), (Ok(374.0), Some(9_000_000.0)));
+        assert_eq!(
+            environment_power(&doc),
+            (Ok(374.0), Some(BmcEnergy { joules: 9_000_000.0, resolution_j: 360_000.0, native_joules: false }))
+        );
         let both = serde_json::json!({"PowerWatts": {"Reading": 1}, "EnergykWh": {"Reading": 2.5}, "EnergyJoules": {"Reading": 7}});
-        assert_eq!(environment_power(&both).1, Some(7.0), "EnergyJoules first");
+        assert_eq!(
+            environment_power(&both).1.map(|e| (e.joules, e.native_joules)),
+            Some((7.0, true)),
+            "EnergyJoules first"
+        );
+        assert_eq!(decimal_step(325675.0), 1.0);
+        assert_eq!(decimal_step(12.345), 0.001);
+        assert_eq!(decimal_step(0.00001), 0.00001);
         let tm = serde_json::json!({"TemperatureSummaryCelsius": {"Intake": {"Reading": 21.5}, "Exhaust": {"Reading": null}}});
         let t = temperature_summary(&tm);
         assert_eq!(t.len(), 2);
