@@ -73,7 +73,7 @@ fn put(tx: &Connection, series_id: i64, points: &[Point], replacing: Option<i64>
     let values = points.iter().filter(|p| p.1.is_some());
     let n_values = values.clone().count() as i64;
     let first_value = values.clone().next().map(|p| p.0);
-    let last_value = values.last().map(|p| p.0);
+    let last_value = values.clone().next_back().map(|p| p.0);
     if let Some(old) = replacing {
         tx.prepare_cached("DELETE FROM chunks WHERE series_id = ?1 AND first_ts = ?2")?
             .execute(params![series_id, old])?;
