@@ -134,6 +134,12 @@ enum Command {
     },
 }
 
+/// The ingest path allocates and frees many small buffers per request (decoded
+/// labels, samples, group-commit batches); mimalloc's thread-local free lists
+/// cost a fraction of glibc malloc's there (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
