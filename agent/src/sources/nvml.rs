@@ -321,6 +321,9 @@ pub struct Nvml {
     poller: Poller<Polled>,
     /// What `probe` shows as the path of the source as a whole.
     path: String,
+    /// Under `auto`, a tick before the first poll answers says nothing: most
+    /// hosts have no GPU, and "no answer yet" is not a failure of anything.
+    quiet_until_first_poll: bool,
 }
 
 impl Nvml {
@@ -337,7 +340,7 @@ impl Nvml {
                 (poller, format!("{} {}", cfg.command, QUERY.join(" ")))
             }
         };
-        Ok(Nvml { poller, path })
+        Ok(Nvml { poller, path, quiet_until_first_poll: cfg.enabled == Switch::Auto })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -393,6 +396,7 @@ impl SensorSource for Nvml {
         progress.enter("nvml", &self.path);
         let st = self.poller.state();
         let fail = match (st.polls, &st.last_err, self.poller.fresh(&st)) {
+            (0, _, _) if self.quiet_until_first_poll => None,
             (0, _, _) => Some(ReadError::new(Reason::Missing, "no answer yet (first poll running)")),
             (_, Some(e), _) => Some(e.clone()),
             (_, None, None) => Some(ReadError::new(Reason::Gap, "the last reading is older than 3 intervals")),
@@ -580,6 +584,26 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
         }
         assert_eq!(fake.calls().matches("init").count(), 3, "{}", fake.calls());
         assert!(fake.calls().ends_with("shutdown\ninit\n"), "{}", fake.calls());
+    }
+
+    /// A library that never finishes loading (a FIFO nobody writes: `dlopen`
+    /// blocks reading it) holds the first poll: under `auto` the ticks say
+    /// nothing meanwhile, forced on they report that no answer came yet.
+    #[test]
+    fn before_the_first_answer_auto_is_quiet_and_forced_on_is_a_missing_reading() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fifo = dir.path().join("libnvidia-ml.so.1");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        for (enabled, want_error) in [(Switch::Auto, false), (Switch::On, true)] {
+            let cfg = NvmlConfig { enabled, library: Some(fifo.clone()), ..Default::default() };
+            let mut n = Nvml::new(&cfg).expect("spawn");
+            let out = n.sample(Duration::ZERO, &Progress::default());
+            let errors: Vec<_> = out.statuses.iter().filter_map(|s| s.result.as_ref().err()).collect();
+            assert_eq!(!errors.is_empty(), want_error, "{enabled:?}: {errors:?}");
+            assert!(errors.iter().all(|e| e.reason == Reason::Missing), "{errors:?}");
+            assert!(out.off.is_none());
+        }
     }
 
     #[test]
