@@ -525,9 +525,16 @@ fn redfish_session_with_bad_credentials_is_a_permission_failure_and_psu_input_ca
 /// `envnopower` (no `PowerWatts`; the chassis links a legacy `Power`),
 /// `nosensors` (no `Sensors`: `ThermalSubsystem/ThermalMetrics` summary),
 /// `counting` (the energy counter grows 1000 J per poll while the power reads
-/// 412 W) or `shared` (the node's chassis lists four computer systems).
+/// 412 W) or `shared` (the node's chassis lists four computer systems). Its
+/// `PowerSubsystem` has two PSUs (Bay1 205.5 W, Bay2 198 W input) in every
+/// mode; the `psu*` modes take `PowerWatts` and the energy out of
+/// `EnvironmentMetrics`, so the PSUs' sum is the chassis power and the energy
+/// comes from the `Sensors` member `TotalEnergy` (1000 J more at each GET):
+/// `psu`, `psu-reset` (that counter restarted low), `psu-absent` (Bay2 is an
+/// empty bay) and `psu-missing` (Bay2 enabled, its input reading null).
 fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     let counted = std::sync::atomic::AtomicU64::new(0);
+    let sensor_reads = std::sync::atomic::AtomicU64::new(0);
     let fixture = |f: &str| std::fs::read_to_string(fixtures_dir().join("bmc/redfish").join(f)).expect("fixture");
     let docs: BTreeMap<&'static str, String> = [
         ("/redfish/v1/Chassis", "new-chassis.json"),
@@ -539,6 +546,14 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         ("/redfish/v1/Chassis/Node1/Sensors/ExhaustTemp", "new-sensor-exhaust.json"),
         ("/redfish/v1/Chassis/Node1/Sensors/TotalPower", "new-sensor-power.json"),
         ("/redfish/v1/Chassis/Node1/Power", "power.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors/TotalEnergy", "new-sensor-energy.json"),
+        ("/redfish/v1/Chassis/Node1/Sensors/PS1Energy", "new-sensor-psu-energy.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem", "new-powersubsystem.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies", "new-psus.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay1", "new-psu1.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2", "new-psu2.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay1/Metrics", "new-psu1-metrics.json"),
+        ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2/Metrics", "new-psu2-metrics.json"),
     ]
     .into_iter()
     .map(|(k, f)| (k, fixture(f)))
@@ -565,7 +580,25 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
             }
         }
         let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
+        let psu_mode = mode.starts_with("psu");
         let doc = match (mode.as_str(), target) {
+            (_, "/redfish/v1/Chassis/Node1/EnvironmentMetrics") if psu_mode => {
+                r##"{"@odata.type":"#EnvironmentMetrics.v1_3_0.EnvironmentMetrics","TemperatureCelsius":{"Reading":22.5}}"##
+                    .into()
+            }
+            (_, "/redfish/v1/Chassis/Node1/Sensors/TotalEnergy") => {
+                let n = sensor_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let base = if mode == "psu-reset" { 500 } else { 3_700_000 };
+                doc.replace("3700000", &(base + 1000 * n).to_string())
+            }
+            ("psu-absent", "/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2") => {
+                r##"{"@odata.type":"#PowerSupply.v1_5_0.PowerSupply","Id":"Bay2","Name":"Power Supply Bay 2",
+                    "Status":{"State":"Absent"}}"##
+                    .into()
+            }
+            ("psu-missing", "/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2/Metrics") => {
+                doc.replace(r#""Reading":198.0"#, r#""Reading":null"#)
+            }
             ("reset", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => doc.replace("3600000", "1000"),
             ("counting", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => {
                 let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -685,6 +718,104 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     check_monotonic(&mut seen, &body);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("covers several nodes"), "{log}");
+}
+
+#[test]
+fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_host_without_it() {
+    use std::sync::{Arc, Mutex};
+    let (tmp, root) = fixture_copy("intel-2s");
+    let mode = Arc::new(Mutex::new("new".to_string()));
+    let bmc_port = mock_bmc_new(mode.clone());
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let set = |m: &str| {
+        if let Ok(mut g) = mode.lock() {
+            *g = m.to_string();
+        }
+    };
+    let mut seen = BTreeMap::new();
+    let psu = |b: &str, bay: &str| {
+        series_value(
+            b,
+            "domesday_power_watts",
+            &["source=\"redfish\"", &format!("zone=\"Node1/{bay}\""), "domain=\"psu_input\""],
+        )
+    };
+    let psu_up = |b: &str, bay: &str| {
+        series_value(b, "domesday_sensor_up", &["source=\"redfish\"", &format!("sensor=\"Node1/{bay}/input\"")])
+    };
+    let chassis_power = |b: &str| {
+        series_value(b, "domesday_power_watts", &["source=\"redfish\"", "zone=\"Node1\"", "domain=\"platform\""])
+    };
+    let bmc_energy =
+        |b: &str| series_value(b, "domesday_energy_joules_total", &["source=\"redfish\"", "zone=\"Node1\""]);
+    let host_energy = |b: &str| {
+        series_value(b, "domesday_host_energy_joules_total", &["method=\"bmc_redfish\""]).expect("bmc_redfish energy")
+    };
+
+    // EnvironmentMetrics has PowerWatts: it is the host's power; the PSUs are
+    // exported on their own and never added to it (412 W, not 815.5 W).
+    let body = scrape_until(port, "the PSUs", |b| psu(b, "Bay2").is_some() && host_power(b, "bmc_redfish").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), Some(412.0), "{body}");
+    assert_eq!(chassis_power(&body), Some(412.0));
+    assert_eq!(psu(&body, "Bay1"), Some(205.5), "InputPowerWatts, not OutputPowerWatts");
+    assert_eq!(psu(&body, "Bay2"), Some(198.0));
+    assert_eq!((psu_up(&body, "Bay1"), psu_up(&body, "Bay2")), (Some(1.0), Some(1.0)));
+    assert_eq!(bmc_energy(&body), Some(3_600_000.0), "EnvironmentMetrics' EnergyJoules first, not the sensor's");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+
+    // No PowerWatts and no energy in EnvironmentMetrics: the enabled PSUs' input
+    // sum is the chassis power, the TotalEnergy sensor its energy counter (not
+    // the PSU's own PS1Energy, 4211.5 kWh).
+    set("psu");
+    let body = scrape_until(port, "the PSU sum", |b| host_power(b, "bmc_redfish") == Some(403.5));
+    assert_eq!(chassis_power(&body), Some(403.5));
+    assert_eq!(host_power(&body, "psu_input"), None);
+    check_monotonic(&mut seen, &body);
+    // The sensor's counter takes over from EnvironmentMetrics' at its own value
+    // (a new baseline: 3.6 MJ, never a jump of 100 kJ) and counts 1000 J per poll.
+    let body = scrape_until(port, "the sensor's increments", |b| bmc_energy(b).is_some_and(|e| e >= 3_602_000.0));
+    let e = bmc_energy(&body).expect("energy");
+    assert!(e < 3_650_000.0, "the switch of counters was differenced: {e}");
+    let e0 = host_energy(&body);
+    let body = scrape_until(port, "a counted increment", |b| host_energy(b) > e0);
+    let e1 = host_energy(&body);
+    let body = scrape_until(port, "two more increments", |b| host_energy(b) >= e1 + 2000.0);
+    let steps = (host_energy(&body) - e1) / 1000.0;
+    assert!((steps - steps.round()).abs() < 1e-6, "the sensor's whole increments, not 403.5 W integrated: {steps}");
+    check_monotonic(&mut seen, &body);
+
+    // The BMC reset that sensor: the exported counter keeps growing, the reset is counted.
+    let rejected = redfish_errors(&body, "rejected");
+    let before = bmc_energy(&body).expect("energy");
+    set("psu-reset");
+    let body = scrape_until(port, "the sensor's reset", |b| redfish_errors(b, "rejected") > rejected);
+    assert!(bmc_energy(&body).is_some_and(|e| e > before), "{body}");
+    check_monotonic(&mut seen, &body);
+
+    // An empty bay is skipped (and down): the sum is the other PSU's input.
+    set("psu-absent");
+    let body = scrape_until(port, "one PSU", |b| host_power(b, "bmc_redfish") == Some(205.5));
+    assert_eq!(psu(&body, "Bay2"), None);
+    assert_eq!(psu_up(&body, "Bay2"), Some(0.0));
+    check_monotonic(&mut seen, &body);
+
+    // An enabled PSU without a reading refuses the sum (it would under-report):
+    // no bmc_redfish, the PSUs of the hwmon fixture carry the host.
+    set("psu-missing");
+    let body = scrape_until(port, "the refused sum", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None, "{body}");
+    assert_eq!(chassis_power(&body), None, "a partial sum is no reading");
+    assert_eq!(redfish_up(&body, "Node1"), Some(0.0));
+    assert_eq!(psu(&body, "Bay1"), Some(205.5));
+    assert_eq!((psu(&body, "Bay2"), psu_up(&body, "Bay2")), (None, Some(0.0)));
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
 }
 
 #[test]

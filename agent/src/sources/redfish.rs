@@ -1,11 +1,14 @@
 //! The BMC over Redfish (DSP0268). The newer model first: when the chassis has
 //! `EnvironmentMetrics`, its `PowerWatts.Reading` is the host's wall power
 //! (method `bmc_redfish`) and `EnergyJoules.Reading` the BMC's energy counter
-//! (reset-corrected: a drop is a reset), the temperatures come from `Sensors`
+//! (reset-corrected: a drop is a reset), else the chassis-level energy member
+//! of `Sensors` (one, never a sum); the temperatures come from `Sensors`
 //! (`ReadingType` `Temperature`, located by `PhysicalContext`). Otherwise the
 //! legacy model: `Power` `PowerControl[0].PowerConsumedWatts` (one member only:
-//! it already includes the PSUs, which are never added) and `Thermal`
-//! `Temperatures[]`. The chassis is the first one not contained by another
+//! it already includes the PSUs) and `Thermal` `Temperatures[]`. The
+//! `PowerSubsystem` PSUs' `InputPowerWatts` are exported each on its own; their
+//! sum is the chassis power only when neither `PowerWatts` nor
+//! `PowerConsumedWatts` gives one, and only when every enabled PSU reads. The chassis is the first one not contained by another
 //! (`Links.ContainedBy`) unless configured; a chassis shared by several nodes
 //! (an enclosure) is flagged and never used as the host's power.
 //! Polled on its own thread ([`super::bmc`]) through one Redfish session
@@ -52,6 +55,10 @@ pub struct RedfishReading {
     pub thermal_path: String,
     /// Why the chassis covers several nodes; its power is then not the host's.
     pub shared: Option<String>,
+    /// The `PowerSubsystem` power supplies, each with its input power.
+    pub psus: Vec<Psu>,
+    /// The `PowerSubsystem` they were read from.
+    pub psu_path: String,
 }
 
 /// A BMC energy counter made monotonic: a drop is a reset (the energy since
@@ -68,6 +75,16 @@ impl EnergyCounter {
             None => self.total = raw,
             Some(last) if raw >= last => self.total += raw - last,
             Some(_) => self.total += raw,
+        }
+        self.last_raw = Some(raw);
+        self.total
+    }
+
+    /// Another counter takes over (`EnvironmentMetrics` ↔ a `Sensors` member):
+    /// its value is the new baseline, the two are never differenced.
+    pub fn rebase(&mut self, raw: f64) -> f64 {
+        if self.last_raw.is_none() {
+            return self.update(raw);
         }
         self.last_raw = Some(raw);
         self.total
@@ -184,6 +201,125 @@ fn context_location(context: &str, name: &str) -> Location {
     }
 }
 
+/// One power supply of `PowerSubsystem` (DSP0268 `PowerSupply` v1): its input
+/// power from its `Metrics` (`PowerSupplyMetrics` v1 `InputPowerWatts.Reading`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Psu {
+    /// The PSU's `Id` (`Bay1`), else the last segment of its URI.
+    pub id: String,
+    /// Its URI, for `probe`.
+    pub path: String,
+    /// `Status.State` is `Enabled` (or absent): it carries load and its input
+    /// is part of the chassis' wall power.
+    pub enabled: bool,
+    /// Input power, W; an error for a PSU that is not enabled or has no reading.
+    pub input_watts: Result<f64, ReadError>,
+}
+
+/// A `PowerSupply`'s `Status.State`: `Ok` when enabled (an absent `Status`
+/// counts as enabled, as for sensors), else why it is skipped (`Absent` for an
+/// empty bay, `StandbySpare`/`StandbyOffline` for a cold spare, `Disabled`…).
+pub fn psu_state(doc: &Value) -> Result<(), String> {
+    match doc.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled") {
+        "Enabled" => Ok(()),
+        other => Err(format!("state {other}")),
+    }
+}
+
+/// `PowerSupplyMetrics.InputPowerWatts.Reading` (W); absent or null is no
+/// reading, not 0 W.
+pub fn psu_input_watts(metrics: &Value) -> Result<f64, ReadError> {
+    reading_of(metrics, "InputPowerWatts")
+}
+
+/// The chassis' wall power as the sum of its PSUs' input power, for a chassis
+/// whose `EnvironmentMetrics` (and legacy `Power`) give none. Only enabled
+/// PSUs are added (an empty bay or a cold spare draws nothing); an enabled PSU
+/// without a reading refuses the sum: the sum over the others would
+/// under-report (in a redundant pair, by about half).
+pub fn psu_sum(psus: &[Psu]) -> Result<f64, ReadError> {
+    let enabled: Vec<&Psu> = psus.iter().filter(|p| p.enabled).collect();
+    if enabled.is_empty() {
+        return Err(ReadError::new(Reason::Missing, format!("none of the {} power supplies is enabled", psus.len())));
+    }
+    let mut sum = 0.0;
+    for p in enabled {
+        match &p.input_watts {
+            Ok(w) => sum += w,
+            Err(e) => {
+                return Err(ReadError::new(
+                    e.reason,
+                    format!(
+                        "power supply {} is enabled but has no input power ({}): a sum without it would \
+                         under-report, not used",
+                        p.id, e.detail
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(sum)
+}
+
+/// How a `Sensor` qualifies as the chassis' energy counter, `None` when it is
+/// not one: `ReadingType` `EnergyJoules`, `EnergyWh` or `EnergykWh` (or their
+/// UCUM units `J`, `W.h`, `kW.h`), at the chassis' input (`PhysicalContext`
+/// `Chassis`, `PowerSubsystem` or none; never a PSU's, a CPU's, the board's…
+/// counter, which covers only part of the chassis), `ElectricalContext` `Total`
+/// or none (never one phase), `PhysicalSubContext` not `Output` (after the PSUs'
+/// losses). Higher ranks first: a name saying total/chassis/system, then a
+/// context of `Chassis`, then joules (the finest resolution).
+pub fn energy_sensor_rank(doc: &Value) -> Option<(u8, u8, u8)> {
+    let kind = doc.get("ReadingType").and_then(Value::as_str).unwrap_or("");
+    let units = doc.get("ReadingUnits").and_then(Value::as_str).unwrap_or("");
+    let joules = kind == "EnergyJoules" || (kind.is_empty() && units == "J");
+    let energy =
+        joules || matches!(kind, "EnergyWh" | "EnergykWh") || (kind.is_empty() && matches!(units, "W.h" | "kW.h"));
+    if !energy {
+        return None;
+    }
+    let context = doc.get("PhysicalContext").and_then(Value::as_str).unwrap_or("");
+    if !matches!(context, "" | "Chassis" | "PowerSubsystem") {
+        return None;
+    }
+    if !matches!(doc.get("ElectricalContext").and_then(Value::as_str).unwrap_or("Total"), "Total") {
+        return None;
+    }
+    if doc.get("PhysicalSubContext").and_then(Value::as_str) == Some("Output") {
+        return None;
+    }
+    let name = format!(
+        "{} {}",
+        doc.get("Id").and_then(Value::as_str).unwrap_or(""),
+        doc.get("Name").and_then(Value::as_str).unwrap_or("")
+    )
+    .to_lowercase();
+    let total = ["total", "chassis", "system", "node", "server"].iter().any(|w| name.contains(w));
+    Some((u8::from(total), u8::from(context == "Chassis"), u8::from(joules)))
+}
+
+/// An energy `Sensor`'s counter in J with the step its reading shows; `None`
+/// when it is not an energy sensor, not enabled, or has no reading.
+pub fn sensor_energy(doc: &Value) -> Option<BmcEnergy> {
+    energy_sensor_rank(doc)?;
+    if doc.pointer("/Status/State").and_then(Value::as_str).is_some_and(|s| s != "Enabled") {
+        return None;
+    }
+    let reading = doc.get("Reading").and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0)?;
+    let kind = doc.get("ReadingType").and_then(Value::as_str).unwrap_or("");
+    let units = doc.get("ReadingUnits").and_then(Value::as_str).unwrap_or("");
+    let scale = match (kind, units) {
+        ("EnergyJoules", _) | ("", "J") => 1.0,
+        ("EnergyWh", _) | ("", "W.h") => 3600.0,
+        _ => 3.6e6,
+    };
+    Some(BmcEnergy {
+        joules: reading * scale,
+        resolution_j: decimal_step(reading) * scale,
+        native_joules: scale == 1.0,
+    })
+}
+
 /// Most sensors fetched one by one to find the temperatures (once per chassis).
 const MAX_SENSORS: usize = 128;
 
@@ -244,9 +380,16 @@ pub struct Client {
     chassis: Option<String>,
     /// The temperature sensors of `Sensors` (found on the first poll).
     temp_sensors: Option<Vec<String>>,
+    /// The chassis' energy sensor of `Sensors` (found on the first poll with
+    /// the temperatures), read when `EnvironmentMetrics` has no energy.
+    energy_sensor: Option<String>,
+    /// The `PowerSubsystem` power supplies (found on the first poll).
+    psu_uris: Option<Vec<String>>,
     energy: EnergyCounter,
     /// The finest step of the energy counter seen (`EnergyJoules`?, J).
     energy_step: Option<(bool, f64)>,
+    /// Where the energy counter was last read (`EnvironmentMetrics` or a sensor).
+    energy_from: Option<String>,
     warned_shared: bool,
     /// The session in use (`auth = "session"`).
     session: Option<Session>,
@@ -313,8 +456,11 @@ impl Client {
             rt,
             chassis,
             temp_sensors: None,
+            energy_sensor: None,
+            psu_uris: None,
             energy: EnergyCounter::default(),
             energy_step: None,
+            energy_from: None,
             warned_shared: false,
             session: None,
             no_session_service: false,
@@ -501,10 +647,18 @@ impl Client {
             }
             return Ok(temps);
         }
+        Ok(self.discover_sensors(sensors)?.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Walks a `Sensors` collection once (members expanded, or fetched one by
+    /// one, at most [`MAX_SENSORS`]): keeps the temperature sensors and the best
+    /// chassis energy sensor ([`energy_sensor_rank`]; one, never a sum), and
+    /// returns the temperatures read on the way.
+    fn discover_sensors(&mut self, sensors: &str) -> Result<Vec<(String, Temp)>, ReadError> {
         let Some(coll) = self.get_opt(sensors)? else { return Ok(Vec::new()) };
         let listed = coll.get("Members").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut temps = Vec::new();
-        let mut uris = Vec::new();
+        let mut energy: Option<((u8, u8, u8), String)> = None;
         for m in listed.iter().take(MAX_SENSORS) {
             let Some(uri) = m.get("@odata.id").and_then(Value::as_str) else { continue };
             let doc = if m.get("Reading").is_some() || m.get("ReadingType").is_some() {
@@ -512,13 +666,75 @@ impl Client {
             } else {
                 self.get_opt(uri)?
             };
-            if let Some(t) = doc.as_ref().and_then(sensor_temperature) {
-                uris.push(uri.to_string());
-                temps.push(t);
+            let Some(doc) = doc else { continue };
+            if let Some(t) = sensor_temperature(&doc) {
+                temps.push((uri.to_string(), t));
+            } else if let Some(rank) = energy_sensor_rank(&doc)
+                && energy.as_ref().is_none_or(|(best, _)| rank > *best)
+            {
+                energy = Some((rank, uri.to_string()));
             }
         }
-        self.temp_sensors = Some(uris);
+        self.temp_sensors = Some(temps.iter().map(|(u, _)| u.clone()).collect());
+        self.energy_sensor = energy.map(|(_, u)| u);
+        if let Some(e) = &self.energy_sensor {
+            tracing::info!(bmc = %self.cfg.url, sensor = %e, "Redfish energy sensor for the chassis");
+        }
         Ok(temps)
+    }
+
+    /// The chassis energy counter from `Sensors`, for a chassis whose
+    /// `EnvironmentMetrics` has none.
+    fn sensor_energy(&mut self, sensors: &str) -> Result<Option<BmcEnergy>, ReadError> {
+        if self.temp_sensors.is_none() {
+            self.discover_sensors(sensors)?;
+        }
+        let Some(uri) = self.energy_sensor.clone() else { return Ok(None) };
+        Ok(self.get_opt(&uri)?.as_ref().and_then(sensor_energy))
+    }
+
+    /// The power supplies of `PowerSubsystem` (listed on the first poll, each
+    /// read at every poll with its `Metrics`), the path they were read from and
+    /// the middle of their requests. `None` when the chassis has no
+    /// `PowerSubsystem` or it lists no power supply.
+    fn read_psus(&mut self, chassis: &Value) -> Result<Option<(Vec<Psu>, String, Instant)>, ReadError> {
+        let Some(subsystem) = odata_id(chassis, "PowerSubsystem").map(str::to_string) else { return Ok(None) };
+        if self.psu_uris.is_none() {
+            let coll = match self.get_opt(&subsystem)? {
+                Some(d) => odata_id(&d, "PowerSupplies").map(str::to_string),
+                None => None,
+            };
+            let uris = match coll {
+                Some(c) => self.get_opt(&c)?.map(|d| members(&d).unwrap_or_default()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            self.psu_uris = Some(uris);
+        }
+        let uris = self.psu_uris.clone().unwrap_or_default();
+        if uris.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let mut psus = Vec::new();
+        for uri in uris {
+            let fallback_id = uri.trim_end_matches('/').rsplit('/').next().unwrap_or(&uri).to_string();
+            let Some(doc) = self.get_opt(&uri)? else {
+                let e = ReadError::new(Reason::Missing, format!("{uri} is gone"));
+                psus.push(Psu { id: fallback_id, path: uri, enabled: false, input_watts: Err(e) });
+                continue;
+            };
+            let id = doc.get("Id").and_then(Value::as_str).map(str::to_string).unwrap_or(fallback_id);
+            let input_watts = match (psu_state(&doc), odata_id(&doc, "Metrics").map(str::to_string)) {
+                (Err(why), _) => Err(ReadError::new(Reason::Missing, why)),
+                (Ok(()), None) => Err(ReadError::new(Reason::Missing, "no Metrics (PowerSupplyMetrics) link")),
+                (Ok(()), Some(m)) => match self.get_opt(&m)? {
+                    Some(metrics) => psu_input_watts(&metrics),
+                    None => Err(ReadError::new(Reason::Missing, format!("{m} is not readable"))),
+                },
+            };
+            psus.push(Psu { id, path: uri, enabled: psu_state(&doc).is_ok(), input_watts });
+        }
+        Ok(Some((psus, subsystem, t0 + t0.elapsed() / 2)))
     }
 
     /// A GET and the middle of its request: when the BMC's value was read.
@@ -571,7 +787,7 @@ impl Client {
                 match got {
                     Ok(d) => {
                         let (w, e) = environment_power(&d);
-                        (w, e.map(|raw| self.energy_raw(raw)), env, taken)
+                        (w, e, env, taken)
                     }
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                     Err(e) => (Err(e), None, env, taken),
@@ -602,9 +818,43 @@ impl Client {
                 Err(_) => {}
             }
         }
-        let (watts, energy_raw, power_path, taken) = power;
-        let energy_j = energy_raw.map(|raw| self.energy.update(raw.joules));
+        // The PSUs, for their own series; their sum is the chassis' power only
+        // when neither EnvironmentMetrics nor Power gives one (it is inside
+        // PowerWatts/PowerConsumedWatts: never added to them).
+        let psus = self.read_psus(&doc)?;
+        if let (Err(e), Some((list, path, taken))) = (&power.0, &psus)
+            && e.reason == Reason::Missing
+        {
+            power = (psu_sum(list), power.1, path.clone(), *taken);
+        }
+        let (psus, psu_path) = psus.map(|(list, path, _)| (list, path)).unwrap_or_default();
         let sensors = odata_id(&doc, "Sensors").map(str::to_string);
+        let mut energy_from = power.1.and(odata_id(&doc, "EnvironmentMetrics").map(str::to_string));
+        // EnvironmentMetrics without an energy counter: the chassis' energy sensor.
+        if power.1.is_none()
+            && let Some(s) = &sensors
+            && let Some(raw) = self.sensor_energy(s)?
+        {
+            power.1 = Some(raw);
+            energy_from = self.energy_sensor.clone();
+        }
+        let (watts, energy_raw, power_path, taken) = power;
+        let switched = energy_from.is_some() && self.energy_from.is_some() && energy_from != self.energy_from;
+        if switched {
+            // Another counter: its own resolution, a new baseline, and this
+            // reading carries no counter for host energy (never paired with
+            // the other counter's readings).
+            tracing::info!(bmc = %self.cfg.url, counter = energy_from.as_deref().unwrap_or(""),
+                "the Redfish energy counter is now read from another resource");
+            self.energy_step = None;
+        }
+        let energy_raw = energy_raw.map(|raw| self.energy_raw(raw));
+        let energy_j = energy_raw
+            .map(|raw| if switched { self.energy.rebase(raw.joules) } else { self.energy.update(raw.joules) });
+        let energy_raw = energy_raw.filter(|_| !switched);
+        if energy_from.is_some() {
+            self.energy_from = energy_from;
+        }
         let sensor_temps = match &sensors {
             Some(s) => self.sensor_temps(s)?,
             None => Vec::new(),
@@ -643,7 +893,19 @@ impl Client {
         {
             return Err(e.clone());
         }
-        Ok(RedfishReading { chassis: id, watts, temps, energy_j, energy_raw, taken, power_path, thermal_path, shared })
+        Ok(RedfishReading {
+            chassis: id,
+            watts,
+            temps,
+            energy_j,
+            energy_raw,
+            taken,
+            power_path,
+            thermal_path,
+            shared,
+            psus,
+            psu_path,
+        })
     }
 }
 
@@ -760,6 +1022,23 @@ impl SensorSource for Redfish {
                 e,
             ));
         }
+        for p in &reading.psus {
+            let zone = format!("{chassis}/{}", p.id);
+            if let Ok(w) = p.input_watts {
+                out.samples.push(Sample::new(
+                    &POWER,
+                    vec![src.clone(), zone.clone(), Domain::PsuInput.to_string(), String::new()],
+                    w,
+                ));
+            }
+            out.status(
+                Source::Redfish,
+                format!("{zone}/input"),
+                "watts",
+                format!("{}{}", self.url, p.path),
+                p.input_watts.clone(),
+            );
+        }
         for t in &reading.temps {
             if let Ok(v) = t.value {
                 out.samples.push(Sample::new(
@@ -844,6 +1123,91 @@ mod tests {
         assert!(sensor_temperature(&off).expect("temp").value.is_err());
     }
 
+    fn psu(id: &str, enabled: bool, w: Option<f64>) -> Psu {
+        Psu {
+            id: id.into(),
+            path: format!("/redfish/v1/Chassis/1U/PowerSubsystem/PowerSupplies/{id}"),
+            enabled,
+            input_watts: w.ok_or_else(|| ReadError::new(Reason::Missing, "InputPowerWatts.Reading is absent or null")),
+        }
+    }
+
+    #[test]
+    fn power_subsystem_psus_input_power_and_their_sum() {
+        let sub = fixture("new-powersubsystem.json");
+        assert_eq!(odata_id(&sub, "PowerSupplies"), Some("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies"));
+        assert_eq!(
+            members(&fixture("new-psus.json")).map(|m| m.len()),
+            Ok(2),
+            "the PowerSupplies collection lists both bays"
+        );
+        let bay1 = fixture("new-psu1.json");
+        assert_eq!(psu_state(&bay1), Ok(()));
+        assert_eq!(
+            odata_id(&bay1, "Metrics"),
+            Some("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay1/Metrics")
+        );
+        // InputPowerWatts, not OutputPowerWatts (after the PSU's losses) nor the apparent power (VA).
+        assert_eq!(psu_input_watts(&fixture("new-psu1-metrics.json")), Ok(205.5));
+        assert_eq!(psu_input_watts(&fixture("new-psu2-metrics.json")), Ok(198.0));
+        let null = serde_json::json!({"InputPowerWatts": {"Reading": null}, "OutputPowerWatts": {"Reading": 120}});
+        assert_eq!(psu_input_watts(&null).map_err(|e| e.reason), Err(Reason::Missing), "null is no reading, not 0 W");
+        let absent = serde_json::json!({"Id": "Bay3", "Status": {"State": "Absent"}});
+        assert_eq!(psu_state(&absent), Err("state Absent".into()));
+        assert!(psu_state(&serde_json::json!({"Status": {"State": "StandbySpare", "Health": "OK"}})).is_err());
+        assert_eq!(psu_state(&serde_json::json!({"Id": "PSU1"})), Ok(()), "no Status: enabled, as for sensors");
+
+        assert_eq!(psu_sum(&[psu("Bay1", true, Some(205.5)), psu("Bay2", true, Some(198.0))]), Ok(403.5));
+        // An empty bay or a cold spare is skipped.
+        assert_eq!(psu_sum(&[psu("Bay1", true, Some(205.5)), psu("Bay2", false, None)]), Ok(205.5));
+        // An enabled PSU without a reading refuses the sum (it would under-report).
+        let e = psu_sum(&[psu("Bay1", true, Some(205.5)), psu("Bay2", true, None)]).expect_err("partial");
+        assert_eq!(e.reason, Reason::Missing);
+        assert!(e.detail.contains("Bay2") && e.detail.contains("under-report"), "{e}");
+        let e = psu_sum(&[psu("Bay1", false, None)]).expect_err("none enabled");
+        assert!(e.detail.contains("none of the 1"), "{e}");
+        assert_eq!(psu_sum(&[psu("Bay1", true, Some(0.0))]), Ok(0.0), "a real 0 W reading is a reading");
+    }
+
+    #[test]
+    fn the_chassis_energy_sensor_is_one_chassis_level_counter() {
+        let total = fixture("new-sensor-energy.json");
+        let psu_energy = fixture("new-sensor-psu-energy.json");
+        assert_eq!(
+            sensor_energy(&total),
+            Some(BmcEnergy { joules: 3_700_000.0, resolution_j: 1.0, native_joules: true })
+        );
+        // A PSU's own counter covers part of the chassis: never the chassis' energy, never summed.
+        assert_eq!(energy_sensor_rank(&psu_energy), None);
+        assert_eq!(sensor_energy(&psu_energy), None);
+        assert!(
+            energy_sensor_rank(&total)
+                > energy_sensor_rank(&serde_json::json!({"ReadingType": "EnergyJoules", "Id": "E1"}))
+        );
+        // EnergykWh at the chassis: the kWh rule (resolution from the decimals).
+        let kwh = serde_json::json!({"Id": "TotalEnergy", "ReadingType": "EnergykWh", "ReadingUnits": "kW.h",
+            "Reading": 325.675, "PhysicalContext": "Chassis"});
+        let e = sensor_energy(&kwh).expect("kWh");
+        assert!((e.joules - 325.675 * 3.6e6).abs() < 1e-3 && !e.native_joules, "{e:?}");
+        assert!((e.resolution_j - 3600.0).abs() < 1e-6, "{e:?}");
+        // Joules beat kWh at the same rank.
+        let j = serde_json::json!({"Id": "TotalEnergyJ", "ReadingType": "EnergyJoules", "PhysicalContext": "Chassis"});
+        assert!(energy_sensor_rank(&j) > energy_sensor_rank(&kwh));
+        // One phase, a PSU output, a CPU, a power or temperature sensor: not the chassis energy.
+        for not in [
+            serde_json::json!({"ReadingType": "EnergyJoules", "ElectricalContext": "Line1", "Reading": 1}),
+            serde_json::json!({"ReadingType": "EnergyJoules", "PhysicalContext": "PowerSubsystem", "PhysicalSubContext": "Output", "Reading": 1}),
+            serde_json::json!({"ReadingType": "EnergyJoules", "PhysicalContext": "CPU", "Reading": 1}),
+            fixture("new-sensor-power.json"),
+            fixture("new-sensor-ambient.json"),
+        ] {
+            assert_eq!(energy_sensor_rank(&not), None, "{not}");
+        }
+        let off = serde_json::json!({"ReadingType": "EnergyJoules", "Reading": 5, "Status": {"State": "Disabled"}});
+        assert_eq!(sensor_energy(&off), None);
+        assert_eq!(sensor_energy(&serde_json::json!({"ReadingType": "EnergyJoules", "Reading": null})), None);
+    }
+
     #[test]
     fn session_location_is_reduced_to_a_path() {
         assert_eq!(
@@ -900,6 +1264,11 @@ mod tests {
         assert_eq!(c.update(200.0), 1700.0);
         assert_eq!(c.update(300.0), 1800.0);
         assert_eq!(c.update(300.0), 1800.0);
+        // Another counter (EnvironmentMetrics → a Sensors member): a new
+        // baseline, never differenced with the previous counter.
+        assert_eq!(c.rebase(9_000_000.0), 1800.0);
+        assert_eq!(c.update(9_000_500.0), 2300.0);
+        assert_eq!(EnergyCounter::default().rebase(42.0), 42.0, "a first reading is the start");
     }
 
     #[test]
