@@ -187,17 +187,27 @@ pub fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
     None
 }
 
-/// Every journal row in order: `(seq, entries)`.
-pub fn rows(conn: &Connection) -> Result<Vec<(i64, Vec<Entry>)>, StoreError> {
+/// A journal row: its seq and its entries.
+pub type Row = (i64, Vec<Entry>);
+
+/// The oldest journal rows in order, `(seq, entries)`, until they hold at
+/// least `max_entries` entries (always at least one row); and whether rows remain.
+pub fn rows(conn: &Connection, max_entries: usize) -> Result<(Vec<Row>, bool), StoreError> {
     let mut st = conn.prepare_cached("SELECT seq, data FROM journal ORDER BY seq")?;
     let mut out = Vec::new();
+    let mut taken = 0usize;
     let mut q = st.query([])?;
     while let Some(row) = q.next()? {
+        if taken >= max_entries {
+            return Ok((out, true));
+        }
         let seq: i64 = row.get(0)?;
         let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        out.push((seq, decode(seq, data)?));
+        let entries = decode(seq, data)?;
+        taken += entries.len();
+        out.push((seq, entries));
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// The unmaterialized entries per series, in booking (and time) order.

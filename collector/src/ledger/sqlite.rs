@@ -105,6 +105,9 @@ pub struct Policy {
     pub fsync_each_commit: bool,
     /// How often the journal is written to the per-series tables.
     pub materialize_every_ms: i64,
+    /// Entries written in one go between two groups of requests (about 0.1 s of
+    /// writer time at the default), so no request waits for the whole journal.
+    pub materialize_slice: usize,
 }
 
 /// Journal entries that trigger a materialization whatever the time.
@@ -118,6 +121,7 @@ impl Default for Policy {
             host_takeover_ms: HOUR_MS,
             fsync_each_commit: true,
             materialize_every_ms: MINUTE_MS,
+            materialize_slice: 100_000,
         }
     }
 }
@@ -188,6 +192,8 @@ pub struct SqliteWriter {
     owners: HashMap<(String, String), (String, i64)>,
     /// Journal entries this writer committed since the last materialization.
     journal_entries: usize,
+    /// A sliced materialization has rows left: the next housekeeping goes on.
+    unfinished: bool,
     last_materialized: std::time::Instant,
 }
 
@@ -218,7 +224,7 @@ impl SqliteWriter {
         // samples loaded below are the series' true last samples.
         {
             let tx = conn.unchecked_transaction()?;
-            materialize(&tx, &policy)?;
+            materialize(&tx, &policy, usize::MAX)?;
             tx.commit()?;
         }
         let mut series = HashMap::new();
@@ -269,6 +275,7 @@ impl SqliteWriter {
             last,
             owners,
             journal_entries: 0,
+            unfinished: false,
             last_materialized: std::time::Instant::now(),
         })
     }
@@ -404,7 +411,7 @@ impl SqliteWriter {
                     // Its neighbours may still be in the journal: write it out first.
                     if s.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
                         Self::journal_staged(tx, staged)?;
-                        materialize(tx, &self.policy)?;
+                        materialize(tx, &self.policy, usize::MAX)?;
                         staged.materialized = true;
                     }
                     let host = s.meter.is_empty();
@@ -665,12 +672,17 @@ impl SqliteWriter {
         Ok(())
     }
 
-    fn materialize_now(&mut self) -> Result<(), StoreError> {
+    /// Materializes one slice of at least `max_entries` (the whole journal with
+    /// `usize::MAX`); remembers whether rows remain for the next housekeeping.
+    fn materialize_now(&mut self, max_entries: usize) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        materialize(&tx, &self.policy)?;
+        let more = materialize(&tx, &self.policy, max_entries)?;
         tx.commit()?;
-        self.journal_entries = 0;
-        self.last_materialized = std::time::Instant::now();
+        self.unfinished = more;
+        if !more {
+            self.journal_entries = 0;
+            self.last_materialized = std::time::Instant::now();
+        }
         Ok(())
     }
 }
@@ -692,12 +704,15 @@ fn sample_neighbours(tx: &rusqlite::Transaction<'_>, id: i64, t: i64) -> Result<
     Ok((prev, exact.map(|p| p.1), next))
 }
 
-/// Writes every journal row to the per-series tables (raw samples, minutes,
-/// hours) and deletes them, inside `tx`. The rows are read back from the
+/// Writes the oldest journal rows holding at least `max_entries` entries (all
+/// of them with `usize::MAX`) to the per-series tables (raw samples, minutes,
+/// hours) and deletes them, inside `tx`; returns whether rows remain. Any
+/// prefix of the journal can go first: each entry carries its previous sample,
+/// and a series' later entries are newer. The rows are read back from the
 /// database, so whichever process materializes them does it once.
-fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy) -> Result<usize, StoreError> {
-    let rows = journal::rows(tx)?;
-    let Some(max_seq) = rows.last().map(|(seq, _)| *seq) else { return Ok(0) };
+fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usize) -> Result<bool, StoreError> {
+    let (rows, more) = journal::rows(tx, max_entries)?;
+    let Some(max_seq) = rows.last().map(|(seq, _)| *seq) else { return Ok(false) };
     let mut entries: Vec<Entry> = rows.into_iter().flat_map(|(_, e)| e).collect();
     // Series by series, in time order: each series' pages are touched once.
     entries.sort_by_key(|e| (e.series_id, e.ts_ms));
@@ -712,7 +727,7 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy) -> Result<usize,
     }
     SqliteWriter::write_buckets(tx, &staged)?;
     tx.execute("DELETE FROM journal WHERE seq <= ?1", [max_seq])?;
-    Ok(entries.len())
+    Ok(more)
 }
 
 impl LedgerWriter for SqliteWriter {
@@ -732,6 +747,7 @@ impl LedgerWriter for SqliteWriter {
         self.last.extend(staged.last);
         self.owners.extend(staged.owners);
         if staged.materialized {
+            self.unfinished = false;
             self.journal_entries = 0;
             self.last_materialized = std::time::Instant::now();
         }
@@ -740,15 +756,20 @@ impl LedgerWriter for SqliteWriter {
     }
 
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {
-        let due = self.journal_entries > 0
-            && (self.journal_entries >= MATERIALIZE_MAX_ENTRIES
-                || self.last_materialized.elapsed().as_millis() as i64 >= self.policy.materialize_every_ms);
-        if force || due { self.materialize_now() } else { Ok(()) }
+        if force {
+            return self.materialize_now(usize::MAX);
+        }
+        let due = self.unfinished
+            || self.journal_entries > 0
+                && (self.journal_entries >= MATERIALIZE_MAX_ENTRIES
+                    || self.last_materialized.elapsed().as_millis() as i64 >= self.policy.materialize_every_ms);
+        // In slices, so requests are answered between them rather than after the whole journal.
+        if due { self.materialize_now(self.policy.materialize_slice.max(1)) } else { Ok(()) }
     }
 
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
         // Pruning decides on raw samples: they must all be in the table.
-        self.materialize_now()?;
+        self.materialize_now(usize::MAX)?;
         let cutoff = now_ms - self.policy.minute_retention_ms;
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM minutes WHERE start_ms < ?1", [cutoff])?;

@@ -213,7 +213,8 @@ proptest! {
         dups in proptest::collection::vec(0usize..40, 0..10),
         cuts in proptest::collection::vec(1usize..40, 0..5),
         restart_at in 0usize..6,
-        materialize_after in proptest::collection::vec(any::<bool>(), 6),
+        materialize_after in proptest::collection::vec(0u8..3, 6),
+        slice in 1usize..6,
     ) {
         // A counter with occasional resets (kind 0) and stale markers (kind 1).
         let mut points: Vec<(i64, Option<i64>)> = Vec::new();
@@ -239,15 +240,20 @@ proptest! {
         }
         let dir = tempfile::tempdir().expect("tmp");
         let db = dir.path().join("l.db");
-        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        // Due at every housekeeping, a few entries at a time.
+        let policy = Policy { materialize_every_ms: 0, materialize_slice: slice, ..Policy::default() };
+        let mut w = SqliteWriter::open(&db, policy).expect("open");
         for (n, b) in batches.into_iter().enumerate() {
             if n == restart_at {
-                w = SqliteWriter::open(&db, Policy::default()).expect("reopen");
+                w = SqliteWriter::open(&db, policy).expect("reopen");
             }
             w.apply(&[batch(b)], NOW).expect("apply");
-            // Sometimes the journal goes to the tables, sometimes readers see it as is.
-            if materialize_after[n % materialize_after.len()] {
-                w.housekeeping(true).expect("materialize");
+            // Sometimes the journal goes to the tables (whole, or a slice of it),
+            // sometimes readers see it as is.
+            match materialize_after[n % materialize_after.len()] {
+                1 => w.housekeeping(true).expect("materialize"),
+                2 => w.housekeeping(false).expect("materialize a slice"),
+                _ => {}
             }
         }
         let reader = SqliteReader::new(&db, Policy::default());
@@ -459,4 +465,34 @@ fn host_sample_rows_of_schema_2_move_into_chunks() {
     let r = SqliteReader::new(&db, Policy::default()).energy(&query(Some("h1"), T0, T0 + 3_600_000)).expect("q");
     assert_eq!(r.samples, 2_501);
     assert_eq!(r.first_sample.as_deref(), Some("2026-01-01T00:00:00Z"));
+}
+
+/// A due materialization goes in slices, one per housekeeping call, until the
+/// journal is empty; the answers never change on the way.
+#[test]
+fn materialization_goes_in_slices_between_groups() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let policy = Policy { materialize_every_ms: 0, materialize_slice: 2, ..Policy::default() };
+    let mut w = SqliteWriter::open(&db, policy).expect("open");
+    for i in 0..3i64 {
+        let b =
+            batch((0..2).map(|k| sample("h1", "model", T0 + (i * 2 + k) * 10_000, Some((i * 2 + k) * 7))).collect());
+        w.apply(&[b], NOW).expect("apply");
+    }
+    let reader = SqliteReader::new(&db, policy);
+    let rows = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .expect("db")
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
+            .expect("n")
+    };
+    let energy = || reader.energy(&query(Some("h1"), T0, T0 + 3_600_000)).expect("q");
+    let before = energy();
+    assert_eq!((rows(), before.energy_uj(), before.samples), (3, 35, 6));
+    for left in [2, 1, 0] {
+        w.housekeeping(false).expect("slice");
+        assert_eq!(rows(), left);
+        assert_eq!(energy(), before);
+    }
 }
