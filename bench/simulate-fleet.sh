@@ -22,7 +22,7 @@ id = "sim"
 timezone = "UTC"
 token_file = "$dir/token"
 TOML
-./target/release/domesday-collector serve --config "$dir/c.toml" 2> "$dir/collector.log" & cpid=$!
+DOMESDAY_LOG=info,domesday_collector::site_metrics=debug ./target/release/domesday-collector serve --config "$dir/c.toml" 2> "$dir/collector.log" & cpid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 echo "machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); hosts=$HOSTS interval=$INTERVAL duration=$DURATION connections=$CONNECTIONS synchronous=$SYNC"
 ./target/release/domesday-agent simulate --hosts "$HOSTS" --push "http://127.0.0.1:$port/api/v1/write" \
@@ -32,3 +32,4 @@ cpu=$(awk '{s+=$1} END {printf "%.1f", s/1e9}' /proc/$cpid/task/*/schedstat)
 rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$cpid/status)
 echo "collector: CPU ${cpu} s, peak RSS ${rss} MiB, ledger $(du -h "$dir/fleet.db" | cut -f1)"
 python3 bench/check_ledger.py "$dir/report.csv" "http://127.0.0.1:$port" sim
+echo "site gauge refreshes (ms): $(grep -o 'elapsed_ms=[0-9]*' "$dir/collector.log" | cut -d= -f2 | tr '\n' ' ')"

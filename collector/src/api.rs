@@ -456,7 +456,7 @@ async fn indicators(
     let params = crate::site_report::params(&site_cfg, state.carbon_config.as_ref());
     let step = p.step.unwrap_or_else(|| "1d".into());
     let reader = state.reader.clone();
-    let report = crate::site_report::report(
+    let report = crate::site_report::with_blocking_reads(crate::site_report::report(
         reader.as_ref(),
         &site_cfg,
         &params,
@@ -465,7 +465,7 @@ async fn indicators(
         to_ms,
         &step,
         now_ms(),
-    )
+    ))
     .await;
     match report {
         Ok(r) => axum::Json(r).into_response(),

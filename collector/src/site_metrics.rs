@@ -161,7 +161,16 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let samples = compute(reader.as_ref(), &cfg, &sites, carbon.as_deref(), &mut emitted).await;
+        let started = std::time::Instant::now();
+        let samples = crate::site_report::with_blocking_reads(compute(
+            reader.as_ref(),
+            &cfg,
+            &sites,
+            carbon.as_deref(),
+            &mut emitted,
+        ))
+        .await;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "site gauges refreshed");
         if let Ok(mut t) = target.lock() {
             *t = samples;
         }

@@ -196,6 +196,18 @@ pub async fn period_indicators(
     Ok(site_indicators(&t, params, grid.as_ref()))
 }
 
+/// Runs `f`, whose ledger reads are synchronous (SQLite), without stalling the
+/// runtime: on a multi-thread runtime the worker hands its other tasks (ingest
+/// requests) to another thread for the duration. A site-wide period over
+/// 50,000 hosts reads for seconds; run in place it held a worker that long.
+pub async fn with_blocking_reads<F: std::future::Future>(f: F) -> F::Output {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| Handle::current().block_on(f)),
+        _ => f.await,
+    }
+}
+
 /// The `GET /api/v1/sites/{site}/indicators` answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn report(

@@ -11,6 +11,9 @@
 //! it falls in (or the one before the gap it falls in). Meter samples stay in
 //! `samples` (few, and written by `import-meters` too).
 
+use std::rc::Rc;
+
+use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
@@ -172,21 +175,31 @@ pub struct RangeStats {
 }
 
 pub fn range_stats(conn: &Connection, series_id: i64, from: i64, to: i64) -> Result<RangeStats, StoreError> {
+    range_stats_of(conn, &Rc::new(vec![rusqlite::types::Value::Integer(series_id)]), from, to)
+}
+
+/// [`range_stats`] summed over several series (`ids` as for `rarray`), in one statement.
+pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<RangeStats, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data FROM chunks \
-         WHERE series_id = ?1 AND last_ts >= ?2 AND first_ts < ?3 ORDER BY first_ts",
+        "SELECT first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data, series_id FROM chunks \
+         WHERE series_id IN rarray(?1) AND last_ts >= ?2 AND first_ts < ?3",
     )?;
     let mut out = RangeStats::default();
-    let mut rows = st.query(params![series_id, from, to])?;
+    let mut rows = st.query(params![ids, from, to])?;
     while let Some(r) = rows.next()? {
         let (first, last): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let series_id: i64 = r.get(7)?;
         let mut add = |points: u64, values: u64, fv: Option<i64>, lv: Option<i64>| {
             out.points += points;
             out.values += values;
-            out.first_value = out.first_value.or(fv);
-            if lv.is_some() {
-                out.last_value = lv;
-            }
+            out.first_value = match (out.first_value, fv) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.last_value = match (out.last_value, lv) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         };
         if first >= from && last < to {
             add(r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get(4)?, r.get(5)?);
@@ -278,6 +291,7 @@ mod tests {
             probes in proptest::collection::vec(0i64..12_000, 1..10),
         ) {
             let conn = Connection::open_in_memory().expect("db");
+            rusqlite::vtab::array::load_module(&conn).expect("rarray");
             conn.execute_batch(
                 "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
                  CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,

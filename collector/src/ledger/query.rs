@@ -6,6 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use std::rc::Rc;
+
+use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -106,31 +109,33 @@ fn uj_to_j(uj: i128) -> f64 {
     uj as f64 / 1e6
 }
 
+/// The series ids of a question as one SQL parameter (`series_id IN rarray(?)`):
+/// a site of 50,000 hosts is then one statement per table, not 50,000.
+pub fn id_array(ids: &[i64]) -> Array {
+    Rc::new(ids.iter().map(|id| rusqlite::types::Value::Integer(*id)).collect())
+}
+
 /// Sums a bucket table over `[from, to)` per series: `(energy µJ, covered ms)`.
 fn sum_buckets(
     conn: &Connection,
     table: &str,
-    ids: &[i64],
+    ids: &Array,
     from: i64,
     to: i64,
 ) -> Result<BTreeMap<i64, (i128, i128)>, StoreError> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
     if from >= to {
         return Ok(out);
     }
-    let sql =
-        format!("SELECT energy_uj, covered_ms FROM {table} WHERE series_id = ?1 AND start_ms >= ?2 AND start_ms < ?3");
+    let sql = format!(
+        "SELECT series_id, energy_uj, covered_ms FROM {table} WHERE series_id IN rarray(?1) AND start_ms >= ?2 AND start_ms < ?3"
+    );
     let mut st = conn.prepare_cached(&sql)?;
-    for id in ids {
-        let mut e: i128 = 0;
-        let mut c: i128 = 0;
-        let rows = st.query_map(params![id, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (re, rc) = row?;
-            e += i128::from(re);
-            c += i128::from(rc);
-        }
-        out.insert(*id, (e, c));
+    let mut rows = st.query(params![ids, from, to])?;
+    while let Some(r) = rows.next()? {
+        let t = out.entry(r.get(0)?).or_insert((0, 0));
+        t.0 += i128::from(r.get::<_, i64>(1)?);
+        t.1 += i128::from(r.get::<_, i64>(2)?);
     }
     Ok(out)
 }
@@ -182,6 +187,7 @@ pub fn energy(
     }
     let volume = series.first().is_some_and(|s| super::is_volume(&s.4));
     let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
+    let id_param = id_array(&ids);
     let h1 = ((q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
     let h2 = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
     let parts = if h1 < h2 {
@@ -191,7 +197,7 @@ pub fn energy(
     };
     let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
     for (table, a, b) in parts {
-        for (id, (e, c)) in sum_buckets(conn, table, &ids, a, b)? {
+        for (id, (e, c)) in sum_buckets(conn, table, &id_param, a, b)? {
             let t = per_series.entry(id).or_insert((0, 0));
             t.0 += e;
             t.1 += c;
@@ -239,19 +245,20 @@ pub fn energy(
     let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
+        // Meter samples are rows, host samples chunks, recent host samples journaled.
         let mut st = conn.prepare_cached(
-            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND value_micro IS NOT NULL",
+            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 AND value_micro IS NOT NULL",
         )?;
+        let (n, a, b): (i64, Option<i64>, Option<i64>) =
+            st.query_row(params![id_param, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        samples += n as u64;
+        first = min_opt(first, a);
+        last = max_opt(last, b);
+        let c = super::chunk::range_stats_of(conn, &id_param, q.from_ms, q.to_ms)?;
+        samples += c.values;
+        first = min_opt(first, c.first_value);
+        last = max_opt(last, c.last_value);
         for id in &ids {
-            let (n, a, b): (i64, Option<i64>, Option<i64>) =
-                st.query_row(params![id, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            samples += n as u64;
-            first = min_opt(first, a);
-            last = max_opt(last, b);
-            let c = super::chunk::range_stats(conn, *id, q.from_ms, q.to_ms)?;
-            samples += c.values;
-            first = min_opt(first, c.first_value);
-            last = max_opt(last, c.last_value);
             for e in pending.of(*id).iter().filter(|e| e.value.is_some() && e.ts_ms >= q.from_ms && e.ts_ms < q.to_ms) {
                 samples += 1;
                 first = min_opt(first, Some(e.ts_ms));
@@ -263,10 +270,11 @@ pub fn energy(
     {
         let mut st = conn.prepare_cached(
             "SELECT se.meter, a.kind, a.start_ms, a.end_ms, a.value_micro, a.final_micro, a.initial_micro, se.unit, a.author, a.reason, a.recorded_ms \
-             FROM adjustments a JOIN series se ON se.id = a.series_id WHERE a.series_id = ?1 AND a.start_ms < ?3 AND a.end_ms >= ?2 ORDER BY a.id",
+             FROM adjustments a JOIN series se ON se.id = a.series_id WHERE a.series_id IN rarray(?1) AND a.start_ms < ?3 AND a.end_ms >= ?2 \
+             ORDER BY a.series_id, a.id",
         )?;
-        for id in &ids {
-            let rows = st.query_map(params![id, q.from_ms, q.to_ms], |r| {
+        {
+            let rows = st.query_map(params![id_param, q.from_ms, q.to_ms], |r| {
                 Ok(Adjustment {
                     meter: r.get(0)?,
                     kind: r.get(1)?,

@@ -806,7 +806,10 @@ impl SqliteReader {
     }
 
     fn conn(&self) -> Result<Connection, StoreError> {
-        open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        // `series_id IN rarray(?)`: a whole site's series in one statement.
+        rusqlite::vtab::array::load_module(&conn)?;
+        Ok(conn)
     }
 
     /// The journal in the snapshot of `conn`'s read transaction.
