@@ -51,13 +51,16 @@ impl Stats {
             let mut keys = b
                 .samples
                 .iter()
-                .map(|s| (&s.site, &s.role, &s.unit))
-                .chain(b.intervals.iter().map(|i| (&i.site, &i.role, &i.unit)));
+                .map(|s| (&*s.site, &*s.role, &*s.unit))
+                .chain(b.intervals.iter().map(|i| (i.site.as_str(), i.role.as_str(), i.unit.as_str())));
             if let Some(first @ (site, role, unit)) = keys.next()
-                && keys.all(|k| k.0 == first.0 && k.1 == first.1)
+                // Shared labels: the same pointer, usually; the contents otherwise.
+                && keys.all(|k| {
+                    (std::ptr::eq(k.0, first.0) || k.0 == first.0) && (std::ptr::eq(k.1, first.1) || k.1 == first.1)
+                })
                 && !crate::ledger::is_volume(unit)
             {
-                *self.site_energy.entry((site.clone(), role.clone())).or_insert(0) += o.energy_uj;
+                *self.site_energy.entry((site.to_string(), role.to_string())).or_insert(0) += o.energy_uj;
             }
             for (k, v) in [
                 ("booked", o.booked),

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
 use crate::ledger::book::joules_to_uj;
-use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel};
+use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel, HostSeries};
 
 /// Counters far beyond any machine's energy (10 TJ ≈ 2.8 GWh) are suspect.
 pub const ABSURD_JOULES: f64 = 1e13;
@@ -101,6 +101,15 @@ pub fn decode_body(body: &[u8], limits: &IngestConfig) -> Result<WriteRequest, R
 }
 
 /// Applies the ingest rules to a decoded request from `site`.
+/// The ledger's preferred order: by host and method, then time.
+fn in_order(a: &CounterSample, b: &CounterSample) -> std::cmp::Ordering {
+    // Within a run of one series the labels are the same shared strings.
+    if std::sync::Arc::ptr_eq(&a.host, &b.host) && std::sync::Arc::ptr_eq(&a.method, &b.method) {
+        return a.ts_ms.cmp(&b.ts_ms);
+    }
+    (&a.host, &a.method, a.ts_ms).cmp(&(&b.host, &b.method, b.ts_ms))
+}
+
 pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
     if req.timeseries.len() > limits.max_series_per_request {
         return Err(Refusal::TooLarge(format!(
@@ -200,6 +209,7 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         let Some(method) = Method::ALL.iter().find(|m| m.as_str() == method_label) else {
             return Err(Refusal::BadRequest(format!("series {i}: {name} has an unknown method {method_label:?}")));
         };
+        let labels = HostSeries::new(site, host, method.as_str(), method.quality().as_str());
         for s in &ts.samples {
             let value_uj = if is_stale_nan(s.value) {
                 None
@@ -229,18 +239,14 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
                     }
                 }
             };
-            acc.batch.samples.push(CounterSample::host(
-                site,
-                host,
-                method.as_str(),
-                method.quality().as_str(),
-                s.timestamp,
-                value_uj,
-            ));
+            acc.batch.samples.push(CounterSample::of_series(&labels, s.timestamp, value_uj));
         }
     }
     // Within a request, book each series in time order.
-    acc.batch.samples.sort_by(|a, b| (&a.host, &a.method, a.ts_ms).cmp(&(&b.host, &b.method, b.ts_ms)));
+    // Series by series in time order, as the ledger books fastest; usually already so.
+    if !acc.batch.samples.is_sorted_by(|a, b| in_order(a, b) != std::cmp::Ordering::Greater) {
+        acc.batch.samples.sort_by(in_order);
+    }
     Ok(acc)
 }
 
@@ -290,7 +296,7 @@ mod tests {
         assert_eq!(a.batch.samples.len(), 3);
         assert_eq!(a.batch.samples[1].value_micro, Some(11_500_000));
         assert_eq!(a.batch.samples[2].value_micro, None);
-        assert_eq!(a.batch.samples[0].quality, "estimated");
+        assert_eq!(&*a.batch.samples[0].quality, "estimated");
         assert_eq!(a.suspect.get("no_site"), Some(&1));
         assert_eq!(a.other, 2);
         assert_eq!(

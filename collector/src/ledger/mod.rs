@@ -19,6 +19,8 @@ pub mod query;
 pub mod sqlite;
 pub mod writer;
 
+use std::sync::Arc;
+
 /// The metric the ledger books from agents (role `it_in`).
 pub const HOST_ENERGY_METRIC: &str = "domesday_host_energy_joules_total";
 
@@ -45,16 +47,19 @@ pub fn is_volume(unit: &str) -> bool {
 }
 
 /// One cumulative sample to book: a host's energy counter (`meter` empty,
-/// unit `J`) or a facility meter's register (`host` empty).
+/// unit `J`) or a facility meter's register (`host` empty). The labels are
+/// shared (`Arc<str>`): a request's run of samples of one series points at the
+/// same strings, so decoding allocates per series, not per sample, and the
+/// writer recognises a run by pointer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CounterSample {
-    pub site: String,
-    pub host: String,
-    pub meter: String,
-    pub method: String,
-    pub quality: String,
-    pub role: String,
-    pub unit: String,
+    pub site: Arc<str>,
+    pub host: Arc<str>,
+    pub meter: Arc<str>,
+    pub method: Arc<str>,
+    pub quality: Arc<str>,
+    pub role: Arc<str>,
+    pub unit: Arc<str>,
     pub ts_ms: i64,
     /// Micro-units of `unit` (µJ for agents); `None` is a stale marker.
     pub value_micro: Option<i64>,
@@ -63,14 +68,19 @@ pub struct CounterSample {
 impl CounterSample {
     /// An agent's host energy sample.
     pub fn host(site: &str, host: &str, method: &str, quality: &str, ts_ms: i64, value_uj: Option<i64>) -> Self {
+        CounterSample::of_series(&HostSeries::new(site, host, method, quality), ts_ms, value_uj)
+    }
+
+    /// A sample of a host series whose labels are already shared.
+    pub fn of_series(s: &HostSeries, ts_ms: i64, value_uj: Option<i64>) -> Self {
         CounterSample {
-            site: site.into(),
-            host: host.into(),
-            meter: String::new(),
-            method: method.into(),
-            quality: quality.into(),
-            role: "it_in".into(),
-            unit: "J".into(),
+            site: s.site.clone(),
+            host: s.host.clone(),
+            meter: s.empty.clone(),
+            method: s.method.clone(),
+            quality: s.quality.clone(),
+            role: s.role.clone(),
+            unit: s.unit.clone(),
             ts_ms,
             value_micro: value_uj,
         }
@@ -80,14 +90,40 @@ impl CounterSample {
     pub fn meter(site: &str, meter: &str, role: &str, unit: &str, ts_ms: i64, value_micro: i64) -> Self {
         CounterSample {
             site: site.into(),
-            host: String::new(),
+            host: "".into(),
             meter: meter.into(),
-            method: String::new(),
+            method: "".into(),
             quality: "measured".into(),
             role: role.into(),
             unit: unit.into(),
             ts_ms,
             value_micro: Some(value_micro),
+        }
+    }
+}
+
+/// The shared labels of one host energy series, built once per series of a request.
+#[derive(Debug, Clone)]
+pub struct HostSeries {
+    site: Arc<str>,
+    host: Arc<str>,
+    method: Arc<str>,
+    quality: Arc<str>,
+    role: Arc<str>,
+    unit: Arc<str>,
+    empty: Arc<str>,
+}
+
+impl HostSeries {
+    pub fn new(site: &str, host: &str, method: &str, quality: &str) -> Self {
+        HostSeries {
+            site: site.into(),
+            host: host.into(),
+            method: method.into(),
+            quality: quality.into(),
+            role: "it_in".into(),
+            unit: "J".into(),
+            empty: "".into(),
         }
     }
 }

@@ -354,7 +354,7 @@ impl SqliteWriter {
         // Requests carry runs of one series: its id is looked up once per run.
         let mut run: Option<(&super::CounterSample, i64)> = None;
         for s in &batch.samples {
-            if refused.iter().any(|(site, host)| *site == s.site && *host == s.host) {
+            if refused.iter().any(|(site, host)| **site == *s.site && **host == *s.host) {
                 out.host_conflict += 1;
                 tx.execute(
                     "UPDATE host_conflicts SET rejected_samples = rejected_samples + 1 WHERE site = ?1 AND host = ?2",
@@ -364,7 +364,12 @@ impl SqliteWriter {
             }
             let factor = micro_factor(&s.unit).unwrap_or(0);
             let id = match run {
-                Some((r, id)) if r.host == s.host && r.method == s.method && r.meter == s.meter && r.site == s.site => {
+                Some((r, id))
+                    if same(&r.host, &s.host)
+                        && same(&r.method, &s.method)
+                        && same(&r.meter, &s.meter)
+                        && same(&r.site, &s.site) =>
+                {
                     id
                 }
                 _ => self.series_id(tx, staged, &s.site, &s.host, &s.meter, &s.method, &s.quality, &s.role, &s.unit)?,
@@ -685,6 +690,11 @@ impl SqliteWriter {
         }
         Ok(())
     }
+}
+
+/// Equal labels: the same shared string (a run of one series), else the same text.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// A meter series' samples around `t` (see [`chunk::neighbours`] for host series).
