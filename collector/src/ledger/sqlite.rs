@@ -728,11 +728,36 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
     entries.sort_by_key(|e| (e.series_id, e.ts_ms));
     let mut staged = Staged::default();
     for run in entries.chunk_by(|a, b| a.series_id == b.series_id) {
+        let id = run[0].series_id;
         let points: Vec<chunk::Point> = run.iter().map(|e| (e.ts_ms, e.value)).collect();
-        chunk::append(tx, run[0].series_id, &points)?;
-        for (t0, t1, inc) in run.iter().filter_map(Entry::interval) {
-            // Journaled series are host energy counters: joules, factor 1.
-            SqliteWriter::book_interval(&mut staged, policy, run[0].series_id, 1, t0, t1, inc, 1);
+        chunk::append(tx, id, &points)?;
+        // A run is in time order, so its buckets come in order too: add them up
+        // here and touch the maps once per bucket, not once per sample.
+        // Journaled series are host energy counters: joules, factor 1.
+        for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
+            let mut open: Option<(i64, i64, i64)> = None;
+            for (t0, t1, inc) in run.iter().filter_map(Entry::interval) {
+                for sh in spread(t0, t1, inc, bucket, policy.gap_ms) {
+                    match &mut open {
+                        Some((start, e, c)) if *start == sh.start_ms => {
+                            *e += sh.energy_uj;
+                            *c += sh.covered_ms;
+                        }
+                        _ => {
+                            if let Some((start, e, c)) = open.replace((sh.start_ms, sh.energy_uj, sh.covered_ms)) {
+                                let t = map.entry((id, start)).or_insert((0, 0));
+                                t.0 += e;
+                                t.1 += c;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some((start, e, c)) = open {
+                let t = map.entry((id, start)).or_insert((0, 0));
+                t.0 += e;
+                t.1 += c;
+            }
         }
     }
     SqliteWriter::write_buckets(tx, &staged)?;
