@@ -339,10 +339,9 @@ pub fn host_models(
     pending: &Pending,
 ) -> Result<Vec<(String, super::HostModel)>, StoreError> {
     let mut st = conn.prepare_cached(
+        // Hours cover ranges whose raw samples were pruned; chunks and the journal are added below.
         "SELECT h.host, h.vendor, h.product, h.cpu_model, h.sockets FROM hosts h WHERE h.site = ?1 AND EXISTS \
-         (SELECT 1 FROM series se JOIN samples sa ON sa.series_id = se.id \
-          WHERE se.site = h.site AND se.host = h.host AND sa.ts_ms >= ?2 AND sa.ts_ms < ?3) \
-         OR h.site = ?1 AND EXISTS (SELECT 1 FROM series se JOIN hours ho ON ho.series_id = se.id \
+         (SELECT 1 FROM series se JOIN hours ho ON ho.series_id = se.id \
           WHERE se.site = h.site AND se.host = h.host AND ho.start_ms >= ?2 - 3600000 AND ho.start_ms < ?3) \
          ORDER BY h.host",
     )?;
@@ -359,7 +358,7 @@ pub fn host_models(
     };
     let mut out: BTreeMap<String, super::HostModel> =
         st.query_map(params![site, from_ms, to_ms], model)?.collect::<Result<_, _>>()?;
-    // Hosts whose samples in the range are in chunks or still journaled.
+    // Hosts whose raw samples in the range are in chunks or still journaled.
     let mut journaled = std::collections::BTreeSet::new();
     let mut st = conn.prepare_cached("SELECT id, host FROM series WHERE site = ?1 AND host != ''")?;
     for r in st.query_map([site], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
@@ -409,43 +408,22 @@ pub fn hosts(
         let machine_id: Option<String> = conn
             .query_row("SELECT machine_id FROM hosts WHERE site = ?1 AND host = ?2", params![site, host], |r| r.get(0))
             .ok();
+        // A host's raw samples are in chunks (the `samples` table holds meters'
+        // only, since migration 3) and, the newest, in the journal.
         let (mut first, mut last): (Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN (SELECT id FROM series WHERE site = ?1 AND host = ?2)",
+            "SELECT MIN(c.first_ts), MAX(c.last_ts) FROM chunks c JOIN series se ON se.id = c.series_id \
+             WHERE se.site = ?1 AND se.host = ?2",
             params![site, host],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let mut current: Option<(i64, String, String)> = conn
             .query_row(
-                "SELECT sa.ts_ms, se.method, se.quality FROM samples sa JOIN series se ON se.id = sa.series_id \
-                 WHERE se.site = ?1 AND se.host = ?2 AND sa.value_micro IS NOT NULL ORDER BY sa.ts_ms DESC LIMIT 1",
+                "SELECT c.last_value_ts, se.method, se.quality FROM chunks c JOIN series se ON se.id = c.series_id \
+                 WHERE se.site = ?1 AND se.host = ?2 AND c.last_value_ts IS NOT NULL ORDER BY c.last_value_ts DESC LIMIT 1",
                 params![site, host],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .ok();
-        {
-            // Host samples live in chunks: their spans give first and last.
-            let (a, b): (Option<i64>, Option<i64>) = conn.query_row(
-                "SELECT MIN(c.first_ts), MAX(c.last_ts) FROM chunks c JOIN series se ON se.id = c.series_id \
-                 WHERE se.site = ?1 AND se.host = ?2",
-                params![site, host],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            first = min_opt(first, a);
-            last = max_opt(last, b);
-            let latest: Option<(i64, String, String)> = conn
-                .query_row(
-                    "SELECT c.last_value_ts, se.method, se.quality FROM chunks c JOIN series se ON se.id = c.series_id \
-                     WHERE se.site = ?1 AND se.host = ?2 AND c.last_value_ts IS NOT NULL ORDER BY c.last_value_ts DESC LIMIT 1",
-                    params![site, host],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            if let Some(l) = latest
-                && current.as_ref().is_none_or(|c| l.0 > c.0)
-            {
-                current = Some(l);
-            }
-        }
+            .optional()?;
         let mut st = conn.prepare_cached("SELECT id, method, quality FROM series WHERE site = ?1 AND host = ?2")?;
         for r in st.query_map(params![site, host], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
