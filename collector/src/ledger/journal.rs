@@ -190,13 +190,14 @@ pub fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<i64> {
 /// A journal row: its seq and its entries.
 pub type Row = (i64, Vec<Entry>);
 
-/// The oldest journal rows in order, `(seq, entries)`, until they hold at
-/// least `max_entries` entries (always at least one row); and whether rows remain.
-pub fn rows(conn: &Connection, max_entries: usize) -> Result<(Vec<Row>, bool), StoreError> {
-    let mut st = conn.prepare_cached("SELECT seq, data FROM journal ORDER BY seq")?;
+/// The oldest journal rows after seq `after` in order, `(seq, entries)`, until
+/// they hold at least `max_entries` entries (always at least one row); and
+/// whether rows remain.
+pub fn rows(conn: &Connection, after: i64, max_entries: usize) -> Result<(Vec<Row>, bool), StoreError> {
+    let mut st = conn.prepare_cached("SELECT seq, data FROM journal WHERE seq > ?1 ORDER BY seq")?;
     let mut out = Vec::new();
     let mut taken = 0usize;
-    let mut q = st.query([])?;
+    let mut q = st.query([after])?;
     while let Some(row) = q.next()? {
         if taken >= max_entries {
             return Ok((out, true));
@@ -217,20 +218,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Adds the journal rows after `after` (all rows when `None`); returns the last seq read.
-    pub fn load_after(&mut self, conn: &Connection, after: Option<i64>) -> Result<Option<i64>, StoreError> {
-        let mut st = conn.prepare_cached("SELECT seq, data FROM journal WHERE seq > ?1 ORDER BY seq")?;
-        let mut q = st.query([after.unwrap_or(i64::MIN)])?;
-        let mut last = after;
-        while let Some(row) = q.next()? {
-            let seq: i64 = row.get(0)?;
-            let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            for e in decode(seq, data)? {
+    /// Adds the journal rows after seq `after` (all rows when `None`).
+    pub fn load_after(&mut self, conn: &Connection, after: Option<i64>) -> Result<(), StoreError> {
+        for (_, entries) in rows(conn, after.unwrap_or(i64::MIN), usize::MAX)?.0 {
+            for e in entries {
                 self.by_series.entry(e.series_id).or_default().push(e);
             }
-            last = Some(seq);
         }
-        Ok(last)
+        Ok(())
     }
 
     pub fn of(&self, id: i64) -> &[Entry] {

@@ -299,9 +299,7 @@ impl SqliteWriter {
         }
         for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
             for s in spread(t0, t1, energy, bucket, policy.gap_ms) {
-                let e = map.entry((id, s.start_ms)).or_insert((0, 0));
-                e.0 += sign * s.energy_uj;
-                e.1 += sign * s.covered_ms;
+                add_to_bucket(map, id, s.start_ms, sign * s.energy_uj, sign * s.covered_ms);
             }
         }
     }
@@ -692,6 +690,13 @@ impl SqliteWriter {
     }
 }
 
+/// Adds energy (µJ) and coverage (ms) to the staged bucket `(id, start)`.
+fn add_to_bucket(map: &mut HashMap<(i64, i64), (i64, i64)>, id: i64, start: i64, energy_uj: i64, covered_ms: i64) {
+    let t = map.entry((id, start)).or_insert((0, 0));
+    t.0 += energy_uj;
+    t.1 += covered_ms;
+}
+
 /// Equal labels: the same shared string (a run of one series), else the same text.
 fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
@@ -721,7 +726,7 @@ fn sample_neighbours(tx: &rusqlite::Transaction<'_>, id: i64, t: i64) -> Result<
 /// and a series' later entries are newer. The rows are read back from the
 /// database, so whichever process materializes them does it once.
 fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usize) -> Result<bool, StoreError> {
-    let (rows, more) = journal::rows(tx, max_entries)?;
+    let (rows, more) = journal::rows(tx, i64::MIN, max_entries)?;
     let Some(max_seq) = rows.last().map(|(seq, _)| *seq) else { return Ok(false) };
     let mut entries: Vec<Entry> = rows.into_iter().flat_map(|(_, e)| e).collect();
     // Series by series, in time order: each series' pages are touched once.
@@ -745,18 +750,14 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
                         }
                         _ => {
                             if let Some((start, e, c)) = open.replace((sh.start_ms, sh.energy_uj, sh.covered_ms)) {
-                                let t = map.entry((id, start)).or_insert((0, 0));
-                                t.0 += e;
-                                t.1 += c;
+                                add_to_bucket(map, id, start, e, c);
                             }
                         }
                     }
                 }
             }
             if let Some((start, e, c)) = open {
-                let t = map.entry((id, start)).or_insert((0, 0));
-                t.0 += e;
-                t.1 += c;
+                add_to_bucket(map, id, start, e, c);
             }
         }
     }
