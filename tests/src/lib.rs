@@ -185,6 +185,26 @@ pub fn start_agent_logged_with(
     Proc(child)
 }
 
+/// `domesday-agent probe` on the fixture `root` with `config`, host `p`; the
+/// caller adds environment, runs it and reads stdout with [`probe_output`].
+pub fn probe_command(root: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(binary("domesday-agent"));
+    cmd.args(["probe", "--interval", "100ms", "--host", "p", "--config"])
+        .arg(config)
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"));
+    cmd
+}
+
+/// Runs a probe command, asserts it succeeded and returns its report.
+pub fn probe_output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("probe");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(binary("domesday-agent"));
     cmd.arg("run")

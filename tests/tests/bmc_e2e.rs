@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use domesday_tests::{
-    binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics, series_value,
-    start_agent_logged_with, write_agent_config,
+    binary, fixture_copy, fixtures_dir, free_port, get_text, probe_command, probe_output, promtool_check_metrics,
+    series_value, start_agent_logged_with, write_agent_config,
 };
 
 const WAIT: Duration = Duration::from_secs(25);
@@ -185,20 +185,7 @@ fn probe_says_why_ipmi_is_off() {
     let (tmp, root) = fixture_copy("intel-2s");
     let bmc = Bmc::new(tmp.path(), "nodevice");
     let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
-    let run = |config: &Path| {
-        let out = Command::new(binary("domesday-agent"))
-            .args(["probe", "--interval", "100ms", "--host", "p", "--config"])
-            .arg(config)
-            .arg("--sysfs-root")
-            .arg(root.join("sys"))
-            .arg("--procfs-root")
-            .arg(root.join("proc"))
-            .envs(bmc.env())
-            .output()
-            .expect("probe");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |config: &Path| probe_output(probe_command(&root, config).envs(bmc.env()));
     let text = run(&config);
     let row = text.lines().find(|l| l.starts_with("ipmi ") && l.contains("dcmi")).unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("/dev/ipmi0 missing") && row.contains("modprobe ipmi_devintf"), "{row}");

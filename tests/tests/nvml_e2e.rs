@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use domesday_tests::{
-    binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics, series_value,
+    fixture_copy, fixtures_dir, free_port, get_text, probe_command, probe_output, promtool_check_metrics, series_value,
     start_agent_logged_with, write_agent_config,
 };
 
@@ -134,19 +134,7 @@ fn two_gpus_through_nvml_with_an_unsupported_power_reading_and_a_counter_reset()
 }
 
 fn probe(root: &Path, config: &Path) -> String {
-    let out = Command::new(binary("domesday-agent"))
-        .args(["probe", "--interval", "100ms", "--host", "p", "--config"])
-        .arg(config)
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .env_remove("FAKE_NVML_STATE")
-        .env_remove("FAKE_NVML_LOG")
-        .output()
-        .expect("probe");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    probe_output(probe_command(root, config).env_remove("FAKE_NVML_STATE").env_remove("FAKE_NVML_LOG"))
 }
 
 fn nvml_rows(text: &str) -> Vec<&str> {
