@@ -606,18 +606,41 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     })
 }
 
+/// An agent on the intel-2s fixture ticking every 200 ms, reading the
+/// newer-model mock BMC ([`mock_bmc_new`]) every second; `set` switches its mode.
+struct NewModelAgent {
+    _tmp: tempfile::TempDir,
+    mode: std::sync::Arc<std::sync::Mutex<String>>,
+    port: u16,
+    log: PathBuf,
+    _agent: domesday_tests::Proc,
+}
+
+impl NewModelAgent {
+    fn start() -> Self {
+        let (tmp, root) = fixture_copy("intel-2s");
+        let mode = std::sync::Arc::new(std::sync::Mutex::new("new".to_string()));
+        let bmc_port = mock_bmc_new(mode.clone());
+        let table = format!(
+            "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+        );
+        let port = free_port();
+        let log = tmp.path().join("agent.log");
+        let agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+        NewModelAgent { _tmp: tmp, mode, port, log, _agent: agent }
+    }
+
+    fn set(&self, mode: &str) {
+        if let Ok(mut g) = self.mode.lock() {
+            *g = mode.to_string();
+        }
+    }
+}
+
 #[test]
 fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
-    use std::sync::{Arc, Mutex};
-    let (tmp, root) = fixture_copy("intel-2s");
-    let mode = Arc::new(Mutex::new("new".to_string()));
-    let bmc_port = mock_bmc_new(mode.clone());
-    let table = format!(
-        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
-    );
-    let port = free_port();
-    let log = tmp.path().join("agent.log");
-    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let bmc = NewModelAgent::start();
+    let (port, log) = (bmc.port, bmc.log.clone());
     let mut seen = BTreeMap::new();
     let bmc_energy =
         |b: &str| series_value(b, "domesday_energy_joules_total", &["source=\"redfish\"", "zone=\"Node1\""]);
@@ -645,9 +668,7 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     check_monotonic(&mut seen, &body);
 
     // The BMC reset its counter: ours keeps growing.
-    if let Ok(mut g) = mode.lock() {
-        *g = "reset".to_string();
-    }
+    bmc.set("reset");
     let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
     assert_eq!(bmc_energy(&body), Some(3_601_000.0));
     // The host counter saw the reset too: counted, never negative.
@@ -655,25 +676,19 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     check_monotonic(&mut seen, &body);
 
     // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
-    if let Ok(mut g) = mode.lock() {
-        *g = "envnopower".to_string();
-    }
+    bmc.set("envnopower");
     let body = scrape_until(port, "the legacy Power", |b| host_power(b, "bmc_redfish") == Some(344.0));
     check_monotonic(&mut seen, &body);
 
     // No Sensors: the ThermalMetrics summary gives the intake and exhaust temperatures.
-    if let Ok(mut g) = mode.lock() {
-        *g = "nosensors".to_string();
-    }
+    bmc.set("nosensors");
     let body = scrape_until(port, "the ThermalMetrics summary", |b| temp(b, "inlet") == Some(19.5));
     assert_eq!(temp(&body, "exhaust"), Some(30.5), "{body}");
     check_monotonic(&mut seen, &body);
 
     // The BMC's energy counter carries the host energy (1000 J per poll), not
     // the integral of its 412 W readings.
-    if let Ok(mut g) = mode.lock() {
-        *g = "counting".to_string();
-    }
+    bmc.set("counting");
     let host_energy = |b: &str| {
         series_value(b, "domesday_host_energy_joules_total", &["method=\"bmc_redfish\""]).expect("bmc_redfish energy")
     };
@@ -690,9 +705,7 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
 
     // A chassis shared by four nodes: rejected, never the host's power.
     let rejected = redfish_errors(&body, "rejected");
-    if let Ok(mut g) = mode.lock() {
-        *g = "shared".to_string();
-    }
+    bmc.set("shared");
     scrape_until(port, "the shared chassis", |b| redfish_errors(b, "rejected") > rejected);
     let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
     assert_eq!(host_power(&body, "bmc_redfish"), None, "{body}");
@@ -709,21 +722,9 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
 
 #[test]
 fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_host_without_it() {
-    use std::sync::{Arc, Mutex};
-    let (tmp, root) = fixture_copy("intel-2s");
-    let mode = Arc::new(Mutex::new("new".to_string()));
-    let bmc_port = mock_bmc_new(mode.clone());
-    let table = format!(
-        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
-    );
-    let port = free_port();
-    let log = tmp.path().join("agent.log");
-    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
-    let set = |m: &str| {
-        if let Ok(mut g) = mode.lock() {
-            *g = m.to_string();
-        }
-    };
+    let bmc = NewModelAgent::start();
+    let port = bmc.port;
+    let set = |m: &str| bmc.set(m);
     let mut seen = BTreeMap::new();
     let psu = |b: &str, bay: &str| {
         series_value(
