@@ -45,27 +45,53 @@ pub struct Share {
 /// Shares are apportioned on cumulative time, so they sum to `energy_uj`
 /// exactly and any sub-range gets its proportional share. An interval longer
 /// than `gap_ms` still books its energy but covers nothing: coverage shows
-/// the gap.
-pub fn spread(t0: i64, t1: i64, energy_uj: i64, bucket_ms: i64, gap_ms: i64) -> Vec<Share> {
-    let mut out = Vec::new();
-    if t1 <= t0 || bucket_ms <= 0 {
-        return out;
+/// the gap. An iterator, not a vector: materialization spreads every sample
+/// twice, and an allocation each time was a measurable part of it.
+pub fn spread(t0: i64, t1: i64, energy_uj: i64, bucket_ms: i64, gap_ms: i64) -> Spread {
+    let valid = t1 > t0 && bucket_ms > 0;
+    Spread {
+        t0,
+        t1,
+        energy: i128::from(energy_uj),
+        total: i128::from(t1.saturating_sub(t0)).max(1),
+        covered: t1.saturating_sub(t0) <= gap_ms,
+        bucket_ms: bucket_ms.max(1),
+        start: if valid { t0.div_euclid(bucket_ms) * bucket_ms } else { t1 },
+        given: 0,
     }
-    let total = i128::from(t1 - t0);
-    let covered = t1 - t0 <= gap_ms;
-    let mut start = t0.div_euclid(bucket_ms) * bucket_ms;
-    let mut given: i128 = 0;
-    while start < t1 {
-        let end = start + bucket_ms;
-        let upto = i128::from(end.min(t1) - t0);
-        let cum = i128::from(energy_uj) * upto / total;
-        let share = cum - given;
-        given = cum;
-        let overlap = end.min(t1) - start.max(t0);
-        out.push(Share { start_ms: start, energy_uj: share as i64, covered_ms: if covered { overlap } else { 0 } });
-        start = end;
+}
+
+/// The shares of one interval, bucket by bucket (see [`spread`]).
+#[derive(Debug, Clone)]
+pub struct Spread {
+    t0: i64,
+    t1: i64,
+    energy: i128,
+    total: i128,
+    covered: bool,
+    bucket_ms: i64,
+    /// Start of the next bucket to yield; `>= t1` when done.
+    start: i64,
+    given: i128,
+}
+
+impl Iterator for Spread {
+    type Item = Share;
+
+    fn next(&mut self) -> Option<Share> {
+        if self.start >= self.t1 {
+            return None;
+        }
+        let start = self.start;
+        let end = start.saturating_add(self.bucket_ms);
+        let upto = i128::from(end.min(self.t1) - self.t0);
+        let cum = self.energy * upto / self.total;
+        let share = cum - self.given;
+        self.given = cum;
+        let overlap = end.min(self.t1) - start.max(self.t0);
+        self.start = end;
+        Some(Share { start_ms: start, energy_uj: share as i64, covered_ms: if self.covered { overlap } else { 0 } })
     }
-    out
 }
 
 #[cfg(test)]
@@ -88,7 +114,7 @@ mod tests {
     #[test]
     fn spread_over_minutes() {
         // 90 s from 00:00:30: a third in the first minute, two thirds in the second.
-        let s = spread(30_000, 120_000, 900, MINUTE_MS, 300_000);
+        let s: Vec<Share> = spread(30_000, 120_000, 900, MINUTE_MS, 300_000).collect();
         assert_eq!(
             s,
             vec![
@@ -97,10 +123,14 @@ mod tests {
             ]
         );
         // Across a gap: energy booked, nothing covered.
-        let g = spread(0, 600_000, 10, MINUTE_MS, 300_000);
+        let g: Vec<Share> = spread(0, 600_000, 10, MINUTE_MS, 300_000).collect();
         assert_eq!(g.len(), 10);
         assert_eq!(g.iter().map(|s| s.energy_uj).sum::<i64>(), 10);
         assert!(g.iter().all(|s| s.covered_ms == 0));
+        // Empty and reversed intervals have no shares.
+        assert_eq!(spread(5, 5, 10, MINUTE_MS, 300_000).count(), 0);
+        assert_eq!(spread(9, 5, 10, MINUTE_MS, 300_000).count(), 0);
+        assert_eq!(spread(0, 5, 10, 0, 300_000).count(), 0);
     }
 
     proptest! {
@@ -108,7 +138,7 @@ mod tests {
         /// energy, and cover exactly the interval when it is not a gap.
         #[test]
         fn spread_is_exact(t0 in -10_000_000i64..10_000_000, len in 1i64..20_000_000, e in 0i64..1_000_000_000_000) {
-            let s = spread(t0, t0 + len, e, MINUTE_MS, i64::MAX);
+            let s: Vec<Share> = spread(t0, t0 + len, e, MINUTE_MS, i64::MAX).collect();
             prop_assert_eq!(s.iter().map(|x| i128::from(x.energy_uj)).sum::<i128>(), i128::from(e));
             prop_assert!(s.iter().all(|x| x.energy_uj >= 0 && x.start_ms % MINUTE_MS == 0));
             prop_assert_eq!(s.iter().map(|x| x.covered_ms).sum::<i64>(), len);

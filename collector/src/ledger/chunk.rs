@@ -11,13 +11,14 @@
 //! it falls in (or the one before the gap it falls in). Meter samples stay in
 //! `samples` (few, and written by `import-meters` too).
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
-use super::book::Value;
+use super::book::{MINUTE_MS, Value, increment, spread};
 use super::journal::{get_varint, put_varint};
 
 /// A sample: timestamp (ms) and value (µJ; `None` is a stale marker).
@@ -181,8 +182,9 @@ pub fn range_stats(conn: &Connection, series_id: i64, from: i64, to: i64) -> Res
 /// [`range_stats`] summed over several series (`ids` as for `rarray`), in one statement.
 pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<RangeStats, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data, series_id FROM chunks \
-         WHERE series_id IN rarray(?1) AND last_ts >= ?2 AND first_ts < ?3",
+        "SELECT c.first_ts, c.last_ts, c.n_points, c.n_values, c.first_value_ts, c.last_value_ts, c.data, c.series_id \
+         FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value AND c.last_ts >= ?2 AND c.first_ts < ?3 \
+         AND c.first_ts >= COALESCE((SELECT MAX(p.first_ts) FROM chunks p WHERE p.series_id = r.value AND p.first_ts <= ?2), ?2)",
     )?;
     let mut out = RangeStats::default();
     let mut rows = st.query(params![ids, from, to])?;
@@ -215,14 +217,75 @@ pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Res
     Ok(out)
 }
 
+/// Energy (µJ) and coverage (ms) per series over `[from, to)` (whole minutes),
+/// recomputed from the raw points exactly as the minute buckets would hold them:
+/// each interval between consecutive points is spread over one-minute buckets
+/// ([`spread`]) and the shares of the buckets inside the range are summed.
+/// Host series keep no minute rows (writing one per series per minute was the
+/// largest part of materializing); their minutes are these shares.
+pub fn minute_shares_of(
+    conn: &Connection,
+    ids: &Array,
+    from: i64,
+    to: i64,
+    gap_ms: i64,
+) -> Result<BTreeMap<i64, (i128, i128)>, StoreError> {
+    let mut out: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
+    if from >= to {
+        return Ok(out);
+    }
+    // Per series, from the chunk holding the last point before `from` to the
+    // one holding the first point at or after `to`: every interval that
+    // reaches into the range, and no other chunk. CROSS JOIN keeps the
+    // series list as the outer loop, so each series is an index range.
+    let mut st = conn.prepare_cached(
+        "SELECT c.series_id, c.first_ts, c.data, se.pruned_until_ms FROM rarray(?1) r \
+         CROSS JOIN series se ON se.id = r.value CROSS JOIN chunks c ON c.series_id = r.value \
+         AND c.first_ts >= COALESCE((SELECT MAX(p.first_ts) FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2), ?2) \
+         AND c.first_ts <= COALESCE((SELECT MIN(n.first_ts) FROM chunks n WHERE n.series_id = r.value AND n.first_ts >= ?3), ?3)",
+    )?;
+    let mut chunks: BTreeMap<(i64, i64), (i64, Vec<Point>)> = BTreeMap::new();
+    let mut rows = st.query(params![ids, from, to])?;
+    while let Some(r) = rows.next()? {
+        let (series_id, first, pruned_until): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(3)?);
+        let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+        chunks.insert((series_id, first), (pruned_until, decode(series_id, first, data)?));
+    }
+    // Chunks never overlap: in (series, first timestamp) order, each series' points are in time order.
+    let mut prev: Option<(i64, Point)> = None;
+    for ((series_id, _), (pruned_until, points)) in chunks {
+        if prev.is_some_and(|(id, _)| id != series_id) {
+            prev = None;
+        }
+        for p in points {
+            if let Some((_, (t0, v0))) = prev
+                && p.0 > from
+                && t0 < to
+            {
+                let t = out.entry(series_id).or_insert((0, 0));
+                for sh in spread(t0, p.0, increment(v0, p.1), MINUTE_MS, gap_ms) {
+                    // Minutes before the retention cutoff are gone, as meters' rows are.
+                    if sh.start_ms >= from.max(pruned_until) && sh.start_ms < to {
+                        t.0 += i128::from(sh.energy_uj);
+                        t.1 += i128::from(sh.covered_ms);
+                    }
+                }
+            }
+            prev = Some((series_id, p));
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes the chunks of every series that end before `cutoff`, keeping each
 /// series' last chunk (its last point is the next sample's baseline), and
-/// records `pruned_until_ms` for the series that lost some.
+/// records `pruned_until_ms` for the series with points before it: their
+/// minutes before it are gone ([`minute_shares_of`]) and a late sample before
+/// it cannot be slotted in.
 pub fn prune(tx: &Connection, cutoff: i64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE series SET pruned_until_ms = ?1 WHERE pruned_until_ms < ?1 AND EXISTS \
-         (SELECT 1 FROM chunks c WHERE c.series_id = series.id AND c.last_ts < ?1 AND c.first_ts < \
-          (SELECT MAX(first_ts) FROM chunks c2 WHERE c2.series_id = series.id))",
+         (SELECT 1 FROM chunks c WHERE c.series_id = series.id AND c.first_ts < ?1)",
         [cutoff],
     )?;
     tx.execute(
@@ -332,6 +395,52 @@ mod tests {
                 );
             }
             prop_assert_eq!(last_point(&conn, 1).expect("last"), all.iter().next_back().map(|(k, v)| (*k, *v)));
+        }
+
+        /// A range's minutes recomputed from the chunks equal the sum of the
+        /// minute buckets the series' intervals spread into, whatever the
+        /// chunking, with gaps, stale markers and resets.
+        #[test]
+        fn minute_shares_match_the_buckets(
+            seconds in proptest::collection::btree_set(0i64..7_200, 0..60),
+            values in proptest::collection::vec(prop_oneof![1 => Just(None), 6 => (0i64..5_000_000).prop_map(Some)], 60),
+            run_len in 1usize..9,
+            from_min in 0i64..130,
+            len_min in 0i64..70,
+            pruned_min in prop_oneof![Just(0i64), 0i64..130],
+        ) {
+            let conn = Connection::open_in_memory().expect("db");
+            rusqlite::vtab::array::load_module(&conn).expect("rarray");
+            conn.execute_batch(
+                "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,
+                   last_ts INTEGER NOT NULL, n_points INTEGER NOT NULL, n_values INTEGER NOT NULL,
+                   first_value_ts INTEGER, last_value_ts INTEGER, data BLOB NOT NULL);
+                 CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);",
+            ).expect("schema");
+            let pruned_until = pruned_min * MINUTE_MS;
+            conn.execute("INSERT INTO series VALUES (1, ?1), (2, 0)", [pruned_until]).expect("series");
+            // Series 2 holds other points in between: they must not leak into series 1.
+            append(&conn, 2, &[(0, Some(1)), (7_200_000, Some(1 << 40))]).expect("append");
+            let points: Vec<Point> = seconds.iter().zip(&values).map(|(t, v)| (t * 1_000, *v)).collect();
+            for run in points.chunks(run_len) {
+                append(&conn, 1, run).expect("append");
+            }
+            let (from, to) = (from_min * MINUTE_MS, (from_min + len_min) * MINUTE_MS);
+            let gap_ms = 300_000;
+            let mut want = (0i128, 0i128);
+            for w in points.windows(2) {
+                for sh in spread(w[0].0, w[1].0, increment(w[0].1, w[1].1), MINUTE_MS, gap_ms) {
+                    if sh.start_ms >= from.max(pruned_until) && sh.start_ms < to {
+                        want.0 += i128::from(sh.energy_uj);
+                        want.1 += i128::from(sh.covered_ms);
+                    }
+                }
+            }
+            let ids: Array = Rc::new(vec![rusqlite::types::Value::Integer(1)]);
+            let got = minute_shares_of(&conn, &ids, from, to, gap_ms).expect("shares");
+            prop_assert_eq!(got.get(&1).copied().unwrap_or((0, 0)), want);
+            prop_assert!(got.keys().all(|k| *k == 1));
         }
     }
 }

@@ -18,8 +18,6 @@
 //! add the unmaterialized entries to what the tables say, so every answer is
 //! exact at all times, including after a crash.
 
-use std::collections::HashMap;
-
 use rusqlite::Connection;
 
 use super::StoreError;
@@ -214,7 +212,7 @@ pub fn rows(conn: &Connection, after: i64, max_entries: usize) -> Result<(Vec<Ro
 /// The unmaterialized entries per series, in booking (and time) order.
 #[derive(Debug, Default, Clone)]
 pub struct Pending {
-    pub by_series: HashMap<i64, Vec<Entry>>,
+    pub by_series: super::IdMap<i64, Vec<Entry>>,
 }
 
 impl Pending {

@@ -19,7 +19,40 @@ pub mod query;
 pub mod sqlite;
 pub mod writer;
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// A hasher for keys the ledger assigns itself (series ids, bucket starts):
+/// the multiply-rotate step of rustc's FxHash. SipHash's resistance to chosen
+/// keys buys nothing for ids no client picks, and it was a few percent of the
+/// writer's time; maps keyed by client-chosen names keep the default hasher.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A map keyed by ledger-assigned integers (see [`IdHasher`]).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// The metric the ledger books from agents (role `it_in`).
 pub const HOST_ENERGY_METRIC: &str = "domesday_host_energy_joules_total";

@@ -140,9 +140,10 @@ fn sum_buckets(
     Ok(out)
 }
 
-/// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges, hourly roll-ups
-/// for the whole hours in between (so ranges older than the minute retention
-/// still answer on whole hours).
+/// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges (meters' minute
+/// rows; host series' minutes recomputed from their raw points), hourly
+/// roll-ups for the whole hours in between (so ranges older than the minute
+/// retention still answer on whole hours).
 pub fn energy(
     conn: &Connection,
     q: &EnergyQuery,
@@ -197,7 +198,12 @@ pub fn energy(
     };
     let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
     for (table, a, b) in parts {
-        for (id, (e, c)) in sum_buckets(conn, table, &id_param, a, b)? {
+        let mut parts = vec![sum_buckets(conn, table, &id_param, a, b)?];
+        if table == "minutes" {
+            // Host series' minutes come from their raw points (no minute rows).
+            parts.push(super::chunk::minute_shares_of(conn, &id_param, a, b, policy.gap_ms)?);
+        }
+        for (id, (e, c)) in parts.into_iter().flatten() {
             let t = per_series.entry(id).or_insert((0, 0));
             t.0 += e;
             t.1 += c;
@@ -210,9 +216,7 @@ pub fn energy(
                     continue;
                 }
                 let t = per_series.entry(*id).or_insert((0, 0));
-                for sh in
-                    spread(t0, t1, inc, bucket, policy.gap_ms).into_iter().filter(|s| s.start_ms >= a && s.start_ms < b)
-                {
+                for sh in spread(t0, t1, inc, bucket, policy.gap_ms).filter(|s| s.start_ms >= a && s.start_ms < b) {
                     t.0 += i128::from(sh.energy_uj);
                     t.1 += i128::from(sh.covered_ms);
                 }

@@ -6,11 +6,14 @@
 //! transaction) pays for the fsync.
 //!
 //! Schema (versioned with `PRAGMA user_version`, migrations in [`MIGRATIONS`]):
-//! `series` (site, host, metric, method), raw `samples` (so a late sample can be
-//! slotted between its neighbours and a replay recognised), `intervals` of
-//! meters, `minutes` and `hours` buckets of integer µJ (or µL for water and fuel) with the observed milliseconds, `hosts` (the
-//! machine that owns each host name) and `host_conflicts`, and the `journal` of
-//! host samples not yet written to `samples`/`minutes`/`hours` ([`super::journal`]).
+//! `series` (site, host, metric, method), raw samples (so a late sample can be
+//! slotted between its neighbours and a replay recognised: meters' as `samples`
+//! rows, hosts' as per-series [`super::chunk`]s), `intervals` of meters,
+//! `hours` buckets of integer µJ (or µL for water and fuel) with the observed
+//! milliseconds, `minutes` buckets of meters (a host series' minutes are
+//! recomputed from its chunks), `hosts` (the machine that owns each host name)
+//! and `host_conflicts`, and the `journal` of host samples not yet written to
+//! chunks and hours ([`super::journal`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +26,8 @@ use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
-    Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, LedgerReader, LedgerWriter, METER_METRIC, Outcome, StoreError,
-    micro_factor,
+    Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome,
+    StoreError, micro_factor,
 };
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
@@ -85,6 +88,11 @@ CREATE TABLE chunks (
     data BLOB NOT NULL
 );
 CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);
+"#,
+    r#"
+-- Host series' minutes are recomputed from their chunks (see ledger::chunk::minute_shares_of);
+-- `minutes` keeps meters'.
+DELETE FROM minutes WHERE series_id IN (SELECT id FROM series WHERE meter = '');
 "#,
 ];
 
@@ -188,7 +196,7 @@ pub struct SqliteWriter {
     conn: Connection,
     policy: Policy,
     series: HashMap<SeriesKey, i64>,
-    last: HashMap<i64, Last>,
+    last: IdMap<i64, Last>,
     owners: HashMap<(String, String), (String, i64)>,
     /// Journal entries this writer committed since the last materialization.
     journal_entries: usize,
@@ -200,10 +208,10 @@ pub struct SqliteWriter {
 #[derive(Default)]
 struct Staged {
     series: HashMap<SeriesKey, i64>,
-    last: HashMap<i64, Last>,
+    last: IdMap<i64, Last>,
     owners: HashMap<(String, String), (String, i64)>,
-    minutes: HashMap<(i64, i64), (i64, i64)>,
-    hours: HashMap<(i64, i64), (i64, i64)>,
+    minutes: IdMap<(i64, i64), (i64, i64)>,
+    hours: IdMap<(i64, i64), (i64, i64)>,
     /// Net µJ booked by the batch being applied.
     energy_uj: i128,
     key_buf: String,
@@ -228,7 +236,7 @@ impl SqliteWriter {
             tx.commit()?;
         }
         let mut series = HashMap::new();
-        let mut last = HashMap::new();
+        let mut last = IdMap::default();
         let mut owners = HashMap::new();
         {
             let mut st = conn.prepare("SELECT id, site, host, meter, method FROM series")?;
@@ -281,13 +289,15 @@ impl SqliteWriter {
     }
 
     /// Books `amount` (in the series' micro-units) over `[t0, t1)`, converted to the
-    /// bucket's micro-base unit with the unit's exact integer factor.
+    /// bucket's micro-base unit with the unit's exact integer factor, into the
+    /// hours and, when `minutes` (meters), the minutes.
     #[allow(clippy::too_many_arguments)]
     fn book_interval(
         staged: &mut Staged,
         policy: &Policy,
         id: i64,
         factor: i64,
+        minutes: bool,
         t0: i64,
         t1: i64,
         amount: i64,
@@ -298,6 +308,9 @@ impl SqliteWriter {
             staged.energy_uj += i128::from(sign) * i128::from(energy);
         }
         for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
+            if bucket == MINUTE_MS && !minutes {
+                continue;
+            }
             for s in spread(t0, t1, energy, bucket, policy.gap_ms) {
                 add_to_bucket(map, id, s.start_ms, sign * s.energy_uj, sign * s.covered_ms);
             }
@@ -332,10 +345,22 @@ impl SqliteWriter {
                     tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
                     for (key, id) in self.series.iter().chain(staged.series.iter()) {
                         let mut parts = key.split(SEP);
-                        if parts.next() == Some(c.site.as_str()) && parts.next() == Some(c.host.as_str()) {
-                            let ts =
-                                staged.last.get(id).or_else(|| self.last.get(id)).map(|l| l.ts_ms).unwrap_or(c.ts_ms);
-                            staged.last.insert(*id, Last { ts_ms: ts, value: None });
+                        if parts.next() == Some(c.site.as_str())
+                            && parts.next() == Some(c.host.as_str())
+                            && let Some(l) = staged.last.get(id).or_else(|| self.last.get(id)).copied()
+                            && l.value.is_some()
+                        {
+                            // A stale marker 1 ms after the old machine's last sample, journaled
+                            // like any sample: the raw points, and the minutes recomputed from
+                            // them, hold the fresh baseline as the buckets do.
+                            let ts_ms = l.ts_ms + 1;
+                            staged.entries.push(Entry {
+                                series_id: *id,
+                                ts_ms,
+                                value: None,
+                                prev: Some((l.ts_ms, l.value)),
+                            });
+                            staged.last.insert(*id, Last { ts_ms, value: None });
                         }
                     }
                     staged.owners.insert(key.clone(), (c.machine_id.clone(), c.ts_ms));
@@ -405,7 +430,7 @@ impl SqliteWriter {
                 Some(l) if s.ts_ms > l.ts_ms => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
                     let inc = increment(l.value, s.value_micro);
-                    Self::book_interval(staged, &self.policy, id, factor, l.ts_ms, s.ts_ms, inc, 1);
+                    Self::book_interval(staged, &self.policy, id, factor, true, l.ts_ms, s.ts_ms, inc, 1);
                     staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
@@ -434,32 +459,18 @@ impl SqliteWriter {
                         out.too_old += 1;
                         continue;
                     }
+                    // A host series' minutes are recomputed from its points: only hours are booked.
+                    let mut book = |t0, t1, amount, sign| {
+                        Self::book_interval(staged, &self.policy, id, factor, !host, t0, t1, amount, sign)
+                    };
                     if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
-                        Self::book_interval(staged, &self.policy, id, factor, pt, nt, increment(pv, nv), -1);
+                        book(pt, nt, increment(pv, nv), -1);
                     }
                     if let Some((pt, pv)) = prev {
-                        Self::book_interval(
-                            staged,
-                            &self.policy,
-                            id,
-                            factor,
-                            pt,
-                            s.ts_ms,
-                            increment(pv, s.value_micro),
-                            1,
-                        );
+                        book(pt, s.ts_ms, increment(pv, s.value_micro), 1);
                     }
                     if let Some((nt, nv)) = next {
-                        Self::book_interval(
-                            staged,
-                            &self.policy,
-                            id,
-                            factor,
-                            s.ts_ms,
-                            nt,
-                            increment(s.value_micro, nv),
-                            1,
-                        );
+                        book(s.ts_ms, nt, increment(s.value_micro, nv), 1);
                     }
                     if host {
                         chunk::insert(tx, id, (s.ts_ms, s.value_micro))?;
@@ -490,7 +501,7 @@ impl SqliteWriter {
                     )?;
                     // An interval reading is a measurement of the whole interval: it covers it.
                     let policy = Policy { gap_ms: i64::MAX, ..self.policy };
-                    Self::book_interval(staged, &policy, id, factor, iv.start_ms, iv.end_ms, iv.value_micro, 1);
+                    Self::book_interval(staged, &policy, id, factor, true, iv.start_ms, iv.end_ms, iv.value_micro, 1);
                     out.booked += 1;
                 }
             }
@@ -578,7 +589,7 @@ impl SqliteWriter {
         let policy = Policy { gap_ms: i64::MAX, ..self.policy };
         let factor = micro_factor(unit).unwrap_or(0);
         let (amount, sign) = if value_micro < 0 { (-value_micro, -1) } else { (value_micro, 1) };
-        Self::book_interval(&mut staged, &policy, id, factor, start_ms, end_ms, amount, sign);
+        Self::book_interval(&mut staged, &policy, id, factor, true, start_ms, end_ms, amount, sign);
         // A correction adds or removes energy; it observes nothing, so coverage stays.
         for map in [&mut staged.minutes, &mut staged.hours] {
             for v in map.values_mut() {
@@ -633,33 +644,50 @@ impl SqliteWriter {
     /// are not recreated: they were pruned, their hour holds the energy, and a
     /// partial minute row would be wrong.
     fn write_buckets(tx: &rusqlite::Transaction<'_>, staged: &Staged) -> Result<(), StoreError> {
-        let mut pruned: HashMap<i64, i64> = HashMap::new();
-        {
-            let mut st = tx.prepare_cached("SELECT pruned_until_ms FROM series WHERE id = ?1")?;
-            for (id, _) in staged.minutes.keys() {
-                if !pruned.contains_key(id) {
-                    pruned.insert(*id, st.query_row([id], |r| r.get(0))?);
-                }
+        write_bucket_lists(tx, &sorted_buckets(&staged.minutes), &sorted_buckets(&staged.hours))
+    }
+}
+
+/// A bucket to add: `((series_id, start_ms), (energy, covered_ms))`.
+type Bucket = ((i64, i64), (i64, i64));
+
+fn sorted_buckets(map: &IdMap<(i64, i64), (i64, i64)>) -> Vec<Bucket> {
+    let mut v: Vec<Bucket> = map.iter().map(|(k, v)| (*k, *v)).collect();
+    v.sort_unstable_by_key(|b| b.0);
+    v
+}
+
+/// Adds `minutes` and `hours` (each sorted by series and start) to their
+/// tables. In key order, consecutive upserts land on the same B-tree page;
+/// in hash order each one was a fresh descent to another page.
+fn write_bucket_lists(tx: &rusqlite::Transaction<'_>, minutes: &[Bucket], hours: &[Bucket]) -> Result<(), StoreError> {
+    let mut pruned: Option<(i64, i64)> = None;
+    let mut pruned_of = tx.prepare_cached("SELECT pruned_until_ms FROM series WHERE id = ?1")?;
+    let mut up_min = tx.prepare_cached(
+        "INSERT INTO minutes VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+         energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+    )?;
+    for &((id, start), (e, c)) in minutes {
+        let until = match pruned {
+            Some((pid, until)) if pid == id => until,
+            _ => {
+                let until: i64 = pruned_of.query_row([id], |r| r.get(0))?;
+                pruned = Some((id, until));
+                until
             }
-        }
-        let mut up_min = tx.prepare_cached(
-            "INSERT INTO minutes VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-             energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
-        )?;
-        for ((id, start), (e, c)) in
-            staged.minutes.iter().filter(|((id, start), _)| *start >= pruned.get(id).copied().unwrap_or(0))
-        {
+        };
+        if start >= until {
             up_min.execute(params![id, start, e, c])?;
         }
-        let mut up_hour = tx.prepare_cached(
-            "INSERT INTO hours VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-             energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
-        )?;
-        for ((id, start), (e, c)) in &staged.hours {
-            up_hour.execute(params![id, start, e, c])?;
-        }
-        Ok(())
     }
+    let mut up_hour = tx.prepare_cached(
+        "INSERT INTO hours VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+         energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+    )?;
+    for &((id, start), (e, c)) in hours {
+        up_hour.execute(params![id, start, e, c])?;
+    }
+    Ok(())
 }
 
 impl SqliteWriter {
@@ -691,7 +719,7 @@ impl SqliteWriter {
 }
 
 /// Adds energy (µJ) and coverage (ms) to the staged bucket `(id, start)`.
-fn add_to_bucket(map: &mut HashMap<(i64, i64), (i64, i64)>, id: i64, start: i64, energy_uj: i64, covered_ms: i64) {
+fn add_to_bucket(map: &mut IdMap<(i64, i64), (i64, i64)>, id: i64, start: i64, energy_uj: i64, covered_ms: i64) {
     let t = map.entry((id, start)).or_insert((0, 0));
     t.0 += energy_uj;
     t.1 += covered_ms;
@@ -731,37 +759,33 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
     let mut entries: Vec<Entry> = rows.into_iter().flat_map(|(_, e)| e).collect();
     // Series by series, in time order: each series' pages are touched once.
     entries.sort_by_key(|e| (e.series_id, e.ts_ms));
-    let mut staged = Staged::default();
+    // Runs come by series, each in time order, so their hours come out sorted.
+    // Host series keep no minute rows: their minutes are recomputed from the
+    // chunks ([`chunk::minute_shares_of`]).
+    let mut hours: Vec<Bucket> = Vec::new();
+    let mut points: Vec<chunk::Point> = Vec::new();
     for run in entries.chunk_by(|a, b| a.series_id == b.series_id) {
         let id = run[0].series_id;
-        let points: Vec<chunk::Point> = run.iter().map(|e| (e.ts_ms, e.value)).collect();
+        points.clear();
+        points.extend(run.iter().map(|e| (e.ts_ms, e.value)));
         chunk::append(tx, id, &points)?;
-        // A run is in time order, so its buckets come in order too: add them up
-        // here and touch the maps once per bucket, not once per sample.
-        // Journaled series are host energy counters: joules, factor 1.
-        for (bucket, map) in [(MINUTE_MS, &mut staged.minutes), (HOUR_MS, &mut staged.hours)] {
-            let mut open: Option<(i64, i64, i64)> = None;
-            for (t0, t1, inc) in run.iter().filter_map(Entry::interval) {
-                for sh in spread(t0, t1, inc, bucket, policy.gap_ms) {
-                    match &mut open {
-                        Some((start, e, c)) if *start == sh.start_ms => {
-                            *e += sh.energy_uj;
-                            *c += sh.covered_ms;
-                        }
-                        _ => {
-                            if let Some((start, e, c)) = open.replace((sh.start_ms, sh.energy_uj, sh.covered_ms)) {
-                                add_to_bucket(map, id, start, e, c);
-                            }
-                        }
+        // Add a run's shares up per hour here: each hour is written once, not
+        // once per sample. Journaled series are host energy counters: joules, factor 1.
+        let mut open: Option<Bucket> = None;
+        for (t0, t1, inc) in run.iter().filter_map(Entry::interval) {
+            for sh in spread(t0, t1, inc, HOUR_MS, policy.gap_ms) {
+                match &mut open {
+                    Some(((_, start), (e, c))) if *start == sh.start_ms => {
+                        *e += sh.energy_uj;
+                        *c += sh.covered_ms;
                     }
+                    _ => hours.extend(open.replace(((id, sh.start_ms), (sh.energy_uj, sh.covered_ms)))),
                 }
             }
-            if let Some((start, e, c)) = open {
-                add_to_bucket(map, id, start, e, c);
-            }
         }
+        hours.extend(open);
     }
-    SqliteWriter::write_buckets(tx, &staged)?;
+    write_bucket_lists(tx, &[], &hours)?;
     tx.execute("DELETE FROM journal WHERE seq <= ?1", [max_seq])?;
     Ok(more)
 }

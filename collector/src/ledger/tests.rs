@@ -429,6 +429,7 @@ fn host_sample_rows_of_schema_2_move_into_chunks() {
     use super::sqlite::MIGRATIONS;
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("l.db");
+    let mut minutes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     {
         let conn = rusqlite::Connection::open(&db).expect("db");
         for m in &MIGRATIONS[..2] {
@@ -444,13 +445,38 @@ fn host_sample_rows_of_schema_2_move_into_chunks() {
         for i in 0..2_500i64 {
             conn.execute("INSERT INTO samples VALUES (1, ?1, ?2)", [T0 + i * 1_000, i * 10]).expect("sample");
         }
+        // The minute rows the earlier writer booked for them, and a meter's minute.
+        for i in 1..2_500i64 {
+            for sh in spread(T0 + (i - 1) * 1_000, T0 + i * 1_000, 10, MINUTE_MS, Policy::default().gap_ms) {
+                let m = minutes.entry(sh.start_ms).or_insert((0, 0));
+                m.0 += sh.energy_uj;
+                m.1 += sh.covered_ms;
+            }
+        }
+        for (start, (e, c)) in &minutes {
+            conn.execute("INSERT INTO minutes VALUES (1, ?1, ?2, ?3)", [start, e, c]).expect("minute");
+        }
+        conn.execute(
+            "INSERT INTO series (id, site, host, meter, metric, method, quality, role, unit) \
+             VALUES (2, 's', '', 'grid', 'meter', '', 'measured', 'utility_in', 'kWh')",
+            [],
+        )
+        .expect("meter");
+        conn.execute("INSERT INTO minutes VALUES (2, ?1, 7, 60000)", [T0]).expect("meter minute");
     }
     let mut w = SqliteWriter::open(&db, Policy::default()).expect("open migrates");
-    let left: i64 = rusqlite::Connection::open(&db)
-        .expect("db")
-        .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(left, 0);
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db).expect("db").query_row(sql, [], |r| r.get(0)).expect("count")
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM samples"), 0);
+    // Host minutes are recomputed from the chunks from now on; meters keep theirs.
+    assert_eq!(count("SELECT COUNT(*) FROM minutes WHERE series_id = 1"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM minutes WHERE series_id = 2"), 1);
+    let edge = SqliteReader::new(&db, Policy::default())
+        .energy(&query(Some("h1"), T0 + 5 * MINUTE_MS, T0 + 20 * MINUTE_MS))
+        .expect("q");
+    let want: i64 = minutes.range(T0 + 5 * MINUTE_MS..T0 + 20 * MINUTE_MS).map(|(_, (e, _))| e).sum();
+    assert_eq!(edge.energy_uj(), i128::from(want));
     let o = w
         .apply(
             &[batch(vec![
