@@ -33,7 +33,8 @@ pub struct Stats {
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
     site_energy: BTreeMap<(String, String), i128>,
-    last_seen: BTreeMap<(String, String), i64>,
+    /// Per site, per host: the newest sample timestamp seen (ms).
+    last_seen: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 impl Stats {
@@ -51,7 +52,7 @@ impl Stats {
             let mut keys = b
                 .samples
                 .iter()
-                .map(|s| (&*s.site, &*s.role, &*s.unit))
+                .map(|s| (&*s.series.site, &*s.series.role, &*s.series.unit))
                 .chain(b.intervals.iter().map(|i| (i.site.as_str(), i.role.as_str(), i.unit.as_str())));
             if let Some(first @ (site, role, unit)) = keys.next()
                 // Shared labels: the same pointer, usually; the contents otherwise.
@@ -160,9 +161,19 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             *s.samples.entry("suspect").or_insert(0) += v;
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
-        for (host, t) in &accepted.hosts {
-            let e = s.last_seen.entry((site.clone(), host.clone())).or_insert(*t);
-            *e = (*e).max(*t);
+        // Keys are copied only for a host seen for the first time.
+        if !s.last_seen.contains_key(&site) {
+            s.last_seen.insert(site.clone(), BTreeMap::new());
+        }
+        if let Some(hosts) = s.last_seen.get_mut(&site) {
+            for (host, t) in accepted.hosts {
+                match hosts.get_mut(&host) {
+                    Some(e) => *e = (*e).max(t),
+                    None => {
+                        hosts.insert(host, t);
+                    }
+                }
+            }
         }
     }
     if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
@@ -496,8 +507,10 @@ async fn metrics(State(state): State<Shared>) -> Response {
         for ((site, role), uj) in &s.site_energy {
             samples.push(Sample::new(&SITE_ENERGY, vec![site.clone(), role.clone()], *uj as f64 / 1e6));
         }
-        for ((site, host), t) in &s.last_seen {
-            samples.push(Sample::new(&HOST_LAST_SEEN, vec![site.clone(), host.clone()], *t as f64 / 1000.0));
+        for (site, hosts) in &s.last_seen {
+            for (host, t) in hosts {
+                samples.push(Sample::new(&HOST_LAST_SEEN, vec![site.clone(), host.clone()], *t as f64 / 1000.0));
+            }
         }
         for (code, n) in &s.requests {
             samples.push(Sample::new(&INGEST_REQUESTS, vec![code.to_string()], *n as f64));

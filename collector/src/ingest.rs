@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
 use crate::ledger::book::joules_to_uj;
-use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel, HostSeries};
+use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel, SeriesLabels};
 
 /// Counters far beyond any machine's energy (10 TJ ≈ 2.8 GWh) are suspect.
 pub const ABSURD_JOULES: f64 = 1e13;
@@ -103,11 +103,11 @@ pub fn decode_body(body: &[u8], limits: &IngestConfig) -> Result<WriteRequest, R
 /// Applies the ingest rules to a decoded request from `site`.
 /// The ledger's preferred order: by host and method, then time.
 fn in_order(a: &CounterSample, b: &CounterSample) -> std::cmp::Ordering {
-    // Within a run of one series the labels are the same shared strings.
-    if std::sync::Arc::ptr_eq(&a.host, &b.host) && std::sync::Arc::ptr_eq(&a.method, &b.method) {
+    // Within a run of one series the labels are the same shared struct.
+    if std::sync::Arc::ptr_eq(&a.series, &b.series) {
         return a.ts_ms.cmp(&b.ts_ms);
     }
-    (&a.host, &a.method, a.ts_ms).cmp(&(&b.host, &b.method, b.ts_ms))
+    (&a.series.host, &a.series.method, a.ts_ms).cmp(&(&b.series.host, &b.series.method, b.ts_ms))
 }
 
 pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
@@ -126,6 +126,7 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         )));
     }
     let max_future = now_ms + limits.max_future.0.as_millis() as i64;
+    let site_labels: std::sync::Arc<str> = site.into();
     let mut acc = Accepted::default();
     // At most `total` samples: one allocation, not a doubling series of copies.
     acc.batch.samples.reserve(total);
@@ -211,7 +212,7 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         let Some(method) = Method::ALL.iter().find(|m| m.as_str() == method_label) else {
             return Err(Refusal::BadRequest(format!("series {i}: {name} has an unknown method {method_label:?}")));
         };
-        let labels = HostSeries::new(site, host, method.as_str(), method.quality().as_str());
+        let labels = SeriesLabels::host(site_labels.clone(), host, method.as_str(), method.quality().as_str());
         for s in &ts.samples {
             let value_uj = if is_stale_nan(s.value) {
                 None
@@ -298,7 +299,7 @@ mod tests {
         assert_eq!(a.batch.samples.len(), 3);
         assert_eq!(a.batch.samples[1].value_micro, Some(11_500_000));
         assert_eq!(a.batch.samples[2].value_micro, None);
-        assert_eq!(&*a.batch.samples[0].quality, "estimated");
+        assert_eq!(&*a.batch.samples[0].series.quality, "estimated");
         assert_eq!(a.suspect.get("no_site"), Some(&1));
         assert_eq!(a.other, 2);
         assert_eq!(

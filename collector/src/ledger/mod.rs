@@ -19,6 +19,7 @@ pub mod query;
 pub mod sqlite;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -79,85 +80,77 @@ pub fn is_volume(unit: &str) -> bool {
     matches!(unit, "L" | "m3")
 }
 
-/// One cumulative sample to book: a host's energy counter (`meter` empty,
-/// unit `J`) or a facility meter's register (`host` empty). The labels are
-/// shared (`Arc<str>`): a request's run of samples of one series points at the
-/// same strings, so decoding allocates per series, not per sample, and the
-/// writer recognises a run by pointer.
+/// The labels of one booked series: a host's energy counter (`meter` empty,
+/// unit `J`) or a facility meter's register (`host` empty). A request's samples
+/// of one series share one of these, so decoding allocates per series, not per
+/// sample, and the writer recognises a run of one series by pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesLabels {
+    pub site: Arc<str>,
+    pub host: String,
+    pub meter: String,
+    pub method: Cow<'static, str>,
+    pub quality: Cow<'static, str>,
+    pub role: Cow<'static, str>,
+    pub unit: Cow<'static, str>,
+}
+
+impl SeriesLabels {
+    /// A host energy series; `site` is shared by every series of a request.
+    pub fn host(site: Arc<str>, host: &str, method: &'static str, quality: &'static str) -> Arc<Self> {
+        Arc::new(SeriesLabels {
+            site,
+            host: host.to_string(),
+            meter: String::new(),
+            method: Cow::Borrowed(method),
+            quality: Cow::Borrowed(quality),
+            role: Cow::Borrowed("it_in"),
+            unit: Cow::Borrowed("J"),
+        })
+    }
+}
+
+/// One cumulative sample to book (see [`SeriesLabels`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CounterSample {
-    pub site: Arc<str>,
-    pub host: Arc<str>,
-    pub meter: Arc<str>,
-    pub method: Arc<str>,
-    pub quality: Arc<str>,
-    pub role: Arc<str>,
-    pub unit: Arc<str>,
+    pub series: Arc<SeriesLabels>,
     pub ts_ms: i64,
-    /// Micro-units of `unit` (µJ for agents); `None` is a stale marker.
+    /// Micro-units of the series' unit (µJ for agents); `None` is a stale marker.
     pub value_micro: Option<i64>,
 }
 
 impl CounterSample {
-    /// An agent's host energy sample.
+    /// An agent's host energy sample, with labels of its own.
     pub fn host(site: &str, host: &str, method: &str, quality: &str, ts_ms: i64, value_uj: Option<i64>) -> Self {
-        CounterSample::of_series(&HostSeries::new(site, host, method, quality), ts_ms, value_uj)
+        let series = Arc::new(SeriesLabels {
+            site: site.into(),
+            host: host.to_string(),
+            meter: String::new(),
+            method: Cow::Owned(method.to_string()),
+            quality: Cow::Owned(quality.to_string()),
+            role: Cow::Borrowed("it_in"),
+            unit: Cow::Borrowed("J"),
+        });
+        CounterSample { series, ts_ms, value_micro: value_uj }
     }
 
-    /// A sample of a host series whose labels are already shared.
-    pub fn of_series(s: &HostSeries, ts_ms: i64, value_uj: Option<i64>) -> Self {
-        CounterSample {
-            site: s.site.clone(),
-            host: s.host.clone(),
-            meter: s.empty.clone(),
-            method: s.method.clone(),
-            quality: s.quality.clone(),
-            role: s.role.clone(),
-            unit: s.unit.clone(),
-            ts_ms,
-            value_micro: value_uj,
-        }
+    /// A sample of a series whose labels are already shared.
+    pub fn of_series(series: &Arc<SeriesLabels>, ts_ms: i64, value_micro: Option<i64>) -> Self {
+        CounterSample { series: series.clone(), ts_ms, value_micro }
     }
 
     /// A facility meter's register reading.
     pub fn meter(site: &str, meter: &str, role: &str, unit: &str, ts_ms: i64, value_micro: i64) -> Self {
-        CounterSample {
+        let series = Arc::new(SeriesLabels {
             site: site.into(),
-            host: "".into(),
-            meter: meter.into(),
-            method: "".into(),
-            quality: "measured".into(),
-            role: role.into(),
-            unit: unit.into(),
-            ts_ms,
-            value_micro: Some(value_micro),
-        }
-    }
-}
-
-/// The shared labels of one host energy series, built once per series of a request.
-#[derive(Debug, Clone)]
-pub struct HostSeries {
-    site: Arc<str>,
-    host: Arc<str>,
-    method: Arc<str>,
-    quality: Arc<str>,
-    role: Arc<str>,
-    unit: Arc<str>,
-    empty: Arc<str>,
-}
-
-impl HostSeries {
-    pub fn new(site: &str, host: &str, method: &str, quality: &str) -> Self {
-        HostSeries {
-            site: site.into(),
-            host: host.into(),
-            method: method.into(),
-            quality: quality.into(),
-            role: "it_in".into(),
-            unit: "J".into(),
-            empty: "".into(),
-        }
+            host: String::new(),
+            meter: meter.to_string(),
+            method: Cow::Borrowed(""),
+            quality: Cow::Borrowed("measured"),
+            role: Cow::Owned(role.to_string()),
+            unit: Cow::Owned(unit.to_string()),
+        });
+        CounterSample { series, ts_ms, value_micro: Some(value_micro) }
     }
 }
 

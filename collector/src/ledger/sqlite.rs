@@ -375,30 +375,24 @@ impl SqliteWriter {
         let mut insert =
             tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
         // Requests carry runs of one series: its id is looked up once per run.
-        let mut run: Option<(&super::CounterSample, i64)> = None;
+        let mut run: Option<(&Arc<super::SeriesLabels>, i64)> = None;
         for s in &batch.samples {
-            if refused.iter().any(|(site, host)| **site == *s.site && **host == *s.host) {
+            let l = &*s.series;
+            if refused.iter().any(|(site, host)| **site == *l.site && *host == l.host) {
                 out.host_conflict += 1;
                 tx.execute(
                     "UPDATE host_conflicts SET rejected_samples = rejected_samples + 1 WHERE site = ?1 AND host = ?2",
-                    params![s.site, s.host],
+                    params![&*l.site, l.host],
                 )?;
                 continue;
             }
-            let factor = micro_factor(&s.unit).unwrap_or(0);
+            let factor = micro_factor(&l.unit).unwrap_or(0);
             let id = match run {
-                Some((r, id))
-                    if same(&r.host, &s.host)
-                        && same(&r.method, &s.method)
-                        && same(&r.meter, &s.meter)
-                        && same(&r.site, &s.site) =>
-                {
-                    id
-                }
-                _ => self.series_id(tx, staged, &s.site, &s.host, &s.meter, &s.method, &s.quality, &s.role, &s.unit)?,
+                Some((r, id)) if Arc::ptr_eq(r, &s.series) || **r == *l => id,
+                _ => self.series_id(tx, staged, &l.site, &l.host, &l.meter, &l.method, &l.quality, &l.role, &l.unit)?,
             };
-            run = Some((s, id));
-            let last = if s.meter.is_empty() {
+            run = Some((&s.series, id));
+            let last = if l.meter.is_empty() {
                 staged.last.get(&id).or_else(|| self.last.get(&id)).copied()
             } else {
                 tx.query_row(
@@ -409,7 +403,7 @@ impl SqliteWriter {
                 .optional()?
             };
             let newest = last.is_none_or(|l| s.ts_ms > l.ts_ms);
-            if newest && s.meter.is_empty() {
+            if newest && l.meter.is_empty() {
                 // The fast path: journaled now, written to the series' tables in bulk later.
                 let prev = last.map(|l| (l.ts_ms, l.value));
                 let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
@@ -437,12 +431,12 @@ impl SqliteWriter {
                 Some(_) => {
                     // At or before the series' last sample: a replay, or a late sample.
                     // Its neighbours may still be in the journal: write it out first.
-                    if s.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
+                    if l.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
                         Self::journal_staged(tx, staged)?;
                         materialize(tx, &self.policy, usize::MAX)?;
                         staged.materialized = true;
                     }
-                    let host = s.meter.is_empty();
+                    let host = l.meter.is_empty();
                     let (prev, existing, next) =
                         if host { chunk::neighbours(tx, id, s.ts_ms)? } else { sample_neighbours(tx, id, s.ts_ms)? };
                     if let Some(v) = existing {
@@ -723,11 +717,6 @@ fn add_to_bucket(map: &mut IdMap<(i64, i64), (i64, i64)>, id: i64, start: i64, e
     let t = map.entry((id, start)).or_insert((0, 0));
     t.0 += energy_uj;
     t.1 += covered_ms;
-}
-
-/// Equal labels: the same shared string (a run of one series), else the same text.
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 /// A meter series' samples around `t` (see [`chunk::neighbours`] for host series).

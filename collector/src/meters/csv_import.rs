@@ -207,7 +207,7 @@ pub fn parse(text: &str, site: &str, meters: &[MeterConfig], opts: &CsvOptions) 
         }
     }
     if errors.is_empty() {
-        batch.samples.sort_by(|a, b| (&a.meter, a.ts_ms).cmp(&(&b.meter, b.ts_ms)));
+        batch.samples.sort_by(|a, b| (&a.series.meter, a.ts_ms).cmp(&(&b.series.meter, b.ts_ms)));
         Ok(batch)
     } else {
         Err(errors)
