@@ -45,13 +45,21 @@ pub fn encode(points: &[Point]) -> Vec<u8> {
 
 /// Decodes a chunk; `series_id` and `first_ts` name it in the error.
 pub fn decode(series_id: i64, first_ts: i64, bytes: &[u8]) -> Result<Vec<Point>, StoreError> {
+    let mut out = Vec::new();
+    decode_into(series_id, first_ts, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into a reused vector (cleared first).
+pub fn decode_into(series_id: i64, first_ts: i64, bytes: &[u8], out: &mut Vec<Point>) -> Result<(), StoreError> {
     let bad = |what: &str| StoreError::Chunk { series_id, first_ts, message: what.to_string() };
     let (Some(&VERSION), Some(n)) = (bytes.first(), bytes.get(1..5)) else {
         return Err(bad("unknown encoding version or truncated header"));
     };
     let count = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
     let mut pos = 5;
-    let mut out = Vec::with_capacity(count.min(bytes.len() / 2));
+    out.clear();
+    out.reserve(count.min(bytes.len() / 2));
     let (mut ts, mut base) = (0i64, 0i64);
     while pos < bytes.len() {
         let flag = bytes[pos];
@@ -68,7 +76,7 @@ pub fn decode(series_id: i64, first_ts: i64, bytes: &[u8]) -> Result<Vec<Point>,
     if out.len() != count {
         return Err(bad(&format!("holds {} points, its header says {count}", out.len())));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes `points` (sorted, unique) as the chunk starting at their first timestamp.
@@ -223,58 +231,121 @@ pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Res
 /// ([`spread`]) and the shares of the buckets inside the range are summed.
 /// Host series keep no minute rows (writing one per series per minute was the
 /// largest part of materializing); their minutes are these shares.
-pub fn minute_shares_of(
-    conn: &Connection,
-    ids: &Array,
-    from: i64,
-    to: i64,
-    gap_ms: i64,
-) -> Result<BTreeMap<i64, (i128, i128)>, StoreError> {
-    let mut out: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
+pub fn minute_shares_of(conn: &Connection, ids: &Array, from: i64, to: i64, gap_ms: i64) -> Result<Sums, StoreError> {
     if from >= to {
-        return Ok(out);
+        return Ok(BTreeMap::new());
+    }
+    // Retention cutoffs that reach into the range: usually none, so one scan
+    // of `series` instead of a lookup per series.
+    let mut pruned: BTreeMap<i64, i64> = BTreeMap::new();
+    {
+        let mut st = conn.prepare_cached("SELECT id, pruned_until_ms FROM series WHERE pruned_until_ms > ?1")?;
+        let mut rows = st.query([from])?;
+        while let Some(r) = rows.next()? {
+            pruned.insert(r.get(0)?, r.get(1)?);
+        }
     }
     // Per series, from the chunk holding the last point before `from` to the
     // one holding the first point at or after `to`: every interval that
     // reaches into the range, and no other chunk. CROSS JOIN keeps the
-    // series list as the outer loop, so each series is an index range.
-    let mut st = conn.prepare_cached(
-        "SELECT c.series_id, c.first_ts, c.data, se.pruned_until_ms FROM rarray(?1) r \
-         CROSS JOIN series se ON se.id = r.value CROSS JOIN chunks c ON c.series_id = r.value \
-         AND c.first_ts >= COALESCE((SELECT MAX(p.first_ts) FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2), ?2) \
-         AND c.first_ts <= COALESCE((SELECT MIN(n.first_ts) FROM chunks n WHERE n.series_id = r.value AND n.first_ts >= ?3), ?3)",
-    )?;
-    let mut chunks: BTreeMap<(i64, i64), (i64, Vec<Point>)> = BTreeMap::new();
-    let mut rows = st.query(params![ids, from, to])?;
-    while let Some(r) = rows.next()? {
-        let (series_id, first, pruned_until): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(3)?);
-        let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-        chunks.insert((series_id, first), (pruned_until, decode(series_id, first, data)?));
+    // series list as the outer loop, so each series is one index range, read
+    // in time order; should SQLite ever return them otherwise, the ordered
+    // form of the query answers instead.
+    if let Some(out) = minute_shares_pass(conn, MINUTE_SHARES_SQL, ids, (from, to), gap_ms, &pruned)? {
+        return Ok(out);
     }
-    // Chunks never overlap: in (series, first timestamp) order, each series' points are in time order.
-    let mut prev: Option<(i64, Point)> = None;
-    for ((series_id, _), (pruned_until, points)) in chunks {
-        if prev.is_some_and(|(id, _)| id != series_id) {
-            prev = None;
+    let ordered = format!("{MINUTE_SHARES_SQL} ORDER BY c.series_id, c.first_ts");
+    minute_shares_pass(conn, &ordered, ids, (from, to), gap_ms, &pruned)?.ok_or_else(|| StoreError::Chunk {
+        series_id: 0,
+        first_ts: from,
+        message: "chunks out of order".into(),
+    })
+}
+
+/// The chunks [`minute_shares_of`] reads (see there).
+const MINUTE_SHARES_SQL: &str = "SELECT c.series_id, c.first_ts, c.data FROM rarray(?1) r CROSS JOIN chunks c \
+     ON c.series_id = r.value \
+     AND c.first_ts >= COALESCE((SELECT MAX(p.first_ts) FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2), ?2) \
+     AND c.first_ts <= COALESCE((SELECT MIN(n.first_ts) FROM chunks n WHERE n.series_id = r.value AND n.first_ts >= ?3), ?3)";
+
+/// Energy (µJ) and coverage (ms) per series id.
+pub type Sums = BTreeMap<i64, (i128, i128)>;
+
+/// The series a pass is reading: its id, its last chunk's start, its last point, its sums so far.
+struct Reading {
+    id: i64,
+    last_first: i64,
+    prev: Option<Point>,
+    sums: (i128, i128),
+}
+
+impl Reading {
+    fn flush(self, out: &mut Sums) {
+        if self.sums != (0, 0) {
+            out.insert(self.id, self.sums);
         }
-        for p in points {
-            if let Some((_, (t0, v0))) = prev
+    }
+}
+
+/// One pass of [`minute_shares_of`] over the rows of `sql`; `None` when a
+/// series' chunks do not come consecutively and in time order.
+fn minute_shares_pass(
+    conn: &Connection,
+    sql: &str,
+    ids: &Array,
+    (from, to): (i64, i64),
+    gap_ms: i64,
+    pruned: &BTreeMap<i64, i64>,
+) -> Result<Option<Sums>, StoreError> {
+    let mut out = Sums::new();
+    let mut st = conn.prepare_cached(sql)?;
+    let mut rows = st.query(params![ids, from, to])?;
+    let mut points: Vec<Point> = Vec::new();
+    let mut current: Option<Reading> = None;
+    let mut done: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
+    while let Some(r) = rows.next()? {
+        let (series_id, first): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let data = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+        match &current {
+            Some(c) if c.id == series_id => {
+                if first <= c.last_first {
+                    return Ok(None);
+                }
+            }
+            _ => {
+                if !done.insert(series_id) {
+                    return Ok(None);
+                }
+                if let Some(c) = current.take() {
+                    c.flush(&mut out);
+                }
+                current = Some(Reading { id: series_id, last_first: first, prev: None, sums: (0, 0) });
+            }
+        }
+        let Some(c) = current.as_mut() else { continue };
+        c.last_first = first;
+        // Minutes before the retention cutoff are gone, as meters' rows are.
+        let lower = from.max(pruned.get(&series_id).copied().unwrap_or(i64::MIN));
+        decode_into(series_id, first, data, &mut points)?;
+        for p in &points {
+            if let Some((t0, v0)) = c.prev
                 && p.0 > from
                 && t0 < to
             {
-                let t = out.entry(series_id).or_insert((0, 0));
                 for sh in spread(t0, p.0, increment(v0, p.1), MINUTE_MS, gap_ms) {
-                    // Minutes before the retention cutoff are gone, as meters' rows are.
-                    if sh.start_ms >= from.max(pruned_until) && sh.start_ms < to {
-                        t.0 += i128::from(sh.energy_uj);
-                        t.1 += i128::from(sh.covered_ms);
+                    if sh.start_ms >= lower && sh.start_ms < to {
+                        c.sums.0 += i128::from(sh.energy_uj);
+                        c.sums.1 += i128::from(sh.covered_ms);
                     }
                 }
             }
-            prev = Some((series_id, p));
+            c.prev = Some(*p);
         }
     }
-    Ok(out)
+    if let Some(c) = current {
+        c.flush(&mut out);
+    }
+    Ok(Some(out))
 }
 
 /// Deletes the chunks of every series that end before `cutoff`, keeping each
@@ -441,6 +512,13 @@ mod tests {
             let got = minute_shares_of(&conn, &ids, from, to, gap_ms).expect("shares");
             prop_assert_eq!(got.get(&1).copied().unwrap_or((0, 0)), want);
             prop_assert!(got.keys().all(|k| *k == 1));
+            // Chunks out of time order are noticed, never summed as they come.
+            let reversed = format!("{MINUTE_SHARES_SQL} ORDER BY c.first_ts DESC");
+            let pass = minute_shares_pass(&conn, &reversed, &ids, (from, to), gap_ms, &BTreeMap::new()).expect("pass");
+            let fetched: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM ({MINUTE_SHARES_SQL})"), params![ids, from, to], |r| r.get(0))
+                .expect("count");
+            prop_assert_eq!(pass.is_none(), fetched > 1);
         }
     }
 }

@@ -187,6 +187,10 @@ pub fn energy(
         }
     }
     let volume = series.first().is_some_and(|s| super::is_volume(&s.4));
+    // Host energy series (raw points in chunks and the journal, hours) or
+    // meters (sample and minute rows, adjustments): each table is read only
+    // for the series it can hold, as a site-wide read names every host.
+    let host_series = q.meter.is_none() && role == "it_in";
     let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
     let id_param = id_array(&ids);
     let h1 = ((q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
@@ -198,12 +202,13 @@ pub fn energy(
     };
     let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
     for (table, a, b) in parts {
-        let mut parts = vec![sum_buckets(conn, table, &id_param, a, b)?];
-        if table == "minutes" {
+        let sums = if table == "minutes" && host_series {
             // Host series' minutes come from their raw points (no minute rows).
-            parts.push(super::chunk::minute_shares_of(conn, &id_param, a, b, policy.gap_ms)?);
-        }
-        for (id, (e, c)) in parts.into_iter().flatten() {
+            super::chunk::minute_shares_of(conn, &id_param, a, b, policy.gap_ms)?
+        } else {
+            sum_buckets(conn, table, &id_param, a, b)?
+        };
+        for (id, (e, c)) in sums {
             let t = per_series.entry(id).or_insert((0, 0));
             t.0 += e;
             t.1 += c;
@@ -250,18 +255,21 @@ pub fn energy(
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
         // Meter samples are rows, host samples chunks, recent host samples journaled.
-        let mut st = conn.prepare_cached(
-            "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 AND value_micro IS NOT NULL",
-        )?;
-        let (n, a, b): (i64, Option<i64>, Option<i64>) =
-            st.query_row(params![id_param, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        samples += n as u64;
-        first = min_opt(first, a);
-        last = max_opt(last, b);
-        let c = super::chunk::range_stats_of(conn, &id_param, q.from_ms, q.to_ms)?;
-        samples += c.values;
-        first = min_opt(first, c.first_value);
-        last = max_opt(last, c.last_value);
+        if host_series {
+            let c = super::chunk::range_stats_of(conn, &id_param, q.from_ms, q.to_ms)?;
+            samples += c.values;
+            first = min_opt(first, c.first_value);
+            last = max_opt(last, c.last_value);
+        } else {
+            let mut st = conn.prepare_cached(
+                "SELECT COUNT(*), MIN(ts_ms), MAX(ts_ms) FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 AND value_micro IS NOT NULL",
+            )?;
+            let (n, a, b): (i64, Option<i64>, Option<i64>) =
+                st.query_row(params![id_param, q.from_ms, q.to_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            samples += n as u64;
+            first = min_opt(first, a);
+            last = max_opt(last, b);
+        }
         for id in &ids {
             for e in pending.of(*id).iter().filter(|e| e.value.is_some() && e.ts_ms >= q.from_ms && e.ts_ms < q.to_ms) {
                 samples += 1;
@@ -271,7 +279,8 @@ pub fn energy(
         }
     }
     let mut adjustments = Vec::new();
-    {
+    // Corrections and swaps are of meters.
+    if !host_series {
         let mut st = conn.prepare_cached(
             "SELECT se.meter, a.kind, a.start_ms, a.end_ms, a.value_micro, a.final_micro, a.initial_micro, se.unit, a.author, a.reason, a.recorded_ms \
              FROM adjustments a JOIN series se ON se.id = a.series_id WHERE a.series_id IN rarray(?1) AND a.start_ms < ?3 AND a.end_ms >= ?2 \
