@@ -161,19 +161,10 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             *s.samples.entry("suspect").or_insert(0) += v;
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
-        // Keys are copied only for a host seen for the first time.
-        if !s.last_seen.contains_key(&site) {
-            s.last_seen.insert(site.clone(), BTreeMap::new());
-        }
-        if let Some(hosts) = s.last_seen.get_mut(&site) {
-            for (host, t) in accepted.hosts {
-                match hosts.get_mut(&host) {
-                    Some(e) => *e = (*e).max(t),
-                    None => {
-                        hosts.insert(host, t);
-                    }
-                }
-            }
+        let hosts = s.last_seen.entry(site.clone()).or_default();
+        for (host, t) in accepted.hosts {
+            let e = hosts.entry(host).or_insert(t);
+            *e = (*e).max(t);
         }
     }
     if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {

@@ -61,6 +61,26 @@ pub fn spread(t0: i64, t1: i64, energy_uj: i64, bucket_ms: i64, gap_ms: i64) -> 
     }
 }
 
+/// Adds to `sums` (µJ, covered ms) the shares of the interval `(t0, t1, energy_uj)`
+/// whose buckets start in `[from, to)`: what a range of buckets holds of it.
+pub fn add_shares_in(
+    sums: &mut (i128, i128),
+    (t0, t1, energy_uj): (i64, i64, i64),
+    bucket_ms: i64,
+    gap_ms: i64,
+    (from, to): (i64, i64),
+) {
+    if t1 <= from || t0 >= to {
+        return;
+    }
+    for sh in spread(t0, t1, energy_uj, bucket_ms, gap_ms) {
+        if sh.start_ms >= from && sh.start_ms < to {
+            sums.0 += i128::from(sh.energy_uj);
+            sums.1 += i128::from(sh.covered_ms);
+        }
+    }
+}
+
 /// The shares of one interval, bucket by bucket (see [`spread`]).
 #[derive(Debug, Clone)]
 pub struct Spread {
@@ -92,6 +112,13 @@ impl Iterator for Spread {
         self.start = end;
         Some(Share { start_ms: start, energy_uj: share as i64, covered_ms: if self.covered { overlap } else { 0 } })
     }
+}
+
+/// Any counter value or a stale marker, for the property tests of the encodings.
+#[cfg(test)]
+pub fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    prop_oneof![Just(None), any::<i64>().prop_map(Some)]
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
-use super::book::{MINUTE_MS, Value, increment, spread};
+use super::book::{MINUTE_MS, Value, add_shares_in, increment};
 use super::journal::{get_varint, put_varint};
 
 /// A sample: timestamp (ms) and value (µJ; `None` is a stale marker).
@@ -328,16 +328,8 @@ fn minute_shares_pass(
         let lower = from.max(pruned.get(&series_id).copied().unwrap_or(i64::MIN));
         decode_into(series_id, first, data, &mut points)?;
         for p in &points {
-            if let Some((t0, v0)) = c.prev
-                && p.0 > from
-                && t0 < to
-            {
-                for sh in spread(t0, p.0, increment(v0, p.1), MINUTE_MS, gap_ms) {
-                    if sh.start_ms >= lower && sh.start_ms < to {
-                        c.sums.0 += i128::from(sh.energy_uj);
-                        c.sums.1 += i128::from(sh.covered_ms);
-                    }
-                }
+            if let Some((t0, v0)) = c.prev {
+                add_shares_in(&mut c.sums, (t0, p.0, increment(v0, p.1)), MINUTE_MS, gap_ms, (lower, to));
             }
             c.prev = Some(*p);
         }
@@ -399,16 +391,28 @@ pub fn migrate_host_samples(tx: &Connection, per_chunk: usize) -> Result<u64, St
 
 #[cfg(test)]
 mod tests {
+    use super::super::book::{any_value, spread};
     use super::*;
     use proptest::prelude::*;
 
-    fn value() -> impl Strategy<Value = Value> {
-        prop_oneof![Just(None), any::<i64>().prop_map(Some)]
+    /// An in-memory database with the tables chunks use, and `rarray`.
+    fn chunk_db() -> Connection {
+        let conn = Connection::open_in_memory().expect("db");
+        rusqlite::vtab::array::load_module(&conn).expect("rarray");
+        conn.execute_batch(
+            "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,
+               last_ts INTEGER NOT NULL, n_points INTEGER NOT NULL, n_values INTEGER NOT NULL,
+               first_value_ts INTEGER, last_value_ts INTEGER, data BLOB NOT NULL);
+             CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);",
+        )
+        .expect("schema");
+        conn
     }
 
     proptest! {
         #[test]
-        fn encoding_round_trips(raw in proptest::collection::vec((any::<i64>(), value()), 0..60), cut in 0usize..400) {
+        fn encoding_round_trips(raw in proptest::collection::vec((any::<i64>(), any_value()), 0..60), cut in 0usize..400) {
             let buf = encode(&raw);
             prop_assert_eq!(decode(1, 0, &buf).expect("decode"), raw);
             if cut < buf.len() {
@@ -424,15 +428,7 @@ mod tests {
             late in proptest::collection::vec(0i64..12_000, 0..30),
             probes in proptest::collection::vec(0i64..12_000, 1..10),
         ) {
-            let conn = Connection::open_in_memory().expect("db");
-            rusqlite::vtab::array::load_module(&conn).expect("rarray");
-            conn.execute_batch(
-                "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
-                 CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,
-                   last_ts INTEGER NOT NULL, n_points INTEGER NOT NULL, n_values INTEGER NOT NULL,
-                   first_value_ts INTEGER, last_value_ts INTEGER, data BLOB NOT NULL);
-                 CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);",
-            ).expect("schema");
+            let conn = chunk_db();
             let mut all = std::collections::BTreeMap::new();
             // Appended in runs of up to 7 points, as materializations do.
             let appended: Vec<i64> = appended.into_iter().collect();
@@ -480,15 +476,7 @@ mod tests {
             len_min in 0i64..70,
             pruned_min in prop_oneof![Just(0i64), 0i64..130],
         ) {
-            let conn = Connection::open_in_memory().expect("db");
-            rusqlite::vtab::array::load_module(&conn).expect("rarray");
-            conn.execute_batch(
-                "CREATE TABLE series (id INTEGER PRIMARY KEY, pruned_until_ms INTEGER NOT NULL DEFAULT 0);
-                 CREATE TABLE chunks (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, first_ts INTEGER NOT NULL,
-                   last_ts INTEGER NOT NULL, n_points INTEGER NOT NULL, n_values INTEGER NOT NULL,
-                   first_value_ts INTEGER, last_value_ts INTEGER, data BLOB NOT NULL);
-                 CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);",
-            ).expect("schema");
+            let conn = chunk_db();
             let pruned_until = pruned_min * MINUTE_MS;
             conn.execute("INSERT INTO series VALUES (1, ?1), (2, 0)", [pruned_until]).expect("series");
             // Series 2 holds other points in between: they must not leak into series 1.

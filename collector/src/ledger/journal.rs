@@ -233,17 +233,14 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
+    use super::super::book::any_value;
     use super::*;
     use proptest::prelude::*;
-
-    fn value() -> impl Strategy<Value = Value> {
-        prop_oneof![Just(None), any::<i64>().prop_map(Some)]
-    }
 
     proptest! {
         #[test]
         fn encoding_round_trips(
-            raw in proptest::collection::vec((any::<i64>(), any::<i64>(), value(), proptest::option::of((any::<i64>(), value()))), 0..50)
+            raw in proptest::collection::vec((any::<i64>(), any::<i64>(), any_value(), proptest::option::of((any::<i64>(), any_value()))), 0..50)
         ) {
             let entries: Vec<Entry> =
                 raw.into_iter().map(|(series_id, ts_ms, value, prev)| Entry { series_id, ts_ms, value, prev }).collect();

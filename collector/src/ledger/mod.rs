@@ -96,14 +96,20 @@ pub struct SeriesLabels {
 }
 
 impl SeriesLabels {
-    /// A host energy series; `site` is shared by every series of a request.
-    pub fn host(site: Arc<str>, host: &str, method: &'static str, quality: &'static str) -> Arc<Self> {
+    /// A host energy series; `site` is shared by every series of a request,
+    /// method and quality are usually the vocabulary's static names.
+    pub fn host(
+        site: Arc<str>,
+        host: &str,
+        method: impl Into<Cow<'static, str>>,
+        quality: impl Into<Cow<'static, str>>,
+    ) -> Arc<Self> {
         Arc::new(SeriesLabels {
             site,
             host: host.to_string(),
             meter: String::new(),
-            method: Cow::Borrowed(method),
-            quality: Cow::Borrowed(quality),
+            method: method.into(),
+            quality: quality.into(),
             role: Cow::Borrowed("it_in"),
             unit: Cow::Borrowed("J"),
         })
@@ -122,15 +128,7 @@ pub struct CounterSample {
 impl CounterSample {
     /// An agent's host energy sample, with labels of its own.
     pub fn host(site: &str, host: &str, method: &str, quality: &str, ts_ms: i64, value_uj: Option<i64>) -> Self {
-        let series = Arc::new(SeriesLabels {
-            site: site.into(),
-            host: host.to_string(),
-            meter: String::new(),
-            method: Cow::Owned(method.to_string()),
-            quality: Cow::Owned(quality.to_string()),
-            role: Cow::Borrowed("it_in"),
-            unit: Cow::Borrowed("J"),
-        });
+        let series = SeriesLabels::host(site.into(), host, method.to_string(), quality.to_string());
         CounterSample { series, ts_ms, value_micro: value_uj }
     }
 

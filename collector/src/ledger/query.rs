@@ -12,7 +12,7 @@ use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::book::{HOUR_MS, MINUTE_MS, spread};
+use super::book::{HOUR_MS, MINUTE_MS, add_shares_in};
 use super::journal::Pending;
 use super::sqlite::Policy;
 use super::{HOST_ENERGY_METRIC, StoreError};
@@ -216,15 +216,8 @@ pub fn energy(
         // The journal's entries, spread exactly as materialization will book them.
         let bucket = if table == "hours" { HOUR_MS } else { MINUTE_MS };
         for id in &ids {
-            for (t0, t1, inc) in pending.of(*id).iter().filter_map(|e| e.interval()) {
-                if t1 <= a || t0 >= b {
-                    continue;
-                }
-                let t = per_series.entry(*id).or_insert((0, 0));
-                for sh in spread(t0, t1, inc, bucket, policy.gap_ms).filter(|s| s.start_ms >= a && s.start_ms < b) {
-                    t.0 += i128::from(sh.energy_uj);
-                    t.1 += i128::from(sh.covered_ms);
-                }
+            for interval in pending.of(*id).iter().filter_map(|e| e.interval()) {
+                add_shares_in(per_series.entry(*id).or_insert((0, 0)), interval, bucket, policy.gap_ms, (a, b));
             }
         }
     }
