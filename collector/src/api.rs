@@ -21,7 +21,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
-use crate::ingest::{Refusal, authenticate, decode_body, split};
+use crate::ingest::{Refusal, authenticate, decompress_body, parse, split};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
 use crate::ledger::{Batch, LedgerReader, Outcome};
@@ -147,11 +147,11 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             &Refusal::BadRequest(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
         );
     }
-    let req = match decode_body(&body, &state.limits) {
+    let raw = match decompress_body(&body, &state.limits) {
         Ok(r) => r,
         Err(r) => return reject(&state, &r),
     };
-    let accepted = match split(&req, &site, now_ms(), &state.limits) {
+    let accepted = match parse(&raw).and_then(|req| split(&req, &site, now_ms(), &state.limits)) {
         Ok(a) => a,
         Err(r) => return reject(&state, &r),
     };

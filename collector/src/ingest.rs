@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use domesday_model::remote_write::{DecodeError, WriteRequest, decode, is_stale_nan};
+use domesday_model::remote_write::{DecodeError, WriteRequestView, decompress, is_stale_nan};
 use domesday_model::vocab::Method;
 use subtle::ConstantTimeEq;
 
@@ -89,15 +89,73 @@ fn valid_metric_name(n: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
 }
 
-/// Decodes a body within the limits.
-pub fn decode_body(body: &[u8], limits: &IngestConfig) -> Result<WriteRequest, Refusal> {
+/// Decompresses a body within the limits; [`parse`] decodes what it returns.
+pub fn decompress_body(body: &[u8], limits: &IngestConfig) -> Result<Vec<u8>, Refusal> {
     if body.len() > limits.max_body_bytes {
         return Err(Refusal::TooLarge(format!("body of {} bytes exceeds {}", body.len(), limits.max_body_bytes)));
     }
-    decode(body, limits.max_uncompressed_bytes).map_err(|e| match e {
+    decompress(body, limits.max_uncompressed_bytes).map_err(refusal)
+}
+
+/// Decodes a decompressed body; its labels borrow `raw`.
+pub fn parse(raw: &[u8]) -> Result<WriteRequestView<'_>, Refusal> {
+    WriteRequestView::parse(raw).map_err(refusal)
+}
+
+fn refusal(e: DecodeError) -> Refusal {
+    match e {
         DecodeError::TooLarge { .. } => Refusal::TooLarge(e.to_string()),
         _ => Refusal::BadRequest(e.to_string()),
-    })
+    }
+}
+
+/// The labels the rules look at, found in one pass over a series' labels,
+/// which also checks each name and that none repeats.
+#[derive(Default)]
+struct KnownLabels<'a> {
+    name: Option<&'a str>,
+    site: Option<&'a str>,
+    host: Option<&'a str>,
+    method: Option<&'a str>,
+    machine_id: Option<&'a str>,
+}
+
+fn scan_labels<'a>(i: usize, labels: &[(&'a str, &'a str)], limits: &IngestConfig) -> Result<KnownLabels<'a>, Refusal> {
+    if labels.len() > limits.max_labels_per_series {
+        return Err(Refusal::BadRequest(format!(
+            "series {i}: {} labels exceed {}",
+            labels.len(),
+            limits.max_labels_per_series
+        )));
+    }
+    let mut known = KnownLabels::default();
+    // Senders sort label names (remote_write 1.0): strictly ascending names
+    // cannot repeat. Anything else is checked pairwise.
+    let unique = labels.is_sorted_by(|a, b| a.0 < b.0);
+    for (k, &(name, value)) in labels.iter().enumerate() {
+        if name.len() + value.len() > limits.max_label_bytes {
+            return Err(Refusal::BadRequest(format!(
+                "series {i}: label {name:?} is longer than {} bytes",
+                limits.max_label_bytes
+            )));
+        }
+        if name != "__name__" && !valid_label_name(name) {
+            return Err(Refusal::BadRequest(format!("series {i}: invalid label name {name:?}")));
+        }
+        if !unique && labels[..k].iter().any(|(n, _)| *n == name) {
+            return Err(Refusal::BadRequest(format!("series {i}: duplicate label name {name:?}")));
+        }
+        let slot = match name {
+            "__name__" => &mut known.name,
+            "site" => &mut known.site,
+            "host" => &mut known.host,
+            "method" => &mut known.method,
+            "machine_id" => &mut known.machine_id,
+            _ => continue,
+        };
+        *slot = Some(value);
+    }
+    Ok(known)
 }
 
 /// Applies the ingest rules to a decoded request from `site`.
@@ -110,15 +168,15 @@ fn in_order(a: &CounterSample, b: &CounterSample) -> std::cmp::Ordering {
     (&a.series.host, &a.series.method, a.ts_ms).cmp(&(&b.series.host, &b.series.method, b.ts_ms))
 }
 
-pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
-    if req.timeseries.len() > limits.max_series_per_request {
+pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
+    if req.len() > limits.max_series_per_request {
         return Err(Refusal::TooLarge(format!(
             "{} series in one request exceed {}",
-            req.timeseries.len(),
+            req.len(),
             limits.max_series_per_request
         )));
     }
-    let total: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
+    let total = req.sample_count();
     if total > limits.max_samples_per_request {
         return Err(Refusal::TooLarge(format!(
             "{total} samples in one request exceed {}",
@@ -130,36 +188,14 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
     let mut acc = Accepted::default();
     // At most `total` samples: one allocation, not a doubling series of copies.
     acc.batch.samples.reserve(total);
-    for (i, ts) in req.timeseries.iter().enumerate() {
-        if ts.labels.len() > limits.max_labels_per_series {
-            return Err(Refusal::BadRequest(format!(
-                "series {i}: {} labels exceed {}",
-                ts.labels.len(),
-                limits.max_labels_per_series
-            )));
-        }
-        let mut names: Vec<&str> = Vec::with_capacity(ts.labels.len());
-        for l in &ts.labels {
-            if l.name.len() + l.value.len() > limits.max_label_bytes {
-                return Err(Refusal::BadRequest(format!(
-                    "series {i}: label {:?} is longer than {} bytes",
-                    l.name, limits.max_label_bytes
-                )));
-            }
-            if l.name != "__name__" && !valid_label_name(&l.name) {
-                return Err(Refusal::BadRequest(format!("series {i}: invalid label name {:?}", l.name)));
-            }
-            if names.contains(&l.name.as_str()) {
-                return Err(Refusal::BadRequest(format!("series {i}: duplicate label name {:?}", l.name)));
-            }
-            names.push(&l.name);
-        }
-        let name = ts.label("__name__").unwrap_or("");
+    for (i, ts) in req.series().enumerate() {
+        let known = scan_labels(i, ts.labels, limits)?;
+        let name = known.name.unwrap_or("");
         if !valid_metric_name(name) {
             return Err(Refusal::BadRequest(format!("series {i}: missing or invalid metric name {name:?}")));
         }
         let ledger = name == HOST_ENERGY_METRIC;
-        match ts.label("site") {
+        match known.site {
             Some(s) if s != site => {
                 return Err(Refusal::Forbidden(format!(
                     "series {i} ({name}) belongs to site {s:?}; this token writes site {site:?}"
@@ -174,9 +210,9 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
                 continue;
             }
         }
-        let host = ts.label("host").unwrap_or("");
+        let host = known.host.unwrap_or("");
         if name == "domesday_host_info"
-            && let (false, Some(m)) = (host.is_empty(), ts.label("machine_id").filter(|m| !m.is_empty()))
+            && let (false, Some(m)) = (host.is_empty(), known.machine_id.filter(|m| !m.is_empty()))
         {
             let label = |k: &str| ts.label(k).unwrap_or("").to_string();
             let model = HostModel {
@@ -185,7 +221,7 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
                 cpu_model: label("cpu_model"),
                 sockets: ts.label("sockets").and_then(|s| s.parse().ok()),
             };
-            for s in &ts.samples {
+            for s in ts.samples {
                 acc.batch.claims.push(HostClaim {
                     site: site.into(),
                     host: host.into(),
@@ -198,8 +234,12 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         if !host.is_empty()
             && let Some(t) = ts.samples.iter().map(|s| s.timestamp).max()
         {
-            let e = acc.hosts.entry(host.to_string()).or_insert(t);
-            *e = (*e).max(t);
+            match acc.hosts.get_mut(host) {
+                Some(e) => *e = (*e).max(t),
+                None => {
+                    acc.hosts.insert(host.to_string(), t);
+                }
+            }
         }
         if !ledger {
             acc.other += ts.samples.len() as u64;
@@ -208,12 +248,12 @@ pub fn split(req: &WriteRequest, site: &str, now_ms: i64, limits: &IngestConfig)
         if host.is_empty() {
             return Err(Refusal::BadRequest(format!("series {i}: {name} without a `host` label cannot be booked")));
         }
-        let method_label = ts.label("method").unwrap_or("");
+        let method_label = known.method.unwrap_or("");
         let Some(method) = Method::ALL.iter().find(|m| m.as_str() == method_label) else {
             return Err(Refusal::BadRequest(format!("series {i}: {name} has an unknown method {method_label:?}")));
         };
         let labels = SeriesLabels::host(site_labels.clone(), host, method.as_str(), method.quality().as_str());
-        for s in &ts.samples {
+        for s in ts.samples {
             let value_uj = if is_stale_nan(s.value) {
                 None
             } else {
@@ -278,8 +318,8 @@ mod tests {
         )
     }
 
-    fn req(ts: Vec<TimeSeries>) -> WriteRequest {
-        WriteRequest { timeseries: ts }
+    fn req(ts: Vec<TimeSeries>) -> domesday_model::remote_write::WriteRequest {
+        domesday_model::remote_write::WriteRequest { timeseries: ts }
     }
 
     const NOW: i64 = 1_700_000_000_000;
@@ -295,7 +335,7 @@ mod tests {
                 &[(1.0, NOW)],
             ),
         ]);
-        let a = split(&r, "s", NOW, &IngestConfig::default()).expect("accepted");
+        let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
         assert_eq!(a.batch.samples.len(), 3);
         assert_eq!(a.batch.samples[1].value_micro, Some(11_500_000));
         assert_eq!(a.batch.samples[2].value_micro, None);
@@ -327,7 +367,7 @@ mod tests {
                 (5.0, NOW + 4),
             ],
         )]);
-        let a = split(&r, "s", NOW, &IngestConfig::default()).expect("accepted");
+        let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
         assert_eq!(a.batch.samples.len(), 1);
         for k in ["nan", "inf", "negative", "absurd", "future"] {
             assert_eq!(a.suspect.get(k), Some(&1), "{k}");
@@ -338,24 +378,27 @@ mod tests {
     fn refusals() {
         let limits = IngestConfig::default();
         let other_site = req(vec![energy("s2", &[(1.0, NOW)])]);
-        assert!(matches!(split(&other_site, "s", NOW, &limits), Err(Refusal::Forbidden(_))));
+        assert!(matches!(split(&(&other_site).into(), "s", NOW, &limits), Err(Refusal::Forbidden(_))));
         let no_site =
             req(vec![series(&[("__name__", HOST_ENERGY_METRIC), ("host", "h"), ("method", "model")], &[(1.0, NOW)])]);
-        assert!(matches!(split(&no_site, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(split(&(&no_site).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let dup = req(vec![series(&[("__name__", "x"), ("a", "1"), ("a", "2"), ("site", "s")], &[(1.0, NOW)])]);
-        assert!(matches!(split(&dup, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(split(&(&dup).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        // Unsorted, the repeat far from its first: still found.
+        let dup = req(vec![series(&[("site", "s"), ("__name__", "x"), ("a", "1"), ("site", "s")], &[(1.0, NOW)])]);
+        assert!(matches!(split(&(&dup).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let bad_name = req(vec![series(&[("__name__", "1x"), ("site", "s")], &[(1.0, NOW)])]);
-        assert!(matches!(split(&bad_name, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(split(&(&bad_name).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let bad_label = req(vec![series(&[("__name__", "x"), ("a-b", "1"), ("site", "s")], &[(1.0, NOW)])]);
-        assert!(matches!(split(&bad_label, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(split(&(&bad_label).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let bad_method = req(vec![series(
             &[("__name__", HOST_ENERGY_METRIC), ("site", "s"), ("host", "h"), ("method", "guess")],
             &[(1.0, NOW)],
         )]);
-        assert!(matches!(split(&bad_method, "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(split(&(&bad_method).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let small = IngestConfig { max_series_per_request: 1, ..IngestConfig::default() };
         let two = req(vec![energy("s", &[(1.0, NOW)]), energy("s", &[(2.0, NOW)])]);
-        assert!(matches!(split(&two, "s", NOW, &small), Err(Refusal::TooLarge(_))));
+        assert!(matches!(split(&(&two).into(), "s", NOW, &small), Err(Refusal::TooLarge(_))));
     }
 
     #[test]
@@ -384,9 +427,14 @@ mod tests {
     #[test]
     fn bodies_over_the_limits_are_refused_before_decoding() {
         let limits = IngestConfig::default();
-        assert!(matches!(decode_body(&[186, 232, 186, 232, 11, 0, 0], &limits), Err(Refusal::TooLarge(_))));
-        assert!(matches!(decode_body(b"garbage", &limits), Err(Refusal::BadRequest(_))));
+        assert!(matches!(decompress_body(&[186, 232, 186, 232, 11, 0, 0], &limits), Err(Refusal::TooLarge(_))));
+        assert!(matches!(decompress_body(b"garbage", &limits), Err(Refusal::BadRequest(_))));
         let small = IngestConfig { max_body_bytes: 4, ..IngestConfig::default() };
-        assert!(matches!(decode_body(b"12345", &small), Err(Refusal::TooLarge(_))));
+        assert!(matches!(decompress_body(b"12345", &small), Err(Refusal::TooLarge(_))));
+        // Snappy-valid (one 16-byte literal), protobuf-invalid: refused by the decoder.
+        let mut not_proto = vec![16, 15 << 2];
+        not_proto.extend([0xff; 16]);
+        let raw = decompress_body(&not_proto, &limits).expect("valid snappy");
+        assert!(matches!(parse(&raw), Err(Refusal::BadRequest(_))));
     }
 }

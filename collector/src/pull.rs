@@ -119,7 +119,7 @@ pub async fn pull_once(
         .await
         .map_err(|e| PullError::Http { url: cfg.url.clone(), message: e.to_string() })?;
     let request = matrix_to_request(&body, &cfg.url)?;
-    let accepted = split(&request, &cfg.site, now_ms(), limits).map_err(|e| PullError::Api {
+    let accepted = split(&(&request).into(), &cfg.site, now_ms(), limits).map_err(|e| PullError::Api {
         url: cfg.url.clone(),
         message: format!("series refused by the ingest rules: {e}"),
     })?;
