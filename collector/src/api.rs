@@ -488,7 +488,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
 }
 
 fn db_bytes(path: &std::path::Path) -> u64 {
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let wal = crate::ledger::sqlite::wal_path(path);
     [path.to_path_buf(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 

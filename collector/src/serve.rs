@@ -26,6 +26,7 @@ pub async fn serve(
     let policy = cfg.ledger.policy();
     let store =
         SqliteWriter::open(&cfg.db, policy).with_context(|| format!("opening the ledger {}", cfg.db.display()))?;
+    store.preallocate_wal().with_context(|| format!("preallocating the ledger's WAL beside {}", cfg.db.display()))?;
     let reader = Arc::new(SqliteReader::new(&cfg.db, policy));
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let s = stats.clone();

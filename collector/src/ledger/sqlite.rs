@@ -141,6 +141,9 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// WAL pages after which a commit checkpoints them into the database.
+const WAL_CHECKPOINT_PAGES: i64 = 16_384;
+
 /// Opens (creating and migrating) the database for writing, `synchronous=FULL`.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
@@ -148,7 +151,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     // A larger page cache and fewer, larger checkpoints: the writer appends in bulk.
     conn.pragma_update(None, "cache_size", -65_536)?;
-    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() as i64 {
@@ -194,6 +197,7 @@ struct Last {
 /// The writer: one connection, the series ids and each series' last sample in memory.
 pub struct SqliteWriter {
     conn: Connection,
+    path: PathBuf,
     policy: Policy,
     series: HashMap<SeriesKey, i64>,
     last: IdMap<i64, Last>,
@@ -278,6 +282,7 @@ impl SqliteWriter {
         }
         Ok(SqliteWriter {
             conn,
+            path: path.to_path_buf(),
             policy,
             series,
             last,
@@ -286,6 +291,25 @@ impl SqliteWriter {
             unfinished: false,
             last_materialized: std::time::Instant::now(),
         })
+    }
+
+    /// Extends the WAL with zeros up to the size it reaches between two
+    /// checkpoints, so that commits overwrite allocated blocks from the first
+    /// one, as they do anyway once the WAL has been reused after a checkpoint.
+    /// An fdatasync after an append also commits the file's new size to the
+    /// filesystem journal: 210-270 µs against 120-150 µs after an overwrite
+    /// (ext4, docs/performance.md). SQLite reads frames only while their
+    /// checksums chain from a valid header, so it never takes the zeros for
+    /// frames. The write lock is held meanwhile, so no other process appends
+    /// frames, and bytes already in the file are never touched. For `serve`:
+    /// a one-shot command does not pay for it.
+    pub fn preallocate_wal(&self) -> Result<(), StoreError> {
+        let page: i64 = self.conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let target = (WAL_CHECKPOINT_PAGES as u64 + 64) * (page as u64 + WAL_FRAME_HEADER) + WAL_HEADER;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let extended = extend_with_zeros(&wal_path(&self.path), target);
+        self.conn.execute_batch(if extended.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        extended
     }
 
     /// Books `amount` (in the series' micro-units) over `[t0, t1)`, converted to the
@@ -836,6 +860,37 @@ impl LedgerWriter for SqliteWriter {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Sizes of the WAL format (sqlite.org/fileformat.html, section 4).
+const WAL_HEADER: u64 = 32;
+const WAL_FRAME_HEADER: u64 = 24;
+
+/// Appends zeros to `file` until it is `target` bytes long (never shortens it).
+fn extend_with_zeros(file: &Path, target: u64) -> Result<(), StoreError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let fail = |e: std::io::Error| StoreError::Open { path: file.display().to_string(), message: e.to_string() };
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(file).map_err(fail)?;
+    let len = f.metadata().map_err(fail)?.len();
+    if len >= target {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(len)).map_err(fail)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = target - len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(fail)?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(fail)
+}
+
+/// The write-ahead log of the database at `db`.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
 }
 
 /// The reader: a read-only connection per call (cheap with SQLite), so

@@ -522,3 +522,30 @@ fn materialization_goes_in_slices_between_groups() {
         assert_eq!(energy(), before);
     }
 }
+
+#[test]
+fn preallocated_wal_keeps_what_was_committed_before_and_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let wal = super::sqlite::wal_path(&db);
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let points = |from: i64| (from..from + 10).map(|i| sample("h1", "psu_input", T0 + i * 15_000, Some(i * 1_000_000)));
+    w.apply(&[batch(points(0).collect())], NOW).expect("before");
+    let committed = std::fs::metadata(&wal).expect("wal").len();
+    w.preallocate_wal().expect("preallocate");
+    let size = std::fs::metadata(&wal).expect("wal").len();
+    assert!(size > 64 << 20 && size > committed, "{committed} -> {size}");
+    w.apply(&[batch(points(10).collect())], NOW).expect("after");
+    // Again: the WAL is long enough, and never shortened.
+    w.preallocate_wal().expect("again");
+    assert_eq!(std::fs::metadata(&wal).expect("wal").len(), size);
+    // A power-cut image: the database and its WAL as they are, frames not yet checkpointed.
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).expect("dir");
+    std::fs::copy(&db, image.join("l.db")).expect("copy db");
+    std::fs::copy(&wal, super::sqlite::wal_path(&image.join("l.db"))).expect("copy wal");
+    let r = SqliteReader::new(&image.join("l.db"), Policy::default())
+        .energy(&query(Some("h1"), T0, T0 + 3_600_000))
+        .expect("recovered");
+    assert_eq!((r.samples, r.energy_microjoules.as_str()), (20, "19000000"));
+}
