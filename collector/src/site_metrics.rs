@@ -16,9 +16,9 @@ use crate::carbon::service::CarbonService;
 use crate::config::{CollectorConfig, Site};
 use crate::indicators::period::{Period, Window};
 use crate::indicators::{Indicator, Name};
-use crate::ledger::LedgerReader;
-use crate::ledger::query::EnergyQuery;
+use crate::ledger::query::{EnergyQuery, EnergyReport, HostRow};
 use crate::ledger::writer::now_ms;
+use crate::ledger::{HostModel, LedgerReader, StoreError};
 use crate::site_report;
 
 fn text<T: serde::Serialize>(v: &T) -> String {
@@ -148,6 +148,40 @@ pub async fn compute(
     out
 }
 
+/// A reader that answers a repeated energy question from its first answer.
+/// One refresh asks the same site-wide question twice per window (coverage,
+/// then the indicators' totals); over 50,000 hosts each costs a few hundred
+/// milliseconds. It lives for one refresh, so answers are never staler than it.
+struct OnceReader<'a> {
+    inner: &'a dyn LedgerReader,
+    energy: Mutex<std::collections::HashMap<EnergyQuery, EnergyReport>>,
+}
+
+impl LedgerReader for OnceReader<'_> {
+    fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        if let Some(r) = self.energy.lock().ok().and_then(|m| m.get(q).cloned()) {
+            return Ok(r);
+        }
+        let r = self.inner.energy(q)?;
+        if let Ok(mut m) = self.energy.lock() {
+            m.insert(q.clone(), r.clone());
+        }
+        Ok(r)
+    }
+    fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+        self.inner.hosts(site, now_ms)
+    }
+    fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
+        self.inner.host_models(site, from_ms, to_ms)
+    }
+    fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
+        self.inner.site_totals()
+    }
+    fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
+        self.inner.role_hourly(site, role, from_ms, to_ms)
+    }
+}
+
 /// Refreshes `target` every `gauges_refresh` until the task is dropped.
 pub async fn run(
     reader: Arc<dyn LedgerReader>,
@@ -162,17 +196,70 @@ pub async fn run(
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        let samples = crate::site_report::with_blocking_reads(compute(
-            reader.as_ref(),
-            &cfg,
-            &sites,
-            carbon.as_deref(),
-            &mut emitted,
-        ))
-        .await;
+        let once = OnceReader { inner: reader.as_ref(), energy: Mutex::default() };
+        let samples =
+            crate::site_report::with_blocking_reads(compute(&once, &cfg, &sites, carbon.as_deref(), &mut emitted))
+                .await;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "site gauges refreshed");
         if let Ok(mut t) = target.lock() {
             *t = samples;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ledger::sqlite::{Policy, SqliteReader, SqliteWriter};
+    use crate::ledger::{Batch, CounterSample, LedgerWriter};
+
+    /// Counts the energy questions that reach the database.
+    struct Counting(SqliteReader, AtomicUsize);
+
+    impl LedgerReader for Counting {
+        fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.energy(q)
+        }
+        fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+            self.0.hosts(site, now_ms)
+        }
+        fn host_models(&self, site: &str, from: i64, to: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
+            self.0.host_models(site, from, to)
+        }
+        fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
+            self.0.site_totals()
+        }
+        fn role_hourly(&self, site: &str, role: &str, from: i64, to: i64) -> Result<Vec<(i64, i128)>, StoreError> {
+            self.0.role_hourly(site, role, from, to)
+        }
+    }
+
+    #[test]
+    fn one_refresh_asks_each_energy_question_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        let t0 = 1_767_225_600_000;
+        let samples =
+            (0..5).map(|i| CounterSample::host("s", "h1", "rapl", "measured", t0 + i * 60_000, Some(i * 1_000_000)));
+        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![] }], t0).expect("apply");
+        let inner = Counting(SqliteReader::new(&db, Policy::default()), AtomicUsize::new(0));
+        let once = OnceReader { inner: &inner, energy: Mutex::default() };
+        let q = |to: i64| EnergyQuery {
+            site: "s".into(),
+            host: None,
+            meter: None,
+            role: Some("it_in".into()),
+            from_ms: t0,
+            to_ms: to,
+        };
+        let first = once.energy(&q(t0 + 600_000)).expect("first");
+        assert_eq!(first.energy_microjoules, "4000000");
+        assert_eq!(once.energy(&q(t0 + 600_000)).expect("again"), first);
+        assert_eq!(once.energy(&q(t0 + 120_000)).expect("other").energy_microjoules, "2000000");
+        assert_eq!(inner.1.load(Ordering::Relaxed), 2);
     }
 }

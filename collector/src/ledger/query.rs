@@ -18,7 +18,7 @@ use super::sqlite::Policy;
 use super::{HOST_ENERGY_METRIC, StoreError};
 
 /// An energy question.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EnergyQuery {
     pub site: String,
     pub host: Option<String>,
