@@ -2,7 +2,7 @@
 //! sites and hosts read endpoints, health and `/metrics`. Handlers only
 //! validate, hand work to the ledger writer or reader, and format answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,9 @@ pub struct Stats {
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
     site_energy: BTreeMap<(String, String), i128>,
-    /// Per site, per host: the newest sample timestamp seen (ms).
-    last_seen: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Per site, per host: the newest sample timestamp seen (ms). Hashed: every
+    /// request updates it under the lock (ordered when rendered).
+    last_seen: BTreeMap<String, HashMap<String, i64>>,
 }
 
 impl Stats {
@@ -499,6 +500,8 @@ async fn metrics(State(state): State<Shared>) -> Response {
             samples.push(Sample::new(&SITE_ENERGY, vec![site.clone(), role.clone()], *uj as f64 / 1e6));
         }
         for (site, hosts) in &s.last_seen {
+            let mut hosts: Vec<_> = hosts.iter().collect();
+            hosts.sort_unstable();
             for (host, t) in hosts {
                 samples.push(Sample::new(&HOST_LAST_SEEN, vec![site.clone(), host.clone()], *t as f64 / 1000.0));
             }

@@ -59,8 +59,9 @@ pub struct Accepted {
     pub suspect: BTreeMap<&'static str, u64>,
     /// Samples of other series, validated and not summed.
     pub other: u64,
-    /// (host, latest timestamp) seen in the request, for last-seen.
-    pub hosts: BTreeMap<String, i64>,
+    /// (host, latest timestamp) per run of series of one host, for last-seen:
+    /// a host whose series are not adjacent appears more than once.
+    pub hosts: Vec<(String, i64)>,
 }
 
 /// Finds the site whose token this is, comparing hashes in constant time.
@@ -234,11 +235,9 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
         if !host.is_empty()
             && let Some(t) = ts.samples.iter().map(|s| s.timestamp).max()
         {
-            match acc.hosts.get_mut(host) {
-                Some(e) => *e = (*e).max(t),
-                None => {
-                    acc.hosts.insert(host.to_string(), t);
-                }
+            match acc.hosts.last_mut() {
+                Some((h, e)) if h == host => *e = (*e).max(t),
+                _ => acc.hosts.push((host.to_string(), t)),
             }
         }
         if !ledger {

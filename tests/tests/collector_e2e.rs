@@ -73,7 +73,23 @@ fn energy_is_exact_replays_count_once_and_tokens_are_per_site() {
         .expect("get");
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.text().unwrap_or_default().contains("whole minutes"));
+    // Last seen per host, also when one host's series are not adjacent in a request.
+    let mixed = encode(&WriteRequest {
+        timeseries: vec![
+            host_energy_series("caen-1", "srv-2", "psu_input", &[(10.0, t0 + 120_000)]),
+            host_energy_series("caen-1", "srv-3", "psu_input", &[(10.0, t0)]),
+            host_energy_series("caen-1", "srv-2", "bmc_dcmi", &[(5.0, t0 + 60_000)]),
+        ],
+    });
+    assert_eq!(post_write(&write, Some(TOKEN), mixed).map(|r| r.0), Ok(204));
     let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
+    let last_seen = |host: &str| {
+        let host = format!("host=\"{host}\"");
+        series_value(&metrics, "domesday_host_last_seen_timestamp_seconds", &["site=\"caen-1\"", &host])
+    };
+    assert_eq!(last_seen("srv-1"), Some((t0 + 39 * 15_000) as f64 / 1000.0));
+    assert_eq!(last_seen("srv-2"), Some((t0 + 120_000) as f64 / 1000.0));
+    assert_eq!(last_seen("srv-3"), Some(t0 as f64 / 1000.0));
     assert_eq!(series_value(&metrics, "domesday_ingest_samples_total", &["result=\"duplicate\""]), Some(40.0));
     assert_eq!(series_value(&metrics, "domesday_ingest_requests_total", &["code=\"403\""]), Some(1.0));
     assert_eq!(
