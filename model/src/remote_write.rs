@@ -127,8 +127,6 @@ impl SeriesView<'_, '_> {
     }
 }
 
-type ProstError = DecodeError;
-
 impl From<prost::DecodeError> for DecodeError {
     fn from(e: prost::DecodeError) -> Self {
         DecodeError::Protobuf(e.to_string())
@@ -156,7 +154,7 @@ impl<'a> WriteRequestView<'a> {
         Ok(v)
     }
 
-    fn parse_series(&mut self, mut buf: &'a [u8]) -> Result<(), ProstError> {
+    fn parse_series(&mut self, mut buf: &'a [u8]) -> Result<(), DecodeError> {
         while !buf.is_empty() {
             let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
             match tag {
@@ -213,7 +211,7 @@ impl<'a> From<&'a WriteRequest> for WriteRequestView<'a> {
 }
 
 /// The bytes of a length-delimited field, checked against what is left.
-fn delimited<'a>(buf: &mut &'a [u8], wire_type: prost::encoding::WireType) -> Result<&'a [u8], ProstError> {
+fn delimited<'a>(buf: &mut &'a [u8], wire_type: prost::encoding::WireType) -> Result<&'a [u8], DecodeError> {
     prost::encoding::check_wire_type(prost::encoding::WireType::LengthDelimited, wire_type)?;
     let len = prost::encoding::decode_varint(buf)?;
     if len > buf.len() as u64 {
@@ -224,7 +222,7 @@ fn delimited<'a>(buf: &mut &'a [u8], wire_type: prost::encoding::WireType) -> Re
     Ok(field)
 }
 
-fn parse_label(mut buf: &[u8]) -> Result<(&str, &str), ProstError> {
+fn parse_label(mut buf: &[u8]) -> Result<(&str, &str), DecodeError> {
     let (mut name, mut value) = ("", "");
     while !buf.is_empty() {
         let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
@@ -244,7 +242,7 @@ fn parse_label(mut buf: &[u8]) -> Result<(&str, &str), ProstError> {
     Ok((name, value))
 }
 
-fn parse_sample(mut buf: &[u8]) -> Result<Sample, ProstError> {
+fn parse_sample(mut buf: &[u8]) -> Result<Sample, DecodeError> {
     use prost::encoding::{WireType, check_wire_type};
     let mut sample = Sample::default();
     while !buf.is_empty() {
