@@ -26,7 +26,10 @@ pub async fn serve(
     let policy = cfg.ledger.policy();
     let store =
         SqliteWriter::open(&cfg.db, policy).with_context(|| format!("opening the ledger {}", cfg.db.display()))?;
-    store.preallocate_wal().with_context(|| format!("preallocating the ledger's WAL beside {}", cfg.db.display()))?;
+    if let Err(e) = store.preallocate_wal() {
+        // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
+        tracing::warn!(db = %cfg.db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
+    }
     let reader = Arc::new(SqliteReader::new(&cfg.db, policy));
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let s = stats.clone();

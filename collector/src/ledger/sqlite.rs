@@ -308,7 +308,11 @@ impl SqliteWriter {
         let target = (WAL_CHECKPOINT_PAGES as u64 + 64) * (page as u64 + WAL_FRAME_HEADER) + WAL_HEADER;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let extended = extend_with_zeros(&wal_path(&self.path), target);
-        self.conn.execute_batch(if extended.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        // The transaction wrote nothing: it only held the lock, and must not stay open.
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
         extended
     }
 
