@@ -159,7 +159,6 @@ fn scan_labels<'a>(i: usize, labels: &[(&'a str, &'a str)], limits: &IngestConfi
     Ok(known)
 }
 
-/// Applies the ingest rules to a decoded request from `site`.
 /// The ledger's preferred order: by host and method, then time.
 fn in_order(a: &CounterSample, b: &CounterSample) -> std::cmp::Ordering {
     // Within a run of one series the labels are the same shared struct.
@@ -169,6 +168,7 @@ fn in_order(a: &CounterSample, b: &CounterSample) -> std::cmp::Ordering {
     (&a.series.host, &a.series.method, a.ts_ms).cmp(&(&b.series.host, &b.series.method, b.ts_ms))
 }
 
+/// Applies the ingest rules to a decoded request from `site`.
 pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &IngestConfig) -> Result<Accepted, Refusal> {
     if req.len() > limits.max_series_per_request {
         return Err(Refusal::TooLarge(format!(

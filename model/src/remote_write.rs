@@ -85,7 +85,7 @@ pub fn encode(req: &WriteRequest) -> Vec<u8> {
 /// and decodes a request.
 pub fn decode(body: &[u8], max_uncompressed: usize) -> Result<WriteRequest, DecodeError> {
     let raw = decompress(body, max_uncompressed)?;
-    WriteRequest::decode(raw.as_slice()).map_err(|e| DecodeError::Protobuf(e.to_string()))
+    Ok(WriteRequest::decode(raw.as_slice())?)
 }
 
 /// Decompresses a snappy block of at most `max_uncompressed` bytes, checking

@@ -872,14 +872,14 @@ const WAL_FRAME_HEADER: u64 = 24;
 
 /// Appends zeros to `file` until it is `target` bytes long (never shortens it).
 fn extend_with_zeros(file: &Path, target: u64) -> Result<(), StoreError> {
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::Write;
     let fail = |e: std::io::Error| StoreError::Open { path: file.display().to_string(), message: e.to_string() };
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(file).map_err(fail)?;
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(file).map_err(fail)?;
     let len = f.metadata().map_err(fail)?.len();
     if len >= target {
         return Ok(());
     }
-    f.seek(SeekFrom::Start(len)).map_err(fail)?;
+    // In 1 MiB writes: `io::copy` from `io::repeat` writes 8 KiB at a time, 4× slower here.
     let zeros = vec![0u8; 1 << 20];
     let mut left = target - len;
     while left > 0 {
