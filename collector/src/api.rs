@@ -387,9 +387,10 @@ async fn hosts(
     let reader = state.reader.clone();
     let s = site.clone();
     let now = now_ms();
-    match tokio::task::spawn_blocking(move || reader.hosts(&s, now)).await {
-        Ok(Ok(rows)) => {
-            let (hosts, missing) = with_inventory(rows, &expected, now - state.host_silence_ms);
+    let read = move || Ok::<_, crate::ledger::StoreError>((reader.hosts(&s, now)?, reader.retired_hosts(&s)?));
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((rows, retired))) => {
+            let (hosts, missing) = with_inventory(rows, &expected, &retired, now - state.host_silence_ms);
             axum::Json(serde_json::json!({ "site": site, "hosts": hosts, "missing": missing })).into_response()
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -399,36 +400,56 @@ async fn hosts(
 
 /// Host rows marked against the expected inventory: each row gets `expected`
 /// and `status` (`reporting`, `silent`: nothing since `since_ms`, `never`:
-/// expected but never reported); expected hosts that never reported get a row.
-/// Returns the rows and the expected hosts that are `silent` or `never`.
+/// expected but never reported, `retired`: decommissioned with `retire-host`,
+/// with `retired` saying who, why and when); expected hosts that never
+/// reported get a row. Returns the rows and the expected hosts that are
+/// `silent` or `never` (a retired host is not missing).
 fn with_inventory(
     rows: Vec<crate::ledger::query::HostRow>,
     expected: &[String],
+    retired: &[crate::ledger::Retirement],
     since_ms: i64,
 ) -> (Vec<serde_json::Value>, Vec<String>) {
+    let retirement = |host: &str| {
+        retired.iter().find(|r| r.host == host).map(|r| {
+            serde_json::json!({
+                "by": r.by, "reason": r.reason, "at": crate::ledger::query::rfc3339(r.retired_ms),
+            })
+        })
+    };
     let mut missing = Vec::new();
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let last_ms =
             r.last_sample.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond());
-        let status = if last_ms.is_some_and(|l| l >= since_ms) { "reporting" } else { "silent" };
+        let retired = retirement(&r.host);
+        let status = match (&retired, last_ms.is_some_and(|l| l >= since_ms)) {
+            (Some(_), _) => "retired",
+            (None, true) => "reporting",
+            (None, false) => "silent",
+        };
         let is_expected = expected.contains(&r.host);
-        if is_expected && status != "reporting" {
+        if is_expected && matches!(status, "silent") {
             missing.push(r.host.clone());
         }
         let mut v = serde_json::to_value(r).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("expected".into(), is_expected.into());
             o.insert("status".into(), status.into());
+            o.insert("retired".into(), retired.unwrap_or_default());
         }
         out.push(v);
     }
     for h in expected.iter().filter(|h| !rows.iter().any(|r| &r.host == *h)) {
-        missing.push(h.clone());
+        let retired = retirement(h);
+        if retired.is_none() {
+            missing.push(h.clone());
+        }
         out.push(serde_json::json!({
             "host": h, "machine_id": null, "first_sample": null, "last_sample": null, "current_method": null,
             "current_quality": null, "estimated_share_24h": null, "conflicting_machine_ids": [],
-            "expected": true, "status": "never",
+            "expected": true, "status": if retired.is_some() { "retired" } else { "never" },
+            "retired": retired,
         }));
     }
     missing.sort();
@@ -577,8 +598,18 @@ mod tests {
         };
         let since = 1_767_225_600_000;
         let rows = vec![row("a", Some(since)), row("b", Some(since - 60_000)), row("extra", Some(since - 60_000))];
-        let expected: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let (out, missing) = with_inventory(rows, &expected, since);
+        let expected: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let rows = [rows, vec![row("old", Some(since - 60_000))]].concat();
+        let retired: Vec<crate::ledger::Retirement> = ["old", "d"]
+            .iter()
+            .map(|h| crate::ledger::Retirement {
+                host: h.to_string(),
+                by: "ops".into(),
+                reason: "decommissioned".into(),
+                retired_ms: since,
+            })
+            .collect();
+        let (out, missing) = with_inventory(rows, &expected, &retired, since);
         assert_eq!(missing, vec!["b".to_string(), "c".to_string()]);
         let status: Vec<(String, String, bool)> = out
             .iter()
@@ -596,8 +627,13 @@ mod tests {
                 ("a".into(), "reporting".into(), true),
                 ("b".into(), "silent".into(), true),
                 ("extra".into(), "silent".into(), false),
+                ("old".into(), "retired".into(), false),
                 ("c".into(), "never".into(), true),
+                ("d".into(), "retired".into(), true),
             ]
         );
+        assert_eq!(out[3]["retired"]["by"], "ops");
+        assert_eq!(out[3]["retired"]["reason"], "decommissioned");
+        assert_eq!(out[0]["retired"], serde_json::Value::Null);
     }
 }

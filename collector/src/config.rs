@@ -200,6 +200,10 @@ pub struct SiteConfig {
     /// Expected IT inventory: IT loads without an agent (network, storage…).
     #[serde(default)]
     pub it_loads: Vec<ItLoadConfig>,
+    /// Power budget per host, watts (`host = watts`), exported as
+    /// `domesday_host_power_budget_watts` for alert rules.
+    #[serde(default)]
+    pub host_power_budget_watts: std::collections::BTreeMap<String, f64>,
 }
 
 /// Annex I 1(d) type of data centre (Art. 2(1)–(3) of 2024/1364).
@@ -667,6 +671,23 @@ fn validate_site_details(
             ));
         }
         seen.push(h);
+    }
+    for (h, w) in &s.host_power_budget_watts {
+        // The host's own line in a `[sites.host_power_budget_watts]` table, else the key's.
+        let key = "host_power_budget_watts";
+        let site_line = find_site_key(text, id, "id");
+        let place = [format!("\"{h}\""), h.clone(), key.to_string()]
+            .iter()
+            .map(|k| find_site_key(text, id, k))
+            .find(|o| *o != site_line)
+            .unwrap_or(site_line);
+        let msg = |m: String| err(place, format!("site {id:?}: key `{key}`: {m}"));
+        if !valid_host(h) {
+            return Err(msg(format!("host {h:?} must be a non-empty host name without spaces or quotes")));
+        }
+        if !(w.is_finite() && *w > 0.0) {
+            return Err(msg(format!("host {h:?}: {w} W must be a positive number of watts")));
+        }
     }
     let mut ids: Vec<&str> = Vec::new();
     for l in &s.it_loads {
@@ -1402,6 +1423,20 @@ mod tests {
             "{meter}[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"pdu-a1-o7\"\nquality = \"estimated\"\n"
         )));
         assert!(e.contains(":14:") && e.contains("nameplate_watts only"), "{e}");
+    }
+
+    #[test]
+    fn host_power_budgets_are_checked() {
+        let l = load(&site("[sites.host_power_budget_watts]\n\"srv-1\" = 450.0\n\"srv-2\" = 600\n")).expect("load");
+        let b = &l.sites[0].config.host_power_budget_watts;
+        assert_eq!(b.get("srv-1"), Some(&450.0));
+        assert_eq!(b.get("srv-2"), Some(&600.0));
+        let e = refused(&site("[sites.host_power_budget_watts]\n\"srv-1\" = -5.0\n"));
+        assert!(e.contains(":6:") && e.contains("positive number of watts") && e.contains("srv-1"), "{e}");
+        let e = refused(&site("host_power_budget_watts = { \"srv 1\" = 300.0 }\n"));
+        assert!(e.contains(":5:") && e.contains("host name"), "{e}");
+        let e = refused(&site("host_power_budget_watts = { \"srv-1\" = \"300 W\" }\n"));
+        assert!(e.contains(":5:"), "{e}");
     }
 
     #[test]

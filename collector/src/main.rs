@@ -101,6 +101,20 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Retire a decommissioned host: it is no longer expected to report (`domesday_host_retired` = 1, so
+    /// "host silent" alerts stop), while its energy stays in the ledger. Works while `serve` runs.
+    RetireHost {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        host: String,
+        /// Who retires the host.
+        #[arg(long)]
+        by: String,
+        /// Why (kept with the retirement).
+        #[arg(long)]
+        reason: String,
+    },
     /// Write a consistent copy of the ledger (SQLite online backup; works while `serve` runs).
     Backup {
         /// Destination file (must not exist).
@@ -259,6 +273,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             w.swap_meter(&site, &m.id, &m.role, &m.unit, at_ms, f, i, &who)?;
             println!("recorded: meter {} swapped at {at} (final {final_reading}, initial {initial} {})", m.id, m.unit);
             Ok(())
+        }
+        Command::RetireHost { site, host, by, reason } => {
+            use domesday_collector::ledger::sqlite::{Retire, retire_host};
+            let s = sites
+                .iter()
+                .find(|s| s.config.id == site)
+                .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
+            require_reason(&by, &reason)?;
+            let expected = s.config.expected_hosts.contains(&host);
+            let who = Provenance { author: by, reason, recorded_ms: now_ms() };
+            match retire_host(&cfg.db, &site, &host, expected, &who)? {
+                Retire::Retired => {
+                    println!("recorded: host {host} of site {site} retired by {} ({})", who.author, who.reason);
+                    Ok(())
+                }
+                Retire::Already(r) => {
+                    println!(
+                        "host {host} of site {site} was already retired by {} at {} ({}); nothing changed",
+                        r.by,
+                        domesday_collector::ledger::query::rfc3339(r.retired_ms),
+                        r.reason
+                    );
+                    Ok(())
+                }
+                Retire::UnknownHost => bail!(
+                    "the ledger has no host {host:?} at site {site:?} and it is not in the site's expected_hosts; \
+                     check the name (GET /api/v1/sites/{site}/hosts lists them)"
+                ),
+            }
         }
         Command::Backup { to } => {
             if to.exists() {

@@ -373,6 +373,33 @@ metric!(
     "Site identity; value 1."
 );
 metric!(
+    SITE_PUE_TARGET,
+    Collector,
+    "domesday_site_pue_target",
+    Gauge,
+    "",
+    ["site"],
+    "The site's PUE target (pue_target in the collector config), for alert rules to compare domesday_site_pue with; absent when not configured."
+);
+metric!(
+    HOST_POWER_BUDGET,
+    Collector,
+    "domesday_host_power_budget_watts",
+    Gauge,
+    "watts",
+    ["site", "host"],
+    "A host's power budget (host_power_budget_watts in the collector config), for alert rules to compare domesday_host_power_watts with."
+);
+metric!(
+    HOST_RETIRED,
+    Collector,
+    "domesday_host_retired",
+    Gauge,
+    "",
+    ["site", "host"],
+    "1 for a host retired with `domesday-collector retire-host` (decommissioned: silence is expected; its energy stays in the ledger)."
+);
+metric!(
     GRID_INTENSITY,
     Collector,
     "domesday_grid_carbon_intensity_grams_per_kwh",
@@ -442,6 +469,9 @@ pub const CATALOG: &[MetricDef] = &[
     SITE_COVERAGE,
     SITE_EMISSIONS,
     SITE_INFO,
+    SITE_PUE_TARGET,
+    HOST_POWER_BUDGET,
+    HOST_RETIRED,
     GRID_INTENSITY,
     FORWARD_REQUESTS,
     FORWARD_SPOOL_BYTES,

@@ -184,6 +184,15 @@ pub struct HostModel {
     pub sockets: Option<u32>,
 }
 
+/// A retired (decommissioned) host: who retired it, why, and when (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Retirement {
+    pub host: String,
+    pub by: String,
+    pub reason: String,
+    pub retired_ms: i64,
+}
+
 /// What one accepted request asks the ledger to do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -253,6 +262,10 @@ pub trait LedgerReader: Send + Sync {
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError>;
     /// Hourly energy (µJ) of a site's meters of one role over whole hours in `[from, to)`.
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError>;
+    /// The retired hosts of a site (`retire-host`), by host name.
+    fn retired_hosts(&self, _site: &str) -> Result<Vec<Retirement>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

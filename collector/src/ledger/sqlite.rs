@@ -12,8 +12,9 @@
 //! `hours` buckets of integer µJ (or µL for water and fuel) with the observed
 //! milliseconds, `minutes` buckets of meters (a host series' minutes are
 //! recomputed from its chunks), `hosts` (the machine that owns each host name)
-//! and `host_conflicts`, and the `journal` of host samples not yet written to
-//! chunks and hours ([`super::journal`]).
+//! and `host_conflicts`, the `journal` of host samples not yet written to
+//! chunks and hours ([`super::journal`]), and `retired_hosts` (who retired a
+//! decommissioned host, when and why).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome,
-    StoreError, micro_factor,
+    Retirement, StoreError, micro_factor,
 };
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
@@ -93,6 +94,14 @@ CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);
 -- Host series' minutes are recomputed from their chunks (see ledger::chunk::minute_shares_of);
 -- `minutes` keeps meters'.
 DELETE FROM minutes WHERE series_id IN (SELECT id FROM series WHERE meter = '');
+"#,
+    r#"
+-- Decommissioned hosts (`retire-host`): their silence is expected; their energy stays booked.
+CREATE TABLE retired_hosts (
+    site TEXT NOT NULL, host TEXT NOT NULL,
+    author TEXT NOT NULL, reason TEXT NOT NULL, retired_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, host)
+);
 "#,
 ];
 
@@ -670,6 +679,56 @@ impl SqliteWriter {
     }
 }
 
+/// What [`retire_host`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retire {
+    /// Recorded now.
+    Retired,
+    /// The host was retired before; the first record stays.
+    Already(Retirement),
+    /// The ledger has no sample or claim of this host at this site.
+    UnknownHost,
+}
+
+/// Records that a decommissioned host is retired, with who, when and why.
+/// Only a row of its own: the host's series and energy stay as booked. Runs on
+/// its own connection (like `correct`), so it works while `serve` runs.
+/// `known` says the host is expected by the configuration even if the ledger
+/// never saw it.
+pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+    let conn = open_writer(path)?;
+    let tx = conn.unchecked_transaction()?;
+    if let Some(r) = tx
+        .query_row(
+            "SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 AND host = ?2",
+            params![site, host],
+            retirement_row,
+        )
+        .optional()?
+    {
+        return Ok(Retire::Already(r));
+    }
+    let seen: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM series WHERE site = ?1 AND host = ?2) \
+         OR EXISTS (SELECT 1 FROM hosts WHERE site = ?1 AND host = ?2)",
+        params![site, host],
+        |r| r.get(0),
+    )?;
+    if !(seen || known) {
+        return Ok(Retire::UnknownHost);
+    }
+    tx.execute(
+        "INSERT INTO retired_hosts (site, host, author, reason, retired_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![site, host, who.author, who.reason, who.recorded_ms],
+    )?;
+    tx.commit()?;
+    Ok(Retire::Retired)
+}
+
+fn retirement_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Retirement> {
+    Ok(Retirement { host: r.get(0)?, by: r.get(1)?, reason: r.get(2)?, retired_ms: r.get(3)? })
+}
+
 /// A bucket to add: `((series_id, start_ms), (energy, covered_ms))`.
 type Bucket = ((i64, i64), (i64, i64));
 
@@ -989,5 +1048,13 @@ impl LedgerReader for SqliteReader {
 
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
         self.read(|c, _| super::query::role_hourly(c, site, role, from_ms, to_ms))
+    }
+
+    fn retired_hosts(&self, site: &str) -> Result<Vec<Retirement>, StoreError> {
+        let conn = self.conn()?;
+        let mut st =
+            conn.prepare("SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 ORDER BY host")?;
+        let rows = st.query_map([site], retirement_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }

@@ -549,3 +549,37 @@ fn preallocated_wal_keeps_what_was_committed_before_and_after() {
         .expect("recovered");
     assert_eq!((r.samples, r.energy_microjoules.as_str()), (20, "19000000"));
 }
+
+#[test]
+fn a_retired_host_keeps_its_energy_and_its_first_record() {
+    use super::sqlite::{Provenance, Retire, retire_host};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let pts = (0..4).map(|i| sample("old", "rapl", T0 + i * 60_000, Some(i * 2_000_000))).collect();
+    w.apply(&[batch(pts)], NOW).expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let before = reader.energy(&query(Some("old"), T0, T0 + 600_000)).expect("energy");
+    assert_eq!(before.energy_microjoules, "6000000");
+    assert!(reader.retired_hosts("s").expect("retired").is_empty());
+
+    // Works with the serving writer still open on the same file.
+    let who = |by: &str, ms| Provenance { author: by.into(), reason: "decommissioned".into(), recorded_ms: ms };
+    assert_eq!(retire_host(&db, "s", "old", false, &who("alice", NOW)).expect("retire"), Retire::Retired);
+    let again = retire_host(&db, "s", "old", false, &who("bob", NOW + 1)).expect("again");
+    let Retire::Already(first) = again else { panic!("{again:?}") };
+    assert_eq!((first.by.as_str(), first.retired_ms), ("alice", NOW));
+    // A host the ledger never saw is refused unless the configuration expects it.
+    assert_eq!(retire_host(&db, "s", "typo", false, &who("alice", NOW)).expect("typo"), Retire::UnknownHost);
+    assert_eq!(retire_host(&db, "other", "old", false, &who("alice", NOW)).expect("site"), Retire::UnknownHost);
+    assert_eq!(retire_host(&db, "s", "never", true, &who("alice", NOW)).expect("expected"), Retire::Retired);
+
+    let list = reader.retired_hosts("s").expect("retired");
+    let hosts: Vec<_> = list.iter().map(|r| (r.host.as_str(), r.by.as_str(), r.reason.as_str())).collect();
+    assert_eq!(hosts, vec![("never", "alice", "decommissioned"), ("old", "alice", "decommissioned")]);
+    assert!(reader.retired_hosts("other").expect("other").is_empty());
+    // The energy is still there, and the writer goes on booking (a late sample of the host too).
+    w.apply(&[batch(vec![sample("old", "rapl", T0 + 4 * 60_000, Some(8_000_000))])], NOW).expect("late");
+    let after = reader.energy(&query(Some("old"), T0, T0 + 600_000)).expect("energy");
+    assert_eq!(after.energy_microjoules, "8000000");
+}
