@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of domesday: formatting, clippy (warnings are errors),
 # the build of every binary, and the whole test suite (unit, property, golden,
-# end-to-end on fixture trees, promtool). Installs Debian's `prometheus` package
-# (for promtool) when it is missing; the tests that need it fail without it.
+# end-to-end on fixture trees, promtool, the alert rules and dashboards against a real
+# Prometheus and Alertmanager). Installs Debian's `prometheus` and
+# `prometheus-alertmanager` packages when missing; the tests that need them fail without.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,11 +18,15 @@ apt_install() {
   fi
 }
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "==> installing promtool (Debian package prometheus)"
-  apt_install prometheus >/dev/null || true
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  apt_install "${missing[@]}" >/dev/null || true
 fi
 command -v promtool >/dev/null 2>&1 || { echo "test.sh: promtool is required (apt-get install prometheus)" >&2; exit 1; }
+[ -x /usr/bin/prometheus-alertmanager ] || { echo "test.sh: Alertmanager is required (apt-get install prometheus-alertmanager)" >&2; exit 1; }
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check
