@@ -306,13 +306,24 @@ fn dashboards_follow_the_lint_rules() {
     }
 }
 
-/// Panels (title, refId) that stay empty in the test below, and why.
-const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[
-    ("GPU power", "A", "no GPU in the fixture tree"),
-    ("GPU utilisation", "A", "no GPU in the fixture tree"),
-    ("Forwarding", "A", "no [forward] configured"),
-    ("Forward spool", "A", "no [forward] configured"),
-];
+/// Panels (title, refId) that may stay empty in the test below, and why. None: the
+/// setup feeds every panel (a fake NVML library for the GPUs, a `[forward]` upstream,
+/// a broken sensor, a refused sender, a failing meter, a retired host).
+const MAY_BE_EMPTY: &[(&str, &str, &str)] = &[];
+
+/// Compiles the fake NVML library (tests/fixtures/nvml/fake_nvml.c) into `dir`.
+fn fake_nvml(dir: &Path) -> std::path::PathBuf {
+    let lib = dir.join("libnvidia-ml.so.1");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(domesday_tests::fixtures_dir().join("nvml/fake_nvml.c"))
+        .arg("-ldl")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `cc` to build the fake NVML library ({e}): install gcc"));
+    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    lib
+}
 
 /// Rewrites the fixture's /proc/stat every 300 ms so CPU utilisation moves (40 % busy).
 fn busy_cpu(root: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -348,6 +359,9 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // A live Redfish PDU whose energy grows with time, and one that refuses the credentials.
     let t_start = Instant::now();
     let pdu = mock_http(move |target| {
+        if target == "/forward" {
+            return (204, String::new());
+        }
         if target.ends_with("/RackPDUs/1/Metrics") {
             let j = 1_000_000 + t_start.elapsed().as_millis() as u64 * 5;
             return (200, format!(r#"{{"PowerWatts":{{"Reading":5000}},"EnergyJoules":{{"Reading":{j}}}}}"#));
@@ -374,12 +388,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         &cfg,
         format!(
             "listen = \"127.0.0.1:{port}\"\ndb = {:?}\ngauges_refresh = \"1s\"\n\n\
+             [forward]\nurl = \"http://127.0.0.1:{pdu}/forward\"\nspool_dir = {:?}\n\n\
              [carbon]\nsource = \"static\"\ngrid_zone = \"FR\"\nbasis = \"direct\"\nfallback_g_per_kwh = 50.0\n\n\
              [[sites]]\nid = \"caen-1\"\nname = \"Caen 1\"\nregion = \"normandie\"\ntimezone = \"Europe/Paris\"\n\
              token_file = {:?}\npue_target = 1.3\n\
              [sites.host_power_budget_watts]\n\"test-host\" = 300.0\n{}{}{}{}{}\n\
              [[sites]]\nid = \"rouen-1\"\nregion = \"normandie\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}",
             d.join("domesday.db").display().to_string(),
+            d.join("forward-spool").display().to_string(),
             d.join("t").display().to_string(),
             csv_meter("edf", "utility_in", "kWh"),
             csv_meter("pv", "onsite_renewable_consumed", "kWh"),
@@ -438,14 +454,32 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let stop = Arc::new(AtomicBool::new(false));
     let cpu = busy_cpu(&root, stop.clone());
     let agent_port = free_port();
-    let push = format!(
-        "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"1s\"\nspool_dir = {:?}\n",
+    let nvml = fake_nvml(d);
+    let gpu_state = d.join("nvml-state");
+    std::fs::write(
+        &gpu_state,
+        "gpu uuid=GPU-5d2b2b4e-8c3d-6f3b-1c1e-0d9f3a7b2c11 power=61330 energy=1000000 temp=34 util=87 name=NVIDIA A100-SXM4-40GB\n",
+    )
+    .expect("nvml state");
+    let gpu_state = gpu_state.display().to_string();
+    let tables = format!(
+        "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"1s\"\nspool_dir = {:?}\n\n\
+         [nvml]\nlibrary = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
         c.url("/api/v1/write"),
         root.join("push.token").display().to_string(),
-        root.join("spool").display().to_string()
+        root.join("spool").display().to_string(),
+        nvml.display().to_string()
     );
-    let _agent =
-        start_agent_logged_with(&root, agent_port, "500ms", &push, &[], &root.join("agent.log"), &["--site", "caen-1"]);
+    let env = [("FAKE_NVML_STATE", gpu_state.as_str())];
+    let _agent = start_agent_logged_with(
+        &root,
+        agent_port,
+        "500ms",
+        &tables,
+        &env,
+        &root.join("agent.log"),
+        &["--site", "caen-1"],
+    );
     get_text(&format!("http://127.0.0.1:{agent_port}/metrics"), Duration::from_secs(20));
 
     // Prometheus scrapes both and evaluates the shipped rules (the recording rules the panels use).
