@@ -286,6 +286,12 @@ fn dashboards_follow_the_lint_rules() {
                     let labels = filter_labels(&metric, &rules)
                         .unwrap_or_else(|| panic!("{at}: {metric} is neither in the catalog nor a recording rule"));
                     named |= description.contains(&metric);
+                    if labels.iter().any(|l| l == "region") {
+                        assert!(
+                            matchers.contains("region=~\"$region\""),
+                            "{at}: {metric} not filtered by $region: {expr}"
+                        );
+                    }
                     if labels.iter().any(|l| l == "site") {
                         assert!(matchers.contains("site=~\"$site\""), "{at}: {metric} not filtered by $site: {expr}");
                     }
