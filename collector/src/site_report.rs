@@ -147,6 +147,8 @@ pub fn totals(
             halls.entry(String::new()).or_default().it_in = Some(a);
         }
     }
+    // Declared guarantees of origin and PPA energy (`[[sites.annual]]`).
+    t.certificates = crate::reports::declared::certificates(site, from_ms, to_ms);
     halls.retain(|_, h| h.ups_out.is_some() || h.pdu_out.is_some() || h.it_in.is_some() || h.cooling.is_some());
     t.halls = halls;
     Ok(t)
