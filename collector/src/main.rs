@@ -115,6 +115,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9955")]
         agent_listen: SocketAddr,
     },
+    /// Regulatory reports from the ledger and the site configuration (docs/reports.md).
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Print the ledger's energy over [from, to) (read-only; works while `serve` runs).
     Energy {
         #[arg(long)]
@@ -133,6 +136,47 @@ enum Command {
         format: String,
     },
 }
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The EED declaration of one site (Delegated Regulation (EU) 2024/1364 Annexes I–III).
+    Eed {
+        #[arg(long)]
+        site: String,
+        /// Calendar year of the site's time zone (the declaration to file).
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        /// Start of an interim period (RFC 3339), with --to.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// json, csv or xlsx.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the declaration even when mandatory fields are missing.
+        #[arg(long)]
+        draft: bool,
+    },
+}
+
+/// Exit status of `report eed` when mandatory fields are missing (without `--draft`).
+const EXIT_INCOMPLETE: u8 = 3;
+
+/// A declaration refused because mandatory fields are missing.
+#[derive(Debug)]
+struct Incomplete(String);
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Incomplete {}
 
 /// The ingest path allocates and frees many small buffers per request (decoded
 /// labels, samples, group-commit batches); mimalloc's thread-local free lists
@@ -154,7 +198,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            match e.downcast_ref::<Incomplete>() {
+                Some(_) => ExitCode::from(EXIT_INCOMPLETE),
+                None => ExitCode::from(2),
+            }
         }
     }
 }
@@ -271,6 +318,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backup written to {}", to.display());
             Ok(())
         }
+        Command::Report(ReportCommand::Eed { site, year, from, to, format, out, draft }) => {
+            report_eed(&cfg, &sites, &site, year, from.zip(to), &format, out, draft)
+        }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {
                 bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
@@ -307,6 +357,81 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `report eed`: builds the declaration with the indicators' computation,
+/// refuses an incomplete one (unless `draft`), renders and writes it.
+#[allow(clippy::too_many_arguments)]
+fn report_eed(
+    cfg: &CollectorConfig,
+    sites: &[domesday_collector::config::Site],
+    site: &str,
+    year: Option<i16>,
+    range: Option<(String, String)>,
+    format: &str,
+    out: Option<PathBuf>,
+    draft: bool,
+) -> anyhow::Result<()> {
+    use domesday_collector::reports::eed::{ReportPeriod, build};
+    use domesday_collector::reports::render::{OutputFormat, render};
+    let Some(fmt) = OutputFormat::parse(format) else { bail!("--format {format:?}: use json, csv or xlsx") };
+    let s = sites
+        .iter()
+        .find(|s| s.config.id == site)
+        .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
+    if !serve::ledger_exists(&cfg.db) {
+        bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+    }
+    let period = match (year, range) {
+        (Some(y), _) => ReportPeriod::year(&s.config, y).map_err(|e| anyhow::anyhow!("--year {y}: {e}"))?,
+        (None, Some((f, t))) => {
+            let (from_ms, to_ms) = parse_range(Some(&f), Some(&t)).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))?;
+            ReportPeriod { from_ms, to_ms, year: None }
+        }
+        (None, None) => bail!("give --year, or --from and --to"),
+    };
+    // SOURCE_DATE_EPOCH (reproducible-builds.org) fixes the one run-dependent field.
+    let generated_ms = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse::<i64>().context("SOURCE_DATE_EPOCH must be whole seconds")? * 1000,
+        Err(_) => now_ms(),
+    };
+    let generated_at = domesday_collector::ledger::query::rfc3339(generated_ms);
+    let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+    let carbon = match &cfg.carbon {
+        Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let d =
+        rt.block_on(build(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, now_ms(), generated_at))?;
+    if !d.missing.is_empty() && !draft {
+        let list: Vec<String> = d
+            .missing
+            .iter()
+            .map(|m| {
+                let point = [m.annex.map(|a| format!("Annex {a}")), m.point.map(str::to_string)]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                format!("  {} ({point}): set {}", m.field, m.config_key)
+            })
+            .collect();
+        return Err(Incomplete(format!(
+            "the declaration of {site} lacks {} mandatory field(s); nothing was written (--draft writes it anyway):\n{}",
+            d.missing.len(),
+            list.join("\n")
+        ))
+        .into());
+    }
+    let bytes = render(&d, fmt)?;
+    match out {
+        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
+        None => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes).context("writing to standard output")?
+        }
+    }
+    Ok(())
 }
 
 fn find_meter<'a>(

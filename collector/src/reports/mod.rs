@@ -4,9 +4,11 @@
 //! - [`eed`]: the EED declaration of one site and period (Delegated Regulation (EU) 2024/1364
 //!   Annexes I–III), from the indicators' own inputs and results.
 //! - [`classes`]: the indicative EU classes A–G of PUE and WUE.
+//! - [`render`]: the declaration as JSON, CSV and XLSX, byte-reproducible.
 //!
 //! Nothing here computes an indicator: figures come from `site_report` and `indicators`.
 
 pub mod classes;
 pub mod declared;
 pub mod eed;
+pub mod render;
