@@ -444,3 +444,25 @@ fn split_csv(line: &str) -> Vec<String> {
     out.push(cur);
     out
 }
+
+/// docs/reports.md documents every field of the declaration, with its point.
+#[test]
+fn every_declaration_field_is_documented() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("../docs/reports.md")).expect("docs/reports.md");
+    let golden = std::fs::read_to_string(root.join("golden/reports/eed-caen-1-2025.json")).expect("golden");
+    let d: serde_json::Value = serde_json::from_str(&golden).expect("json");
+    for section in ["annex_i", "annex_ii_energy", "annex_ii_ict_capacity", "annex_ii_data_traffic", "france"] {
+        assert!(doc.contains(&format!("`{section}`")), "section {section} is not documented");
+        for (key, f) in d[section].as_object().expect("section") {
+            let line = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}`")))
+                .unwrap_or_else(|| panic!("{key} has no row in docs/reports.md"));
+            assert!(line.contains(f["point"].as_str().expect("point")), "{key}: the row does not give its point");
+        }
+    }
+    for key in d.as_object().expect("object").keys() {
+        assert!(doc.contains(&format!("`{key}`")), "envelope key {key} is not documented");
+    }
+}
