@@ -359,8 +359,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `report eed`: builds the declaration with the indicators' computation,
-/// refuses an incomplete one (unless `draft`), renders and writes it.
+/// `report eed`: the declaration as `reports::document` makes it, written
+/// to `out` or standard output; an incomplete one is refused (exit status 3).
 #[allow(clippy::too_many_arguments)]
 fn report_eed(
     cfg: &CollectorConfig,
@@ -372,9 +372,10 @@ fn report_eed(
     out: Option<PathBuf>,
     draft: bool,
 ) -> anyhow::Result<()> {
-    use domesday_collector::reports::eed::{ReportPeriod, build};
-    use domesday_collector::reports::render::{OutputFormat, render};
-    let Some(fmt) = OutputFormat::parse(format) else { bail!("--format {format:?}: use json, csv or xlsx") };
+    use domesday_collector::reports::document::{DocumentError, Request, eed_document};
+    use domesday_collector::reports::eed::ReportPeriod;
+    use domesday_collector::reports::render::OutputFormat;
+    let Some(format) = OutputFormat::parse(format) else { bail!("--format {format:?}: use json, csv or xlsx") };
     let s = sites
         .iter()
         .find(|s| s.config.id == site)
@@ -390,41 +391,19 @@ fn report_eed(
         }
         (None, None) => bail!("give --year, or --from and --to"),
     };
-    // SOURCE_DATE_EPOCH (reproducible-builds.org) fixes the one run-dependent field.
-    let generated_ms = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse::<i64>().context("SOURCE_DATE_EPOCH must be whole seconds")? * 1000,
-        Err(_) => now_ms(),
-    };
-    let generated_at = domesday_collector::ledger::query::rfc3339(generated_ms);
     let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let d =
-        rt.block_on(build(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, now_ms(), generated_at))?;
-    if !d.missing.is_empty() && !draft {
-        let list: Vec<String> = d
-            .missing
-            .iter()
-            .map(|m| {
-                let point = [m.annex.map(|a| format!("Annex {a}")), m.point.map(str::to_string)]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                format!("  {} ({point}): set {}", m.field, m.config_key)
-            })
-            .collect();
-        return Err(Incomplete(format!(
-            "the declaration of {site} lacks {} mandatory field(s); nothing was written (--draft writes it anyway):\n{}",
-            d.missing.len(),
-            list.join("\n")
-        ))
-        .into());
-    }
-    let bytes = render(&d, fmt)?;
+    let req = Request { period, format, draft };
+    let doc = rt.block_on(eed_document(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), req, now_ms()));
+    let bytes = match doc {
+        Ok(b) => b,
+        Err(e @ DocumentError::Incomplete { .. }) => return Err(Incomplete(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
     match out {
         Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
         None => {

@@ -11,7 +11,9 @@
 //!   over the same year;
 //! - the same ledger and inputs give the same bytes in every format;
 //! - a declaration lacking a mandatory field is refused (exit 3, the list on
-//!   stderr, no file); `--draft` writes it with the list.
+//!   stderr, no file); `--draft` writes it with the list;
+//! - `GET /api/v1/reports/eed` answers the command's bytes, 422 with the list
+//!   when incomplete, and the draft with `draft=true`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -237,7 +239,7 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     assert!(ind("cue")["class"].is_null());
 
     // The API over the same year: every indicator figure, in every format.
-    let c = Collector::spawn(dir.path(), port, &cfg);
+    let c = serve(dir.path(), port, &cfg);
     let api: serde_json::Value = serde_json::from_str(&get_text(
         &c.url("/api/v1/sites/caen-1/indicators?from=2024-12-31T23:00:00Z&to=2025-12-31T23:00:00Z&step=1y"),
         Duration::from_secs(30),
@@ -351,6 +353,22 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     assert_eq!(head[0][9], Data::String("Denominator (kWh)".into()));
     let env = sheet(&mut xlsx, "Declaration");
     assert!(env.iter().any(|r| r[0] == Data::String("interim".into()) && r[1] == Data::Bool(false)));
+
+    // GET /api/v1/reports/eed: the command's bytes, in every format.
+    for (fmt, file) in [("json", "a.json"), ("csv", "a.csv"), ("xlsx", "a.xlsx")] {
+        let (code, ctype, body) = fetch(&c.url(&format!("/api/v1/reports/eed?site=caen-1&year=2025&format={fmt}")));
+        assert_eq!(code, 200, "{fmt}: {}", String::from_utf8_lossy(&body));
+        assert!(ctype.contains(if fmt == "xlsx" { "spreadsheetml" } else { fmt }), "{fmt}: {ctype}");
+        assert_eq!(body, std::fs::read(out(file)).expect("cli file"), "{fmt}: HTTP and command differ");
+    }
+    let (code, _, body) = fetch(&c.url("/api/v1/reports/eed?site=rouen-1&year=2025"));
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("cdd_degree_days (Annex II 1(n)): set [[sites.annual]] cdd_degree_days"), "{text}");
+    let (code, _, body) = fetch(&c.url("/api/v1/reports/eed?site=rouen-1&year=2025&draft=true"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, _, _) = fetch(&c.url("/api/v1/reports/eed?site=caen-1"));
+    assert_eq!(code, 400);
     drop(c);
 
     // Incomplete: refused with the list, nothing written; --draft writes it.
@@ -422,6 +440,29 @@ fn interim_period_is_marked_everywhere() {
     // March is 31 days of 365: the year's GOs pro rata temporis (744 h less the DST hour).
     let share = (31.0 * 24.0 - 1.0) / (365.0 * 24.0);
     assert!(close(e["eres_goo_kwh"]["value"].as_f64().expect("goo"), 600_000.0 * share), "{}", e["eres_goo_kwh"]);
+}
+
+/// `serve` with `SOURCE_DATE_EPOCH` set, as the command runs, so both produce the same bytes.
+fn serve(dir: &Path, port: u16, cfg: &Path) -> Collector {
+    let child = Command::new(binary("domesday-collector"))
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn collector");
+    let c = Collector { proc: domesday_tests::Proc(child), port, dir: dir.to_path_buf() };
+    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    c
+}
+
+/// Status, content type and body of a GET.
+fn fetch(url: &str) -> (u16, String, Vec<u8>) {
+    let r = reqwest::blocking::Client::new().get(url).timeout(Duration::from_secs(30)).send().expect("GET");
+    let ctype = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    (r.status().as_u16(), ctype, r.bytes().expect("body").to_vec())
 }
 
 /// A CSV line into cells (quoted cells may hold commas and doubled quotes).
