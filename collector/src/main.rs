@@ -161,6 +161,23 @@ enum ReportCommand {
         #[arg(long)]
         draft: bool,
     },
+    /// The French public sheet (Code de l'énergie D.236-3): an HTML page, JSON and CSV in a directory.
+    Publication {
+        #[arg(long)]
+        site: String,
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Directory to write `<site>-<year>.html`, `.json` and `.csv` into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Publish even when mandatory fields are missing.
+        #[arg(long)]
+        draft: bool,
+    },
 }
 
 /// Exit status of `report eed` when mandatory fields are missing (without `--draft`).
@@ -319,7 +336,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Report(ReportCommand::Eed { site, year, from, to, format, out, draft }) => {
-            report_eed(&cfg, &sites, &site, year, from.zip(to), &format, out, draft)
+            report_eed(&cfg, &sites, &site, year, from.zip(to), Some(&format), out, draft)
+        }
+        Command::Report(ReportCommand::Publication { site, year, from, to, out, draft }) => {
+            report_eed(&cfg, &sites, &site, year, from.zip(to), None, Some(out), draft)
         }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {
@@ -359,8 +379,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `report eed`: the declaration as `reports::document` makes it, written
-/// to `out` or standard output; an incomplete one is refused (exit status 3).
+/// `report eed` (`format` given: one file, or standard output) and `report
+/// publication` (`format` none: the public sheet's files into the `out`
+/// directory), as `reports::document` makes them; an incomplete declaration
+/// is refused with exit status 3.
 #[allow(clippy::too_many_arguments)]
 fn report_eed(
     cfg: &CollectorConfig,
@@ -368,14 +390,19 @@ fn report_eed(
     site: &str,
     year: Option<i16>,
     range: Option<(String, String)>,
-    format: &str,
+    format: Option<&str>,
     out: Option<PathBuf>,
     draft: bool,
 ) -> anyhow::Result<()> {
-    use domesday_collector::reports::document::{DocumentError, Request, eed_document};
+    use domesday_collector::reports::document::{DocumentError, declaration};
     use domesday_collector::reports::eed::ReportPeriod;
-    use domesday_collector::reports::render::OutputFormat;
-    let Some(format) = OutputFormat::parse(format) else { bail!("--format {format:?}: use json, csv or xlsx") };
+    use domesday_collector::reports::render::{OutputFormat, render};
+    let format = match format {
+        Some(f) => {
+            Some(OutputFormat::parse(f).ok_or_else(|| anyhow::anyhow!("--format {f:?}: use json, csv or xlsx"))?)
+        }
+        None => None,
+    };
     let s = sites
         .iter()
         .find(|s| s.config.id == site)
@@ -397,13 +424,23 @@ fn report_eed(
         None => None,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let req = Request { period, format, draft };
-    let doc = rt.block_on(eed_document(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), req, now_ms()));
-    let bytes = match doc {
-        Ok(b) => b,
+    let d = rt.block_on(declaration(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, draft, now_ms()));
+    let d = match d {
+        Ok(d) => d,
         Err(e @ DocumentError::Incomplete { .. }) => return Err(Incomplete(e.to_string()).into()),
         Err(e) => return Err(e.into()),
     };
+    let Some(format) = format else {
+        let dir = out.ok_or_else(|| anyhow::anyhow!("--out DIR is required"))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, bytes) in domesday_collector::reports::publication::files(&d)? {
+            let p = dir.join(&name);
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            println!("{}", p.display());
+        }
+        return Ok(());
+    };
+    let bytes = render(&d, format)?;
     match out {
         Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
         None => {

@@ -5,6 +5,7 @@
 //!   Annexes I–III), from the indicators' own inputs and results.
 //! - [`classes`]: the indicative EU classes A–G of PUE and WUE.
 //! - [`document`]: build, refuse when incomplete, render: what the command and the endpoint share.
+//! - [`publication`]: the French public sheet: the public subset as one self-contained HTML page, JSON and CSV.
 //! - [`render`]: the declaration as JSON, CSV and XLSX, byte-reproducible.
 //!
 //! Nothing here computes an indicator: figures come from `site_report` and `indicators`.
@@ -13,4 +14,5 @@ pub mod classes;
 pub mod declared;
 pub mod document;
 pub mod eed;
+pub mod publication;
 pub mod render;
