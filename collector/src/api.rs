@@ -108,6 +108,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/sites", get(sites))
         .route("/api/v1/sites/{site}/hosts", get(hosts))
         .route("/api/v1/sites/{site}/indicators", get(indicators))
+        .route("/api/v1/reports/eed", get(report_eed))
+        .route("/reports/publication", get(report_publication))
         .route("/api/v1/sites/{site}/meter-readings", post(meter_readings).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -497,6 +499,134 @@ async fn indicators(
     match report {
         Ok(r) => axum::Json(r).into_response(),
         Err(crate::site_report::ReportError::Period(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EedParams {
+    site: Option<String>,
+    year: Option<i16>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+    draft: Option<bool>,
+}
+
+/// `GET /api/v1/reports/eed`: the document of `report eed` (docs/reports.md);
+/// an incomplete declaration is 422 with the list unless `draft=true`.
+async fn report_eed(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(p): Query<EedParams>,
+) -> Response {
+    use crate::reports::document::{DocumentError, Request, eed_document};
+    use crate::reports::eed::ReportPeriod;
+    use crate::reports::render::OutputFormat;
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let Some(site) = p.site.as_deref() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
+    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    };
+    let fmt = p.format.as_deref().unwrap_or("json");
+    let Some(format) = OutputFormat::parse(fmt) else {
+        return error(StatusCode::BAD_REQUEST, format!("`format` {fmt:?}: use json, csv or xlsx"));
+    };
+    let period = match (p.year, &p.from, &p.to) {
+        (Some(y), None, None) => match ReportPeriod::year(&site_cfg, y) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")),
+        },
+        (None, Some(_), Some(_)) => match parse_range(p.from.as_deref(), p.to.as_deref()) {
+            Ok((from_ms, to_ms)) => ReportPeriod { from_ms, to_ms, year: None },
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"),
+    };
+    let req = Request { period, format, draft: p.draft.unwrap_or(false) };
+    let reader = state.reader.clone();
+    let doc = crate::site_report::with_blocking_reads(eed_document(
+        reader.as_ref(),
+        &site_cfg,
+        state.carbon_config.as_ref(),
+        state.carbon.as_deref(),
+        req,
+        now_ms(),
+    ))
+    .await;
+    let (ctype, ext) = match format {
+        OutputFormat::Json => ("application/json", "json"),
+        OutputFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        OutputFormat::Xlsx => ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx"),
+    };
+    let name = format!("eed-{site}-{}.{ext}", p.year.map(|y| y.to_string()).unwrap_or_else(|| "interim".into()));
+    match doc {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, ctype.to_string()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e @ DocumentError::Incomplete { .. }) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(DocumentError::Report(crate::site_report::ReportError::Period(e))) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /reports/publication?site=&year=` (or `from`/`to`): the public
+/// sheet's HTML page; 422 with the missing fields unless `draft=true`.
+async fn report_publication(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(p): Query<EedParams>,
+) -> Response {
+    use crate::reports::document::{DocumentError, declaration};
+    use crate::reports::eed::ReportPeriod;
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let Some(site) = p.site.as_deref() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
+    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    };
+    let period = match (p.year, &p.from, &p.to) {
+        (Some(y), None, None) => match ReportPeriod::year(&site_cfg, y) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")),
+        },
+        (None, Some(_), Some(_)) => match parse_range(p.from.as_deref(), p.to.as_deref()) {
+            Ok((from_ms, to_ms)) => ReportPeriod { from_ms, to_ms, year: None },
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"),
+    };
+    let reader = state.reader.clone();
+    let d = crate::site_report::with_blocking_reads(declaration(
+        reader.as_ref(),
+        &site_cfg,
+        state.carbon_config.as_ref(),
+        state.carbon.as_deref(),
+        period,
+        p.draft.unwrap_or(false),
+        now_ms(),
+    ))
+    .await;
+    match d {
+        Ok(d) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::reports::publication::html(&d),
+        )
+            .into_response(),
+        Err(e @ DocumentError::Incomplete { .. }) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(DocumentError::Report(crate::site_report::ReportError::Period(e))) => error(StatusCode::BAD_REQUEST, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

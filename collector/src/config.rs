@@ -194,6 +194,30 @@ pub struct SiteConfig {
     /// Annex II 1(l): set point of the IT equipment intake (supply) air temperature, °C.
     #[serde(default)]
     pub intake_air_set_point_c: Option<f64>,
+    /// Annex II 1(a): whether `installed_it_power_kw` is the installed (default) or the rated IT power.
+    #[serde(default)]
+    pub pdit_basis: Option<crate::reports::declared::PditBasis>,
+    // Keys of the French declaration and public sheet (Code de l'énergie
+    // D.236-1 to D.236-3) and the declared annual figures; types and checks in
+    // `reports::declared`, mapping in docs/reports.md.
+    /// D.236-1/D.236-2: SIRET number(s) of the establishment(s) (14 digits).
+    #[serde(default)]
+    pub siret: Vec<String>,
+    /// D.236-2: name of the person to contact.
+    #[serde(default)]
+    pub contact_name: Option<String>,
+    /// D.236-2: e-mail of the person to contact.
+    #[serde(default)]
+    pub contact_email: Option<String>,
+    /// D.236-2: commissioning date, "YYYY-MM-DD".
+    #[serde(default)]
+    pub commissioning_date: Option<String>,
+    /// D.236-3: https address of the page where the data are made public.
+    #[serde(default)]
+    pub public_disclosure_url: Option<String>,
+    /// Annual figures no meter gives (`[[sites.annual]]`, one table per year).
+    #[serde(default)]
+    pub annual: Vec<crate::reports::declared::AnnualValues>,
     /// Expected IT inventory: hosts whose agents should report.
     #[serde(default)]
     pub expected_hosts: Vec<String>,
@@ -662,6 +686,7 @@ fn validate_site_details(
     {
         return Err(at("intake_air_set_point_c", format!("{t} °C is not a plausible intake air set point (5–45 °C)")));
     }
+    crate::reports::declared::validate_site(s, text, &at, err)?;
     let mut seen: Vec<&str> = Vec::new();
     for h in &s.expected_hosts {
         if !valid_host(h) || seen.contains(&h.as_str()) {

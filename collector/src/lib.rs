@@ -10,6 +10,8 @@
 //! - [`meters`]: facility meters: CSV imports and the live readers (Modbus TCP, Redfish
 //!   PowerDistribution, Prometheus), one task per meter, booked as exact register samples.
 //! - [`indicators`], [`carbon`]: the indicator maths and grid intensity sources; [`site_report`] feeds them from the ledger.
+//! - [`reports`]: the EED declaration (one record per site and year) built from the indicators'
+//!   computation, its renderings (JSON, CSV, XLSX) and the declared keys and annual figures.
 //! - [`api`]: HTTP handlers (write, energy, sites, hosts, health, metrics).
 //! - [`serve`]: wiring and graceful shutdown; [`demo`]: the local all-in-one run.
 //! - [`indicators`]: PUE, DCiE, pPUE, ERE, CUE, WUE, ERF, REF as pure functions over period totals;
@@ -29,6 +31,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod meters;
 pub mod pull;
+pub mod reports;
 pub mod serve;
 pub mod site_metrics;
 pub mod site_report;

@@ -129,6 +129,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9955")]
         agent_listen: SocketAddr,
     },
+    /// Regulatory reports from the ledger and the site configuration (docs/reports.md).
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Print the ledger's energy over [from, to) (read-only; works while `serve` runs).
     Energy {
         #[arg(long)]
@@ -147,6 +150,64 @@ enum Command {
         format: String,
     },
 }
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The EED declaration of one site (Delegated Regulation (EU) 2024/1364 Annexes I–III).
+    Eed {
+        #[arg(long)]
+        site: String,
+        /// Calendar year of the site's time zone (the declaration to file).
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        /// Start of an interim period (RFC 3339), with --to.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// json, csv or xlsx.
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the declaration even when mandatory fields are missing.
+        #[arg(long)]
+        draft: bool,
+    },
+    /// The French public sheet (Code de l'énergie D.236-3): an HTML page, JSON and CSV in a directory.
+    Publication {
+        #[arg(long)]
+        site: String,
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Directory to write `<site>-<year>.html`, `.json` and `.csv` into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Publish even when mandatory fields are missing.
+        #[arg(long)]
+        draft: bool,
+    },
+}
+
+/// Exit status of `report eed` when mandatory fields are missing (without `--draft`).
+const EXIT_INCOMPLETE: u8 = 3;
+
+/// A declaration refused because mandatory fields are missing.
+#[derive(Debug)]
+struct Incomplete(String);
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Incomplete {}
 
 /// The ingest path allocates and frees many small buffers per request (decoded
 /// labels, samples, group-commit batches); mimalloc's thread-local free lists
@@ -168,7 +229,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            match e.downcast_ref::<Incomplete>() {
+                Some(_) => ExitCode::from(EXIT_INCOMPLETE),
+                None => ExitCode::from(2),
+            }
         }
     }
 }
@@ -314,6 +378,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backup written to {}", to.display());
             Ok(())
         }
+        Command::Report(ReportCommand::Eed { site, year, from, to, format, out, draft }) => {
+            report_eed(&cfg, &sites, &site, year, from.zip(to), Some(&format), out, draft)
+        }
+        Command::Report(ReportCommand::Publication { site, year, from, to, out, draft }) => {
+            report_eed(&cfg, &sites, &site, year, from.zip(to), None, Some(out), draft)
+        }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {
                 bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
@@ -350,6 +420,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `report eed` (`format` given: one file, or standard output) and `report
+/// publication` (`format` none: the public sheet's files into the `out`
+/// directory), as `reports::document` makes them; an incomplete declaration
+/// is refused with exit status 3.
+#[allow(clippy::too_many_arguments)]
+fn report_eed(
+    cfg: &CollectorConfig,
+    sites: &[domesday_collector::config::Site],
+    site: &str,
+    year: Option<i16>,
+    range: Option<(String, String)>,
+    format: Option<&str>,
+    out: Option<PathBuf>,
+    draft: bool,
+) -> anyhow::Result<()> {
+    use domesday_collector::reports::document::{DocumentError, declaration};
+    use domesday_collector::reports::eed::ReportPeriod;
+    use domesday_collector::reports::render::{OutputFormat, render};
+    let format = match format {
+        Some(f) => {
+            Some(OutputFormat::parse(f).ok_or_else(|| anyhow::anyhow!("--format {f:?}: use json, csv or xlsx"))?)
+        }
+        None => None,
+    };
+    let s = sites
+        .iter()
+        .find(|s| s.config.id == site)
+        .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
+    if !serve::ledger_exists(&cfg.db) {
+        bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+    }
+    let period = match (year, range) {
+        (Some(y), _) => ReportPeriod::year(&s.config, y).map_err(|e| anyhow::anyhow!("--year {y}: {e}"))?,
+        (None, Some((f, t))) => {
+            let (from_ms, to_ms) = parse_range(Some(&f), Some(&t)).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))?;
+            ReportPeriod { from_ms, to_ms, year: None }
+        }
+        (None, None) => bail!("give --year, or --from and --to"),
+    };
+    let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+    let carbon = match &cfg.carbon {
+        Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let d = rt.block_on(declaration(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, draft, now_ms()));
+    let d = match d {
+        Ok(d) => d,
+        Err(e @ DocumentError::Incomplete { .. }) => return Err(Incomplete(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(format) = format else {
+        let dir = out.ok_or_else(|| anyhow::anyhow!("--out DIR is required"))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, bytes) in domesday_collector::reports::publication::files(&d)? {
+            let p = dir.join(&name);
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            println!("{}", p.display());
+        }
+        return Ok(());
+    };
+    let bytes = render(&d, format)?;
+    match out {
+        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
+        None => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes).context("writing to standard output")?
+        }
+    }
+    Ok(())
 }
 
 fn find_meter<'a>(

@@ -147,6 +147,8 @@ pub fn totals(
             halls.entry(String::new()).or_default().it_in = Some(a);
         }
     }
+    // Declared guarantees of origin and PPA energy (`[[sites.annual]]`).
+    t.certificates = crate::reports::declared::certificates(site, from_ms, to_ms);
     halls.retain(|_, h| h.ups_out.is_some() || h.pdu_out.is_some() || h.it_in.is_some() || h.cooling.is_some());
     t.halls = halls;
     Ok(t)
@@ -179,6 +181,24 @@ pub async fn grid_carbon(
     }
 }
 
+/// The inputs of one period's indicators: the site's totals and the grid's
+/// time-matched emissions. The EED declaration reads its energies from these
+/// same inputs, so its figures and the indicators' cannot differ.
+pub async fn period_inputs(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    carbon: Option<&CarbonService>,
+    period: Period,
+    now_ms: i64,
+) -> Result<(SiteTotals, Option<GridCarbon>), StoreError> {
+    let t = totals(reader, site, period.from_ms, period.to_ms, now_ms)?;
+    let grid = match carbon {
+        Some(c) => grid_carbon(reader, site, c, period.from_ms, period.to_ms, now_ms).await?,
+        None => None,
+    };
+    Ok((t, grid))
+}
+
 /// Indicators of one period.
 pub async fn period_indicators(
     reader: &dyn LedgerReader,
@@ -188,11 +208,7 @@ pub async fn period_indicators(
     period: Period,
     now_ms: i64,
 ) -> Result<Vec<Indicator>, StoreError> {
-    let t = totals(reader, site, period.from_ms, period.to_ms, now_ms)?;
-    let grid = match carbon {
-        Some(c) => grid_carbon(reader, site, c, period.from_ms, period.to_ms, now_ms).await?,
-        None => None,
-    };
+    let (t, grid) = period_inputs(reader, site, carbon, period, now_ms).await?;
     Ok(site_indicators(&t, params, grid.as_ref()))
 }
 

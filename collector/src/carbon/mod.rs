@@ -110,6 +110,10 @@ pub trait IntensitySource: Send + Sync {
     fn basis(&self) -> FactorBasis;
     /// Points inside `[from_ms, to_ms)` that the source has (may leave gaps).
     fn fetch(&self, from_ms: i64, to_ms: i64) -> BoxFuture<'_, Result<Vec<IntensityPoint>, CarbonError>>;
+    /// A source answered from memory (static factors): no request, so no fetch budget.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 /// Reads a JSON number that may be a number, `null`, or a string (ODRÉ uses

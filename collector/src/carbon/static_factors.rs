@@ -118,6 +118,10 @@ impl IntensitySource for StaticSource {
         self.basis
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn fetch(&self, from_ms: i64, to_ms: i64) -> BoxFuture<'_, Result<Vec<IntensityPoint>, CarbonError>> {
         let r = self.points(from_ms, to_ms);
         Box::pin(async move { r })

@@ -330,6 +330,21 @@ fn config_validation() {
     assert_eq!(em.effective_basis(), FactorBasis::Lifecycle);
 }
 
+/// A year of day chunks from a static source is answered whole in one call:
+/// no request is made, so the per-call fetch budget (31 chunks) does not cut
+/// an annual report short.
+#[tokio::test]
+async fn a_static_source_covers_a_whole_year_in_one_call() {
+    let c = parse("source = \"static\"\ngrid_zone = \"FR\"\nbasis = \"direct\"\n").expect("parses");
+    let svc = c.build().expect("build");
+    let (from, to) = (ms("2025-01-01T00:00:00Z"), ms("2026-01-01T00:00:00Z"));
+    let s = svc.series(from, to, ms("2026-06-01T00:00:00Z")).await;
+    assert_eq!(s.source_error, None);
+    assert_eq!(s.points.first().map(|p| p.start_ms), Some(from));
+    assert_eq!(s.points.last().map(|p| p.end_ms), Some(to));
+    assert!(s.points.windows(2).all(|w| w[0].end_ms == w[1].start_ms), "gapless");
+}
+
 #[tokio::test]
 async fn static_sources_serve_their_factor() {
     let c = parse("source = \"static\"\ngrid_zone = \"FR\"\nbasis = \"direct\"\n").expect("parses");
