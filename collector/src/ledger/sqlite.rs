@@ -649,17 +649,49 @@ impl SqliteWriter {
             ],
             ..Batch::default()
         };
-        let out = self.apply(&[batch], who.recorded_ms)?;
+        // The booking and its audit row (who and why) commit together or not at all:
+        // a swap that lost its provenance would be an unexplained jump in the ledger.
+        let out = self.apply_with(&[batch], |w, tx, staged| {
+            let id = w.series_id(tx, staged, site, "", meter, "", "measured", role, unit)?;
+            tx.execute(
+                "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
+                 VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+                params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
+            )?;
+            Ok(())
+        })?;
+        Ok(out.into_iter().next().unwrap_or_default())
+    }
+
+    /// Books `batches` and runs `also` in the same transaction: either all of
+    /// it commits or none of it (an error from `also` rolls the batches back).
+    fn apply_with(
+        &mut self,
+        batches: &[Batch],
+        also: impl FnOnce(&Self, &rusqlite::Transaction<'_>, &mut Staged) -> Result<(), StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut staged = Staged::default();
         let tx = self.conn.unchecked_transaction()?;
-        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
-        tx.execute(
-            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
-             VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
-            params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
-        )?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for b in batches {
+            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
+        }
+        also(self, &tx, &mut staged)?;
+        let journaled = staged.entries.len();
+        Self::journal_staged(&tx, &mut staged)?;
+        Self::write_buckets(&tx, &staged)?;
         tx.commit()?;
-        Ok(out.into_iter().next().unwrap_or_default())
+        // Only now does the in-memory state follow: a failed commit leaves it untouched.
+        self.series.extend(staged.series);
+        self.last.extend(staged.last);
+        self.owners.extend(staged.owners);
+        if staged.materialized {
+            self.unfinished = false;
+            self.journal_entries = 0;
+            self.last_materialized = std::time::Instant::now();
+        }
+        self.journal_entries += journaled;
+        Ok(outcomes)
     }
 
     /// Writes the staged buckets. Minutes of a series before its prune point
@@ -809,27 +841,7 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
 
 impl LedgerWriter for SqliteWriter {
     fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
-        let mut staged = Staged::default();
-        let tx = self.conn.unchecked_transaction()?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for b in batches {
-            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
-        }
-        let journaled = staged.entries.len();
-        Self::journal_staged(&tx, &mut staged)?;
-        Self::write_buckets(&tx, &staged)?;
-        tx.commit()?;
-        // Only now does the in-memory state follow: a failed commit leaves it untouched.
-        self.series.extend(staged.series);
-        self.last.extend(staged.last);
-        self.owners.extend(staged.owners);
-        if staged.materialized {
-            self.unfinished = false;
-            self.journal_entries = 0;
-            self.last_materialized = std::time::Instant::now();
-        }
-        self.journal_entries += journaled;
-        Ok(outcomes)
+        self.apply_with(batches, |_, _, _| Ok(()))
     }
 
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {

@@ -549,3 +549,37 @@ fn preallocated_wal_keeps_what_was_committed_before_and_after() {
         .expect("recovered");
     assert_eq!((r.samples, r.energy_microjoules.as_str()), (20, "19000000"));
 }
+
+/// A meter swap's booking and its audit row (who, why) are one transaction:
+/// when the audit row cannot be written, nothing of the swap is booked.
+#[test]
+fn a_swap_whose_audit_row_fails_books_nothing() {
+    use super::sqlite::Provenance;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let reg = |ts: i64, v: i64| CounterSample::meter("s", "edf", "utility_in", "kWh", ts, v);
+    w.apply(&[batch(vec![reg(T0, 1_000_000_000), reg(T0 + 600_000, 1_010_000_000)])], NOW).expect("apply");
+    let r = SqliteReader::new(&db, Policy::default());
+    let before = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    // The audit insert fails (as a full disk or a constraint would) after the booking ran.
+    let c = rusqlite::Connection::open(&db).expect("conn");
+    c.execute_batch(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON adjustments BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
+    )
+    .expect("trigger");
+    let who = Provenance { author: "ops".into(), reason: "meter replaced".into(), recorded_ms: NOW };
+    let e = w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 1_020_000_000, 5_000_000, &who);
+    assert!(e.is_err(), "the swap must fail with its audit row");
+    let after = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    assert_eq!(after, before, "nothing of a failed swap is booked");
+    let samples: i64 = c.query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0)).expect("count");
+    assert_eq!(samples, 2, "the swap's readings were rolled back");
+    // Once the audit can be written, the same swap books and is recorded with who and why.
+    c.execute_batch("DROP TRIGGER no_audit;").expect("drop");
+    w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 1_020_000_000, 5_000_000, &who).expect("swap");
+    let rows: i64 = c.query_row("SELECT COUNT(*) FROM adjustments WHERE kind = 'swap'", [], |r| r.get(0)).expect("n");
+    assert_eq!(rows, 1);
+    let done = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    assert_eq!(done.energy_microjoules, (20_000_000i128 * 3_600_000).to_string()); // 20 kWh up to the final reading
+}
