@@ -90,14 +90,12 @@ fn wait_counter(c: &Collector, role: &str, ok: impl Fn(Option<f64>) -> bool) -> 
     }
 }
 
-#[test]
-fn every_implied_category_is_answered_and_counters_follow_each_booking() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// Starts a collector and uploads one CSV: two energy meters of two roles and a water meter,
+/// over the hour that ends 5 minutes before the current minute. Returns the hour's end.
+fn start_and_upload(dir: &std::path::Path) -> (Collector, std::path::PathBuf, i64) {
     let port = free_port();
-    let cfg = config(dir.path(), port);
-    let c = Collector::spawn(dir.path(), port, &cfg);
-
-    // One CSV: two energy meters of two roles and a water meter, over the hour before the current minute.
+    let cfg = config(dir, port);
+    let c = Collector::spawn(dir, port, &cfg);
     let end = now_ms() / 60_000 * 60_000 - 5 * 60_000;
     let start = end - HOUR;
     let body = format!(
@@ -105,8 +103,7 @@ fn every_implied_category_is_answered_and_counters_follow_each_booking() {
         s = ts(start),
         e = ts(end)
     );
-    let client = reqwest::blocking::Client::new();
-    let resp = client
+    let resp = reqwest::blocking::Client::new()
         .post(c.url("/api/v1/sites/caen-1/meter-readings"))
         .bearer_auth(TOKEN)
         .header("content-type", "text/csv")
@@ -114,12 +111,14 @@ fn every_implied_category_is_answered_and_counters_follow_each_booking() {
         .send()
         .expect("post");
     assert_eq!(resp.status().as_u16(), 200);
-    // Right after the answer, each role's counter holds what was booked for it.
-    let m = metrics(&c);
-    assert_eq!(energy_counter(&m, "utility_in"), Some(150.0 * 3.6e6), "{m}");
-    assert_eq!(energy_counter(&m, "ups_out"), Some(100.0 * 3.6e6), "{m}");
-    assert_eq!(energy_counter(&m, "water_in"), None, "a volume is not energy: {m}");
+    (c, cfg, end)
+}
 
+#[test]
+fn every_implied_or_asked_category_is_answered_refused_when_not_metered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (c, _, end) = start_and_upload(dir.path());
+    let client = reqwest::blocking::Client::new();
     // The indicators: category 1 computed; category 3 (the agents' it_in, which this site
     // lacks) is implied by every site and refused, never left out, for each per-category indicator.
     let get = |q: &str| -> (u16, String) {
@@ -173,6 +172,19 @@ fn every_implied_category_is_answered_and_counters_follow_each_booking() {
     };
     assert!(series_value(&m, "domesday_site_pue", &["category=\"1\"", "window=\"24h\""]).is_some(), "{m}");
     assert!(!m.lines().any(|l| l.starts_with("domesday_site_pue{") && l.contains("category=\"3\"")), "{m}");
+}
+
+#[test]
+fn site_energy_counters_follow_every_booking() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (c, cfg, end) = start_and_upload(dir.path());
+    let start = end - HOUR;
+    let client = reqwest::blocking::Client::new();
+    // Right after the answer, each role's counter holds what was booked for it.
+    let m = metrics(&c);
+    assert_eq!(energy_counter(&m, "utility_in"), Some(150.0 * 3.6e6), "{m}");
+    assert_eq!(energy_counter(&m, "ups_out"), Some(100.0 * 3.6e6), "{m}");
+    assert_eq!(energy_counter(&m, "water_in"), None, "a volume is not energy: {m}");
 
     // Another process writes the ledger while serve runs: a correction (+10 kWh) and a meter
     // swap reach the counters without a restart.
