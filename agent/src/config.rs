@@ -705,7 +705,8 @@ impl AgentConfig {
     }
 
     /// The effective configuration as TOML, for `check-config`. Secrets are
-    /// never in it: a comment says where the push token comes from.
+    /// never in it: a comment says where each comes from (the push token, the
+    /// Redfish passwords), spelled as the collector's `check-config` does.
     pub fn to_toml(&self) -> String {
         let mut out = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
         if let Some(p) = &self.push {
@@ -715,6 +716,12 @@ impl AgentConfig {
                 None => format!("environment variable {PUSH_TOKEN_ENV}"),
             };
             out.push_str(&format!("# token: {}\n", p.token.describe(&from)));
+        }
+        for r in &self.redfish {
+            if let (Some(pw), Some(f)) = (&r.password, &r.password_file) {
+                let d = pw.describe(&format!("password_file {}", f.display()));
+                out.push_str(&format!("# redfish {} password: {d}\n", r.url));
+            }
         }
         out
     }
@@ -1257,6 +1264,12 @@ mod tests {
         assert!(e.contains("digest") || e.contains("auth"), "{e}");
         let shown = format!("{}\n{c:?}", c.to_toml());
         assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "# redfish https://bmc.example password: <redacted>, 9 bytes, from password_file {pw}"
+            )),
+            "{shown}"
+        );
         let e = err("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\n");
         assert!(e.contains(":3:") && e.contains("allow_plain_http"), "{e}");
         load_str("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\nallow_plain_http = true\n").expect("opt-in");
