@@ -583,3 +583,45 @@ fn a_swap_whose_audit_row_fails_books_nothing() {
     let done = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
     assert_eq!(done.energy_microjoules, (20_000_000i128 * 3_600_000).to_string()); // 20 kWh up to the final reading
 }
+
+/// A batch's outcome says how much energy went to each (site, role): a CSV of
+/// several meters adds to each of their roles, volumes add to none, and a late
+/// host sample's net change goes to `it_in`.
+#[test]
+fn an_outcome_carries_its_energy_per_role() {
+    use super::{IntervalReading, RoleEnergy};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let iv = |meter: &str, role: &str, unit: &str, v: i64| IntervalReading {
+        site: "s".into(),
+        meter: meter.into(),
+        role: role.into(),
+        unit: unit.into(),
+        start_ms: T0,
+        end_ms: T0 + 900_000,
+        value_micro: v,
+    };
+    let b = Batch {
+        samples: vec![
+            CounterSample::meter("s", "edf", "utility_in", "kWh", T0, 1_000_000),
+            CounterSample::meter("s", "edf", "utility_in", "kWh", T0 + 600_000, 3_000_000),
+        ],
+        claims: vec![],
+        intervals: vec![iv("ups", "ups_out", "kWh", 1_500_000), iv("w", "water_in", "m3", 2_000_000)],
+    };
+    let o = w.apply(&[b], NOW).expect("apply");
+    let kwh = 3_600_000i128;
+    let want = vec![
+        RoleEnergy { site: "s".into(), role: "utility_in".into(), energy_uj: 2 * kwh * 1_000_000 },
+        RoleEnergy { site: "s".into(), role: "ups_out".into(), energy_uj: 15 * kwh * 100_000 },
+    ];
+    assert_eq!(o[0].by_role, want);
+    assert_eq!(o[0].by_role.iter().map(|r| r.energy_uj).sum::<i128>() + 2_000_000 * 1_000, o[0].energy_uj);
+    // Host samples, then a late one in between: its net change (here zero) is it_in's.
+    let host = |ts: i64, v: i64| sample("h1", "rapl", ts, Some(v));
+    let o = w.apply(&[batch(vec![host(T0, 0), host(T0 + 120_000, 2_000_000)])], NOW).expect("host");
+    assert_eq!(o[0].by_role, vec![RoleEnergy { site: "s".into(), role: "it_in".into(), energy_uj: 2_000_000 }]);
+    let o = w.apply(&[batch(vec![host(T0 + 60_000, 1_000_000)])], NOW).expect("late");
+    assert!(o[0].by_role.is_empty(), "{:?}", o[0].by_role);
+}
