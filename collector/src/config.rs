@@ -1051,6 +1051,8 @@ impl CollectorConfig {
             sites.push(Site { config: site_cfg, token_hash });
         }
         let mut cfg = cfg;
+        // The sites as validated: their meters hold the passwords and CA files read above.
+        cfg.sites = sites.iter().map(|s| s.config.clone()).collect();
         if let Some(c) = &mut cfg.carbon {
             // The API key too is read now, before anything binds: a bad key file fails `check-config` and `serve` alike.
             c.validate().and_then(|()| c.load_key()).map_err(|e| at(e.key, e.message.clone()))?;
@@ -1246,6 +1248,10 @@ mod tests {
         let m = &l.sites[0].config.meters[0];
         assert_eq!(m.password.as_ref().map(Secret::expose), Some("s3cret"));
         assert!(!format!("{m:?}").contains("s3cret"), "Debug must not show the password");
+        let shown = l.config.to_toml();
+        let line =
+            format!("# sites.caen-1.meters.pdu-a1.password: <redacted>, 6 bytes, from password_file {}", pw.display());
+        assert!(shown.contains(&line) && !shown.contains("s3cret"), "{shown}");
         assert!(!l.config.to_toml().contains("s3cret"));
         let e = refused(&meter("https://pdu/x", "username = \"monitor\"\n"));
         assert!(e.contains(":12:") && e.contains("password_file"), "{e}");
