@@ -32,37 +32,55 @@ pub struct Stats {
     requests: BTreeMap<u16, u64>,
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
+    /// The ledger's energy per (site, role) as this process knows it: the
+    /// totals read at start or after another process wrote, plus every commit
+    /// of its own writer since (µJ, energy roles only).
+    ledger_energy: BTreeMap<(String, String), i128>,
+    /// `domesday_site_energy_joules_total`: the ledger's energy, never lower
+    /// than an earlier export (a counter). After a correction that lowers a
+    /// total, it holds until the ledger passes it again.
     site_energy: BTreeMap<(String, String), i128>,
     /// Per site, per host: the newest sample timestamp seen (ms). Hashed: every
     /// request updates it under the lock (ordered when rendered).
     last_seen: BTreeMap<String, HashMap<String, i64>>,
 }
 
+/// Whether a role's totals are energy (water and fuel are volumes).
+fn energy_role(role: &str) -> bool {
+    domesday_model::vocab::Role::parse(role).is_none_or(|r| r.report_unit() == "kWh")
+}
+
 impl Stats {
     /// Starts the per-site energy counters from the ledger's totals.
     pub fn with_totals(totals: Vec<(String, String, i128)>) -> Self {
-        Stats { site_energy: totals.into_iter().map(|(s, r, e)| ((s, r), e)).collect(), ..Default::default() }
+        let mut s = Stats::default();
+        s.ledger_totals(totals);
+        s
+    }
+
+    /// Takes the ledger's totals per (site, role), read when another process
+    /// (`import-meters`, `correct`, `swap-meter`) committed: the counters
+    /// follow them, and never go down.
+    pub fn ledger_totals(&mut self, totals: Vec<(String, String, i128)>) {
+        self.ledger_energy =
+            totals.into_iter().filter(|(_, r, _)| energy_role(r)).map(|(s, r, e)| ((s, r), e)).collect();
+        for (k, e) in &self.ledger_energy {
+            let c = self.site_energy.entry(k.clone()).or_insert(0);
+            *c = (*c).max(*e);
+        }
     }
 
     /// Books what a commit did (called by the writer thread).
     pub fn committed(&mut self, batches: &[Batch], outcomes: &[Outcome]) {
-        for (b, o) in batches.iter().zip(outcomes) {
-            // A batch's energy goes to its role (agents: it_in; a meter reader: its meter's
-            // role). Volumes (water, fuel) are not energy; a batch mixing roles (a CSV of several
-            // meters) is left to the ledger totals read at the next start.
-            let mut keys = b
-                .samples
-                .iter()
-                .map(|s| (&*s.series.site, &*s.series.role, &*s.series.unit))
-                .chain(b.intervals.iter().map(|i| (i.site.as_str(), i.role.as_str(), i.unit.as_str())));
-            if let Some(first @ (site, role, unit)) = keys.next()
-                // Shared labels: the same pointer, usually; the contents otherwise.
-                && keys.all(|k| {
-                    (std::ptr::eq(k.0, first.0) || k.0 == first.0) && (std::ptr::eq(k.1, first.1) || k.1 == first.1)
-                })
-                && !crate::ledger::is_volume(unit)
-            {
-                *self.site_energy.entry((site.to_string(), role.to_string())).or_insert(0) += o.energy_uj;
+        for (_, o) in batches.iter().zip(outcomes) {
+            // Each batch says how much energy went to each (site, role): a CSV of
+            // several meters advances each of their roles.
+            for r in &o.by_role {
+                let key = (r.site.clone(), r.role.clone());
+                let total = self.ledger_energy.entry(key.clone()).or_insert(0);
+                *total += r.energy_uj;
+                let c = self.site_energy.entry(key).or_insert(0);
+                *c = (*c).max(*total);
             }
             for (k, v) in [
                 ("booked", o.booked),
@@ -463,6 +481,8 @@ struct IndicatorParams {
     from: Option<String>,
     to: Option<String>,
     step: Option<String>,
+    /// PUE categories to answer (`1,3`); the site's implied ones when absent.
+    category: Option<String>,
 }
 
 async fn indicators(
@@ -482,6 +502,10 @@ async fn indicators(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let categories = match p.category.as_deref().map(crate::site_report::parse_categories).transpose() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let params = crate::site_report::params(&site_cfg, state.carbon_config.as_ref());
     let step = p.step.unwrap_or_else(|| "1d".into());
     let reader = state.reader.clone();
@@ -494,6 +518,7 @@ async fn indicators(
         to_ms,
         &step,
         now_ms(),
+        categories.as_deref(),
     ))
     .await;
     match report {

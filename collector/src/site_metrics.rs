@@ -143,7 +143,8 @@ pub async fn compute(
                 }
             }
             let period = Period { from_ms: from, to_ms: to, interim: true };
-            match site_report::period_indicators(reader, s, &params, carbon, period, now).await {
+            let cats = site_report::implied_categories(s);
+            match site_report::period_indicators(reader, s, &params, carbon, period, now, &cats).await {
                 Ok(list) => indicator_samples(&s.id, w.as_str(), &list, &mut out),
                 Err(e) => tracing::warn!(site = %s.id, window = w.as_str(), error = %e, "site indicators failed"),
             }

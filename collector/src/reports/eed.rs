@@ -375,7 +375,7 @@ pub async fn build(
     let (t, grid) =
         period_inputs(reader, site, carbon, Period { from_ms: period.from_ms, to_ms: period.to_ms, interim }, now_ms)
             .await?;
-    let computed = site_indicators(&t, &p, grid.as_ref());
+    let computed = site_indicators(&t, &p, grid.as_ref(), &crate::site_report::implied_categories(site));
     let years = years(site, period.from_ms, period.to_ms);
     let first_year = years.first().copied().unwrap_or(0);
     let ann: AnnualValues = annual(site, first_year).cloned().unwrap_or_default();
