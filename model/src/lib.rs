@@ -15,4 +15,5 @@ pub mod config_text;
 pub mod docs;
 pub mod exposition;
 pub mod remote_write;
+pub mod remote_write2;
 pub mod vocab;
