@@ -14,14 +14,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domesday_model::catalog::{
-    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
+    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES, LEDGER_DB_BYTES,
+    LEDGER_LAG, SITE_ENERGY,
 };
 use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
-use crate::ingest::{Refusal, authenticate, decompress_body, parse, split};
+use crate::ingest::{Refusal, authenticate, decompress_body, parse, split, track_unknown};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
 use crate::ledger::{Batch, LedgerReader, Outcome};
@@ -32,6 +33,8 @@ pub struct Stats {
     requests: BTreeMap<u16, u64>,
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
+    /// Samples booked under unknown vocabulary values, capped per label (`ingest::track_unknown`).
+    unknown: BTreeMap<(&'static str, String), u64>,
     site_energy: BTreeMap<(String, String), i128>,
     /// Per site, per host: the newest sample timestamp seen (ms). Hashed: every
     /// request updates it under the lock (ordered when rendered).
@@ -162,6 +165,15 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             *s.samples.entry("suspect").or_insert(0) += v;
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
+        for ((label, value), n) in &accepted.unknown {
+            if track_unknown(&mut s.unknown, label, value, *n) {
+                tracing::warn!(
+                    site = %site, label = *label, value = %value,
+                    "booking host energy under a {label} this collector does not know (a newer sender?): \
+                     classified by its quality label, counted in domesday_ingest_unknown_values_total"
+                );
+            }
+        }
         let hosts = s.last_seen.entry(site.clone()).or_default();
         for (host, t) in accepted.hosts {
             let e = hosts.entry(host).or_insert(t);
@@ -514,6 +526,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         }
         for (r, n) in &s.rejected {
             samples.push(Sample::new(&INGEST_REJECTED, vec![r.to_string()], *n as f64));
+        }
+        for ((label, value), n) in &s.unknown {
+            samples.push(Sample::new(&INGEST_UNKNOWN_VALUES, vec![label.to_string(), value.clone()], *n as f64));
         }
     }
     if let Ok(site) = state.site_samples.lock() {
