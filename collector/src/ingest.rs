@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use domesday_model::remote_write::{DecodeError, WriteRequestView, decompress, is_stale_nan};
+use domesday_model::remote_write2::Counts;
 use domesday_model::vocab::{Method, Quality};
 use subtle::ConstantTimeEq;
 
@@ -29,6 +30,9 @@ pub enum Refusal {
     Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A `Content-Type` or `Content-Encoding` this receiver does not read (415).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Refusal {
@@ -38,6 +42,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::TooLarge(_) => 413,
+            Refusal::Unsupported(_) => 415,
         }
     }
 
@@ -48,6 +53,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Forbidden(_) => "wrong_site",
             Refusal::TooLarge(_) => "too_large",
+            Refusal::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -106,6 +112,13 @@ pub fn decompress_body(body: &[u8], limits: &IngestConfig) -> Result<Vec<u8>, Re
 /// Decodes a decompressed body; its labels borrow `raw`.
 pub fn parse(raw: &[u8]) -> Result<WriteRequestView<'_>, Refusal> {
     WriteRequestView::parse(raw).map_err(refusal)
+}
+
+/// Decodes a decompressed Remote-Write 2.0 body into the same view as a 1.0
+/// body (labels resolved into its symbols table, borrowing `raw`), with the
+/// counts its response headers report.
+pub fn parse_v2(raw: &[u8]) -> Result<(WriteRequestView<'_>, Counts), Refusal> {
+    WriteRequestView::parse_v2(raw).map_err(refusal)
 }
 
 fn refusal(e: DecodeError) -> Refusal {
