@@ -452,43 +452,55 @@ mod tests {
     }
 
     fn any_request() -> impl Strategy<Value = Request> {
-        // Up to 8 symbols and references up to 9: some point outside the table.
-        let refs = || proptest::collection::vec(0u32..10, 0..7);
-        let sample = (any::<f64>(), any::<i64>()).prop_map(|(value, timestamp)| Sample { value, timestamp });
-        let histogram = (any::<u64>(), any::<f64>(), -4i32..9, proptest::collection::vec(any::<i64>(), 0..3)).prop_map(
-            |(c, sum, schema, positive_deltas)| Histogram {
-                count: Some(histogram::Count::CountInt(c)),
-                sum,
-                schema,
-                positive_spans: vec![BucketSpan { offset: 0, length: positive_deltas.len() as u32 }],
-                positive_deltas,
-                ..Default::default()
-            },
-        );
-        let exemplar = (refs(), any::<f64>(), any::<i64>()).prop_map(|(labels_refs, value, timestamp)| Exemplar {
-            labels_refs,
-            value,
-            timestamp,
-        });
-        let metadata = proptest::option::of((0i32..8, 0u32..10, 0u32..10).prop_map(|(t, h, u)| Metadata {
-            r#type: t,
-            help_ref: h,
-            unit_ref: u,
-        }));
-        let series = (
-            refs(),
-            proptest::collection::vec(sample, 0..4),
-            proptest::collection::vec(histogram, 0..2),
-            proptest::collection::vec(exemplar, 0..2),
-            metadata,
-            any::<i64>(),
-        )
-            .prop_map(|(labels_refs, samples, histograms, exemplars, metadata, created_timestamp)| {
-                TimeSeries { labels_refs, samples, histograms, exemplars, metadata, created_timestamp }
+        proptest::collection::vec("\\PC{0,6}", 0..9).prop_flat_map(|symbols| {
+            let n = symbols.len() as u32;
+            // Mostly references into the table, now and then one just past its end.
+            let one = move || prop_oneof![9 => 0..n.max(1), 1 => Just(n)];
+            // Mostly whole pairs, now and then a lone reference.
+            let refs = move || {
+                (proptest::collection::vec((one(), one()), 0..4), proptest::option::weighted(0.1, one())).prop_map(
+                    |(pairs, lone)| pairs.into_iter().flat_map(|(a, b)| [a, b]).chain(lone).collect::<Vec<u32>>(),
+                )
+            };
+            let sample = (any::<f64>(), any::<i64>()).prop_map(|(value, timestamp)| Sample { value, timestamp });
+            let histogram = (any::<u64>(), any::<f64>(), -4i32..9, proptest::collection::vec(any::<i64>(), 0..3))
+                .prop_map(|(c, sum, schema, positive_deltas)| Histogram {
+                    count: Some(histogram::Count::CountInt(c)),
+                    sum,
+                    schema,
+                    positive_spans: vec![BucketSpan { offset: 0, length: positive_deltas.len() as u32 }],
+                    positive_deltas,
+                    ..Default::default()
+                });
+            let exemplar = (refs(), any::<f64>(), any::<i64>()).prop_map(|(labels_refs, value, timestamp)| Exemplar {
+                labels_refs,
+                value,
+                timestamp,
             });
-        let symbols = proptest::collection::vec("\\PC{0,6}", 0..9);
-        (symbols, proptest::collection::vec(series, 0..5))
-            .prop_map(|(symbols, timeseries)| Request { symbols, timeseries })
+            let metadata = proptest::option::of((0i32..8, one(), one()).prop_map(|(t, h, u)| Metadata {
+                r#type: t,
+                help_ref: h,
+                unit_ref: u,
+            }));
+            let series = (
+                refs(),
+                proptest::collection::vec(sample, 0..4),
+                proptest::collection::vec(histogram, 0..2),
+                proptest::collection::vec(exemplar, 0..2),
+                metadata,
+                any::<i64>(),
+            )
+                .prop_map(|(labels_refs, samples, histograms, exemplars, metadata, created_timestamp)| TimeSeries {
+                    labels_refs,
+                    samples,
+                    histograms,
+                    exemplars,
+                    metadata,
+                    created_timestamp,
+                });
+            proptest::collection::vec(series, 0..5)
+                .prop_map(move |timeseries| Request { symbols: symbols.clone(), timeseries })
+        })
     }
 
     proptest! {
