@@ -1,4 +1,4 @@
-//! The collector's HTTP API (contract §6): remote_write ingest, the energy,
+//! The collector's HTTP API: remote_write ingest (1.0 and 2.0), the energy,
 //! sites and hosts read endpoints, health and `/metrics`. Handlers only
 //! validate, hand work to the ledger writer or reader, and format answers.
 
@@ -14,14 +14,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domesday_model::catalog::{
-    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
+    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES, LEDGER_DB_BYTES,
+    LEDGER_LAG, SITE_ENERGY,
 };
 use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
+use domesday_model::remote_write::WriteRequestView;
+use domesday_model::remote_write2::{self, Counts, Proto, negotiate};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
-use crate::ingest::{Refusal, authenticate, decompress_body, parse, split};
+use crate::ingest::{Refusal, authenticate, decompress_body, parse, parse_v2, split, track_unknown};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
 use crate::ledger::{Batch, LedgerReader, Outcome};
@@ -32,6 +35,8 @@ pub struct Stats {
     requests: BTreeMap<u16, u64>,
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
+    /// Samples booked under unknown vocabulary values, capped per label (`ingest::track_unknown`).
+    unknown: BTreeMap<(&'static str, String), u64>,
     /// The ledger's energy per (site, role) as this process knows it: the
     /// totals read at start or after another process wrote, plus every commit
     /// of its own writer since (µJ, energy roles only).
@@ -154,34 +159,98 @@ fn reject(state: &AppState, r: &Refusal) -> Response {
     error(status, r.to_string())
 }
 
+/// Adds the Remote-Write 2.0 `X-Prometheus-Remote-Write-*-Written` headers to
+/// an answer to a 2.0 request (`counts` is `None` for 1.0, which has none).
+fn with_written(mut r: Response, counts: Option<Counts>) -> Response {
+    if let Some(c) = counts {
+        for (name, n) in [
+            (remote_write2::SAMPLES_WRITTEN, c.samples),
+            (remote_write2::HISTOGRAMS_WRITTEN, c.histograms),
+            (remote_write2::EXEMPLARS_WRITTEN, c.exemplars),
+        ] {
+            r.headers_mut().insert(name, header::HeaderValue::from(n));
+        }
+    }
+    r
+}
+
+/// A 1.0 body for `[forward]` holding a request's float series (the upstream
+/// is spoken to in 1.0; a 2.0 request's histograms and exemplars stay here).
+fn as_v1(view: &WriteRequestView<'_>) -> Bytes {
+    use domesday_model::remote_write::{Label, TimeSeries, WriteRequest, encode};
+    let timeseries = view
+        .series()
+        .filter(|s| !s.samples.is_empty())
+        .map(|s| TimeSeries {
+            labels: s.labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
+            samples: s.samples.to_vec(),
+        })
+        .collect();
+    Bytes::from(encode(&WriteRequest { timeseries }))
+}
+
+/// `POST /api/v1/write`: Remote-Write 1.0 (`prometheus.WriteRequest`) and 2.0
+/// (`io.prometheus.write.v2.Request`), told apart by `Content-Type`.
 async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let site = match authenticate(&state.sites, auth) {
         Ok(s) => s.config.id.clone(),
         Err(r) => return reject(&state, &r),
     };
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+    // A header that is not visible ASCII names no message this receiver reads.
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not ASCII)"));
+    let proto = match negotiate(content_type) {
+        Ok(p) => p,
+        Err(m) => return reject(&state, &Refusal::Unsupported(m)),
+    };
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("(not ASCII)"))
         && !enc.eq_ignore_ascii_case("snappy")
     {
         return reject(
             &state,
-            &Refusal::BadRequest(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
+            &Refusal::Unsupported(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
         );
     }
+    // From here on a 2.0 request is answered with its Written headers: zero
+    // until the ledger has committed it.
+    let none = (proto == Proto::V2).then(Counts::default);
     let raw = match decompress_body(&body, &state.limits) {
         Ok(r) => r,
-        Err(r) => return reject(&state, &r),
+        Err(r) => return with_written(reject(&state, &r), none),
     };
-    let accepted = match parse(&raw).and_then(|req| split(&req, &site, now_ms(), &state.limits)) {
+    let decoded = match proto {
+        Proto::V1 => parse(&raw).map(|v| (v, None)),
+        Proto::V2 => parse_v2(&raw).map(|(v, c)| (v, Some(c))),
+    };
+    let (view, counts) = match decoded {
+        Ok(d) => d,
+        Err(r) => return with_written(reject(&state, &r), none),
+    };
+    let accepted = match split(&view, &site, now_ms(), &state.limits) {
         Ok(a) => a,
-        Err(r) => return reject(&state, &r),
+        Err(r) => return with_written(reject(&state, &r), none),
     };
+    let forwarded = match (&state.forward, proto) {
+        (None, _) => None,
+        (Some(_), Proto::V1) => Some(body),
+        (Some(_), Proto::V2) => Some(as_v1(&view)),
+    };
+    drop(view);
     if let Ok(mut s) = state.stats.lock() {
         for (k, v) in &accepted.suspect {
             *s.rejected.entry(k).or_insert(0) += v;
             *s.samples.entry("suspect").or_insert(0) += v;
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
+        for ((label, value), n) in &accepted.unknown {
+            if track_unknown(&mut s.unknown, label, value, *n) {
+                tracing::warn!(
+                    site = %site, label = *label, value = %value,
+                    "booking host energy under a {label} this collector does not know (a newer sender?): \
+                     classified by its quality label, counted in domesday_ingest_unknown_values_total"
+                );
+            }
+        }
         let hosts = s.last_seen.entry(site.clone()).or_default();
         for (host, t) in accepted.hosts {
             let e = hosts.entry(host).or_insert(t);
@@ -189,23 +258,23 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         }
     }
     if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
-        if let Some(f) = &state.forward {
-            f.offer(body).await;
+        if let (Some(f), Some(b)) = (&state.forward, forwarded) {
+            f.offer(b).await;
         }
         count_request(&state, 204);
-        return StatusCode::NO_CONTENT.into_response();
+        return with_written(StatusCode::NO_CONTENT.into_response(), counts);
     }
     match state.writer.submit(accepted.batch).await {
         Ok(Ok(_)) => {
-            if let Some(f) = &state.forward {
-                f.offer(body).await;
+            if let (Some(f), Some(b)) = (&state.forward, forwarded) {
+                f.offer(b).await;
             }
             count_request(&state, 204);
-            StatusCode::NO_CONTENT.into_response()
+            with_written(StatusCode::NO_CONTENT.into_response(), counts)
         }
         Ok(Err(e)) => {
             count_request(&state, 503);
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}"))
+            with_written(error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}")), none)
         }
         Err(e @ (SubmitError::Busy | SubmitError::Stopped)) => {
             if let Ok(mut s) = state.stats.lock() {
@@ -214,7 +283,7 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             count_request(&state, 503);
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
+            with_written(r, none)
         }
     }
 }
@@ -690,6 +759,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         }
         for (r, n) in &s.rejected {
             samples.push(Sample::new(&INGEST_REJECTED, vec![r.to_string()], *n as f64));
+        }
+        for ((label, value), n) in &s.unknown {
+            samples.push(Sample::new(&INGEST_UNKNOWN_VALUES, vec![label.to_string(), value.clone()], *n as f64));
         }
     }
     if let Ok(site) = state.site_samples.lock() {

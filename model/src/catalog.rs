@@ -234,7 +234,16 @@ metric!(
     Counter,
     "",
     ["reason"],
-    "Refused requests (invalid, unauthorized, wrong_site, too_large, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+);
+metric!(
+    INGEST_UNKNOWN_VALUES,
+    Collector,
+    "domesday_ingest_unknown_values_total",
+    Counter,
+    "",
+    ["label", "value"],
+    "Host energy samples booked although a closed-vocabulary label (method, quality) had a value this collector does not know (a sender newer than the collector), by label and value. At most 16 distinct values per label are tracked; further values, and values not shaped like a vocabulary value, are counted as value=\"other\"."
 );
 metric!(
     LEDGER_LAG,
@@ -454,6 +463,7 @@ pub const CATALOG: &[MetricDef] = &[
     INGEST_REQUESTS,
     INGEST_SAMPLES,
     INGEST_REJECTED,
+    INGEST_UNKNOWN_VALUES,
     LEDGER_LAG,
     LEDGER_DB_BYTES,
     METER_READINGS,

@@ -18,5 +18,6 @@ pub mod docs;
 pub mod duration;
 pub mod exposition;
 pub mod remote_write;
+pub mod remote_write2;
 pub mod secret;
 pub mod vocab;

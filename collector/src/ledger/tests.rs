@@ -659,3 +659,36 @@ fn an_outcome_carries_its_energy_per_role() {
     let o = w.apply(&[batch(vec![host(T0 + 60_000, 1_000_000)])], NOW).expect("late");
     assert!(o[0].by_role.is_empty(), "{:?}", o[0].by_role);
 }
+
+/// A method this collector's vocabulary does not know (booked by ingest under its
+/// own name with the quality its sender stated) is summed, split and reported by
+/// every reader like a known one.
+#[test]
+fn an_unknown_method_is_counted_by_every_reader_under_its_quality() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let s = |method: &str, quality: &str, ts: i64, v: i64| CounterSample::host("s", "h1", method, quality, ts, Some(v));
+    w.apply(
+        &[batch(vec![
+            s("psu_input", "measured", T0, 0),
+            s("psu_input", "measured", T0 + 60_000, 6_000_000),
+            s("cxl_meter", "measured", T0 + 60_000, 10_000_000),
+            s("cxl_meter", "measured", T0 + 120_000, 14_000_000),
+            s("npu_model", "estimated", T0 + 120_000, 1_000_000),
+            s("npu_model", "estimated", T0 + 180_000, 3_000_000),
+        ])],
+        NOW,
+    )
+    .expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let r = reader.energy(&query(None, T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(r.energy_uj(), 6_000_000 + 4_000_000 + 2_000_000);
+    assert_eq!((r.measured_joules, r.estimated_joules), (10.0, 2.0));
+    assert_eq!(r.by_method.get("cxl_meter"), Some(&4.0));
+    assert_eq!(r.by_method.get("npu_model"), Some(&2.0));
+    let hosts = reader.hosts("s", T0 + 240_000).expect("hosts");
+    assert_eq!(hosts[0].current_method.as_deref(), Some("npu_model"));
+    assert_eq!(hosts[0].current_quality.as_deref(), Some("estimated"));
+    assert_eq!(hosts[0].estimated_share_24h, Some(2.0 / 12.0));
+}
