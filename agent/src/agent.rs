@@ -11,9 +11,10 @@ use domesday_model::vocab::Source;
 
 use crate::config::AgentConfig;
 use crate::push::PushHandle;
-use crate::render::{constant_labels, render};
-use crate::sampler::{Sampler, Snapshot};
+use crate::render::render;
+use crate::sampler::Sampler;
 use crate::server::{Exposition, Shared, router};
+use crate::snapshot::{Snapshot, constant_labels};
 
 /// Samples twice, `interval` apart, and returns the exposition (`once`).
 pub fn once(cfg: AgentConfig) -> anyhow::Result<String> {
@@ -113,8 +114,9 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         })
         .context("starting the sampler thread")?;
     tracing::info!(listen = %cfg.listen, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");
-    let served =
-        rt.block_on(async { axum::serve(listener, router(shared)).with_graceful_shutdown(shutdown_signal()).await });
+    let served = rt.block_on(async {
+        axum::serve(listener, router(shared)).with_graceful_shutdown(domesday_runtime::shutdown_signal()).await
+    });
     tracing::info!("shutting down: flushing host energy counters");
     if let Some(s) = &push_stopping {
         // Ticks still queued get one bounded attempt, else go to the spool.
@@ -170,25 +172,5 @@ fn sample_loop(
         while next <= start.elapsed() {
             next += interval;
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }

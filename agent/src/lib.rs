@@ -28,4 +28,5 @@ pub mod push;
 pub mod render;
 pub mod sampler;
 pub mod server;
+pub mod snapshot;
 pub mod sources;

@@ -76,15 +76,7 @@ struct SimulateArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DOMESDAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    domesday_runtime::init_tracing();
     let cli = Cli::parse();
     if let Command::Simulate(args) = &cli.command {
         return simulate(args, cli.site.clone(), cli.interval);

@@ -3,7 +3,7 @@
 
 use domesday_model::vocab::{Reason, Source};
 
-use crate::sampler::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// The fix for a failure, by source and reason.
 pub fn fix(source: Source, reason: Reason) -> &'static str {

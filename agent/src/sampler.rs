@@ -22,7 +22,7 @@ use crate::estimation::PowerModel;
 use crate::fsread::ReadError;
 use crate::host_power::{HostPower, HostReading, StateFile};
 use crate::inventory::Inventory;
-use crate::push::PushStats;
+use crate::snapshot::{PushStats, Snapshot};
 use crate::sources::{HostFacts, Output, Progress, Sample, SensorSource, Status};
 
 /// Capacity of a worker's command queue: a tick's command plus a rescan and a
@@ -67,16 +67,6 @@ impl Worker {
         })?;
         Ok(Worker { kind, commands: ctx, outputs: orx, progress, waiting: false })
     }
-}
-
-/// Everything one tick produced, ready to render.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub samples: Vec<Sample>,
-    pub statuses: Vec<Status>,
-    pub host: Option<HostReading>,
-    /// Sources running but off for lack of hardware, and why (`probe`).
-    pub off: Vec<(Source, String)>,
 }
 
 /// Drives the sources and owns the host energy counters.

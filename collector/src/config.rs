@@ -9,7 +9,7 @@ use domesday_model::config_text::find_key;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ledger::sqlite::Policy;
+use crate::ledger::Policy;
 use domesday_model::vocab::Role;
 
 pub use domesday_model::config_text::ConfigError;

@@ -216,14 +216,7 @@ impl std::error::Error for Incomplete {}
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DOMESDAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    domesday_runtime::init_tracing();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async {
                 let listener = serve::bind(cfg.listen).await?;
-                serve::serve(cfg, sites, read_hash, listener, serve::shutdown_signal()).await
+                serve::serve(cfg, sites, read_hash, listener, domesday_runtime::shutdown_signal()).await
             })
         }
         Command::ImportMeters { site, file, delimiter, decimal_comma, timezone } => {
@@ -537,7 +530,7 @@ fn demo(dir: PathBuf, listen: Option<SocketAddr>, agent_listen: SocketAddr) -> a
             }
         }
         println!("Ctrl-C stops both.");
-        let result = serve::serve(config, sites, read_hash, listener, serve::shutdown_signal()).await;
+        let result = serve::serve(config, sites, read_hash, listener, domesday_runtime::shutdown_signal()).await;
         if let Some(a) = agent.as_mut() {
             let _ = Process::new("kill").arg("-TERM").arg(a.id().to_string()).status();
             let _ = a.wait();

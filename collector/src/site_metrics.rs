@@ -240,7 +240,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::ledger::sqlite::{Policy, SqliteReader, SqliteWriter};
+    use crate::ledger::Policy;
+    use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
     use crate::ledger::{Batch, CounterSample, LedgerWriter};
 
     /// Counts the energy questions that reach the database.

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domesday_agent::config::{AgentConfig, Overrides};
-use domesday_agent::render::{constant_labels, render};
+use domesday_agent::render::render;
 use domesday_agent::sampler::Sampler;
+use domesday_agent::snapshot::constant_labels;
 use domesday_tests::{apply_overlay, fixture_copy, promtool_check_metrics, series_value};
 
 fn exposition(tree: &str) -> String {

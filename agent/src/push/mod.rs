@@ -37,12 +37,11 @@ pub use domesday_spool as spool;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::catalog::{
-    AGENT_INFO, CPU_UTILIZATION, ENERGY, HOST_ENERGY, HOST_INFO, HOST_POWER, PUSH_LAST_SUCCESS, PUSH_SAMPLES,
-    SENSOR_UP, SPOOL_BYTES, TEMPERATURE,
+    AGENT_INFO, CPU_UTILIZATION, ENERGY, HOST_ENERGY, HOST_INFO, HOST_POWER, SENSOR_UP, TEMPERATURE,
 };
 use domesday_model::remote_write::{self, Label, TimeSeries, WriteRequest};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -50,7 +49,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, PushConfig, Secret, SeriesSet};
 use crate::push::spool::{OpenReport, Spool, SpoolError};
-use crate::sampler::Snapshot;
+use crate::snapshot::{PushStats, Snapshot};
 use crate::sources::Sample;
 
 /// Ticks waiting between the sampler and the pusher. The pusher takes a tick in
@@ -91,44 +90,6 @@ pub enum PushError {
     Thread(#[from] std::io::Error),
 }
 
-/// The push self-metrics, shared by the pusher (writer) and the sampler, which
-/// exports them with each tick.
-#[derive(Debug, Default)]
-pub struct PushStats {
-    pub sent: AtomicU64,
-    pub spooled: AtomicU64,
-    pub dropped: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Bytes waiting in the spool.
-    pub spool_bytes: AtomicU64,
-    /// Unix time in ms of the last 2xx; 0 before the first.
-    pub last_success_ms: AtomicU64,
-}
-
-impl PushStats {
-    /// `domesday_push_samples_total`, `domesday_spool_bytes`,
-    /// `domesday_push_last_success_timestamp_seconds`.
-    pub fn samples(&self) -> Vec<Sample> {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let mut v: Vec<Sample> = [
-            ("sent", &self.sent),
-            ("spooled", &self.spooled),
-            ("dropped", &self.dropped),
-            ("rejected", &self.rejected),
-        ]
-        .into_iter()
-        .map(|(result, n)| Sample::new(&PUSH_SAMPLES, vec![result.to_string()], get(n)))
-        .collect();
-        v.push(Sample::new(&SPOOL_BYTES, vec![], get(&self.spool_bytes)));
-        v.push(Sample::new(&PUSH_LAST_SUCCESS, vec![], get(&self.last_success_ms) / 1000.0));
-        v
-    }
-
-    fn add(a: &AtomicU64, n: u64) {
-        a.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// One tick's pushed series: full label sets (sorted by name, no empty value)
 /// and values, all at the tick's timestamp.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,7 +115,7 @@ pub fn in_default_set(s: &Sample) -> bool {
 
 /// `site`, `host` and the extras as remote_write labels.
 pub fn constant_labels(cfg: &AgentConfig) -> Vec<Label> {
-    crate::render::constant_labels(cfg).into_iter().map(|(name, value)| Label { name, value }).collect()
+    crate::snapshot::constant_labels(cfg).into_iter().map(|(name, value)| Label { name, value }).collect()
 }
 
 /// The remote_write label set of a sample: the same labels as `/metrics`

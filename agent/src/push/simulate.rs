@@ -400,7 +400,7 @@ async fn simulate(opts: SimOptions) -> Result<String, SimError> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        crate::agent::shutdown_signal().await;
+        domesday_runtime::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(hosts = opts.hosts, connections, interval = %humantime::format_duration(opts.interval),

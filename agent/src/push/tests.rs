@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use domesday_model::catalog::{LOAD_AVERAGE, MEMORY_USED, POWER, SAMPLE_DURATION, SENSOR_ERRORS};
+use domesday_model::catalog::{
+    LOAD_AVERAGE, MEMORY_USED, POWER, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SAMPLE_DURATION, SENSOR_ERRORS, SPOOL_BYTES,
+};
 use domesday_model::remote_write::{decode, is_stale_nan};
 use proptest::prelude::*;
 

@@ -23,6 +23,40 @@ use std::borrow::Cow;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use book::{HOUR_MS, MINUTE_MS};
+
+/// Retention and rules of the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// An interval between two samples longer than this books its energy but
+    /// covers nothing (coverage shows the gap).
+    pub gap_ms: i64,
+    /// Raw samples and per-host minutes older than this are pruned; hours stay.
+    pub minute_retention_ms: i64,
+    /// A machine that has not claimed its host for this long yields it to another.
+    pub host_takeover_ms: i64,
+    /// fsync every commit before acknowledging (`synchronous=FULL`).
+    pub fsync_each_commit: bool,
+    /// How often the journal is written to the per-series tables.
+    pub materialize_every_ms: i64,
+    /// Entries written in one go between two groups of requests (about 0.1 s of
+    /// writer time at the default), so no request waits for the whole journal.
+    pub materialize_slice: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            gap_ms: 5 * MINUTE_MS,
+            minute_retention_ms: 90 * 24 * HOUR_MS,
+            host_takeover_ms: HOUR_MS,
+            fsync_each_commit: true,
+            materialize_every_ms: MINUTE_MS,
+            materialize_slice: 100_000,
+        }
+    }
+}
+
 /// A hasher for keys the ledger assigns itself (series ids, bucket starts):
 /// the multiply-rotate step of rustc's FxHash. SipHash's resistance to chosen
 /// keys buys nothing for ids no client picks, and it was a few percent of the

@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use super::book::{HOUR_MS, MINUTE_MS, add_shares_in};
 use super::journal::Pending;
-use super::sqlite::Policy;
-use super::{HOST_ENERGY_METRIC, StoreError};
+use super::{HOST_ENERGY_METRIC, Policy, StoreError};
 
 /// An energy question.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -27,7 +27,7 @@ use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
-    Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome,
+    Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome, Policy,
     Retirement, StoreError, micro_factor,
 };
 
@@ -108,40 +108,8 @@ CREATE TABLE retired_hosts (
 /// Points per chunk when migration 3 moves the host rows of `samples` into chunks.
 const MIGRATED_CHUNK_POINTS: usize = 1_024;
 
-/// Retention and rules of the ledger.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    /// An interval between two samples longer than this books its energy but
-    /// covers nothing (coverage shows the gap).
-    pub gap_ms: i64,
-    /// Raw samples and per-host minutes older than this are pruned; hours stay.
-    pub minute_retention_ms: i64,
-    /// A machine that has not claimed its host for this long yields it to another.
-    pub host_takeover_ms: i64,
-    /// fsync every commit before acknowledging (`synchronous=FULL`).
-    pub fsync_each_commit: bool,
-    /// How often the journal is written to the per-series tables.
-    pub materialize_every_ms: i64,
-    /// Entries written in one go between two groups of requests (about 0.1 s of
-    /// writer time at the default), so no request waits for the whole journal.
-    pub materialize_slice: usize,
-}
-
 /// Journal entries that trigger a materialization whatever the time.
 const MATERIALIZE_MAX_ENTRIES: usize = 500_000;
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            gap_ms: 5 * MINUTE_MS,
-            minute_retention_ms: 90 * 24 * HOUR_MS,
-            host_takeover_ms: HOUR_MS,
-            fsync_each_commit: true,
-            materialize_every_ms: MINUTE_MS,
-            materialize_slice: 100_000,
-        }
-    }
-}
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags)

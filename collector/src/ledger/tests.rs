@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use super::Policy;
 use super::book::{MINUTE_MS, increment, spread};
 use super::query::EnergyQuery;
-use super::sqlite::{Policy, SqliteReader, SqliteWriter};
+use super::sqlite::{SqliteReader, SqliteWriter};
 use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z

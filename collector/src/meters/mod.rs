@@ -8,13 +8,17 @@
 //! - [`modbus`]: Modbus TCP registers (holding/input, 32/64-bit, word order, scale).
 //! - [`redfish`]: Redfish PowerDistribution (PDUs, switchgear): EnergyJoules/EnergykWh.
 //! - [`prometheus`]: raw register samples from a Prometheus-compatible query API.
+//! - [`reading`]: what every reader hands the loop (readings, a poll, read errors and their reasons).
+//! - [`http`]: the HTTP client, JSON GET and transport errors shared by the HTTP readers.
 //! - [`convert`]: exact decimal conversions into micro-units.
 
 pub mod convert;
 pub mod csv_import;
+pub mod http;
 pub mod modbus;
 pub mod prometheus;
 pub mod reader;
+pub mod reading;
 pub mod redfish;
 
 #[cfg(test)]

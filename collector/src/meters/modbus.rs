@@ -18,7 +18,7 @@ use tokio_modbus::client::{Context, Reader as _};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use super::convert::{Decimal, ValueError, float_to_micro, to_micro};
-use super::reader::{ReadError, Reading};
+use super::reading::{ReadError, Reading};
 use crate::config::{MeterConfig, RegisterFunction, RegisterType, WordOrder};
 use crate::ledger::writer::now_ms;
 

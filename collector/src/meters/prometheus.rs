@@ -18,8 +18,8 @@
 //! like any other register.
 
 use super::convert::{Decimal, ValueError, to_micro};
-use super::reader::{Poll, ReadError, Reading};
-use super::redfish::{http_client, http_error};
+use super::http::{http_client, http_error};
+use super::reading::{Poll, ReadError, Reading};
 use crate::config::{Measure, MeterConfig, Secret};
 
 use crate::pull::QueryResponse;

@@ -16,9 +16,9 @@ use domesday_model::exposition::Sample;
 use domesday_model::vocab::Reason;
 use tokio::task::JoinHandle;
 
-use super::convert::ValueError;
 use super::modbus::{ModbusReader, RegisterSpec};
 use super::prometheus::PrometheusReader;
+use super::reading::{Poll, ReadError, Reading};
 use super::redfish::RedfishReader;
 use crate::config::{MeterConfig, MeterKind, Site};
 use crate::ledger::writer::WriterHandle;
@@ -26,60 +26,6 @@ use crate::ledger::{Batch, CounterSample};
 
 /// Longest wait between two attempts of a failing meter (unless its interval is longer).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// One register reading: when, and micro-units of the meter's unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reading {
-    pub ts_ms: i64,
-    pub value_micro: i64,
-}
-
-/// Why a read failed; each maps to a contract `reason`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Io(String),
-    #[error("{0}")]
-    Permission(String),
-    #[error("{0}")]
-    Missing(String),
-    #[error("{0}")]
-    Parse(String),
-    #[error("value refused: {0}")]
-    Rejected(#[from] ValueError),
-    #[error("ledger: {0}")]
-    Ledger(String),
-    #[error("configuration: {0}")]
-    Config(String),
-}
-
-impl ReadError {
-    pub fn reason(&self) -> Reason {
-        match self {
-            ReadError::Timeout(_) => Reason::Timeout,
-            ReadError::Io(_) | ReadError::Ledger(_) => Reason::Io,
-            ReadError::Permission(_) => Reason::Permission,
-            ReadError::Missing(_) | ReadError::Config(_) => Reason::Missing,
-            ReadError::Parse(_) => Reason::Parse,
-            ReadError::Rejected(_) => Reason::Rejected,
-        }
-    }
-}
-
-/// What one poll gives: readings to book, and samples refused on the way.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Poll {
-    pub readings: Vec<Reading>,
-    pub rejected: Vec<ValueError>,
-}
-
-impl From<Vec<Reading>> for Poll {
-    fn from(readings: Vec<Reading>) -> Self {
-        Poll { readings, rejected: Vec::new() }
-    }
-}
 
 /// A meter's reader.
 pub enum Source {
@@ -288,6 +234,7 @@ pub fn spawn_all(sites: &[Site], gap: Duration, writer: &WriterHandle, stats: &A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meters::convert::ValueError;
 
     #[test]
     fn backoff_doubles_up_to_a_cap() {

@@ -15,12 +15,14 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 use super::modbus::{ModbusReader, RegisterSpec};
 use super::prometheus::PrometheusReader;
-use super::reader::{MeterStats, ReadError, Reading};
+use super::reader::MeterStats;
+use super::reading::{ReadError, Reading};
 use super::redfish::RedfishReader;
 use crate::config::{MeterConfig, Secret};
 use crate::ledger::LedgerReader;
+use crate::ledger::Policy;
 use crate::ledger::query::EnergyQuery;
-use crate::ledger::sqlite::{Policy, SqliteReader, SqliteWriter};
+use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
 
 /// The ledger's default gap.
 const GAP: Duration = Duration::from_secs(300);
