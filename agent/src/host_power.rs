@@ -313,7 +313,7 @@ impl HostPower {
                     if reset {
                         tracing::info!(method = %m, bmc = %p.bmc, from = q.energy.map(|e| e.joules), to = p.energy.map(|e| e.joules),
                             "the BMC's energy counter went down (reset by the BMC): this span is integrated from its power readings");
-                        errors.push((method_source(m), Reason::Rejected));
+                        errors.push((method_source(m), Reason::Reset));
                     }
                     self.book(m, j, p.at, errors);
                 }
@@ -636,7 +636,7 @@ mod tests {
         assert_eq!(h.total(Method::BmcRedfish), 3100.0);
         // Reset by the BMC: counted, the span is the power trapezoid, never negative.
         let (_, errs) = h.update(secs(60), &redfish(bmc(100.0, 60_000, Some(50.0))));
-        assert_eq!(errs, vec![(Source::Redfish, Reason::Rejected)]);
+        assert_eq!(errs, vec![(Source::Redfish, Reason::Reset)]);
         assert_eq!(h.total(Method::BmcRedfish), 6100.0);
         // The new baseline counts on.
         h.update(secs(90), &redfish(bmc(100.0, 90_000, Some(3_050.0))));

@@ -671,8 +671,10 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     bmc.set("reset");
     let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
     assert_eq!(bmc_energy(&body), Some(3_601_000.0));
-    // The host counter saw the reset too: counted, never negative.
-    let body = scrape_until(port, "the reset counted", |b| redfish_errors(b, "rejected") >= 1.0);
+    // The host counter saw the reset too: counted as a reset (not a refused
+    // value), never negative.
+    let body = scrape_until(port, "the reset counted", |b| redfish_errors(b, "reset") >= 1.0);
+    assert_eq!(redfish_errors(&body, "rejected"), 0.0, "a counter reset is not a rejection: {body}");
     check_monotonic(&mut seen, &body);
 
     // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
@@ -779,10 +781,11 @@ fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_hos
     check_monotonic(&mut seen, &body);
 
     // The BMC reset that sensor: the exported counter keeps growing, the reset is counted.
-    let rejected = redfish_errors(&body, "rejected");
+    let resets = redfish_errors(&body, "reset");
     let before = bmc_energy(&body).expect("energy");
     set("psu-reset");
-    let body = scrape_until(port, "the sensor's reset", |b| redfish_errors(b, "rejected") > rejected);
+    let body = scrape_until(port, "the sensor's reset", |b| redfish_errors(b, "reset") > resets);
+    assert_eq!(redfish_errors(&body, "rejected"), 0.0, "a counter reset is not a rejection: {body}");
     assert!(bmc_energy(&body).is_some_and(|e| e > before), "{body}");
     check_monotonic(&mut seen, &body);
 
