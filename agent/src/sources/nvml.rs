@@ -29,6 +29,7 @@ use super::{Output, Progress, Sample, SensorSource};
 use crate::config::{NvmlBackend, NvmlConfig, Switch};
 use crate::energy::Accumulator;
 use crate::fsread::ReadError;
+use crate::plausible::{Quantity, check};
 
 /// The query the `nvidia-smi` backend runs at each poll.
 pub const QUERY: &[&str] = &["--query-gpu=index,uuid,name,power.draw,temperature.gpu", "--format=csv,noheader,nounits"];
@@ -60,11 +61,17 @@ pub enum Polled {
     Gpus(Vec<Gpu>),
 }
 
+/// A value of the query: a number (its bounds are checked with the GPU's
+/// readings), `[N/A]`/`[Not Supported]`/`[Unknown Error]` (no reading), or
+/// anything else (an answer that is not what the query asks: `parse`).
 fn field(s: &str) -> Result<f64, ReadError> {
     let t = s.trim();
     match t.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(ReadError::new(Reason::Missing, format!("no reading ({t})"))),
+        Ok(v) if v.is_finite() => Ok(v),
+        _ if t.starts_with('[') && t.ends_with(']') || t.eq_ignore_ascii_case("n/a") => {
+            Err(ReadError::new(Reason::Missing, format!("no reading ({t})")))
+        }
+        _ => Err(ReadError::new(Reason::Parse, format!("not a number: {t:?}"))),
     }
 }
 
@@ -348,10 +355,16 @@ impl Nvml {
     }
 }
 
-/// Samples and statuses of the GPUs of one poll.
+/// Samples and statuses of the GPUs of one poll; power and temperature
+/// outside the physical bounds are no reading.
 pub fn gpu_output(gpus: &[Gpu], out: &mut Output) {
     let src = Source::Nvml.to_string();
     for g in gpus {
+        let g = &Gpu {
+            watts: g.watts.clone().and_then(|w| check(Quantity::Power(Domain::Gpu), w)),
+            celsius: g.celsius.clone().and_then(|c| check(Quantity::Temperature, c)),
+            ..g.clone()
+        };
         let zone = format!("gpu{}", g.index);
         let zone_labels = || vec![src.clone(), zone.clone(), Domain::Gpu.to_string(), String::new()];
         if let Ok(w) = g.watts {

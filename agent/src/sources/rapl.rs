@@ -139,7 +139,13 @@ impl SensorSource for Rapl {
                         && z.pending_ok
                     {
                         let watts = uj_to_joules(total - e0) / (now - t0).as_secs_f64();
-                        out.samples.push(Sample::new(&POWER, labels(), watts));
+                        // A power the counter's increase cannot mean (a wrong
+                        // `max_energy_range_uj`) is dropped and counted.
+                        if crate::plausible::is_plausible(crate::plausible::Quantity::Power(z.domain), watts) {
+                            out.samples.push(Sample::new(&POWER, labels(), watts));
+                        } else {
+                            out.errors.push((Source::Rapl, domesday_model::vocab::Reason::Implausible));
+                        }
                     }
                     z.last_tick = Some((now, total));
                     out.status(
