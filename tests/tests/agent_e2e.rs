@@ -321,3 +321,28 @@ fn impossible_sysfs_readings_are_refused_and_counted() {
     }
     assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
 }
+
+#[test]
+fn an_hwmon_energy_counter_going_backwards_is_counted_as_a_reset() {
+    let (_tmp, root) = fixture_copy("amd-epyc");
+    let port = free_port();
+    let _agent = start_agent(&root, port, "200ms", &[]);
+    let resets = |b: &str| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"reset\""]).unwrap_or(0.0)
+    };
+    let energy = |b: &str| {
+        series_value(b, "domesday_energy_joules_total", &["source=\"hwmon\"", "zone=\"platform_amd_energy_0/energy1\""])
+    };
+    let body = scrape_until(port, "the hwmon energy", |b| energy(b).is_some());
+    let before = energy(&body).expect("energy");
+    assert_eq!(resets(&body), 0.0);
+    // The chip restarts its counter near zero: counted once as a reset, the series keeps growing.
+    let file = root.join("sys/class/hwmon/hwmon2/energy1_input");
+    domesday_tests::write_in_place(&file, b"1000000\n").expect("write");
+    let body = scrape_until(port, "the reset", |b| resets(b) >= 1.0);
+    assert!(energy(&body).is_some_and(|e| e >= before), "{body}");
+    std::thread::sleep(Duration::from_millis(600));
+    let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+    assert_eq!(resets(&body), 1.0, "one reset, counted once: {body}");
+    assert_eq!(series_value(&body, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"rejected\""]), None);
+}

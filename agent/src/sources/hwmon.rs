@@ -263,7 +263,10 @@ impl SensorSource for Hwmon {
                     Kind::Energy => (
                         "joules",
                         a.file.read_u64().map(|raw| {
-                            a.acc.update(raw, None);
+                            // No known range: a drop is the chip resetting its counter.
+                            if a.acc.update(raw, None).is_some() && a.acc.last_raw_dropped() {
+                                out.errors.push((Source::Hwmon, Reason::Reset));
+                            }
                             a.acc.joules()
                         }),
                     ),

@@ -126,6 +126,9 @@ pub struct RedfishReading {
     pub temps: Vec<Temp>,
     /// The BMC's energy counter (`EnergyJoules`), reset-corrected, J.
     pub energy_j: Option<f64>,
+    /// This reading found the counter lower than the previous one: the BMC
+    /// reset it (counted once, `reason="reset"`).
+    pub energy_reset: bool,
     /// The same counter raw (as the BMC gives it, resets included) with its
     /// finest step seen, for host energy.
     pub energy_raw: Option<BmcEnergy>,
@@ -153,6 +156,8 @@ pub struct RedfishReading {
 pub struct EnergyCounter {
     last_raw: Option<f64>,
     total: f64,
+    /// Drops seen so far (resets by the BMC).
+    pub resets: u64,
 }
 
 impl EnergyCounter {
@@ -160,7 +165,10 @@ impl EnergyCounter {
         match self.last_raw {
             None => self.total = raw,
             Some(last) if raw >= last => self.total += raw - last,
-            Some(_) => self.total += raw,
+            Some(_) => {
+                self.total += raw;
+                self.resets += 1;
+            }
         }
         self.last_raw = Some(raw);
         self.total
@@ -977,8 +985,10 @@ impl Client {
             self.energy_step = None;
         }
         let energy_raw = energy_raw.map(|raw| self.energy_raw(raw));
+        let resets = self.energy.resets;
         let energy_j = energy_raw
             .map(|raw| if switched { self.energy.rebase(raw.joules) } else { self.energy.update(raw.joules) });
+        let energy_reset = self.energy.resets > resets;
         let energy_raw = energy_raw.filter(|_| !switched);
         if energy_from.is_some() {
             self.energy_from = energy_from;
@@ -1033,6 +1043,7 @@ impl Client {
             watts,
             temps,
             energy_j,
+            energy_reset,
             energy_raw,
             taken,
             power_path,
@@ -1067,6 +1078,9 @@ pub struct Redfish {
     url: String,
     /// The last poll whose shared-chassis rejection was counted.
     rejected_poll: u64,
+    /// The reading whose counter reset was counted (each reset once, however
+    /// many ticks copy that reading).
+    reset_counted: Option<Instant>,
     /// Put before the chassis id in labels when several BMCs are read.
     prefix: String,
     /// The sampler's start: readings are stamped on the agent's clock.
@@ -1087,7 +1101,7 @@ impl Redfish {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
         let max_gap = cfg.interval.0 * STALE_INTERVALS;
-        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix, epoch, max_gap })
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, reset_counted: None, prefix, epoch, max_gap })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -1157,6 +1171,10 @@ impl SensorSource for Redfish {
         }
         out.status(Source::Redfish, sensor, "watts", path, watts);
         let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        if reading.energy_reset && self.reset_counted != Some(reading.taken) {
+            self.reset_counted = Some(reading.taken);
+            out.errors.push((Source::Redfish, Reason::Reset));
+        }
         if let Some(e) = reading.energy_j {
             out.samples.push(Sample::new(
                 &ENERGY,
@@ -1456,6 +1474,7 @@ mod tests {
         assert_eq!(c.update(1500.0), 1500.0);
         // The BMC reset its counter: the energy since the reset is the new raw value.
         assert_eq!(c.update(200.0), 1700.0);
+        assert_eq!(c.resets, 1);
         assert_eq!(c.update(300.0), 1800.0);
         assert_eq!(c.update(300.0), 1800.0);
         // Another counter (EnvironmentMetrics → a Sensors member): a new
