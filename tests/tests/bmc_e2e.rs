@@ -262,6 +262,16 @@ fn ipmi_fans_locations_by_entity_one_inlet_and_impossible_readings() {
     assert_eq!(host_power(&body, "bmc_dcmi"), None, "{body}");
     // The listing is still read.
     assert_eq!(fan(&body, "ipmi", "FAN1"), Some(8400.0));
+
+    // probe shows the refused readings with the reason and what it means.
+    bmc.set("thermals");
+    let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
+    let text = probe_output(probe_command(&root, &config).envs(bmc.env()));
+    let row =
+        text.lines().find(|l| l.starts_with("ipmi ") && l.contains("GPU Temp")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("implausible") && row.contains("physically impossible"), "{row}");
+    let row = text.lines().find(|l| l.starts_with("ipmi ") && l.contains("FAN1")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("rpm") && row.contains("8400"), "{row}");
 }
 
 #[test]

@@ -195,6 +195,25 @@ mod tests {
     }
 
     #[test]
+    fn a_derived_power_no_socket_can_draw_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p0 = zone_dir(dir.path(), "intel-rapl:0", "package-0", 100);
+        let mut r = Rapl::new(dir.path());
+        r.discover();
+        let pr = Progress::default();
+        r.sample(Duration::from_secs(0), &pr);
+        // 900 J in 10 ms: 90 kW for one socket.
+        std::fs::write(p0.join("energy_uj"), "900000100\n").expect("w");
+        let out = r.sample(Duration::from_millis(10), &pr);
+        assert!(!out.samples.iter().any(|s| s.def.name == POWER.name), "{:?}", out.samples);
+        assert!(out.samples.iter().any(|s| s.def.name == ENERGY.name), "the counter follows its own rules");
+        assert_eq!(out.errors, vec![(Source::Rapl, domesday_model::vocab::Reason::Implausible)]);
+        std::fs::write(p0.join("energy_uj"), "900000200\n").expect("w");
+        let out = r.sample(Duration::from_secs(1), &pr);
+        assert!(out.samples.iter().any(|s| s.def.name == POWER.name) && out.errors.is_empty());
+    }
+
+    #[test]
     fn host_sum_is_package_plus_dram_and_absent_when_a_socket_fails() {
         let dir = tempfile::tempdir().expect("tmp");
         let root = dir.path();
