@@ -652,7 +652,8 @@ fn redfish_session_with_bad_credentials_is_a_permission_failure_and_psu_input_ca
 /// `EnvironmentMetrics`, so the PSUs' sum is the chassis power and the energy
 /// comes from the `Sensors` member `TotalEnergy` (1000 J more at each GET):
 /// `psu`, `psu-reset` (that counter restarted low), `psu-absent` (Bay2 is an
-/// empty bay) and `psu-missing` (Bay2 enabled, its input reading null). Its
+/// empty bay), `psu-missing` (Bay2 enabled, its input reading null) and
+/// `psu-garbage` (Bay2 answers text, not JSON). Its
 /// `ThermalSubsystem` lists four fans (5200 RPM, percent only, an empty bay,
 /// 0 RPM). Broken answers: `implausible` (`PowerWatts` of 5 GW, the ambient
 /// sensor at −300 °C), `garbage` (the node's chassis answers HTML), `shape`
@@ -751,6 +752,7 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
                 doc.replace(r#""Reading":22.5"#, r#""Reading":-300.0"#)
             }
             ("garbage", "/redfish/v1/Chassis/Node1") => "<html><body>502 Bad Gateway</body></html>".into(),
+            ("psu-garbage", "/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2") => "Service Unavailable".into(),
             ("shape", "/redfish/v1/Chassis/Node1") => "[1, 2, 3]".into(),
             _ => doc.clone(),
         };
@@ -968,6 +970,19 @@ fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_hos
     assert_eq!(psu(&body, "Bay1"), Some(205.5));
     assert_eq!((psu(&body, "Bay2"), psu_up(&body, "Bay2")), (None, Some(0.0)));
     assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+    check_monotonic(&mut seen, &body);
+
+    // A PSU that answers garbage is a parse failure, not an empty bay: its state
+    // is unknown, so the sum is refused (never the other PSU alone).
+    set("new");
+    scrape_until(port, "bmc_redfish again", |b| host_power(b, "bmc_redfish") == Some(412.0));
+    let parse = redfish_errors(&get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT), "parse");
+    set("psu-garbage");
+    let body = scrape_until(port, "the garbage PSU", |b| redfish_errors(b, "parse") > parse);
+    assert_eq!(psu_up(&body, "Bay2"), Some(0.0));
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None, "not 205.5 W: {body}");
+    assert_eq!(chassis_power(&body), None);
     check_monotonic(&mut seen, &body);
 }
 

@@ -321,8 +321,9 @@ pub fn psu_input_watts(metrics: &Value) -> Result<f64, ReadError> {
 /// The chassis' wall power as the sum of its PSUs' input power, for a chassis
 /// whose `EnvironmentMetrics` (and legacy `Power`) give none. Only enabled
 /// PSUs are added (an empty bay or a cold spare draws nothing); an enabled PSU
-/// without a reading refuses the sum: the sum over the others would
-/// under-report (in a redundant pair, by about half).
+/// without a reading (missing, implausible, or an answer that does not parse)
+/// refuses the sum: the sum over the others would under-report (in a redundant
+/// pair, by about half). The refusal is `missing`: the PSU's own status says why.
 pub fn psu_sum(psus: &[Psu]) -> Result<f64, ReadError> {
     let enabled: Vec<&Psu> = psus.iter().filter(|p| p.enabled).collect();
     if enabled.is_empty() {
@@ -333,8 +334,9 @@ pub fn psu_sum(psus: &[Psu]) -> Result<f64, ReadError> {
         match &p.input_watts {
             Ok(w) => sum += w,
             Err(e) => {
+                // The chassis reading is missing; the PSU's own status counts why.
                 return Err(ReadError::new(
-                    e.reason,
+                    Reason::Missing,
                     format!(
                         "power supply {} is enabled but has no input power ({}): a sum without it would \
                          under-report, not used",
@@ -707,6 +709,18 @@ impl Client {
         }
     }
 
+    /// A member resource: transport and auth failures fail the poll (outer
+    /// error); a resource that is gone (`missing`) or does not parse (`parse`)
+    /// is that member's own failure (inner error).
+    fn get_member(&mut self, path: &str) -> Result<Result<Value, ReadError>, ReadError> {
+        match self.get(path) {
+            Ok(v) if v.is_object() => Ok(Ok(v)),
+            Ok(_) => Ok(Err(parse_err(format!("{}{path}: not a JSON object", self.cfg.url)))),
+            Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The first chassis not contained by another (a DIMM riser, a backplane,
     /// Dell's `Enclosure.Internal`), else the first member.
     fn pick_chassis(&mut self) -> Result<String, ReadError> {
@@ -803,19 +817,22 @@ impl Client {
         let mut psus = Vec::new();
         for uri in uris {
             let fallback_id = uri.trim_end_matches('/').rsplit('/').next().unwrap_or(&uri).to_string();
-            let Some(doc) = self.get_opt(&uri)? else {
-                let e = ReadError::new(Reason::Missing, format!("{uri} is gone"));
-                psus.push(Psu { id: fallback_id, path: uri, enabled: false, input_watts: Err(e) });
-                continue;
+            let doc = match self.get_member(&uri)? {
+                Ok(doc) => doc,
+                Err(e) => {
+                    // Gone (404): an empty bay. An answer that does not parse says
+                    // nothing of its state: counted as enabled without a reading,
+                    // so the sum is refused rather than under-reported.
+                    let enabled = e.reason == Reason::Parse;
+                    psus.push(Psu { id: fallback_id, path: uri, enabled, input_watts: Err(e) });
+                    continue;
+                }
             };
             let id = doc.get("Id").and_then(Value::as_str).map(str::to_string).unwrap_or(fallback_id);
             let input_watts = match (psu_state(&doc), odata_id(&doc, "Metrics").map(str::to_string)) {
                 (Err(why), _) => Err(ReadError::new(Reason::Missing, why)),
                 (Ok(()), None) => Err(ReadError::new(Reason::Missing, "no Metrics (PowerSupplyMetrics) link")),
-                (Ok(()), Some(m)) => match self.get_opt(&m)? {
-                    Some(metrics) => psu_input_watts(&metrics),
-                    None => Err(ReadError::new(Reason::Missing, format!("{m} is not readable"))),
-                },
+                (Ok(()), Some(m)) => self.get_member(&m)?.and_then(|metrics| psu_input_watts(&metrics)),
             };
             psus.push(Psu { id, path: uri, enabled: psu_state(&doc).is_ok(), input_watts });
         }
@@ -845,12 +862,9 @@ impl Client {
                 let mut fans = Vec::new();
                 for uri in uris.iter().take(MAX_SENSORS) {
                     let fallback = uri.trim_end_matches('/').rsplit('/').next().unwrap_or(uri);
-                    match self.get(uri) {
+                    match self.get_member(uri)? {
                         Ok(d) => fans.extend(subsystem_fan(&d, fallback)),
-                        Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => {
-                            fans.push(Fan { name: fallback.to_string(), value: Err(e) })
-                        }
-                        Err(e) => return Err(e),
+                        Err(e) => fans.push(Fan { name: fallback.to_string(), value: Err(e) }),
                     }
                 }
                 return Ok((fans, coll));
@@ -1335,6 +1349,10 @@ mod tests {
         let e = psu_sum(&[psu("Bay1", false, None)]).expect_err("none enabled");
         assert!(e.detail.contains("none of the 1"), "{e}");
         assert_eq!(psu_sum(&[psu("Bay1", true, Some(0.0))]), Ok(0.0), "a real 0 W reading is a reading");
+        // A PSU whose answer did not parse: the chassis reading is missing, the PSU's status says parse.
+        let garbage = Psu { input_watts: Err(parse_err("not JSON")), ..psu("Bay2", true, None) };
+        let e = psu_sum(&[psu("Bay1", true, Some(205.5)), garbage]).expect_err("refused");
+        assert_eq!(e.reason, Reason::Missing);
     }
 
     #[test]
