@@ -301,6 +301,20 @@ fn ipmi_error_reasons_say_what_happened() {
         assert!(ipmi_errors(&body, r) >= 1.0, "{r}: {body}");
     }
     assert_eq!(ipmi_errors(&body, "implausible"), 0.0);
+
+    // DCMI reads but the sensor listing fails: counted once per poll with what
+    // happened (never silently empty), while DCMI stays up.
+    for (mode, reason) in [("sdrdenied", "permission"), ("sdrgarbage", "parse")] {
+        let before = ipmi_errors(&get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT), reason);
+        bmc.set(mode);
+        let body = scrape_until(port, mode, |b| ipmi_errors(b, reason) > before);
+        assert_eq!(dcmi_up(&body), Some(1.0), "{mode}");
+        assert_eq!(ipmi_temp(&body, "Inlet Temp"), None, "{mode}: no listing, no temperatures");
+        std::thread::sleep(Duration::from_millis(1500));
+        let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+        let n = ipmi_errors(&body, reason) - before;
+        assert!((1.0..=3.0).contains(&n), "{mode}: once per 1 s poll, not per 200 ms tick: {n}");
+    }
 }
 
 #[test]

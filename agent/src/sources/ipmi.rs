@@ -81,6 +81,9 @@ pub struct IpmiReading {
     /// When the DCMI reading was taken: the middle of the command's run.
     pub taken: std::time::Instant,
     pub sensors: Vec<BmcSensor>,
+    /// Why the sensor listing could not be read (the command failed, or printed
+    /// no sensor row at all), counted once per poll.
+    pub listing_err: Option<ReadError>,
 }
 
 fn parse_err(detail: impl Into<String>) -> ReadError {
@@ -368,6 +371,11 @@ pub fn parse_ipmitool_sensors(text: &str) -> Vec<BmcSensor> {
     sensors
 }
 
+/// A line shaped like a listing row: a name, then at least two more `|` cells.
+fn is_sensor_row(line: &str) -> bool {
+    line.matches('|').count() >= 2 && line.split('|').next().is_some_and(|name| !name.trim().is_empty())
+}
+
 /// Domain of a BMC power sensor, from its name.
 pub fn sensor_power_domain(name: &str) -> Domain {
     let l = name.to_lowercase();
@@ -394,7 +402,12 @@ pub fn sensor_power_domain(name: &str) -> Domain {
 pub fn classify_failure(program: &str, stderr: &str) -> ReadError {
     let first = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
     let l = stderr.to_lowercase();
-    if l.contains("permission denied") {
+    if l.contains("insufficient privilege") {
+        ReadError::new(
+            Reason::Permission,
+            format!("{first}: the BMC user lacks the privilege for this command; give it the User role or higher"),
+        )
+    } else if l.contains("permission denied") {
         ReadError::new(
             Reason::Permission,
             format!("{first}: in-band IPMI needs root or a udev rule for /dev/ipmi0 (docs/bmc.md)"),
@@ -438,15 +451,20 @@ pub fn poll(cfg: &IpmiConfig) -> Result<IpmiReading, ReadError> {
         return Err(e.clone());
     }
     let mut sensors = Vec::new();
+    let mut listing_err = None;
     if cfg.sensors && cfg.backend == IpmiBackend::Ipmitool {
         let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
         let args: Vec<String> = cfg.args.iter().cloned().chain(["sdr".to_string(), "elist".to_string()]).collect();
         let out = run_command(&cfg.command, &args, left)?;
-        if out.success {
+        if !out.success {
+            listing_err = Some(classify_failure(&cfg.command, &out.stderr));
+        } else if !out.stdout.trim().is_empty() && !out.stdout.lines().any(is_sensor_row) {
+            listing_err = Some(parse_err("the sdr elist output has no sensor row (name | … | reading)"));
+        } else {
             sensors = parse_ipmitool_sensors(&out.stdout);
         }
     }
-    Ok(IpmiReading { dcmi, taken, sensors })
+    Ok(IpmiReading { dcmi, taken, sensors, listing_err })
 }
 
 /// The IPMI source: the tick's view of the poll thread.
@@ -456,13 +474,22 @@ pub struct Ipmi {
     /// The sampler's start: readings are stamped on the agent's clock.
     epoch: std::time::Instant,
     max_gap: Duration,
+    /// The reading whose listing failure was counted (once, however many
+    /// ticks copy that reading).
+    listing_err_counted: Option<std::time::Instant>,
 }
 
 impl Ipmi {
     pub fn new(cfg: &IpmiConfig, epoch: std::time::Instant) -> std::io::Result<Self> {
         let c = cfg.clone();
         let poller = Poller::spawn("ipmi", cfg.interval.0, move || poll(&c))?;
-        Ok(Ipmi { poller, command: cfg.command.clone(), epoch, max_gap: cfg.interval.0 * STALE_INTERVALS })
+        Ok(Ipmi {
+            poller,
+            command: cfg.command.clone(),
+            epoch,
+            max_gap: cfg.interval.0 * STALE_INTERVALS,
+            listing_err_counted: None,
+        })
     }
 
     /// Waits (bounded) for the first poll; for `probe`.
@@ -521,6 +548,13 @@ impl SensorSource for Ipmi {
         }
         out.status(Source::Ipmi, "dcmi".into(), "watts", path, dcmi.map(|d| d.current));
         let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        if let Some(e) = &reading.listing_err
+            && self.listing_err_counted != Some(reading.taken)
+        {
+            self.listing_err_counted = Some(reading.taken);
+            tracing::warn!(reason = %e.reason, "the BMC's sensor listing failed: {}", e.detail);
+            out.errors.push((Source::Ipmi, e.reason));
+        }
         for s in &reading.sensors {
             if let Ok(v) = s.value {
                 match s.unit {
@@ -752,5 +786,9 @@ FAN7             | lots     | RPM | ok | na
         assert!(e.detail.contains("modprobe ipmi_devintf") && e.detail.contains("lanplus"), "{e}");
         let e = classify_failure("ipmitool", "Could not open device at /dev/ipmi0: Permission denied\n");
         assert_eq!(e.reason, Reason::Permission);
+        let e = classify_failure("ipmitool", "Get SDR 0000 command failed: Insufficient privilege level\n");
+        assert_eq!(e.reason, Reason::Permission);
+        let e = classify_failure("ipmitool", "Error: Unable to establish IPMI v2 / RMCP+ session\n");
+        assert_eq!(e.reason, Reason::Io, "the transport to the BMC failed");
     }
 }
