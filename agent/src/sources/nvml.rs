@@ -50,6 +50,9 @@ pub struct Gpu {
     pub joules: Option<Result<f64, ReadError>>,
     /// Share of time a kernel ran, 0 to 1; `None` as for `joules`.
     pub utilization: Option<Result<f64, ReadError>>,
+    /// This poll found the raw energy counter lower than the previous one (a
+    /// driver reload or GPU reset): counted once as `reason="reset"`.
+    pub counter_reset: bool,
 }
 
 /// What one poll found.
@@ -94,6 +97,7 @@ pub fn parse_query(text: &str) -> Result<Vec<Gpu>, ReadError> {
             celsius: field(f[n - 1]),
             joules: None,
             utilization: None,
+            counter_reset: false,
         });
     }
     Ok(out)
@@ -294,6 +298,7 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
                     celsius: Err(err.clone()),
                     joules: Some(Err(err.clone())),
                     utilization: Some(Err(err)),
+                    counter_reset: false,
                 });
                 continue;
             }
@@ -301,10 +306,11 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
         let uuid = dev.uuid().unwrap_or_else(|_| format!("gpu{index}"));
         let name = dev.name().unwrap_or_default();
         let watts = dev.power_usage().map(|mw| f64::from(mw) / 1000.0);
+        let mut counter_reset = false;
         let joules = dev.total_energy_consumption().map(|mj| {
             // NVML counts mJ since the driver loaded; a drop is a driver reload.
             let acc = counters.entry(uuid.clone()).or_default();
-            acc.update(mj.saturating_mul(1000), None);
+            counter_reset = acc.update(mj.saturating_mul(1000), None).is_some() && acc.last_raw_dropped();
             acc.joules()
         });
         let celsius = dev.temperature(TemperatureSensor::Gpu).map(f64::from);
@@ -318,6 +324,7 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
             celsius: celsius.map_err(|e| call_error("nvmlDeviceGetTemperature", &e)),
             joules: Some(joules.map_err(|e| call_error("nvmlDeviceGetTotalEnergyConsumption", &e))),
             utilization: Some(utilization.map_err(|e| call_error("nvmlDeviceGetUtilizationRates", &e))),
+            counter_reset,
         });
     }
     (Ok(gpus), reinit)
@@ -331,6 +338,8 @@ pub struct Nvml {
     /// Under `auto`, a tick before the first poll answers says nothing: most
     /// hosts have no GPU, and "no answer yet" is not a failure of anything.
     quiet_until_first_poll: bool,
+    /// The poll whose counter resets were counted.
+    resets_counted: Option<std::time::Instant>,
 }
 
 impl Nvml {
@@ -347,7 +356,7 @@ impl Nvml {
                 (poller, format!("{} {}", cfg.command, QUERY.join(" ")))
             }
         };
-        Ok(Nvml { poller, path, quiet_until_first_poll: cfg.enabled == Switch::Auto })
+        Ok(Nvml { poller, path, quiet_until_first_poll: cfg.enabled == Switch::Auto, resets_counted: None })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -419,6 +428,12 @@ impl SensorSource for Nvml {
             }
             (_, None, Some(Polled::Gpus(gpus))) => {
                 gpu_output(&gpus, &mut out);
+                // Each poll's counter resets once, however many ticks copy it.
+                let taken = st.last_ok.as_ref().map(|(at, _)| *at);
+                if taken != self.resets_counted {
+                    self.resets_counted = taken;
+                    out.errors.extend(gpus.iter().filter(|g| g.counter_reset).map(|_| (Source::Nvml, Reason::Reset)));
+                }
                 None
             }
         };
