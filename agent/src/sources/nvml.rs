@@ -617,6 +617,25 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
     /// A library that never finishes loading (a FIFO nobody writes: `dlopen`
     /// blocks reading it) holds the first poll: under `auto` the ticks say
     /// nothing meanwhile, forced on they report that no answer came yet.
+    /// Until the poll thread has finished (bounded): opens `fifo` for writing
+    /// whenever a reader has it open, then closes it (the reader sees an empty
+    /// file). `close` stops the thread and waits for it until the instant given.
+    fn release_fifo_readers(fifo: &std::path::Path, close: impl Fn(std::time::Instant)) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::time::Instant;
+        // O_NONBLOCK on Linux (x86-64, aarch64): fails with ENXIO while no reader has it open.
+        const O_NONBLOCK: i32 = 0o4000;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(fifo);
+            let t = Instant::now();
+            close(t + Duration::from_millis(50));
+            if t.elapsed() < Duration::from_millis(50) {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn before_the_first_answer_auto_is_quiet_and_forced_on_is_a_missing_reading() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -631,6 +650,15 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
             assert_eq!(!errors.is_empty(), want_error, "{enabled:?}: {errors:?}");
             assert!(errors.iter().all(|e| e.reason == Reason::Missing), "{errors:?}");
             assert!(out.off.is_none());
+            // Release the poll thread: while it is blocked inside `dlopen` it holds
+            // the dynamic loader's lock, which starting any thread may need (a
+            // deadlock of the whole test binary when the harness starts its next
+            // test). A writer that opens and closes the FIFO makes the library
+            // read empty; opened without blocking (and without a new thread), it
+            // fails with ENXIO until the poll thread has the FIFO open.
+            let close = n.poller.closer();
+            drop(n);
+            release_fifo_readers(&fifo, close);
         }
     }
 
