@@ -23,6 +23,8 @@ pub fn counter_delta(prev: u64, cur: u64, max_range: Option<u64>) -> u64 {
 pub struct Accumulator {
     total: u128,
     last_raw: Option<u64>,
+    /// The last reading was lower than the one before it (a wrap or a reset).
+    dropped: bool,
 }
 
 impl Accumulator {
@@ -35,6 +37,7 @@ impl Accumulator {
                 None
             }
             Some(prev) => {
+                self.dropped = raw < prev;
                 let d = counter_delta(prev, raw, max_range);
                 self.total += u128::from(d);
                 Some(d)
@@ -42,6 +45,12 @@ impl Accumulator {
         };
         self.last_raw = Some(raw);
         delta
+    }
+
+    /// Whether the last reading was lower than the one before it: for a
+    /// counter without a known range (hwmon energy), a reset.
+    pub fn last_raw_dropped(&self) -> bool {
+        self.dropped
     }
 
     /// Cumulative value in microjoules.
@@ -88,6 +97,20 @@ mod tests {
         assert_eq!(counter_delta(RANGE - 1_000, 500, Some(RANGE)), 1_500);
         assert_eq!(counter_delta(1_000, 400, None), 400);
         assert_eq!(counter_delta(RANGE + 5, 400, Some(RANGE)), 400);
+    }
+
+    #[test]
+    fn the_accumulator_says_when_its_counter_dropped() {
+        let mut a = Accumulator::default();
+        a.update(1_000, None);
+        assert!(!a.last_raw_dropped(), "the baseline is no drop");
+        a.update(2_000, None);
+        assert!(!a.last_raw_dropped());
+        a.update(300, None);
+        assert!(a.last_raw_dropped(), "a counter without a range went down: a reset");
+        assert_eq!(a.total_uj(), 2_300);
+        a.update(400, None);
+        assert!(!a.last_raw_dropped());
     }
 
     #[test]

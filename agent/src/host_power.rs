@@ -311,9 +311,9 @@ impl HostPower {
                 } else if p.at > from {
                     let (j, reset) = segment_joules(&q, p, from);
                     if reset {
+                        // Counted by the source that saw it (`reason="reset"`), whichever method is active.
                         tracing::info!(method = %m, bmc = %p.bmc, from = q.energy.map(|e| e.joules), to = p.energy.map(|e| e.joules),
                             "the BMC's energy counter went down (reset by the BMC): this span is integrated from its power readings");
-                        errors.push((method_source(m), Reason::Rejected));
                     }
                     self.book(m, j, p.at, errors);
                 }
@@ -634,9 +634,10 @@ mod tests {
         // Power says 3000 J, the BMC's counter 3100 J: the counter wins.
         h.update(secs(30), &redfish(bmc(100.0, 30_000, Some(8_100.0))));
         assert_eq!(h.total(Method::BmcRedfish), 3100.0);
-        // Reset by the BMC: counted, the span is the power trapezoid, never negative.
+        // Reset by the BMC: the span is the power trapezoid, never negative (the
+        // source that saw the reset counts it, not the arbitration).
         let (_, errs) = h.update(secs(60), &redfish(bmc(100.0, 60_000, Some(50.0))));
-        assert_eq!(errs, vec![(Source::Redfish, Reason::Rejected)]);
+        assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(h.total(Method::BmcRedfish), 6100.0);
         // The new baseline counts on.
         h.update(secs(90), &redfish(bmc(100.0, 90_000, Some(3_050.0))));

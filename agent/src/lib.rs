@@ -6,6 +6,8 @@
 //! - [`sources`]: one module per sensor kind (RAPL, hwmon, thermal, procfs),
 //!   reading plain files under the injectable sysfs/procfs roots.
 //! - [`energy`], [`estimation`]: pure maths (counter wrap, integration, power models).
+//! - [`plausible`]: the physical bounds of temperatures, fan speeds and power,
+//!   for every source.
 //! - [`host_power`]: host power arbitration and the persisted per-method energy counters.
 //! - [`sampler`]: the tick (worker thread per source, deadlines) producing a [`sampler::Snapshot`].
 //! - [`render`], [`server`]: the exposition (rendered once per tick) and `/metrics`.
@@ -23,6 +25,7 @@ pub mod estimation;
 pub mod fsread;
 pub mod host_power;
 pub mod inventory;
+pub mod plausible;
 pub mod probe;
 pub mod push;
 pub mod render;

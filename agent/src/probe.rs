@@ -22,6 +22,12 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
             "the BMC did not answer within [ipmi] timeout; the command was killed, retried with backoff"
         }
         (Source::Ipmi, Reason::Gap) => "the last BMC reading is older than 3 intervals; see the agent log",
+        (Source::Ipmi, Reason::Parse) => {
+            "ipmitool printed something that is not its usual output: check its version and [ipmi] args (see the agent log)"
+        }
+        (Source::Ipmi, Reason::Io) => {
+            "ipmitool failed: out of band (-I lanplus), check the BMC address, user and IPMI_PASSWORD (see the agent log)"
+        }
         (Source::Redfish, Reason::Permission) => {
             "the BMC refused the credentials: check [redfish] username and password_file, and the account's role"
         }
@@ -33,6 +39,9 @@ pub fn fix(source: Source, reason: Reason) -> &'static str {
         }
         (Source::Nvml, Reason::Permission) => {
             "NVML needs /dev/nvidiactl and /dev/nvidia* readable by the agent's user (docs/bmc.md)"
+        }
+        (_, Reason::Implausible) => {
+            "the sensor reads a physically impossible value (a broken sensor or firmware; bounds in docs/bmc.md); down until it reads a possible one"
         }
         (_, Reason::Permission) => "make the file readable by the agent's user (docs/permissions.md)",
         (_, Reason::Parse) => "the driver returned a value that is not a number; reported down until it reads back",

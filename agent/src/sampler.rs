@@ -262,6 +262,13 @@ impl Sampler {
                 }
             }
         }
+        // Sources refuse impossible readings where they read them; a sample
+        // still outside the bounds is dropped here and counted.
+        for source in crate::plausible::screen(&mut snap.samples) {
+            let source = Source::ALL.iter().copied().find(|s| s.as_str() == source).unwrap_or(Source::Estimated);
+            tracing::warn!(%source, "a sample outside the physical bounds was dropped");
+            *self.errors.entry((source, Reason::Implausible)).or_insert(0) += 1;
+        }
         let (host, host_errors) = self.host.update(now, &facts);
         for s in &snap.statuses {
             if let Err(e) = &s.result {

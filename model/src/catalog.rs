@@ -88,7 +88,7 @@ metric!(
     Gauge,
     "rpm",
     ["source", "chip", "sensor", "label"],
-    "Fan speed reported by a hwmon chip."
+    "Fan speed reported by a hwmon chip or a BMC (chip bmc: IPMI sensors in RPM, Redfish fans read in RPM; a fan reported only in percent is not exported); 0 is a stopped fan."
 );
 metric!(
     CPU_UTILIZATION,
@@ -154,7 +154,7 @@ metric!(
     Counter,
     "",
     ["source", "reason"],
-    "Failed sensor reads and unusable samples, by reason."
+    "Failed sensor reads and unusable samples, by reason: missing, permission, parse (an answer that is not what the protocol says), timeout, io (the transport failed), gap, wrap_overrun, rejected, implausible (a reading that parses but is physically impossible, see docs/bmc.md), reset (a counter seen going backwards)."
 );
 metric!(AGENT_INFO, "domesday_agent_info", Gauge, "", ["version"], "Agent build information; value 1.");
 metric!(
@@ -519,6 +519,13 @@ mod tests {
                 assert_eq!(m.kind, Kind::Gauge);
             }
             assert!(m.help.ends_with('.'), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn the_sensor_errors_help_names_every_reason() {
+        for r in crate::vocab::Reason::ALL {
+            assert!(SENSOR_ERRORS.help.contains(r.as_str()), "{r} is not described");
         }
     }
 

@@ -64,10 +64,15 @@ vocabulary! {
 }
 
 vocabulary! {
-    /// `reason`: why a sensor read failed or a sample was not used.
+    /// `reason`: why a sensor read failed or a sample was not used. `parse`: an
+    /// answer arrived but is not what the protocol says (garbage, wrong shape);
+    /// `io`: the transport failed; `implausible`: a reading that parses but is
+    /// physically impossible (outside the bounds of `docs/bmc.md`); `reset`: a
+    /// counter seen going backwards (reset by its device).
     Reason {
         Missing => "missing", Permission => "permission", Parse => "parse", Timeout => "timeout",
         Io => "io", Gap => "gap", WrapOverrun => "wrap_overrun", Rejected => "rejected",
+        Implausible => "implausible", Reset => "reset",
     }
 }
 

@@ -266,3 +266,83 @@ fn newest_state(bytes: &[u8]) -> serde_json::Value {
         .map(|(_, j)| j)
         .expect("a whole slot")
 }
+
+#[test]
+fn impossible_sysfs_readings_are_refused_and_counted() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let _agent = start_agent(&root, port, "200ms", &[]);
+    let host = |b: &str, m: &str| series_value(b, "domesday_host_power_watts", &[&format!("method=\"{m}\"")]);
+    let errors = |b: &str, source: &str| {
+        series_value(b, "domesday_sensor_errors_total", &[&format!("source=\"{source}\""), "reason=\"implausible\""])
+            .unwrap_or(0.0)
+    };
+    let body = scrape_until(port, "psu_input", |b| host(b, "psu_input").is_some());
+    assert_eq!(errors(&body, "hwmon") + errors(&body, "thermal"), 0.0, "the fixture reads true: {body}");
+
+    // A PSU reading 5 MW, a fan at 150,000 RPM, a core below absolute zero, a
+    // thermal zone at 250 °C: they parse, none can be true.
+    let hwmon = root.join("sys/class/hwmon");
+    let thermal = root.join("sys/class/thermal/thermal_zone0/temp");
+    for (file, value) in [
+        (hwmon.join("hwmon4/power1_input"), "5000000000000\n"),
+        (hwmon.join("hwmon4/fan1_input"), "150000\n"),
+        (hwmon.join("hwmon1/temp1_input"), "-280000\n"),
+        (thermal, "250000\n"),
+    ] {
+        domesday_tests::write_in_place(&file, value.as_bytes()).expect("write");
+    }
+    let body = scrape_until(port, "the refusals", |b| errors(b, "hwmon") >= 3.0 && errors(b, "thermal") >= 1.0);
+    // No sample: the PSU sum is refused (not 5 MW, not the other PSU alone).
+    assert_eq!(host(&body, "psu_input"), None, "{body}");
+    assert!(host(&body, "acpi_power_meter").is_some(), "the next method carries the host: {body}");
+    assert!(!body.lines().any(|l| l.starts_with("domesday_power_watts{") && l.ends_with(" 5000000")), "{body}");
+    assert!(!body.lines().any(|l| l.starts_with("domesday_fan_speed_rpm{") && l.ends_with(" 150000")), "{body}");
+    assert!(!body.lines().any(|l| l.starts_with("domesday_temperature_celsius{") && l.ends_with(" -280")), "{body}");
+    assert_eq!(
+        series_value(&body, "domesday_temperature_celsius", &["source=\"thermal\"", "sensor=\"thermal_zone0\""]),
+        None
+    );
+    // Each refused sensor is down.
+    assert_eq!(
+        series_value(&body, "domesday_sensor_up", &["source=\"thermal\"", "sensor=\"thermal_zone0\""]),
+        Some(0.0)
+    );
+    let down = |suffix: &str| {
+        body.lines().any(|l| {
+            l.starts_with("domesday_sensor_up{")
+                && l.contains("source=\"hwmon\"")
+                && l.contains(suffix)
+                && l.ends_with(" 0")
+        })
+    };
+    for s in ["/power1\"", "/fan1\"", "/temp1\""] {
+        assert!(down(s), "{s} is not down: {body}");
+    }
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+}
+
+#[test]
+fn an_hwmon_energy_counter_going_backwards_is_counted_as_a_reset() {
+    let (_tmp, root) = fixture_copy("amd-epyc");
+    let port = free_port();
+    let _agent = start_agent(&root, port, "200ms", &[]);
+    let resets = |b: &str| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"reset\""]).unwrap_or(0.0)
+    };
+    let energy = |b: &str| {
+        series_value(b, "domesday_energy_joules_total", &["source=\"hwmon\"", "zone=\"platform_amd_energy_0/energy1\""])
+    };
+    let body = scrape_until(port, "the hwmon energy", |b| energy(b).is_some());
+    let before = energy(&body).expect("energy");
+    assert_eq!(resets(&body), 0.0);
+    // The chip restarts its counter near zero: counted once as a reset, the series keeps growing.
+    let file = root.join("sys/class/hwmon/hwmon2/energy1_input");
+    domesday_tests::write_in_place(&file, b"1000000\n").expect("write");
+    let body = scrape_until(port, "the reset", |b| resets(b) >= 1.0);
+    assert!(energy(&body).is_some_and(|e| e >= before), "{body}");
+    std::thread::sleep(Duration::from_millis(600));
+    let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+    assert_eq!(resets(&body), 1.0, "one reset, counted once: {body}");
+    assert_eq!(series_value(&body, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"rejected\""]), None);
+}

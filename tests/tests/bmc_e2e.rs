@@ -180,6 +180,143 @@ fn bmc_dcmi_wins_over_psu_input_and_a_deactivated_or_hung_bmc_falls_back() {
     assert!(log.contains("killed with its process group"), "{log}");
 }
 
+fn ipmi_temp(body: &str, sensor: &str) -> Option<f64> {
+    series_value(body, "domesday_temperature_celsius", &["source=\"ipmi\"", &format!("sensor=\"{sensor}\",")])
+}
+
+/// The `location` label of an IPMI temperature series.
+fn ipmi_location(body: &str, sensor: &str) -> Option<String> {
+    let needle = format!("sensor=\"{sensor}\",");
+    let line = body.lines().find(|l| {
+        l.starts_with("domesday_temperature_celsius{") && l.contains("source=\"ipmi\"") && l.contains(&needle)
+    })?;
+    let rest = line.split("location=\"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+fn fan(body: &str, source: &str, sensor: &str) -> Option<f64> {
+    series_value(
+        body,
+        "domesday_fan_speed_rpm",
+        &[&format!("source=\"{source}\""), "chip=\"bmc\"", &format!("sensor=\"{sensor}\"")],
+    )
+}
+
+fn up(body: &str, source: &str, sensor: &str) -> Option<f64> {
+    series_value(body, "domesday_sensor_up", &[&format!("source=\"{source}\""), &format!("sensor=\"{sensor}\"")])
+}
+
+#[test]
+fn ipmi_fans_locations_by_entity_one_inlet_and_impossible_readings() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let bmc = Bmc::new(tmp.path(), "thermals");
+    let port = free_port();
+    let env = bmc.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &ipmi_table("1s", "1s"), &env, &log, &[]);
+
+    let body = scrape_until(port, "the BMC fans", |b| fan(b, "ipmi", "FAN1").is_some());
+    // Fans in RPM, with their sensor status; a stopped fan reads 0 and is exported.
+    assert_eq!(fan(&body, "ipmi", "FAN1"), Some(8400.0));
+    assert_eq!(fan(&body, "ipmi", "FAN2"), Some(0.0), "a stopped fan is a reading");
+    assert_eq!((up(&body, "ipmi", "FAN1"), up(&body, "ipmi", "FAN2")), (Some(1.0), Some(1.0)));
+    // A fan in percent is a duty cycle, not a speed: not a fan series, not a sensor read.
+    assert_eq!(fan(&body, "ipmi", "FAN5"), None);
+    assert_eq!(up(&body, "ipmi", "FAN5"), None);
+    assert!(!body.contains("sensor=\"FAN3\""), "no reading, no unit: not listed: {body}");
+    // Located by entity first: one inlet (the air inlet entity, lowest instance).
+    let inlets: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("domesday_temperature_celsius{") && l.contains("location=\"inlet\""))
+        .collect();
+    assert_eq!(inlets.len(), 1, "exactly one inlet: {inlets:?}");
+    assert_eq!(ipmi_location(&body, "Ambient Temp").as_deref(), Some("inlet"), "entity 55 (0x37) air inlet");
+    assert_eq!(ipmi_temp(&body, "Ambient Temp"), Some(24.0));
+    assert_eq!(ipmi_location(&body, "Front Panel Temp").as_deref(), Some("ambient"), "a second air inlet");
+    assert_eq!(ipmi_location(&body, "Exhaust Temp").as_deref(), Some("exhaust"), "named exhaust on the air entity");
+    assert_eq!(ipmi_location(&body, "Proc Temp").as_deref(), Some("cpu"), "entity 65 (0x41) processor");
+    assert_eq!(ipmi_location(&body, "Board Temp 2").as_deref(), Some("memory"), "entity 32 (0x20) memory device");
+    assert_eq!(ipmi_location(&body, "PSU1 Temp").as_deref(), Some("psu"), "entity 10 (0x0A) power supply");
+    assert_eq!(ipmi_location(&body, "System Temp").as_deref(), Some("other"), "system board: by name");
+    // Impossible readings are no readings: no sample, the sensor down, counted.
+    assert_eq!(ipmi_temp(&body, "GPU Temp"), None, "-128 °C is not a temperature");
+    assert_eq!(fan(&body, "ipmi", "FAN4"), None, "250,000 RPM is beyond any fan");
+    assert_eq!(series_value(&body, "domesday_power_watts", &["source=\"ipmi\"", "zone=\"CPU Power\""]), None);
+    for s in ["GPU Temp", "FAN4", "CPU Power"] {
+        assert_eq!(up(&body, "ipmi", s), Some(0.0), "{s}");
+    }
+    assert!(ipmi_errors(&body, "implausible") >= 3.0, "{body}");
+    assert_eq!(
+        series_value(&body, "domesday_power_watts", &["source=\"ipmi\"", "zone=\"Pwr Consumption\""]),
+        Some(96.0)
+    );
+    assert_eq!(host_power(&body, "bmc_dcmi"), Some(96.0));
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+
+    // A DCMI reading of 3.4 MW: not a reading, not the host's power; the PSUs carry it.
+    bmc.set("implausible");
+    let body = scrape_until(port, "the refused DCMI reading", |b| dcmi_up(b) == Some(0.0));
+    assert_eq!(dcmi_power(&body), None);
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_dcmi"), None, "{body}");
+    // The listing is still read.
+    assert_eq!(fan(&body, "ipmi", "FAN1"), Some(8400.0));
+
+    // probe shows the refused readings with the reason and what it means.
+    bmc.set("thermals");
+    let config = write_agent_config(&root, &ipmi_table("1s", "1s"));
+    let text = probe_output(probe_command(&root, &config).envs(bmc.env()));
+    let row =
+        text.lines().find(|l| l.starts_with("ipmi ") && l.contains("GPU Temp")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("implausible") && row.contains("physically impossible"), "{row}");
+    let row = text.lines().find(|l| l.starts_with("ipmi ") && l.contains("FAN1")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("rpm") && row.contains("8400"), "{row}");
+}
+
+#[test]
+fn ipmi_error_reasons_say_what_happened() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let bmc = Bmc::new(tmp.path(), "garbage");
+    let port = free_port();
+    let env = bmc.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &ipmi_table("1s", "1s"), &env, &log, &[]);
+    // Output that is not what the command prints: parse. The command failing:
+    // what its message says (no access: permission; no device: missing;
+    // anything else on the way to the BMC: io).
+    for (mode, reason) in
+        [("garbage", "parse"), ("permission", "permission"), ("failing", "io"), ("nodevice", "missing")]
+    {
+        bmc.set(mode);
+        let body = scrape_until(port, reason, |b| ipmi_errors(b, reason) >= 1.0 && dcmi_up(b) == Some(0.0));
+        assert_eq!(dcmi_power(&body), None, "{mode}");
+        // Back to a working BMC, so the next failure does not wait out the backoff.
+        bmc.set("dell-idrac");
+        scrape_until(port, "a working BMC", |b| dcmi_up(b) == Some(1.0));
+    }
+    let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+    for r in ["parse", "permission", "io", "missing"] {
+        assert!(ipmi_errors(&body, r) >= 1.0, "{r}: {body}");
+    }
+    assert_eq!(ipmi_errors(&body, "implausible"), 0.0);
+
+    // DCMI reads but the sensor listing fails: counted once per poll with what
+    // happened (never silently empty), while DCMI stays up.
+    for (mode, reason) in [("sdrdenied", "permission"), ("sdrgarbage", "parse")] {
+        let before = ipmi_errors(&get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT), reason);
+        bmc.set(mode);
+        let body = scrape_until(port, mode, |b| ipmi_errors(b, reason) > before);
+        assert_eq!(dcmi_up(&body), Some(1.0), "{mode}");
+        assert_eq!(ipmi_temp(&body, "Inlet Temp"), None, "{mode}: no listing, no temperatures");
+        std::thread::sleep(Duration::from_millis(1500));
+        let body = get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT);
+        let n = ipmi_errors(&body, reason) - before;
+        assert!((1.0..=3.0).contains(&n), "{mode}: once per 1 s poll, not per 200 ms tick: {n}");
+    }
+}
+
 #[test]
 fn probe_says_why_ipmi_is_off() {
     let (tmp, root) = fixture_copy("intel-2s");
@@ -369,6 +506,17 @@ fn redfish_legacy_power_wins_over_psu_input_and_auth_slow_malformed_are_counted(
         Some(25.0)
     );
     assert!(!body.contains("sensor=\"CPU2 Temp\",label"), "a disabled sensor has no value: {body}");
+    // Legacy Thermal.Fans in RPM: chip "bmc", the chassis in the sensor; 0 RPM is a stopped fan.
+    assert_eq!(fan(&body, "redfish", "1U/BaseBoard System Fan"), Some(2100.0), "{body}");
+    assert_eq!(fan(&body, "redfish", "1U/Fan 2"), Some(0.0));
+    assert_eq!(up(&body, "redfish", "1U/Fan 2"), Some(1.0));
+    // Percent is not RPM: neither a fan series nor a sensor.
+    assert_eq!((fan(&body, "redfish", "1U/Fan 3"), up(&body, "redfish", "1U/Fan 3")), (None, None));
+    // Absent, disabled, 655,350 RPM: no value, the sensor down.
+    for f in ["1U/Fan 4", "1U/Fan 5", "1U/Fan 6"] {
+        assert_eq!((fan(&body, "redfish", f), up(&body, "redfish", f)), (None, Some(0.0)), "{f}");
+    }
+    assert!(redfish_errors(&body, "implausible") >= 1.0, "{body}");
     assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
     check_monotonic(&mut seen, &body);
     assert!(auths.lock().map(|a| a.iter().all(|h| h == BASIC)).unwrap_or(false), "Basic auth on every request");
@@ -518,7 +666,13 @@ fn redfish_session_with_bad_credentials_is_a_permission_failure_and_psu_input_ca
 /// `EnvironmentMetrics`, so the PSUs' sum is the chassis power and the energy
 /// comes from the `Sensors` member `TotalEnergy` (1000 J more at each GET):
 /// `psu`, `psu-reset` (that counter restarted low), `psu-absent` (Bay2 is an
-/// empty bay) and `psu-missing` (Bay2 enabled, its input reading null).
+/// empty bay), `psu-missing` (Bay2 enabled, its input reading null) and
+/// `psu-garbage` (Bay2 answers text, not JSON). Its
+/// `ThermalSubsystem` lists four fans (5200 RPM, percent only, an empty bay,
+/// 0 RPM). Broken answers: `implausible` (`PowerWatts` of 5 GW, the ambient
+/// sensor at −300 °C), `garbage` (the node's chassis answers HTML), `shape`
+/// (it answers a JSON array), `gzip` (`EnvironmentMetrics` declares a gzip
+/// body that is not).
 fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
     let counted = std::sync::atomic::AtomicU64::new(0);
     let sensor_reads = std::sync::atomic::AtomicU64::new(0);
@@ -541,12 +695,17 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2", "new-psu2.json"),
         ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay1/Metrics", "new-psu1-metrics.json"),
         ("/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2/Metrics", "new-psu2-metrics.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem", "new-thermalsubsystem.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem/Fans", "new-fans.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem/Fans/Bay1", "new-fan1.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem/Fans/Bay2", "new-fan2.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem/Fans/Bay3", "new-fan3.json"),
+        ("/redfish/v1/Chassis/Node1/ThermalSubsystem/Fans/Bay4", "new-fan4.json"),
     ]
     .into_iter()
     .map(|(k, f)| (k, fixture(f)))
     .collect();
-    domesday_tests::mock_http_headers(move |target, _headers| {
-        let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+    let answer = move |target: &str, mode: &str| -> (u16, String) {
         if mode == "nosensors" {
             match target {
                 t if t.starts_with("/redfish/v1/Chassis/Node1/Sensors") => return (404, "{}".into()),
@@ -568,7 +727,7 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         }
         let Some(doc) = docs.get(target) else { return (404, "{}".into()) };
         let psu_mode = mode.starts_with("psu");
-        let doc = match (mode.as_str(), target) {
+        let doc = match (mode, target) {
             (_, "/redfish/v1/Chassis/Node1/EnvironmentMetrics") if psu_mode => {
                 r##"{"@odata.type":"#EnvironmentMetrics.v1_3_0.EnvironmentMetrics","TemperatureCelsius":{"Reading":22.5}}"##
                     .into()
@@ -600,9 +759,28 @@ fn mock_bmc_new(mode: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
                 r#""ComputerSystems":[{"@odata.id":"/redfish/v1/Systems/Node1"},{"@odata.id":"/redfish/v1/Systems/Node2"},
                    {"@odata.id":"/redfish/v1/Systems/Node3"},{"@odata.id":"/redfish/v1/Systems/Node4"}]"#,
             ),
+            ("implausible", "/redfish/v1/Chassis/Node1/EnvironmentMetrics") => {
+                doc.replace(r#""Reading":412.0"#, r#""Reading":5.0e9"#)
+            }
+            ("implausible", "/redfish/v1/Chassis/Node1/Sensors/AmbientTemp") => {
+                doc.replace(r#""Reading":22.5"#, r#""Reading":-300.0"#)
+            }
+            ("garbage", "/redfish/v1/Chassis/Node1") => "<html><body>502 Bad Gateway</body></html>".into(),
+            ("psu-garbage", "/redfish/v1/Chassis/Node1/PowerSubsystem/PowerSupplies/Bay2") => "Service Unavailable".into(),
+            ("shape", "/redfish/v1/Chassis/Node1") => "[1, 2, 3]".into(),
             _ => doc.clone(),
         };
         (200, doc)
+    };
+    domesday_tests::mock_http_full(move |r| {
+        let mode = mode.lock().map(|m| m.clone()).unwrap_or_default();
+        let (status, body) = answer(&r.target, &mode);
+        let headers = if mode == "gzip" && r.target == "/redfish/v1/Chassis/Node1/EnvironmentMetrics" {
+            vec![("Content-Encoding".to_string(), "gzip".to_string())]
+        } else {
+            Vec::new()
+        };
+        domesday_tests::MockResponse { status, headers, body }
     })
 }
 
@@ -671,8 +849,10 @@ fn redfish_newer_model_environment_metrics_sensors_and_a_shared_chassis() {
     bmc.set("reset");
     let body = scrape_until(port, "the reset counter", |b| bmc_energy(b).is_some_and(|e| e > 3_600_000.0));
     assert_eq!(bmc_energy(&body), Some(3_601_000.0));
-    // The host counter saw the reset too: counted, never negative.
-    let body = scrape_until(port, "the reset counted", |b| redfish_errors(b, "rejected") >= 1.0);
+    // The host counter saw the reset too: counted as a reset (not a refused
+    // value), never negative.
+    let body = scrape_until(port, "the reset counted", |b| redfish_errors(b, "reset") >= 1.0);
+    assert_eq!(redfish_errors(&body, "rejected"), 0.0, "a counter reset is not a rejection: {body}");
     check_monotonic(&mut seen, &body);
 
     // EnvironmentMetrics without PowerWatts: the chassis' legacy Power (one PowerControl member).
@@ -779,10 +959,11 @@ fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_hos
     check_monotonic(&mut seen, &body);
 
     // The BMC reset that sensor: the exported counter keeps growing, the reset is counted.
-    let rejected = redfish_errors(&body, "rejected");
+    let resets = redfish_errors(&body, "reset");
     let before = bmc_energy(&body).expect("energy");
     set("psu-reset");
-    let body = scrape_until(port, "the sensor's reset", |b| redfish_errors(b, "rejected") > rejected);
+    let body = scrape_until(port, "the sensor's reset", |b| redfish_errors(b, "reset") > resets);
+    assert_eq!(redfish_errors(&body, "rejected"), 0.0, "a counter reset is not a rejection: {body}");
     assert!(bmc_energy(&body).is_some_and(|e| e > before), "{body}");
     check_monotonic(&mut seen, &body);
 
@@ -804,6 +985,79 @@ fn redfish_power_subsystem_psus_are_never_added_to_power_watts_and_carry_the_hos
     assert_eq!((psu(&body, "Bay2"), psu_up(&body, "Bay2")), (None, Some(0.0)));
     assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
     check_monotonic(&mut seen, &body);
+
+    // A PSU that answers garbage is a parse failure, not an empty bay: its state
+    // is unknown, so the sum is refused (never the other PSU alone).
+    set("new");
+    scrape_until(port, "bmc_redfish again", |b| host_power(b, "bmc_redfish") == Some(412.0));
+    let parse = redfish_errors(&get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT), "parse");
+    set("psu-garbage");
+    let body = scrape_until(port, "the garbage PSU", |b| redfish_errors(b, "parse") > parse);
+    assert_eq!(psu_up(&body, "Bay2"), Some(0.0));
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None, "not 205.5 W: {body}");
+    assert_eq!(chassis_power(&body), None);
+    check_monotonic(&mut seen, &body);
+}
+
+#[test]
+fn redfish_thermal_subsystem_fans_impossible_readings_and_parse_errors() {
+    let bmc = NewModelAgent::start();
+    let port = bmc.port;
+    let chassis_power = |b: &str| {
+        series_value(b, "domesday_power_watts", &["source=\"redfish\"", "zone=\"Node1\"", "domain=\"platform\""])
+    };
+    let inlet = |b: &str| {
+        series_value(b, "domesday_temperature_celsius", &["source=\"redfish\"", "chip=\"Node1\"", "location=\"inlet\""])
+    };
+
+    // ThermalSubsystem/Fans: each Fan's SpeedPercent.SpeedRPM.
+    let body = scrape_until(port, "the fans", |b| fan(b, "redfish", "Node1/Fan Bay 1").is_some());
+    assert_eq!(fan(&body, "redfish", "Node1/Fan Bay 1"), Some(5200.0));
+    assert_eq!(fan(&body, "redfish", "Node1/Fan Bay 4"), Some(0.0), "a stopped fan is a reading");
+    assert_eq!(up(&body, "redfish", "Node1/Fan Bay 4"), Some(1.0));
+    assert_eq!((fan(&body, "redfish", "Node1/Fan Bay 2"), up(&body, "redfish", "Node1/Fan Bay 2")), (None, None));
+    assert_eq!((fan(&body, "redfish", "Node1/Fan Bay 3"), up(&body, "redfish", "Node1/Fan Bay 3")), (None, Some(0.0)));
+    assert_eq!(inlet(&body), Some(22.5));
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+
+    // 5 GW at the chassis and −300 °C at the intake parse but are impossible:
+    // no sample, the sensors down, counted; the hwmon PSUs carry the host.
+    bmc.set("implausible");
+    let body = scrape_until(port, "the refused readings", |b| redfish_up(b, "Node1") == Some(0.0));
+    assert_eq!(chassis_power(&body), None);
+    assert_eq!(inlet(&body), None, "{body}");
+    assert_eq!(up(&body, "redfish", "Node1/Ambient Temperature"), Some(0.0));
+    assert!(redfish_errors(&body, "implausible") >= 2.0, "{body}");
+    let body = scrape_until(port, "psu_input", |b| host_power(b, "psu_input").is_some());
+    assert_eq!(host_power(&body, "bmc_redfish"), None);
+    assert_eq!(redfish_errors(&body, "parse"), 0.0);
+
+    // Answers that arrive but are not what Redfish says: parse, never io.
+    for mode in ["garbage", "shape", "gzip"] {
+        let before = redfish_errors(&get_text(&format!("http://127.0.0.1:{port}/metrics"), WAIT), "parse");
+        bmc.set(mode);
+        let body = scrape_until(port, mode, |b| redfish_errors(b, "parse") > before);
+        assert_eq!(redfish_errors(&body, "io"), 0.0, "{mode}: {body}");
+        bmc.set("new");
+        scrape_until(port, "a working BMC", |b| chassis_power(b) == Some(412.0));
+    }
+}
+
+#[test]
+fn an_unreachable_redfish_bmc_is_an_io_failure() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    // A port nothing listens on: the connection is refused.
+    let bmc_port = free_port();
+    let table = format!(
+        "[redfish]\nurl = \"http://127.0.0.1:{bmc_port}\"\nallow_plain_http = true\ninterval = \"1s\"\ntimeout = \"1s\"\n"
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &[], &log, &[]);
+    let body = scrape_until(port, "io", |b| redfish_errors(b, "io") >= 1.0);
+    assert_eq!(redfish_errors(&body, "parse"), 0.0);
+    assert!(host_power(&body, "psu_input").is_some(), "{body}");
 }
 
 #[test]
@@ -857,5 +1111,49 @@ fn nvidia_gpus_through_nvidia_smi_are_gpu_power_not_host_power() {
     );
     // GPUs are inside the host: they never become the host power method.
     assert!(host_power(&body, "psu_input").is_some(), "{body}");
+    assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
+}
+
+#[test]
+fn nvidia_smi_impossible_and_garbage_values_are_refused_with_their_reason() {
+    let (tmp, root) = fixture_copy("intel-2s");
+    let csv = tmp.path().join("gpus.csv");
+    // 4.3 MW (an all-ones register), 300 °C, a negative power, a value that is no number.
+    std::fs::write(
+        &csv,
+        "0, GPU-0, NVIDIA H100 80GB HBM3, 4294967.29, 41\n\
+         1, GPU-1, NVIDIA H100 80GB HBM3, 310.50, 300\n\
+         2, GPU-2, NVIDIA H100 80GB HBM3, -12.00, 38\n\
+         3, GPU-3, NVIDIA H100 80GB HBM3, 0x1f, 39\n",
+    )
+    .expect("csv");
+    let table = format!(
+        "[nvml]\nenabled = true\ncommand = {:?}\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        fixtures_dir().join("nvml/nvidia-smi").display().to_string()
+    );
+    let port = free_port();
+    let log = tmp.path().join("agent.log");
+    let csv_env = csv.display().to_string();
+    let env = [("FAKE_NVIDIA_SMI_CSV", csv_env.as_str())];
+    let _agent = start_agent_logged_with(&root, port, "200ms", &table, &env, &log, &[]);
+    let errors = |b: &str, reason: &str| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"nvml\"", &format!("reason=\"{reason}\"")])
+            .unwrap_or(0.0)
+    };
+    let body = scrape_until(port, "the GPUs", |b| up(b, "nvml", "gpu3/power").is_some());
+    let power =
+        |gpu: &str| series_value(&body, "domesday_power_watts", &["source=\"nvml\"", &format!("zone=\"{gpu}\"")]);
+    let temp = |gpu: &str| {
+        series_value(&body, "domesday_temperature_celsius", &["source=\"nvml\"", &format!("chip=\"{gpu}\"")])
+    };
+    assert_eq!((power("gpu0"), temp("gpu0")), (None, Some(41.0)), "4.3 MW is no GPU's power");
+    assert_eq!((power("gpu1"), temp("gpu1")), (Some(310.5), None), "300 °C is no GPU's temperature");
+    assert_eq!(power("gpu2"), None, "a negative power is impossible");
+    assert_eq!(power("gpu3"), None, "not a number");
+    for s in ["gpu0/power", "gpu1/temp", "gpu2/power", "gpu3/power"] {
+        assert_eq!(up(&body, "nvml", s), Some(0.0), "{s}");
+    }
+    assert!(errors(&body, "implausible") >= 3.0, "{body}");
+    assert!(errors(&body, "parse") >= 1.0, "an answer that is not a number is garbage, not a missing reading: {body}");
     assert!(promtool_check_metrics(&body).is_empty(), "{}", promtool_check_metrics(&body));
 }

@@ -3,7 +3,8 @@
 //! compiled here with `cc`) whose readings come from a state file the test
 //! rewrites between polls: two GPUs' power, energy, temperature and
 //! utilisation; a GPU without power reading is a down sensor with a reason,
-//! never 0 W; the energy counter stays monotonic across a driver reset; NVML
+//! never 0 W; the energy counter stays monotonic across a driver reset (counted
+//! once as `reason="reset"`); NVML
 //! is initialised once; and `probe` says why the source is off when the
 //! library is absent.
 
@@ -123,6 +124,11 @@ fn two_gpus_through_nvml_with_an_unsupported_power_reading_and_a_counter_reset()
     std::fs::write(&state, GPUS.replace("energy=1000000", "energy=500")).expect("state");
     let body = scrape_until("the reset counter", &|b| energy(b, "gpu0") == Some(1003.5));
     assert_eq!(energy(&body, "gpu1"), Some(250.0));
+    // The driver reload is counted once, as a reset.
+    let resets = |b: &str| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"nvml\"", "reason=\"reset\""]).unwrap_or(0.0)
+    };
+    assert_eq!(resets(&body), 1.0, "{body}");
     assert_eq!(
         series_value(&body, "domesday_power_watts", &["source=\"nvml\"", "zone=\"gpu0\""]),
         Some(61.33),

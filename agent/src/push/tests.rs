@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use domesday_model::catalog::{
-    LOAD_AVERAGE, MEMORY_USED, POWER, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SAMPLE_DURATION, SENSOR_ERRORS, SPOOL_BYTES,
+    FAN, LOAD_AVERAGE, MEMORY_USED, POWER, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SAMPLE_DURATION, SENSOR_ERRORS, SPOOL_BYTES,
 };
 use domesday_model::remote_write::{decode, is_stale_nan};
 use proptest::prelude::*;
@@ -37,6 +37,9 @@ fn snapshot() -> Snapshot {
             sample(&POWER, &["rapl", "intel-rapl:0", "package", "0"], 120.0),
             sample(&TEMPERATURE, &["hwmon", "c", "temp1", "Inlet Temp", "inlet"], 22.0),
             sample(&TEMPERATURE, &["hwmon", "c", "temp2", "CPU", "cpu"], 60.0),
+            // Fan speeds (hwmon's and a BMC's) stay on /metrics: not in the default set.
+            sample(&FAN, &["hwmon", "c", "fan1", ""], 2100.0),
+            sample(&FAN, &["ipmi", "bmc", "FAN1", ""], 8400.0),
             sample(&HOST_INFO, &["v", "p", "cpu", "2", "64", ""], 1.0),
             sample(&AGENT_INFO, &["0.1.0"], 1.0),
             sample(&CPU_UTILIZATION, &[], 0.25),

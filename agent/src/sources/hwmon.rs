@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domesday_model::catalog::{ENERGY, FAN, POWER, TEMPERATURE};
-use domesday_model::vocab::{Domain, Location, Source};
+use domesday_model::vocab::{Domain, Location, Reason, Source};
 
 use super::{Output, Progress, Sample, SensorSource, class_entries, natural_key};
 use crate::energy::{Accumulator, millicelsius, uj_to_joules, uw_to_watts};
 use crate::fsread::{SysFile, read_trimmed};
+use crate::plausible::{Quantity, check, is_plausible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -248,14 +249,24 @@ impl SensorSource for Hwmon {
                 let sensor = format!("{}/{}", chip.id, a.base);
                 let path = a.file.path().display().to_string();
                 progress.enter(&sensor, &path);
+                let domain = a.domain;
                 let (unit, result) = match a.kind {
-                    Kind::Temp => ("celsius", a.file.read_i64().map(millicelsius)),
-                    Kind::Fan => ("rpm", a.file.read_u64().map(|v| v as f64)),
-                    Kind::Power => ("watts", a.file.read_u64().map(uw_to_watts)),
+                    Kind::Temp => {
+                        ("celsius", a.file.read_i64().map(millicelsius).and_then(|v| check(Quantity::Temperature, v)))
+                    }
+                    Kind::Fan => {
+                        ("rpm", a.file.read_u64().map(|v| v as f64).and_then(|v| check(Quantity::FanSpeed, v)))
+                    }
+                    Kind::Power => {
+                        ("watts", a.file.read_u64().map(uw_to_watts).and_then(|v| check(Quantity::Power(domain), v)))
+                    }
                     Kind::Energy => (
                         "joules",
                         a.file.read_u64().map(|raw| {
-                            a.acc.update(raw, None);
+                            // No known range: a drop is the chip resetting its counter.
+                            if a.acc.update(raw, None).is_some() && a.acc.last_raw_dropped() {
+                                out.errors.push((Source::Hwmon, Reason::Reset));
+                            }
                             a.acc.joules()
                         }),
                     ),
@@ -298,7 +309,13 @@ impl SensorSource for Hwmon {
                                 && total >= e0
                             {
                                 let w = uj_to_joules(total - e0) / (now - t0).as_secs_f64();
-                                out.samples.push(Sample::new(&POWER, labels.clone(), w));
+                                // The counter's own rules govern the counter; a power
+                                // derived from it that cannot be true is dropped and counted.
+                                if is_plausible(Quantity::Power(a.domain), w) {
+                                    out.samples.push(Sample::new(&POWER, labels.clone(), w));
+                                } else {
+                                    out.errors.push((Source::Hwmon, Reason::Implausible));
+                                }
                             }
                             a.last_tick = Some((now, total));
                             out.samples.push(Sample::new(&ENERGY, labels, v));

@@ -6,18 +6,23 @@
 //! the layouts differ between versions and vendors (Dell iDRAC, HPE iLO, Lenovo
 //! XCC, Supermicro; fixtures in `tests/fixtures/bmc/`). A DCMI reading whose
 //! state is `deactivated` (FreeIPMI: `Not Available`) is no reading, never 0 W.
+//! Fans are read in `RPM` only (a percentage is a duty cycle, not a speed).
+//! A temperature's location comes from its SDR entity ID when the listing has
+//! one (`sdr elist`), else from its name, and one sensor at most is the inlet
+//! ([`locate`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use domesday_model::catalog::{POWER, TEMPERATURE};
-use domesday_model::vocab::{Domain, Reason, Source};
+use domesday_model::catalog::{FAN, POWER, TEMPERATURE};
+use domesday_model::vocab::{Domain, Location, Reason, Source};
 
 use super::bmc::{Poller, STALE_INTERVALS, run_command};
 use super::hwmon::temperature_location;
 use super::{BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
 use crate::config::{IpmiBackend, IpmiConfig};
 use crate::fsread::ReadError;
+use crate::plausible::{Quantity, check};
 
 /// One DCMI power reading, W.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +38,26 @@ pub struct Dcmi {
 pub enum Unit {
     Celsius,
     Watts,
+    Rpm,
+}
+
+impl Unit {
+    /// The unit's name for `probe`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Unit::Celsius => "celsius",
+            Unit::Watts => "watts",
+            Unit::Rpm => "rpm",
+        }
+    }
+}
+
+/// An SDR entity (IPMI 2.0 §39, table 43-13 "Entity ID Codes"): what the
+/// sensor measures, and which one of them (`sdr elist` prints `55.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entity {
+    pub id: u8,
+    pub instance: u8,
 }
 
 /// One sensor of the listing: its reading, or why there is none.
@@ -41,7 +66,12 @@ pub struct BmcSensor {
     /// The BMC's name, made unique (`Temp`, `Temp (0Eh)`).
     pub name: String,
     pub unit: Unit,
-    pub value: Result<f64, String>,
+    /// The SDR entity, when the listing prints it (`sdr elist`).
+    pub entity: Option<Entity>,
+    /// The reading, physically plausible ([`check`]), or why there is none.
+    pub value: Result<f64, ReadError>,
+    /// Where a temperature is taken ([`locate`]); `Other` for the other units.
+    pub location: Location,
 }
 
 /// What one poll read.
@@ -51,6 +81,9 @@ pub struct IpmiReading {
     /// When the DCMI reading was taken: the middle of the command's run.
     pub taken: std::time::Instant,
     pub sensors: Vec<BmcSensor>,
+    /// Why the sensor listing could not be read (the command failed, or printed
+    /// no sensor row at all), counted once per poll.
+    pub listing_err: Option<ReadError>,
 }
 
 fn parse_err(detail: impl Into<String>) -> ReadError {
@@ -142,13 +175,16 @@ pub fn parse_freeipmi_dcmi(text: &str) -> Result<Dcmi, ReadError> {
     Ok(Dcmi { current, min, max, average })
 }
 
-/// A reading cell `23 degrees C`, `224 Watts`, `23,5 degrees C`: its unit and value.
+/// A reading cell `23 degrees C`, `224 Watts`, `5880 RPM`, `23,5 degrees C`:
+/// its unit and value (`percent` is not a unit read here).
 fn reading_with_unit(cell: &str) -> Option<(Unit, Option<f64>)> {
     let t = cell.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     let (num, unit) = if let Some(n) = t.strip_suffix("degrees c") {
         (n, Unit::Celsius)
     } else if let Some(n) = t.strip_suffix("watts") {
         (n, Unit::Watts)
+    } else if let Some(n) = t.strip_suffix("rpm") {
+        (n, Unit::Rpm)
     } else {
         return None;
     };
@@ -159,7 +195,99 @@ fn unit_cell(cell: &str) -> Option<Unit> {
     match cell.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase().as_str() {
         "degrees c" => Some(Unit::Celsius),
         "watts" => Some(Unit::Watts),
+        "rpm" => Some(Unit::Rpm),
         _ => None,
+    }
+}
+
+/// An entity cell `55.1` (`sdr elist`), `None` when it is not one.
+fn entity_cell(cell: &str) -> Option<Entity> {
+    let (id, instance) = cell.trim().split_once('.')?;
+    Some(Entity { id: id.trim().parse().ok()?, instance: instance.trim().parse().ok()? })
+}
+
+/// What a reading of this unit measures, for its bounds.
+fn quantity(unit: Unit, name: &str) -> Quantity {
+    match unit {
+        Unit::Celsius => Quantity::Temperature,
+        Unit::Watts => Quantity::Power(sensor_power_domain(name)),
+        Unit::Rpm => Quantity::FanSpeed,
+    }
+}
+
+/// Where a temperature is taken according to its SDR entity ID (IPMI 2.0
+/// table 43-13, as `ipmitool` prints it, in decimal), `None` when the entity
+/// does not say (system board, chassis, unspecified, OEM…). 55 (0x37) and 64
+/// (0x40, the DCMI inlet temperature entity) are the air inlet; a sensor named
+/// exhaust or outlet on that entity is the other end of the same air stream.
+pub fn entity_location(entity: Entity, name: &str) -> Option<Location> {
+    let l = name.to_lowercase();
+    match entity.id {
+        0x37 | 0x40 if l.contains("exhaust") || l.contains("outlet") => Some(Location::Exhaust),
+        0x37 | 0x40 => Some(Location::Inlet),
+        // Processor, processor module, processor (DCMI).
+        0x03 | 0x09 | 0x41 => Some(Location::Cpu),
+        // Memory module, memory device.
+        0x08 | 0x20 => Some(Location::Memory),
+        // Power supply, power unit.
+        0x0A | 0x13 => Some(Location::Psu),
+        // Disk or disk bay, disk drive bay.
+        0x04 | 0x1A => Some(Location::Disk),
+        // External environment: the air around the server.
+        0x27 => Some(Location::Ambient),
+        _ => None,
+    }
+}
+
+/// How strongly a temperature says it is the server's inlet: 3 by its entity
+/// (air inlet), 2 by its name (`Inlet`, `Intake`), 1 by a name vendors use for
+/// the inlet when they have no better one (`Ambient Temp`, `System Temp`), 0 not.
+pub fn inlet_rank(entity: Option<Entity>, name: &str) -> u8 {
+    let l = name.to_lowercase();
+    match entity.and_then(|e| entity_location(e, name)) {
+        Some(Location::Inlet) => 3,
+        Some(_) => 0,
+        None if l.contains("inlet") || l.contains("intake") => 2,
+        None if l.contains("ambient") || l.starts_with("system temp") || l.starts_with("sys temp") => 1,
+        None => 0,
+    }
+}
+
+/// The locations of a listing's temperatures: by entity first, by name when
+/// the entity says nothing (or the listing has no entity column), and exactly
+/// one `inlet` when any sensor with a reading qualifies: the highest
+/// [`inlet_rank`], then the lowest entity instance, then the first listed.
+/// Other inlet candidates are `ambient` (an air temperature that is not the
+/// reference inlet), or what their name says when only a weak name made them
+/// candidates (`System Temp` is a board temperature: `other`).
+pub fn locate(sensors: &mut [BmcSensor]) {
+    let best = sensors
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.unit == Unit::Celsius && s.value.is_ok())
+        .map(|(i, s)| (inlet_rank(s.entity, &s.name), i, s.entity.map(|e| e.instance)))
+        .filter(|(rank, _, _)| *rank > 0)
+        .min_by_key(|(rank, i, instance)| (std::cmp::Reverse(*rank), instance.unwrap_or(u8::MAX), *i))
+        .map(|(_, i, _)| i);
+    for (i, s) in sensors.iter_mut().enumerate() {
+        if s.unit != Unit::Celsius {
+            s.location = Location::Other;
+            continue;
+        }
+        let by_name = match temperature_location("", &s.name) {
+            Location::Inlet => Location::Ambient,
+            Location::Ambient if s.name.to_lowercase().starts_with("sys") => Location::Other,
+            other => other,
+        };
+        s.location = if Some(i) == best {
+            Location::Inlet
+        } else {
+            match s.entity.and_then(|e| entity_location(e, &s.name)) {
+                Some(Location::Inlet) => Location::Ambient,
+                Some(l) => l,
+                None => by_name,
+            }
+        };
     }
 }
 
@@ -172,9 +300,12 @@ fn no_reading(cell: &str) -> bool {
 }
 
 /// An `ipmitool sdr`, `sdr elist` or `sensor` listing: the sensors whose unit
-/// is `degrees C` or `Watts`, whatever their SDR type. Other lines (discrete
-/// sensors, volts, fans, garbage) are skipped.
+/// is `degrees C`, `Watts` or `RPM`, whatever their SDR type, each reading
+/// checked against the physical bounds ([`check`]) and each temperature located
+/// ([`locate`]). Other lines (discrete sensors, volts, fans in percent,
+/// garbage) are skipped.
 pub fn parse_ipmitool_sensors(text: &str) -> Vec<BmcSensor> {
+    let no = |why: String| ReadError::new(Reason::Missing, why);
     let mut out: Vec<(BmcSensor, String)> = Vec::new();
     // Duplicate names are normal (Dell's several `Temp`): such names are
     // qualified with the sensor number, counted over every row so that a name
@@ -197,30 +328,35 @@ pub fn parse_ipmitool_sensors(text: &str) -> Vec<BmcSensor> {
         if cells.len() >= 4
             && let Some(unit) = unit_cell(cells[2])
         {
-            let value = if no_reading(cells[1]) || status(cells[3]) == "ns" {
-                Err(format!("no reading ({})", cells[1]))
+            let value = if no_reading(cells[1]) || status(cells[3]) == "ns" || status(cells[3]) == "na" {
+                Err(no(format!("no reading ({})", cells[1])))
             } else {
-                number(cells[1]).ok_or_else(|| format!("unparsable reading {:?}", cells[1]))
+                match number(cells[1]) {
+                    Some(v) => check(quantity(unit, &name), v),
+                    None => Err(ReadError::new(Reason::Parse, format!("unparsable reading {:?}", cells[1]))),
+                }
             };
-            out.push((BmcSensor { name, unit, value }, String::new()));
+            let s = BmcSensor { name, unit, entity: None, value, location: Location::Other };
+            out.push((s, String::new()));
             continue;
         }
         // `sdr`: name | reading | status; `sdr elist`: name | id | status | entity | reading.
-        let (reading, id, st) =
-            if cells.len() >= 5 { (cells[4], cells[1], cells[2]) } else { (cells[1], "", cells[2]) };
-        match reading_with_unit(reading) {
-            Some((unit, Some(v))) if status(st) != "ns" => {
-                out.push((BmcSensor { name, unit, value: Ok(v) }, id.to_string()))
-            }
-            Some((unit, _)) => out.push((
-                BmcSensor { name, unit, value: Err(format!("no reading ({reading}, status {st})")) },
-                id.to_string(),
-            )),
-            None => {}
-        }
+        let (reading, id, st, entity) = if cells.len() >= 5 {
+            (cells[4], cells[1], cells[2], entity_cell(cells[3]))
+        } else {
+            (cells[1], "", cells[2], None)
+        };
+        let value = match reading_with_unit(reading) {
+            Some((unit, Some(v))) if status(st) != "ns" => (unit, check(quantity(unit, &name), v)),
+            Some((unit, _)) => (unit, Err(no(format!("no reading ({reading}, status {st})")))),
+            None => continue,
+        };
+        let s = BmcSensor { name, unit: value.0, entity, value: value.1, location: Location::Other };
+        out.push((s, id.to_string()));
     }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    out.into_iter()
+    let mut sensors: Vec<BmcSensor> = out
+        .into_iter()
         .map(|(mut s, id)| {
             if count.get(&s.name).copied().unwrap_or(0) > 1 {
                 let n = seen.entry(s.name.clone()).or_default();
@@ -230,7 +366,14 @@ pub fn parse_ipmitool_sensors(text: &str) -> Vec<BmcSensor> {
             }
             s
         })
-        .collect()
+        .collect();
+    locate(&mut sensors);
+    sensors
+}
+
+/// A line shaped like a listing row: a name, then at least two more `|` cells.
+fn is_sensor_row(line: &str) -> bool {
+    line.matches('|').count() >= 2 && line.split('|').next().is_some_and(|name| !name.trim().is_empty())
 }
 
 /// Domain of a BMC power sensor, from its name.
@@ -259,7 +402,12 @@ pub fn sensor_power_domain(name: &str) -> Domain {
 pub fn classify_failure(program: &str, stderr: &str) -> ReadError {
     let first = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
     let l = stderr.to_lowercase();
-    if l.contains("permission denied") {
+    if l.contains("insufficient privilege") {
+        ReadError::new(
+            Reason::Permission,
+            format!("{first}: the BMC user lacks the privilege for this command; give it the User role or higher"),
+        )
+    } else if l.contains("permission denied") {
         ReadError::new(
             Reason::Permission,
             format!("{first}: in-band IPMI needs root or a udev rule for /dev/ipmi0 (docs/bmc.md)"),
@@ -291,24 +439,32 @@ pub fn poll(cfg: &IpmiConfig) -> Result<IpmiReading, ReadError> {
     let out = run_command(&cfg.command, &args, timeout)?;
     let taken = started + started.elapsed() / 2;
     let dcmi = if out.success { parse(&out.stdout) } else { Err(classify_failure(&cfg.command, &out.stderr)) };
+    // A DCMI reading outside the physical bounds is no reading (the listing is still read).
+    let dcmi = dcmi.and_then(|d| check(Quantity::Power(Domain::Platform), d.current).map(|_| d));
     // A BMC without the device at all: no use trying the listing.
     if let Err(e) = &dcmi
         && e.reason != Reason::Parse
+        && e.reason != Reason::Implausible
         && !(e.reason == Reason::Missing && e.detail.contains("deactivated"))
         && !e.detail.contains("does not support")
     {
         return Err(e.clone());
     }
     let mut sensors = Vec::new();
+    let mut listing_err = None;
     if cfg.sensors && cfg.backend == IpmiBackend::Ipmitool {
         let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
         let args: Vec<String> = cfg.args.iter().cloned().chain(["sdr".to_string(), "elist".to_string()]).collect();
         let out = run_command(&cfg.command, &args, left)?;
-        if out.success {
+        if !out.success {
+            listing_err = Some(classify_failure(&cfg.command, &out.stderr));
+        } else if !out.stdout.trim().is_empty() && !out.stdout.lines().any(is_sensor_row) {
+            listing_err = Some(parse_err("the sdr elist output has no sensor row (name | … | reading)"));
+        } else {
             sensors = parse_ipmitool_sensors(&out.stdout);
         }
     }
-    Ok(IpmiReading { dcmi, taken, sensors })
+    Ok(IpmiReading { dcmi, taken, sensors, listing_err })
 }
 
 /// The IPMI source: the tick's view of the poll thread.
@@ -318,13 +474,22 @@ pub struct Ipmi {
     /// The sampler's start: readings are stamped on the agent's clock.
     epoch: std::time::Instant,
     max_gap: Duration,
+    /// The reading whose listing failure was counted (once, however many
+    /// ticks copy that reading).
+    listing_err_counted: Option<std::time::Instant>,
 }
 
 impl Ipmi {
     pub fn new(cfg: &IpmiConfig, epoch: std::time::Instant) -> std::io::Result<Self> {
         let c = cfg.clone();
         let poller = Poller::spawn("ipmi", cfg.interval.0, move || poll(&c))?;
-        Ok(Ipmi { poller, command: cfg.command.clone(), epoch, max_gap: cfg.interval.0 * STALE_INTERVALS })
+        Ok(Ipmi {
+            poller,
+            command: cfg.command.clone(),
+            epoch,
+            max_gap: cfg.interval.0 * STALE_INTERVALS,
+            listing_err_counted: None,
+        })
     }
 
     /// Waits (bounded) for the first poll; for `probe`.
@@ -383,22 +548,19 @@ impl SensorSource for Ipmi {
         }
         out.status(Source::Ipmi, "dcmi".into(), "watts", path, dcmi.map(|d| d.current));
         let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        if let Some(e) = &reading.listing_err
+            && self.listing_err_counted != Some(reading.taken)
+        {
+            self.listing_err_counted = Some(reading.taken);
+            tracing::warn!(reason = %e.reason, "the BMC's sensor listing failed: {}", e.detail);
+            out.errors.push((Source::Ipmi, e.reason));
+        }
         for s in &reading.sensors {
-            let unit = match s.unit {
-                Unit::Celsius => "celsius",
-                Unit::Watts => "watts",
-            };
             if let Ok(v) = s.value {
                 match s.unit {
                     Unit::Celsius => out.samples.push(Sample::new(
                         &TEMPERATURE,
-                        vec![
-                            src.clone(),
-                            "bmc".into(),
-                            s.name.clone(),
-                            String::new(),
-                            temperature_location("", &s.name).to_string(),
-                        ],
+                        vec![src.clone(), "bmc".into(), s.name.clone(), String::new(), s.location.to_string()],
                         v,
                     )),
                     Unit::Watts => out.samples.push(Sample::new(
@@ -406,10 +568,15 @@ impl SensorSource for Ipmi {
                         vec![src.clone(), s.name.clone(), sensor_power_domain(&s.name).to_string(), String::new()],
                         v,
                     )),
+                    Unit::Rpm => out.samples.push(Sample::new(
+                        &FAN,
+                        vec![src.clone(), "bmc".into(), s.name.clone(), String::new()],
+                        v,
+                    )),
                 }
             }
-            let result = s.value.clone().map_err(|why| ReadError::new(Reason::Missing, why));
-            out.status(Source::Ipmi, s.name.clone(), unit, format!("{} sdr elist", self.command), result);
+            let path = format!("{} sdr elist", self.command);
+            out.status(Source::Ipmi, s.name.clone(), s.unit.as_str(), path, s.value.clone());
         }
         out
     }
@@ -483,8 +650,14 @@ mod tests {
         // `No Reading` carries no unit in `sdr elist`: not listed, and its twin keeps its qualified name.
         assert_eq!(get("Temp (0Fh)"), None, "{s:?}");
         assert_eq!(get("Temp"), None, "{s:?}");
-        // Discrete sensors, volts, amps and fans are not listed.
-        assert!(s.iter().all(|x| !x.name.starts_with("PS1 Status") && !x.name.starts_with("Fan")), "{s:?}");
+        // Discrete sensors, volts and amps are not listed; fans in RPM are.
+        assert!(s.iter().all(|x| !x.name.starts_with("PS1 Status") && !x.name.starts_with("Current")), "{s:?}");
+        assert_eq!(get("Fan1 RPM"), Some((Unit::Rpm, Ok(5880.0))));
+        // Dell's inlet is on the system board entity (7.1): located by its name.
+        let loc = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.location);
+        assert_eq!(loc("Inlet Temp"), Some(Location::Inlet));
+        assert_eq!(loc("Exhaust Temp"), Some(Location::Exhaust));
+        assert_eq!(loc("Temp (0Eh)"), Some(Location::Cpu), "entity 3 is a processor");
     }
 
     #[test]
@@ -504,7 +677,92 @@ mod tests {
         assert!(s.iter().any(|x| x.name == "Inlet Temp" && x.value == Ok(23.5)), "{s:?}");
         assert!(s.iter().any(|x| x.name == "PS1 Input Power" && x.value == Ok(96.0)), "{s:?}");
         assert!(s.iter().any(|x| x.name == "GPU Temp" && x.value.is_err()), "{s:?}");
-        assert!(!s.iter().any(|x| x.name == "FAN1"), "{s:?}");
+        let fan = |n: &str| s.iter().find(|x| x.name == n).map(|x| (x.unit, x.value.clone()));
+        assert_eq!(fan("FAN1"), Some((Unit::Rpm, Ok(3500.0))));
+        assert_eq!(fan("FAN2"), Some((Unit::Rpm, Ok(0.0))), "a stopped fan reads 0 RPM: a reading");
+        assert_eq!(fan("FAN3").map(|(_, v)| v.map_err(|e| e.reason)), Some(Err(Reason::Missing)), "na: no reading");
+        // Two inlet candidates by name: `Inlet Temp` is the inlet, `System Temp` a board temperature.
+        let loc = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.location);
+        assert_eq!((loc("Inlet Temp"), loc("System Temp")), (Some(Location::Inlet), Some(Location::Other)));
+        // HPE: the fan in percent is a duty cycle, not a speed: not listed.
+        let s = parse_ipmitool_sensors(&fixture("hpe-ilo.sdr"));
+        assert!(!s.iter().any(|x| x.name == "Fan 1"), "{s:?}");
+        let loc = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.location);
+        assert_eq!(loc("01-Inlet Ambient"), Some(Location::Inlet), "entity 64 (0x40): air inlet");
+        assert_eq!(loc("02-CPU 1"), Some(Location::Cpu), "entity 65 (0x41): processor");
+        assert_eq!(loc("04-P1 DIMM 1-6"), Some(Location::Memory), "entity 66 (baseboard) says nothing: by name");
+        assert_eq!(loc("14-Chipset"), Some(Location::Other));
+        // Lenovo: `Ambient Temp` on the air inlet entity is the inlet; `Exhaust Temp` on the same entity is the exhaust.
+        let s = parse_ipmitool_sensors(&fixture("lenovo-xcc.sdr"));
+        let loc = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.location);
+        assert_eq!(loc("Ambient Temp"), Some(Location::Inlet));
+        assert_eq!(loc("Exhaust Temp"), Some(Location::Exhaust));
+        assert_eq!(loc("CPU1 Temp"), Some(Location::Cpu));
+        assert!(s.iter().any(|x| x.name == "Fan 1A Tach" && x.value == Ok(6000.0) && x.unit == Unit::Rpm), "{s:?}");
+    }
+
+    #[test]
+    fn the_entity_locates_first_and_one_sensor_is_the_inlet() {
+        let text = "\
+Front Temp       | 31h | ok  | 64.2 | 23 degrees C
+Ambient Temp     | 30h | ok  | 55.1 | 24 degrees C
+Inlet Temp       | 32h | ok  |  7.1 | 25 degrees C
+Proc Temp        | 33h | ok  | 65.1 | 51 degrees C
+Board Temp 2     | 34h | ok  | 32.1 | 35 degrees C
+Bay Temp         | 35h | ok  |  4.1 | 30 degrees C
+Supply Temp      | 36h | ok  | 10.1 | 40 degrees C
+Room Temp        | 37h | ok  | 39.1 | 18 degrees C
+Outlet Temp      | 38h | ok  | 55.3 | 38 degrees C
+";
+        let s = parse_ipmitool_sensors(text);
+        let loc = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.location.as_str());
+        // Three inlet candidates: both air inlet entities outrank the name; the lowest instance wins.
+        assert_eq!(loc("Ambient Temp"), Some("inlet"));
+        assert_eq!(loc("Front Temp"), Some("ambient"));
+        assert_eq!(loc("Inlet Temp"), Some("ambient"));
+        assert_eq!(s.iter().filter(|x| x.location == Location::Inlet).count(), 1);
+        assert_eq!(loc("Proc Temp"), Some("cpu"));
+        assert_eq!(loc("Board Temp 2"), Some("memory"));
+        assert_eq!(loc("Bay Temp"), Some("disk"));
+        assert_eq!(loc("Supply Temp"), Some("psu"));
+        assert_eq!(loc("Room Temp"), Some("ambient"));
+        assert_eq!(loc("Outlet Temp"), Some("exhaust"));
+        // The best candidate without a reading does not take the inlet from one that reads.
+        let s = parse_ipmitool_sensors(
+            "Ambient Temp | 30h | ns | 55.1 | No Reading\nInlet Temp | 32h | ok | 7.1 | 25 degrees C\n",
+        );
+        assert_eq!(s.iter().find(|x| x.name == "Inlet Temp").map(|x| x.location), Some(Location::Inlet));
+        // Without an entity column, a weak name is the inlet only when nothing better is there.
+        let s = parse_ipmitool_sensors("System Temp | 31 degrees C | ok\nCPU Temp | 45 degrees C | ok\n");
+        assert_eq!(s[0].location, Location::Inlet);
+        assert_eq!(entity_cell(" 55.1 "), Some(Entity { id: 55, instance: 1 }));
+        assert_eq!(entity_cell(""), None);
+    }
+
+    #[test]
+    fn impossible_readings_are_refused_where_they_are_parsed() {
+        let text = "\
+GPU Temp         | 39h | ok  | 11.1 | -128 degrees C
+Hot Temp         | 3Ah | ok  |  7.1 | 255 degrees C
+FAN4             | 43h | ok  | 29.4 | 250000 RPM
+CPU Power        | 45h | ok  |  3.1 | 9000 Watts
+Sys Power        | 46h | ok  |  7.1 | 9000 Watts
+FAN5             | 3500.000 | RPM | ok | na
+FAN6             | -20.000  | RPM | ok | na
+FAN7             | lots     | RPM | ok | na
+";
+        let s = parse_ipmitool_sensors(text);
+        let reason = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.value.clone().map_err(|e| e.reason));
+        for n in ["GPU Temp", "Hot Temp", "FAN4", "CPU Power", "FAN6"] {
+            assert_eq!(reason(n), Some(Err(Reason::Implausible)), "{n}");
+        }
+        assert_eq!(reason("Sys Power"), Some(Ok(9000.0)), "a platform may draw 9 kW, a CPU may not");
+        assert_eq!(reason("FAN5"), Some(Ok(3500.0)));
+        assert_eq!(reason("FAN7"), Some(Err(Reason::Parse)), "a reading that does not parse is garbage");
+        let mut d = Dcmi { current: 250.0, min: None, max: None, average: None };
+        assert!(check(Quantity::Power(Domain::Platform), d.current).is_ok());
+        d.current = -3.0;
+        assert!(check(Quantity::Power(Domain::Platform), d.current).is_err());
     }
 
     #[test]
@@ -528,5 +786,9 @@ mod tests {
         assert!(e.detail.contains("modprobe ipmi_devintf") && e.detail.contains("lanplus"), "{e}");
         let e = classify_failure("ipmitool", "Could not open device at /dev/ipmi0: Permission denied\n");
         assert_eq!(e.reason, Reason::Permission);
+        let e = classify_failure("ipmitool", "Get SDR 0000 command failed: Insufficient privilege level\n");
+        assert_eq!(e.reason, Reason::Permission);
+        let e = classify_failure("ipmitool", "Error: Unable to establish IPMI v2 / RMCP+ session\n");
+        assert_eq!(e.reason, Reason::Io, "the transport to the BMC failed");
     }
 }

@@ -29,6 +29,7 @@ use super::{Output, Progress, Sample, SensorSource};
 use crate::config::{NvmlBackend, NvmlConfig, Switch};
 use crate::energy::Accumulator;
 use crate::fsread::ReadError;
+use crate::plausible::{Quantity, check};
 
 /// The query the `nvidia-smi` backend runs at each poll.
 pub const QUERY: &[&str] = &["--query-gpu=index,uuid,name,power.draw,temperature.gpu", "--format=csv,noheader,nounits"];
@@ -49,6 +50,9 @@ pub struct Gpu {
     pub joules: Option<Result<f64, ReadError>>,
     /// Share of time a kernel ran, 0 to 1; `None` as for `joules`.
     pub utilization: Option<Result<f64, ReadError>>,
+    /// This poll found the raw energy counter lower than the previous one (a
+    /// driver reload or GPU reset): counted once as `reason="reset"`.
+    pub counter_reset: bool,
 }
 
 /// What one poll found.
@@ -60,11 +64,17 @@ pub enum Polled {
     Gpus(Vec<Gpu>),
 }
 
+/// A value of the query: a number (its bounds are checked with the GPU's
+/// readings), `[N/A]`/`[Not Supported]`/`[Unknown Error]` (no reading), or
+/// anything else (an answer that is not what the query asks: `parse`).
 fn field(s: &str) -> Result<f64, ReadError> {
     let t = s.trim();
     match t.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(ReadError::new(Reason::Missing, format!("no reading ({t})"))),
+        Ok(v) if v.is_finite() => Ok(v),
+        _ if t.starts_with('[') && t.ends_with(']') || t.eq_ignore_ascii_case("n/a") => {
+            Err(ReadError::new(Reason::Missing, format!("no reading ({t})")))
+        }
+        _ => Err(ReadError::new(Reason::Parse, format!("not a number: {t:?}"))),
     }
 }
 
@@ -87,6 +97,7 @@ pub fn parse_query(text: &str) -> Result<Vec<Gpu>, ReadError> {
             celsius: field(f[n - 1]),
             joules: None,
             utilization: None,
+            counter_reset: false,
         });
     }
     Ok(out)
@@ -287,6 +298,7 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
                     celsius: Err(err.clone()),
                     joules: Some(Err(err.clone())),
                     utilization: Some(Err(err)),
+                    counter_reset: false,
                 });
                 continue;
             }
@@ -294,10 +306,11 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
         let uuid = dev.uuid().unwrap_or_else(|_| format!("gpu{index}"));
         let name = dev.name().unwrap_or_default();
         let watts = dev.power_usage().map(|mw| f64::from(mw) / 1000.0);
+        let mut counter_reset = false;
         let joules = dev.total_energy_consumption().map(|mj| {
             // NVML counts mJ since the driver loaded; a drop is a driver reload.
             let acc = counters.entry(uuid.clone()).or_default();
-            acc.update(mj.saturating_mul(1000), None);
+            counter_reset = acc.update(mj.saturating_mul(1000), None).is_some() && acc.last_raw_dropped();
             acc.joules()
         });
         let celsius = dev.temperature(TemperatureSensor::Gpu).map(f64::from);
@@ -311,6 +324,7 @@ fn read_gpus(nvml: &NvmlLib, counters: &mut BTreeMap<String, Accumulator>) -> (R
             celsius: celsius.map_err(|e| call_error("nvmlDeviceGetTemperature", &e)),
             joules: Some(joules.map_err(|e| call_error("nvmlDeviceGetTotalEnergyConsumption", &e))),
             utilization: Some(utilization.map_err(|e| call_error("nvmlDeviceGetUtilizationRates", &e))),
+            counter_reset,
         });
     }
     (Ok(gpus), reinit)
@@ -324,6 +338,8 @@ pub struct Nvml {
     /// Under `auto`, a tick before the first poll answers says nothing: most
     /// hosts have no GPU, and "no answer yet" is not a failure of anything.
     quiet_until_first_poll: bool,
+    /// The poll whose counter resets were counted.
+    resets_counted: Option<std::time::Instant>,
 }
 
 impl Nvml {
@@ -340,7 +356,7 @@ impl Nvml {
                 (poller, format!("{} {}", cfg.command, QUERY.join(" ")))
             }
         };
-        Ok(Nvml { poller, path, quiet_until_first_poll: cfg.enabled == Switch::Auto })
+        Ok(Nvml { poller, path, quiet_until_first_poll: cfg.enabled == Switch::Auto, resets_counted: None })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -348,10 +364,16 @@ impl Nvml {
     }
 }
 
-/// Samples and statuses of the GPUs of one poll.
+/// Samples and statuses of the GPUs of one poll; power and temperature
+/// outside the physical bounds are no reading.
 pub fn gpu_output(gpus: &[Gpu], out: &mut Output) {
     let src = Source::Nvml.to_string();
     for g in gpus {
+        let g = &Gpu {
+            watts: g.watts.clone().and_then(|w| check(Quantity::Power(Domain::Gpu), w)),
+            celsius: g.celsius.clone().and_then(|c| check(Quantity::Temperature, c)),
+            ..g.clone()
+        };
         let zone = format!("gpu{}", g.index);
         let zone_labels = || vec![src.clone(), zone.clone(), Domain::Gpu.to_string(), String::new()];
         if let Ok(w) = g.watts {
@@ -406,6 +428,12 @@ impl SensorSource for Nvml {
             }
             (_, None, Some(Polled::Gpus(gpus))) => {
                 gpu_output(&gpus, &mut out);
+                // Each poll's counter resets once, however many ticks copy it.
+                let taken = st.last_ok.as_ref().map(|(at, _)| *at);
+                if taken != self.resets_counted {
+                    self.resets_counted = taken;
+                    out.errors.extend(gpus.iter().filter(|g| g.counter_reset).map(|_| (Source::Nvml, Reason::Reset)));
+                }
                 None
             }
         };
@@ -589,6 +617,25 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
     /// A library that never finishes loading (a FIFO nobody writes: `dlopen`
     /// blocks reading it) holds the first poll: under `auto` the ticks say
     /// nothing meanwhile, forced on they report that no answer came yet.
+    /// Until the poll thread has finished (bounded): opens `fifo` for writing
+    /// whenever a reader has it open, then closes it (the reader sees an empty
+    /// file). `close` stops the thread and waits for it until the instant given.
+    fn release_fifo_readers(fifo: &std::path::Path, close: impl Fn(std::time::Instant)) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::time::Instant;
+        // O_NONBLOCK on Linux (x86-64, aarch64): fails with ENXIO while no reader has it open.
+        const O_NONBLOCK: i32 = 0o4000;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let _ = std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(fifo);
+            let t = Instant::now();
+            close(t + Duration::from_millis(50));
+            if t.elapsed() < Duration::from_millis(50) {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn before_the_first_answer_auto_is_quiet_and_forced_on_is_a_missing_reading() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -603,6 +650,15 @@ gpu uuid=GPU-bbbb power=not_supported energy=5000 temp=29 util=0 name=Tesla K80
             assert_eq!(!errors.is_empty(), want_error, "{enabled:?}: {errors:?}");
             assert!(errors.iter().all(|e| e.reason == Reason::Missing), "{errors:?}");
             assert!(out.off.is_none());
+            // Release the poll thread: while it is blocked inside `dlopen` it holds
+            // the dynamic loader's lock, which starting any thread may need (a
+            // deadlock of the whole test binary when the harness starts its next
+            // test). A writer that opens and closes the FIFO makes the library
+            // read empty; opened without blocking (and without a new thread), it
+            // fails with ENXIO until the poll thread has the FIFO open.
+            let close = n.poller.closer();
+            drop(n);
+            release_fifo_readers(&fifo, close);
         }
     }
 

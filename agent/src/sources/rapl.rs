@@ -139,7 +139,13 @@ impl SensorSource for Rapl {
                         && z.pending_ok
                     {
                         let watts = uj_to_joules(total - e0) / (now - t0).as_secs_f64();
-                        out.samples.push(Sample::new(&POWER, labels(), watts));
+                        // A power the counter's increase cannot mean (a wrong
+                        // `max_energy_range_uj`) is dropped and counted.
+                        if crate::plausible::is_plausible(crate::plausible::Quantity::Power(z.domain), watts) {
+                            out.samples.push(Sample::new(&POWER, labels(), watts));
+                        } else {
+                            out.errors.push((Source::Rapl, domesday_model::vocab::Reason::Implausible));
+                        }
                     }
                     z.last_tick = Some((now, total));
                     out.status(
@@ -186,6 +192,25 @@ mod tests {
         std::fs::write(d.join("energy_uj"), format!("{uj}\n")).expect("w");
         std::fs::write(d.join("max_energy_range_uj"), "1000000000\n").expect("w");
         d
+    }
+
+    #[test]
+    fn a_derived_power_no_socket_can_draw_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p0 = zone_dir(dir.path(), "intel-rapl:0", "package-0", 100);
+        let mut r = Rapl::new(dir.path());
+        r.discover();
+        let pr = Progress::default();
+        r.sample(Duration::from_secs(0), &pr);
+        // 900 J in 10 ms: 90 kW for one socket.
+        std::fs::write(p0.join("energy_uj"), "900000100\n").expect("w");
+        let out = r.sample(Duration::from_millis(10), &pr);
+        assert!(!out.samples.iter().any(|s| s.def.name == POWER.name), "{:?}", out.samples);
+        assert!(out.samples.iter().any(|s| s.def.name == ENERGY.name), "the counter follows its own rules");
+        assert_eq!(out.errors, vec![(Source::Rapl, domesday_model::vocab::Reason::Implausible)]);
+        std::fs::write(p0.join("energy_uj"), "900000200\n").expect("w");
+        let out = r.sample(Duration::from_secs(1), &pr);
+        assert!(out.samples.iter().any(|s| s.def.name == POWER.name) && out.errors.is_empty());
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! `PowerConsumedWatts` gives one, and only when every enabled PSU reads. The chassis is the first one not contained by another
 //! (`Links.ContainedBy`) unless configured; a chassis shared by several nodes
 //! (an enclosure) is flagged and never used as the host's power.
+//! Fans: the `ThermalSubsystem` `Fans` collection (each `Fan`'s
+//! `SpeedPercent.SpeedRPM`), else the legacy `Thermal` `Fans[]` in `RPM`; a fan
+//! read in percent only is not a speed and is left out.
 //! Polled on its own thread ([`super::bmc`]) through one Redfish session
 //! (`X-Auth-Token`, re-created on 401, deleted at shutdown) or HTTP Basic auth,
 //! TLS verified unless `insecure_skip_verify`; the password and the token are
@@ -18,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use domesday_model::catalog::{ENERGY, POWER, TEMPERATURE};
+use domesday_model::catalog::{ENERGY, FAN, POWER, TEMPERATURE};
 use domesday_model::vocab::{Domain, Location, Reason, Source};
 use serde_json::Value;
 
@@ -27,13 +30,92 @@ use super::hwmon::temperature_location;
 use super::{BmcEnergy, BmcPower, Output, Progress, Sample, SensorSource, on_agent_clock};
 use crate::config::{RedfishAuth, RedfishConfig};
 use crate::fsread::ReadError;
+use crate::plausible::{Quantity, check};
 
 /// One temperature of `Thermal`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Temp {
     pub name: String,
     pub location: Location,
-    pub value: Result<f64, String>,
+    /// The reading, physically plausible, or why there is none.
+    pub value: Result<f64, ReadError>,
+}
+
+/// One fan read in RPM (`Thermal.Fans[]` or a `ThermalSubsystem` `Fan`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fan {
+    pub name: String,
+    /// The speed in RPM, physically plausible, or why there is none (absent,
+    /// disabled, null; 0 RPM is a reading: a stopped fan).
+    pub value: Result<f64, ReadError>,
+}
+
+fn missing(why: impl Into<String>) -> ReadError {
+    ReadError::new(Reason::Missing, why)
+}
+
+/// A sensor-like reading: `Status.State` must be `Enabled` (or absent), the
+/// value a number (absent or null is no reading, not 0), within the bounds.
+fn state_reading(doc: &Value, value: Option<&Value>, q: Quantity) -> Result<f64, ReadError> {
+    let state = doc.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled");
+    if state != "Enabled" {
+        return Err(missing(format!("state {state}")));
+    }
+    match value {
+        None | Some(Value::Null) => Err(missing("no reading")),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| parse_err("reading out of range")).and_then(|v| check(q, v)),
+        Some(other) => Err(parse_err(format!("the reading is not a number: {other}"))),
+    }
+}
+
+/// Legacy `Thermal.Fans[]`: the fans read in RPM (`Reading` with
+/// `ReadingUnits` `RPM`, or the older `ReadingRPM`); a fan in `Percent` (or
+/// without units) is left out.
+pub fn legacy_fans(doc: &Value) -> Vec<Fan> {
+    let list = doc.get("Fans").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let units = f.get("ReadingUnits").and_then(Value::as_str);
+            let value = match (units, f.get("ReadingRPM")) {
+                (Some("RPM"), _) => f.get("Reading"),
+                (None, Some(v)) => Some(v),
+                _ => return None,
+            };
+            let name = ["Name", "FanName", "MemberId"]
+                .iter()
+                .find_map(|k| f.get(*k).and_then(Value::as_str))
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("fan{i}"));
+            Some(Fan { name, value: state_reading(f, value, Quantity::FanSpeed) })
+        })
+        .collect()
+}
+
+/// A `ThermalSubsystem` `Fan` (DSP0268 `Fan` v1): `SpeedPercent.SpeedRPM`, in
+/// RPM; `None` for a fan read in percent only (`SpeedPercent.Reading` without
+/// `SpeedRPM`). A fan without `SpeedPercent` at all (an empty bay) is listed
+/// without a reading.
+pub fn subsystem_fan(doc: &Value, fallback_name: &str) -> Option<Fan> {
+    let name = doc.get("Name").or_else(|| doc.get("Id")).and_then(Value::as_str).unwrap_or(fallback_name).to_string();
+    let speed = doc.get("SpeedPercent");
+    let rpm = speed.and_then(|s| s.get("SpeedRPM"));
+    if rpm.is_none() && speed.is_some_and(|s| s.get("Reading").is_some()) {
+        return None;
+    }
+    Some(Fan { name, value: state_reading(doc, rpm, Quantity::FanSpeed) })
+}
+
+/// One `inlet` at most: when several temperatures are located at the inlet,
+/// the first with a reading stays the inlet and the others are `ambient` (air
+/// temperatures that are not the reference inlet).
+pub fn single_inlet(temps: &mut [Temp]) {
+    let best = temps.iter().position(|t| t.location == Location::Inlet && t.value.is_ok());
+    for (i, t) in temps.iter_mut().enumerate() {
+        if t.location == Location::Inlet && Some(i) != best && best.is_some() {
+            t.location = Location::Ambient;
+        }
+    }
 }
 
 /// What one poll read.
@@ -44,6 +126,9 @@ pub struct RedfishReading {
     pub temps: Vec<Temp>,
     /// The BMC's energy counter (`EnergyJoules`), reset-corrected, J.
     pub energy_j: Option<f64>,
+    /// This reading found the counter lower than the previous one: the BMC
+    /// reset it (counted once, `reason="reset"`).
+    pub energy_reset: bool,
     /// The same counter raw (as the BMC gives it, resets included) with its
     /// finest step seen, for host energy.
     pub energy_raw: Option<BmcEnergy>,
@@ -59,6 +144,10 @@ pub struct RedfishReading {
     pub psus: Vec<Psu>,
     /// The `PowerSubsystem` they were read from.
     pub psu_path: String,
+    /// The fans read in RPM.
+    pub fans: Vec<Fan>,
+    /// The resource they were read from (`.../ThermalSubsystem/Fans` or `.../Thermal`).
+    pub fan_path: String,
 }
 
 /// A BMC energy counter made monotonic: a drop is a reset (the energy since
@@ -67,6 +156,8 @@ pub struct RedfishReading {
 pub struct EnergyCounter {
     last_raw: Option<f64>,
     total: f64,
+    /// Drops seen so far (resets by the BMC).
+    pub resets: u64,
 }
 
 impl EnergyCounter {
@@ -74,7 +165,10 @@ impl EnergyCounter {
         match self.last_raw {
             None => self.total = raw,
             Some(last) if raw >= last => self.total += raw - last,
-            Some(_) => self.total += raw,
+            Some(_) => {
+                self.total += raw;
+                self.resets += 1;
+            }
         }
         self.last_raw = Some(raw);
         self.total
@@ -118,10 +212,9 @@ pub fn shared_by_nodes(chassis: &Value) -> Option<String> {
 
 fn reading_of(doc: &Value, key: &str) -> Result<f64, ReadError> {
     match doc.get(key).map(|v| v.get("Reading")) {
-        Some(Some(Value::Number(n))) => n
-            .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| parse_err(format!("{key}.Reading out of range"))),
+        Some(Some(Value::Number(n))) => {
+            n.as_f64().filter(|v| v.is_finite()).ok_or_else(|| parse_err(format!("{key}.Reading out of range")))
+        }
         Some(None | Some(Value::Null)) | None => {
             Err(ReadError::new(Reason::Missing, format!("{key}.Reading is absent or null; not 0")))
         }
@@ -141,19 +234,17 @@ pub fn decimal_step(v: f64) -> f64 {
 /// `EnergyJoules.Reading`, else the coarser `EnergykWh.Reading` × 3.6 MJ, with
 /// the step this reading shows (its decimals).
 pub fn environment_power(doc: &Value) -> (Result<f64, ReadError>, Option<BmcEnergy>) {
-    let joules = reading_of(doc, "EnergyJoules").ok().map(|j| BmcEnergy {
-        joules: j,
-        resolution_j: decimal_step(j),
-        native_joules: true,
-    });
+    let counter = |key: &str| reading_of(doc, key).ok().filter(|v| *v >= 0.0);
+    let joules =
+        counter("EnergyJoules").map(|j| BmcEnergy { joules: j, resolution_j: decimal_step(j), native_joules: true });
     let energy = joules.or_else(|| {
-        reading_of(doc, "EnergykWh").ok().map(|kwh| BmcEnergy {
+        counter("EnergykWh").map(|kwh| BmcEnergy {
             joules: kwh * 3.6e6,
             resolution_j: decimal_step(kwh) * 3.6e6,
             native_joules: false,
         })
     });
-    (reading_of(doc, "PowerWatts"), energy)
+    (reading_of(doc, "PowerWatts").and_then(|w| check(Quantity::Power(Domain::Platform), w)), energy)
 }
 
 /// `ThermalMetrics.TemperatureSummaryCelsius`: the chassis' `Intake` and `Exhaust`.
@@ -162,7 +253,7 @@ pub fn temperature_summary(doc: &Value) -> Vec<Temp> {
         .into_iter()
         .filter_map(|(key, location)| {
             let v = doc.pointer(&format!("/TemperatureSummaryCelsius/{key}"))?;
-            let value = v.get("Reading").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string());
+            let value = state_reading(v, v.get("Reading"), Quantity::Temperature);
             Some(Temp { name: format!("{key} Temp"), location, value })
         })
         .collect()
@@ -178,12 +269,7 @@ pub fn sensor_temperature(doc: &Value) -> Option<Temp> {
     let name = doc.get("Name").or_else(|| doc.get("Id")).and_then(Value::as_str).unwrap_or("temperature").to_string();
     let context = doc.get("PhysicalContext").and_then(Value::as_str).unwrap_or("");
     let location = context_location(context, &name);
-    let state = doc.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled");
-    let value = if state != "Enabled" {
-        Err(format!("state {state}"))
-    } else {
-        doc.get("Reading").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string())
-    };
+    let value = state_reading(doc, doc.get("Reading"), Quantity::Temperature);
     Some(Temp { name, location, value })
 }
 
@@ -227,16 +313,17 @@ pub fn psu_state(doc: &Value) -> Result<(), String> {
 }
 
 /// `PowerSupplyMetrics.InputPowerWatts.Reading` (W); absent or null is no
-/// reading, not 0 W.
+/// reading, not 0 W; outside the physical bounds, no reading either.
 pub fn psu_input_watts(metrics: &Value) -> Result<f64, ReadError> {
-    reading_of(metrics, "InputPowerWatts")
+    reading_of(metrics, "InputPowerWatts").and_then(|w| check(Quantity::Power(Domain::PsuInput), w))
 }
 
 /// The chassis' wall power as the sum of its PSUs' input power, for a chassis
 /// whose `EnvironmentMetrics` (and legacy `Power`) give none. Only enabled
 /// PSUs are added (an empty bay or a cold spare draws nothing); an enabled PSU
-/// without a reading refuses the sum: the sum over the others would
-/// under-report (in a redundant pair, by about half).
+/// without a reading (missing, implausible, or an answer that does not parse)
+/// refuses the sum: the sum over the others would under-report (in a redundant
+/// pair, by about half). The refusal is `missing`: the PSU's own status says why.
 pub fn psu_sum(psus: &[Psu]) -> Result<f64, ReadError> {
     let enabled: Vec<&Psu> = psus.iter().filter(|p| p.enabled).collect();
     if enabled.is_empty() {
@@ -247,8 +334,9 @@ pub fn psu_sum(psus: &[Psu]) -> Result<f64, ReadError> {
         match &p.input_watts {
             Ok(w) => sum += w,
             Err(e) => {
+                // The chassis reading is missing; the PSU's own status counts why.
                 return Err(ReadError::new(
-                    e.reason,
+                    Reason::Missing,
                     format!(
                         "power supply {} is enabled but has no input power ({}): a sum without it would \
                          under-report, not used",
@@ -341,8 +429,9 @@ pub fn power_consumed(doc: &Value) -> Result<f64, ReadError> {
     match first.get("PowerConsumedWatts") {
         Some(Value::Number(n)) => n
             .as_f64()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| parse_err("PowerConsumedWatts out of range")),
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| parse_err("PowerConsumedWatts out of range"))
+            .and_then(|w| check(Quantity::Power(Domain::Platform), w)),
         None | Some(Value::Null) => {
             let state = first.pointer("/Status/State").and_then(Value::as_str).unwrap_or("unknown");
             Err(ReadError::new(Reason::Missing, format!("PowerConsumedWatts is null (state {state}); not 0 W")))
@@ -361,12 +450,7 @@ pub fn temperatures(doc: &Value) -> Result<Vec<Temp>, ReadError> {
             let name = t.get("Name").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("temp{i}"));
             let context = t.get("PhysicalContext").and_then(Value::as_str).unwrap_or("");
             let location = context_location(context, &name);
-            let state = t.pointer("/Status/State").and_then(Value::as_str).unwrap_or("Enabled");
-            let value = if state != "Enabled" {
-                Err(format!("state {state}"))
-            } else {
-                t.get("ReadingCelsius").and_then(Value::as_f64).ok_or_else(|| "no reading".to_string())
-            };
+            let value = state_reading(t, t.get("ReadingCelsius"), Quantity::Temperature);
             Temp { name, location, value }
         })
         .collect())
@@ -385,6 +469,8 @@ pub struct Client {
     energy_sensor: Option<String>,
     /// The `PowerSubsystem` power supplies (found on the first poll).
     psu_uris: Option<Vec<String>>,
+    /// The `ThermalSubsystem` fans collection and its members (found on the first poll).
+    fan_uris: Option<(String, Vec<String>)>,
     energy: EnergyCounter,
     /// The finest step of the energy counter seen (`EnergyJoules`?, J).
     energy_step: Option<(bool, f64)>,
@@ -458,6 +544,7 @@ impl Client {
             temp_sensors: None,
             energy_sensor: None,
             psu_uris: None,
+            fan_uris: None,
             energy: EnergyCounter::default(),
             energy_step: None,
             energy_from: None,
@@ -622,6 +709,18 @@ impl Client {
         }
     }
 
+    /// A member resource: transport and auth failures fail the poll (outer
+    /// error); a resource that is gone (`missing`) or does not parse (`parse`)
+    /// is that member's own failure (inner error).
+    fn get_member(&mut self, path: &str) -> Result<Result<Value, ReadError>, ReadError> {
+        match self.get(path) {
+            Ok(v) if v.is_object() => Ok(Ok(v)),
+            Ok(_) => Ok(Err(parse_err(format!("{}{path}: not a JSON object", self.cfg.url)))),
+            Err(e) if e.reason == Reason::Missing || e.reason == Reason::Parse => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The first chassis not contained by another (a DIMM riser, a backplane,
     /// Dell's `Enclosure.Internal`), else the first member.
     fn pick_chassis(&mut self) -> Result<String, ReadError> {
@@ -718,23 +817,67 @@ impl Client {
         let mut psus = Vec::new();
         for uri in uris {
             let fallback_id = uri.trim_end_matches('/').rsplit('/').next().unwrap_or(&uri).to_string();
-            let Some(doc) = self.get_opt(&uri)? else {
-                let e = ReadError::new(Reason::Missing, format!("{uri} is gone"));
-                psus.push(Psu { id: fallback_id, path: uri, enabled: false, input_watts: Err(e) });
-                continue;
+            let doc = match self.get_member(&uri)? {
+                Ok(doc) => doc,
+                Err(e) => {
+                    // Gone (404): an empty bay. An answer that does not parse says
+                    // nothing of its state: counted as enabled without a reading,
+                    // so the sum is refused rather than under-reported.
+                    let enabled = e.reason == Reason::Parse;
+                    psus.push(Psu { id: fallback_id, path: uri, enabled, input_watts: Err(e) });
+                    continue;
+                }
             };
             let id = doc.get("Id").and_then(Value::as_str).map(str::to_string).unwrap_or(fallback_id);
             let input_watts = match (psu_state(&doc), odata_id(&doc, "Metrics").map(str::to_string)) {
                 (Err(why), _) => Err(ReadError::new(Reason::Missing, why)),
                 (Ok(()), None) => Err(ReadError::new(Reason::Missing, "no Metrics (PowerSupplyMetrics) link")),
-                (Ok(()), Some(m)) => match self.get_opt(&m)? {
-                    Some(metrics) => psu_input_watts(&metrics),
-                    None => Err(ReadError::new(Reason::Missing, format!("{m} is not readable"))),
-                },
+                (Ok(()), Some(m)) => self.get_member(&m)?.and_then(|metrics| psu_input_watts(&metrics)),
             };
             psus.push(Psu { id, path: uri, enabled: psu_state(&doc).is_ok(), input_watts });
         }
         Ok(Some((psus, subsystem, t0 + t0.elapsed() / 2)))
+    }
+
+    /// The fans in RPM: the `ThermalSubsystem` `Fans` collection (listed on the
+    /// first poll, each member read at every poll), else the legacy `Thermal`
+    /// document's `Fans[]` (`thermal`, when it was already read for the
+    /// temperatures, else read if the chassis links it). Returns the fans and
+    /// the resource they came from.
+    fn read_fans(&mut self, doc: &Value, thermal: Option<(Value, String)>) -> Result<(Vec<Fan>, String), ReadError> {
+        if let Some(ts) = odata_id(doc, "ThermalSubsystem").map(str::to_string) {
+            if self.fan_uris.is_none() {
+                let coll = match self.get_opt(&ts)? {
+                    Some(d) => odata_id(&d, "Fans").map(str::to_string),
+                    None => None,
+                };
+                let uris = match &coll {
+                    Some(c) => self.get_opt(c)?.map(|d| members(&d).unwrap_or_default()).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                self.fan_uris = Some((coll.unwrap_or_default(), uris));
+            }
+            let (coll, uris) = self.fan_uris.clone().unwrap_or_default();
+            if !uris.is_empty() {
+                let mut fans = Vec::new();
+                for uri in uris.iter().take(MAX_SENSORS) {
+                    let fallback = uri.trim_end_matches('/').rsplit('/').next().unwrap_or(uri);
+                    match self.get_member(uri)? {
+                        Ok(d) => fans.extend(subsystem_fan(&d, fallback)),
+                        Err(e) => fans.push(Fan { name: fallback.to_string(), value: Err(e) }),
+                    }
+                }
+                return Ok((fans, coll));
+            }
+        }
+        let thermal = match thermal {
+            Some(t) => Some(t),
+            None => match odata_id(doc, "Thermal").map(str::to_string) {
+                Some(p) => self.get_opt(&p)?.map(|d| (d, p)),
+                None => None,
+            },
+        };
+        Ok(thermal.map(|(d, p)| (legacy_fans(&d), p)).unwrap_or_default())
     }
 
     /// A GET and the middle of its request: when the BMC's value was read.
@@ -768,7 +911,14 @@ impl Client {
             }
         };
         let id = chassis.rsplit('/').next().unwrap_or(&chassis).to_string();
-        let doc = self.get_opt(&chassis)?.unwrap_or(Value::Null);
+        // The chassis resource: absent (404) is read as the legacy model; an
+        // answer that is not JSON, or not an object, is a parse failure.
+        let doc = match self.get(&chassis) {
+            Ok(d) if d.is_object() => d,
+            Ok(_) => return Err(parse_err(format!("{}{chassis}: not a Chassis object", self.cfg.url))),
+            Err(e) if e.reason == Reason::Missing => Value::Null,
+            Err(e) => return Err(e),
+        };
         let shared = shared_by_nodes(&doc);
         if let Some(why) = &shared
             && !self.warned_shared
@@ -849,8 +999,10 @@ impl Client {
             self.energy_step = None;
         }
         let energy_raw = energy_raw.map(|raw| self.energy_raw(raw));
+        let resets = self.energy.resets;
         let energy_j = energy_raw
             .map(|raw| if switched { self.energy.rebase(raw.joules) } else { self.energy.update(raw.joules) });
+        let energy_reset = self.energy.resets > resets;
         let energy_raw = energy_raw.filter(|_| !switched);
         if energy_from.is_some() {
             self.energy_from = energy_from;
@@ -875,19 +1027,26 @@ impl Client {
                 }
             }
         };
-        let (temps, thermal_path) = match (thermal, summary) {
+        let mut thermal_doc = None;
+        let (mut temps, thermal_path) = match (thermal, summary) {
             (Some(sensors), _) => (sensor_temps, sensors),
             (None, Some(summary)) => summary,
             (None, None) => {
                 let p = format!("{chassis}/Thermal");
                 let temps = match self.get(&p) {
-                    Ok(doc) => temperatures(&doc).unwrap_or_default(),
+                    Ok(doc) => {
+                        let t = temperatures(&doc).unwrap_or_default();
+                        thermal_doc = Some((doc, p.clone()));
+                        t
+                    }
                     Err(e) if e.reason != Reason::Missing && e.reason != Reason::Parse => return Err(e),
                     Err(_) => Vec::new(),
                 };
                 (temps, p)
             }
         };
+        single_inlet(&mut temps);
+        let (fans, fan_path) = self.read_fans(&doc, thermal_doc)?;
         if let Err(e) = &watts
             && e.reason == Reason::Parse
         {
@@ -898,6 +1057,7 @@ impl Client {
             watts,
             temps,
             energy_j,
+            energy_reset,
             energy_raw,
             taken,
             power_path,
@@ -905,12 +1065,19 @@ impl Client {
             shared,
             psus,
             psu_path,
+            fans,
+            fan_path,
         })
     }
 }
 
+/// A failed request: no answer in time is `timeout`, an answer whose body
+/// cannot be decoded (a `Content-Encoding` it does not follow, a bad charset)
+/// is `parse` (it arrived), anything else on the way is `io`.
 fn http_error(url: &str, e: &reqwest::Error, timeout: Duration) -> ReadError {
-    if e.is_timeout() {
+    if e.is_decode() {
+        ReadError::new(Reason::Parse, format!("{url}: the answer cannot be decoded ({e})"))
+    } else if e.is_timeout() {
         ReadError::new(Reason::Timeout, format!("{url}: no answer within {}", humantime::format_duration(timeout)))
     } else if e.is_connect() {
         ReadError::new(Reason::Io, format!("{url}: cannot connect ({e})"))
@@ -925,6 +1092,9 @@ pub struct Redfish {
     url: String,
     /// The last poll whose shared-chassis rejection was counted.
     rejected_poll: u64,
+    /// The reading whose counter reset was counted (each reset once, however
+    /// many ticks copy that reading).
+    reset_counted: Option<Instant>,
     /// Put before the chassis id in labels when several BMCs are read.
     prefix: String,
     /// The sampler's start: readings are stamped on the agent's clock.
@@ -945,7 +1115,7 @@ impl Redfish {
         let mut client = Client::new(cfg).map_err(std::io::Error::other)?;
         let poller = Poller::spawn("redfish", cfg.interval.0, move || client.poll())?;
         let max_gap = cfg.interval.0 * STALE_INTERVALS;
-        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, prefix, epoch, max_gap })
+        Ok(Redfish { poller, url: cfg.url.clone(), rejected_poll: 0, reset_counted: None, prefix, epoch, max_gap })
     }
 
     pub fn waiter(&self) -> impl Fn(Duration) + Send + 'static {
@@ -1015,6 +1185,10 @@ impl SensorSource for Redfish {
         }
         out.status(Source::Redfish, sensor, "watts", path, watts);
         let Some(reading) = fresh.filter(|_| st.last_err.is_none()) else { return out };
+        if reading.energy_reset && self.reset_counted != Some(reading.taken) {
+            self.reset_counted = Some(reading.taken);
+            out.errors.push((Source::Redfish, Reason::Reset));
+        }
         if let Some(e) = reading.energy_j {
             out.samples.push(Sample::new(
                 &ENERGY,
@@ -1052,8 +1226,16 @@ impl SensorSource for Redfish {
                 format!("{chassis}/{}", t.name),
                 "celsius",
                 format!("{}{}", self.url, reading.thermal_path),
-                t.value.clone().map_err(|why| ReadError::new(Reason::Missing, why)),
+                t.value.clone(),
             );
+        }
+        for f in &reading.fans {
+            // chip="bmc" as for IPMI; the chassis in `sensor` keeps several BMCs apart.
+            let sensor = format!("{chassis}/{}", f.name);
+            if let Ok(v) = f.value {
+                out.samples.push(Sample::new(&FAN, vec![src.clone(), "bmc".into(), sensor.clone(), String::new()], v));
+            }
+            out.status(Source::Redfish, sensor, "rpm", format!("{}{}", self.url, reading.fan_path), f.value.clone());
         }
         out
     }
@@ -1167,6 +1349,10 @@ mod tests {
         let e = psu_sum(&[psu("Bay1", false, None)]).expect_err("none enabled");
         assert!(e.detail.contains("none of the 1"), "{e}");
         assert_eq!(psu_sum(&[psu("Bay1", true, Some(0.0))]), Ok(0.0), "a real 0 W reading is a reading");
+        // A PSU whose answer did not parse: the chassis reading is missing, the PSU's status says parse.
+        let garbage = Psu { input_watts: Err(parse_err("not JSON")), ..psu("Bay2", true, None) };
+        let e = psu_sum(&[psu("Bay1", true, Some(205.5)), garbage]).expect_err("refused");
+        assert_eq!(e.reason, Reason::Missing);
     }
 
     #[test]
@@ -1225,6 +1411,50 @@ mod tests {
     }
 
     #[test]
+    fn fans_in_rpm_legacy_and_thermal_subsystem() {
+        let f = legacy_fans(&fixture("thermal.json"));
+        let get = |n: &str| f.iter().find(|x| x.name == n).map(|x| x.value.clone().map_err(|e| e.reason));
+        assert_eq!(get("BaseBoard System Fan"), Some(Ok(2100.0)));
+        assert_eq!(get("Fan 2"), Some(Ok(0.0)), "a stopped fan present and enabled reads 0 RPM");
+        assert_eq!(get("Fan 3"), None, "a fan in Percent is not an RPM");
+        assert_eq!(get("Fan 4"), Some(Err(Reason::Missing)), "absent: no reading");
+        assert_eq!(get("Fan 5"), Some(Err(Reason::Missing)), "disabled: no reading");
+        assert_eq!(get("Fan 6"), Some(Err(Reason::Implausible)), "beyond any fan");
+        let old = serde_json::json!({"Fans": [{"FanName": "Old", "ReadingRPM": 3000}]});
+        assert_eq!(legacy_fans(&old)[0], Fan { name: "Old".into(), value: Ok(3000.0) });
+        assert!(legacy_fans(&serde_json::json!({"Fans": [{"Name": "?", "Reading": 50}]})).is_empty(), "no units");
+        let fan = |d: Value| subsystem_fan(&d, "X").map(|f| f.value.map_err(|e| e.reason));
+        assert_eq!(fan(fixture("new-fan1.json")), Some(Ok(5200.0)));
+        assert_eq!(fan(fixture("new-fan2.json")), None, "SpeedPercent.Reading without SpeedRPM");
+        assert_eq!(fan(fixture("new-fan3.json")), Some(Err(Reason::Missing)), "an empty bay");
+        assert_eq!(fan(fixture("new-fan4.json")), Some(Ok(0.0)), "stopped");
+        assert_eq!(fan(serde_json::json!({"SpeedPercent": {"SpeedRPM": "fast"}})), Some(Err(Reason::Parse)));
+    }
+
+    #[test]
+    fn one_inlet_and_impossible_temperatures() {
+        let t = |name: &str, location, v: f64| Temp { name: name.into(), location, value: Ok(v) };
+        let mut temps = vec![
+            Temp { name: "A".into(), location: Location::Inlet, value: Err(missing("no reading")) },
+            t("B", Location::Inlet, 22.0),
+            t("C", Location::Inlet, 23.0),
+            t("D", Location::Cpu, 50.0),
+        ];
+        single_inlet(&mut temps);
+        let locs: Vec<Location> = temps.iter().map(|x| x.location).collect();
+        assert_eq!(locs, [Location::Ambient, Location::Inlet, Location::Ambient, Location::Cpu]);
+        let cold = serde_json::json!({"ReadingType": "Temperature", "Name": "T", "Reading": -300.0});
+        let e = sensor_temperature(&cold).expect("temperature").value.expect_err("below absolute zero");
+        assert_eq!(e.reason, Reason::Implausible);
+        let (w, _) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": -12}}));
+        assert_eq!(w.map_err(|e| e.reason), Err(Reason::Implausible), "negative power parses but is impossible");
+        let (w, _) = environment_power(&serde_json::json!({"PowerWatts": {"Reading": 5.0e9}}));
+        assert_eq!(w.map_err(|e| e.reason), Err(Reason::Implausible));
+        let psu = serde_json::json!({"InputPowerWatts": {"Reading": 1.0e7}});
+        assert_eq!(psu_input_watts(&psu).map_err(|e| e.reason), Err(Reason::Implausible));
+    }
+
+    #[test]
     fn label_prefix_is_the_bmc_authority() {
         assert_eq!(label_prefix("https://bmc1.example:8443"), "bmc1.example:8443/");
         assert_eq!(label_prefix("http://10.0.0.5"), "10.0.0.5/");
@@ -1262,6 +1492,7 @@ mod tests {
         assert_eq!(c.update(1500.0), 1500.0);
         // The BMC reset its counter: the energy since the reset is the new raw value.
         assert_eq!(c.update(200.0), 1700.0);
+        assert_eq!(c.resets, 1);
         assert_eq!(c.update(300.0), 1800.0);
         assert_eq!(c.update(300.0), 1800.0);
         // Another counter (EnvironmentMetrics → a Sensors member): a new

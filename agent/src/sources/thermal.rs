@@ -10,6 +10,7 @@ use domesday_model::vocab::{Location, Source};
 use super::{Output, Progress, Sample, SensorSource, class_entries};
 use crate::energy::millicelsius;
 use crate::fsread::{SysFile, read_trimmed};
+use crate::plausible::{Quantity, check};
 
 #[derive(Debug)]
 struct Zone {
@@ -61,7 +62,7 @@ impl SensorSource for Thermal {
         for z in &mut self.zones {
             let path = z.temp.path().display().to_string();
             progress.enter(&z.id, &path);
-            let result = z.temp.read_i64().map(millicelsius);
+            let result = z.temp.read_i64().map(millicelsius).and_then(|v| check(Quantity::Temperature, v));
             if let Ok(v) = result {
                 out.samples.push(Sample::new(
                     &TEMPERATURE,
