@@ -4,7 +4,9 @@
 //! binaries: lintian, their content and modes, an install into a throwaway root
 //! (`dpkg --root`, maintainer scripts chrooted there, never the host's packages),
 //! the installed binaries run on the shipped configs, and a purge that leaves only
-//! the system users and dpkg's own records.
+//! the system users and dpkg's own records. The container images: both built with
+//! buildah from `scratch` (no registry) in a temporary storage, each binary's
+//! `--version` run inside its image; the multi-stage Containerfiles' shape.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -401,4 +403,84 @@ fn debian_packages_lint_install_run_and_purge() {
     assert!(left.is_empty(), "purge left behind: {left:?}");
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
     assert!(passwd.contains("domesday-agent:"), "the system user stays after purge (Debian policy)");
+}
+
+// ---------------------------------------------------------------- container images
+
+/// A containers-storage configuration keeping images in `store` (vfs: no mounts),
+/// never in the machine's own storage.
+fn storage_conf(store: &Path) -> PathBuf {
+    let conf = store.join("storage.conf");
+    if !conf.exists() {
+        let text =
+            format!("[storage]\ndriver = \"vfs\"\nrunroot = \"{0}/run\"\ngraphroot = \"{0}/root\"\n", store.display());
+        std::fs::write(&conf, text).expect("storage.conf");
+    }
+    conf
+}
+
+fn buildah(store: &Path) -> Command {
+    let mut cmd = Command::new("buildah");
+    cmd.env("CONTAINERS_STORAGE_CONF", storage_conf(store));
+    cmd
+}
+
+#[test]
+fn container_images_build_from_scratch_and_run() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = work.path().join("store");
+    std::fs::create_dir_all(&store).expect("mkdir");
+    let found = Command::new("buildah").arg("--version").output();
+    assert!(found.is_ok_and(|o| o.status.success()), "buildah is missing: apt-get install buildah (./test.sh does)");
+    for (name, user) in [("domesday-agent", "0:0"), ("domesday-collector", "65532:65532")] {
+        // A stripped copy, as a release build would be (the debug binary is 130+ MB).
+        let bin = work.path().join(name);
+        let strip = run(Command::new("strip").arg("-o").arg(&bin).arg(binary(name)));
+        assert!(strip.status.success(), "{}", text(&strip));
+        let script = workspace_root().join("deploy/container/build-from-scratch.sh");
+        let image = format!("localhost/{name}:test");
+        let built = run(Command::new(&script)
+            .env("CONTAINERS_STORAGE_CONF", storage_conf(&store))
+            .arg(name)
+            .arg(&bin)
+            .arg(&image));
+        assert!(built.status.success(), "{name} image build failed:\n{}", text(&built));
+
+        let inspect = run(buildah(&store).args(["inspect", "--type", "image"]).arg(&image));
+        assert!(inspect.status.success(), "{}", text(&inspect));
+        let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("inspect JSON");
+        let config = &meta["OCIv1"]["config"];
+        assert_eq!(config["User"], user, "{name} image user");
+        assert_eq!(config["Entrypoint"], serde_json::json!([format!("/usr/bin/{name}")]));
+
+        let from = run(buildah(&store).args(["from", "--quiet"]).arg(&image));
+        assert!(from.status.success(), "{}", text(&from));
+        let ctr = String::from_utf8_lossy(&from.stdout).trim().to_string();
+        let version = run(buildah(&store)
+            .args(["run", "--isolation", "chroot", &ctr, "--"])
+            .arg(format!("/usr/bin/{name}"))
+            .arg("--version"));
+        assert!(version.status.success(), "{name} --version in its image:\n{}", text(&version));
+        assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("{name} {}", env!("CARGO_PKG_VERSION")));
+        // Minimal: there is no shell in the image.
+        let shell = run(buildah(&store).args(["run", "--isolation", "chroot", &ctr, "--", "/bin/sh", "-c", "true"]));
+        assert!(!shell.status.success(), "{name} image has a shell");
+        run(buildah(&store).args(["rm", &ctr]));
+    }
+    run(buildah(&store).args(["rmi", "--all", "--force"]));
+}
+
+#[test]
+fn containerfiles_are_multi_stage_with_the_expected_user() {
+    for (name, user) in [("agent", "0:0"), ("collector", "65532:65532")] {
+        let file = workspace_root().join(format!("deploy/container/Containerfile.{name}"));
+        let text = std::fs::read_to_string(&file).expect("Containerfile");
+        let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+        assert_eq!(froms.len(), 2, "{name}: a build stage and a runtime stage: {froms:?}");
+        assert!(froms[1].contains("distroless"), "{name}: minimal runtime base: {}", froms[1]);
+        let runtime = &text[text.find(froms[1]).expect("runtime stage")..];
+        let users: Vec<&str> = runtime.lines().filter_map(|l| l.strip_prefix("USER ")).collect();
+        assert_eq!(users, [user], "{name} runtime user");
+        assert!(runtime.contains(&format!("ENTRYPOINT [\"/usr/bin/domesday-{name}\"]")), "{name} entrypoint");
+    }
 }
