@@ -1,4 +1,4 @@
-//! Agent configuration: the TOML file of contract §4 parsed into typed structs,
+//! Agent configuration: the TOML file parsed into typed structs,
 //! merged with command-line overrides and validated before anything binds or
 //! starts. Errors name the file, line and column, the key and the fix.
 
@@ -15,13 +15,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use domesday_model::config_text::ConfigError;
 
 /// Longest gap between two RAPL reads: AMD's 65.5 kJ package range wraps in
-/// about 4 minutes at 270 W, so 30 s leaves a wide margin (contract §3).
+/// about 4 minutes at 270 W, so 30 s leaves a wide margin.
 pub const RAPL_MAX_READ_GAP: Duration = Duration::from_secs(30);
 
 pub use domesday_model::duration::{Dur, parse_duration};
 pub use domesday_model::secret::Secret;
 
-/// An extra label name, checked against the contract's rules at parse time.
+/// An extra label name, checked against the label rules at parse time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct LabelName(pub String);
 
@@ -298,7 +298,7 @@ pub enum IpmiBackend {
     Freeipmi,
 }
 
-/// Shortest BMC polling interval (contract §7: tests may poll every second).
+/// Shortest BMC polling interval (tests poll every second).
 pub const MIN_BMC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_BMC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_BMC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -414,9 +414,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// The push token's environment variable (contract §4).
+/// The push token's environment variable.
 pub const PUSH_TOKEN_ENV: &str = "DOMESDAY_PUSH_TOKEN";
-/// Smallest spool: one request of the largest size fits (contract §5: 1 MiB).
+/// Smallest spool: one request of the largest size fits (1 MiB).
 pub const MIN_SPOOL_BYTES: u64 = 1 << 20;
 /// Largest spool accepted (a typo guard).
 pub const MAX_SPOOL_BYTES: u64 = 1 << 40;
@@ -493,7 +493,7 @@ pub struct AgentConfig {
     pub push: Option<PushConfig>,
 }
 
-/// Command-line overrides (contract §4 flags).
+/// Command-line overrides (the shared flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub site: Option<String>,

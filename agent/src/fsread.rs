@@ -1,6 +1,6 @@
 //! Plain `std::fs` access to sysfs/procfs attribute files: handles are opened
 //! once and re-read with `pread` at offset 0 (what sysfs expects), and every
-//! failure is classified into the contract's `reason` vocabulary.
+//! failure is classified into the `reason` vocabulary.
 
 use std::fs::File;
 use std::io;

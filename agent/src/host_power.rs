@@ -1,6 +1,6 @@
 //! Host power arbitration and the per-method host energy counters.
 //!
-//! Each tick the best available method wins (contract §3 order; the BMC methods
+//! Each tick the best available method wins (in this order; the BMC methods
 //! are the BMC's wall readings): `bmc_dcmi`, `bmc_redfish`, `psu_input`, then `acpi_power_meter`, then
 //! `rapl_uplift`, then `model`. The host's timeline on the agent's monotonic clock is booked once:
 //! every span goes to exactly one method's counter, computed from that method's own data, or is

@@ -1,4 +1,4 @@
-//! `domesday-agent` command line (contract §4).
+//! `domesday-agent` command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

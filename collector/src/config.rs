@@ -1,4 +1,4 @@
-//! Collector configuration (contract §6): typed, validated before anything
+//! Collector configuration: typed, validated before anything
 //! binds or starts; errors name the file, line, key and fix.
 
 use std::net::SocketAddr;
@@ -334,7 +334,7 @@ pub enum Measure {
     Power,
 }
 
-/// The value type of a Modbus register (contract §6 `type`).
+/// The value type of a Modbus register (`type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegisterType {
@@ -522,7 +522,7 @@ pub struct CollectorConfig {
     /// Pass every accepted request on to an upstream remote_write receiver.
     #[serde(default)]
     pub forward: Option<crate::forward::ForwardConfig>,
-    /// Grid carbon intensity (contract §6–7 `[carbon]`).
+    /// Grid carbon intensity (`[carbon]`).
     #[serde(default)]
     pub carbon: Option<crate::carbon::config::CarbonConfig>,
 }

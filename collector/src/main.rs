@@ -1,4 +1,4 @@
-//! `domesday-collector` command line (contract §6).
+//! `domesday-collector` command line.
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Reference of the agent's configuration keys (contract §4): key, type,
+//! Reference of the agent's configuration keys (the `domesday-agent` TOML file): key, type,
 //! default and meaning. The agent's typed config must accept exactly these keys
 //! (a test in the agent parses a file generated from this table), and
 //! `docs/configuration.md` is generated from it.
@@ -115,7 +115,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "nvml.backend", "string", "\"nvml\" (`\"nvidia-smi\"` when only `command` is set)", "\"nvml\"",
         "`nvml`: the NVML library loaded at runtime, in-process, on the GPU poll thread (power, energy counter, temperature, utilisation). `nvidia-smi`: runs `command` at each poll (power and temperature only).";
     "nvml.library", "path", "`libnvidia-ml.so.1` through the dynamic loader's search path", "\"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1\"",
-        "NVML library loaded by the `nvml` backend, for driver installs outside the loader's path (contract addition).";
+        "NVML library loaded by the `nvml` backend, for driver installs outside the loader's path.";
     "nvml.command", "string", "\"nvidia-smi\"", "\"nvidia-smi\"",
         "Program run for each poll by the `nvidia-smi` backend (`--query-gpu=index,uuid,name,power.draw,temperature.gpu --format=csv,noheader,nounits`), in its own process group, killed on timeout.";
     "nvml.interval", "duration", "\"10s\"", "\"10s\"",

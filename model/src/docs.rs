@@ -11,7 +11,7 @@ pub fn metrics_reference() -> String {
     );
     out.push_str(&format!(
         "Every agent series also carries the constant labels {} and the extras of `[labels]`.\n\
-         Label values are listed in the contract's vocabulary (see `model/src/vocab.rs`).\n\n",
+         Label values are the closed vocabularies of `model/src/vocab.rs`.\n\n",
         CONSTANT_LABELS.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
     ));
     for (title, component) in [

@@ -1,9 +1,8 @@
 //! Domesday's shared vocabulary, encoded once.
 //!
-//! This crate owns the names that tests, dashboards, alerts and users depend on
-//! (`../shared/contract.md`): the metric catalog ([`catalog`]), the closed label
-//! vocabularies ([`vocab`]) and the agent's configuration key reference
-//! ([`config_keys`]). The user docs in `docs/` are generated from it
+//! This crate owns the names that tests, dashboards, alerts and users depend on:
+//! the metric catalog ([`catalog`]), the closed label vocabularies ([`vocab`])
+//! and the agent's configuration key reference ([`config_keys`]). The user docs in `docs/` are generated from it
 //! ([`docs`]); a test fails when they are stale. The configuration helpers both
 //! binaries share live here too: [`duration`] (`Dur`, `parse_duration`) and
 //! [`secret`] (`Secret`, which never prints).

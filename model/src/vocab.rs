@@ -1,4 +1,4 @@
-//! Closed label vocabularies of the contract (§2): one enum per label whose
+//! Closed label vocabularies: one enum per label whose
 //! values are fixed, each with the exact string that appears on the wire.
 
 macro_rules! vocabulary {
@@ -77,7 +77,7 @@ vocabulary! {
 }
 
 vocabulary! {
-    /// `role`: a facility meter's place at the site boundary (contract §6).
+    /// `role`: a facility meter's place at the site boundary.
     Role {
         UtilityIn => "utility_in", BackupGenOut => "backup_gen_out", FuelIn => "fuel_in",
         OnsiteRenewableConsumed => "onsite_renewable_consumed", OnsiteRenewableExported => "onsite_renewable_exported",

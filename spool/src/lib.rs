@@ -33,7 +33,7 @@ const MAGIC: [u8; 4] = *b"DSP1";
 /// Record header: magic, payload length, samples, CRC.
 pub const HEADER_BYTES: u64 = 16;
 /// Longest payload accepted when reading back; a longer length is corruption.
-/// (Requests are at most 1 MiB, contract §5.)
+/// (Requests are at most 1 MiB.)
 pub const MAX_PAYLOAD_BYTES: u32 = 4 << 20;
 /// Segments never target more than this, whatever the spool size.
 const MAX_SEGMENT_BYTES: u64 = 8 << 20;

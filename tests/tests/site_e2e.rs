@@ -1,4 +1,4 @@
-//! Issue #4's whole site through the real collector: a real agent on a fixture tree and two pushed hosts, a
+//! A whole site through the real collector: a real agent on a fixture tree and two pushed hosts, a
 //! mock Modbus utility meter, a mock Redfish rack PDU, CSV water, heat-reuse and
 //! on-site PV meters, and a mock RTE API. The indicators the collector answers
 //! are recomputed here from the raw readings the mocks served.

@@ -1,4 +1,4 @@
-//! Push to a collector with Prometheus remote_write 1.0 (contract §5).
+//! Push to a collector with Prometheus remote_write 1.0.
 //!
 //! This module owns the pusher: which series are pushed (the default set or
 //! all), their labels, stale markers for series that disappear, batching into
@@ -56,9 +56,9 @@ use crate::sources::Sample;
 /// milliseconds unless a request is in flight (at most `push.timeout`), so 16
 /// ticks cover a hung request even at a 1 s push interval.
 pub const PUSH_QUEUE: usize = 16;
-/// Most samples in one request (contract §5).
+/// Most samples in one request.
 pub const MAX_SAMPLES_PER_REQUEST: usize = 10_000;
-/// Largest compressed request body (contract §5).
+/// Largest compressed request body.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Longest wait between two retries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -302,7 +302,7 @@ pub enum Outcome {
     Reject { status: u16, body: String },
 }
 
-/// Classifies a status code (contract §5).
+/// Classifies a status code.
 pub fn classify(status: u16) -> &'static str {
     match status {
         200..=299 => "sent",

@@ -232,7 +232,7 @@ proptest! {
 }
 
 #[test]
-fn status_classes_follow_the_contract() {
+fn status_classes_follow_the_push_rules() {
     for s in [200, 204, 299] {
         assert_eq!(classify(s), "sent");
     }

@@ -1,4 +1,4 @@
-//! The `[carbon]` section (contract §6, §7): keys, defaults, validation with
+//! The `[carbon]` section: keys, defaults, validation with
 //! messages that say what to change, and the construction of the service.
 //! Not wired into the collector's config file here; `config.rs` embeds
 //! [`CarbonConfig`] as an optional `carbon` table and calls [`CarbonConfig::validate`].

@@ -1,6 +1,6 @@
 //! Shipped static grid factors, per grid zone and year, each with its basis
 //! and its source, and the `static` source that serves them (or the factor
-//! configured as `fallback_g_per_kwh`, which wins: contract §7).
+//! configured as `fallback_g_per_kwh`, which wins).
 //!
 //! Values are gCO2e/kWh as published; `year` is the year the figure describes
 //! (for the Boavizta set, the year of its source data set). A period is given

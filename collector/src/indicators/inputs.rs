@@ -1,6 +1,6 @@
 //! Inputs of the indicators: one period's totals per boundary role (already
 //! summed over the period by the ledger), the site's parameters, the grid
-//! emissions of the period, and the composition of E_DC (contract §6).
+//! emissions of the period, and the composition of E_DC (docs/indicators.md).
 //!
 //! Units: energies in kWh as `f64` (converted once from the ledger's exact
 //! integer µJ with [`kwh_from_uj`]; f64 keeps 15–16 significant digits, far
@@ -263,7 +263,7 @@ impl Refused {
     }
 }
 
-/// E_DC and its composition (contract §6 role table).
+/// E_DC and its composition (the facility roles of docs/collector.md).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Edc {
     pub utility_in_kwh: f64,

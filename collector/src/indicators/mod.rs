@@ -1,10 +1,10 @@
 //! Efficiency indicators of ISO/IEC 30134 / EN 50600-4 (PUE, DCiE, pPUE, ERE,
 //! CUE, WUE, ERF, REF) as pure functions over totals already summed over one
 //! period, their energy-weighted roll-ups, time-matched emissions, and the
-//! period arithmetic of `GET /api/v1/sites/{site}/indicators` (contract §6, §7).
+//! period arithmetic of `GET /api/v1/sites/{site}/indicators`.
 //!
-//! This module owns the formulas, the boundary composition of E_DC (contract
-//! §6 role table), the refusal rules (a refused indicator has `value: None`
+//! This module owns the formulas, the boundary composition of E_DC (the
+//! facility roles), the refusal rules (a refused indicator has `value: None`
 //! and an error code, never a number) and the JSON shape of an indicator. It
 //! does no I/O and never reads the ledger: callers sum energies over a period
 //! (in integer µJ, converted once with [`kwh_from_uj`]) and hand in totals.
@@ -37,9 +37,9 @@ pub use inputs::{
 
 pub use crate::carbon::FactorBasis;
 
-/// A facility boundary role (contract §6). Units: kWh for energies (thermal
+/// A facility boundary role (docs/collector.md). Units: kWh for energies (thermal
 /// kWh for `chilled_water_in`), litres for `fuel_in`, m³ for water.
-/// Facility roles are the contract's vocabulary, encoded once in `model`.
+/// Facility roles are a closed vocabulary, encoded once in `model`.
 pub use domesday_model::vocab::Role;
 
 /// The PUE category an IT metering role gives.
@@ -78,7 +78,7 @@ impl Category {
         }
     }
 
-    /// The label value of contract §2 (`"1"`, `"2"`, `"3"`).
+    /// The `category` label value (`"1"`, `"2"`, `"3"`).
     pub fn label(self) -> &'static str {
         match self {
             Category::Ups => "1",
@@ -94,7 +94,7 @@ impl Serialize for Category {
     }
 }
 
-/// Indicator names of contract §7 (`ppue` is ours: partial PUE of a hall).
+/// Indicator names of the API (`ppue` is ours: partial PUE of a hall).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Name {
@@ -145,7 +145,7 @@ pub enum Unit {
     LitresPerKwh,
 }
 
-/// Carbon accounting basis of a CUE (contract §2 `basis`).
+/// Carbon accounting basis of a CUE (`basis` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Basis {
@@ -165,8 +165,8 @@ pub enum Water {
     Potable,
 }
 
-/// Why an indicator was refused. The first five are contract §7's codes; the
-/// last three are ours (reported as open questions to the contract owner).
+/// Why an indicator was refused. The first five are the documented refusal
+/// codes of the indicators API; the last three cover cases those do not name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
@@ -227,7 +227,7 @@ impl std::ops::Add for Side {
     }
 }
 
-/// One indicator over one period, serialized field for field as contract §7
+/// One indicator over one period, serialized field for field as docs/indicators.md
 /// names them; the fields after `carbon_fallback` are additions, omitted when
 /// they do not apply.
 ///
@@ -339,7 +339,7 @@ impl Indicator {
     }
 }
 
-/// One period of the indicators answer (contract §7).
+/// One period of the indicators answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeriodReport {
     /// RFC 3339 UTC.
@@ -354,7 +354,7 @@ pub struct PeriodReport {
     pub embodied: Option<crate::carbon::embodied::PeriodEmbodied>,
 }
 
-/// The whole indicators answer (contract §7).
+/// The whole indicators answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IndicatorsReport {
     pub site: String,

@@ -1,4 +1,4 @@
-//! Period arithmetic in the site's IANA time zone (contract §1: stored in UTC,
+//! Period arithmetic in the site's IANA time zone (stored in UTC,
 //! reported per site in its zone): `[from, to)` split into `1h`, `1d`, `1mo`
 //! or `1y` steps, half-open, returned as UTC millisecond bounds.
 //!
@@ -172,7 +172,7 @@ pub fn split(from_ms: i64, to_ms: i64, step: Step, tz: &TimeZone, now_ms: i64) -
     Ok(out)
 }
 
-/// A `window` label of the collector's indicator metrics (contract §2).
+/// A `window` label of the collector's indicator metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
     Hour,

@@ -230,9 +230,9 @@ fn every_refusal_code() {
     refused(&ref_(&e0, &p()), Refusal::FacilityEnergyZero);
 }
 
-/// The JSON of an indicator has exactly contract §7's fields (extras only when they apply).
+/// The JSON of an indicator has exactly the documented fields (docs/indicators.md) (extras only when they apply).
 #[test]
-fn json_shape_is_the_contracts() {
+fn json_shape_is_the_documented_one() {
     let i = pue(&site(150.0, Category::ItInput, 100.0), &p(), Category::ItInput);
     let j = serde_json::to_value(&i).expect("json");
     let mut keys: Vec<&str> = j.as_object().expect("object").keys().map(String::as_str).collect();

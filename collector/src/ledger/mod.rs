@@ -2,7 +2,7 @@
 //!
 //! Agents send cumulative counters; the ledger is the only place that turns
 //! them into increments (baseline, reset, late, duplicate and stale rules of
-//! contract §6), in integer microjoules, spread over one-minute UTC buckets and
+//! docs/collector.md), in integer microjoules, spread over one-minute UTC buckets and
 //! rolled up per hour in the same transaction. Storage sits behind the narrow
 //! [`LedgerWriter`]/[`LedgerReader`] traits: SQLite ([`sqlite`]) today, a
 //! PostgreSQL implementation for scale-out later.

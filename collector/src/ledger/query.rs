@@ -1,4 +1,4 @@
-//! Ledger reads: energy over a half-open `[from, to)` range (contract §6,
+//! Ledger reads: energy over a half-open `[from, to)` range (
 //! `GET /api/v1/energy` and `domesday-collector energy`), hosts per site, and
 //! totals per site and role. Sums are taken in Rust in i128: SQLite's `SUM`
 //! over i64 µJ would overflow past 2.56 GWh. Every answer adds the journal's
@@ -28,7 +28,7 @@ pub struct EnergyQuery {
     pub to_ms: i64,
 }
 
-/// The answer, field for field as the contract names them.
+/// The answer, field for field as docs/collector.md names them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnergyReport {
     pub site: String,

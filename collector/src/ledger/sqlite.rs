@@ -149,7 +149,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A series' identity (contract §6): site, host, meter and method joined by
+/// A series' identity: site, host, meter and method joined by
 /// U+001F, so lookups can borrow a reused buffer instead of allocating four strings.
 type SeriesKey = String;
 

@@ -1,4 +1,4 @@
-//! Meter readings in CSV (contract §6 `import-meters` and
+//! Meter readings in CSV (`import-meters` and
 //! `POST /api/v1/sites/{site}/meter-readings`): a header, then either register
 //! readings `timestamp,meter,value` or intervals `start,end,meter,value`.
 //! Timestamps are RFC 3339 with an offset, or naive local times with a time

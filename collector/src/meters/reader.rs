@@ -250,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn reasons_follow_the_contract_vocabulary() {
+    fn reasons_follow_the_reason_vocabulary() {
         assert_eq!(ReadError::Timeout(Duration::from_secs(1)).reason().as_str(), "timeout");
         assert_eq!(ReadError::Permission("401".into()).reason().as_str(), "permission");
         assert_eq!(ReadError::Parse("x".into()).reason().as_str(), "parse");

@@ -16,7 +16,7 @@ pub struct Reading {
     pub value_micro: i64,
 }
 
-/// Why a read failed; each maps to a contract `reason`.
+/// Why a read failed; each maps to a `reason` label value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     #[error("no answer within {0:?}")]
