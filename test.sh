@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of domesday: formatting, clippy (warnings are errors),
 # the build of every binary, and the whole test suite (unit, property, golden,
-# end-to-end on fixture trees, promtool). Installs Debian's `prometheus` package
-# (for promtool) when it is missing; the tests that need it fail without it.
+# end-to-end on fixture trees, promtool, headless Chromium). Installs Debian's
+# `prometheus` package (for promtool) and `chromium` (renders the HTML reports)
+# when they are missing; the tests that need them fail without them.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,6 +23,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt_install prometheus >/dev/null || true
 fi
 command -v promtool >/dev/null 2>&1 || { echo "test.sh: promtool is required (apt-get install prometheus)" >&2; exit 1; }
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing headless Chromium (Debian package chromium)"
+  apt_install chromium >/dev/null || true
+fi
+command -v chromium >/dev/null 2>&1 || { echo "test.sh: chromium is required (apt-get install chromium)" >&2; exit 1; }
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

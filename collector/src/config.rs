@@ -559,6 +559,19 @@ pub struct CollectorConfig {
     /// Grid carbon intensity (contract §6–7 `[carbon]`).
     #[serde(default)]
     pub carbon: Option<crate::carbon::config::CarbonConfig>,
+    /// `[reports]`: inputs of the Region's report.
+    #[serde(default)]
+    pub reports: ReportsConfig,
+}
+
+/// `[reports]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Other operators' EED declarations (the JSON of `report eed`) counted in
+    /// `report region`: file paths (relative to the config file) or https URLs.
+    #[serde(default)]
+    pub declarations: Vec<String>,
 }
 
 /// A site with its token hash resolved.
@@ -1156,6 +1169,21 @@ impl CollectorConfig {
                 let t = std::fs::read_to_string(f)
                     .map_err(|e| at("bearer_token_file", format!("cannot read {}: {e}", f.display())))?;
                 p.bearer_token = Some(t.trim().to_string());
+            }
+        }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for d in &mut cfg.reports.declarations {
+            if d.starts_with("http://") && !d.starts_with("http://127.0.0.1") && !d.starts_with("http://localhost") {
+                return Err(at(
+                    "declarations",
+                    format!("[reports] {d:?}: declarations are fetched over https (plain http on loopback only)"),
+                ));
+            }
+            if d.trim().is_empty() {
+                return Err(at("declarations", "[reports] an entry is empty: give a file path or an https URL".into()));
+            }
+            if !d.starts_with("https://") && !d.starts_with("http://") && Path::new(d.as_str()).is_relative() {
+                *d = base.join(d.as_str()).display().to_string();
             }
         }
         Ok(Loaded { config: cfg, sites, read_hash })
