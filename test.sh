@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of domesday: formatting, clippy (warnings are errors),
 # the build of every binary, and the whole test suite (unit, property, golden,
-# end-to-end on fixture trees, promtool, headless Chromium). Installs Debian's
-# `prometheus` package (for promtool) and `chromium` (renders the HTML reports)
-# when they are missing; the tests that need them fail without them.
+# end-to-end on fixture trees, promtool, the alert rules and dashboards against a real
+# Prometheus and Alertmanager, the reports' pages in headless Chromium). Installs Debian's
+# `prometheus`, `prometheus-alertmanager` and `chromium` packages when missing; the tests
+# that need them fail without them.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,16 +19,17 @@ apt_install() {
   fi
 }
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "==> installing promtool (Debian package prometheus)"
-  apt_install prometheus >/dev/null || true
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+# Headless Chromium renders the reports' HTML pages in the end-to-end tests (screenshots, rendered DOM).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  apt_install "${missing[@]}" >/dev/null || true
 fi
 command -v promtool >/dev/null 2>&1 || { echo "test.sh: promtool is required (apt-get install prometheus)" >&2; exit 1; }
-
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "==> installing headless Chromium (Debian package chromium)"
-  apt_install chromium >/dev/null || true
-fi
+[ -x /usr/bin/prometheus-alertmanager ] || { echo "test.sh: Alertmanager is required (apt-get install prometheus-alertmanager)" >&2; exit 1; }
 command -v chromium >/dev/null 2>&1 || { echo "test.sh: chromium is required (apt-get install chromium)" >&2; exit 1; }
 
 echo "==> cargo fmt --check"

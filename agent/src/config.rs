@@ -18,33 +18,8 @@ pub use domesday_model::config_text::ConfigError;
 /// about 4 minutes at 270 W, so 30 s leaves a wide margin (contract §3).
 pub const RAPL_MAX_READ_GAP: Duration = Duration::from_secs(30);
 
-/// A duration written as `"5s"`, `"15m"`, `"250ms"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-/// Parses a positive duration string; the error says what is expected.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?} ({e}); write a number and a unit, e.g. \"5s\", \"250ms\", \"15m\"")
-    })?;
-    if d.is_zero() {
-        return Err(format!("duration {s:?} must be greater than zero"));
-    }
-    Ok(d)
-}
+pub use domesday_model::duration::{Dur, parse_duration};
+pub use domesday_model::secret::Secret;
 
 /// An extra label name, checked against the contract's rules at parse time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -439,24 +414,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// A secret read from a file or the environment: never printed, logged or
-/// serialised (its `Debug` says `<redacted>`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 /// The push token's environment variable (contract §4).
 pub const PUSH_TOKEN_ENV: &str = "DOMESDAY_PUSH_TOKEN";
 /// Smallest spool: one request of the largest size fits (contract §5: 1 MiB).
@@ -748,7 +705,8 @@ impl AgentConfig {
     }
 
     /// The effective configuration as TOML, for `check-config`. Secrets are
-    /// never in it: a comment says where the push token comes from.
+    /// never in it: a comment says where each comes from (the push token, the
+    /// Redfish passwords), spelled as the collector's `check-config` does.
     pub fn to_toml(&self) -> String {
         let mut out = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
         if let Some(p) = &self.push {
@@ -757,7 +715,13 @@ impl AgentConfig {
                 Some(f) => format!("token_file {}", f.display()),
                 None => format!("environment variable {PUSH_TOKEN_ENV}"),
             };
-            out.push_str(&format!("# token: <redacted>, {} bytes, from {from}\n", p.token.expose().len()));
+            out.push_str(&format!("# token: {}\n", p.token.describe(&from)));
+        }
+        for r in &self.redfish {
+            if let (Some(pw), Some(f)) = (&r.password, &r.password_file) {
+                let d = pw.describe(&format!("password_file {}", f.display()));
+                out.push_str(&format!("# redfish {} password: {d}\n", r.url));
+            }
         }
         out
     }
@@ -904,7 +868,7 @@ fn redfish_config(r: FileRedfish, path: Option<&Path>, text: &str) -> Result<Red
             if p.is_empty() {
                 return Err(at("password_file", format!("{} is empty", f.display())));
             }
-            Some(Secret(p.to_string()))
+            Some(Secret::new(p))
         }
         None => None,
     };
@@ -980,7 +944,7 @@ fn check_token(t: &str) -> Result<Secret, String> {
     if let Some(i) = t.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
         return Err(format!("character {} is not printable ASCII, which an Authorization header cannot carry", i + 1));
     }
-    Ok(Secret(t.to_string()))
+    Ok(Secret::new(t))
 }
 
 /// Offset of `key` inside `[table]` (or of the table header when the key is
@@ -1014,12 +978,6 @@ fn default_hostname() -> String {
 
 fn located(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
     ConfigError::at(path, text, offset, message)
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
 }
 
 #[cfg(test)]
@@ -1306,6 +1264,12 @@ mod tests {
         assert!(e.contains("digest") || e.contains("auth"), "{e}");
         let shown = format!("{}\n{c:?}", c.to_toml());
         assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "# redfish https://bmc.example password: <redacted>, 9 bytes, from password_file {pw}"
+            )),
+            "{shown}"
+        );
         let e = err("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\n");
         assert!(e.contains(":3:") && e.contains("allow_plain_http"), "{e}");
         load_str("site = \"a\"\n[redfish]\nurl = \"http://bmc\"\nallow_plain_http = true\n").expect("opt-in");

@@ -1,4 +1,4 @@
-//! The collector's HTTP API (contract §6): remote_write ingest, the energy,
+//! The collector's HTTP API: remote_write ingest (1.0 and 2.0), the energy,
 //! sites and hosts read endpoints, health and `/metrics`. Handlers only
 //! validate, hand work to the ledger writer or reader, and format answers.
 
@@ -14,14 +14,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domesday_model::catalog::{
-    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
+    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES, LEDGER_DB_BYTES,
+    LEDGER_LAG, SITE_ENERGY,
 };
 use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
+use domesday_model::remote_write::WriteRequestView;
+use domesday_model::remote_write2::{self, Counts, Proto, negotiate};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
-use crate::ingest::{Refusal, authenticate, decompress_body, parse, split};
+use crate::ingest::{Refusal, authenticate, decompress_body, parse, parse_v2, split, track_unknown};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
 use crate::ledger::{Batch, LedgerReader, Outcome};
@@ -32,37 +35,57 @@ pub struct Stats {
     requests: BTreeMap<u16, u64>,
     samples: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
+    /// Samples booked under unknown vocabulary values, capped per label (`ingest::track_unknown`).
+    unknown: BTreeMap<(&'static str, String), u64>,
+    /// The ledger's energy per (site, role) as this process knows it: the
+    /// totals read at start or after another process wrote, plus every commit
+    /// of its own writer since (µJ, energy roles only).
+    ledger_energy: BTreeMap<(String, String), i128>,
+    /// `domesday_site_energy_joules_total`: the ledger's energy, never lower
+    /// than an earlier export (a counter). After a correction that lowers a
+    /// total, it holds until the ledger passes it again.
     site_energy: BTreeMap<(String, String), i128>,
     /// Per site, per host: the newest sample timestamp seen (ms). Hashed: every
     /// request updates it under the lock (ordered when rendered).
     last_seen: BTreeMap<String, HashMap<String, i64>>,
 }
 
+/// Whether a role's totals are energy (water and fuel are volumes).
+fn energy_role(role: &str) -> bool {
+    domesday_model::vocab::Role::parse(role).is_none_or(|r| r.report_unit() == "kWh")
+}
+
 impl Stats {
     /// Starts the per-site energy counters from the ledger's totals.
     pub fn with_totals(totals: Vec<(String, String, i128)>) -> Self {
-        Stats { site_energy: totals.into_iter().map(|(s, r, e)| ((s, r), e)).collect(), ..Default::default() }
+        let mut s = Stats::default();
+        s.ledger_totals(totals);
+        s
+    }
+
+    /// Takes the ledger's totals per (site, role), read when another process
+    /// (`import-meters`, `correct`, `swap-meter`) committed: the counters
+    /// follow them, and never go down.
+    pub fn ledger_totals(&mut self, totals: Vec<(String, String, i128)>) {
+        self.ledger_energy =
+            totals.into_iter().filter(|(_, r, _)| energy_role(r)).map(|(s, r, e)| ((s, r), e)).collect();
+        for (k, e) in &self.ledger_energy {
+            let c = self.site_energy.entry(k.clone()).or_insert(0);
+            *c = (*c).max(*e);
+        }
     }
 
     /// Books what a commit did (called by the writer thread).
     pub fn committed(&mut self, batches: &[Batch], outcomes: &[Outcome]) {
-        for (b, o) in batches.iter().zip(outcomes) {
-            // A batch's energy goes to its role (agents: it_in; a meter reader: its meter's
-            // role). Volumes (water, fuel) are not energy; a batch mixing roles (a CSV of several
-            // meters) is left to the ledger totals read at the next start.
-            let mut keys = b
-                .samples
-                .iter()
-                .map(|s| (&*s.series.site, &*s.series.role, &*s.series.unit))
-                .chain(b.intervals.iter().map(|i| (i.site.as_str(), i.role.as_str(), i.unit.as_str())));
-            if let Some(first @ (site, role, unit)) = keys.next()
-                // Shared labels: the same pointer, usually; the contents otherwise.
-                && keys.all(|k| {
-                    (std::ptr::eq(k.0, first.0) || k.0 == first.0) && (std::ptr::eq(k.1, first.1) || k.1 == first.1)
-                })
-                && !crate::ledger::is_volume(unit)
-            {
-                *self.site_energy.entry((site.to_string(), role.to_string())).or_insert(0) += o.energy_uj;
+        for (_, o) in batches.iter().zip(outcomes) {
+            // Each batch says how much energy went to each (site, role): a CSV of
+            // several meters advances each of their roles.
+            for r in &o.by_role {
+                let key = (r.site.clone(), r.role.clone());
+                let total = self.ledger_energy.entry(key.clone()).or_insert(0);
+                *total += r.energy_uj;
+                let c = self.site_energy.entry(key).or_insert(0);
+                *c = (*c).max(*total);
             }
             for (k, v) in [
                 ("booked", o.booked),
@@ -112,6 +135,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/sites/{site}/indicators", get(indicators))
         .route("/api/v1/reports/eed", get(report_eed))
         .route("/reports/region", get(crate::reports::region_http::report_region))
+        .route("/reports/publication", get(report_publication))
         .route("/api/v1/sites/{site}/meter-readings", post(meter_readings).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -138,34 +162,98 @@ fn reject(state: &AppState, r: &Refusal) -> Response {
     error(status, r.to_string())
 }
 
+/// Adds the Remote-Write 2.0 `X-Prometheus-Remote-Write-*-Written` headers to
+/// an answer to a 2.0 request (`counts` is `None` for 1.0, which has none).
+fn with_written(mut r: Response, counts: Option<Counts>) -> Response {
+    if let Some(c) = counts {
+        for (name, n) in [
+            (remote_write2::SAMPLES_WRITTEN, c.samples),
+            (remote_write2::HISTOGRAMS_WRITTEN, c.histograms),
+            (remote_write2::EXEMPLARS_WRITTEN, c.exemplars),
+        ] {
+            r.headers_mut().insert(name, header::HeaderValue::from(n));
+        }
+    }
+    r
+}
+
+/// A 1.0 body for `[forward]` holding a request's float series (the upstream
+/// is spoken to in 1.0; a 2.0 request's histograms and exemplars stay here).
+fn as_v1(view: &WriteRequestView<'_>) -> Bytes {
+    use domesday_model::remote_write::{Label, TimeSeries, WriteRequest, encode};
+    let timeseries = view
+        .series()
+        .filter(|s| !s.samples.is_empty())
+        .map(|s| TimeSeries {
+            labels: s.labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
+            samples: s.samples.to_vec(),
+        })
+        .collect();
+    Bytes::from(encode(&WriteRequest { timeseries }))
+}
+
+/// `POST /api/v1/write`: Remote-Write 1.0 (`prometheus.WriteRequest`) and 2.0
+/// (`io.prometheus.write.v2.Request`), told apart by `Content-Type`.
 async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let site = match authenticate(&state.sites, auth) {
         Ok(s) => s.config.id.clone(),
         Err(r) => return reject(&state, &r),
     };
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+    // A header that is not visible ASCII names no message this receiver reads.
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not ASCII)"));
+    let proto = match negotiate(content_type) {
+        Ok(p) => p,
+        Err(m) => return reject(&state, &Refusal::Unsupported(m)),
+    };
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("(not ASCII)"))
         && !enc.eq_ignore_ascii_case("snappy")
     {
         return reject(
             &state,
-            &Refusal::BadRequest(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
+            &Refusal::Unsupported(format!("Content-Encoding {enc:?}: remote_write bodies are snappy")),
         );
     }
+    // From here on a 2.0 request is answered with its Written headers: zero
+    // until the ledger has committed it.
+    let none = (proto == Proto::V2).then(Counts::default);
     let raw = match decompress_body(&body, &state.limits) {
         Ok(r) => r,
-        Err(r) => return reject(&state, &r),
+        Err(r) => return with_written(reject(&state, &r), none),
     };
-    let accepted = match parse(&raw).and_then(|req| split(&req, &site, now_ms(), &state.limits)) {
+    let decoded = match proto {
+        Proto::V1 => parse(&raw).map(|v| (v, None)),
+        Proto::V2 => parse_v2(&raw).map(|(v, c)| (v, Some(c))),
+    };
+    let (view, counts) = match decoded {
+        Ok(d) => d,
+        Err(r) => return with_written(reject(&state, &r), none),
+    };
+    let accepted = match split(&view, &site, now_ms(), &state.limits) {
         Ok(a) => a,
-        Err(r) => return reject(&state, &r),
+        Err(r) => return with_written(reject(&state, &r), none),
     };
+    let forwarded = match (&state.forward, proto) {
+        (None, _) => None,
+        (Some(_), Proto::V1) => Some(body),
+        (Some(_), Proto::V2) => Some(as_v1(&view)),
+    };
+    drop(view);
     if let Ok(mut s) = state.stats.lock() {
         for (k, v) in &accepted.suspect {
             *s.rejected.entry(k).or_insert(0) += v;
             *s.samples.entry("suspect").or_insert(0) += v;
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
+        for ((label, value), n) in &accepted.unknown {
+            if track_unknown(&mut s.unknown, label, value, *n) {
+                tracing::warn!(
+                    site = %site, label = *label, value = %value,
+                    "booking host energy under a {label} this collector does not know (a newer sender?): \
+                     classified by its quality label, counted in domesday_ingest_unknown_values_total"
+                );
+            }
+        }
         let hosts = s.last_seen.entry(site.clone()).or_default();
         for (host, t) in accepted.hosts {
             let e = hosts.entry(host).or_insert(t);
@@ -173,23 +261,23 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         }
     }
     if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
-        if let Some(f) = &state.forward {
-            f.offer(body).await;
+        if let (Some(f), Some(b)) = (&state.forward, forwarded) {
+            f.offer(b).await;
         }
         count_request(&state, 204);
-        return StatusCode::NO_CONTENT.into_response();
+        return with_written(StatusCode::NO_CONTENT.into_response(), counts);
     }
     match state.writer.submit(accepted.batch).await {
         Ok(Ok(_)) => {
-            if let Some(f) = &state.forward {
-                f.offer(body).await;
+            if let (Some(f), Some(b)) = (&state.forward, forwarded) {
+                f.offer(b).await;
             }
             count_request(&state, 204);
-            StatusCode::NO_CONTENT.into_response()
+            with_written(StatusCode::NO_CONTENT.into_response(), counts)
         }
         Ok(Err(e)) => {
             count_request(&state, 503);
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}"))
+            with_written(error(StatusCode::SERVICE_UNAVAILABLE, format!("ledger commit failed, retry: {e}")), none)
         }
         Err(e @ (SubmitError::Busy | SubmitError::Stopped)) => {
             if let Ok(mut s) = state.stats.lock() {
@@ -198,7 +286,7 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             count_request(&state, 503);
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
+            with_written(r, none)
         }
     }
 }
@@ -391,9 +479,10 @@ async fn hosts(
     let reader = state.reader.clone();
     let s = site.clone();
     let now = now_ms();
-    match tokio::task::spawn_blocking(move || reader.hosts(&s, now)).await {
-        Ok(Ok(rows)) => {
-            let (hosts, missing) = with_inventory(rows, &expected, now - state.host_silence_ms);
+    let read = move || Ok::<_, crate::ledger::StoreError>((reader.hosts(&s, now)?, reader.retired_hosts(&s)?));
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((rows, retired))) => {
+            let (hosts, missing) = with_inventory(rows, &expected, &retired, now - state.host_silence_ms);
             axum::Json(serde_json::json!({ "site": site, "hosts": hosts, "missing": missing })).into_response()
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -403,36 +492,56 @@ async fn hosts(
 
 /// Host rows marked against the expected inventory: each row gets `expected`
 /// and `status` (`reporting`, `silent`: nothing since `since_ms`, `never`:
-/// expected but never reported); expected hosts that never reported get a row.
-/// Returns the rows and the expected hosts that are `silent` or `never`.
+/// expected but never reported, `retired`: decommissioned with `retire-host`,
+/// with `retired` saying who, why and when); expected hosts that never
+/// reported get a row. Returns the rows and the expected hosts that are
+/// `silent` or `never` (a retired host is not missing).
 fn with_inventory(
     rows: Vec<crate::ledger::query::HostRow>,
     expected: &[String],
+    retired: &[crate::ledger::Retirement],
     since_ms: i64,
 ) -> (Vec<serde_json::Value>, Vec<String>) {
+    let retirement = |host: &str| {
+        retired.iter().find(|r| r.host == host).map(|r| {
+            serde_json::json!({
+                "by": r.by, "reason": r.reason, "at": crate::ledger::query::rfc3339(r.retired_ms),
+            })
+        })
+    };
     let mut missing = Vec::new();
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let last_ms =
             r.last_sample.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond());
-        let status = if last_ms.is_some_and(|l| l >= since_ms) { "reporting" } else { "silent" };
+        let retired = retirement(&r.host);
+        let status = match (&retired, last_ms.is_some_and(|l| l >= since_ms)) {
+            (Some(_), _) => "retired",
+            (None, true) => "reporting",
+            (None, false) => "silent",
+        };
         let is_expected = expected.contains(&r.host);
-        if is_expected && status != "reporting" {
+        if is_expected && matches!(status, "silent") {
             missing.push(r.host.clone());
         }
         let mut v = serde_json::to_value(r).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("expected".into(), is_expected.into());
             o.insert("status".into(), status.into());
+            o.insert("retired".into(), retired.unwrap_or_default());
         }
         out.push(v);
     }
     for h in expected.iter().filter(|h| !rows.iter().any(|r| &r.host == *h)) {
-        missing.push(h.clone());
+        let retired = retirement(h);
+        if retired.is_none() {
+            missing.push(h.clone());
+        }
         out.push(serde_json::json!({
             "host": h, "machine_id": null, "first_sample": null, "last_sample": null, "current_method": null,
             "current_quality": null, "estimated_share_24h": null, "conflicting_machine_ids": [],
-            "expected": true, "status": "never",
+            "expected": true, "status": if retired.is_some() { "retired" } else { "never" },
+            "retired": retired,
         }));
     }
     missing.sort();
@@ -444,6 +553,8 @@ struct IndicatorParams {
     from: Option<String>,
     to: Option<String>,
     step: Option<String>,
+    /// PUE categories to answer (`1,3`); the site's implied ones when absent.
+    category: Option<String>,
 }
 
 async fn indicators(
@@ -463,6 +574,10 @@ async fn indicators(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let categories = match p.category.as_deref().map(crate::site_report::parse_categories).transpose() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let params = crate::site_report::params(&site_cfg, state.carbon_config.as_ref());
     let step = p.step.unwrap_or_else(|| "1d".into());
     let reader = state.reader.clone();
@@ -475,6 +590,7 @@ async fn indicators(
         to_ms,
         &step,
         now_ms(),
+        categories.as_deref(),
     ))
     .await;
     match report {
@@ -560,6 +676,58 @@ async fn report_eed(
     }
 }
 
+/// `GET /reports/publication?site=&year=` (or `from`/`to`): the public
+/// sheet's HTML page; 422 with the missing fields unless `draft=true`.
+async fn report_publication(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(p): Query<EedParams>,
+) -> Response {
+    use crate::reports::document::{DocumentError, declaration};
+    use crate::reports::eed::ReportPeriod;
+    if let Some(r) = deny_read(&state, peer, &headers) {
+        return r;
+    }
+    let Some(site) = p.site.as_deref() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
+    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
+        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    };
+    let period = match (p.year, &p.from, &p.to) {
+        (Some(y), None, None) => match ReportPeriod::year(&site_cfg, y) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")),
+        },
+        (None, Some(_), Some(_)) => match parse_range(p.from.as_deref(), p.to.as_deref()) {
+            Ok((from_ms, to_ms)) => ReportPeriod { from_ms, to_ms, year: None },
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"),
+    };
+    let reader = state.reader.clone();
+    let d = crate::site_report::with_blocking_reads(declaration(
+        reader.as_ref(),
+        &site_cfg,
+        state.carbon_config.as_ref(),
+        state.carbon.as_deref(),
+        period,
+        p.draft.unwrap_or(false),
+        now_ms(),
+    ))
+    .await;
+    match d {
+        Ok(d) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::reports::publication::html(&d),
+        )
+            .into_response(),
+        Err(e @ DocumentError::Incomplete { .. }) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(DocumentError::Report(crate::site_report::ReportError::Period(e))) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn readyz(State(state): State<Shared>) -> Response {
     let reader = state.reader.clone();
     match tokio::task::spawn_blocking(move || reader.site_totals().map(|_| ())).await {
@@ -594,6 +762,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         }
         for (r, n) in &s.rejected {
             samples.push(Sample::new(&INGEST_REJECTED, vec![r.to_string()], *n as f64));
+        }
+        for ((label, value), n) in &s.unknown {
+            samples.push(Sample::new(&INGEST_UNKNOWN_VALUES, vec![label.to_string(), value.clone()], *n as f64));
         }
     }
     if let Ok(site) = state.site_samples.lock() {
@@ -657,8 +828,18 @@ mod tests {
         };
         let since = 1_767_225_600_000;
         let rows = vec![row("a", Some(since)), row("b", Some(since - 60_000)), row("extra", Some(since - 60_000))];
-        let expected: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let (out, missing) = with_inventory(rows, &expected, since);
+        let expected: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let rows = [rows, vec![row("old", Some(since - 60_000))]].concat();
+        let retired: Vec<crate::ledger::Retirement> = ["old", "d"]
+            .iter()
+            .map(|h| crate::ledger::Retirement {
+                host: h.to_string(),
+                by: "ops".into(),
+                reason: "decommissioned".into(),
+                retired_ms: since,
+            })
+            .collect();
+        let (out, missing) = with_inventory(rows, &expected, &retired, since);
         assert_eq!(missing, vec!["b".to_string(), "c".to_string()]);
         let status: Vec<(String, String, bool)> = out
             .iter()
@@ -676,8 +857,13 @@ mod tests {
                 ("a".into(), "reporting".into(), true),
                 ("b".into(), "silent".into(), true),
                 ("extra".into(), "silent".into(), false),
+                ("old".into(), "retired".into(), false),
                 ("c".into(), "never".into(), true),
+                ("d".into(), "retired".into(), true),
             ]
         );
+        assert_eq!(out[3]["retired"]["by"], "ops");
+        assert_eq!(out[3]["retired"]["reason"], "decommissioned");
+        assert_eq!(out[0]["retired"], serde_json::Value::Null);
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domesday_model::config_text::find_key;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ledger::sqlite::Policy;
@@ -14,28 +14,10 @@ use domesday_model::vocab::Role;
 
 pub use domesday_model::config_text::ConfigError;
 
-/// A duration string (`"5m"`, `"90d"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub use domesday_model::duration::{Dur, parse_duration};
+pub use domesday_model::secret::Secret;
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let v = humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"5m\", \"90d\""))
-        })?;
-        if v.is_zero() {
-            return Err(serde::de::Error::custom(format!("duration {s:?} must be greater than zero")));
-        }
-        Ok(Dur(v))
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
+use crate::secret_file::read_secret_file;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9956))
@@ -224,6 +206,10 @@ pub struct SiteConfig {
     /// Expected IT inventory: IT loads without an agent (network, storage…).
     #[serde(default)]
     pub it_loads: Vec<ItLoadConfig>,
+    /// Power budget per host, watts (`host = watts`), exported as
+    /// `domesday_host_power_budget_watts` for alert rules.
+    #[serde(default)]
+    pub host_power_budget_watts: std::collections::BTreeMap<String, f64>,
 }
 
 /// Annex I 1(d) type of data centre (Art. 2(1)–(3) of 2024/1364).
@@ -391,26 +377,6 @@ pub enum RegisterFunction {
     Input,
 }
 
-/// A secret read from a file; never printed.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 /// Default polling interval of meter readers.
 pub const DEFAULT_METER_INTERVAL: Duration = Duration::from_secs(60);
 /// Default timeout of one meter read (connect and answer).
@@ -529,7 +495,7 @@ pub struct PullConfig {
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
     #[serde(skip)]
-    pub bearer_token: Option<String>,
+    pub bearer_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -705,6 +671,23 @@ fn validate_site_details(
             ));
         }
         seen.push(h);
+    }
+    for (h, w) in &s.host_power_budget_watts {
+        // The host's own line in a `[sites.host_power_budget_watts]` table, else the key's.
+        let key = "host_power_budget_watts";
+        let site_line = find_site_key(text, id, "id");
+        let place = [format!("\"{h}\""), h.clone(), key.to_string()]
+            .iter()
+            .map(|k| find_site_key(text, id, k))
+            .find(|o| *o != site_line)
+            .unwrap_or(site_line);
+        let msg = |m: String| err(place, format!("site {id:?}: key `{key}`: {m}"));
+        if !valid_host(h) {
+            return Err(msg(format!("host {h:?} must be a non-empty host name without spaces or quotes")));
+        }
+        if !(w.is_finite() && *w > 0.0) {
+            return Err(msg(format!("host {h:?}: {w} W must be a positive number of watts")));
+        }
     }
     let mut ids: Vec<&str> = Vec::new();
     for l in &s.it_loads {
@@ -963,13 +946,7 @@ fn validate_reader(
             }
             match (&m.username, &m.password_file) {
                 (Some(_), Some(f)) => {
-                    let p = std::fs::read_to_string(f)
-                        .map_err(|e| at("password_file", format!("cannot read {}: {e}", f.display())))?;
-                    let p = p.trim_end_matches(['\n', '\r']);
-                    if p.is_empty() {
-                        return Err(at("password_file", format!("{} is empty", f.display())));
-                    }
-                    m.password = Some(Secret::new(p));
+                    m.password = Some(read_secret_file(f, false).map_err(|why| at("password_file", why))?);
                 }
                 (Some(_), None) => {
                     return Err(at("username", "needs `password_file` (a file holding the password)".into()));
@@ -1090,12 +1067,8 @@ impl CollectorConfig {
                     at("token_sha256", "must be 64 hex digits (domesday-collector hash-token < token)".into())
                 })?,
                 (None, Some(f)) => {
-                    let token = std::fs::read_to_string(f)
-                        .map_err(|e| at("token_file", format!("cannot read {}: {e}", f.display())))?;
-                    if token.trim().is_empty() {
-                        return Err(at("token_file", format!("{} is empty", f.display())));
-                    }
-                    hash_token(&token)
+                    let token = read_secret_file(f, true).map_err(|why| at("token_file", why))?;
+                    hash_token(token.expose())
                 }
                 _ => {
                     return Err(at("id", format!("site {:?} needs exactly one of token_sha256 or token_file", s.id)));
@@ -1136,20 +1109,19 @@ impl CollectorConfig {
             validate_site_details(&site_cfg, &text, &err)?;
             sites.push(Site { config: site_cfg, token_hash });
         }
-        if let Some(c) = &cfg.carbon
-            && let Err(e) = c.validate()
-        {
-            return Err(at(e.key, e.message.clone()));
-        }
         let mut cfg = cfg;
+        // The sites as validated: their meters hold the passwords and CA files read above.
+        cfg.sites = sites.iter().map(|s| s.config.clone()).collect();
+        if let Some(c) = &mut cfg.carbon {
+            // The API key too is read now, before anything binds: a bad key file fails `check-config` and `serve` alike.
+            c.validate().and_then(|()| c.load_key()).map_err(|e| at(e.key, e.message.clone()))?;
+        }
         if let Some(f) = &mut cfg.forward {
             if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
                 return Err(at("url", format!("[forward] url {:?} must start with http:// or https://", f.url)));
             }
             if let Some(t) = &f.token_file {
-                let token = std::fs::read_to_string(t)
-                    .map_err(|e| at("token_file", format!("[forward] cannot read {}: {e}", t.display())))?;
-                f.token = Some(token.trim().to_string());
+                f.token = Some(read_secret_file(t, true).map_err(|why| at("token_file", format!("[forward] {why}")))?);
             }
         }
         for p in &mut cfg.pull {
@@ -1166,9 +1138,7 @@ impl CollectorConfig {
                 ));
             }
             if let Some(f) = &p.bearer_token_file {
-                let t = std::fs::read_to_string(f)
-                    .map_err(|e| at("bearer_token_file", format!("cannot read {}: {e}", f.display())))?;
-                p.bearer_token = Some(t.trim().to_string());
+                p.bearer_token = Some(read_secret_file(f, true).map_err(|why| at("bearer_token_file", why))?);
             }
         }
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -1189,8 +1159,47 @@ impl CollectorConfig {
         Ok(Loaded { config: cfg, sites, read_hash })
     }
 
+    /// The effective configuration as TOML, for `check-config`. Secrets are
+    /// never in it: a closing comment says, for each, where it was read from.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        let mut secrets: Vec<String> = Vec::new();
+        let from = |key: &str, f: &Option<PathBuf>| match f {
+            Some(f) => format!("{key} {}", f.display()),
+            None => key.to_string(),
+        };
+        for s in &self.sites {
+            for m in &s.meters {
+                if let Some(p) = &m.password {
+                    let d = p.describe(&from("password_file", &m.password_file));
+                    secrets.push(format!("sites.{}.meters.{}.password: {d}", s.id, m.id));
+                }
+            }
+        }
+        for p in &self.pull {
+            if let Some(t) = &p.bearer_token {
+                secrets.push(format!(
+                    "pull.{}.bearer_token: {}",
+                    p.site,
+                    t.describe(&from("bearer_token_file", &p.bearer_token_file))
+                ));
+            }
+        }
+        if let Some(t) = self.forward.as_ref().and_then(|f| f.token.as_ref().map(|t| (t, f))) {
+            secrets.push(format!("forward.token: {}", t.0.describe(&from("token_file", &t.1.token_file))));
+        }
+        if let Some(c) = &self.carbon
+            && let Some(k) = &c.api_key
+        {
+            secrets.push(format!("carbon.api_key: {}", k.describe(&from("api_key_file", &c.api_key_file))));
+        }
+        if !secrets.is_empty() {
+            out.push_str("\n# secrets, read at load and never shown:\n");
+            for s in secrets {
+                out.push_str(&format!("# {s}\n"));
+            }
+        }
+        out
     }
 }
 
@@ -1313,6 +1322,10 @@ mod tests {
         let m = &l.sites[0].config.meters[0];
         assert_eq!(m.password.as_ref().map(Secret::expose), Some("s3cret"));
         assert!(!format!("{m:?}").contains("s3cret"), "Debug must not show the password");
+        let shown = l.config.to_toml();
+        let line =
+            format!("# sites.caen-1.meters.pdu-a1.password: <redacted>, 6 bytes, from password_file {}", pw.display());
+        assert!(shown.contains(&line) && !shown.contains("s3cret"), "{shown}");
         assert!(!l.config.to_toml().contains("s3cret"));
         let e = refused(&meter("https://pdu/x", "username = \"monitor\"\n"));
         assert!(e.contains(":12:") && e.contains("password_file"), "{e}");
@@ -1455,6 +1468,20 @@ mod tests {
             "{meter}[[sites.it_loads]]\nid = \"sw\"\nkind = \"network\"\nmeter = \"pdu-a1-o7\"\nquality = \"estimated\"\n"
         )));
         assert!(e.contains(":14:") && e.contains("nameplate_watts only"), "{e}");
+    }
+
+    #[test]
+    fn host_power_budgets_are_checked() {
+        let l = load(&site("[sites.host_power_budget_watts]\n\"srv-1\" = 450.0\n\"srv-2\" = 600\n")).expect("load");
+        let b = &l.sites[0].config.host_power_budget_watts;
+        assert_eq!(b.get("srv-1"), Some(&450.0));
+        assert_eq!(b.get("srv-2"), Some(&600.0));
+        let e = refused(&site("[sites.host_power_budget_watts]\n\"srv-1\" = -5.0\n"));
+        assert!(e.contains(":6:") && e.contains("positive number of watts") && e.contains("srv-1"), "{e}");
+        let e = refused(&site("host_power_budget_watts = { \"srv 1\" = 300.0 }\n"));
+        assert!(e.contains(":5:") && e.contains("host name"), "{e}");
+        let e = refused(&site("host_power_budget_watts = { \"srv-1\" = \"300 W\" }\n"));
+        assert!(e.contains(":5:"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use domesday_spool::Spool;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::Dur;
+use domesday_model::duration::Dur;
+use domesday_model::secret::Secret;
 
 /// Bodies waiting for the forwarder thread.
 pub const FORWARD_QUEUE: usize = 1024;
@@ -41,7 +42,7 @@ pub struct ForwardConfig {
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     #[serde(skip)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Where bodies wait while the upstream is away (default: `forward-spool` beside the ledger).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
@@ -93,7 +94,7 @@ async fn send(client: &reqwest::Client, cfg: &ForwardConfig, body: &[u8]) -> Sen
         .header("User-Agent", concat!("domesday-collector/", env!("CARGO_PKG_VERSION")))
         .body(body.to_vec());
     if let Some(t) = &cfg.token {
-        req = req.bearer_auth(t);
+        req = req.bearer_auth(t.expose());
     }
     match req.send().await {
         Ok(r) if r.status().is_success() => Sent::Ok,

@@ -1,12 +1,15 @@
-//! remote_write ingest rules (contract §6): authentication of the site's token,
-//! limits, protocol validation, and the split of a request into what the ledger
-//! books and what is only counted. Pure functions over a decoded request, so
-//! every rule is unit-tested without HTTP.
+//! remote_write ingest rules: authentication of the site's token, limits,
+//! protocol validation, and the split of a request into what the ledger books
+//! and what is only counted. Pure functions over a decoded request, so every
+//! rule is unit-tested without HTTP; a Remote-Write 1.0 and a 2.0 body decode
+//! to the same view and meet the same rules.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use domesday_model::remote_write::{DecodeError, WriteRequestView, decompress, is_stale_nan};
-use domesday_model::vocab::Method;
+use domesday_model::remote_write2::Counts;
+use domesday_model::vocab::{Method, Quality};
 use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
@@ -27,6 +30,9 @@ pub enum Refusal {
     Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A `Content-Type` or `Content-Encoding` this receiver does not read (415).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl Refusal {
@@ -36,6 +42,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::TooLarge(_) => 413,
+            Refusal::Unsupported(_) => 415,
         }
     }
 
@@ -46,6 +53,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::Forbidden(_) => "wrong_site",
             Refusal::TooLarge(_) => "too_large",
+            Refusal::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -62,6 +70,9 @@ pub struct Accepted {
     /// (host, latest timestamp) per run of series of one host, for last-seen:
     /// a host whose series are not adjacent appears more than once.
     pub hosts: Vec<(String, i64)>,
+    /// Samples booked under a value this collector's vocabulary does not know,
+    /// by (label, value): a sender newer than the collector (see [`classify`]).
+    pub unknown: BTreeMap<(&'static str, String), u64>,
 }
 
 /// Finds the site whose token this is, comparing hashes in constant time.
@@ -103,6 +114,13 @@ pub fn parse(raw: &[u8]) -> Result<WriteRequestView<'_>, Refusal> {
     WriteRequestView::parse(raw).map_err(refusal)
 }
 
+/// Decodes a decompressed Remote-Write 2.0 body into the same view as a 1.0
+/// body (labels resolved into its symbols table, borrowing `raw`), with the
+/// counts its response headers report.
+pub fn parse_v2(raw: &[u8]) -> Result<(WriteRequestView<'_>, Counts), Refusal> {
+    WriteRequestView::parse_v2(raw).map_err(refusal)
+}
+
 fn refusal(e: DecodeError) -> Refusal {
     match e {
         DecodeError::TooLarge { .. } => Refusal::TooLarge(e.to_string()),
@@ -118,6 +136,7 @@ struct KnownLabels<'a> {
     site: Option<&'a str>,
     host: Option<&'a str>,
     method: Option<&'a str>,
+    quality: Option<&'a str>,
     machine_id: Option<&'a str>,
 }
 
@@ -151,12 +170,104 @@ fn scan_labels<'a>(i: usize, labels: &[(&'a str, &'a str)], limits: &IngestConfi
             "site" => &mut known.site,
             "host" => &mut known.host,
             "method" => &mut known.method,
+            "quality" => &mut known.quality,
             "machine_id" => &mut known.machine_id,
             _ => continue,
         };
         *slot = Some(value);
     }
     Ok(known)
+}
+
+/// Longest value of a closed-vocabulary label booked as is when unknown.
+pub const MAX_VOCABULARY_VALUE: usize = 64;
+
+/// Whether an unknown value of a closed vocabulary can be stored and shown as
+/// is: 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `:`, the shape every
+/// vocabulary value has (no separator, control character or space that could
+/// blur a series' identity in the ledger or an exposition).
+pub fn vocabulary_shaped(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_VOCABULARY_VALUE
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// The method and quality a host energy series is booked under.
+///
+/// A known method books with the quality the vocabulary gives it. A method this
+/// collector does not know (an agent upgraded before its collector, the usual
+/// order of a roll-out) is booked under its own name, with the quality its
+/// `quality` label states: `measured` or `estimated`, anything else or none is
+/// `estimated` (a figure is never claimed measured on a guess). Each unknown
+/// value seen (method or quality) is counted with `samples` in `unknown`, so an
+/// operator sees the new value. Only a missing, empty or ill-shaped method (see
+/// [`vocabulary_shaped`]) is malformed: the series' energy cannot be attributed.
+pub fn classify(
+    i: usize,
+    method: Option<&str>,
+    quality: Option<&str>,
+    samples: u64,
+    unknown: &mut BTreeMap<(&'static str, String), u64>,
+) -> Result<(Cow<'static, str>, Cow<'static, str>), Refusal> {
+    let method = method.unwrap_or("");
+    let stated = match quality {
+        None => None,
+        Some(q) => match Quality::ALL.iter().find(|k| k.as_str() == q) {
+            Some(k) => Some(*k),
+            None => {
+                if !q.is_empty() {
+                    let q = if vocabulary_shaped(q) { q } else { UNKNOWN_OVERFLOW };
+                    *unknown.entry(("quality", q.to_string())).or_insert(0) += samples;
+                }
+                None
+            }
+        },
+    };
+    if let Some(m) = Method::ALL.iter().find(|m| m.as_str() == method) {
+        return Ok((Cow::Borrowed(m.as_str()), Cow::Borrowed(m.quality().as_str())));
+    }
+    if !vocabulary_shaped(method) {
+        return Err(Refusal::BadRequest(format!(
+            "series {i}: {HOST_ENERGY_METRIC} needs a `method` label of 1 to {MAX_VOCABULARY_VALUE} ASCII letters, digits, `_`, `-`, `.` or `:`, not {method:?}"
+        )));
+    }
+    *unknown.entry(("method", method.to_string())).or_insert(0) += samples;
+    let quality = stated.unwrap_or(Quality::Estimated);
+    Ok((Cow::Owned(method.to_string()), Cow::Borrowed(quality.as_str())))
+}
+
+/// How many distinct unknown values per label `domesday_ingest_unknown_values_total`
+/// tracks; further values are added to [`UNKNOWN_OVERFLOW`], so a sender cannot
+/// grow the collector's memory or its exposition without bound.
+pub const UNKNOWN_VALUES_PER_LABEL: usize = 16;
+
+/// The value under which unknown values beyond the cap (or not vocabulary-shaped) are counted.
+pub const UNKNOWN_OVERFLOW: &str = "other";
+
+/// Adds `n` samples seen with an unknown `value` of `label` to the tracked
+/// counts, folding a value beyond [`UNKNOWN_VALUES_PER_LABEL`] into
+/// [`UNKNOWN_OVERFLOW`]. Returns whether `value` is newly tracked (worth a log line).
+pub fn track_unknown(
+    tracked: &mut BTreeMap<(&'static str, String), u64>,
+    label: &'static str,
+    value: &str,
+    n: u64,
+) -> bool {
+    let key = (label, value.to_string());
+    if let Some(c) = tracked.get_mut(&key) {
+        *c += n;
+        return false;
+    }
+    let distinct = tracked.range((label, String::new())..).take_while(|(k, _)| k.0 == label).count();
+    let has_overflow = tracked.contains_key(&(label, UNKNOWN_OVERFLOW.to_string()));
+    // The overflow bucket does not take one of the named values' places.
+    if distinct - usize::from(has_overflow) < UNKNOWN_VALUES_PER_LABEL && value != UNKNOWN_OVERFLOW {
+        tracked.insert(key, n);
+        true
+    } else {
+        *tracked.entry((label, UNKNOWN_OVERFLOW.to_string())).or_insert(0) += n;
+        false
+    }
 }
 
 /// The ledger's preferred order: by host and method, then time.
@@ -247,11 +358,8 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
         if host.is_empty() {
             return Err(Refusal::BadRequest(format!("series {i}: {name} without a `host` label cannot be booked")));
         }
-        let method_label = known.method.unwrap_or("");
-        let Some(method) = Method::ALL.iter().find(|m| m.as_str() == method_label) else {
-            return Err(Refusal::BadRequest(format!("series {i}: {name} has an unknown method {method_label:?}")));
-        };
-        let labels = SeriesLabels::host(site_labels.clone(), host, method.as_str(), method.quality().as_str());
+        let (method, quality) = classify(i, known.method, known.quality, ts.samples.len() as u64, &mut acc.unknown)?;
+        let labels = SeriesLabels::host(site_labels.clone(), host, method, quality);
         for s in ts.samples {
             let value_uj = if is_stale_nan(s.value) {
                 None
@@ -390,14 +498,109 @@ mod tests {
         assert!(matches!(split(&(&bad_name).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
         let bad_label = req(vec![series(&[("__name__", "x"), ("a-b", "1"), ("site", "s")], &[(1.0, NOW)])]);
         assert!(matches!(split(&(&bad_label).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
-        let bad_method = req(vec![series(
-            &[("__name__", HOST_ENERGY_METRIC), ("site", "s"), ("host", "h"), ("method", "guess")],
-            &[(1.0, NOW)],
-        )]);
-        assert!(matches!(split(&(&bad_method).into(), "s", NOW, &limits), Err(Refusal::BadRequest(_))));
+        // A method that cannot be attributed: missing, empty, or not shaped like a vocabulary value.
+        for method in [None, Some(""), Some("bmc dcmi"), Some("a\u{1f}b"), Some(&*"x".repeat(65))] {
+            let mut labels = vec![("__name__", HOST_ENERGY_METRIC), ("site", "s"), ("host", "h")];
+            labels.extend(method.map(|m| ("method", m)));
+            let r = req(vec![energy("s", &[(1.0, NOW)]), series(&labels, &[(1.0, NOW)])]);
+            let e = split(&(&r).into(), "s", NOW, &limits).expect_err("malformed method");
+            assert!(matches!(&e, Refusal::BadRequest(m) if m.contains("series 1") && m.contains("`method`")), "{e}");
+        }
         let small = IngestConfig { max_series_per_request: 1, ..IngestConfig::default() };
         let two = req(vec![energy("s", &[(1.0, NOW)]), energy("s", &[(2.0, NOW)])]);
         assert!(matches!(split(&(&two).into(), "s", NOW, &small), Err(Refusal::TooLarge(_))));
+    }
+
+    fn with_method(method: &str, quality: Option<&str>, samples: &[(f64, i64)]) -> TimeSeries {
+        let mut labels = vec![("__name__", HOST_ENERGY_METRIC), ("host", "h1"), ("method", method), ("site", "s")];
+        labels.extend(quality.map(|q| ("quality", q)));
+        series(&labels, samples)
+    }
+
+    #[test]
+    fn an_unknown_method_is_booked_under_its_name_with_the_quality_it_states() {
+        let r = req(vec![
+            with_method("psu_input", Some("measured"), &[(1.0, NOW - 2000), (2.0, NOW - 1000)]),
+            with_method("cxl_meter", Some("measured"), &[(5.0, NOW - 2000), (7.0, NOW - 1000)]),
+            with_method("gpu_model", Some("estimated"), &[(1.0, NOW - 1000)]),
+            // No quality, or one this collector does not know: estimated, never claimed measured.
+            with_method("future_a", None, &[(1.0, NOW - 1000)]),
+            with_method("future_b", Some("calibrated"), &[(1.0, NOW - 1000), (2.0, NOW)]),
+            // A known method keeps its vocabulary quality; its unknown quality label is still counted.
+            with_method("model", Some("calibrated"), &[(3.0, NOW)]),
+        ]);
+        let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
+        let booked: Vec<(&str, &str, i64)> = a
+            .batch
+            .samples
+            .iter()
+            .map(|s| (&*s.series.method, &*s.series.quality, s.value_micro.unwrap_or(-1)))
+            .collect();
+        assert_eq!(
+            booked,
+            vec![
+                ("cxl_meter", "measured", 5_000_000),
+                ("cxl_meter", "measured", 7_000_000),
+                ("future_a", "estimated", 1_000_000),
+                ("future_b", "estimated", 1_000_000),
+                ("future_b", "estimated", 2_000_000),
+                ("gpu_model", "estimated", 1_000_000),
+                ("model", "estimated", 3_000_000),
+                ("psu_input", "measured", 1_000_000),
+                ("psu_input", "measured", 2_000_000),
+            ]
+        );
+        let unknown: Vec<(&str, &str, u64)> = a.unknown.iter().map(|((l, v), n)| (*l, v.as_str(), *n)).collect();
+        assert_eq!(
+            unknown,
+            vec![
+                ("method", "cxl_meter", 2),
+                ("method", "future_a", 1),
+                ("method", "future_b", 2),
+                ("method", "gpu_model", 1),
+                ("quality", "calibrated", 3),
+            ]
+        );
+        // A quality value that is not vocabulary-shaped is counted as `other`, not refused.
+        let r = req(vec![with_method("x_y", Some("very measured"), &[(1.0, NOW)])]);
+        let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
+        assert_eq!(&*a.batch.samples[0].series.quality, "estimated");
+        assert_eq!(a.unknown.get(&("quality", UNKNOWN_OVERFLOW.to_string())), Some(&1));
+    }
+
+    #[test]
+    fn unknown_values_tracked_are_capped_per_label() {
+        let mut t = BTreeMap::new();
+        for i in 0..UNKNOWN_VALUES_PER_LABEL {
+            assert!(track_unknown(&mut t, "method", &format!("m{i}"), 1));
+        }
+        assert!(!track_unknown(&mut t, "method", "m0", 2), "a tracked value is not new");
+        assert!(!track_unknown(&mut t, "method", "one_too_many", 5));
+        assert!(!track_unknown(&mut t, "method", "another", 1));
+        assert_eq!(t.get(&("method", UNKNOWN_OVERFLOW.to_string())), Some(&6));
+        assert_eq!(t.get(&("method", "m0".to_string())), Some(&3));
+        // Another label has its own room.
+        assert!(track_unknown(&mut t, "quality", "calibrated", 1));
+    }
+
+    proptest::proptest! {
+        /// Whatever values arrive, in whatever order: at most the cap plus `other` per label,
+        /// and every sample counted exactly once.
+        #[test]
+        fn unknown_tracking_is_bounded_and_loses_no_count(
+            seen in proptest::collection::vec((0usize..2, "[a-z]{1,3}", 1u64..5), 0..200)
+        ) {
+            let mut t = BTreeMap::new();
+            let mut total = 0;
+            for (l, v, n) in &seen {
+                track_unknown(&mut t, ["method", "quality"][*l], v, *n);
+                total += n;
+            }
+            for label in ["method", "quality"] {
+                proptest::prop_assert!(t.keys().filter(|k| k.0 == label).count() <= UNKNOWN_VALUES_PER_LABEL + 1);
+            }
+            proptest::prop_assert_eq!(t.values().sum::<u64>(), total);
+        }
     }
 
     #[test]

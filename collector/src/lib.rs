@@ -2,7 +2,8 @@
 //! exact energy ledger.
 //!
 //! Code map:
-//! - [`config`]: collector config (sites, tokens, ledger and ingest limits), validated first.
+//! - [`config`]: collector config (sites, tokens, ledger and ingest limits), validated first;
+//!   [`secret_file`] reads the secret files it names at load.
 //! - [`ingest`]: the ingest rules as pure functions (auth, limits, validation, what is booked).
 //! - [`ledger`]: booking arithmetic, the SQLite store behind narrow traits, the writer thread, reads.
 //! - [`forward`]: `[forward]`, every accepted request passed on to an upstream TSDB through a disk spool.
@@ -32,6 +33,7 @@ pub mod ledger;
 pub mod meters;
 pub mod pull;
 pub mod reports;
+pub mod secret_file;
 pub mod serve;
 pub mod site_metrics;
 pub mod site_report;

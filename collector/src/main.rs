@@ -101,6 +101,20 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Retire a decommissioned host: it is no longer expected to report (`domesday_host_retired` = 1, so
+    /// "host silent" alerts stop), while its energy stays in the ledger. Works while `serve` runs.
+    RetireHost {
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        host: String,
+        /// Who retires the host.
+        #[arg(long)]
+        by: String,
+        /// Why (kept with the retirement).
+        #[arg(long)]
+        reason: String,
+    },
     /// Write a consistent copy of the ledger (SQLite online backup; works while `serve` runs).
     Backup {
         /// Destination file (must not exist).
@@ -158,6 +172,23 @@ enum ReportCommand {
         #[arg(long)]
         out: Option<PathBuf>,
         /// Write the declaration even when mandatory fields are missing.
+        #[arg(long)]
+        draft: bool,
+    },
+    /// The French public sheet (Code de l'énergie D.236-3): an HTML page, JSON and CSV in a directory.
+    Publication {
+        #[arg(long)]
+        site: String,
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Directory to write `<site>-<year>.html`, `.json` and `.csv` into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Publish even when mandatory fields are missing.
         #[arg(long)]
         draft: bool,
     },
@@ -343,6 +374,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("recorded: meter {} swapped at {at} (final {final_reading}, initial {initial} {})", m.id, m.unit);
             Ok(())
         }
+        Command::RetireHost { site, host, by, reason } => {
+            use domesday_collector::ledger::sqlite::{Retire, retire_host};
+            let s = sites
+                .iter()
+                .find(|s| s.config.id == site)
+                .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
+            require_reason(&by, &reason)?;
+            let expected = s.config.expected_hosts.contains(&host);
+            let who = Provenance { author: by, reason, recorded_ms: now_ms() };
+            match retire_host(&cfg.db, &site, &host, expected, &who)? {
+                Retire::Retired => {
+                    println!("recorded: host {host} of site {site} retired by {} ({})", who.author, who.reason);
+                    Ok(())
+                }
+                Retire::Already(r) => {
+                    println!(
+                        "host {host} of site {site} was already retired by {} at {} ({}); nothing changed",
+                        r.by,
+                        domesday_collector::ledger::query::rfc3339(r.retired_ms),
+                        r.reason
+                    );
+                    Ok(())
+                }
+                Retire::UnknownHost => bail!(
+                    "the ledger has no host {host:?} at site {site:?} and it is not in the site's expected_hosts; \
+                     check the name (GET /api/v1/sites/{site}/hosts lists them)"
+                ),
+            }
+        }
         Command::Backup { to } => {
             if to.exists() {
                 bail!("{} exists; choose a new file", to.display());
@@ -355,7 +415,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Report(ReportCommand::Eed { site, year, from, to, format, out, draft }) => {
-            report_eed(&cfg, &sites, &site, year, from.zip(to), &format, out, draft)
+            report_eed(&cfg, &sites, &site, year, from.zip(to), Some(&format), out, draft)
+        }
+        Command::Report(ReportCommand::Publication { site, year, from, to, out, draft }) => {
+            report_eed(&cfg, &sites, &site, year, from.zip(to), None, Some(out), draft)
         }
         Command::Report(ReportCommand::Region { region, year, from, to, format, declarations, out }) => {
             report_region(&cfg, &sites, region, year, from.zip(to), &format, declarations, out)
@@ -401,8 +464,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `report eed`: the declaration as `reports::document` makes it, written
-/// to `out` or standard output; an incomplete one is refused (exit status 3).
+/// `report eed` (`format` given: one file, or standard output) and `report
+/// publication` (`format` none: the public sheet's files into the `out`
+/// directory), as `reports::document` makes them; an incomplete declaration
+/// is refused with exit status 3.
 #[allow(clippy::too_many_arguments)]
 fn report_eed(
     cfg: &CollectorConfig,
@@ -410,14 +475,19 @@ fn report_eed(
     site: &str,
     year: Option<i16>,
     range: Option<(String, String)>,
-    format: &str,
+    format: Option<&str>,
     out: Option<PathBuf>,
     draft: bool,
 ) -> anyhow::Result<()> {
-    use domesday_collector::reports::document::{DocumentError, Request, eed_document};
+    use domesday_collector::reports::document::{DocumentError, declaration};
     use domesday_collector::reports::eed::ReportPeriod;
-    use domesday_collector::reports::render::OutputFormat;
-    let Some(format) = OutputFormat::parse(format) else { bail!("--format {format:?}: use json, csv or xlsx") };
+    use domesday_collector::reports::render::{OutputFormat, render};
+    let format = match format {
+        Some(f) => {
+            Some(OutputFormat::parse(f).ok_or_else(|| anyhow::anyhow!("--format {f:?}: use json, csv or xlsx"))?)
+        }
+        None => None,
+    };
     let s = sites
         .iter()
         .find(|s| s.config.id == site)
@@ -439,13 +509,23 @@ fn report_eed(
         None => None,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let req = Request { period, format, draft };
-    let doc = rt.block_on(eed_document(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), req, now_ms()));
-    let bytes = match doc {
-        Ok(b) => b,
+    let d = rt.block_on(declaration(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, draft, now_ms()));
+    let d = match d {
+        Ok(d) => d,
         Err(e @ DocumentError::Incomplete { .. }) => return Err(Incomplete(e.to_string()).into()),
         Err(e) => return Err(e.into()),
     };
+    let Some(format) = format else {
+        let dir = out.ok_or_else(|| anyhow::anyhow!("--out DIR is required"))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, bytes) in domesday_collector::reports::publication::files(&d)? {
+            let p = dir.join(&name);
+            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            println!("{}", p.display());
+        }
+        return Ok(());
+    };
+    let bytes = render(&d, format)?;
     match out {
         Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
         None => {

@@ -108,7 +108,7 @@ pub async fn pull_once(
     let url = query_url(cfg);
     let mut req = client.get(&url);
     if let Some(t) = &cfg.bearer_token {
-        req = req.bearer_auth(t);
+        req = req.bearer_auth(t.expose());
     }
     let body = req
         .send()

@@ -32,7 +32,7 @@ pub async fn serve(
     }
     let reader = Arc::new(SqliteReader::new(&cfg.db, policy));
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
-    let s = stats.clone();
+    let (s, t) = (stats.clone(), stats.clone());
     let (handle, writer_thread) = writer::spawn(
         Box::new(store),
         Box::new(move |b, o| {
@@ -40,8 +40,28 @@ pub async fn serve(
                 st.committed(b, o);
             }
         }),
+        Box::new(move |totals| {
+            if let Ok(mut st) = t.lock() {
+                st.ledger_totals(totals);
+            }
+        }),
     )
     .context("starting the ledger writer")?;
+    // Commits of other processes (`import-meters`, `correct`, `swap-meter`) reach the
+    // site energy counters at the writer's next group; this wakes it when no data comes.
+    let sync = {
+        let (h, every) = (handle.clone(), cfg.gauges_refresh.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                if h.sync().await == Err(writer::SubmitError::Stopped) {
+                    break;
+                }
+            }
+        })
+    };
     let pulls: Vec<_> = cfg
         .pull
         .iter()
@@ -90,6 +110,8 @@ pub async fn serve(
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
     gauges.abort();
+    sync.abort();
+    let _ = sync.await;
     if let Some((handle, task)) = forward {
         // Closing the queue lets the forwarder finish what is queued (to upstream or the spool).
         drop(handle);

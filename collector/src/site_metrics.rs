@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use domesday_model::catalog::{
-    GRID_INTENSITY, SITE_COVERAGE, SITE_CUE, SITE_DCIE, SITE_EMISSIONS, SITE_ERF, SITE_INFO, SITE_POWER, SITE_PUE,
-    SITE_REF, SITE_WUE,
+    GRID_INTENSITY, HOST_POWER_BUDGET, HOST_RETIRED, SITE_COVERAGE, SITE_CUE, SITE_DCIE, SITE_EMISSIONS, SITE_ERF,
+    SITE_INFO, SITE_POWER, SITE_PUE, SITE_PUE_TARGET, SITE_REF, SITE_WUE,
 };
 use domesday_model::exposition::Sample;
 
@@ -18,7 +18,7 @@ use crate::indicators::period::{Period, Window};
 use crate::indicators::{Indicator, Name};
 use crate::ledger::query::{EnergyQuery, EnergyReport, HostRow};
 use crate::ledger::writer::now_ms;
-use crate::ledger::{HostModel, LedgerReader, StoreError};
+use crate::ledger::{HostModel, LedgerReader, Retirement, StoreError};
 use crate::site_report;
 
 fn text<T: serde::Serialize>(v: &T) -> String {
@@ -42,6 +42,29 @@ fn indicator_samples(site: &str, window: &str, list: &[Indicator], out: &mut Vec
             Name::Ref => out.push(Sample::new(&SITE_REF, vec![s, w], v)),
             Name::Ere | Name::Ppue => {}
         }
+    }
+}
+
+/// The numbers alert rules compare with (PromQL cannot compare with a label):
+/// the PUE target, the host power budgets and the retired hosts.
+fn threshold_samples(
+    s: &crate::config::SiteConfig,
+    retired: Result<Vec<Retirement>, StoreError>,
+    out: &mut Vec<Sample>,
+) {
+    if let Some(t) = s.pue_target {
+        out.push(Sample::new(&SITE_PUE_TARGET, vec![s.id.clone()], t));
+    }
+    for (host, w) in &s.host_power_budget_watts {
+        out.push(Sample::new(&HOST_POWER_BUDGET, vec![s.id.clone(), host.clone()], *w));
+    }
+    match retired {
+        Ok(list) => {
+            for r in list {
+                out.push(Sample::new(&HOST_RETIRED, vec![s.id.clone(), r.host], 1.0));
+            }
+        }
+        Err(e) => tracing::warn!(site = %s.id, error = %e, "retired hosts not read"),
     }
 }
 
@@ -72,6 +95,7 @@ pub async fn compute(
             ],
             1.0,
         ));
+        threshold_samples(s, reader.retired_hosts(&s.id), &mut out);
         let Ok(tz) = jiff::tz::TimeZone::get(&s.timezone) else { continue };
         let params = site_report::params(s, cfg.carbon.as_ref());
         let mut roles: Vec<String> = s.meters.iter().map(|m| m.role.clone()).collect();
@@ -119,7 +143,8 @@ pub async fn compute(
                 }
             }
             let period = Period { from_ms: from, to_ms: to, interim: true };
-            match site_report::period_indicators(reader, s, &params, carbon, period, now).await {
+            let cats = site_report::implied_categories(s);
+            match site_report::period_indicators(reader, s, &params, carbon, period, now, &cats).await {
                 Ok(list) => indicator_samples(&s.id, w.as_str(), &list, &mut out),
                 Err(e) => tracing::warn!(site = %s.id, window = w.as_str(), error = %e, "site indicators failed"),
             }
@@ -179,6 +204,9 @@ impl LedgerReader for OnceReader<'_> {
     }
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
         self.inner.role_hourly(site, role, from_ms, to_ms)
+    }
+    fn retired_hosts(&self, site: &str) -> Result<Vec<Retirement>, StoreError> {
+        self.inner.retired_hosts(site)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::config::SiteConfig;
 use crate::indicators::emissions::{EnergyInterval, time_matched};
 use crate::indicators::inputs::{Amount, GridCarbon, HallTotals, MissingMeter, SiteParams, SiteTotals, kwh_from_uj};
 use crate::indicators::period::{Period, Step, split};
-use crate::indicators::{Indicator, IndicatorsReport, PeriodReport, Role, site_indicators};
+use crate::indicators::{Category, Indicator, IndicatorsReport, PeriodReport, Role, category_of, site_indicators};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::{LedgerReader, StoreError};
 
@@ -30,6 +30,35 @@ fn set(slot: &mut Option<Amount>, a: Amount) {
         Some(old) => old + a,
         None => a,
     });
+}
+
+/// The PUE categories a site's configuration implies: category 3 always (the
+/// site's `it_in` is the agents' host energy unless an `it_in` meter replaces
+/// it), and the category of each configured IT metering point (`ups_out` 1,
+/// `pdu_out` 2). Each of them appears in the indicators answer, refused
+/// `missing_it_energy_for_category` when it cannot be computed.
+pub fn implied_categories(site: &SiteConfig) -> Vec<Category> {
+    let mut cats: Vec<Category> =
+        site.meters.iter().filter_map(|m| Role::parse(&m.role).and_then(category_of)).collect();
+    cats.push(Category::ItInput);
+    cats.sort();
+    cats.dedup();
+    cats
+}
+
+/// Parses the `category` query parameter: `1`, `2`, `3`, comma-separated.
+pub fn parse_categories(v: &str) -> Result<Vec<Category>, String> {
+    let mut cats = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let c = Category::ALL
+            .into_iter()
+            .find(|c| c.label() == part)
+            .ok_or_else(|| format!("category {part:?} is not a PUE category: use 1, 2 or 3 (comma-separated)"))?;
+        cats.push(c);
+    }
+    cats.sort();
+    cats.dedup();
+    Ok(cats)
 }
 
 /// Site parameters from its meters and the carbon settings.
@@ -199,7 +228,7 @@ pub async fn period_inputs(
     Ok((t, grid))
 }
 
-/// Indicators of one period.
+/// Indicators of one period, for each of `categories`.
 pub async fn period_indicators(
     reader: &dyn LedgerReader,
     site: &SiteConfig,
@@ -207,9 +236,10 @@ pub async fn period_indicators(
     carbon: Option<&CarbonService>,
     period: Period,
     now_ms: i64,
+    categories: &[Category],
 ) -> Result<Vec<Indicator>, StoreError> {
     let (t, grid) = period_inputs(reader, site, carbon, period, now_ms).await?;
-    Ok(site_indicators(&t, params, grid.as_ref()))
+    Ok(site_indicators(&t, params, grid.as_ref(), categories))
 }
 
 /// Runs `f`, whose ledger reads are synchronous (SQLite), without stalling the
@@ -224,7 +254,8 @@ pub async fn with_blocking_reads<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-/// The `GET /api/v1/sites/{site}/indicators` answer.
+/// The `GET /api/v1/sites/{site}/indicators` answer: the indicators of each
+/// of `categories` (the caller's), else of the site's [`implied_categories`].
 #[allow(clippy::too_many_arguments)]
 pub async fn report(
     reader: &dyn LedgerReader,
@@ -235,13 +266,16 @@ pub async fn report(
     to_ms: i64,
     step: &str,
     now_ms: i64,
+    categories: Option<&[Category]>,
 ) -> Result<IndicatorsReport, ReportError> {
+    let implied = implied_categories(site);
+    let categories = categories.unwrap_or(&implied);
     let step = Step::parse(step).map_err(|e| ReportError::Period(e.to_string()))?;
     let tz = jiff::tz::TimeZone::get(&site.timezone).map_err(|e| ReportError::Period(e.to_string()))?;
     let periods = split(from_ms, to_ms, step, &tz, now_ms).map_err(|e| ReportError::Period(e.to_string()))?;
     let mut out = Vec::with_capacity(periods.len());
     for p in periods {
-        let indicators = period_indicators(reader, site, params, carbon, p, now_ms).await?;
+        let indicators = period_indicators(reader, site, params, carbon, p, now_ms, categories).await?;
         let models = reader.host_models(&site.id, p.from_ms, p.to_ms)?;
         let embodied =
             period_embodied(models.iter().map(|(_, m)| (m.vendor.as_str(), m.product.as_str())), p.from_ms, p.to_ms);

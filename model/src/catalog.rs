@@ -234,7 +234,16 @@ metric!(
     Counter,
     "",
     ["reason"],
-    "Refused requests (invalid, unauthorized, wrong_site, too_large, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+);
+metric!(
+    INGEST_UNKNOWN_VALUES,
+    Collector,
+    "domesday_ingest_unknown_values_total",
+    Counter,
+    "",
+    ["label", "value"],
+    "Host energy samples booked although a closed-vocabulary label (method, quality) had a value this collector does not know (a sender newer than the collector), by label and value. At most 16 distinct values per label are tracked; further values, and values not shaped like a vocabulary value, are counted as value=\"other\"."
 );
 metric!(
     LEDGER_LAG,
@@ -373,6 +382,33 @@ metric!(
     "Site identity; value 1."
 );
 metric!(
+    SITE_PUE_TARGET,
+    Collector,
+    "domesday_site_pue_target",
+    Gauge,
+    "",
+    ["site"],
+    "The site's PUE target (pue_target in the collector config), for alert rules to compare domesday_site_pue with; absent when not configured."
+);
+metric!(
+    HOST_POWER_BUDGET,
+    Collector,
+    "domesday_host_power_budget_watts",
+    Gauge,
+    "watts",
+    ["site", "host"],
+    "A host's power budget (host_power_budget_watts in the collector config), for alert rules to compare domesday_host_power_watts with."
+);
+metric!(
+    HOST_RETIRED,
+    Collector,
+    "domesday_host_retired",
+    Gauge,
+    "",
+    ["site", "host"],
+    "1 for a host retired with `domesday-collector retire-host` (decommissioned: silence is expected; its energy stays in the ledger)."
+);
+metric!(
     GRID_INTENSITY,
     Collector,
     "domesday_grid_carbon_intensity_grams_per_kwh",
@@ -427,6 +463,7 @@ pub const CATALOG: &[MetricDef] = &[
     INGEST_REQUESTS,
     INGEST_SAMPLES,
     INGEST_REJECTED,
+    INGEST_UNKNOWN_VALUES,
     LEDGER_LAG,
     LEDGER_DB_BYTES,
     METER_READINGS,
@@ -442,6 +479,9 @@ pub const CATALOG: &[MetricDef] = &[
     SITE_COVERAGE,
     SITE_EMISSIONS,
     SITE_INFO,
+    SITE_PUE_TARGET,
+    HOST_POWER_BUDGET,
+    HOST_RETIRED,
     GRID_INTENSITY,
     FORWARD_REQUESTS,
     FORWARD_SPOOL_BYTES,

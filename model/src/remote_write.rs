@@ -1,8 +1,10 @@
-//! Prometheus remote_write 1.0 wire format (contract §5): the four protobuf
+//! Prometheus remote_write 1.0 wire format
+//! (<https://prometheus.io/docs/specs/prw/remote_write_spec/>): the four protobuf
 //! messages of `prompb` written by hand with prost derives (no protoc), and the
 //! snappy block framing, and [`WriteRequestView`], the receiver's borrowing
-//! decoder. Decoding checks the length snappy declares before
-//! allocating, so a 7-byte body cannot ask for gigabytes.
+//! decoder of 1.0 bodies and (in [`crate::remote_write2`]) of 2.0 bodies.
+//! Decoding checks the length snappy declares before allocating, so a 7-byte
+//! body cannot ask for gigabytes.
 
 use prost::Message;
 
@@ -71,6 +73,10 @@ pub enum DecodeError {
     TooLarge { declared: usize, limit: usize },
     #[error("body is not a remote_write WriteRequest: {0}")]
     Protobuf(String),
+    /// Valid protobuf, but not a valid Remote-Write 2.0 request (a label
+    /// reference outside the symbols table, an odd number of references).
+    #[error("body is not a valid Remote-Write 2.0 request: {0}")]
+    Request2(String),
 }
 
 /// Serialises and snappy-compresses a request.
@@ -106,10 +112,10 @@ pub fn decompress(body: &[u8], max_uncompressed: usize) -> Result<Vec<u8>, Decod
 /// be UTF-8, a repeated scalar keeps its last value.
 #[derive(Debug, Default)]
 pub struct WriteRequestView<'a> {
-    labels: Vec<(&'a str, &'a str)>,
-    samples: Vec<Sample>,
+    pub(crate) labels: Vec<(&'a str, &'a str)>,
+    pub(crate) samples: Vec<Sample>,
     /// Per series, where its labels and its samples end in the two vectors.
-    ends: Vec<(usize, usize)>,
+    pub(crate) ends: Vec<(usize, usize)>,
 }
 
 /// One series of a [`WriteRequestView`].
@@ -133,7 +139,7 @@ impl From<prost::DecodeError> for DecodeError {
     }
 }
 
-fn malformed(what: &str) -> DecodeError {
+pub(crate) fn malformed(what: &str) -> DecodeError {
     DecodeError::Protobuf(what.to_string())
 }
 
@@ -211,7 +217,7 @@ impl<'a> From<&'a WriteRequest> for WriteRequestView<'a> {
 }
 
 /// The bytes of a length-delimited field, checked against what is left.
-fn delimited<'a>(buf: &mut &'a [u8], wire_type: prost::encoding::WireType) -> Result<&'a [u8], DecodeError> {
+pub(crate) fn delimited<'a>(buf: &mut &'a [u8], wire_type: prost::encoding::WireType) -> Result<&'a [u8], DecodeError> {
     prost::encoding::check_wire_type(prost::encoding::WireType::LengthDelimited, wire_type)?;
     let len = prost::encoding::decode_varint(buf)?;
     if len > buf.len() as u64 {
@@ -242,7 +248,7 @@ fn parse_label(mut buf: &[u8]) -> Result<(&str, &str), DecodeError> {
     Ok((name, value))
 }
 
-fn parse_sample(mut buf: &[u8]) -> Result<Sample, DecodeError> {
+pub(crate) fn parse_sample(mut buf: &[u8]) -> Result<Sample, DecodeError> {
     use prost::encoding::{WireType, check_wire_type};
     let mut sample = Sample::default();
     while !buf.is_empty() {

@@ -4,6 +4,7 @@
 //! receiver ([`mock_rw`]). No production logic here.
 
 pub mod mock_rw;
+pub mod prom;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;

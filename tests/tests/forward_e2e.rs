@@ -77,3 +77,62 @@ fn forwarded_through_an_upstream_outage_in_order_and_complete() {
     );
     assert_eq!(upstream.received().iter().filter(|r| r.status == 400).count(), 1);
 }
+
+/// A Remote-Write 2.0 request is forwarded as 1.0 (the upstream protocol), its
+/// float series with their labels resolved from the symbols table; its
+/// histograms and exemplars stay with the collector.
+#[test]
+fn a_remote_write_2_request_is_forwarded_as_1_0() {
+    use domesday_model::remote_write::Sample;
+    use domesday_model::remote_write2::{self as v2, Histogram, Request, TimeSeries};
+    let upstream = MockReceiver::start("up-token");
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("up.token"), "up-token").expect("token");
+    let extra = format!(
+        "\n[forward]\nurl = \"{}\"\ntoken_file = {:?}\nspool_dir = {:?}\ntimeout = \"2s\"\n",
+        upstream.url(),
+        dir.path().join("up.token").display().to_string(),
+        dir.path().join("fwd-spool").display().to_string()
+    );
+    let c = Collector::start_with(dir.path(), free_port(), TOKEN, &extra);
+    let t0 = 1_795_000_000_000i64;
+    let symbols = ["", "__name__", "domesday_host_energy_joules_total", "host", "srv-f", "method", "model"];
+    let symbols = symbols.iter().chain(&["quality", "estimated", "site", "caen-1", "rpc_seconds"]);
+    let req = Request {
+        symbols: symbols.map(|s| s.to_string()).collect(),
+        timeseries: vec![
+            TimeSeries {
+                labels_refs: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                samples: vec![Sample { value: 10.0, timestamp: t0 }, Sample { value: 12.0, timestamp: t0 + 1000 }],
+                ..Default::default()
+            },
+            TimeSeries {
+                labels_refs: vec![1, 11, 9, 10],
+                histograms: vec![Histogram { timestamp: t0, ..Default::default() }],
+                ..Default::default()
+            },
+        ],
+    };
+    let resp = reqwest::blocking::Client::new()
+        .post(c.url("/api/v1/write"))
+        .bearer_auth(TOKEN)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", v2::CONTENT_TYPE)
+        .header("X-Prometheus-Remote-Write-Version", v2::VERSION)
+        .body(v2::encode(&req))
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 204);
+    upstream.wait_for("forwarded", Duration::from_secs(10), |r| r.iter().any(|x| x.accepted()));
+    let got = upstream.accepted_series();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        domesday_tests::mock_rw::series_key(&got[0]),
+        "__name__=domesday_host_energy_joules_total,host=srv-f,method=model,quality=estimated,site=caen-1"
+    );
+    assert_eq!(
+        got[0].samples.iter().map(|s| (s.value, s.timestamp)).collect::<Vec<_>>(),
+        [(10.0, t0), (12.0, t0 + 1000)]
+    );
+    assert!(upstream.problems().is_empty(), "{:?}", upstream.problems());
+}

@@ -369,6 +369,64 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let (code, _, _) = fetch(&c.url("/api/v1/reports/eed?site=caen-1"));
     assert_eq!(code, 400);
+
+    // The public sheet: HTML + JSON + CSV, the public subset, the same numbers.
+    let pubdir = out("public");
+    let o = collector(
+        &cfg,
+        &["report", "publication", "--site", "caen-1", "--year", "2025", "--out", &pubdir.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(pubdir.join("caen-1-2025.html")).expect("html");
+    let pub_json = std::fs::read_to_string(pubdir.join("caen-1-2025.json")).expect("json");
+    let pub_csv = std::fs::read_to_string(pubdir.join("caen-1-2025.csv")).expect("csv");
+    golden("publication-caen-1-2025.html", &page);
+    let p: serde_json::Value = serde_json::from_str(&pub_json).expect("publication json");
+    assert_eq!(p["schema"], "domesday.eed-publication");
+    for text in [&page, &pub_json, &pub_csv] {
+        assert!(!text.contains("energie@ndc.example") && !text.contains("A. Martin"), "personal contact published");
+        assert!(!text.contains("[[sites"), "config keys published");
+    }
+    assert!(page.contains("noc@ndc.example"), "the operator's contact (Annex I 1(b)) is public");
+    for bad in ["<script", "<link", "src=", "@import", "url("] {
+        assert!(!page.contains(bad), "the page is not self-contained: {bad}");
+    }
+    assert!(page.contains("<svg") && page.contains("@media print"), "inline SVG and print CSS");
+    // Every number the page shows is the declaration's (unrounded in data-value).
+    let mut shown = 0;
+    for (section, fields) in p.as_object().expect("object").iter().filter(|(_, v)| v.is_object()) {
+        for (key, f) in fields.as_object().expect("fields") {
+            let Some(v) = f.get("value").and_then(|v| v.as_f64()) else { continue };
+            let attr = format!("data-field=\"{key}\" data-value=\"");
+            let at = page.find(&attr).unwrap_or_else(|| panic!("{section}.{key} is not on the page"));
+            let rest = &page[at + attr.len()..];
+            let shown_v: f64 = rest[..rest.find('"').expect("quote")].parse().expect("number");
+            assert_eq!(shown_v, v, "{section}.{key}");
+            assert_eq!(
+                Some(v),
+                d[section.as_str()][key]["value"].as_f64(),
+                "{section}.{key}: publication vs declaration"
+            );
+            shown += 1;
+        }
+    }
+    assert!(shown > 15, "{shown}");
+    for i in p["indicators"].as_array().expect("indicators") {
+        let name = i["name"].as_str().expect("name");
+        let attr = format!("data-indicator=\"{name}\" data-value=\"");
+        let at = page.find(&attr).unwrap_or_else(|| panic!("{name} is not on the page"));
+        let rest = &page[at + attr.len()..];
+        assert_eq!(rest[..rest.find('"').expect("quote")].parse::<f64>().ok(), api_ind(i)["value"].as_f64(), "{name}");
+        if let Some(class) = i["class"].as_str() {
+            assert!(page.contains(&format!("data-class=\"{class}\"")), "{name} class {class}");
+        }
+    }
+    // Over HTTP: the same page.
+    let (code, ctype, body) = fetch(&c.url("/reports/publication?site=caen-1&year=2025"));
+    assert_eq!((code, ctype.starts_with("text/html")), (200, true));
+    assert_eq!(String::from_utf8_lossy(&body), page);
+    let (code, _, _) = fetch(&c.url("/reports/publication?site=rouen-1&year=2025"));
+    assert_eq!(code, 422);
     drop(c);
 
     // Incomplete: refused with the list, nothing written; --draft writes it.
@@ -506,4 +564,46 @@ fn every_declaration_field_is_documented() {
     for key in d.as_object().expect("object").keys() {
         assert!(doc.contains(&format!("`{key}`")), "envelope key {key} is not documented");
     }
+}
+
+/// Headless Chromium renders the golden public sheet: the screenshot is far
+/// from blank (against an empty page rendered the same way), and the rendered
+/// DOM shows the golden declaration's indicator values and classes.
+#[test]
+fn chromium_renders_the_public_sheet() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let page = root.join("golden/reports/publication-caen-1-2025.html");
+    let dir = tempfile::tempdir().expect("tmp");
+    let blank = dir.path().join("blank.html");
+    std::fs::write(&blank, "<!DOCTYPE html><html><body></body></html>").expect("blank");
+    let shot = |html: &Path, png: &Path| {
+        let o = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2400"])
+            .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(html)
+            .output()
+            .expect("chromium (apt-get install chromium; test.sh installs it)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::metadata(png).expect("screenshot").len()
+    };
+    let (full, empty) = (shot(&page, &dir.path().join("page.png")), shot(&blank, &dir.path().join("blank.png")));
+    assert!(full > 10 * empty, "the page renders blank: {full} bytes against {empty} for an empty page");
+    let o = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(&page)
+        .output()
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let golden = std::fs::read_to_string(root.join("golden/reports/eed-caen-1-2025.json")).expect("golden");
+    let d: serde_json::Value = serde_json::from_str(&golden).expect("json");
+    for i in d["indicators"].as_array().expect("indicators") {
+        let (name, v) = (i["name"].as_str().expect("name"), i["value"].as_f64().expect("value"));
+        assert!(dom.contains(&format!("data-indicator=\"{name}\" data-value=\"{v}\"")), "{name} = {v} not rendered");
+        if let Some(c) = i["class"].as_str() {
+            assert!(dom.contains(&format!("indicative class {c}")), "{name} class {c} not rendered");
+        }
+    }
+    assert!(dom.contains("Caen 1") && dom.contains("Annex II 1(d)"), "rendered DOM lacks the page's text");
 }

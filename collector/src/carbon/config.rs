@@ -14,8 +14,9 @@ use super::rte::RteSource;
 use super::service::{CarbonService, ServiceOptions};
 use super::static_factors::{self, StaticSource};
 use super::{FactorBasis, IntensitySource};
-use crate::config::Dur;
 use crate::indicators::SiteParams;
+use domesday_model::duration::Dur;
+use domesday_model::secret::Secret;
 
 /// Where live intensities come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,9 @@ pub struct CarbonConfig {
     /// Electricity Maps only: file holding the API key (sent as header `auth-token`).
     #[serde(default)]
     pub api_key_file: Option<PathBuf>,
+    /// The key read from `api_key_file` by [`CarbonConfig::load_key`] when the configuration is loaded.
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
     /// Per request.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
@@ -207,7 +211,23 @@ impl CarbonConfig {
         p.chilled_water_g_per_kwh = self.chilled_water_g_per_kwh;
     }
 
-    /// Validates, reads the API key, and builds the cached service.
+    /// Reads the Electricity Maps API key from `api_key_file` (when the source
+    /// needs one), so that a missing or empty file is refused with the rest of
+    /// the configuration, before anything binds.
+    pub fn load_key(&mut self) -> Result<(), CarbonConfigError> {
+        if self.source == SourceKind::Electricitymaps {
+            self.api_key = Some(self.read_key()?);
+        }
+        Ok(())
+    }
+
+    fn read_key(&self) -> Result<Secret, CarbonConfigError> {
+        let path = self.api_key_file.as_ref().ok_or_else(|| err("api_key_file", "missing"))?;
+        crate::secret_file::read_secret_file(path, true).map_err(|why| err("api_key_file", why))
+    }
+
+    /// Validates and builds the cached service, with the key [`CarbonConfig::load_key`] read
+    /// (or, for a configuration built in code, read now).
     pub fn build(&self) -> Result<CarbonService, CarbonConfigError> {
         self.validate()?;
         let zone = self.grid_zone.trim().to_ascii_uppercase();
@@ -229,18 +249,15 @@ impl CarbonConfig {
                 self.dataset.as_deref().unwrap_or(super::rte::DEFAULT_DATASET),
             )),
             SourceKind::Electricitymaps => {
-                let path = self.api_key_file.as_ref().ok_or_else(|| err("api_key_file", "missing"))?;
-                let key = std::fs::read_to_string(path)
-                    .map_err(|e| err("api_key_file", format!("cannot read {}: {e}", path.display())))?;
-                let key = key.trim();
-                if key.is_empty() {
-                    return Err(err("api_key_file", format!("{} is empty", path.display())));
-                }
+                let key = match &self.api_key {
+                    Some(k) => k.clone(),
+                    None => self.read_key()?,
+                };
                 Arc::new(ElectricityMapsSource::new(
                     client()?,
                     self.base_url.as_deref().unwrap_or(super::electricitymaps::DEFAULT_BASE_URL),
                     &zone,
-                    key,
+                    key.expose(),
                     basis,
                 ))
             }

@@ -423,24 +423,23 @@ pub fn ppue(t: &SiteTotals, hall: Option<&str>, c: Category) -> Indicator {
 }
 
 /// Every indicator of one site over one period, in a stable order: per IT
-/// category metered anywhere on the site (1, 2, 3): `pue`, `dcie`, `ere`,
-/// `cue` location (when `carbon` is given), `cue` market (when a residual mix
-/// is configured), `wue` total and potable; then `erf`, `ref`; then `ppue` of
-/// the site and of each hall with a cooling meter. A site with no IT meter
-/// gets `pue`/`dcie`/`ere`/`wue` refused with `missing_meter` (`role:it_in`).
-pub fn site_indicators(t: &SiteTotals, p: &SiteParams, carbon: Option<&GridCarbon>) -> Vec<Indicator> {
+/// category of `cats` (the categories the site's configuration implies, or
+/// those the caller asked for; see `site_report::implied_categories`): `pue`,
+/// `dcie`, `ere`, `cue` location (when `carbon` is given), `cue` market (when
+/// a residual mix is configured), `wue` total and potable; then `erf`, `ref`;
+/// then `ppue` of the site per category of `cats` and of each hall with a
+/// cooling meter. A category of `cats` the site does not meter is never left
+/// out: its indicators are there, refused `missing_it_energy_for_category`.
+pub fn site_indicators(
+    t: &SiteTotals,
+    p: &SiteParams,
+    carbon: Option<&GridCarbon>,
+    cats: &[Category],
+) -> Vec<Indicator> {
     let mut out = Vec::new();
-    let cats = t.categories();
-    if cats.is_empty() {
-        for name in [Name::Pue, Name::Dcie, Name::Ere, Name::Wue] {
-            let mut b = Build::new(name);
-            if name == Name::Wue {
-                b.ind.water = Some(Water::Total);
-            }
-            b.fail(Refused::new(Refusal::MissingMeter, role_missing(Role::ItIn)));
-            out.push(b.done());
-        }
-    }
+    let mut cats = cats.to_vec();
+    cats.sort();
+    cats.dedup();
     for &c in &cats {
         out.push(pue(t, p, c));
         out.push(dcie(t, p, c));

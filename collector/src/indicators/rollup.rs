@@ -89,9 +89,9 @@ pub fn rollup(parts: &[&Indicator]) -> Result<Indicator, RollupError> {
 
 /// Rolls up whole sets (one `Vec` per hall or site, as
 /// [`super::site_indicators`] returns them): per (name, basis, water), the
-/// categories every part has are rolled up; a category only some parts have
-/// is refused `mixed_categories` (or, for a part with no IT meter at all,
-/// that part's refusal). Per-hall pPUE entries are left out.
+/// categories every part meters are rolled up; a category only some parts
+/// meter is refused `mixed_categories`, and one no part meters keeps the
+/// parts' `missing_it_energy_for_category`. Per-hall pPUE entries are left out.
 pub fn rollup_sets(parts: &[Vec<Indicator>]) -> Vec<Indicator> {
     let mut keys: Vec<(Name, String)> = Vec::new();
     for i in parts.iter().flatten().filter(|i| i.hall.is_none()) {
@@ -108,10 +108,19 @@ pub fn rollup_sets(parts: &[Vec<Indicator>]) -> Vec<Indicator> {
         cats.sort();
         cats.dedup();
         for c in cats {
+            // A part that lists the category only to refuse it for want of its IT meter does not have it.
+            let has = |i: &&&Indicator| i.category == c && i.error != Some(Refusal::MissingItEnergyForCategory);
+            if !groups.iter().any(|g| g.iter().any(|i| has(&i))) {
+                // No part meters it: the first part's refusal stands for all.
+                if let Some(r) = groups.iter().flatten().find(|i| i.category == c) {
+                    out.push((*r).clone());
+                }
+                continue;
+            }
             let mut chosen: Vec<&Indicator> = Vec::new();
             let mut refusal: Option<Indicator> = None;
             for g in &groups {
-                if let Some(i) = g.iter().find(|i| i.category == c) {
+                if let Some(i) = g.iter().find(has) {
                     chosen.push(i);
                     continue;
                 }

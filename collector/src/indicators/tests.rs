@@ -57,7 +57,7 @@ fn t4_eed_example() {
     t.halls.insert(String::new(), hall(Category::Ups, 8_000_000.0));
     let e = inputs::edc(&t, &p()).expect("E_DC");
     assert_eq!(e.total_kwh, 10_000_000.0);
-    let all = site_indicators(&t, &p(), None);
+    let all = site_indicators(&t, &p(), None, &t.categories());
     let c1 = Some(Category::Ups);
     assert_eq!(find(&all, Name::Pue, c1).value, Some(1.25));
     assert_eq!(find(&all, Name::Dcie, c1).value, Some(0.8));
@@ -376,7 +376,7 @@ fn partial_pue_per_hall() {
     assert_eq!(ppue(&t, Some("A"), Category::Pdu).value, Some(1.3));
     assert_eq!(ppue(&t, Some("B"), Category::Pdu).value, Some(1.2));
     assert_eq!(ppue(&t, None, Category::Pdu).value, Some(370.0 / 300.0));
-    let all = site_indicators(&t, &p(), None);
+    let all = site_indicators(&t, &p(), None, &t.categories());
     let halls: Vec<_> = all.iter().filter(|i| i.name == Name::Ppue).map(|i| (i.hall.clone(), i.value)).collect();
     assert_eq!(halls, vec![(None, Some(370.0 / 300.0)), (Some("A".into()), Some(1.3)), (Some("B".into()), Some(1.2))]);
     assert_eq!(serde_json::to_value(all.last().expect("ppue")).expect("json")["hall"], "B");
@@ -393,15 +393,25 @@ fn one_pue_per_category() {
     if let Some(h) = t.halls.get_mut("") {
         h.it_in = m(1_000.0);
     }
-    let all = site_indicators(&t, &p(), None);
+    let all = site_indicators(&t, &p(), None, &t.categories());
     assert_eq!(find(&all, Name::Pue, Some(Category::Ups)).value, Some(1.25));
     assert_eq!(find(&all, Name::Pue, Some(Category::ItInput)).value, Some(1.5));
     assert!(all.iter().all(|i| i.name != Name::Pue || i.category != Some(Category::Pdu)));
     assert_eq!(it_energy(&t, Category::Ups).map(|a| a.value), Ok(1_200.0));
     // No IT meter: refused, visibly.
     let none = SiteTotals { utility_in: m(1.0), ..Default::default() };
-    let all = site_indicators(&none, &p(), None);
-    assert_eq!(find(&all, Name::Pue, None).error, Some(Refusal::MissingMeter));
+    let all = site_indicators(&none, &p(), None, &[Category::ItInput]);
+    let i = find(&all, Name::Pue, Some(Category::ItInput));
+    assert_eq!((i.value, i.error), (None, Some(Refusal::MissingItEnergyForCategory)));
+    assert_eq!(i.missing_meters, vec!["role:it_in".to_string()]);
+    // A category asked for (or implied by the configuration) but not metered is
+    // refused in the answer, never left out: every per-category indicator.
+    let all = site_indicators(&t, &p(), None, &[Category::Ups, Category::ItInput, Category::Pdu]);
+    for name in [Name::Pue, Name::Dcie, Name::Ere, Name::Wue] {
+        let i = find(&all, name, Some(Category::Pdu));
+        assert_eq!((i.value, i.error), (None, Some(Refusal::MissingItEnergyForCategory)), "{name:?}");
+    }
+    assert_eq!(find(&all, Name::Pue, Some(Category::Ups)).value, Some(1.25));
 }
 
 #[test]
@@ -459,7 +469,8 @@ fn rollup_of_site_sets() {
         h.it_in = m(1_000.0);
     }
     let b = site(700.0, Category::ItInput, 500.0);
-    let r = rollup_sets(&[site_indicators(&a, &p(), None), site_indicators(&b, &p(), None)]);
+    let cats = [Category::Ups, Category::ItInput];
+    let r = rollup_sets(&[site_indicators(&a, &p(), None, &cats), site_indicators(&b, &p(), None, &cats)]);
     assert_eq!(find(&r, Name::Pue, Some(Category::ItInput)).value, Some(2_200.0 / 1_500.0));
     assert_eq!(find(&r, Name::Pue, Some(Category::Ups)).error, Some(Refusal::MixedCategories));
     // ERF is refused in both (no heat meter), REF is rolled up.
@@ -467,7 +478,7 @@ fn rollup_of_site_sets() {
     assert_eq!(find(&r, Name::Ref, None).value, Some(0.0));
     // A site without carbon config makes the roll-up's CUE refused, not partial.
     let g = GridCarbon::flat(1_500.0, 20.0, "static:config", FactorBasis::Direct);
-    let r = rollup_sets(&[site_indicators(&a, &p(), Some(&g)), site_indicators(&b, &p(), None)]);
+    let r = rollup_sets(&[site_indicators(&a, &p(), Some(&g), &cats), site_indicators(&b, &p(), None, &cats)]);
     let c = r.iter().find(|i| i.name == Name::Cue && i.category == Some(Category::ItInput)).expect("cue");
     assert_eq!(c.error, Some(Refusal::MissingFactor));
 }
@@ -571,7 +582,7 @@ proptest! {
     fn shares_are_ratios(u in 0.0f64..1e6, it in 0.0f64..1e6, est in 0.0f64..1.0, cov in 0.0f64..1.0) {
         let mut t = site(u, Category::ItInput, it);
         t.halls.insert(String::new(), HallTotals { it_in: Some(Amount { value: it, estimated: it * est, coverage_ratio: cov }), ..Default::default() });
-        for i in site_indicators(&t, &p(), None) {
+        for i in site_indicators(&t, &p(), None, &t.categories()) {
             prop_assert!((0.0..=1.0).contains(&i.estimated_share) && (0.0..=1.0).contains(&i.coverage_ratio));
             prop_assert_eq!(i.value.is_some(), i.error.is_none());
             prop_assert!(i.value.is_none_or(f64::is_finite));

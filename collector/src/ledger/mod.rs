@@ -184,6 +184,15 @@ pub struct HostModel {
     pub sockets: Option<u32>,
 }
 
+/// A retired (decommissioned) host: who retired it, why, and when (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Retirement {
+    pub host: String,
+    pub by: String,
+    pub reason: String,
+    pub retired_ms: i64,
+}
+
 /// What one accepted request asks the ledger to do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -192,12 +201,24 @@ pub struct Batch {
     pub intervals: Vec<IntervalReading>,
 }
 
+/// Net energy a batch added to one site's boundary role, µJ (energy units
+/// only: water and fuel volumes are not in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleEnergy {
+    pub site: String,
+    pub role: String,
+    pub energy_uj: i128,
+}
+
 /// What the ledger did with a batch's samples.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub booked: u64,
     /// Net energy this batch added to the ledger, µJ.
     pub energy_uj: i128,
+    /// The same, per (site, role) it went to, energy only: one CSV of several
+    /// meters adds to several roles.
+    pub by_role: Vec<RoleEnergy>,
     /// Same (series, timestamp) and value again: counted once.
     pub duplicate: u64,
     /// Same (series, timestamp), another value: the first wins.
@@ -212,10 +233,27 @@ impl Outcome {
     pub fn add(&mut self, o: &Outcome) {
         self.booked += o.booked;
         self.energy_uj += o.energy_uj;
+        for r in &o.by_role {
+            add_role_energy(&mut self.by_role, &r.site, &r.role, r.energy_uj);
+        }
         self.duplicate += o.duplicate;
         self.conflict += o.conflict;
         self.host_conflict += o.host_conflict;
         self.too_old += o.too_old;
+    }
+}
+
+/// The ledger's total energy per (site, role), µJ.
+pub type SiteTotals = Vec<(String, String, i128)>;
+
+/// Adds `energy_uj` to the `(site, role)` entry of `list` (a handful of entries: a linear search).
+pub fn add_role_energy(list: &mut Vec<RoleEnergy>, site: &str, role: &str, energy_uj: i128) {
+    if energy_uj == 0 {
+        return;
+    }
+    match list.iter_mut().find(|r| r.site == site && r.role == role) {
+        Some(r) => r.energy_uj += energy_uj,
+        None => list.push(RoleEnergy { site: site.to_string(), role: role.to_string(), energy_uj }),
     }
 }
 
@@ -242,6 +280,12 @@ pub trait LedgerWriter: Send {
     /// Work that may wait until the requests are answered (materializing the
     /// journal when it is due); `force` does it now, as at shutdown.
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError>;
+    /// The ledger's total energy per (site, role) when another process (the
+    /// `import-meters`, `correct` or `swap-meter` commands) committed to it
+    /// since the last call, `None` otherwise.
+    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Reads the ledger; safe while a writer runs.
@@ -253,6 +297,10 @@ pub trait LedgerReader: Send + Sync {
     fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError>;
     /// Hourly energy (µJ) of a site's meters of one role over whole hours in `[from, to)`.
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError>;
+    /// The retired hosts of a site (`retire-host`), by host name.
+    fn retired_hosts(&self, _site: &str) -> Result<Vec<Retirement>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@
 //! `hours` buckets of integer µJ (or µL for water and fuel) with the observed
 //! milliseconds, `minutes` buckets of meters (a host series' minutes are
 //! recomputed from its chunks), `hosts` (the machine that owns each host name)
-//! and `host_conflicts`, and the `journal` of host samples not yet written to
-//! chunks and hours ([`super::journal`]).
+//! and `host_conflicts`, the `journal` of host samples not yet written to
+//! chunks and hours ([`super::journal`]), and `retired_hosts` (who retired a
+//! decommissioned host, when and why).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome,
-    StoreError, micro_factor,
+    Retirement, StoreError, micro_factor,
 };
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
@@ -93,6 +94,14 @@ CREATE UNIQUE INDEX chunks_series ON chunks (series_id, first_ts);
 -- Host series' minutes are recomputed from their chunks (see ledger::chunk::minute_shares_of);
 -- `minutes` keeps meters'.
 DELETE FROM minutes WHERE series_id IN (SELECT id FROM series WHERE meter = '');
+"#,
+    r#"
+-- Decommissioned hosts (`retire-host`): their silence is expected; their energy stays booked.
+CREATE TABLE retired_hosts (
+    site TEXT NOT NULL, host TEXT NOT NULL,
+    author TEXT NOT NULL, reason TEXT NOT NULL, retired_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, host)
+);
 "#,
 ];
 
@@ -207,6 +216,9 @@ pub struct SqliteWriter {
     /// A sliced materialization has rows left: the next housekeeping goes on.
     unfinished: bool,
     last_materialized: std::time::Instant,
+    /// `PRAGMA data_version` as last seen: it changes when another connection
+    /// (another process) commits, never for this connection's own commits.
+    data_version: i64,
 }
 
 #[derive(Default)]
@@ -280,7 +292,9 @@ impl SqliteWriter {
                 owners.insert((site, host), (m, t));
             }
         }
+        let data_version = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(SqliteWriter {
+            data_version,
             conn,
             path: path.to_path_buf(),
             policy,
@@ -404,8 +418,15 @@ impl SqliteWriter {
             tx.prepare_cached("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES (?1, ?2, ?3)")?;
         // Requests carry runs of one series: its id is looked up once per run.
         let mut run: Option<(&Arc<super::SeriesLabels>, i64)> = None;
+        // Energy per (site, role): what each sample or interval changed `staged.energy_uj` by,
+        // settled when the next one starts (the loop bodies `continue` early).
+        let mut by_role: Vec<super::RoleEnergy> = Vec::new();
+        let mut open: Option<(&str, &str, &str, i128)> = None;
         for s in &batch.samples {
             let l = &*s.series;
+            settle(&mut by_role, open.take(), staged.energy_uj);
+            open = Some((&l.site, &l.role, &l.unit, staged.energy_uj));
+
             if refused.iter().any(|(site, host)| **site == *l.site && *host == l.host) {
                 out.host_conflict += 1;
                 tx.execute(
@@ -504,6 +525,8 @@ impl SqliteWriter {
             }
         }
         for iv in &batch.intervals {
+            settle(&mut by_role, open.take(), staged.energy_uj);
+            open = Some((&iv.site, &iv.role, &iv.unit, staged.energy_uj));
             let factor = micro_factor(&iv.unit).unwrap_or(0);
             let id = self.series_id(tx, staged, &iv.site, "", &iv.meter, "", "measured", &iv.role, &iv.unit)?;
             let existing: Option<i64> = tx
@@ -528,7 +551,9 @@ impl SqliteWriter {
                 }
             }
         }
+        settle(&mut by_role, open.take(), staged.energy_uj);
         out.energy_uj = staged.energy_uj;
+        out.by_role = by_role;
         Ok(out)
     }
 
@@ -573,6 +598,17 @@ impl SqliteWriter {
         let id = tx.last_insert_rowid();
         staged.series.insert(key, id);
         Ok(id)
+    }
+}
+
+/// Adds what one sample or interval booked (`now` − the total before it) to
+/// its site and role, energy only.
+fn settle(by_role: &mut Vec<super::RoleEnergy>, open: Option<(&str, &str, &str, i128)>, now: i128) {
+    if let Some((site, role, unit, before)) = open
+        && now != before
+        && !super::is_volume(unit)
+    {
+        super::add_role_energy(by_role, site, role, now - before);
     }
 }
 
@@ -649,17 +685,49 @@ impl SqliteWriter {
             ],
             ..Batch::default()
         };
-        let out = self.apply(&[batch], who.recorded_ms)?;
+        // The booking and its audit row (who and why) commit together or not at all:
+        // a swap that lost its provenance would be an unexplained jump in the ledger.
+        let out = self.apply_with(&[batch], |w, tx, staged| {
+            let id = w.series_id(tx, staged, site, "", meter, "", "measured", role, unit)?;
+            tx.execute(
+                "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
+                 VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+                params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
+            )?;
+            Ok(())
+        })?;
+        Ok(out.into_iter().next().unwrap_or_default())
+    }
+
+    /// Books `batches` and runs `also` in the same transaction: either all of
+    /// it commits or none of it (an error from `also` rolls the batches back).
+    fn apply_with(
+        &mut self,
+        batches: &[Batch],
+        also: impl FnOnce(&Self, &rusqlite::Transaction<'_>, &mut Staged) -> Result<(), StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut staged = Staged::default();
         let tx = self.conn.unchecked_transaction()?;
-        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
-        tx.execute(
-            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
-             VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
-            params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
-        )?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for b in batches {
+            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
+        }
+        also(self, &tx, &mut staged)?;
+        let journaled = staged.entries.len();
+        Self::journal_staged(&tx, &mut staged)?;
+        Self::write_buckets(&tx, &staged)?;
         tx.commit()?;
-        Ok(out.into_iter().next().unwrap_or_default())
+        // Only now does the in-memory state follow: a failed commit leaves it untouched.
+        self.series.extend(staged.series);
+        self.last.extend(staged.last);
+        self.owners.extend(staged.owners);
+        if staged.materialized {
+            self.unfinished = false;
+            self.journal_entries = 0;
+            self.last_materialized = std::time::Instant::now();
+        }
+        self.journal_entries += journaled;
+        Ok(outcomes)
     }
 
     /// Writes the staged buckets. Minutes of a series before its prune point
@@ -668,6 +736,56 @@ impl SqliteWriter {
     fn write_buckets(tx: &rusqlite::Transaction<'_>, staged: &Staged) -> Result<(), StoreError> {
         write_bucket_lists(tx, &sorted_buckets(&staged.minutes), &sorted_buckets(&staged.hours))
     }
+}
+
+/// What [`retire_host`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retire {
+    /// Recorded now.
+    Retired,
+    /// The host was retired before; the first record stays.
+    Already(Retirement),
+    /// The ledger has no sample or claim of this host at this site.
+    UnknownHost,
+}
+
+/// Records that a decommissioned host is retired, with who, when and why.
+/// Only a row of its own: the host's series and energy stay as booked. Runs on
+/// its own connection (like `correct`), so it works while `serve` runs.
+/// `known` says the host is expected by the configuration even if the ledger
+/// never saw it.
+pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+    let conn = open_writer(path)?;
+    let tx = conn.unchecked_transaction()?;
+    if let Some(r) = tx
+        .query_row(
+            "SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 AND host = ?2",
+            params![site, host],
+            retirement_row,
+        )
+        .optional()?
+    {
+        return Ok(Retire::Already(r));
+    }
+    let seen: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM series WHERE site = ?1 AND host = ?2) \
+         OR EXISTS (SELECT 1 FROM hosts WHERE site = ?1 AND host = ?2)",
+        params![site, host],
+        |r| r.get(0),
+    )?;
+    if !(seen || known) {
+        return Ok(Retire::UnknownHost);
+    }
+    tx.execute(
+        "INSERT INTO retired_hosts (site, host, author, reason, retired_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![site, host, who.author, who.reason, who.recorded_ms],
+    )?;
+    tx.commit()?;
+    Ok(Retire::Retired)
+}
+
+fn retirement_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Retirement> {
+    Ok(Retirement { host: r.get(0)?, by: r.get(1)?, reason: r.get(2)?, retired_ms: r.get(3)? })
 }
 
 /// A bucket to add: `((series_id, start_ms), (energy, covered_ms))`.
@@ -809,27 +927,7 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
 
 impl LedgerWriter for SqliteWriter {
     fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
-        let mut staged = Staged::default();
-        let tx = self.conn.unchecked_transaction()?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for b in batches {
-            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
-        }
-        let journaled = staged.entries.len();
-        Self::journal_staged(&tx, &mut staged)?;
-        Self::write_buckets(&tx, &staged)?;
-        tx.commit()?;
-        // Only now does the in-memory state follow: a failed commit leaves it untouched.
-        self.series.extend(staged.series);
-        self.last.extend(staged.last);
-        self.owners.extend(staged.owners);
-        if staged.materialized {
-            self.unfinished = false;
-            self.journal_entries = 0;
-            self.last_materialized = std::time::Instant::now();
-        }
-        self.journal_entries += journaled;
-        Ok(outcomes)
+        self.apply_with(batches, |_, _, _| Ok(()))
     }
 
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {
@@ -842,6 +940,17 @@ impl LedgerWriter for SqliteWriter {
                     || self.last_materialized.elapsed().as_millis() as i64 >= self.policy.materialize_every_ms);
         // In slices, so requests are answered between them rather than after the whole journal.
         if due { self.materialize_now(self.policy.materialize_slice.max(1)) } else { Ok(()) }
+    }
+
+    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<super::SiteTotals>, StoreError> {
+        let v: i64 = self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if v == self.data_version {
+            return Ok(None);
+        }
+        self.data_version = v;
+        // Read on the writer's thread, between its commits: the totals are exactly
+        // what its own commits (already reported) and the other process's made.
+        SqliteReader::new(&self.path, self.policy).site_totals().map(Some)
     }
 
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
@@ -989,5 +1098,13 @@ impl LedgerReader for SqliteReader {
 
     fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
         self.read(|c, _| super::query::role_hourly(c, site, role, from_ms, to_ms))
+    }
+
+    fn retired_hosts(&self, site: &str) -> Result<Vec<Retirement>, StoreError> {
+        let conn = self.conn()?;
+        let mut st =
+            conn.prepare("SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 ORDER BY host")?;
+        let rows = st.query_map([site], retirement_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }

@@ -549,3 +549,146 @@ fn preallocated_wal_keeps_what_was_committed_before_and_after() {
         .expect("recovered");
     assert_eq!((r.samples, r.energy_microjoules.as_str()), (20, "19000000"));
 }
+
+#[test]
+fn a_retired_host_keeps_its_energy_and_its_first_record() {
+    use super::sqlite::{Provenance, Retire, retire_host};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let pts = (0..4).map(|i| sample("old", "rapl", T0 + i * 60_000, Some(i * 2_000_000))).collect();
+    w.apply(&[batch(pts)], NOW).expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let before = reader.energy(&query(Some("old"), T0, T0 + 600_000)).expect("energy");
+    assert_eq!(before.energy_microjoules, "6000000");
+    assert!(reader.retired_hosts("s").expect("retired").is_empty());
+
+    // Works with the serving writer still open on the same file.
+    let who = |by: &str, ms| Provenance { author: by.into(), reason: "decommissioned".into(), recorded_ms: ms };
+    assert_eq!(retire_host(&db, "s", "old", false, &who("alice", NOW)).expect("retire"), Retire::Retired);
+    let again = retire_host(&db, "s", "old", false, &who("bob", NOW + 1)).expect("again");
+    let Retire::Already(first) = again else { panic!("{again:?}") };
+    assert_eq!((first.by.as_str(), first.retired_ms), ("alice", NOW));
+    // A host the ledger never saw is refused unless the configuration expects it.
+    assert_eq!(retire_host(&db, "s", "typo", false, &who("alice", NOW)).expect("typo"), Retire::UnknownHost);
+    assert_eq!(retire_host(&db, "other", "old", false, &who("alice", NOW)).expect("site"), Retire::UnknownHost);
+    assert_eq!(retire_host(&db, "s", "never", true, &who("alice", NOW)).expect("expected"), Retire::Retired);
+
+    let list = reader.retired_hosts("s").expect("retired");
+    let hosts: Vec<_> = list.iter().map(|r| (r.host.as_str(), r.by.as_str(), r.reason.as_str())).collect();
+    assert_eq!(hosts, vec![("never", "alice", "decommissioned"), ("old", "alice", "decommissioned")]);
+    assert!(reader.retired_hosts("other").expect("other").is_empty());
+    // The energy is still there, and the writer goes on booking (a late sample of the host too).
+    w.apply(&[batch(vec![sample("old", "rapl", T0 + 4 * 60_000, Some(8_000_000))])], NOW).expect("late");
+    let after = reader.energy(&query(Some("old"), T0, T0 + 600_000)).expect("energy");
+    assert_eq!(after.energy_microjoules, "8000000");
+}
+
+/// A meter swap's booking and its audit row (who, why) are one transaction:
+/// when the audit row cannot be written, nothing of the swap is booked.
+#[test]
+fn a_swap_whose_audit_row_fails_books_nothing() {
+    use super::sqlite::Provenance;
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let reg = |ts: i64, v: i64| CounterSample::meter("s", "edf", "utility_in", "kWh", ts, v);
+    w.apply(&[batch(vec![reg(T0, 1_000_000_000), reg(T0 + 600_000, 1_010_000_000)])], NOW).expect("apply");
+    let r = SqliteReader::new(&db, Policy::default());
+    let before = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    // The audit insert fails (as a full disk or a constraint would) after the booking ran.
+    let c = rusqlite::Connection::open(&db).expect("conn");
+    c.execute_batch(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON adjustments BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
+    )
+    .expect("trigger");
+    let who = Provenance { author: "ops".into(), reason: "meter replaced".into(), recorded_ms: NOW };
+    let e = w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 1_020_000_000, 5_000_000, &who);
+    assert!(e.is_err(), "the swap must fail with its audit row");
+    let after = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    assert_eq!(after, before, "nothing of a failed swap is booked");
+    let samples: i64 = c.query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0)).expect("count");
+    assert_eq!(samples, 2, "the swap's readings were rolled back");
+    // Once the audit can be written, the same swap books and is recorded with who and why.
+    c.execute_batch("DROP TRIGGER no_audit;").expect("drop");
+    w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 1_020_000_000, 5_000_000, &who).expect("swap");
+    let rows: i64 = c.query_row("SELECT COUNT(*) FROM adjustments WHERE kind = 'swap'", [], |r| r.get(0)).expect("n");
+    assert_eq!(rows, 1);
+    let done = r.energy(&meter_query(Some("edf"), None, T0, T0 + 7_200_000)).expect("q");
+    assert_eq!(done.energy_microjoules, (20_000_000i128 * 3_600_000).to_string()); // 20 kWh up to the final reading
+}
+
+/// A batch's outcome says how much energy went to each (site, role): a CSV of
+/// several meters adds to each of their roles, volumes add to none, and a late
+/// host sample's net change goes to `it_in`.
+#[test]
+fn an_outcome_carries_its_energy_per_role() {
+    use super::{IntervalReading, RoleEnergy};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let iv = |meter: &str, role: &str, unit: &str, v: i64| IntervalReading {
+        site: "s".into(),
+        meter: meter.into(),
+        role: role.into(),
+        unit: unit.into(),
+        start_ms: T0,
+        end_ms: T0 + 900_000,
+        value_micro: v,
+    };
+    let b = Batch {
+        samples: vec![
+            CounterSample::meter("s", "edf", "utility_in", "kWh", T0, 1_000_000),
+            CounterSample::meter("s", "edf", "utility_in", "kWh", T0 + 600_000, 3_000_000),
+        ],
+        claims: vec![],
+        intervals: vec![iv("ups", "ups_out", "kWh", 1_500_000), iv("w", "water_in", "m3", 2_000_000)],
+    };
+    let o = w.apply(&[b], NOW).expect("apply");
+    let kwh = 3_600_000i128;
+    let want = vec![
+        RoleEnergy { site: "s".into(), role: "utility_in".into(), energy_uj: 2 * kwh * 1_000_000 },
+        RoleEnergy { site: "s".into(), role: "ups_out".into(), energy_uj: 15 * kwh * 100_000 },
+    ];
+    assert_eq!(o[0].by_role, want);
+    assert_eq!(o[0].by_role.iter().map(|r| r.energy_uj).sum::<i128>() + 2_000_000 * 1_000, o[0].energy_uj);
+    // Host samples, then a late one in between: its net change (here zero) is it_in's.
+    let host = |ts: i64, v: i64| sample("h1", "rapl", ts, Some(v));
+    let o = w.apply(&[batch(vec![host(T0, 0), host(T0 + 120_000, 2_000_000)])], NOW).expect("host");
+    assert_eq!(o[0].by_role, vec![RoleEnergy { site: "s".into(), role: "it_in".into(), energy_uj: 2_000_000 }]);
+    let o = w.apply(&[batch(vec![host(T0 + 60_000, 1_000_000)])], NOW).expect("late");
+    assert!(o[0].by_role.is_empty(), "{:?}", o[0].by_role);
+}
+
+/// A method this collector's vocabulary does not know (booked by ingest under its
+/// own name with the quality its sender stated) is summed, split and reported by
+/// every reader like a known one.
+#[test]
+fn an_unknown_method_is_counted_by_every_reader_under_its_quality() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let s = |method: &str, quality: &str, ts: i64, v: i64| CounterSample::host("s", "h1", method, quality, ts, Some(v));
+    w.apply(
+        &[batch(vec![
+            s("psu_input", "measured", T0, 0),
+            s("psu_input", "measured", T0 + 60_000, 6_000_000),
+            s("cxl_meter", "measured", T0 + 60_000, 10_000_000),
+            s("cxl_meter", "measured", T0 + 120_000, 14_000_000),
+            s("npu_model", "estimated", T0 + 120_000, 1_000_000),
+            s("npu_model", "estimated", T0 + 180_000, 3_000_000),
+        ])],
+        NOW,
+    )
+    .expect("apply");
+    let reader = SqliteReader::new(&db, Policy::default());
+    let r = reader.energy(&query(None, T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(r.energy_uj(), 6_000_000 + 4_000_000 + 2_000_000);
+    assert_eq!((r.measured_joules, r.estimated_joules), (10.0, 2.0));
+    assert_eq!(r.by_method.get("cxl_meter"), Some(&4.0));
+    assert_eq!(r.by_method.get("npu_model"), Some(&2.0));
+    let hosts = reader.hosts("s", T0 + 240_000).expect("hosts");
+    assert_eq!(hosts[0].current_method.as_deref(), Some("npu_model"));
+    assert_eq!(hosts[0].current_quality.as_deref(), Some("estimated"));
+    assert_eq!(hosts[0].estimated_share_24h, Some(2.0 / 12.0));
+}

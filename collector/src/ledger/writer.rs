@@ -32,6 +32,10 @@ pub struct Job {
 /// Called after each commit with the batches and what was booked.
 pub type OnCommit = Box<dyn Fn(&[Batch], &[Outcome]) + Send>;
 
+/// Called with the ledger's totals per (site, role) when another process
+/// committed to the ledger (checked after each group, and at each [`WriterHandle::sync`]).
+pub type OnTotals = Box<dyn Fn(super::SiteTotals) + Send>;
+
 /// The sending side, cloned into the HTTP handlers.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -60,6 +64,12 @@ impl WriterHandle {
         rx.await.map(|(outcome, _batch)| outcome).map_err(|_| SubmitError::Stopped)
     }
 
+    /// Wakes the writer with an empty request so that it looks for commits of
+    /// other processes even when no data arrives (see [`OnTotals`]).
+    pub async fn sync(&self) -> Result<(), SubmitError> {
+        self.submit(Batch::default()).await.map(|_| ())
+    }
+
     pub fn lag_seconds(&self) -> f64 {
         self.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0
     }
@@ -74,6 +84,7 @@ pub fn now_ms() -> i64 {
 pub fn spawn(
     mut store: Box<dyn LedgerWriter>,
     on_commit: OnCommit,
+    on_totals: OnTotals,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<(Job, Instant)>(WRITE_QUEUE);
     let lag_ms = Arc::new(AtomicI64::new(0));
@@ -109,6 +120,11 @@ pub fn spawn(
             // After the answers: materializing the journal delays no request it holds.
             if let Err(e) = store.housekeeping(false) {
                 tracing::warn!(error = %e, "writing the ledger journal to its tables failed; it stays journaled and is retried");
+            }
+            match store.totals_if_changed_elsewhere() {
+                Ok(Some(totals)) => on_totals(totals),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the ledger totals after another process wrote failed"),
             }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = Instant::now();

@@ -1,7 +1,7 @@
 //! One EED declaration document, as the command and the HTTP endpoint both
 //! produce it: build, refuse when incomplete (unless a draft), render.
 
-use super::eed::{Missing, ReportPeriod, build};
+use super::eed::{Declaration, Missing, ReportPeriod, build};
 use super::render::{OutputFormat, RenderError, render};
 use crate::carbon::config::CarbonConfig;
 use crate::carbon::service::CarbonService;
@@ -60,6 +60,23 @@ pub struct Request {
     pub draft: bool,
 }
 
+/// The declaration of `site` over `period`, refused when incomplete unless `draft`.
+pub async fn declaration(
+    reader: &dyn LedgerReader,
+    site: &SiteConfig,
+    carbon_config: Option<&CarbonConfig>,
+    carbon: Option<&CarbonService>,
+    period: ReportPeriod,
+    draft: bool,
+    now_ms: i64,
+) -> Result<Declaration, DocumentError> {
+    let d = build(reader, site, carbon_config, carbon, period, now_ms, generated_at(now_ms)).await?;
+    if !d.missing.is_empty() && !draft {
+        return Err(DocumentError::Incomplete { site: site.id.clone(), missing: d.missing });
+    }
+    Ok(d)
+}
+
 /// The declaration of `site` over the request's period, rendered.
 pub async fn eed_document(
     reader: &dyn LedgerReader,
@@ -69,9 +86,6 @@ pub async fn eed_document(
     req: Request,
     now_ms: i64,
 ) -> Result<Vec<u8>, DocumentError> {
-    let d = build(reader, site, carbon_config, carbon, req.period, now_ms, generated_at(now_ms)).await?;
-    if !d.missing.is_empty() && !req.draft {
-        return Err(DocumentError::Incomplete { site: site.id.clone(), missing: d.missing });
-    }
+    let d = declaration(reader, site, carbon_config, carbon, req.period, req.draft, now_ms).await?;
     Ok(render(&d, req.format)?)
 }

@@ -375,7 +375,7 @@ pub async fn build(
     let (t, grid) =
         period_inputs(reader, site, carbon, Period { from_ms: period.from_ms, to_ms: period.to_ms, interim }, now_ms)
             .await?;
-    let computed = site_indicators(&t, &p, grid.as_ref());
+    let computed = site_indicators(&t, &p, grid.as_ref(), &crate::site_report::implied_categories(site));
     let years = years(site, period.from_ms, period.to_ms);
     let first_year = years.first().copied().unwrap_or(0);
     let ann: AnnualValues = annual(site, first_year).cloned().unwrap_or_default();
@@ -1119,4 +1119,37 @@ type IndicatorSpec = (Name, &'static str, Option<&'static str>, Option<&'static 
 /// A unit enum's serde name (`co_hosting`).
 fn serde_plain<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::indicators::HallTotals;
+
+    fn halls(list: &[(&str, HallTotals)]) -> SiteTotals {
+        SiteTotals { halls: list.iter().map(|(h, t)| (h.to_string(), *t)).collect(), ..SiteTotals::default() }
+    }
+
+    /// Annex II 1(e): the UPS output first, then the PDU, then the IT input the site specifies.
+    #[test]
+    fn eit_is_taken_where_annex_ii_1e_says() {
+        let a = Some(Amount::measured(10.0));
+        let all = HallTotals { ups_out: a, pdu_out: a, it_in: a, cooling: None };
+        assert_eq!(eit_category(&halls(&[("", all)])), Some(Category::Ups));
+        let pdu_it = HallTotals { ups_out: None, ..all };
+        assert_eq!(eit_category(&halls(&[("", pdu_it)])), Some(Category::Pdu));
+        let it = HallTotals { ups_out: None, pdu_out: None, ..all };
+        assert_eq!(eit_category(&halls(&[("", it)])), Some(Category::ItInput));
+        assert_eq!(eit_category(&SiteTotals::default()), None);
+        // Hall A at the UPS, hall B only at the PDU: category 1 does not cover the
+        // site, category 2 does not either; the first metered category is named
+        // (its indicators then carry the mixed_categories refusal).
+        let ups_only = HallTotals { ups_out: a, ..HallTotals::default() };
+        let pdu_only = HallTotals { pdu_out: a, ..HallTotals::default() };
+        let mixed = halls(&[("A", ups_only), ("B", pdu_only)]);
+        assert_eq!(eit_category(&mixed), Some(Category::Ups));
+        assert!(it_energy(&mixed, Category::Ups).is_err());
+        assert_eq!(eit_basis(Category::Ups), "ups_cat1");
+        assert_eq!(eit_basis(Category::ItInput), "declared_point");
+    }
 }

@@ -5,6 +5,7 @@
 //!   Annexes I–III), from the indicators' own inputs and results.
 //! - [`classes`]: the indicative EU classes A–G of PUE and WUE.
 //! - [`document`]: build, refuse when incomplete, render: what the command and the endpoint share.
+//! - [`publication`]: the French public sheet: the public subset as one self-contained HTML page, JSON and CSV.
 //! - [`render`]: the declaration as JSON, CSV and XLSX, byte-reproducible.
 //! - [`region`]: the Region's report over ledger sites and imported declarations;
 //!   [`region_render`] its JSON, CSV, XLSX and HTML; [`opendata`] its public subset
@@ -17,6 +18,7 @@ pub mod declared;
 pub mod document;
 pub mod eed;
 pub mod opendata;
+pub mod publication;
 pub mod region;
 pub mod region_http;
 pub mod region_render;

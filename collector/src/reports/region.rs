@@ -648,7 +648,7 @@ async fn months(
     let mut out = Vec::with_capacity(periods.len());
     for period in periods {
         let (t, grid) = period_inputs(reader, site, carbon, period, now_ms).await?;
-        let inds = site_indicators(&t, &p, grid.as_ref());
+        let inds = site_indicators(&t, &p, grid.as_ref(), &crate::site_report::implied_categories(site));
         let cat = eit_category(&t);
         let e = edc(&t, &p).ok();
         let at = |i: &&crate::indicators::Indicator| cat.is_none() || i.category == cat;

@@ -1,0 +1,125 @@
+//! Secrets and the files a configuration names, through the real binaries:
+//! every one is read and checked before `serve` binds (a bad one fails
+//! `serve` and `check-config` alike, with the file, line and key), and both
+//! binaries' `check-config` show a secret the same way, never its value.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use domesday_tests::binary;
+
+/// The collector's config with `[carbon]` on Electricity Maps whose key is `key_file`.
+fn carbon_config(dir: &std::path::Path, port: u16, key_file: &std::path::Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("t"), "site-token\n").expect("token");
+    let p = dir.join("collector.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+db = {db:?}
+
+[carbon]
+source = "electricitymaps"
+grid_zone = "DE"
+fallback_g_per_kwh = 380.0
+basis = "lifecycle"
+api_key_file = {key:?}
+
+[[sites]]
+id = "caen-1"
+timezone = "Europe/Paris"
+token_file = {t:?}
+"#,
+            db = dir.join("domesday.db").display().to_string(),
+            key = key_file.display().to_string(),
+            t = dir.join("t").display().to_string(),
+        ),
+    )
+    .expect("config");
+    p
+}
+
+fn collector(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(binary("domesday-collector"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("DOMESDAY_LOG", "info")
+        .output()
+        .expect("run collector");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_api_key_file_fails_serve_before_it_binds_and_check_config_alike() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The port is held here: a collector that bound before reading its key would fail on
+    // the port ("cannot listen"), not on the key.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let missing = dir.path().join("electricitymaps.key");
+    let cfg = carbon_config(dir.path(), port, &missing);
+
+    let (code, _, err) = collector(&["serve"], &cfg);
+    assert_eq!(code, Some(2), "{err}");
+    // File and line of the key (line 9 of the config), the key, the file it names, and why.
+    assert!(err.contains("collector.toml:9:"), "{err}");
+    assert!(err.contains("api_key_file") && err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+    assert!(!err.contains("cannot listen") && !err.contains("serving"), "serve went on to bind: {err}");
+    assert!(!dir.path().join("domesday.db").exists(), "serve opened the ledger before refusing its config");
+
+    let (code, out, err) = collector(&["check-config"], &cfg);
+    assert_eq!(code, Some(2), "check-config accepted a missing key file: {out}");
+    assert!(err.contains("collector.toml:9:") && err.contains("api_key_file") && err.contains("cannot read"), "{err}");
+
+    // An empty key file is refused the same way.
+    std::fs::write(&missing, "\n").expect("key");
+    let (code, _, err) = collector(&["serve"], &cfg);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("collector.toml:9:") && err.contains("is empty"), "{err}");
+    drop(held);
+}
+
+#[test]
+fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
+    let dir = tempfile::tempdir().expect("tmp");
+    const KEY: &str = "em-key-9b1f3c";
+    const TOKEN: &str = "push-token-77aa01";
+    let key = dir.path().join("em.key");
+    std::fs::write(&key, format!("{KEY}\n")).expect("key");
+    let cfg = carbon_config(dir.path(), 1, &key);
+    let (code, out, err) = collector(&["check-config"], &cfg);
+    assert_eq!(code, Some(0), "{err}");
+    let collector_line =
+        format!("# carbon.api_key: <redacted>, {} bytes, from api_key_file {}", KEY.len(), key.display());
+    assert!(out.contains(&collector_line), "{out}");
+    assert!(!out.contains(KEY) && !out.contains("***"), "{out}");
+
+    let token = dir.path().join("push.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "site = \"caen-1\"\nhost = \"h\"\n\n[push]\nurl = \"http://127.0.0.1:1/api/v1/write\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ),
+    )
+    .expect("agent config");
+    let out = Command::new(binary("domesday-agent"))
+        .args(["check-config", "--config"])
+        .arg(&agent_cfg)
+        .env_remove("DOMESDAY_PUSH_TOKEN")
+        .output()
+        .expect("agent check-config");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let agent_line = format!("# token: <redacted>, {} bytes, from token_file {}", TOKEN.len(), token.display());
+    assert!(text.contains(&agent_line), "{text}");
+    assert!(!text.contains(TOKEN) && !text.contains("***"), "{text}");
+}
