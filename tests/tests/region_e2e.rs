@@ -552,7 +552,7 @@ fn malformed_declaration_is_refused_with_file_and_field() {
     };
     let o = call("bad.json");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("bad.json: field `annex_ii_energy.edc_kwh.value`: must be a number or null, found a string"),
         "{err}"
