@@ -328,17 +328,25 @@ pub fn figures(v: &Json) -> Result<Figures, String> {
     Ok(f)
 }
 
+/// Whether a declaration URL may be fetched: `https`, or plain `http` on a
+/// loopback address (tests, a local mirror).
+pub fn fetchable(origin: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(origin).map_err(|e| format!("not a URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        _ => Err("only https URLs are fetched (plain http only on a loopback address)".into()),
+    }
+}
+
 /// Reads and validates one declaration from a file or an `https` URL (plain
 /// `http` only on a loopback address, for tests and local mirrors).
 pub async fn load_declaration(origin: &str) -> Result<Imported, RegionError> {
     let err = |problem: String| RegionError::Declaration { origin: origin.to_string(), problem };
     let bytes = if origin.starts_with("https://") || origin.starts_with("http://") {
-        let url = reqwest::Url::parse(origin).map_err(|e| err(format!("not a URL: {e}")))?;
-        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
-        if url.scheme() != "https" && !loopback {
-            return Err(err("only https URLs are fetched (plain http only on a loopback address)".into()));
-        }
+        let url = fetchable(origin).map_err(err)?;
         let client =
             reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().map_err(|e| err(format!("HTTP client: {e}")))?;
         let mut r = client.get(url).send().await.map_err(|e| err(format!("fetching: {e}")))?;
@@ -1080,6 +1088,17 @@ mod tests {
                 let v = v.unwrap_or(f64::NAN);
                 proptest::prop_assert!(v >= lo * (1.0 - 1e-12) && v <= hi * (1.0 + 1e-12), "{v} not in [{lo}, {hi}]");
             }
+        }
+    }
+
+    #[test]
+    fn only_https_or_loopback_http_is_fetched() {
+        assert!(fetchable("https://dc.example/eed.json").is_ok());
+        for ok in ["http://127.0.0.1:8080/a.json", "http://localhost/a.json", "http://[::1]:9/a.json"] {
+            assert!(fetchable(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://dc.example/a.json", "http://127.0.0.1.evil.example/a.json", "ftp://x/a", "nope"] {
+            assert!(fetchable(bad).is_err(), "{bad}");
         }
     }
 
