@@ -119,9 +119,11 @@ pub struct AppState {
     pub site_samples: Arc<Mutex<Vec<Sample>>>,
     /// Counters of the facility meter readers.
     pub meter_stats: Arc<crate::meters::reader::MeterStats>,
+    /// `[reports] declarations`: other operators' declarations for the region report.
+    pub declarations: Vec<String>,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 pub fn router(state: Shared) -> Router {
     let body_limit = state.limits.max_body_bytes;
@@ -132,6 +134,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/sites/{site}/hosts", get(hosts))
         .route("/api/v1/sites/{site}/indicators", get(indicators))
         .route("/api/v1/reports/eed", get(report_eed))
+        .route("/reports/region", get(crate::reports::region_http::report_region))
         .route("/reports/publication", get(report_publication))
         .route("/api/v1/sites/{site}/meter-readings", post(meter_readings).layer(DefaultBodyLimit::max(body_limit)))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -140,7 +143,7 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into() + "\n").into_response()
 }
 
@@ -344,7 +347,7 @@ async fn meter_readings(
 }
 
 /// Read endpoints: free on loopback, else the read token. `Some` is the refusal.
-fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
     if peer.ip().is_loopback() {
         return None;
     }

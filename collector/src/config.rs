@@ -525,6 +525,19 @@ pub struct CollectorConfig {
     /// Grid carbon intensity (`[carbon]`).
     #[serde(default)]
     pub carbon: Option<crate::carbon::config::CarbonConfig>,
+    /// `[reports]`: inputs of the Region's report.
+    #[serde(default)]
+    pub reports: ReportsConfig,
+}
+
+/// `[reports]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Other operators' EED declarations (the JSON of `report eed`) counted in
+    /// `report region`: file paths (relative to the config file) or https URLs.
+    #[serde(default)]
+    pub declarations: Vec<String>,
 }
 
 /// A site with its token hash resolved.
@@ -1128,6 +1141,20 @@ impl CollectorConfig {
                 p.bearer_token = Some(read_secret_file(f, true).map_err(|why| at("bearer_token_file", why))?);
             }
         }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for d in &mut cfg.reports.declarations {
+            if (d.starts_with("http://") || d.starts_with("https://"))
+                && let Err(e) = crate::reports::region::fetchable(d)
+            {
+                return Err(at("declarations", format!("[reports] {d:?}: {e}")));
+            }
+            if d.trim().is_empty() {
+                return Err(at("declarations", "[reports] an entry is empty: give a file path or an https URL".into()));
+            }
+            if !d.starts_with("https://") && !d.starts_with("http://") && Path::new(d.as_str()).is_relative() {
+                *d = base.join(d.as_str()).display().to_string();
+            }
+        }
         Ok(Loaded { config: cfg, sites, read_hash })
     }
 
@@ -1216,6 +1243,23 @@ mod tests {
         assert!(e.contains("token_sha256 or token_file"), "{e}");
         let e = load("[ledger]\ngap = \"soon\"\n").map(|_| ()).expect_err("must be refused").to_string();
         assert!(e.contains(":2:") && e.contains("5m"), "{e}");
+    }
+
+    /// `[reports] declarations`: files are relative to the config file; URLs are https or loopback http.
+    #[test]
+    fn report_declarations_are_checked_and_resolved() {
+        let Loaded { config: c, .. } =
+            load("[reports]\ndeclarations = [\"d/a.json\", \"/abs/b.json\", \"https://dc.example/c.json\"]\n")
+                .expect("load");
+        let d = &c.reports.declarations;
+        assert!(d[0].ends_with("d/a.json") && std::path::Path::new(&d[0]).is_absolute(), "{d:?}");
+        assert_eq!(d[1..], ["/abs/b.json", "https://dc.example/c.json"]);
+        let e = refused("[reports]\ndeclarations = [\"http://dc.example/c.json\"]\n");
+        assert!(e.contains(":2:") && e.contains("only https"), "{e}");
+        let e = refused("[reports]\ndeclarations = [\"\"]\n");
+        assert!(e.contains("empty"), "{e}");
+        let e = refused("[reports]\nfiles = []\n");
+        assert!(e.contains("files"), "{e}");
     }
 
     fn site_with(meter: &str) -> String {

@@ -192,6 +192,42 @@ enum ReportCommand {
         #[arg(long)]
         draft: bool,
     },
+    /// The Region's report: its ledger sites and other operators' declarations (docs/reports.md).
+    Region {
+        /// The region: the `region` key of the sites taken from the ledger.
+        #[arg(long)]
+        region: String,
+        /// Calendar year (each site's time zone).
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        year: Option<i16>,
+        /// Start of an interim period (RFC 3339), with --to.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// html, xlsx, csv or json.
+        #[arg(long, default_value = "html")]
+        format: String,
+        /// An EED declaration (the JSON of `report eed`) of another operator: a file or an https URL; repeatable.
+        #[arg(long = "declaration")]
+        declarations: Vec<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The region's open data: data.csv, data.json and schema.json (a Table Schema) in --out.
+    Opendata {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        year: i16,
+        /// An EED declaration of another operator (file or https URL); repeatable.
+        #[arg(long = "declaration")]
+        declarations: Vec<String>,
+        /// Directory to write the three files into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Exit status of `report eed` when mandatory fields are missing (without `--draft`).
@@ -377,6 +413,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(ReportCommand::Publication { site, year, from, to, out, draft }) => {
             report_eed(&cfg, &sites, &site, year, from.zip(to), None, Some(out), draft)
         }
+        Command::Report(ReportCommand::Region { region, year, from, to, format, declarations, out }) => {
+            report_region(&cfg, &sites, region, year, from.zip(to), &format, declarations, out)
+        }
+        Command::Report(ReportCommand::Opendata { region, year, declarations, out }) => {
+            report_opendata(&cfg, &sites, region, year, declarations, out)
+        }
         Command::Energy { site, host, meter, role, from, to, format } => {
             if !serve::ledger_exists(&cfg.db) {
                 bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
@@ -483,6 +525,94 @@ fn report_eed(
             std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes).context("writing to standard output")?
         }
     }
+    Ok(())
+}
+
+/// `report region`: the Region's report as `reports::region` makes it.
+#[allow(clippy::too_many_arguments)]
+fn report_region(
+    cfg: &CollectorConfig,
+    sites: &[domesday_collector::config::Site],
+    region: String,
+    year: Option<i16>,
+    range: Option<(String, String)>,
+    format: &str,
+    declarations: Vec<String>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use domesday_collector::reports::region::{RegionRequest, region_document};
+    use domesday_collector::reports::region_render::RegionFormat;
+    let Some(format) = RegionFormat::parse(format) else { bail!("--format {format:?}: use html, xlsx, csv or json") };
+    let range = match range {
+        Some((f, t)) => Some(parse_range(Some(&f), Some(&t)).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))?),
+        None => None,
+    };
+    let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
+    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let carbon = match &cfg.carbon {
+        Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let mut all = cfg.reports.declarations.clone();
+    all.extend(declarations);
+    let req = RegionRequest { region, year, range };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let bytes = rt.block_on(region_document(
+        reader.as_ref().map(|r| r as &dyn LedgerReader),
+        &site_cfgs,
+        &all,
+        cfg.carbon.as_ref(),
+        carbon.as_ref(),
+        &req,
+        format,
+        now_ms(),
+    ))?;
+    match out {
+        Some(p) => std::fs::write(&p, &bytes).with_context(|| format!("writing {}", p.display()))?,
+        None => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes).context("writing to standard output")?
+        }
+    }
+    Ok(())
+}
+
+/// `report opendata`: the public subset of the region report and its Table Schema.
+fn report_opendata(
+    cfg: &CollectorConfig,
+    sites: &[domesday_collector::config::Site],
+    region: String,
+    year: i16,
+    declarations: Vec<String>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    use domesday_collector::reports::opendata::files;
+    use domesday_collector::reports::region::{RegionRequest, region_report};
+    let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
+    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let carbon = match &cfg.carbon {
+        Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let mut all = cfg.reports.declarations.clone();
+    all.extend(declarations);
+    let req = RegionRequest { region, year: Some(year), range: None };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let r = rt.block_on(region_report(
+        reader.as_ref().map(|r| r as &dyn LedgerReader),
+        &site_cfgs,
+        &all,
+        cfg.carbon.as_ref(),
+        carbon.as_ref(),
+        &req,
+        now_ms(),
+    ))?;
+    let files = files(&r)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, bytes) in files {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("open data of {} {year}: {} rows in {}", r.region, r.sites.len(), out.display());
     Ok(())
 }
 

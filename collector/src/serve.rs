@@ -103,6 +103,7 @@ pub async fn serve(
         carbon,
         site_samples,
         meter_stats,
+        declarations: cfg.reports.declarations.clone(),
         forward: forward.as_ref().map(|(h, _)| h.clone()),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

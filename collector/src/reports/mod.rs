@@ -7,6 +7,9 @@
 //! - [`document`]: build, refuse when incomplete, render: what the command and the endpoint share.
 //! - [`publication`]: the French public sheet: the public subset as one self-contained HTML page, JSON and CSV.
 //! - [`render`]: the declaration as JSON, CSV and XLSX, byte-reproducible.
+//! - [`region`]: the Region's report over ledger sites and imported declarations;
+//!   [`region_render`] its JSON, CSV, XLSX and HTML; [`opendata`] its public subset
+//!   with a Table Schema.
 //!
 //! Nothing here computes an indicator: figures come from `site_report` and `indicators`.
 
@@ -14,5 +17,9 @@ pub mod classes;
 pub mod declared;
 pub mod document;
 pub mod eed;
+pub mod opendata;
 pub mod publication;
+pub mod region;
+pub mod region_http;
+pub mod region_render;
 pub mod render;
