@@ -8,6 +8,7 @@
 //! - [`modbus`]: Modbus TCP registers (holding/input, 32/64-bit, word order, scale).
 //! - [`redfish`]: Redfish PowerDistribution (PDUs, switchgear): EnergyJoules/EnergykWh.
 //! - [`prometheus`]: raw register samples from a Prometheus-compatible query API.
+//! - [`simulated`]: the demo's simulated meters, a fixed multiple of the site's booked IT energy.
 //! - [`convert`]: exact decimal conversions into micro-units.
 
 pub mod convert;
@@ -16,6 +17,7 @@ pub mod modbus;
 pub mod prometheus;
 pub mod reader;
 pub mod redfish;
+pub mod simulated;
 
 #[cfg(test)]
 mod tests;
