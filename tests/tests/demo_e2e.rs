@@ -116,6 +116,7 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
         assert!(Instant::now() < deadline, "indicators still refused after 90 s: {v:#}");
         std::thread::sleep(Duration::from_millis(500));
     };
+    eprintln!("indicators after {:?}", started.elapsed());
     let [pue1, pue3, wue, erf, cue] = indicators.map(|v| v.unwrap_or(f64::NAN));
     // The simulation's ratios (utility 1.4 × IT, UPS output 1.06 × IT, 0.5 L and
     // 0.25 kWh of heat per kWh of IT), allowing for the meters' last poll lagging the agents' last push.
@@ -150,6 +151,7 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
         assert!(Instant::now() < deadline, "window gauges still missing after 90 s: {gauges:?}\n{m}");
         std::thread::sleep(Duration::from_millis(500));
     };
+    eprintln!("window gauges after {:?}", started.elapsed());
     assert!(metrics.contains("name=\"Demo site (simulated meters)\""), "site name on domesday_site_info");
     for id in ["sim-utility", "sim-ups-out", "sim-water", "sim-heat-reuse"] {
         assert!(
