@@ -311,6 +311,10 @@ pub enum MeterKind {
     Redfish,
     Csv,
     Prometheus,
+    /// Invented readings: a fixed multiple of the site's IT energy booked in
+    /// the ledger. Accepted only in the configuration `domesday-collector demo`
+    /// generates, never by `serve` or `check-config`.
+    Simulated,
 }
 
 impl MeterKind {
@@ -320,6 +324,7 @@ impl MeterKind {
             MeterKind::Redfish => "redfish",
             MeterKind::Csv => "csv",
             MeterKind::Prometheus => "prometheus",
+            MeterKind::Simulated => "simulated",
         }
     }
 }
@@ -434,6 +439,9 @@ pub struct MeterConfig {
     /// Prometheus: `energy` (a register, default) or `power` (a gauge in W, integrated).
     #[serde(default)]
     pub measure: Option<Measure>,
+    /// Simulated (demo only): units of the meter per kWh of the site's IT energy.
+    #[serde(default)]
+    pub per_it_kwh: Option<f64>,
     /// Polling interval of readers; default 60 s.
     #[serde(default)]
     pub interval: Option<Dur>,
@@ -760,7 +768,7 @@ fn find_meter_key(text: &str, id: &str, key: &str) -> usize {
 }
 
 /// Keys of `[[sites.meters]]` that only readers use, and whether `m` sets them.
-fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 17] {
+fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 18] {
     [
         ("address", m.address.is_some()),
         ("unit_id", m.unit_id.is_some()),
@@ -777,6 +785,7 @@ fn reader_keys(m: &MeterConfig) -> [(&'static str, bool); 17] {
         ("allow_plain_http", m.allow_plain_http),
         ("query", m.query.is_some()),
         ("measure", m.measure.is_some()),
+        ("per_it_kwh", m.per_it_kwh.is_some()),
         ("interval", m.interval.is_some()),
         ("timeout", m.timeout.is_some()),
     ]
@@ -810,9 +819,14 @@ fn kind_keys(kind: MeterKind) -> &'static [&'static str] {
             "interval",
             "timeout",
         ],
+        MeterKind::Simulated => &["per_it_kwh", "interval", "timeout"],
         MeterKind::Csv => &[],
     }
 }
+
+/// The prefix every simulated meter's id carries, so that its figures are
+/// recognisable as invented wherever the id appears.
+pub const SIMULATED_ID_PREFIX: &str = "sim-";
 
 /// PromQL functions that extrapolate or differentiate: a meter query must read raw samples.
 const REFUSED_FUNCTIONS: &[&str] = &["rate", "irate", "increase", "delta", "idelta", "deriv"];
@@ -853,6 +867,9 @@ fn validate_reader(
     if m.kind == MeterKind::Csv {
         if m.measure.is_some() {
             return Err(at("measure", "key `measure` applies to kind prometheus only".into()));
+        }
+        if m.per_it_kwh.is_some() {
+            return Err(at("per_it_kwh", "key `per_it_kwh` applies to kind simulated only".into()));
         }
         return Ok(());
     }
@@ -1006,6 +1023,17 @@ fn validate_reader(
                 }
             }
         }
+        MeterKind::Simulated => {
+            if !m.id.starts_with(SIMULATED_ID_PREFIX) {
+                return Err(at("id", format!("a simulated meter's id must start with {SIMULATED_ID_PREFIX:?}")));
+            }
+            if !m.per_it_kwh.is_some_and(|f| f.is_finite() && f > 0.0 && f <= 1000.0) {
+                return Err(at(
+                    "per_it_kwh",
+                    format!("`per_it_kwh` is required: a positive number of {} per kWh of IT energy", m.unit),
+                ));
+            }
+        }
         MeterKind::Csv => {}
     }
     Ok(())
@@ -1025,7 +1053,18 @@ pub struct Loaded {
 
 impl CollectorConfig {
     /// Loads and validates; `None` gives the defaults (no site: `demo` adds one).
+    /// Simulated meters are refused: only the demo may invent readings.
     pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Self::load_with(path, false)
+    }
+
+    /// [`load`](Self::load) for `domesday-collector demo`, which accepts
+    /// meters of kind `simulated`.
+    pub fn load_demo(path: &Path) -> Result<Loaded, ConfigError> {
+        Self::load_with(Some(path), true)
+    }
+
+    fn load_with(path: Option<&Path>, allow_simulated: bool) -> Result<Loaded, ConfigError> {
         let (text, path) = match path {
             Some(p) => (
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
@@ -1103,6 +1142,15 @@ impl CollectorConfig {
                         "meter {:?}: a fuel_in meter needs kwh_per_litre (diesel ≈ 9.8–10 kWh/L)",
                         m.id
                     )));
+                }
+                if m.kind == MeterKind::Simulated && !allow_simulated {
+                    return Err(err(
+                        find_meter_key(&text, &m.id, "kind"),
+                        format!(
+                            "meter {:?}: kind \"simulated\" invents readings and exists only in the configuration `domesday-collector demo` generates; use modbus, redfish, prometheus or csv",
+                            m.id
+                        ),
+                    ));
                 }
                 validate_reader(m, &text, &err)?;
             }
@@ -1270,6 +1318,30 @@ mod tests {
 
     fn refused(text: &str) -> String {
         load(text).map(|_| ()).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn simulated_meters_are_accepted_only_in_the_demo() {
+        let sim =
+            "id = \"sim-utility\"\nrole = \"utility_in\"\nkind = \"simulated\"\nunit = \"kWh\"\nper_it_kwh = 1.4\n";
+        let e = refused(&site_with(sim));
+        assert!(e.contains(":9:") && e.contains("simulated") && e.contains("domesday-collector demo"), "{e}");
+        let demo = |text: &str| {
+            let mut f = tempfile::NamedTempFile::new().expect("tmp");
+            f.write_all(text.as_bytes()).expect("write");
+            CollectorConfig::load_demo(f.path()).map(|l| l.sites[0].config.meters[0].per_it_kwh)
+        };
+        assert_eq!(demo(&site_with(sim)).expect("demo"), Some(1.4));
+        let e = demo(&site_with(&sim.replace("sim-utility", "tgbt"))).expect_err("no sim- prefix").to_string();
+        assert!(e.contains("must start with \"sim-\""), "{e}");
+        let e = demo(&site_with(&sim.replace("per_it_kwh = 1.4\n", ""))).expect_err("no factor").to_string();
+        assert!(e.contains("`per_it_kwh` is required"), "{e}");
+        let e = demo(&site_with(&format!("{sim}url = \"http://x\"\n"))).expect_err("reader key").to_string();
+        assert!(e.contains("does not apply to kind simulated"), "{e}");
+        let e = refused(&site_with(
+            "id = \"tgbt\"\nrole = \"utility_in\"\nkind = \"csv\"\nunit = \"kWh\"\nper_it_kwh = 1.4\n",
+        ));
+        assert!(e.contains("per_it_kwh") && e.contains("simulated only"), "{e}");
     }
 
     #[test]

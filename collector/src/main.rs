@@ -639,6 +639,13 @@ fn require_reason(by: &str, reason: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The start of the current UTC hour plus `hours`, as RFC 3339 for a URL.
+fn hour_url_bound(hours: i64) -> String {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let ms = now.div_euclid(3_600_000) * 3_600_000 + hours * 3_600_000;
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+}
+
 fn demo(dir: PathBuf, listen: Option<SocketAddr>, agent_listen: SocketAddr) -> anyhow::Result<()> {
     use domesday_collector::demo::{DemoOptions, load, prepare, spawn_agent};
     let opts =
@@ -653,8 +660,24 @@ fn demo(dir: PathBuf, listen: Option<SocketAddr>, agent_listen: SocketAddr) -> a
         println!("  collector   http://{}/metrics", opts.listen);
         println!("  hosts       http://{}/api/v1/sites/local/hosts", opts.listen);
         println!("  energy      http://{}/api/v1/energy?site=local&from=<RFC 3339>&to=<RFC 3339>", opts.listen);
+        println!(
+            "  indicators  http://{}/api/v1/sites/local/indicators?from={}&to={}&step=1h",
+            opts.listen,
+            hour_url_bound(0),
+            hour_url_bound(1)
+        );
+        println!("  site        {} (site id local)", domesday_collector::demo::SITE_NAME);
+        println!(
+            "  meters      SIMULATED from this machine's IT energy: {}",
+            domesday_collector::demo::SIMULATED_METERS.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+        );
+        println!("  carbon      static factor for France (shipped table, life cycle)");
         match &agent {
-            Some(_) => println!("  agent       http://{}/metrics (pushing every 10 s)", opts.agent_listen),
+            Some(_) => println!(
+                "  agent       http://{}/metrics (pushing every {})",
+                opts.agent_listen,
+                domesday_collector::demo::PUSH_INTERVAL
+            ),
             None => {
                 println!("  agent       not found beside this binary or on PATH: build it with `cargo build --release`")
             }

@@ -69,7 +69,8 @@ pub async fn serve(
         .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
         .collect();
     let meter_stats = Arc::new(crate::meters::reader::MeterStats::default());
-    let readers = crate::meters::reader::spawn_all(&sites, cfg.ledger.gap.0, &handle, &meter_stats);
+    let ledger: Arc<dyn LedgerReader> = reader.clone();
+    let readers = crate::meters::reader::spawn_all(&sites, cfg.ledger.gap.0, &handle, &meter_stats, &ledger);
     let carbon = match &cfg.carbon {
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,

@@ -183,6 +183,45 @@ pub fn totals(
     Ok(t)
 }
 
+const HOUR_MS: i64 = 3_600_000;
+
+/// The site's `utility_in` energy over `[from_ms, to_ms)` as intervals for
+/// time matching: whole hours from the hourly table, and the parts of the
+/// first and last hours that the period cuts (a rolling window, a period
+/// ending now) from the ledger at minute resolution, so that a period not
+/// aligned on hours has all of its grid energy, not only its whole hours.
+pub fn utility_intervals(
+    reader: &dyn LedgerReader,
+    site: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<EnergyInterval>, StoreError> {
+    let first = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+    let end = (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS;
+    let mut out = Vec::new();
+    for (h, uj) in reader.role_hourly(site, "utility_in", first, end)? {
+        let (a, b) = (h.max(from_ms), (h + HOUR_MS).min(to_ms));
+        if a >= b {
+            continue;
+        }
+        let uj = if a == h && b == h + HOUR_MS {
+            uj
+        } else {
+            let q = EnergyQuery {
+                site: site.to_string(),
+                host: None,
+                meter: None,
+                role: Some("utility_in".into()),
+                from_ms: a,
+                to_ms: b,
+            };
+            reader.energy(&q)?.energy_uj()
+        };
+        out.push(EnergyInterval { start_ms: a, end_ms: b, kwh: kwh_from_uj(uj) });
+    }
+    Ok(out)
+}
+
 /// Time-matched grid emissions of the site's `utility_in` over a period.
 pub async fn grid_carbon(
     reader: &dyn LedgerReader,
@@ -192,15 +231,11 @@ pub async fn grid_carbon(
     to_ms: i64,
     now_ms: i64,
 ) -> Result<Option<GridCarbon>, StoreError> {
-    let hours = reader.role_hourly(&site.id, "utility_in", from_ms, to_ms)?;
-    if hours.is_empty() {
+    let energy = utility_intervals(reader, &site.id, from_ms, to_ms)?;
+    if energy.is_empty() {
         return Ok(None);
     }
     let series = carbon.series(from_ms, to_ms, now_ms).await;
-    let energy: Vec<EnergyInterval> = hours
-        .iter()
-        .map(|(h, uj)| EnergyInterval { start_ms: *h, end_ms: h + 3_600_000, kwh: kwh_from_uj(*uj) })
-        .collect();
     match time_matched(&energy, &series.points, carbon.fallback_g_per_kwh()) {
         Ok(e) => Ok(Some(GridCarbon::from_emissions(&e, &series.source, series.basis))),
         Err(e) => {
@@ -288,4 +323,45 @@ pub async fn report(
         });
     }
     Ok(IndicatorsReport { site: site.id.clone(), from: rfc3339(from_ms), to: rfc3339(to_ms), step, periods: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::carbon::config::CarbonConfig;
+    use crate::ledger::Policy;
+    use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+    use crate::ledger::{Batch, CounterSample, LedgerWriter};
+
+    #[tokio::test]
+    async fn a_period_cut_inside_hours_has_the_emissions_of_all_its_grid_energy() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        let h = 1_767_225_600_000; // 2026-01-01T00:00Z
+        // A utility register gaining 1 kWh (10⁶ µkWh) every 10 minutes from 00:00 to 02:00.
+        let samples =
+            (0..=12).map(|i| CounterSample::meter("s", "tgbt", "utility_in", "kWh", h + i * 600_000, i * 1_000_000));
+        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![] }], h).expect("apply");
+        let reader = SqliteReader::new(&db, Policy::default());
+        // 00:30–01:30: no whole hour inside, 6 kWh across two cut hours.
+        let (from, to) = (h + 1_800_000, h + 5_400_000);
+        let iv = utility_intervals(&reader, "s", from, to).expect("intervals");
+        assert_eq!(
+            iv.iter().map(|e| (e.start_ms, e.end_ms)).collect::<Vec<_>>(),
+            vec![(from, h + 3_600_000), (h + 3_600_000, to)]
+        );
+        assert!((iv.iter().map(|e| e.kwh).sum::<f64>() - 6.0).abs() < 1e-9, "{iv:?}");
+        let carbon: CarbonConfig =
+            toml::from_str("source = \"static\"\ngrid_zone = \"FR\"\nbasis = \"lifecycle\"\n").expect("carbon");
+        let service = carbon.build().expect("service");
+        let site = SiteConfig { id: "s".into(), timezone: "UTC".into(), ..SiteConfig::default() };
+        let g = grid_carbon(&reader, &site, &service, from, to, h + 7_200_000).await.expect("read").expect("emissions");
+        // 6 kWh at France's shipped life-cycle factor (98 g/kWh).
+        assert!((g.grams - 6.0 * 98.0).abs() < 1e-6, "{g:?}");
+        // Whole hours still come from the hourly table: 00:00–02:00 is 12 kWh.
+        let whole = utility_intervals(&reader, "s", h, h + 7_200_000).expect("whole");
+        assert_eq!(whole.len(), 2);
+        assert!((whole.iter().map(|e| e.kwh).sum::<f64>() - 12.0).abs() < 1e-9);
+    }
 }

@@ -10,6 +10,7 @@
 //! - [`prometheus`]: raw register samples from a Prometheus-compatible query API.
 //! - [`reading`]: what every reader hands the loop (readings, a poll, read errors and their reasons).
 //! - [`http`]: the HTTP client, JSON GET and transport errors shared by the HTTP readers.
+//! - [`simulated`]: the demo's simulated meters, a fixed multiple of the site's booked IT energy.
 //! - [`convert`]: exact decimal conversions into micro-units.
 
 pub mod convert;
@@ -20,6 +21,7 @@ pub mod prometheus;
 pub mod reader;
 pub mod reading;
 pub mod redfish;
+pub mod simulated;
 
 #[cfg(test)]
 mod tests;

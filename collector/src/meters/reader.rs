@@ -1,5 +1,5 @@
 //! The polling loop shared by the meter readers (Modbus, Redfish,
-//! Prometheus): one tokio task per configured meter reads every `interval`
+//! Prometheus, and the demo's simulated meters): one tokio task per configured meter reads every `interval`
 //! under a `timeout`, submits the readings to the ledger writer as register
 //! samples (`CounterSample::meter`, micro-units of the meter's unit), and on
 //! failure logs, counts the failure by `reason` and backs off exponentially
@@ -20,7 +20,9 @@ use super::modbus::{ModbusReader, RegisterSpec};
 use super::prometheus::PrometheusReader;
 use super::reading::{Poll, ReadError, Reading};
 use super::redfish::RedfishReader;
+use super::simulated::SimulatedReader;
 use crate::config::{MeterConfig, MeterKind, Site};
+use crate::ledger::LedgerReader;
 use crate::ledger::writer::WriterHandle;
 use crate::ledger::{Batch, CounterSample};
 
@@ -32,17 +34,28 @@ pub enum Source {
     Modbus(ModbusReader),
     Redfish(RedfishReader),
     Prometheus(PrometheusReader),
+    Simulated(SimulatedReader),
 }
 
 impl Source {
-    /// The reader of a validated meter; `None` for `csv` meters (fed by imports).
+    /// The reader of a validated meter of `site`; `None` for `csv` meters (fed by imports).
     /// `gap` is the ledger's gap (how far a power gauge is integrated across missing samples).
-    pub fn new(m: &MeterConfig, gap: Duration) -> Result<Option<Source>, ReadError> {
+    /// `ledger` is what a `simulated` meter reads (the site's booked IT energy).
+    pub fn new(
+        site: &str,
+        m: &MeterConfig,
+        gap: Duration,
+        ledger: Option<&Arc<dyn LedgerReader>>,
+    ) -> Result<Option<Source>, ReadError> {
         Ok(Some(match m.kind {
             MeterKind::Csv => return Ok(None),
             MeterKind::Modbus => Source::Modbus(ModbusReader::new(RegisterSpec::from_config(m)?)),
             MeterKind::Redfish => Source::Redfish(RedfishReader::new(m)?),
             MeterKind::Prometheus => Source::Prometheus(PrometheusReader::new(m, gap)?),
+            MeterKind::Simulated => {
+                let ledger = ledger.ok_or_else(|| ReadError::Config("a simulated meter needs the ledger".into()))?;
+                Source::Simulated(SimulatedReader::new(site, m, gap, ledger.clone())?)
+            }
         }))
     }
 
@@ -51,6 +64,7 @@ impl Source {
             Source::Modbus(r) => r.read().await.map(Poll::from),
             Source::Redfish(r) => r.read().await.map(Poll::from),
             Source::Prometheus(r) => r.read().await,
+            Source::Simulated(r) => r.read().await.map(Poll::from),
         }
     }
 
@@ -162,8 +176,15 @@ async fn submit(site: &str, m: &MeterConfig, readings: &[Reading], writer: &Writ
 }
 
 /// Polls one meter until the task is aborted.
-pub async fn run(site: String, m: MeterConfig, gap: Duration, writer: WriterHandle, stats: Arc<MeterStats>) {
-    let mut source = match Source::new(&m, gap) {
+pub async fn run(
+    site: String,
+    m: MeterConfig,
+    gap: Duration,
+    writer: WriterHandle,
+    stats: Arc<MeterStats>,
+    ledger: Arc<dyn LedgerReader>,
+) {
+    let mut source = match Source::new(&site, &m, gap, Some(&ledger)) {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -175,6 +196,9 @@ pub async fn run(site: String, m: MeterConfig, gap: Duration, writer: WriterHand
     let (interval, timeout) = (m.interval(), m.timeout());
     let kind = m.kind.as_str();
     tracing::info!(site = %site, meter = %m.id, kind, interval = ?interval, "meter reader started");
+    if m.kind == MeterKind::Simulated {
+        tracing::warn!(site = %site, meter = %m.id, "this meter is SIMULATED (demo): its readings are invented from the site's IT energy");
+    }
     if m.insecure_skip_verify {
         tracing::warn!(site = %site, meter = %m.id, "TLS certificate verification is off for this meter (insecure_skip_verify)");
     }
@@ -220,12 +244,25 @@ pub async fn run(site: String, m: MeterConfig, gap: Duration, writer: WriterHand
 }
 
 /// Starts a reader task for every configured non-csv meter.
-pub fn spawn_all(sites: &[Site], gap: Duration, writer: &WriterHandle, stats: &Arc<MeterStats>) -> Vec<JoinHandle<()>> {
+pub fn spawn_all(
+    sites: &[Site],
+    gap: Duration,
+    writer: &WriterHandle,
+    stats: &Arc<MeterStats>,
+    ledger: &Arc<dyn LedgerReader>,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for s in sites {
         for m in s.config.meters.iter().filter(|m| m.kind != MeterKind::Csv) {
             stats.register(&s.config.id, &m.id);
-            tasks.push(tokio::spawn(run(s.config.id.clone(), m.clone(), gap, writer.clone(), stats.clone())));
+            tasks.push(tokio::spawn(run(
+                s.config.id.clone(),
+                m.clone(),
+                gap,
+                writer.clone(),
+                stats.clone(),
+                ledger.clone(),
+            )));
         }
     }
     tasks

@@ -161,7 +161,9 @@ async fn the_polling_loop_books_the_register_increase_exactly() {
     let stats = Arc::new(MeterStats::default());
     let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\nscale = 0.001\ninterval = \"1s\"\n");
     let start = crate::ledger::writer::now_ms();
-    let task = tokio::spawn(super::reader::run("caen-1".into(), cfg, GAP, writer.clone(), stats.clone()));
+    let ledger: Arc<dyn crate::ledger::LedgerReader> =
+        Arc::new(crate::ledger::sqlite::SqliteReader::new(&db, Policy::default()));
+    let task = tokio::spawn(super::reader::run("caen-1".into(), cfg, GAP, writer.clone(), stats.clone(), ledger));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while stats.status("caen-1", "tgbt").map(|s| s.readings).unwrap_or(0) < 3 {
         assert!(tokio::time::Instant::now() < deadline, "no readings: {:?}", stats.status("caen-1", "tgbt"));
@@ -332,7 +334,7 @@ async fn silent_devices_time_out_and_the_next_read_reconnects() {
     });
     let short = Duration::from_millis(300);
     let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\n");
-    let mut s = Source::new(&cfg, GAP).expect("source").expect("a reader");
+    let mut s = Source::new("s", &cfg, GAP, None).expect("source").expect("a reader");
     let e = read_within(&mut s, short).await.expect_err("silent");
     assert_eq!(e, ReadError::Timeout(short));
     s.reset();
