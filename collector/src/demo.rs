@@ -55,6 +55,7 @@ pub const SIMULATED_METERS: &[(&str, &str, &str, f64, &str)] = &[
     ("sim-ups-out", "ups_out", "kWh", 1.06, "UPS output (IT + 6 % distribution losses)"),
     ("sim-water", "water_in", "L", 0.5, "water intake, litres (0.5 L per kWh of IT)"),
     ("sim-heat-reuse", "heat_reused_out", "kWh", 0.25, "heat handed to a heat network (0.25 kWh per kWh of IT)"),
+    ("sim-water-potable", "water_potable_in", "L", 0.1, "potable part of the water intake (0.1 L per kWh of IT)"),
 ];
 
 /// How often the simulated meters are read: each read books the agents' latest push.
@@ -69,15 +70,43 @@ const SIMULATED_INTERVAL: &str = "1s";
 fn site_keys() -> String {
     [
         "operator = \"Demo operator (simulated)\"",
+        "operator_contact = \"operator@demo.example\"",
         "owner = \"Demo owner (simulated)\"",
+        "owner_contact = \"owner@demo.example\"",
         "region = \"demo\"",
         "country = \"FR\"",
+        "lau_code = \"14118\"",
         "dc_type = \"enterprise\"",
         "dc_structure = \"structure\"",
+        "entry_into_operation = \"2024-01\"",
+        "installed_it_power_kw = 500.0",
+        "total_floor_area_m2 = 800.0",
+        "computer_room_floor_area_m2 = 300.0",
+        "intake_air_set_point_c = 24.0",
+        // A made-up SIRET that passes the check digit; no real company has it.
+        "siret = [\"12345678900007\"]",
+        "contact_name = \"Demo contact (simulated)\"",
+        "contact_email = \"energy@demo.example\"",
+        "commissioning_date = \"2024-01-15\"",
+        "public_disclosure_url = \"https://demo.example/energy\"",
     ]
     .iter()
     .map(|l| format!("{l}\n"))
     .collect()
+}
+
+/// The site's sub-tables the declaration needs: redundancy (Annex I 2) and
+/// the figures no meter gives, declared for `year` (Annex II), all marked as
+/// the demo's own so that no one mistakes them for a real site's.
+fn site_tables(year: i16) -> String {
+    format!(
+        "\n[sites.redundancy]\nelectrical_hv = \"N\"\nelectrical_lv = \"N\"\nelectrical_rack = \"N\"\n\
+         cooling_room = \"N\"\ncooling_rack = \"N\"\n\n\
+         # SIMULATED: the demo's declared annual figures.\n[[sites.annual]]\nyear = {year}\ngrid_functions = []\n\
+         cbtg_kw = 0.0\ntwh_c = 30.0\nrefrigerant_types = [\"R-1234ze(E)\"]\ncdd_degree_days = 100.0\n\
+         cdd_source = \"simulated (demo)\"\neres_goo_kwh = 0.0\neres_ppa_kwh = 0.0\ncserv_sert = 0.0\n\
+         cserv_floor_coverage_pct = 0.0\ncstor_pb = 0.0\ncstor_floor_coverage_pct = 0.0\n"
+    )
 }
 
 /// The `[[sites.meters]]` tables of the simulated meters.
@@ -114,13 +143,14 @@ pub fn prepare(opts: &DemoOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
              gauges_refresh = \"5s\"\n\n\
              # A static grid factor for France, from the shipped table (BoaviztAPI electrical mix, life cycle).\n\
              [carbon]\nsource = \"static\"\ngrid_zone = \"FR\"\nbasis = \"lifecycle\"\n\n\
-             [[sites]]\nid = \"local\"\nname = {:?}\ntimezone = {:?}\ntoken_file = {:?}\n{}{}",
+             [[sites]]\nid = \"local\"\nname = {:?}\ntimezone = {:?}\ntoken_file = {:?}\n{}{}{}",
             opts.listen,
             opts.dir.join("domesday.db").display().to_string(),
             SITE_NAME,
             tz.unwrap_or_else(|| "UTC".into()),
             token_file.display().to_string(),
             site_keys(),
+            site_tables(jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::now()).year()),
             simulated_meters(),
         ),
     )?;
@@ -173,7 +203,7 @@ mod tests {
         let site = &l.sites[0].config;
         assert!(site.name.contains("simulated"), "{}", site.name);
         let roles: Vec<&str> = site.meters.iter().map(|m| m.role.as_str()).collect();
-        assert_eq!(roles, ["utility_in", "ups_out", "water_in", "heat_reused_out"]);
+        assert_eq!(roles, ["utility_in", "ups_out", "water_in", "heat_reused_out", "water_potable_in"]);
         assert!(site.meters.iter().all(|m| m.id.starts_with("sim-") && m.kind.as_str() == "simulated"));
         assert_eq!(site.country.as_deref(), Some("FR"));
         assert!(l.config.carbon.as_ref().is_some_and(|c| c.grid_zone == "FR"));

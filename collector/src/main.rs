@@ -666,6 +666,13 @@ fn demo(dir: PathBuf, listen: Option<SocketAddr>, agent_listen: SocketAddr) -> a
             hour_url_bound(0),
             hour_url_bound(1)
         );
+        let year = jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::now()).year();
+        println!(
+            "  reports     http://{}/reports/publication?site=local&year={year}  (this year so far: interim)",
+            opts.listen
+        );
+        println!("              http://{}/api/v1/reports/eed?site=local&year={year}&format=json", opts.listen);
+        println!("              http://{}/reports/region?region=demo&year={year}", opts.listen);
         println!("  site        {} (site id local)", domesday_collector::demo::SITE_NAME);
         println!(
             "  meters      SIMULATED from this machine's IT energy: {}",

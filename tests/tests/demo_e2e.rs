@@ -153,7 +153,26 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
     };
     eprintln!("window gauges after {:?}", started.elapsed());
     assert!(metrics.contains("name=\"Demo site (simulated meters)\""), "site name on domesday_site_info");
-    for id in ["sim-utility", "sim-ups-out", "sim-water", "sim-heat-reuse"] {
+    // Every report URL the demo printed answers with a complete (not draft)
+    // document of the simulated site, with its figures.
+    let report_urls: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with(&format!("{base}/")) && w.contains("report")))
+        .collect();
+    assert_eq!(report_urls.len(), 3, "report URLs printed:\n{text}");
+    for url in &report_urls {
+        let body = get_text(url, Duration::from_secs(10));
+        assert!(body.contains("Demo site (simulated meters)") || body.contains("\"local\""), "{url}: {body}");
+    }
+    let eed: serde_json::Value = serde_json::from_str(&get_text(
+        report_urls.iter().find(|u| u.contains("/api/v1/reports/eed")).expect("eed URL"),
+        Duration::from_secs(10),
+    ))
+    .expect("eed json");
+    assert_eq!(eed["interim"], serde_json::Value::Bool(true), "this year so far is interim");
+    let text_eed = eed.to_string();
+    assert!(text_eed.contains("sim-utility"), "the declaration's provenance names the simulated meters");
+    for id in ["sim-utility", "sim-ups-out", "sim-water", "sim-heat-reuse", "sim-water-potable"] {
         assert!(
             series_value(&metrics, "domesday_meter_readings_total", &[&format!("meter=\"{id}\"")])
                 .is_some_and(|n| n > 0.0),
