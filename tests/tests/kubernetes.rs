@@ -7,7 +7,8 @@
 //! regenerates them, and the chart's copies of the dashboards and rules). Every manifest and every
 //! rendered template is parsed and checked: the agent's and the collector's security properties,
 //! mounts and the arguments that point at them, images, labels, the ServiceMonitor's selectors, and
-//! the agent's and collector's configurations through the real binaries' `check-config`.
+//! the agent's and collector's configurations through the real binaries' `check-config`, and the rendered pods'
+//! commands taking a fixture node's data to the collector.
 
 use domesday_tests::{binary, workspace_root};
 use serde_json::{Map, Value, json};
@@ -30,7 +31,8 @@ fn read(path: &Path) -> String {
 fn parse_docs(text: &str, what: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for doc in format!("\n{text}").split("\n---\n") {
-        let v: Value = serde_norway::from_str(doc).unwrap_or_else(|e| panic!("{what}: not YAML: {e}"));
+        // The separator's newline ends the document before it, as in a YAML stream.
+        let v: Value = serde_norway::from_str(&format!("{doc}\n")).unwrap_or_else(|e| panic!("{what}: not YAML: {e}"));
         if !v.is_null() {
             out.push(v);
         }
@@ -710,4 +712,90 @@ fn the_generated_configurations_pass_check_config() {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "collector check-config:\n{text}");
     assert!(text.contains("local") && text.contains("1048576"), "{text}");
+}
+
+/// The rendered pods' commands and configurations, with the pod's paths and addresses moved to a fixture tree and
+/// loopback ports, take a node's data to the collector: the agent runs with the DaemonSet's arguments
+/// (`$(NODE_NAME)` expanded as the kubelet does) and pushes with the Secret's token to the collector running with the
+/// StatefulSet's arguments.
+#[test]
+fn the_rendered_agent_pushes_a_node_to_the_rendered_collector() {
+    let objects = rendered_objects(&default_values(), &HELM);
+    let (_fixture, root) = domesday_tests::fixture_copy("intel-2s");
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().display().to_string();
+    let token = "k8s-test-token";
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).expect("token");
+
+    let cport = domesday_tests::free_port();
+    let collector_toml =
+        one(&objects, "ConfigMap", "domesday-collector")["data"]["collector.toml"].as_str().expect("toml").to_string();
+    let collector_cfg = dir.path().join("collector.toml");
+    let moved = collector_toml
+        .replace("0.0.0.0:9956", &format!("127.0.0.1:{cport}"))
+        .replace("/etc/domesday/token", &format!("{d}/token"))
+        .replace("/var/lib/domesday-collector", &d);
+    std::fs::write(&collector_cfg, moved).expect("write");
+    let sts = one(&objects, "StatefulSet", "domesday-collector");
+    let cargs: Vec<String> = args(container(sts, "collector"))
+        .iter()
+        .map(|a| a.replace("/etc/domesday/collector.toml", &collector_cfg.display().to_string()))
+        .collect();
+    let collector = domesday_tests::Proc(
+        Command::new(binary("domesday-collector"))
+            .args(&cargs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("collector"),
+    );
+    let api = format!("http://127.0.0.1:{cport}");
+    domesday_tests::get_text(&format!("{api}/readyz"), std::time::Duration::from_secs(20));
+
+    let aport = domesday_tests::free_port();
+    let agent_toml =
+        one(&objects, "ConfigMap", "domesday-agent")["data"]["agent.toml"].as_str().expect("toml").to_string();
+    let agent_cfg = dir.path().join("agent.toml");
+    // A 1 s tick and push instead of 5 s and 15 s, so the test is short ([push] is the last table).
+    let moved = agent_toml
+        .replace("0.0.0.0:9955", &format!("127.0.0.1:{aport}"))
+        .replace("/var/lib/domesday-agent", &format!("{d}/agent-state"))
+        .replace("http://domesday-collector:9956", &api)
+        .replace("interval = \"5s\"", "interval = \"1s\"")
+        + "interval = \"1s\"\n";
+    std::fs::write(&agent_cfg, moved).expect("write");
+    let ds = one(&objects, "DaemonSet", "domesday-agent");
+    let aargs: Vec<String> = args(container(ds, "agent"))
+        .iter()
+        .map(|a| {
+            a.replace("/etc/domesday/agent.toml", &agent_cfg.display().to_string())
+                .replace("/host/sys", &root.join("sys").display().to_string())
+                .replace("/host/proc", &root.join("proc").display().to_string())
+                .replace("$(NODE_NAME)", "node-7")
+        })
+        .collect();
+    let _agent = domesday_tests::Proc(
+        Command::new(binary("domesday-agent"))
+            .args(&aargs)
+            .env("DOMESDAY_PUSH_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
+            .spawn()
+            .expect("agent"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut hosts = String::new();
+    while std::time::Instant::now() < deadline {
+        hosts = domesday_tests::get_text(&format!("{api}/api/v1/sites/local/hosts"), std::time::Duration::from_secs(5));
+        if hosts.contains("\"node-7\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    assert!(hosts.contains("\"node-7\""), "the node never reached the collector: {hosts}\nagent:\n{log}");
+    let metrics =
+        domesday_tests::get_text(&format!("http://127.0.0.1:{aport}/metrics"), std::time::Duration::from_secs(5));
+    assert!(metrics.contains("host=\"node-7\"") && metrics.contains("site=\"local\""), "{metrics}");
+    drop(collector);
 }
