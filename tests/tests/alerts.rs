@@ -197,12 +197,15 @@ fn alerts_follow_the_conventions_and_take_their_thresholds_from_series() {
 /// The `PrometheusRule` (prometheus-operator) wrapping the same groups, byte for byte.
 fn prometheus_rule(rules: &str) -> String {
     let groups = rules.find("\ngroups:").map(|i| &rules[i + 1..]).expect("groups");
-    let mut out = String::from(
+    let mut out = format!(
         "# Generated from deploy/prometheus/domesday-rules.yml by the tests (UPDATE_DEPLOY=1 cargo test -p\n\
          # domesday-tests --test alerts); do not edit. The same rules for the Prometheus Operator.\n\
          apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: domesday-rules\n  labels:\n\
-         \x20   app.kubernetes.io/name: domesday\n    app.kubernetes.io/component: alerting-rules\n    prometheus: k8s\n\
+         \x20   app.kubernetes.io/name: domesday\n    app.kubernetes.io/instance: domesday\n\
+         \x20   app.kubernetes.io/component: alerting-rules\n    app.kubernetes.io/part-of: domesday\n\
+         \x20   app.kubernetes.io/version: \"{}\"\n    app.kubernetes.io/managed-by: kubectl\n    prometheus: k8s\n\
          \x20   role: alert-rules\nspec:\n",
+        env!("CARGO_PKG_VERSION")
     );
     for line in groups.lines() {
         if line.is_empty() {
