@@ -123,3 +123,91 @@ fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
     assert!(text.contains(&agent_line), "{text}");
     assert!(!text.contains(TOKEN) && !text.contains("***"), "{text}");
 }
+
+/// Runs `bin` with `args` and `--config config` (bounded: a binary that started
+/// instead of refusing its config is killed after 10 s), and returns its exit
+/// code and everything it printed.
+fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(binary(bin))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("DOMESDAY_LOG", "debug")
+        .env_remove("DOMESDAY_PUSH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
+    let dir = tempfile::tempdir().expect("tmp");
+    const AGENT_SECRET: &str = "agent-Pw-5e1f9a0c";
+    const SITE_SECRET: &str = "site-Tok-77c2d4e1";
+    const URL_SECRET: &str = "bmc-Pw-0d9e8f";
+
+    // The agent: a token written inline where only token_file is allowed.
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "site = \"caen-1\"\nhost = \"h\"\n\n[push]\nurl = \"http://127.0.0.1:1/api/v1/write\"\ntoken = \"{AGENT_SECRET}\"\n"
+        ),
+    )
+    .expect("agent config");
+    for cmd in ["check-config", "run"] {
+        let (code, out) = run_bounded("domesday-agent", &[cmd], &agent_cfg);
+        assert_ne!(code, Some(0), "agent {cmd} accepted the config: {out}");
+        assert!(code.is_some(), "agent {cmd} did not refuse the config: {out}");
+        assert!(!out.contains(AGENT_SECRET) && !out.contains("5e1f9a0c"), "agent {cmd} echoed the secret: {out}");
+        assert!(out.contains("agent.toml:6:") && out.contains("token"), "agent {cmd}: {out}");
+        assert!(out.contains("token = <redacted>"), "agent {cmd}: {out}");
+    }
+
+    // The collector: the token itself pasted into token_sha256, and a meter URL
+    // carrying credentials.
+    let cfg = dir.path().join("collector.toml");
+    let port = domesday_tests::free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndb = {db:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{SITE_SECRET}\"\n",
+            db = dir.path().join("domesday.db").display().to_string()
+        ),
+    )
+    .expect("config");
+    for cmd in ["check-config", "serve"] {
+        let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
+        assert_eq!(code, Some(2), "collector {cmd}: {out}");
+        assert!(!out.contains(SITE_SECRET) && !out.contains("77c2d4e1"), "collector {cmd} echoed the secret: {out}");
+        assert!(out.contains("collector.toml:7:") && out.contains("token_sha256"), "collector {cmd}: {out}");
+        assert!(out.contains("token_sha256 = <redacted>"), "collector {cmd}: {out}");
+    }
+
+    // A URL with credentials in it on a line whose error is a parse error.
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndb = {db:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\nhomepage = \"https://bob:{URL_SECRET}@example.net\"\n",
+            db = dir.path().join("domesday.db").display().to_string()
+        ),
+    )
+    .expect("config");
+    for cmd in ["check-config", "serve"] {
+        let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
+        assert_eq!(code, Some(2), "collector {cmd}: {out}");
+        assert!(!out.contains(URL_SECRET), "collector {cmd} echoed the URL's password: {out}");
+        assert!(out.contains("collector.toml:7:") && out.contains("homepage"), "collector {cmd}: {out}");
+    }
+}

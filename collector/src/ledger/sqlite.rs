@@ -124,6 +124,7 @@ const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 /// Opens (creating and migrating) the database for writing, `synchronous=FULL`.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    refuse_read_only(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // A larger page cache and fewer, larger checkpoints: the writer appends in bulk.
@@ -146,7 +147,56 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
+    ensure_writable(&conn, path)?;
     Ok(conn)
+}
+
+/// Refuses a database SQLite opened read-only: it does so without a word when
+/// the file is write-protected, and the first write would fail with a bare
+/// "attempt to write a readonly database".
+fn refuse_read_only(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            message: "is read-only (the file is write-protected, or on a read-only file system): the collector \
+                      must write its ledger; give its user write access to the file and its directory"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a ledger this process cannot write, at open rather than at the
+/// first write: a read-only directory, or `-wal`/`-shm` files it cannot
+/// write, let it run until a write (or the next start, once a clean stop
+/// deleted them) must create or write them. So a real write transaction must
+/// commit, and a file must be creatable in the database's directory.
+fn ensure_writable(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let refuse = |message: String| StoreError::Open { path: path.display().to_string(), message };
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;")).map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        refuse(format!(
+            "cannot be written ({e}): the collector must write its ledger; give its user write access to the file, \
+             its -wal and -shm files and its directory"
+        ))
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".domesday-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(refuse(format!(
+            "its directory {} is not writable ({e}): SQLite creates the ledger's -wal and -shm files there; give \
+             the collector's user write access to it",
+            dir.display()
+        ))),
+    }
 }
 
 /// A series' identity: site, host, meter and method joined by
