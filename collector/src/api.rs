@@ -23,7 +23,7 @@ use domesday_model::remote_write2::{self, Counts, Proto, negotiate};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::config::{IngestConfig, Site, hash_token};
+use crate::config::{IngestConfig, Site, SiteConfig, hash_token};
 use crate::ingest::{Refusal, authenticate, decompress_body, parse, parse_v2, split, track_unknown};
 use crate::ledger::query::{EnergyQuery, rfc3339};
 use crate::ledger::writer::{SubmitError, WriterHandle, now_ms};
@@ -362,6 +362,27 @@ pub(crate) fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap)
     }
 }
 
+/// The gate of a read endpoint about one site: `deny_read`, then `site` is
+/// required (400) and must be configured (404). `Err` is the refusal (boxed:
+/// a `Response` is large).
+fn read_site<'a>(
+    state: &'a AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    site: Option<&str>,
+) -> Result<&'a SiteConfig, Box<Response>> {
+    if let Some(r) = deny_read(state, peer, headers) {
+        return Err(Box::new(r));
+    }
+    let Some(site) = site else { return Err(Box::new(error(StatusCode::BAD_REQUEST, "`site` is required"))) };
+    state
+        .sites
+        .iter()
+        .find(|s| s.config.id == site)
+        .map(|s| &s.config)
+        .ok_or_else(|| Box::new(error(StatusCode::NOT_FOUND, format!("no site {site:?}"))))
+}
+
 /// RFC 3339 or Unix milliseconds.
 pub fn parse_time(name: &str, v: &str) -> Result<i64, String> {
     if let Ok(ms) = v.parse::<i64>() {
@@ -406,13 +427,10 @@ async fn energy(
     headers: HeaderMap,
     Query(p): Query<EnergyParams>,
 ) -> Response {
-    if let Some(r) = deny_read(&state, peer, &headers) {
-        return r;
-    }
-    let Some(site) = p.site.clone() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
-    if !state.sites.iter().any(|s| s.config.id == site) {
-        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
-    }
+    let site = match read_site(&state, peer, &headers, p.site.as_deref()) {
+        Ok(c) => c.id.clone(),
+        Err(r) => return *r,
+    };
     if p.host.is_some() && p.meter.is_some() {
         return error(StatusCode::BAD_REQUEST, "give `host` or `meter`, not both");
     }
@@ -469,12 +487,9 @@ async fn hosts(
     headers: HeaderMap,
     Path(site): Path<String>,
 ) -> Response {
-    if let Some(r) = deny_read(&state, peer, &headers) {
-        return r;
-    }
-    let Some(expected) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.expected_hosts.clone())
-    else {
-        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    let expected = match read_site(&state, peer, &headers, Some(&site)) {
+        Ok(c) => c.expected_hosts.clone(),
+        Err(r) => return *r,
     };
     let reader = state.reader.clone();
     let s = site.clone();
@@ -564,11 +579,9 @@ async fn indicators(
     Path(site): Path<String>,
     Query(p): Query<IndicatorParams>,
 ) -> Response {
-    if let Some(r) = deny_read(&state, peer, &headers) {
-        return r;
-    }
-    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
-        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    let site_cfg = match read_site(&state, peer, &headers, Some(&site)) {
+        Ok(c) => c.clone(),
+        Err(r) => return *r,
     };
     let (from_ms, to_ms) = match parse_range(p.from.as_deref(), p.to.as_deref()) {
         Ok(r) => r,
@@ -610,6 +623,30 @@ struct EedParams {
     draft: Option<bool>,
 }
 
+/// The period of `year`, or of `from` and `to` (one or the other); `Err` is the 400.
+fn eed_period(site: &SiteConfig, p: &EedParams) -> Result<crate::reports::eed::ReportPeriod, Box<Response>> {
+    use crate::reports::eed::ReportPeriod;
+    match (p.year, &p.from, &p.to) {
+        (Some(y), None, None) => ReportPeriod::year(site, y)
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")))),
+        (None, Some(_), Some(_)) => parse_range(p.from.as_deref(), p.to.as_deref())
+            .map(|(from_ms, to_ms)| ReportPeriod { from_ms, to_ms, year: None })
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e))),
+        _ => Err(Box::new(error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"))),
+    }
+}
+
+/// A declaration that could not be made: 422 when incomplete, 400 for a bad
+/// period, else 503.
+fn document_error(e: crate::reports::document::DocumentError) -> Response {
+    use crate::reports::document::DocumentError;
+    match e {
+        e @ DocumentError::Incomplete { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        DocumentError::Report(crate::site_report::ReportError::Period(e)) => error(StatusCode::BAD_REQUEST, e),
+        e => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 /// `GET /api/v1/reports/eed`: the document of `report eed` (docs/reports.md);
 /// an incomplete declaration is 422 with the list unless `draft=true`.
 async fn report_eed(
@@ -618,30 +655,19 @@ async fn report_eed(
     headers: HeaderMap,
     Query(p): Query<EedParams>,
 ) -> Response {
-    use crate::reports::document::{DocumentError, Request, eed_document};
-    use crate::reports::eed::ReportPeriod;
+    use crate::reports::document::{Request, eed_document};
     use crate::reports::render::OutputFormat;
-    if let Some(r) = deny_read(&state, peer, &headers) {
-        return r;
-    }
-    let Some(site) = p.site.as_deref() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
-    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
-        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    let site_cfg = match read_site(&state, peer, &headers, p.site.as_deref()) {
+        Ok(c) => c.clone(),
+        Err(r) => return *r,
     };
     let fmt = p.format.as_deref().unwrap_or("json");
     let Some(format) = OutputFormat::parse(fmt) else {
         return error(StatusCode::BAD_REQUEST, format!("`format` {fmt:?}: use json, csv or xlsx"));
     };
-    let period = match (p.year, &p.from, &p.to) {
-        (Some(y), None, None) => match ReportPeriod::year(&site_cfg, y) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")),
-        },
-        (None, Some(_), Some(_)) => match parse_range(p.from.as_deref(), p.to.as_deref()) {
-            Ok((from_ms, to_ms)) => ReportPeriod { from_ms, to_ms, year: None },
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        },
-        _ => return error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"),
+    let period = match eed_period(&site_cfg, &p) {
+        Ok(r) => r,
+        Err(r) => return *r,
     };
     let req = Request { period, format, draft: p.draft.unwrap_or(false) };
     let reader = state.reader.clone();
@@ -659,7 +685,8 @@ async fn report_eed(
         OutputFormat::Csv => ("text/csv; charset=utf-8", "csv"),
         OutputFormat::Xlsx => ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx"),
     };
-    let name = format!("eed-{site}-{}.{ext}", p.year.map(|y| y.to_string()).unwrap_or_else(|| "interim".into()));
+    let year = p.year.map(|y| y.to_string()).unwrap_or_else(|| "interim".into());
+    let name = format!("eed-{}-{year}.{ext}", site_cfg.id);
     match doc {
         Ok(bytes) => (
             StatusCode::OK,
@@ -670,9 +697,7 @@ async fn report_eed(
             bytes,
         )
             .into_response(),
-        Err(e @ DocumentError::Incomplete { .. }) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(DocumentError::Report(crate::site_report::ReportError::Period(e))) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => document_error(e),
     }
 }
 
@@ -684,25 +709,14 @@ async fn report_publication(
     headers: HeaderMap,
     Query(p): Query<EedParams>,
 ) -> Response {
-    use crate::reports::document::{DocumentError, declaration};
-    use crate::reports::eed::ReportPeriod;
-    if let Some(r) = deny_read(&state, peer, &headers) {
-        return r;
-    }
-    let Some(site) = p.site.as_deref() else { return error(StatusCode::BAD_REQUEST, "`site` is required") };
-    let Some(site_cfg) = state.sites.iter().find(|s| s.config.id == site).map(|s| s.config.clone()) else {
-        return error(StatusCode::NOT_FOUND, format!("no site {site:?}"));
+    use crate::reports::document::declaration;
+    let site_cfg = match read_site(&state, peer, &headers, p.site.as_deref()) {
+        Ok(c) => c.clone(),
+        Err(r) => return *r,
     };
-    let period = match (p.year, &p.from, &p.to) {
-        (Some(y), None, None) => match ReportPeriod::year(&site_cfg, y) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("`year` {y}: {e}")),
-        },
-        (None, Some(_), Some(_)) => match parse_range(p.from.as_deref(), p.to.as_deref()) {
-            Ok((from_ms, to_ms)) => ReportPeriod { from_ms, to_ms, year: None },
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        },
-        _ => return error(StatusCode::BAD_REQUEST, "give `year`, or `from` and `to`"),
+    let period = match eed_period(&site_cfg, &p) {
+        Ok(r) => r,
+        Err(r) => return *r,
     };
     let reader = state.reader.clone();
     let d = crate::site_report::with_blocking_reads(declaration(
@@ -722,9 +736,7 @@ async fn report_publication(
             crate::reports::publication::html(&d),
         )
             .into_response(),
-        Err(e @ DocumentError::Incomplete { .. }) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(DocumentError::Report(crate::site_report::ReportError::Period(e))) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => document_error(e),
     }
 }
 

@@ -273,9 +273,25 @@ pub(crate) fn parse_sample(mut buf: &[u8]) -> Result<Sample, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A valid encoding damaged for the view-against-prost properties: the
+    /// byte at `flip` xored with `byte`, then the bytes cut at `cut`.
+    pub(crate) fn damaged(
+        mut raw: Vec<u8>,
+        cut: proptest::sample::Index,
+        flip: proptest::sample::Index,
+        byte: u8,
+    ) -> Vec<u8> {
+        if !raw.is_empty() {
+            let i = flip.index(raw.len());
+            raw[i] ^= byte;
+            raw.truncate(cut.index(raw.len() + 1));
+        }
+        raw
+    }
 
     fn series(name: &str, v: f64, t: i64) -> TimeSeries {
         TimeSeries {
@@ -387,12 +403,7 @@ mod tests {
             byte in any::<u8>(),
             garbage in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
-            let mut raw = req.encode_to_vec();
-            if !raw.is_empty() {
-                let i = flip.index(raw.len());
-                raw[i] ^= byte;
-                raw.truncate(cut.index(raw.len() + 1));
-            }
+            let raw = damaged(req.encode_to_vec(), cut, flip, byte);
             prop_assert_eq!(viewed(&raw), owned(&raw));
             prop_assert_eq!(viewed(&garbage), owned(&garbage));
         }

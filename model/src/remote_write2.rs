@@ -305,6 +305,7 @@ impl<'a> WriteRequestView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote_write::tests::damaged;
     use crate::remote_write::{decompress, stale_nan};
     use proptest::prelude::*;
 
@@ -524,12 +525,7 @@ mod tests {
             byte in any::<u8>(),
             garbage in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
-            let mut raw = req.encode_to_vec();
-            if !raw.is_empty() {
-                let i = flip.index(raw.len());
-                raw[i] ^= byte;
-                raw.truncate(cut.index(raw.len() + 1));
-            }
+            let raw = damaged(req.encode_to_vec(), cut, flip, byte);
             prop_assert_eq!(viewed(&raw), owned(&raw));
             prop_assert_eq!(viewed(&garbage), owned(&garbage));
         }

@@ -534,3 +534,95 @@ pub fn site_config(dir: &Path, port: u16, token: &str, site: &str) -> PathBuf {
     .expect("config");
     p
 }
+
+/// `domesday-collector serve --config cfg` in `dir` with `SOURCE_DATE_EPOCH`
+/// set to `epoch`, as the report commands run, so both produce the same
+/// bytes; returns once `/readyz` answers.
+pub fn serve_at_epoch(dir: &Path, port: u16, cfg: &Path, epoch: &str) -> Collector {
+    let child = Command::new(binary("domesday-collector"))
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .current_dir(dir)
+        .env("SOURCE_DATE_EPOCH", epoch)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn collector");
+    let c = Collector { proc: Proc(child), port, dir: dir.to_path_buf() };
+    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    c
+}
+
+/// Compares a rendering with `tests/golden/reports/<name>`; `UPDATE_GOLDEN=1`
+/// rewrites the file first.
+pub fn report_golden(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("reports").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, got).expect("write golden");
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(got, want, "{} differs from the rendering (UPDATE_GOLDEN=1 rewrites it)", path.display());
+}
+
+/// Equal within a relative 1e-9 (absolute below 1).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+/// A CSV line into cells (quoted cells may hold commas and doubled quotes).
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match (ch, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(ch),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Now, down to the minute, in Unix milliseconds.
+pub fn now_minute_ms() -> i64 {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    ms.div_euclid(60_000) * 60_000
+}
+
+/// `GET /api/v1/energy` of `host` of site `caen-1` over `[from, to)` (ms), as JSON.
+pub fn host_energy(c: &Collector, host: &str, from: i64, to: i64) -> serde_json::Value {
+    let body = get_text(
+        &c.url(&format!("/api/v1/energy?site=caen-1&host={host}&from={from}&to={to}")),
+        Duration::from_secs(5),
+    );
+    serde_json::from_str(&body).expect("energy json")
+}
+
+/// The `[[sites.meters]]` tables of a site metered for the reports: utility,
+/// UPS output, on-site renewable, reused heat, water and potable water.
+pub fn report_meters() -> String {
+    [
+        ("edf", "utility_in", "kWh"),
+        ("ups", "ups_out", "kWh"),
+        ("pv", "onsite_renewable_consumed", "kWh"),
+        ("chaleur", "heat_reused_out", "kWh"),
+        ("eau", "water_in", "m3"),
+        ("eau-pot", "water_potable_in", "m3"),
+    ]
+    .iter()
+    .map(|(id, role, unit)| {
+        format!("\n[[sites.meters]]\nid = \"{id}\"\nrole = \"{role}\"\nkind = \"csv\"\nunit = \"{unit}\"\n")
+    })
+    .collect()
+}

@@ -4,25 +4,14 @@
 //! SIGTERM or a SIGKILL in the middle of ingest.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use domesday_model::remote_write::{WriteRequest, encode};
-use domesday_tests::{Collector, binary, free_port, get_text, host_energy_series, post_write, series_value};
+use domesday_tests::{
+    Collector, binary, free_port, get_text, host_energy, host_energy_series, now_minute_ms, post_write, series_value,
+};
 
 const TOKEN: &str = "caen-secret-token";
-
-fn now_minute_ms() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    ms.div_euclid(60_000) * 60_000
-}
-
-fn energy(c: &Collector, host: &str, from: i64, to: i64) -> serde_json::Value {
-    let body = get_text(
-        &c.url(&format!("/api/v1/energy?site=caen-1&host={host}&from={from}&to={to}")),
-        Duration::from_secs(5),
-    );
-    serde_json::from_str(&body).expect("energy json")
-}
 
 fn request(host: &str, points: &[(f64, i64)]) -> Vec<u8> {
     encode(&WriteRequest { timeseries: vec![host_energy_series("caen-1", host, "psu_input", points)] })
@@ -39,7 +28,7 @@ fn energy_is_exact_replays_count_once_and_tokens_are_per_site() {
     let body = request("srv-1", &points);
     assert_eq!(post_write(&write, Some(TOKEN), body.clone()).map(|r| r.0), Ok(204));
     assert_eq!(post_write(&write, Some(TOKEN), body.clone()).map(|r| r.0), Ok(204), "a replay is accepted");
-    let e = energy(&c, "srv-1", t0, t0 + 3_600_000);
+    let e = host_energy(&c, "srv-1", t0, t0 + 3_600_000);
     assert_eq!(e["energy_microjoules"], "12171900000", "{e}"); // 39 × 312.1 J
     assert_eq!(e["samples"], 40);
     assert_eq!(e["measured_joules"], 12171.9);
@@ -118,7 +107,7 @@ fn hostile_bodies_are_refused_and_the_server_stays_up() {
     let t0 = now_minute_ms() - 600_000;
     let r = request("srv-2", &[(10.0, t0), (f64::NAN, t0 + 1000), (-5.0, t0 + 2000), (20.0, t0 + 3000)]);
     assert_eq!(post_write(&write, Some(TOKEN), r).map(|r| r.0), Ok(204));
-    assert_eq!(energy(&c, "srv-2", t0, t0 + 60_000)["energy_joules"], 10.0);
+    assert_eq!(host_energy(&c, "srv-2", t0, t0 + 60_000)["energy_joules"], 10.0);
     let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
     assert_eq!(series_value(&metrics, "domesday_ingest_rejected_total", &["reason=\"nan\""]), Some(1.0));
     assert_eq!(series_value(&metrics, "domesday_ingest_rejected_total", &["reason=\"negative\""]), Some(1.0));
@@ -175,7 +164,7 @@ fn acknowledged_samples_survive_sigterm_and_sigkill() {
     // Every acknowledged sample is booked: the ledger holds at least up to the
     // last acknowledged one (a commit whose answer the kill cut off may be there too).
     let last_acked = acked.last().map(|p| p.1).unwrap_or(t0);
-    let e = energy(&c, "srv-3", t0, (last_acked / 60_000 + 1) * 60_000);
+    let e = host_energy(&c, "srv-3", t0, (last_acked / 60_000 + 1) * 60_000);
     let booked_last = e["last_sample"].as_str().unwrap_or_default().to_string();
     assert!(booked_last >= jiff_like(last_acked), "{e}: last acknowledged sample at {last_acked} missing");
     assert!(acked.len() >= 100, "{} acked", acked.len());
@@ -185,7 +174,7 @@ fn acknowledged_samples_survive_sigterm_and_sigkill() {
         let p = (100.0 + i as f64 * 2.5, t0 + i * 10_000);
         assert_eq!(post_write(&c.url("/api/v1/write"), Some(TOKEN), request("srv-3", &[p])).map(|r| r.0), Ok(204));
     }
-    let e = energy(&c, "srv-3", t0, t0 + 68 * 60_000);
+    let e = host_energy(&c, "srv-3", t0, t0 + 68 * 60_000);
     assert_eq!(e["energy_microjoules"], (399 * 2_500_000i64).to_string(), "{e}");
     assert_eq!(e["samples"], 400, "{e}");
 }

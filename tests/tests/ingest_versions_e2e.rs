@@ -4,26 +4,15 @@
 //! (booked through the same rules as 1.0, answered with the `Written` headers;
 //! bad symbol references refused with nothing stored; other content types 415).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use domesday_model::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use domesday_model::remote_write2::{self as v2, Exemplar, Histogram, Metadata, Request};
-use domesday_tests::{Collector, free_port, get_text, host_energy_series, post_write, series_value};
+use domesday_tests::{
+    Collector, free_port, get_text, host_energy, host_energy_series, now_minute_ms, post_write, series_value,
+};
 
 const TOKEN: &str = "caen-secret-token";
-
-fn now_minute_ms() -> i64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    ms.div_euclid(60_000) * 60_000
-}
-
-fn energy(c: &Collector, host: &str, from: i64, to: i64) -> serde_json::Value {
-    let body = get_text(
-        &c.url(&format!("/api/v1/energy?site=caen-1&host={host}&from={from}&to={to}")),
-        Duration::from_secs(5),
-    );
-    serde_json::from_str(&body).expect("energy json")
-}
 
 fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
     let mut labels: Vec<Label> = labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect();
@@ -58,7 +47,7 @@ fn a_method_the_collector_does_not_know_is_booked_under_the_quality_it_states() 
     });
     let (code, msg) = post_write(&write, Some(TOKEN), body).expect("post");
     assert_eq!(code, 204, "{msg}");
-    let e = energy(&c, "srv-1", t0, t0 + 3_600_000);
+    let e = host_energy(&c, "srv-1", t0, t0 + 3_600_000);
     assert_eq!(e["energy_joules"], 95.0, "{e}");
     assert_eq!(e["measured_joules"], 90.0, "{e}");
     assert_eq!(e["estimated_joules"], 5.0, "{e}");
@@ -96,7 +85,7 @@ fn a_method_the_collector_does_not_know_is_booked_under_the_quality_it_states() 
     let (code, msg) = post_write(&write, Some(TOKEN), bad).expect("post");
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("series 1") && msg.contains("`method`"), "{msg}");
-    assert_eq!(energy(&c, "srv-2", t0, t0 + 3_600_000)["samples"], 0);
+    assert_eq!(host_energy(&c, "srv-2", t0, t0 + 3_600_000)["samples"], 0);
 }
 
 /// POSTs a body with the given Content-Type (and Remote-Write 2.0's other headers).
@@ -183,7 +172,7 @@ fn remote_write_2_is_booked_like_1_0_and_answered_with_written_counts() {
     assert_eq!(r.status().as_u16(), 204);
     // Every float sample, histogram sample and exemplar accepted (booked or counted).
     assert_eq!(written(&r), [Some(3), Some(1), Some(1)]);
-    let e = energy(&c, "srv-1", t0, t0 + 3_600_000);
+    let e = host_energy(&c, "srv-1", t0, t0 + 3_600_000);
     assert_eq!(e["energy_microjoules"], "120500000", "{e}");
     assert_eq!(e["by_method"]["psu_input"], 120.5, "{e}");
     assert_eq!(e["samples"], 2, "{e}");
@@ -200,7 +189,7 @@ fn remote_write_2_is_booked_like_1_0_and_answered_with_written_counts() {
     assert_eq!(written(&r), [Some(0), Some(0), Some(0)]);
     let msg = r.text().unwrap_or_default();
     assert!(msg.contains("series 1") && msg.contains("symbol"), "{msg}");
-    assert_eq!(energy(&c, "srv-2", t0, t0 + 3_600_000)["samples"], 0);
+    assert_eq!(host_energy(&c, "srv-2", t0, t0 + 3_600_000)["samples"], 0);
 
     // The same rules as 1.0: another site's series is 403, written nothing.
     let mut other_site = request_v2("srv-3", t0, false);
@@ -217,7 +206,7 @@ fn remote_write_2_is_booked_like_1_0_and_answered_with_written_counts() {
         assert!(r.text().unwrap_or_default().contains("not supported"), "{ct}");
     }
     assert_eq!(post(&write, Some(v2::CONTENT_TYPE), "gzip", body).status().as_u16(), 415);
-    assert_eq!(energy(&c, "srv-4", t0, t0 + 3_600_000)["samples"], 0);
+    assert_eq!(host_energy(&c, "srv-4", t0, t0 + 3_600_000)["samples"], 0);
     // 1.0, named explicitly or by the bare media type, is still read as 1.0 (no Written headers).
     let v1 = encode(&WriteRequest {
         timeseries: vec![host_energy_series("caen-1", "srv-5", "psu_input", &[(1.0, t0), (3.0, t0 + 60_000)])],
@@ -225,7 +214,7 @@ fn remote_write_2_is_booked_like_1_0_and_answered_with_written_counts() {
     let r = post(&write, Some("application/x-protobuf;proto=prometheus.WriteRequest"), "snappy", v1.clone());
     assert_eq!((r.status().as_u16(), written(&r)), (204, [None, None, None]));
     assert_eq!(post_write(&write, Some(TOKEN), v1).map(|r| r.0), Ok(204));
-    assert_eq!(energy(&c, "srv-5", t0, t0 + 3_600_000)["energy_joules"], 2.0);
+    assert_eq!(host_energy(&c, "srv-5", t0, t0 + 3_600_000)["energy_joules"], 2.0);
     let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
     assert_eq!(series_value(&metrics, "domesday_ingest_requests_total", &["code=\"415\""]), Some(4.0));
     assert_eq!(series_value(&metrics, "domesday_ingest_rejected_total", &["reason=\"unsupported\""]), Some(4.0));

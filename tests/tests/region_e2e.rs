@@ -22,7 +22,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx};
-use domesday_tests::{Collector, binary, free_port, get_text, mock_http};
+use domesday_tests::{
+    binary, close, free_port, get_text, mock_http, report_golden, report_meters, serve_at_epoch, split_csv,
+};
 
 const TOKEN: &str = "region-token";
 const EPOCH: &str = "1767225600"; // SOURCE_DATE_EPOCH: 2026-01-01T00:00:00Z
@@ -70,28 +72,12 @@ cstor_pb = 3.2
 cstor_floor_coverage_pct = 80.0
 "#;
 
-fn meters() -> String {
-    [
-        ("edf", "utility_in", "kWh"),
-        ("ups", "ups_out", "kWh"),
-        ("pv", "onsite_renewable_consumed", "kWh"),
-        ("chaleur", "heat_reused_out", "kWh"),
-        ("eau", "water_in", "m3"),
-        ("eau-pot", "water_potable_in", "m3"),
-    ]
-    .iter()
-    .map(|(id, role, unit)| {
-        format!("\n[[sites.meters]]\nid = \"{id}\"\nrole = \"{role}\"\nkind = \"csv\"\nunit = \"{unit}\"\n")
-    })
-    .collect()
-}
-
 fn site(id: &str, name: &str, operator: &str, region: &str, token: &Path, full: bool) -> String {
     format!(
         "\n[[sites]]\nid = \"{id}\"\nname = \"{name}\"\noperator = \"{operator}\"\nregion = \"{region}\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}{}",
         token.display().to_string(),
         if full { IDENTITY } else { "" },
-        meters()
+        report_meters()
     )
 }
 
@@ -155,20 +141,6 @@ fn import(cfg: &Path, dir: &Path, site: &str, name: &str, csv: &str) {
     let p = dir.join(name);
     std::fs::write(&p, csv).expect("csv");
     ok(run(cfg, dir, &["import-meters", "--site", site, &p.display().to_string()]));
-}
-
-fn golden(name: &str, got: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("reports").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, got).expect("write golden");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(got, want, "{} differs from the rendering (UPDATE_GOLDEN=1 rewrites it)", path.display());
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
 fn f(v: &serde_json::Value) -> f64 {
@@ -257,8 +229,8 @@ fn region_report_mixes_ledger_sites_and_declarations() {
     assert_eq!(xlsx_a, region(&w, "xlsx", "r2.xlsx"));
     let json_text = String::from_utf8(json_a).expect("utf-8");
     let csv_text = String::from_utf8(csv_a).expect("utf-8");
-    golden("region-normandie-2025.json", &json_text);
-    golden("region-normandie-2025.csv", &csv_text);
+    report_golden("region-normandie-2025.json", &json_text);
+    report_golden("region-normandie-2025.csv", &csv_text);
     let r: serde_json::Value = serde_json::from_str(&json_text).expect("json");
 
     // Who is in: the two ledger sites of the region and operator B's declaration; not Brest.
@@ -352,7 +324,7 @@ fn region_report_mixes_ledger_sites_and_declarations() {
     }
 
     // The indicators API over the same year gives caen-1's figures.
-    let c = serve(&w.dir, w.port, &w.cfg);
+    let c = serve_at_epoch(&w.dir, w.port, &w.cfg, EPOCH);
     let api: serde_json::Value = serde_json::from_str(&get_text(
         &c.url("/api/v1/sites/caen-1/indicators?from=2024-12-31T23:00:00Z&to=2025-12-31T23:00:00Z&step=1y"),
         Duration::from_secs(30),
@@ -464,7 +436,7 @@ fn declarations_from_the_config_and_urls() {
     let havre = r["sites"].as_array().expect("sites").iter().find(|s| s["site"] == "le-havre-1").cloned().expect("b");
     assert_eq!(havre["origin"], url.as_str());
     assert_eq!(r["totals"]["sites"], 3);
-    let c = serve(&c2, port, &cfg);
+    let c = serve_at_epoch(&c2, port, &cfg, EPOCH);
     let (code, body) = get_bytes(&c.url("/reports/region?region=normandie&year=2025"));
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains(&url));
@@ -571,22 +543,6 @@ fn malformed_declaration_is_refused_with_file_and_field() {
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("out")).expect("json");
     assert_eq!(r["sites"][0]["pue"], 1.5);
     assert_eq!(r["indicators"][0]["ratio_of_sums"], 1.5);
-}
-
-fn serve(dir: &Path, port: u16, cfg: &Path) -> Collector {
-    let child = Command::new(binary("domesday-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .current_dir(dir)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn collector");
-    let c = Collector { proc: domesday_tests::Proc(child), port, dir: dir.to_path_buf() };
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
-    c
 }
 
 fn get_bytes(url: &str) -> (u16, Vec<u8>) {
@@ -724,26 +680,6 @@ fn png_ink(png: &[u8]) -> (u32, u32, f64, usize) {
         std::mem::swap(&mut prev, &mut cur);
     }
     (w, h, ink as f64 / (f64::from(w) * f64::from(h)), colours.len())
-}
-
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match (ch, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(ch),
-        }
-    }
-    out.push(cur);
-    out
 }
 
 /// `report opendata`: `schema.json` is a valid Table Schema (the official

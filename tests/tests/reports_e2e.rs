@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx};
-use domesday_tests::{Collector, binary, free_port, get_text};
+use domesday_tests::{binary, close, free_port, get_text, report_golden, report_meters, serve_at_epoch, split_csv};
 
 const TOKEN: &str = "report-token";
 const EPOCH: &str = "1767225600"; // SOURCE_DATE_EPOCH: 2026-01-01T00:00:00Z
@@ -75,22 +75,6 @@ cstor_pb = 3.2
 cstor_floor_coverage_pct = 80.0
 "#;
 
-fn meters() -> String {
-    [
-        ("edf", "utility_in", "kWh"),
-        ("ups", "ups_out", "kWh"),
-        ("pv", "onsite_renewable_consumed", "kWh"),
-        ("chaleur", "heat_reused_out", "kWh"),
-        ("eau", "water_in", "m3"),
-        ("eau-pot", "water_potable_in", "m3"),
-    ]
-    .iter()
-    .map(|(id, role, unit)| {
-        format!("\n[[sites.meters]]\nid = \"{id}\"\nrole = \"{role}\"\nkind = \"csv\"\nunit = \"{unit}\"\n")
-    })
-    .collect()
-}
-
 /// The collector config: `caen-1` complete, `rouen-1` with the same meters
 /// but no Annex I keys and no annual figures.
 fn config(dir: &Path, port: u16) -> PathBuf {
@@ -102,8 +86,8 @@ fn config(dir: &Path, port: u16) -> PathBuf {
          [[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {token:?}\n{FULL_SITE}{}\n\
          [[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {token:?}\ncountry = \"FR\"\n{}",
         dir.join("domesday.db").display().to_string(),
-        meters(),
-        meters(),
+        report_meters(),
+        report_meters(),
     );
     std::fs::write(&p, text).expect("config");
     p
@@ -142,21 +126,6 @@ fn report(cfg: &Path, site: &str, format: &str, out: &Path, extra: &[&str]) -> O
     collector(cfg, &args)
 }
 
-fn golden(name: &str, got: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("reports").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&path, got).expect("write golden");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(got, want, "{} differs from the rendering (UPDATE_GOLDEN=1 rewrites it)", path.display());
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
-}
-
 /// The rows of one XLSX sheet as strings/numbers.
 fn sheet(x: &mut Xlsx<std::io::BufReader<std::fs::File>>, name: &str) -> Vec<Vec<Data>> {
     let r = x.worksheet_range(name).unwrap_or_else(|e| panic!("sheet {name}: {e}"));
@@ -193,8 +162,8 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     }
     let json_text = std::fs::read_to_string(out("a.json")).expect("json");
     let csv_text = std::fs::read_to_string(out("a.csv")).expect("csv");
-    golden("eed-caen-1-2025.json", &json_text);
-    golden("eed-caen-1-2025.csv", &csv_text);
+    report_golden("eed-caen-1-2025.json", &json_text);
+    report_golden("eed-caen-1-2025.csv", &csv_text);
     let d: serde_json::Value = serde_json::from_str(&json_text).expect("json");
 
     // Recomputed from the readings: EDC = grid + PV; EIT = UPS output (category 1).
@@ -239,7 +208,7 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     assert!(ind("cue")["class"].is_null());
 
     // The API over the same year: every indicator figure, in every format.
-    let c = serve(dir.path(), port, &cfg);
+    let c = serve_at_epoch(dir.path(), port, &cfg, EPOCH);
     let api: serde_json::Value = serde_json::from_str(&get_text(
         &c.url("/api/v1/sites/caen-1/indicators?from=2024-12-31T23:00:00Z&to=2025-12-31T23:00:00Z&step=1y"),
         Duration::from_secs(30),
@@ -380,7 +349,7 @@ fn eed_declaration_of_a_seeded_year_in_every_format() {
     let page = std::fs::read_to_string(pubdir.join("caen-1-2025.html")).expect("html");
     let pub_json = std::fs::read_to_string(pubdir.join("caen-1-2025.json")).expect("json");
     let pub_csv = std::fs::read_to_string(pubdir.join("caen-1-2025.csv")).expect("csv");
-    golden("publication-caen-1-2025.html", &page);
+    report_golden("publication-caen-1-2025.html", &page);
     let p: serde_json::Value = serde_json::from_str(&pub_json).expect("publication json");
     assert_eq!(p["schema"], "domesday.eed-publication");
     for text in [&page, &pub_json, &pub_csv] {
@@ -500,48 +469,11 @@ fn interim_period_is_marked_everywhere() {
     assert!(close(e["eres_goo_kwh"]["value"].as_f64().expect("goo"), 600_000.0 * share), "{}", e["eres_goo_kwh"]);
 }
 
-/// `serve` with `SOURCE_DATE_EPOCH` set, as the command runs, so both produce the same bytes.
-fn serve(dir: &Path, port: u16, cfg: &Path) -> Collector {
-    let child = Command::new(binary("domesday-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn collector");
-    let c = Collector { proc: domesday_tests::Proc(child), port, dir: dir.to_path_buf() };
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
-    c
-}
-
 /// Status, content type and body of a GET.
 fn fetch(url: &str) -> (u16, String, Vec<u8>) {
     let r = reqwest::blocking::Client::new().get(url).timeout(Duration::from_secs(30)).send().expect("GET");
     let ctype = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     (r.status().as_u16(), ctype, r.bytes().expect("body").to_vec())
-}
-
-/// A CSV line into cells (quoted cells may hold commas and doubled quotes).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(ch) = chars.next() {
-        match (ch, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(ch),
-        }
-    }
-    out.push(cur);
-    out
 }
 
 /// docs/reports.md documents every field of the declaration, with its point.

@@ -78,6 +78,17 @@ fn cli(cfg: &std::path::Path, args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {text}");
 }
 
+/// `correct` the `tgbt` meter of `caen-1` over `[from, to)` by `value` kWh, by `ops`.
+fn correct_tgbt(cfg: &std::path::Path, from: &str, to: &str, value: &str, reason: &str) {
+    cli(
+        cfg,
+        &[
+            "correct", "--site", "caen-1", "--meter", "tgbt", "--from", from, "--to", to, "--value", value, "--by",
+            "ops", "--reason", reason,
+        ],
+    );
+}
+
 /// Polls `/metrics` until `ok` holds for the role's counter (within 15 s); returns the last value.
 fn wait_counter(c: &Collector, role: &str, ok: impl Fn(Option<f64>) -> bool) -> Option<f64> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -189,26 +200,7 @@ fn site_energy_counters_follow_every_booking() {
     // Another process writes the ledger while serve runs: a correction (+10 kWh) and a meter
     // swap reach the counters without a restart.
     let (from, to) = (ts(start), ts(start + 10 * 60_000));
-    cli(
-        &cfg,
-        &[
-            "correct",
-            "--site",
-            "caen-1",
-            "--meter",
-            "tgbt",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--value",
-            "10",
-            "--by",
-            "ops",
-            "--reason",
-            "missed reading",
-        ],
-    );
+    correct_tgbt(&cfg, &from, &to, "10", "missed reading");
     let v = wait_counter(&c, "utility_in", |v| v == Some(160.0 * 3.6e6));
     assert_eq!(v, Some(160.0 * 3.6e6));
     // Register readings of the UPS meter around a swap: 5 kWh up to the final reading, none from the new meter's initial one.
@@ -239,26 +231,7 @@ fn site_energy_counters_follow_every_booking() {
     let v = wait_counter(&c, "ups_out", |v| v == Some(105.0 * 3.6e6));
     assert_eq!(v, Some(105.0 * 3.6e6));
     // A correction that lowers the total: the counter never goes down (Prometheus counters are monotonic).
-    cli(
-        &cfg,
-        &[
-            "correct",
-            "--site",
-            "caen-1",
-            "--meter",
-            "tgbt",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--value",
-            "-4",
-            "--by",
-            "ops",
-            "--reason",
-            "double count",
-        ],
-    );
+    correct_tgbt(&cfg, &from, &to, "-4", "double count");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(energy_counter(&metrics(&c), "utility_in"), Some(160.0 * 3.6e6));
 }

@@ -92,13 +92,18 @@ fn csv_cell(s: &str) -> String {
 pub const CSV_COLUMNS: [&str; 9] =
     ["section", "site", "operator", "source", "month", "metric", "value", "unit", "interim"];
 
+/// The report's top-level keys, first in the CSV and the workbook.
+const ENVELOPE: [&str; 8] =
+    ["schema", "schema_version", "generated_at", "region", "reporting_year", "period_start", "period_end", "interim"];
+
 /// One row per figure: `envelope`, `totals`, `region_indicator`,
 /// `region_month`, `site`, `site_month`, `source`.
 pub fn csv(r: &RegionReport) -> Result<String, RenderError> {
     let v = serde_json::to_value(r)?;
     let interim = r.interim.to_string();
     let mut rows: Vec<[String; 9]> = Vec::new();
-    let mut push = |section: &str, site: &str, op: &str, src: &str, month: &str, k: &str, val: &Json| {
+    // `unit` is `unit_of(k)` but for the region indicators, whose unit is their own.
+    let mut push = |section: &str, site: &str, op: &str, src: &str, month: &str, k: &str, val: &Json, unit: &str| {
         rows.push([
             section.into(),
             site.into(),
@@ -107,27 +112,18 @@ pub fn csv(r: &RegionReport) -> Result<String, RenderError> {
             month.into(),
             k.into(),
             cell(val),
-            unit_of(k).into(),
+            unit.into(),
             interim.clone(),
         ]);
     };
-    for k in [
-        "schema",
-        "schema_version",
-        "generated_at",
-        "region",
-        "reporting_year",
-        "period_start",
-        "period_end",
-        "interim",
-    ] {
-        push("envelope", "", "", "", "", k, &v[k]);
+    for k in ENVELOPE {
+        push("envelope", "", "", "", "", k, &v[k], unit_of(k));
     }
     for (k, x) in v["conventions"].as_object().into_iter().flatten() {
-        push("envelope", "", "", "", "", k, x);
+        push("envelope", "", "", "", "", k, x, unit_of(k));
     }
     for (k, x) in v["totals"].as_object().into_iter().flatten() {
-        push("totals", "", "", "", "", k, x);
+        push("totals", "", "", "", "", k, x, unit_of(k));
     }
     for i in v["indicators"].as_array().into_iter().flatten() {
         let name = i["name"].as_str().unwrap_or_default();
@@ -137,36 +133,13 @@ pub fn csv(r: &RegionReport) -> Result<String, RenderError> {
                 "ratio_of_sums" | "energy_weighted" => i["unit"].as_str().unwrap_or_default(),
                 _ => "",
             };
-            rows.push([
-                "region_indicator".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                metric,
-                cell(x),
-                unit.into(),
-                interim.clone(),
-            ]);
+            push("region_indicator", "", "", "", "", &metric, x, unit);
         }
     }
-    let mut push = |section: &str, site: &str, op: &str, src: &str, month: &str, k: &str, val: &Json| {
-        rows.push([
-            section.into(),
-            site.into(),
-            op.into(),
-            src.into(),
-            month.into(),
-            k.into(),
-            cell(val),
-            unit_of(k).into(),
-            interim.clone(),
-        ]);
-    };
     for m in v["monthly"].as_array().into_iter().flatten() {
         let month = m["month"].as_str().unwrap_or_default();
         for (k, x) in m.as_object().into_iter().flatten().filter(|(k, _)| *k != "month") {
-            push("region_month", "", "", "", month, k, x);
+            push("region_month", "", "", "", month, k, x, unit_of(k));
         }
     }
     for s in v["sites"].as_array().into_iter().flatten() {
@@ -180,16 +153,17 @@ pub fn csv(r: &RegionReport) -> Result<String, RenderError> {
                 "site" | "operator" | "monthly" => {}
                 "previous" => {
                     for (pk, px) in x.as_object().into_iter().flatten() {
-                        push("site", site, op, src, "", &format!("previous.{pk}"), px);
+                        let key = format!("previous.{pk}");
+                        push("site", site, op, src, "", &key, px, unit_of(&key));
                     }
                 }
-                _ => push("site", site, op, src, "", k, x),
+                _ => push("site", site, op, src, "", k, x, unit_of(k)),
             }
         }
         for m in s["monthly"].as_array().into_iter().flatten() {
             let month = m["month"].as_str().unwrap_or_default();
             for (k, x) in m.as_object().into_iter().flatten().filter(|(k, _)| *k != "month") {
-                push("site_month", site, op, src, month, k, x);
+                push("site_month", site, op, src, month, k, x, unit_of(k));
             }
         }
     }
@@ -200,7 +174,7 @@ pub fn csv(r: &RegionReport) -> Result<String, RenderError> {
             s["origin"].as_str().unwrap_or_default(),
         );
         for k in ["source", "reporting_year", "used_for"] {
-            push("source", site, op, origin, "", k, &s[k]);
+            push("source", site, op, origin, "", k, &s[k], unit_of(k));
         }
     }
     let mut out = CSV_COLUMNS.join(",");
@@ -367,16 +341,7 @@ pub fn xlsx(r: &RegionReport) -> Result<Vec<u8>, RenderError> {
     ws.set_column_width(1, 60)?;
     let mut row = 1u32;
     let mut kv: Vec<(String, Json)> = Vec::new();
-    for k in [
-        "schema",
-        "schema_version",
-        "generated_at",
-        "region",
-        "reporting_year",
-        "period_start",
-        "period_end",
-        "interim",
-    ] {
+    for k in ENVELOPE {
         kv.push((k.into(), v[k].clone()));
     }
     for (k, x) in v["totals"].as_object().into_iter().flatten() {
