@@ -626,3 +626,54 @@ pub fn report_meters() -> String {
     })
     .collect()
 }
+
+/// A site's declaration keys (Annex I identity, redundancy, the French keys)
+/// and its `[[sites.annual]]` figures for `year`: with them `report eed` finds
+/// no mandatory field missing. TOML lines of a `[[sites]]` table, to be
+/// followed only by sub-tables (`[[sites.meters]]`).
+pub fn declaration_keys(year: i64) -> String {
+    format!(
+        r#"country = "FR"
+lau_code = "14118"
+nuts3_code = "FRD11"
+dc_type = "colocation"
+dc_structure = "structure"
+offers_other_type_services = false
+entry_into_operation = "2019-06"
+installed_it_power_kw = 640.0
+total_floor_area_m2 = 1200.0
+computer_room_floor_area_m2 = 450.0
+intake_air_set_point_c = 24.0
+siret = ["73282932000074"]
+contact_name = "A. Martin"
+contact_email = "energie@ndc.example"
+commissioning_date = "2019-06-15"
+public_disclosure_url = "https://ndc.example/eed"
+owner = "Caen la Mer"
+owner_contact = "patrimoine@caen.example"
+operator_contact = "noc@ndc.example"
+
+[sites.redundancy]
+electrical_hv = "2N"
+electrical_lv = "2N"
+electrical_rack = "2N"
+cooling_room = "N+1"
+cooling_rack = "N"
+
+[[sites.annual]]
+year = {year}
+grid_functions = []
+cbtg_kw = 0.0
+twh_c = 32.5
+refrigerant_types = ["R-134a"]
+cdd_degree_days = 118.4
+cdd_source = "Copernicus C3S ERA5"
+eres_goo_kwh = 600000.0
+eres_ppa_kwh = 24000.0
+cserv_sert = 41250.0
+cserv_floor_coverage_pct = 80.0
+cstor_pb = 3.2
+cstor_floor_coverage_pct = 80.0
+"#
+    )
+}

@@ -23,60 +23,18 @@ use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx};
 use domesday_tests::{
-    binary, close, free_port, get_text, mock_http, report_golden, report_meters, serve_at_epoch, split_csv,
+    binary, close, declaration_keys, free_port, get_text, mock_http, report_golden, report_meters, serve_at_epoch,
+    split_csv,
 };
 
 const TOKEN: &str = "region-token";
 const EPOCH: &str = "1767225600"; // SOURCE_DATE_EPOCH: 2026-01-01T00:00:00Z
 
-const IDENTITY: &str = r#"country = "FR"
-lau_code = "14118"
-nuts3_code = "FRD11"
-dc_type = "colocation"
-dc_structure = "structure"
-offers_other_type_services = false
-entry_into_operation = "2019-06"
-installed_it_power_kw = 640.0
-total_floor_area_m2 = 1200.0
-computer_room_floor_area_m2 = 450.0
-intake_air_set_point_c = 24.0
-siret = ["73282932000074"]
-contact_name = "A. Martin"
-contact_email = "energie@ndc.example"
-commissioning_date = "2019-06-15"
-public_disclosure_url = "https://ndc.example/eed"
-owner = "Caen la Mer"
-owner_contact = "patrimoine@caen.example"
-operator_contact = "noc@ndc.example"
-
-[sites.redundancy]
-electrical_hv = "2N"
-electrical_lv = "2N"
-electrical_rack = "2N"
-cooling_room = "N+1"
-cooling_rack = "N"
-
-[[sites.annual]]
-year = 2025
-grid_functions = []
-cbtg_kw = 0.0
-twh_c = 32.5
-refrigerant_types = ["R-134a"]
-cdd_degree_days = 118.4
-cdd_source = "Copernicus C3S ERA5"
-eres_goo_kwh = 600000.0
-eres_ppa_kwh = 24000.0
-cserv_sert = 41250.0
-cserv_floor_coverage_pct = 80.0
-cstor_pb = 3.2
-cstor_floor_coverage_pct = 80.0
-"#;
-
 fn site(id: &str, name: &str, operator: &str, region: &str, token: &Path, full: bool) -> String {
     format!(
         "\n[[sites]]\nid = \"{id}\"\nname = \"{name}\"\noperator = \"{operator}\"\nregion = \"{region}\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}{}",
         token.display().to_string(),
-        if full { IDENTITY } else { "" },
+        if full { declaration_keys(2025) } else { String::new() },
         report_meters()
     )
 }

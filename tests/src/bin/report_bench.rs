@@ -36,54 +36,6 @@ fn num(args: &[String], name: &str, default: i64) -> anyhow::Result<i64> {
     }
 }
 
-/// The Annex I keys and annual declarations `report eed` needs of a site.
-fn identity(year: i64) -> String {
-    format!(
-        r#"country = "FR"
-lau_code = "14118"
-nuts3_code = "FRD11"
-dc_type = "colocation"
-dc_structure = "structure"
-offers_other_type_services = false
-entry_into_operation = "2019-06"
-installed_it_power_kw = 640.0
-total_floor_area_m2 = 1200.0
-computer_room_floor_area_m2 = 450.0
-intake_air_set_point_c = 24.0
-siret = ["73282932000074"]
-contact_name = "A. Martin"
-contact_email = "energie@dc.example"
-commissioning_date = "2019-06-15"
-public_disclosure_url = "https://dc.example/eed"
-owner = "Bench"
-owner_contact = "owner@dc.example"
-operator_contact = "noc@dc.example"
-
-[sites.redundancy]
-electrical_hv = "2N"
-electrical_lv = "2N"
-electrical_rack = "2N"
-cooling_room = "N+1"
-cooling_rack = "N"
-
-[[sites.annual]]
-year = {year}
-grid_functions = []
-cbtg_kw = 0.0
-twh_c = 32.5
-refrigerant_types = ["R-134a"]
-cdd_degree_days = 118.4
-cdd_source = "Copernicus C3S ERA5"
-eres_goo_kwh = 600000.0
-eres_ppa_kwh = 24000.0
-cserv_sert = 41250.0
-cserv_floor_coverage_pct = 80.0
-cstor_pb = 3.2
-cstor_floor_coverage_pct = 80.0
-"#
-    )
-}
-
 /// (meter id, role, unit, register units per kWh of IT energy)
 const METERS: [(&str, &str, &str, f64); 5] = [
     ("utility", "utility_in", "kWh", 1.35),
@@ -114,7 +66,7 @@ fn write_config(dir: &Path, file: &str, sites: i64, year: i64, step_min: i64) ->
              timezone = \"Europe/Paris\"\ntoken_file = {:?}\n{}",
             s % 7,
             token.display().to_string(),
-            identity(year)
+            domesday_tests::declaration_keys(year)
         ));
         for (m, role, unit, _) in METERS {
             text.push_str(&format!(
