@@ -546,6 +546,10 @@ pub struct ReportsConfig {
     /// `report region`: file paths (relative to the config file) or https URLs.
     #[serde(default)]
     pub declarations: Vec<String>,
+    /// CSV files of annual figures (`site,year,` + `[[sites.annual]]` keys),
+    /// relative to the config file; read and checked at load.
+    #[serde(default)]
+    pub annual_csv: Vec<String>,
 }
 
 /// A site with its token hash resolved.
@@ -1155,6 +1159,7 @@ impl CollectorConfig {
                 validate_reader(m, &text, &err)?;
             }
             validate_site_details(&site_cfg, &text, &err)?;
+            crate::reports::declared::locate_declared(&mut site_cfg, &text, &err);
             sites.push(Site { config: site_cfg, token_hash });
         }
         let mut cfg = cfg;
@@ -1203,6 +1208,10 @@ impl CollectorConfig {
                 *d = base.join(d.as_str()).display().to_string();
             }
         }
+        // Annual figures kept in spreadsheets: merged into the sites' `[[sites.annual]]`.
+        let csv_at = |msg: String| at("annual_csv", format!("[reports] {msg}"));
+        crate::reports::annual_csv::import(&mut cfg.reports.annual_csv, &base, &mut sites, &csv_at)?;
+        cfg.sites = sites.iter().map(|s| s.config.clone()).collect();
         Ok(Loaded { config: cfg, sites, read_hash })
     }
 

@@ -539,3 +539,182 @@ fn chromium_renders_the_public_sheet() {
     }
     assert!(dom.contains("Caen 1") && dom.contains("Annex II 1(d)"), "rendered DOM lacks the page's text");
 }
+
+/// A config of one site `caen-1` (`site` keys, then the meters) sharing
+/// `dir`'s ledger, written to `name`, with `top` before the site.
+fn site_config(dir: &Path, name: &str, top: &str, site: &str) -> PathBuf {
+    std::fs::write(dir.join("t"), TOKEN).expect("token");
+    let p = dir.join(name);
+    let text = format!(
+        "listen = \"127.0.0.1:{}\"\ndb = {:?}\n{top}\n[carbon]\nsource = \"static\"\ngrid_zone = \"FR\"\nbasis = \"lifecycle\"\n\n\
+         [[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {:?}\n{site}{}",
+        free_port(),
+        dir.join("domesday.db").display().to_string(),
+        dir.join("t").display().to_string(),
+        report_meters(),
+    );
+    std::fs::write(&p, text).expect("config");
+    p
+}
+
+fn import_year(dir: &Path, cfg: &Path) {
+    let csv_path = dir.join("readings.csv");
+    std::fs::write(&csv_path, readings()).expect("csv");
+    let o = collector(cfg, &["import-meters", "--site", "caen-1", &csv_path.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The declaration's JSON without `declared_in` (where each figure was read).
+fn without_places(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("declared_in");
+        for x in o.values_mut() {
+            *x = without_places(x.take());
+        }
+    }
+    v
+}
+
+/// `[reports] annual_csv`: a year declared in a CSV gives the declaration the
+/// `[[sites.annual]]` table gives, every figure saying where it was read; a
+/// bad CSV is refused by `check-config` with its file, line and key.
+#[test]
+fn annual_figures_from_a_csv_equal_the_config_table() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (head, table) = FULL_SITE.split_once("[[sites.annual]]").expect("annual table");
+    let by_config = site_config(dir.path(), "config.toml", "", FULL_SITE);
+    std::fs::write(
+        dir.path().join("annual.csv"),
+        "\u{feff}site;year;grid_functions;cbtg_kw;twh_c;refrigerant_types;cdd_degree_days;cdd_source;eres_goo_kwh;eres_ppa_kwh;cserv_sert;cserv_floor_coverage_pct;cstor_pb;cstor_floor_coverage_pct\r\n\
+         caen-1;2025;none;0 kW;32,5;\"R-134a; R-1234ze(E)\";118,4;Copernicus C3S ERA5;600 000 kWh;24000;41250;80 %;3,2;80\r\n",
+    )
+    .expect("csv");
+    let by_csv = site_config(dir.path(), "csv.toml", "[reports]\nannual_csv = [\"annual.csv\"]\n", head);
+    assert!(table.contains("eres_goo_kwh = 600000.0"), "the config table the CSV mirrors");
+    import_year(dir.path(), &by_config);
+    let o = collector(&by_csv, &["check-config"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = |cfg: &Path, file: &str| -> serde_json::Value {
+        let out = dir.path().join(file);
+        let o = report(cfg, "caen-1", "json", &out, &[]);
+        assert!(o.status.success(), "{file}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out).expect("json")).expect("json")
+    };
+    let a = json(&by_config, "config.json");
+    let b = json(&by_csv, "csv.json");
+    assert_eq!(a["missing"], serde_json::json!([]));
+    let e = &b["annex_ii_energy"];
+    assert_eq!(e["eres_goo_kwh"]["value"], 600000.0);
+    assert_eq!(e["eres_goo_kwh"]["declared_in"], "annual.csv:2");
+    assert_eq!(a["annex_ii_energy"]["eres_goo_kwh"]["declared_in"], "config.toml:50");
+    assert_eq!(b["annex_ii_ict_capacity"]["cstor_pb"]["declared_in"], "annual.csv:2");
+    assert_eq!(without_places(a.clone()), without_places(b.clone()), "CSV and config declarations differ");
+    assert_ne!(a, b, "the places differ");
+    // The CSV rendering carries the place too.
+    let out = dir.path().join("csv.csv");
+    assert!(report(&by_csv, "caen-1", "csv", &out, &[]).status.success());
+    let csv = std::fs::read_to_string(out).expect("csv");
+    let row = csv.lines().map(split_csv).find(|r| r[1] == "eres_goo_kwh").expect("row");
+    assert_eq!(row.last().map(String::as_str), Some("annual.csv:2"));
+
+    // Refused before anything binds: a bad unit, a figure declared twice.
+    std::fs::write(dir.path().join("annual.csv"), "site,year,eres_goo_kwh\ncaen-1,2024,1\ncaen-1,2025,600 MWh\n")
+        .expect("csv");
+    let o = collector(&by_csv, &["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("annual.csv:3:13: column 3: `eres_goo_kwh`") && err.contains("in kWh"), "{err}");
+    let both = site_config(dir.path(), "both.toml", "[reports]\nannual_csv = [\"annual.csv\"]\n", FULL_SITE);
+    std::fs::write(dir.path().join("annual.csv"), "site,year,cstor_pb\ncaen-1,2025,3.2\n").expect("csv");
+    let o = collector(&both, &["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("`cstor_pb` is declared both in both.toml:") && err.contains("annual.csv:2"), "{err}");
+}
+
+/// Art. 3(1): the year of commissioning covers commissioning → year end,
+/// says so in every format, with the figures of that period only; Art. 3(2):
+/// an omitted KPI of the first reporting period is shown with its reason and
+/// not counted as missing.
+#[test]
+fn commissioning_year_covers_its_period_of_operation_with_omissions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let site = FULL_SITE
+        .replace("entry_into_operation = \"2019-06\"", "entry_into_operation = \"2025-07\"")
+        .replace("commissioning_date = \"2019-06-15\"", "commissioning_date = \"2025-07-01\"")
+        .replace(
+            "year = 2025\n",
+            "year = 2025\nomissions = [{ field = \"win_pot_m3\", reason = \"potable water sub-meter installed in 2026\" }]\n",
+        );
+    let cfg = site_config(dir.path(), "collector.toml", "", &site);
+    import_year(dir.path(), &cfg);
+    let out = |n: &str| dir.path().join(n);
+    for (fmt, file) in [("json", "d.json"), ("csv", "d.csv"), ("xlsx", "d.xlsx")] {
+        let o = report(&cfg, "caen-1", fmt, &out(file), &[]);
+        assert!(o.status.success(), "{fmt}: the omission is not missing: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out("d.json")).expect("json")).expect("json");
+    assert_eq!(d["period_start"], "2025-06-30T22:00:00Z", "from the commissioning day, Paris time");
+    assert_eq!(d["period_end"], "2025-12-31T23:00:00Z");
+    assert_eq!((d["interim"].as_bool(), d["first_reporting_period"].as_bool()), (Some(false), Some(true)));
+    let op = &d["operating_period"];
+    assert_eq!((op["from"].as_str(), op["to"].as_str()), (Some("2025-07-01"), Some("2025-12-31")));
+    assert!(op["statement"].as_str().unwrap_or_default().contains("Art. 3(1)"), "{op}");
+    // Six months of readings: the figures and indicators of July–December only.
+    let e = &d["annex_ii_energy"];
+    let (edc, eit) = (6.0 * 102_000.0, 6.0 * 80_000.0);
+    assert!(close(e["edc_kwh"]["value"].as_f64().expect("edc"), edc), "{}", e["edc_kwh"]);
+    assert!(close(e["eit_kwh"]["value"].as_f64().expect("eit"), eit), "{}", e["eit_kwh"]);
+    assert_eq!(e["eres_goo_kwh"]["value"], 600000.0, "the year's GOs are the period's");
+    let pue = d["indicators"].as_array().expect("indicators").iter().find(|i| i["name"] == "pue").expect("pue");
+    assert!(close(pue["value"].as_f64().expect("pue"), edc / eit), "{pue}");
+    // The omission: null, its reason, listed, not missing.
+    assert!(e["win_pot_m3"]["value"].is_null());
+    assert_eq!(e["win_pot_m3"]["omitted"], "potable water sub-meter installed in 2026");
+    assert_eq!(d["omissions"][0]["field"], "win_pot_m3");
+    assert_eq!(d["omissions"][0]["point"], "1(i)");
+    assert_eq!(d["missing"], serde_json::json!([]));
+    // CSV and XLSX say the same.
+    let csv = std::fs::read_to_string(out("d.csv")).expect("csv");
+    let rows: Vec<Vec<String>> = csv.lines().skip(1).map(split_csv).collect();
+    let env = |k: &str| rows.iter().find(|r| r[0] == "envelope" && r[1] == k).map(|r| r[6].clone()).expect(k);
+    assert_eq!(env("operating_period_from"), "2025-07-01");
+    assert!(env("operating_period").contains("2025-07-01 to 2025-12-31"));
+    assert_eq!(env("first_reporting_period"), "true");
+    let om = rows.iter().find(|r| r[0] == "omissions" && r[1] == "win_pot_m3").expect("omission row");
+    assert!(om[22].contains("sub-meter installed in 2026"), "{om:?}");
+    let mut x: Xlsx<_> = calamine::open_workbook(out("d.xlsx")).expect("xlsx");
+    let decl = sheet(&mut x, "Declaration");
+    assert!(
+        decl.iter().any(|r| r[0] == Data::String("operating_period".into())
+            && matches!(&r[1], Data::String(s) if s.contains("2025-07-01 to 2025-12-31"))),
+        "{decl:?}"
+    );
+    let oms = sheet(&mut x, "Omissions");
+    assert_eq!(oms[1][0], Data::String("win_pot_m3".into()));
+    assert_eq!(oms[1][3], Data::String("potable water sub-meter installed in 2026".into()));
+    // The public page.
+    let pubdir = out("public");
+    let o = collector(
+        &cfg,
+        &["report", "publication", "--site", "caen-1", "--year", "2025", "--out", &pubdir.display().to_string()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(pubdir.join("caen-1-2025.html")).expect("html");
+    assert!(page.contains("data-operating-from=\"2025-07-01\"") && page.contains("first year of operation"));
+    assert!(
+        page.contains("data-field=\"win_pot_m3\" data-omitted=\"true\"")
+            && page.contains("sub-meter installed in 2026")
+    );
+    // No declaration for a year before commissioning.
+    let o = collector(&cfg, &["report", "eed", "--site", "caen-1", "--year", "2024", "--draft"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no reporting period in 2024"));
+    // An omission outside the first reporting period is refused at load.
+    let late = site.replace("year = 2025\nomissions", "year = 2026\nomissions");
+    let bad = site_config(dir.path(), "late.toml", "", &late);
+    let o = collector(&bad, &["check-config"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("first reporting period") && err.contains("late.toml:"), "{err}");
+}

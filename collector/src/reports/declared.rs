@@ -8,10 +8,12 @@
 //! feed REF and the market-based CUE of every period (pro rata temporis for
 //! periods shorter than the year), through `site_report`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, SiteConfig};
-use crate::indicators::period::{calendar_year, pro_rata_temporis};
+use crate::indicators::period::calendar_year;
 use crate::indicators::{Allocation, Certificates};
 use domesday_model::config_text::find_key;
 
@@ -101,6 +103,75 @@ pub struct AnnualValues {
     /// Annex II 3(d) TOUT, EB.
     #[serde(default)]
     pub traffic_out_eb: Option<f64>,
+    /// Delegated Regulation (EU) 2024/1364 Art. 3(2): Annex II KPIs omitted
+    /// for technical reasons in the first reporting period, each with its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omissions: Vec<Omission>,
+    /// Where each declared figure was read, by key: `FILE:LINE` of the config
+    /// table or of the CSV row (filled at load, never read from the file).
+    #[serde(skip)]
+    pub declared_in: BTreeMap<String, String>,
+}
+
+/// A KPI omitted under Art. 3(2): the declaration field and why.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Omission {
+    /// The declaration field omitted (`win_m3`), one of [`OMITTABLE`].
+    pub field: String,
+    /// The technical reason, in words: the declaration shows it.
+    pub reason: String,
+}
+
+/// The first calendar year any declaration covered: the first declarations,
+/// due 15 September 2024, covered 2023 (Delegated Regulation (EU) 2024/1364 Art. 3(1)).
+pub const FIRST_REGULATION_YEAR: i16 = 2023;
+
+/// The declaration fields Art. 3(2) lets the first reporting period omit:
+/// Annex II points 1(d), 1(e), 1(h)–(l) and 1(o)–(r), by field key and point.
+pub const OMITTABLE: [(&str, &str); 14] = [
+    ("edc_kwh", "1(d)"),
+    ("edc_bg_kwh", "1(d)"),
+    ("eit_kwh", "1(e)"),
+    ("eit_basis", "1(e)"),
+    ("win_m3", "1(h)"),
+    ("win_wue_category", "1(h)"),
+    ("win_pot_m3", "1(i)"),
+    ("ereuse_kwh", "1(j)"),
+    ("twh_c", "1(k)"),
+    ("tin_setpoint_c", "1(l)"),
+    ("eres_tot_kwh", "1(o)"),
+    ("eres_goo_kwh", "1(p)"),
+    ("eres_ppa_kwh", "1(q)"),
+    ("eres_os_kwh", "1(r)"),
+];
+
+/// The commissioning date of `site`, if configured and valid.
+pub fn commissioning(site: &SiteConfig) -> Option<jiff::civil::Date> {
+    site.commissioning_date.as_deref().and_then(|d| d.parse::<jiff::civil::Date>().ok())
+}
+
+/// The calendar year of `site`'s first reporting period: the year of its
+/// `commissioning_date`, or 2023 (the year the first declarations covered)
+/// for a site commissioned earlier or whose date is not configured.
+pub fn first_reporting_year(site: &SiteConfig) -> i16 {
+    commissioning(site).map(|d| d.year()).unwrap_or(FIRST_REGULATION_YEAR).max(FIRST_REGULATION_YEAR)
+}
+
+/// Art. 3(1): the part of calendar year `year` (site's zone) the data centre
+/// was in operation, `[start, end)` in ms: from the commissioning date's
+/// local midnight in its commissioning year, the whole year after, `None`
+/// for a year wholly before commissioning.
+pub fn operating_span(site: &SiteConfig, year: i16, tz: &jiff::tz::TimeZone) -> Option<(i64, i64)> {
+    let (a, b) = calendar_year(year, tz).ok()?;
+    match commissioning(site) {
+        Some(d) if d.year() > year => None,
+        Some(d) if d.year() == year => {
+            let start = d.to_zoned_datetime(tz.clone()).ok()?.start_of_day().ok()?.timestamp().as_millisecond();
+            Some((start.max(a), b))
+        }
+        _ => Some((a, b)),
+    }
 }
 
 impl AnnualValues {
@@ -218,6 +289,16 @@ pub fn validate_site(
     {
         return Err(at("commissioning_date", format!("{d:?} must be a date \"YYYY-MM-DD\", e.g. \"2019-06-15\"")));
     }
+    if let (Some(d), Some(e)) = (commissioning(s), &s.entry_into_operation)
+        && format!("{:04}-{:02}", d.year(), d.month()) != *e
+    {
+        return Err(at(
+            "commissioning_date",
+            format!(
+                "{d} is not in entry_into_operation {e:?}: both date the data centre's entry into operation (Annex I 1(e) gives its year and month); make them agree"
+            ),
+        ));
+    }
     if let Some(u) = &s.public_disclosure_url {
         let rest = u.strip_prefix("https://").unwrap_or_default();
         if rest.is_empty() || rest.starts_with('/') || u.chars().any(char::is_whitespace) {
@@ -244,49 +325,180 @@ pub fn validate_site(
             return Err(aat("year", "is declared twice: one [[sites.annual]] table per year".into()));
         }
         years.push(y);
-        for (key, v) in a.numbers() {
-            if let Some(v) = v
-                && !(v.is_finite() && (v >= 0.0 || key == "twh_c"))
-            {
-                return Err(aat(key, format!("{v} must be a number ≥ 0")));
-            }
-        }
-        for key in ["cserv_floor_coverage_pct", "cstor_floor_coverage_pct"] {
-            let v = if key.starts_with("cserv") { a.cserv_floor_coverage_pct } else { a.cstor_floor_coverage_pct };
-            if let Some(v) = v
-                && v > 100.0
-            {
-                return Err(aat(key, format!("{v} is a percentage of the computer room floor area: 0–100")));
-            }
-        }
-        if let Some(t) = a.twh_c
-            && !(-20.0..=120.0).contains(&t)
+        check_values(a).map_err(|(key, msg)| aat(key, msg))?;
+        check_omissions(s, a).map_err(|(key, msg)| aat(key, msg))?;
+    }
+    Ok(())
+}
+
+/// The checks of one year's figures, wherever they were declared: the key
+/// at fault and the message.
+pub fn check_values(a: &AnnualValues) -> Result<(), (&'static str, String)> {
+    for (key, v) in a.numbers() {
+        if let Some(v) = v
+            && !(v.is_finite() && (v >= 0.0 || key == "twh_c"))
         {
-            return Err(aat("twh_c", format!("{t} °C is not a plausible waste heat temperature (-20–120 °C)")));
+            return Err((key, format!("{v} must be a number ≥ 0")));
         }
-        if let Some(t) = a.tin_setpoint_c
-            && !(t.is_finite() && (5.0..=45.0).contains(&t))
+    }
+    for key in ["cserv_floor_coverage_pct", "cstor_floor_coverage_pct"] {
+        let v = if key.starts_with("cserv") { a.cserv_floor_coverage_pct } else { a.cstor_floor_coverage_pct };
+        if let Some(v) = v
+            && v > 100.0
         {
-            return Err(aat("tin_setpoint_c", format!("{t} °C is not a plausible intake air set point (5–45 °C)")));
+            return Err((key, format!("{v} is a percentage of the computer room floor area: 0–100")));
         }
-        if let Some(r) = &a.refrigerant_types
-            && let Some(bad) = r.iter().find(|x| x.trim().is_empty() || x.len() > 64)
-        {
-            return Err(aat("refrigerant_types", format!("{bad:?}: name each refrigerant, e.g. \"R-134a\"")));
-        }
-        if let Some(g) = &a.grid_functions
-            && g.iter().any(|x| x.trim().is_empty())
-        {
-            return Err(aat("grid_functions", "has an empty entry: name each function, or use [] for none".into()));
-        }
-        if a.cdd_degree_days.is_some() && a.cdd_source.as_deref().is_none_or(|x| x.trim().is_empty()) {
-            return Err(aat(
-                "cdd_degree_days",
-                "needs cdd_source: the open-access source of the cooling degree days (Annex II 1(n))".into(),
+    }
+    if let Some(t) = a.twh_c
+        && !(-20.0..=120.0).contains(&t)
+    {
+        return Err(("twh_c", format!("{t} °C is not a plausible waste heat temperature (-20–120 °C)")));
+    }
+    if let Some(t) = a.tin_setpoint_c
+        && !(t.is_finite() && (5.0..=45.0).contains(&t))
+    {
+        return Err(("tin_setpoint_c", format!("{t} °C is not a plausible intake air set point (5–45 °C)")));
+    }
+    if let Some(r) = &a.refrigerant_types
+        && let Some(bad) = r.iter().find(|x| x.trim().is_empty() || x.len() > 64)
+    {
+        return Err(("refrigerant_types", format!("{bad:?}: name each refrigerant, e.g. \"R-134a\"")));
+    }
+    if let Some(g) = &a.grid_functions
+        && g.iter().any(|x| x.trim().is_empty())
+    {
+        return Err(("grid_functions", "has an empty entry: name each function, or use [] for none".into()));
+    }
+    if a.cdd_degree_days.is_some() && a.cdd_source.as_deref().is_none_or(|x| x.trim().is_empty()) {
+        return Err((
+            "cdd_degree_days",
+            "needs cdd_source: the open-access source of the cooling degree days (Annex II 1(n))".into(),
+        ));
+    }
+    for o in &a.omissions {
+        if a.is_declared(&o.field) {
+            return Err((
+                "omissions",
+                format!(
+                    "`{}` is both declared and omitted: keep the figure, or remove it and keep the omission",
+                    o.field
+                ),
             ));
         }
     }
     Ok(())
+}
+
+/// Art. 3(2): omissions only of the points it lists, with a reason, only in
+/// the site's first reporting period.
+fn check_omissions(site: &SiteConfig, a: &AnnualValues) -> Result<(), (&'static str, String)> {
+    let first = first_reporting_year(site);
+    let mut seen: Vec<&str> = Vec::new();
+    for o in &a.omissions {
+        let Some((_, point)) = OMITTABLE.iter().find(|(k, _)| *k == o.field) else {
+            let allowed: Vec<&str> = OMITTABLE.iter().map(|(k, _)| *k).collect();
+            return Err((
+                "omissions",
+                format!(
+                    "field {:?} cannot be omitted: Delegated Regulation (EU) 2024/1364 Art. 3(2) allows only the KPIs of Annex II 1(d), 1(e), 1(h)–(l) and 1(o)–(r), i.e. {}",
+                    o.field,
+                    allowed.join(", ")
+                ),
+            ));
+        };
+        if o.reason.trim().is_empty() {
+            return Err((
+                "omissions",
+                format!(
+                    "field {:?} (Annex II {point}): give the technical reason for the omission in `reason`",
+                    o.field
+                ),
+            ));
+        }
+        if seen.contains(&o.field.as_str()) {
+            return Err(("omissions", format!("field {:?} is omitted twice", o.field)));
+        }
+        seen.push(&o.field);
+        if a.year != first {
+            let why = match commissioning(site) {
+                Some(d) if d.year() >= FIRST_REGULATION_YEAR => format!("the year of commissioning_date {d}"),
+                Some(d) => format!("commissioning_date {d} is before 2023, the year the first declarations covered"),
+                None => "no commissioning_date is configured: 2023, the year the first declarations covered".into(),
+            };
+            return Err((
+                "omissions",
+                format!(
+                    "field {:?}: omissions are allowed only for the first reporting period (Delegated Regulation (EU) 2024/1364 Art. 3(2)), which is {first} for site {:?} ({why}); declare the figure for {}",
+                    o.field, site.id, a.year
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Fills `declared_in` of every `[[sites.annual]]` figure with the config
+/// file's name and the key's line, so that the declaration says where each
+/// figure was declared.
+pub fn locate_declared(site: &mut SiteConfig, text: &str, err: &dyn Fn(usize, String) -> ConfigError) {
+    let id = site.id.clone();
+    for a in &mut site.annual {
+        let keys: Vec<&'static str> = ANNUAL_KEYS.iter().copied().filter(|k| a.is_declared(k)).collect();
+        for key in keys {
+            if let ConfigError::Invalid { path, line, .. } = err(find_annual_key(text, &id, a.year, key), String::new())
+            {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                a.declared_in.insert(key.to_string(), format!("{name}:{line}"));
+            }
+        }
+    }
+}
+
+/// The figure keys of `[[sites.annual]]` (and of the annual CSV files), in table order.
+pub const ANNUAL_KEYS: [&str; 19] = [
+    "pdit_kw",
+    "grid_functions",
+    "cbtg_kw",
+    "twh_c",
+    "tin_setpoint_c",
+    "refrigerant_types",
+    "cdd_degree_days",
+    "cdd_source",
+    "eres_goo_kwh",
+    "eres_ppa_kwh",
+    "cserv_sert",
+    "cserv_floor_coverage_pct",
+    "cserv_method",
+    "cstor_pb",
+    "cstor_floor_coverage_pct",
+    "bin_gbyte_per_s",
+    "bout_gbyte_per_s",
+    "traffic_in_eb",
+    "traffic_out_eb",
+];
+
+impl AnnualValues {
+    /// Whether figure `key` has a value.
+    pub fn is_declared(&self, key: &str) -> bool {
+        match key {
+            "grid_functions" => self.grid_functions.is_some(),
+            "refrigerant_types" => self.refrigerant_types.is_some(),
+            "cdd_source" => self.cdd_source.is_some(),
+            "cserv_method" => self.cserv_method.is_some(),
+            "tin_setpoint_c" => self.tin_setpoint_c.is_some(),
+            k => self.numbers().iter().any(|(n, v)| *n == k && v.is_some()),
+        }
+    }
+
+    /// Where figure `key` was declared (`FILE:LINE`), if known.
+    pub fn origin(&self, key: &str) -> Option<String> {
+        self.declared_in.get(key).cloned()
+    }
+
+    /// The reason `field` is omitted this year, if it is.
+    pub fn omitted(&self, field: &str) -> Option<&str> {
+        self.omissions.iter().find(|o| o.field == field).map(|o| o.reason.as_str())
+    }
 }
 
 /// The site's declared GOs and PPA energy brought down to `[from_ms, to_ms)`:
@@ -295,15 +507,29 @@ pub fn validate_site(
 /// CUE of every period, the API's and the declaration's alike, count them.
 pub fn certificates(site: &SiteConfig, from_ms: i64, to_ms: i64) -> Certificates {
     let Ok(tz) = jiff::tz::TimeZone::get(&site.timezone) else { return Certificates::default() };
-    let of = |f: fn(&AnnualValues) -> Option<f64>| -> Vec<(i16, f64)> {
-        site.annual.iter().filter_map(|a| f(a).map(|v| (a.year, v))).collect()
+    // Each year's quantity is spread over the part of the year the data
+    // centre was in operation (Art. 3(1)): the whole calendar year, or
+    // commissioning → year end in the commissioning year.
+    let spread = |f: fn(&AnnualValues) -> Option<f64>| -> f64 {
+        site.annual
+            .iter()
+            .filter_map(|a| {
+                let v = f(a)?;
+                let (a, b) = operating_span(site, a.year, &tz)?;
+                let overlap = to_ms.min(b) - from_ms.max(a);
+                (overlap > 0 && b > a).then(|| v * overlap as f64 / (b - a) as f64)
+            })
+            .fold(0.0, |acc, x| acc + x)
     };
-    let (go, ppa) = (of(|a| a.eres_goo_kwh), of(|a| a.eres_ppa_kwh));
     let year = jiff::Timestamp::from_millisecond(from_ms).map(|t| t.to_zoned_datetime(tz.clone()).year()).unwrap_or(0);
-    let whole_year = calendar_year(year, &tz).is_ok_and(|(a, b)| a == from_ms && b == to_ms);
+    let whole_year = operating_span(site, year, &tz).is_some_and(|(a, b)| a == from_ms && b == to_ms)
+        || calendar_year(year, &tz).is_ok_and(|(a, b)| a == from_ms && b == to_ms);
+    if from_ms >= to_ms {
+        return Certificates { allocation: Allocation::ProRataTemporis, ..Certificates::default() };
+    }
     Certificates {
-        go_kwh: pro_rata_temporis(&go, from_ms, to_ms, &tz).unwrap_or(0.0),
-        ppa_kwh: pro_rata_temporis(&ppa, from_ms, to_ms, &tz).unwrap_or(0.0),
+        go_kwh: spread(|a| a.eres_goo_kwh),
+        ppa_kwh: spread(|a| a.eres_ppa_kwh),
         allocation: if whole_year { Allocation::Annual } else { Allocation::ProRataTemporis },
     }
 }
@@ -400,6 +626,83 @@ mod tests {
         assert!((day.go_kwh - 1000.0).abs() < 1e-6 && (day.ppa_kwh - 10.0).abs() < 1e-9, "{day:?}");
         assert_eq!(day.allocation, Allocation::ProRataTemporis);
         assert_eq!(certificates(c, b, b + 86_400_000).total_kwh(), 0.0);
+    }
+
+    /// Art. 3(2): omissions only of the listed points, with a reason, in the first reporting period.
+    #[test]
+    fn omissions_only_in_the_first_period_and_only_the_listed_points() {
+        let site = "commissioning_date = \"2025-07-01\"\n";
+        let table = |year: i16, field: &str, reason: &str| {
+            format!(
+                "{site}[[sites.annual]]\nyear = {year}\nomissions = [{{ field = \"{field}\", reason = \"{reason}\" }}]\n"
+            )
+        };
+        let l = load(&table(2025, "win_m3", "water meter installed in 2026")).expect("load");
+        let a = annual(&l.sites[0].config, 2025).expect("2025");
+        assert_eq!(a.omitted("win_m3"), Some("water meter installed in 2026"));
+        assert_eq!(first_reporting_year(&l.sites[0].config), 2025);
+        let e = refused(&table(2026, "win_m3", "no meter"));
+        assert!(e.contains(":8:") && e.contains("first reporting period") && e.contains("2025"), "{e}");
+        let e = refused(&table(2025, "cserv_sert", "no SERT data"));
+        assert!(e.contains("cannot be omitted") && e.contains("1(h)–(l)"), "{e}");
+        let e = refused(&table(2025, "win_m3", " "));
+        assert!(e.contains("reason"), "{e}");
+        let e = refused(&format!(
+            "{site}[[sites.annual]]\nyear = 2025\ntwh_c = 30.0\nomissions = [{{ field = \"twh_c\", reason = \"x\" }}]\n"
+        ));
+        assert!(e.contains("both declared and omitted"), "{e}");
+        // Without a commissioning date the first period is 2023, the first one any declaration covered.
+        assert!(
+            load(
+                "[[sites.annual]]\nyear = 2023\nomissions = [{ field = \"eit_kwh\", reason = \"no UPS meter yet\" }]\n"
+            )
+            .is_ok()
+        );
+        let e = refused(
+            "[[sites.annual]]\nyear = 2024\nomissions = [{ field = \"eit_kwh\", reason = \"no UPS meter\" }]\n",
+        );
+        assert!(e.contains("no commissioning_date"), "{e}");
+    }
+
+    #[test]
+    fn commissioning_date_agrees_with_entry_into_operation() {
+        assert!(load("entry_into_operation = \"2025-07\"\ncommissioning_date = \"2025-07-01\"\n").is_ok());
+        let e = refused("entry_into_operation = \"2025-06\"\ncommissioning_date = \"2025-07-01\"\n");
+        assert!(e.contains(":6:") && e.contains("agree"), "{e}");
+    }
+
+    /// Art. 3(1): the commissioning year runs from the commissioning date; its
+    /// GOs are whole for that period and pro rata over it for a part of it.
+    #[test]
+    fn operating_span_and_certificates_of_the_commissioning_year() {
+        let l = load("commissioning_date = \"2025-07-01\"\n[[sites.annual]]\nyear = 2025\neres_goo_kwh = 184000.0\n")
+            .expect("load");
+        let c = &l.sites[0].config;
+        let tz = jiff::tz::TimeZone::get("Europe/Paris").expect("tz");
+        let (a, b) = operating_span(c, 2025, &tz).expect("2025");
+        assert_eq!(a, "2025-06-30T22:00:00Z".parse::<jiff::Timestamp>().expect("ts").as_millisecond());
+        assert_eq!(b, calendar_year(2025, &tz).expect("year").1);
+        assert!(operating_span(c, 2024, &tz).is_none());
+        assert_eq!(operating_span(c, 2026, &tz), calendar_year(2026, &tz).ok());
+        let whole = certificates(c, a, b);
+        assert_eq!((whole.go_kwh, whole.allocation), (184000.0, Allocation::Annual));
+        // The calendar year holds the same GOs; one day of the 184 of operation holds 1/184.
+        assert_eq!(certificates(c, calendar_year(2025, &tz).expect("y").0, b).go_kwh, 184000.0);
+        // 184 days and the autumn DST hour.
+        let day = certificates(c, a, a + 86_400_000);
+        assert!((day.go_kwh - 184000.0 * 24.0 / (184.0 * 24.0 + 1.0)).abs() < 1e-6, "{day:?}");
+        assert_eq!(day.ppa_kwh.to_bits(), 0.0f64.to_bits(), "no PPA declared: +0");
+        assert_eq!(certificates(c, a - 86_400_000, a).go_kwh, 0.0);
+    }
+
+    /// Config figures say where they were declared.
+    #[test]
+    fn config_figures_keep_their_line() {
+        let l = load("[[sites.annual]]\nyear = 2025\neres_goo_kwh = 1.0\n").expect("load");
+        let a = annual(&l.sites[0].config, 2025).expect("2025");
+        let at = a.origin("eres_goo_kwh").expect("origin");
+        assert!(at.ends_with(":7"), "{at}");
+        assert_eq!(a.origin("cbtg_kw"), None);
     }
 
     #[test]

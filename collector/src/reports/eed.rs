@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use super::classes;
-use super::declared::{AnnualValues, PditBasis, annual};
+use super::declared::{
+    AnnualValues, OMITTABLE, PditBasis, annual, commissioning, first_reporting_year, operating_span,
+};
 use crate::carbon::config::CarbonConfig;
 use crate::carbon::service::CarbonService;
 use crate::config::SiteConfig;
@@ -29,7 +31,7 @@ use crate::site_report::{ReportError, params, period_inputs};
 /// Name of our schema (the Commission publishes none).
 pub const SCHEMA: &str = "domesday.eed-declaration";
 /// Version of the schema: major changes break readers, minor ones add fields.
-pub const SCHEMA_VERSION: &str = "1.0.0";
+pub const SCHEMA_VERSION: &str = "1.1.0";
 /// The act whose annexes the `annex`/`point` ids refer to.
 pub const REGULATION: &str = "Commission Delegated Regulation (EU) 2024/1364";
 /// The French code whose articles the `point` ids of the `france` section refer to.
@@ -144,6 +146,14 @@ pub struct Field {
     pub provenance: Option<Provenance>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Where a declared figure was read: `FILE:LINE` of its `[[sites.annual]]`
+    /// key in the config, or of its row in an `annual_csv` file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared_in: Option<String>,
+    /// Art. 3(2): the reason this KPI is omitted in the first reporting
+    /// period (its `value` is then `null` and it is not missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<String>,
     pub interim: bool,
 }
 
@@ -204,6 +214,42 @@ pub struct Missing {
     pub config_key: String,
 }
 
+/// The article of 2024/1364 on the reporting period.
+pub const ART_3_1: &str = "Commission Delegated Regulation (EU) 2024/1364 Art. 3(1)";
+/// The article of 2024/1364 on first-period omissions.
+pub const ART_3_2: &str = "Commission Delegated Regulation (EU) 2024/1364 Art. 3(2)";
+
+/// Art. 3(1): a data centre in operation for less than the calendar year
+/// reports only for the period it has been in operation, indicating it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatingPeriod {
+    /// The site's `commissioning_date`.
+    #[serde(serialize_with = "date")]
+    pub commissioning_date: jiff::civil::Date,
+    /// First and last day (inclusive, site's zone) the declaration covers.
+    #[serde(serialize_with = "date")]
+    pub from: jiff::civil::Date,
+    #[serde(serialize_with = "date")]
+    pub to: jiff::civil::Date,
+    pub regulation: &'static str,
+    /// The same in words, as every rendering shows it.
+    pub statement: String,
+}
+
+fn date<S: Serializer>(d: &jiff::civil::Date, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
+}
+
+/// A KPI omitted under Art. 3(2).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Omitted {
+    pub field: &'static str,
+    pub annex: Option<&'static str>,
+    pub point: Option<&'static str>,
+    pub reason: String,
+    pub regulation: &'static str,
+}
+
 /// Conventions the figures follow, stated in every rendering.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Conventions {
@@ -226,8 +272,16 @@ pub struct Declaration {
     pub period_start: String,
     pub period_end: String,
     pub timezone: String,
-    /// Anything but a complete, ended calendar year: not a declaration to file.
+    /// Anything but a complete, ended calendar year (or, in the year of
+    /// commissioning, its ended period of operation): not a declaration to file.
     pub interim: bool,
+    /// Whether this is the site's first reporting period (the year of its
+    /// commissioning, or 2023 for an older data centre): the one where Art.
+    /// 3(2) omissions are allowed.
+    pub first_reporting_period: bool,
+    /// Art. 3(1): set when the data centre was commissioned during the
+    /// reporting year; the period then starts at the commissioning date.
+    pub operating_period: Option<OperatingPeriod>,
     pub annex_i: Section,
     pub annex_ii_energy: Section,
     pub annex_ii_ict_capacity: Section,
@@ -235,6 +289,8 @@ pub struct Declaration {
     pub france: Section,
     pub indicators: Vec<IndicatorField>,
     pub missing: Vec<Missing>,
+    /// Art. 3(2): KPIs omitted for technical reasons, with their reasons.
+    pub omissions: Vec<Omitted>,
     pub conventions: Conventions,
 }
 
@@ -254,12 +310,26 @@ pub struct ReportPeriod {
 }
 
 impl ReportPeriod {
-    /// Calendar year `year` of `site`'s time zone.
+    /// Calendar year `year` of `site`'s time zone, from the commissioning
+    /// date in the year of commissioning (Art. 3(1)); refused for a year
+    /// wholly before commissioning.
     pub fn year(site: &SiteConfig, year: i16) -> Result<ReportPeriod, ReportError> {
         let tz = jiff::tz::TimeZone::get(&site.timezone).map_err(|e| ReportError::Period(e.to_string()))?;
-        let (a, b) =
-            crate::indicators::period::calendar_year(year, &tz).map_err(|e| ReportError::Period(e.to_string()))?;
+        crate::indicators::period::calendar_year(year, &tz).map_err(|e| ReportError::Period(e.to_string()))?;
+        let Some((a, b)) = operating_span(site, year, &tz) else {
+            return Err(ReportError::Period(format!(
+                "site {} was commissioned on {} (commissioning_date): it has no reporting period in {year}",
+                site.id,
+                site.commissioning_date.as_deref().unwrap_or_default()
+            )));
+        };
         Ok(ReportPeriod { from_ms: a, to_ms: b, year: Some(year) })
+    }
+
+    /// Whether `site` was in operation during calendar year `year` (a
+    /// commissioning date after it says not).
+    pub fn in_operation(site: &SiteConfig, year: i16) -> bool {
+        commissioning(site).is_none_or(|d| d.year() <= year)
     }
 }
 
@@ -297,6 +367,8 @@ impl Fields {
             config_key,
             provenance: None,
             note: None,
+            declared_in: None,
+            omitted: None,
             interim: self.interim,
         });
         let n = self.out.len() - 1;
@@ -370,7 +442,10 @@ pub async fn build(
         return Err(ReportError::Period("the period is empty: --from must be before --to".into()));
     }
     let tz = jiff::tz::TimeZone::get(&site.timezone).map_err(|e| ReportError::Period(e.to_string()))?;
-    let interim = !is_complete_year(period.from_ms, period.to_ms, &tz, now_ms);
+    // The year of commissioning is complete once its period of operation has ended.
+    let operating = period.year.and_then(|y| operating_span(site, y, &tz));
+    let whole_operating = operating == Some((period.from_ms, period.to_ms)) && period.to_ms <= now_ms;
+    let interim = !(is_complete_year(period.from_ms, period.to_ms, &tz, now_ms) || whole_operating);
     let p = params(site, carbon_config);
     let (t, grid) =
         period_inputs(reader, site, carbon, Period { from_ms: period.from_ms, to_ms: period.to_ms, interim }, now_ms)
@@ -1083,6 +1158,8 @@ pub async fn build(
         period_end: rfc3339(period.to_ms),
         timezone: site.timezone.clone(),
         interim,
+        first_reporting_period: period.year.is_some_and(|y| y == first_reporting_year(site)),
+        operating_period: operating_period(site, period, &tz),
         annex_i,
         annex_ii_energy,
         annex_ii_ict_capacity,
@@ -1090,6 +1167,7 @@ pub async fn build(
         france,
         indicators,
         missing: Vec::new(),
+        omissions: Vec::new(),
         conventions: Conventions {
             rounding: "none: every value is unrounded (IEEE 754 double); round for display only",
             class_scale: "indicative: EU rating scheme classes A–G for PUE and WUE, Commission Delegated Regulation C(2026) 3472 Annex I, Tables 1 and 2; the European database assigns the real class",
@@ -1098,11 +1176,43 @@ pub async fn build(
             energy_source: "the ledger's exact integer microjoules, converted once to kWh; the same computation as GET /api/v1/sites/{site}/indicators",
         },
     };
+    // Where each declared figure was read (one year only: a period over
+    // several years takes its figures from several tables).
+    let one_year = years.len() == 1;
+    for s in [&mut d.annex_ii_energy, &mut d.annex_ii_ict_capacity, &mut d.annex_ii_data_traffic] {
+        for f in &mut s.fields {
+            let key = if f.key == "grid_functions_provided" { "grid_functions" } else { f.key };
+            if one_year && f.source == Source::Declared && !f.value.is_null() {
+                f.declared_in = ann.origin(key);
+            }
+        }
+    }
+    // Art. 3(2): the first reporting period's omitted KPIs (checked at config load).
+    if one_year && d.first_reporting_period {
+        for f in &mut d.annex_ii_energy.fields {
+            let Some(reason) = ann.omitted(f.key) else { continue };
+            if !OMITTABLE.iter().any(|(k, _)| *k == f.key) {
+                continue;
+            }
+            f.value = Value::Null;
+            f.provenance = None;
+            f.declared_in = None;
+            f.omitted = Some(reason.to_string());
+            f.note = Some(format!("omitted for technical reasons ({ART_3_2}): {reason}"));
+            d.omissions.push(Omitted {
+                field: f.key,
+                annex: f.annex,
+                point: f.point,
+                reason: reason.to_string(),
+                regulation: ART_3_2,
+            });
+        }
+    }
     d.missing = d
         .sections()
         .iter()
         .flat_map(|s| s.fields.iter())
-        .filter(|f| f.mandatory && f.value.is_null())
+        .filter(|f| f.mandatory && f.value.is_null() && f.omitted.is_none())
         .map(|f| Missing {
             field: f.key,
             annex: f.annex,
@@ -1111,6 +1221,25 @@ pub async fn build(
         })
         .collect();
     Ok(d)
+}
+
+/// Art. 3(1): the period of operation when the site was commissioned during
+/// the reporting year asked for.
+fn operating_period(site: &SiteConfig, period: ReportPeriod, tz: &jiff::tz::TimeZone) -> Option<OperatingPeriod> {
+    let y = period.year?;
+    let d = commissioning(site).filter(|d| d.year() == y)?;
+    let (_, b) = operating_span(site, y, tz)?;
+    let to = jiff::Timestamp::from_millisecond(b - 1).ok()?.to_zoned_datetime(tz.clone()).date();
+    let from = d.max(jiff::civil::date(y, 1, 1));
+    Some(OperatingPeriod {
+        commissioning_date: d,
+        from,
+        to,
+        regulation: ART_3_1,
+        statement: format!(
+            "In operation since {d} (commissioning date), less than the calendar year {y}: this declaration covers only the period of operation, {from} to {to}, and every energy figure and indicator is of that period ({ART_3_1})."
+        ),
+    })
 }
 
 /// Name, label, annex, point and standard of a declared indicator.

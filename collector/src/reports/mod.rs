@@ -1,6 +1,7 @@
 //! Regulatory reports built from the ledger and the site configuration.
 //!
-//! - [`declared`]: the site keys and `[[sites.annual]]` figures no meter gives, and their checks.
+//! - [`declared`]: the site keys and `[[sites.annual]]` figures no meter gives, and their checks;
+//!   [`annual_csv`] the same figures imported from CSV files (`[reports] annual_csv`).
 //! - [`eed`]: the EED declaration of one site and period (Delegated Regulation (EU) 2024/1364
 //!   Annexes I–III), from the indicators' own inputs and results.
 //! - [`classes`]: the indicative EU classes A–G of PUE and WUE.
@@ -13,6 +14,7 @@
 //!
 //! Nothing here computes an indicator: figures come from `site_report` and `indicators`.
 
+pub mod annual_csv;
 pub mod classes;
 pub mod declared;
 pub mod document;

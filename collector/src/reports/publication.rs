@@ -31,6 +31,7 @@ pub fn public(d: &Declaration) -> Declaration {
         for f in &mut s.fields {
             f.provenance = None;
             f.config_key = None;
+            f.declared_in = None;
         }
     };
     strip(&mut p.annex_i);
@@ -79,6 +80,13 @@ pub fn display_number(v: f64, decimals: usize) -> String {
 }
 
 fn value_cell(f: &Field) -> String {
+    if let Some(reason) = &f.omitted {
+        return format!(
+            "<td class=\"na\" data-field=\"{}\" data-omitted=\"true\">omitted for technical reasons (first reporting period, Delegated Regulation (EU) 2024/1364 Art. 3(2)): {}</td>",
+            f.key,
+            esc(reason)
+        );
+    }
     match &f.value {
         Value::Null => "<td class=\"na\">not declared</td>".to_string(),
         Value::Number(n) => format!(
@@ -237,9 +245,10 @@ pub fn html(d: &Declaration) -> String {
         .map(|f| f.value.cell())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| p.site.clone());
-    let period = match p.reporting_year {
-        Some(y) => format!("calendar year {y}"),
-        None => format!("{} to {} (interim)", p.period_start, p.period_end),
+    let period = match (p.reporting_year, &p.operating_period) {
+        (Some(y), Some(o)) => format!("{y}, from {} to {} (first year of operation)", o.from, o.to),
+        (Some(y), None) => format!("calendar year {y}"),
+        (None, _) => format!("{} to {} (interim)", p.period_start, p.period_end),
     };
     let mut o = String::new();
     let _ = write!(
@@ -261,6 +270,30 @@ pub fn html(d: &Declaration) -> String {
     );
     if p.interim {
         o.push_str("<p class=\"interim\" data-interim=\"true\">Interim figures: this period is not a complete calendar year. They are not the annual declaration.</p>");
+    }
+    if let Some(op) = &p.operating_period {
+        let _ = write!(
+            o,
+            "<p class=\"interim\" data-operating-from=\"{}\" data-operating-to=\"{}\">{}</p>",
+            op.from,
+            op.to,
+            esc(&op.statement)
+        );
+    }
+    if !p.omissions.is_empty() {
+        o.push_str("<section data-omissions=\"true\"><h2>Indicators omitted for the first reporting period</h2><p>Delegated Regulation (EU) 2024/1364 Art. 3(2) lets a data centre omit these indicators for its first reporting period, for technical reasons it explains:</p><ul>");
+        for om in &p.omissions {
+            let _ = write!(
+                o,
+                "<li data-omitted-field=\"{}\"><strong>Annex {} {}</strong> ({}): {}</li>",
+                om.field,
+                esc(om.annex.unwrap_or_default()),
+                esc(om.point.unwrap_or_default()),
+                esc(om.field),
+                esc(&om.reason)
+            );
+        }
+        o.push_str("</ul></section>");
     }
     o.push_str("<section><h2>Indicators</h2><div class=\"kpis\">");
     for i in &p.indicators {

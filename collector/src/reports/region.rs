@@ -725,6 +725,10 @@ pub async fn build(
     }
     for s in &ledger_sites {
         let Some(reader) = reader else { break };
+        // A site commissioned after the year has nothing to declare for it (Art. 3(1)).
+        if req.year.is_some_and(|y| !ReportPeriod::in_operation(s, y)) {
+            continue;
+        }
         let period = match (req.year, req.range) {
             (Some(y), _) => ReportPeriod::year(s, y)?,
             (None, Some((a, b))) => ReportPeriod { from_ms: a, to_ms: b, year: None },
@@ -735,7 +739,9 @@ pub async fn build(
         r.monthly = months(reader, s, carbon_config, carbon, period.from_ms, period.to_ms, now_ms).await?;
         let fallbacks: Vec<bool> = r.monthly.iter().filter_map(|m| m.carbon_fallback).collect();
         r.carbon_fallback = (!fallbacks.is_empty()).then(|| fallbacks.iter().any(|b| *b));
-        if let Some(y) = req.year {
+        if let Some(y) = req.year
+            && ReportPeriod::in_operation(s, y - 1)
+        {
             let prev = ReportPeriod::year(s, y - 1)?;
             let pf = ledger_figures(reader, s, carbon_config, carbon, prev, now_ms).await?;
             if pf.edc_kwh.is_some_and(|e| e > 0.0) {

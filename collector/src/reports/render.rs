@@ -52,7 +52,7 @@ pub fn json(d: &Declaration) -> Result<Vec<u8>, RenderError> {
 }
 
 /// Columns of the CSV, in order.
-pub const CSV_COLUMNS: [&str; 23] = [
+pub const CSV_COLUMNS: [&str; 24] = [
     "section",
     "field",
     "label",
@@ -76,6 +76,7 @@ pub const CSV_COLUMNS: [&str; 23] = [
     "carbon_source",
     "interim",
     "note",
+    "declared_in",
 ];
 
 fn csv_cell(s: &str) -> String {
@@ -93,6 +94,13 @@ fn envelope(d: &Declaration) -> Vec<(&'static str, Value)> {
         ("period_end", Value::Text(d.period_end.clone())),
         ("timezone", Value::Text(d.timezone.clone())),
         ("interim", Value::Bool(d.interim)),
+        ("first_reporting_period", Value::Bool(d.first_reporting_period)),
+        (
+            "operating_period",
+            d.operating_period.as_ref().map(|o| Value::Text(o.statement.clone())).unwrap_or(Value::Null),
+        ),
+        ("operating_period_from", d.operating_period.as_ref().map(|o| Value::Date(o.from)).unwrap_or(Value::Null)),
+        ("operating_period_to", d.operating_period.as_ref().map(|o| Value::Date(o.to)).unwrap_or(Value::Null)),
         ("rounding", Value::Text(d.conventions.rounding.into())),
         ("class_scale", Value::Text(d.conventions.class_scale.into())),
         ("class_boundaries", Value::Text(d.conventions.class_boundaries.into())),
@@ -137,6 +145,7 @@ pub fn csv(d: &Declaration) -> String {
                 r[14] = p.estimated_share.to_string();
                 r[15] = p.missing_meters.join("; ");
             }
+            r[23] = f.declared_in.clone().unwrap_or_default();
             r[21] = f.interim.to_string();
             r[22] = f.note.clone().unwrap_or_default();
             rows.push(r);
@@ -178,6 +187,17 @@ pub fn csv(d: &Declaration) -> String {
         r[21] = interim.clone();
         rows.push(r);
     }
+    for o in &d.omissions {
+        let mut r = blank();
+        r[0] = "omissions".into();
+        r[1] = o.field.into();
+        r[3] = o.annex.unwrap_or_default().into();
+        r[4] = o.point.unwrap_or_default().into();
+        r[5] = "true".into();
+        r[21] = interim.clone();
+        r[22] = format!("omitted for technical reasons ({}): {}", o.regulation, o.reason);
+        rows.push(r);
+    }
     let mut out = CSV_COLUMNS.join(",");
     out.push('\n');
     for r in rows {
@@ -192,7 +212,7 @@ fn serde_plain<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Sheet names, in order (31 characters at most each).
-pub const SHEETS: [&str; 8] = [
+pub const SHEETS: [&str; 9] = [
     "Declaration",
     "Annex I",
     "Annex II energy",
@@ -201,10 +221,11 @@ pub const SHEETS: [&str; 8] = [
     "France",
     "Indicators",
     "Missing",
+    "Omissions",
 ];
 
 /// Headers of the field sheets (units where a column has one).
-pub const FIELD_HEADERS: [&str; 12] = [
+pub const FIELD_HEADERS: [&str; 14] = [
     "Field",
     "Label (unit)",
     "Annex",
@@ -217,6 +238,8 @@ pub const FIELD_HEADERS: [&str; 12] = [
     "Meters",
     "Coverage (ratio 0–1)",
     "Estimated share (ratio 0–1)",
+    "Declared in (file:line)",
+    "Note",
 ];
 
 /// Headers of the indicators sheet.
@@ -289,6 +312,8 @@ fn field_sheet(ws: &mut Worksheet, fields: &[Field], bold: &Format, date: &Forma
             ws.write_number(r, 10, p.coverage_ratio)?;
             ws.write_number(r, 11, p.estimated_share)?;
         }
+        ws.write_string(r, 12, f.declared_in.clone().unwrap_or_default())?;
+        ws.write_string(r, 13, f.note.clone().unwrap_or_default())?;
     }
     Ok(())
 }
@@ -369,6 +394,16 @@ pub fn xlsx(d: &Declaration) -> Result<Vec<u8>, RenderError> {
         ws.write_string(r, 1, m.annex.unwrap_or_default())?;
         ws.write_string(r, 2, m.point.unwrap_or_default())?;
         ws.write_string(r, 3, &m.config_key)?;
+    }
+    let ws = wb.add_worksheet();
+    ws.set_name(SHEETS[8])?;
+    headers(ws, &["Field", "Annex", "Point", "Reason (omitted for technical reasons, Art. 3(2))"], &bold)?;
+    for (i, o) in d.omissions.iter().enumerate() {
+        let r = i as u32 + 1;
+        ws.write_string(r, 0, o.field)?;
+        ws.write_string(r, 1, o.annex.unwrap_or_default())?;
+        ws.write_string(r, 2, o.point.unwrap_or_default())?;
+        ws.write_string(r, 3, &o.reason)?;
     }
     Ok(wb.save_to_buffer()?)
 }
