@@ -332,13 +332,44 @@ impl Default for IpmiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePush {
-    url: String,
+    url: UrlList,
     token_file: Option<PathBuf>,
     interval: Option<Dur>,
     series: Option<SeriesSet>,
     spool_dir: Option<PathBuf>,
     spool_max_bytes: Option<ByteSize>,
     timeout: Option<Dur>,
+}
+
+/// `[push] url`: one URL, or a list tried in order.
+#[derive(Debug, Clone)]
+struct UrlList(Vec<String>);
+
+impl<'de> Deserialize<'de> for UrlList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UrlList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL or a list of URLs")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UrlList, E> {
+                Ok(UrlList(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<UrlList, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(UrlList)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One push URL written back as a string, several as a list.
+fn url_or_list<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
 }
 
 /// Which series are pushed.
@@ -427,7 +458,10 @@ pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The effective `[push]` table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PushConfig {
-    pub url: String,
+    /// The collectors' remote_write URLs, tried in order (at least one, no
+    /// duplicate); written back as `url`, a string when there is one.
+    #[serde(rename = "url", serialize_with = "url_or_list")]
+    pub urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// Never serialised: `check-config` says where it came from instead.
@@ -742,7 +776,7 @@ fn push_config(
         }
         None => ConfigError::Value(format!("push.{key}: {msg}")),
     };
-    let url = parse_push_url(&p.url).map_err(|why| {
+    let urls = push_urls(&p.url.0).map_err(|why| {
         // The snippet would quote a password given in the URL: hide it.
         let mut e = at("url", why);
         if let ConfigError::Invalid { snippet, .. } = &mut e
@@ -767,7 +801,7 @@ fn push_config(
     let interval = p.interval.unwrap_or(Dur(DEFAULT_PUSH_INTERVAL));
     let timeout = p.timeout.unwrap_or(Dur(DEFAULT_PUSH_TIMEOUT));
     Ok(PushConfig {
-        url: url.to_string(),
+        urls,
         token_file: p.token_file,
         token,
         interval,
@@ -898,6 +932,26 @@ fn redfish_config(r: FileRedfish, path: Option<&Path>, text: &str) -> Result<Red
         timeout,
         auth: r.auth.unwrap_or_default(),
     })
+}
+
+/// Validates the `[push] url` list: at least one URL, each valid, none twice
+/// (compared after parsing, so `http://C:80/w` and `http://c/w` are one).
+/// Returns the URLs in their parsed, normalised form, in the given order.
+pub fn push_urls(list: &[String]) -> Result<Vec<String>, String> {
+    if list.is_empty() {
+        return Err("the list is empty; give one URL or several, e.g. \"http://collector:9956/api/v1/write\"".into());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let url =
+            parse_push_url(s).map_err(|why| if list.len() > 1 { format!("URL {}: {why}", i + 1) } else { why })?;
+        let url = url.to_string();
+        if let Some(j) = out.iter().position(|u| *u == url) {
+            return Err(format!("URL {} ({url}) repeats URL {}; list each collector once", i + 1, j + 1));
+        }
+        out.push(url);
+    }
+    Ok(out)
 }
 
 /// Validates a remote_write URL: http or https, a host, no credentials.
@@ -1225,6 +1279,39 @@ mod tests {
         assert_eq!(p.series, SeriesSet::All);
         assert_eq!(p.spool_dir, PathBuf::from(DEFAULT_STATE_DIR).join("spool"));
         assert!(!p.spool_dir_explicit);
+    }
+
+    #[test]
+    fn push_url_may_be_a_list_tried_in_order_validated_at_load() {
+        let t = |rest: &str| load_env(&format!("site = \"a\"\n[push]\n{rest}"), Some("t")).map(|c| c.push);
+        let e = |rest: &str| t(rest).map(|_| ()).expect_err(rest).to_string();
+        let one = t("url = \"http://c1:9956/api/v1/write\"\n").expect("one").expect("push");
+        assert_eq!(one.urls, ["http://c1:9956/api/v1/write"]);
+        let two = t("url = [\"http://c1:9956/api/v1/write\", \"https://c2/api/v1/write\"]\n").expect("list");
+        let two = two.expect("push");
+        assert_eq!(two.urls, ["http://c1:9956/api/v1/write", "https://c2/api/v1/write"]);
+        let bad = e("url = []\n");
+        assert!(bad.contains(":3:") && bad.contains("push.url") && bad.contains("empty"), "{bad}");
+        let bad = e("url = [\"http://c1/w\", \"ftp://c2/w\"]\n");
+        assert!(bad.contains(":3:") && bad.contains("URL 2") && bad.contains("http://"), "{bad}");
+        let bad = e("url = [\"http://c1/w\", \"http://u:pw@c2/w\"]\n");
+        assert!(bad.contains("credentials") && !bad.contains("pw@"), "{bad}");
+        // The same collector twice, even spelled differently, is refused.
+        let bad = e("url = [\"http://c1:9956/w\", \"http://C1:9956/w\"]\n");
+        assert!(bad.contains(":3:") && bad.contains("URL 2") && bad.contains("repeats URL 1"), "{bad}");
+        let bad = e("url = 5\n");
+        assert!(bad.contains("a URL or a list of URLs"), "{bad}");
+        // check-config writes a list back as a list, one URL as a string; both reload.
+        let c = load_env(
+            "site = \"a\"\n[push]\nurl = [\"http://c1:9956/api/v1/write\", \"http://c2:9956/api/v1/write\"]\n",
+            Some("t"),
+        )
+        .expect("list");
+        let shown = c.to_toml();
+        assert!(shown.contains("url = [\"http://c1:9956/api/v1/write\", \"http://c2:9956/api/v1/write\"]"), "{shown}");
+        assert_eq!(load_env(&shown, Some("t")).expect("reloads").push.map(|p| p.urls), c.push.map(|p| p.urls));
+        let shown = load_env(PUSH, Some("t")).expect("one").to_toml();
+        assert!(shown.contains("url = \"http://127.0.0.1:9956/api/v1/write\""), "{shown}");
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Host power at full CPU load for the `linear` model.";
     "estimation.rapl_uplift", "float", "1.33", "1.25",
         "Factor from RAPL package + DRAM power to wall power for the `rapl_uplift` method (source: BoaviztAPI other_consumption_ratio 0.33).";
-    "push.url", "URL", "none: without a `[push]` table nothing is pushed", "\"http://127.0.0.1:9956/api/v1/write\"",
-        "Prometheus remote_write 1.0 endpoint of the collector (`http://` or `https://`, no credentials in the URL). Setting `[push]` turns pushing on.";
+    "push.url", "URL or list of URLs", "none: without a `[push]` table nothing is pushed", "\"http://127.0.0.1:9956/api/v1/write\"",
+        "Prometheus remote_write 1.0 endpoint of the collector (`http://` or `https://`, no credentials in the URL), or a list of them tried in order (`[\"http://c1:9956/api/v1/write\", \"http://c2:9956/api/v1/write\"]`, each once): a request that gets no answer, a 429 or a 5xx goes at once to the next, and the agent stays on the collector that answered until it fails (see README.md#several-collectors-failover). Setting `[push]` turns pushing on.";
     "push.token_file", "path", "none: the token comes from the environment variable `DOMESDAY_PUSH_TOKEN`", "\"/etc/domesday/push.token\"",
         "File holding the site's write token (surrounding whitespace ignored), sent as `Authorization: Bearer`. One of `token_file` or `DOMESDAY_PUSH_TOKEN` is required; the file wins. The token is never printed or logged.";
     "push.interval", "duration", "\"15s\"", "\"15s\"",

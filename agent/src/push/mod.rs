@@ -24,12 +24,15 @@
 //!   the collector's answer, never retried;
 //! - while the spool is not empty, new requests are appended to it (FIFO) and
 //!   the head is sent one at a time, so a series' samples always arrive in time
-//!   order, across restarts too.
+//!   order, across restarts too;
+//! - with several URLs in `push.url`, [`failover`] decides which collector
+//!   gets each request; to the pusher they are one transport.
 //!
 //! Counting (`domesday_push_samples_total{result}`): every sample ends `sent`,
 //! `rejected` or `dropped`; `spooled` counts in addition the samples that went
 //! through the disk spool on their way.
 
+pub mod failover;
 pub mod simulate;
 /// The on-disk spool lives in its own crate, shared with the collector's forwarder.
 pub use domesday_spool as spool;
@@ -691,7 +694,7 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
         tracing::warn!(push_interval = %p.interval, interval = %cfg.interval,
             "push.interval is shorter than the sampling interval: every tick is pushed");
     }
-    let transport = HttpTransport::new(&p.url, &p.token, p.timeout.0, 2)?;
+    let transport = failover::Failover::http(&p.urls, &p.token, p.timeout.0, 2)?;
     let stats = Arc::new(PushStats::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let pusher = Pusher::new(
@@ -709,7 +712,7 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
             Err(e) => tracing::error!(error = %e, "push: cannot start the pusher runtime; nothing is pushed"),
         }
     })?;
-    tracing::info!(url = %p.url, interval = %p.interval, series = ?p.series, "pushing to the collector");
+    tracing::info!(url = %p.urls.join(", "), interval = %p.interval, series = ?p.series, "pushing to the collector");
     let handle = PushHandle {
         tx,
         stats: stats.clone(),
