@@ -3,7 +3,7 @@
 # the build of every binary, and the whole test suite (unit, property, golden,
 # end-to-end on fixture trees, promtool, the alert rules and dashboards against a real
 # Prometheus and Alertmanager, the reports' pages in headless Chromium). Installs Debian's
-# `prometheus`, `prometheus-alertmanager`, `chromium`, `lintian` and `buildah` packages and cargo-deb when missing; the tests
+# `prometheus`, `prometheus-alertmanager`, `victoria-metrics`, `chromium`, `lintian` and `buildah` packages and cargo-deb when missing; the tests
 # that need them fail without them.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,6 +22,8 @@ apt_install() {
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+# A real VictoriaMetrics receives what [forward] passes on (tests/tests/forward_e2e.rs).
+[ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 # Headless Chromium renders the reports' HTML pages in the end-to-end tests (screenshots, rendered DOM).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # lintian checks the Debian packages built by tests/tests/packaging.rs; buildah builds the container images there.
@@ -33,6 +35,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 command -v promtool >/dev/null 2>&1 || { echo "test.sh: promtool is required (apt-get install prometheus)" >&2; exit 1; }
 [ -x /usr/bin/prometheus-alertmanager ] || { echo "test.sh: Alertmanager is required (apt-get install prometheus-alertmanager)" >&2; exit 1; }
+[ -x /usr/bin/victoria-metrics ] || { echo "test.sh: VictoriaMetrics is required (apt-get install victoria-metrics)" >&2; exit 1; }
 command -v chromium >/dev/null 2>&1 || { echo "test.sh: chromium is required (apt-get install chromium)" >&2; exit 1; }
 command -v lintian >/dev/null 2>&1 || { echo "test.sh: lintian is required (apt-get install lintian)" >&2; exit 1; }
 command -v buildah >/dev/null 2>&1 || { echo "test.sh: buildah is required (apt-get install buildah)" >&2; exit 1; }

@@ -1173,6 +1173,7 @@ impl CollectorConfig {
             if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
                 return Err(at("url", format!("[forward] url {:?} must start with http:// or https://", f.url)));
             }
+            crate::forward::check_headers(&f.headers).map_err(|why| at("headers", format!("[forward] {why}")))?;
             if let Some(t) = &f.token_file {
                 f.token = Some(read_secret_file(t, true).map_err(|why| at("token_file", format!("[forward] {why}")))?);
             }
@@ -1271,6 +1272,24 @@ mod tests {
     }
 
     const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // "test"
+
+    #[test]
+    fn forward_headers_are_checked_at_load() {
+        let site = format!("[[sites]]\nid = \"a\"\ntimezone = \"UTC\"\ntoken_sha256 = \"{HASH}\"\n");
+        let fwd = |h: &str| load(&format!("[forward]\nurl = \"http://m:9009/api/v1/push\"\nheaders = {h}\n\n{site}"));
+        let ok = fwd("{ \"X-Scope-OrgID\" = \"tenant-1\" }").expect("valid");
+        let headers = ok.config.forward.expect("forward").headers;
+        assert_eq!(headers.get("X-Scope-OrgID").map(String::as_str), Some("tenant-1"));
+        for (bad, why) in [
+            ("{ \"Authorization\" = \"Bearer x\" }", "token_file"),
+            ("{ \"Content-Type\" = \"x\" }", "set by the collector"),
+            ("{ \"bad name\" = \"x\" }", "not a valid HTTP header name"),
+            ("{ \"X-Scope-OrgID\" = \"a\\nb\" }", "not a valid HTTP header value"),
+        ] {
+            let e = fwd(bad).map(|_| ()).expect_err(bad).to_string();
+            assert!(e.contains(":3:") && e.contains("headers") && e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn defaults_and_a_site() {

@@ -6,6 +6,7 @@
 //! 4xx answers are counted as rejected and not retried. A bounded queue sits
 //! between the ingest handlers and the forwarder: when it is full, ingest waits.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,40 @@ pub struct ForwardConfig {
     pub spool_max_bytes: u64,
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
+    /// Extra HTTP headers on every request, e.g. Mimir's tenant `X-Scope-OrgID`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Headers the forwarder sets itself, which `[forward] headers` may not replace.
+const OWN_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-encoding",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+];
+
+/// Checks `[forward] headers`: valid HTTP names and values, none the forwarder
+/// sets itself (the bearer token comes from `token_file`).
+pub fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in headers {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("header name {name:?} is not a valid HTTP header name"));
+        }
+        if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "header {name:?} is set by the collector itself{}",
+                if name.eq_ignore_ascii_case("authorization") { "; put a bearer token in token_file" } else { "" }
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(format!("the value of header {name:?} is not a valid HTTP header value (visible ASCII)"));
+        }
+    }
+    Ok(())
 }
 
 /// Counters for `/metrics`.
@@ -93,6 +128,9 @@ async fn send(client: &reqwest::Client, cfg: &ForwardConfig, body: &[u8]) -> Sen
         .header(remote_write::VERSION_HEADER, remote_write::VERSION)
         .header("User-Agent", concat!("domesday-collector/", env!("CARGO_PKG_VERSION")))
         .body(body.to_vec());
+    for (name, value) in &cfg.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
     if let Some(t) = &cfg.token {
         req = req.bearer_auth(t.expose());
     }
