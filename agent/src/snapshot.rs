@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use domesday_model::catalog::{PUSH_LAST_SUCCESS, PUSH_SAMPLES, SPOOL_BYTES};
+use domesday_model::catalog::{PUSH_LAST_SUCCESS, PUSH_SAMPLES, PUSH_URL_INDEX, SPOOL_BYTES};
 use domesday_model::vocab::Source;
 
 use crate::config::AgentConfig;
@@ -35,11 +35,13 @@ pub struct PushStats {
     pub spool_bytes: AtomicU64,
     /// Unix time in ms of the last 2xx; 0 before the first.
     pub last_success_ms: AtomicU64,
+    /// Position in `push.url` of the collector pushed to now.
+    pub url_index: AtomicU64,
 }
 
 impl PushStats {
     /// `domesday_push_samples_total`, `domesday_spool_bytes`,
-    /// `domesday_push_last_success_timestamp_seconds`.
+    /// `domesday_push_last_success_timestamp_seconds`, `domesday_push_url_index`.
     pub fn samples(&self) -> Vec<Sample> {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let mut v: Vec<Sample> = [
@@ -53,6 +55,7 @@ impl PushStats {
         .collect();
         v.push(Sample::new(&SPOOL_BYTES, vec![], get(&self.spool_bytes)));
         v.push(Sample::new(&PUSH_LAST_SUCCESS, vec![], get(&self.last_success_ms) / 1000.0));
+        v.push(Sample::new(&PUSH_URL_INDEX, vec![], get(&self.url_index)));
         v
     }
 

@@ -190,6 +190,14 @@ metric!(
     [],
     "Unix time of the last request the collector acknowledged."
 );
+metric!(
+    PUSH_URL_INDEX,
+    "domesday_push_url_index",
+    Gauge,
+    "",
+    [],
+    "Position in push.url (0 = the first) of the collector the agent pushes to now: it moves on when one gives no answer, a 429 or a 5xx, and stays on the one that answered (only with [push])."
+);
 
 metric!(
     SITE_ENERGY,
@@ -458,6 +466,7 @@ pub const CATALOG: &[MetricDef] = &[
     PUSH_SAMPLES,
     SPOOL_BYTES,
     PUSH_LAST_SUCCESS,
+    PUSH_URL_INDEX,
     SITE_ENERGY,
     HOST_LAST_SEEN,
     INGEST_REQUESTS,

@@ -43,6 +43,21 @@ fn wait_samples_above(c: &Collector, than: u64, what: &str) -> u64 {
     }
 }
 
+/// Waits (bounded) until the agent's `/metrics` (rendered each tick) shows
+/// `domesday_push_url_index` = `want`.
+fn wait_url_index(agent_port: u16, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = get_text(&format!("http://127.0.0.1:{agent_port}/metrics"), Duration::from_secs(5));
+        let got = series_value(&m, "domesday_push_url_index", &[]);
+        if got == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "domesday_push_url_index is {got:?}, not {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_agent_fails_over_to_the_next_collector_sticks_to_it_and_loses_or_doubles_nothing() {
     let (da, db) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
@@ -88,11 +103,13 @@ fn the_agent_fails_over_to_the_next_collector_sticks_to_it_and_loses_or_doubles_
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(booked(&a, from, to).0, a_back, "the agent stays on the collector that answered");
     assert!(booked(&b, from, to).0 > b_then, "the second keeps taking the pushes");
+    wait_url_index(agent_port, 1.0);
 
     // 4. The second stops: back to the first.
     let mut b = b;
     assert!(b.proc.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()));
     let a_now = wait_samples_above(&a, a_back, "back to the first when the second stops");
+    wait_url_index(agent_port, 0.0);
 
     // 5. Both away (the first killed mid-push): the agent spools, then replays.
     let mut proc = a.proc;

@@ -18,7 +18,11 @@
 //! the spool only once a collector answered it).
 
 use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use crate::snapshot::PushStats;
 
 use super::{HttpTransport, Outcome, Transport};
 
@@ -60,13 +64,22 @@ impl UrlChoice {
 pub(crate) struct Failover<T> {
     targets: Vec<(String, T)>,
     choice: Cell<UrlChoice>,
+    /// Where the current URL's position is published (`domesday_push_url_index`).
+    stats: Option<Arc<PushStats>>,
 }
 
 impl<T> Failover<T> {
     /// `targets`: (URL as logged, transport), in the configured order; at least one.
     pub(crate) fn new(targets: Vec<(String, T)>) -> Self {
         let choice = Cell::new(UrlChoice::new(targets.len()));
-        Failover { targets, choice }
+        Failover { targets, choice, stats: None }
+    }
+
+    /// Publishes the current URL's position in `stats` from now on.
+    pub(crate) fn with_stats(mut self, stats: Arc<PushStats>) -> Self {
+        stats.url_index.store(self.choice.get().current() as u64, Ordering::Relaxed);
+        self.stats = Some(stats);
+        self
     }
 }
 
@@ -112,6 +125,9 @@ impl<T: Transport> Transport for Failover<T> {
                     }
                     choice.answered(i);
                     self.choice.set(choice);
+                    if let Some(s) = &self.stats {
+                        s.url_index.store(i as u64, Ordering::Relaxed);
+                    }
                     return answer;
                 }
             }
@@ -192,7 +208,9 @@ mod tests {
     #[test]
     fn fails_over_on_no_answer_or_5xx_sticks_and_never_on_a_refusal() {
         let (a, b) = (fake(Outcome::Sent), fake(Outcome::Sent));
-        let f = Failover::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]);
+        let stats = Arc::new(PushStats::default());
+        let f = Failover::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).with_stats(stats.clone());
+        let index = || stats.url_index.load(Ordering::Relaxed);
         let t = Duration::from_secs(1);
         block_on(async {
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
@@ -201,6 +219,7 @@ mod tests {
             *a.outcome.borrow_mut() = down();
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!((*a.seen.borrow(), *b.seen.borrow()), (2, 1));
+            assert_eq!(index(), 1, "domesday_push_url_index follows");
             // a is back, but the agent stays on b (sticky).
             *a.outcome.borrow_mut() = Outcome::Sent;
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
@@ -210,6 +229,7 @@ mod tests {
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!((*a.seen.borrow(), *b.seen.borrow()), (4, 3));
+            assert_eq!(index(), 0);
             // A refusal (400) is a verdict on the payload: not sent elsewhere.
             let refused = Outcome::Reject { status: 400, body: "bad".into() };
             *a.outcome.borrow_mut() = refused.clone();
@@ -228,6 +248,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             assert_eq!(f.choice.get().current(), 0);
+            assert_eq!(index(), 0);
         });
     }
 }

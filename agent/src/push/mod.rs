@@ -694,8 +694,8 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
         tracing::warn!(push_interval = %p.interval, interval = %cfg.interval,
             "push.interval is shorter than the sampling interval: every tick is pushed");
     }
-    let transport = failover::Failover::http(&p.urls, &p.token, p.timeout.0, 2)?;
     let stats = Arc::new(PushStats::default());
+    let transport = failover::Failover::http(&p.urls, &p.token, p.timeout.0, 2)?.with_stats(stats.clone());
     let stopping = Arc::new(AtomicBool::new(false));
     let pusher = Pusher::new(
         transport,
