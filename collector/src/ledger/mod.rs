@@ -343,6 +343,10 @@ pub trait LedgerWriter: Send {
     fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
         Ok(None)
     }
+    /// Moves what the write-ahead log holds into the database (at shutdown).
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Reads the ledger; safe while a writer runs.
