@@ -3,7 +3,8 @@
 //!   standing for the kernel, in both states, and a failed read as a sensor status;
 //! - the collector quarantines samples stamped beyond `max_future` (kept in the
 //!   ledger's `quarantine` table, counted, never booked) while booking the rest
-//!   of the request, and exports the sender's skew;
+//!   of the request, and exports the sender's skew; a real agent whose clock is
+//!   3 h ahead (under libfaketime) is quarantined and its skew shown;
 //! - a spool replay of hours-old samples is booked and shows no skew.
 
 use std::path::Path;
@@ -207,4 +208,78 @@ fn a_spool_replay_of_hours_old_samples_is_booked_and_shows_no_skew() {
     let e = host_energy(&c, "h", from, to);
     assert_eq!(e["energy_joules"], 10.0 * (records + 1) as f64, "{e}");
     assert!(quarantine_rows(&dir.path().join("domesday.db")).is_empty());
+}
+
+/// libfaketime (Debian package `faketime`, which the test command installs); its absence fails the test.
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file())
+        .expect("libfaketime is required (apt-get install faketime)")
+}
+
+#[test]
+fn a_real_agent_three_hours_ahead_is_quarantined_and_its_skew_exported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(dir.path(), free_port(), TOKEN);
+    let (_fx, root) = fixture_copy("intel-2s");
+    std::fs::write(root.join("push.token"), TOKEN).expect("token");
+    let tables = format!(
+        "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"500ms\"\nspool_dir = {:?}\n",
+        c.url("/api/v1/write"),
+        root.join("push.token").display().to_string(),
+        root.join("spool").display().to_string()
+    );
+    let config = write_agent_config(&root, &tables);
+    let port = free_port();
+    // libfaketime moves the agent's wall clock 3 hours ahead (not the monotonic clock,
+    // on which the kernel times its waits).
+    let child = Command::new(binary("domesday-agent"))
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", "+3h")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--site", "caen-1", "--interval", "100ms", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--sysfs-root")
+        .arg(root.join("sys"))
+        .arg("--procfs-root")
+        .arg(root.join("proc"))
+        .env_remove("DOMESDAY_PUSH_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent under libfaketime");
+    let mut agent = Proc(child);
+    let skew = |body: &str| series_value(body, "domesday_host_clock_skew_seconds", &["host=\"test-host\""]);
+    let metrics = wait_for(&c.url("/metrics"), Duration::from_secs(20), |b| skew(b).is_some());
+    let s = skew(&metrics).expect("skew of the agent");
+    assert!((3.0 * 3600.0 - 60.0..=3.0 * 3600.0).contains(&s), "{s}\n{metrics}");
+    let quarantined = series_value(&metrics, "domesday_ingest_samples_total", &["result=\"quarantined\""]);
+    assert!(quarantined.is_some_and(|n| n >= 2.0), "{metrics}");
+    let booked = series_value(&metrics, "domesday_ingest_samples_total", &["result=\"booked\""]);
+    assert_eq!(booked.unwrap_or(0.0), 0.0, "{metrics}");
+    assert!(agent.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()), "the agent stops cleanly");
+    // Every host energy sample it sent is kept aside, stamped about 3 h ahead; none is booked.
+    let rows = quarantine_rows(&dir.path().join("domesday.db"));
+    let now = now_ms();
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|(h, ts, v, r)| h == "test-host"
+            && (now + 2 * HOUR..now + 4 * HOUR).contains(ts)
+            && v.is_some()
+            && r == "future"),
+        "{rows:?}"
+    );
+    let e = host_energy(
+        &c,
+        "test-host",
+        (now - HOUR).div_euclid(60_000) * 60_000,
+        (now + 4 * HOUR).div_euclid(60_000) * 60_000,
+    );
+    assert_eq!(e["samples"], 0, "{e}");
 }
