@@ -338,7 +338,8 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
                 cpu_model: label("cpu_model"),
                 sockets: ts.label("sockets").and_then(|s| s.parse().ok()),
             };
-            for s in ts.samples {
+            // A claim stamped in the future would hold the host name for this machine until then.
+            for s in ts.samples.iter().filter(|s| s.timestamp <= max_future) {
                 acc.batch.claims.push(HostClaim {
                     site: site.into(),
                     host: host.into(),
@@ -533,6 +534,16 @@ mod tests {
         let kept: Vec<(i64, Option<f64>)> = a.batch.quarantine.iter().map(|q| (q.ts_ms, q.value)).collect();
         assert_eq!(kept, vec![(NOW + bound + 1, Some(3.0)), (NOW + 3 * bound, None)]);
         assert_eq!(a.suspect.get(FUTURE), Some(&2));
+        // A host claim stamped in the future is not recorded.
+        let info = |ts: i64| {
+            series(
+                &[("__name__", "domesday_host_info"), ("site", "s"), ("host", "h1"), ("machine_id", "abc")],
+                &[(1.0, ts)],
+            )
+        };
+        let r = req(vec![info(NOW + bound + 1), info(NOW)]);
+        let a = split(&(&r).into(), "s", NOW, &limits).expect("accepted");
+        assert_eq!(a.batch.claims.iter().map(|c| c.ts_ms).collect::<Vec<_>>(), vec![NOW]);
         // A NaN in the future is refused as NaN, not kept.
         let r = req(vec![energy("s", &[(f64::NAN, NOW + 2 * bound)])]);
         let a = split(&(&r).into(), "s", NOW, &limits).expect("accepted");
