@@ -29,6 +29,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # lintian checks the Debian packages built by tests/tests/packaging.rs; buildah builds the container images there.
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+# libfaketime runs an agent whose clock is hours ahead in tests/tests/clocks_e2e.rs.
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(faketime)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing ${missing[*]} (Debian packages)"
   apt_install "${missing[@]}" >/dev/null || true

@@ -1,5 +1,6 @@
 //! The agent's loops: `run` (sampler thread + HTTP server + pusher until
-//! SIGTERM/SIGINT) and `once` (two samples an interval apart, printed).
+//! SIGTERM/SIGINT, then a last sample pushed or spooled) and `once` (two
+//! samples an interval apart, printed).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -117,9 +118,9 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let served = rt.block_on(async {
         axum::serve(listener, router(shared)).with_graceful_shutdown(domesday_runtime::shutdown_signal()).await
     });
-    tracing::info!("shutting down: flushing host energy counters");
+    tracing::info!("shutting down: a last sample, pushed or spooled; flushing host energy counters");
     if let Some(s) = &push_stopping {
-        // Ticks still queued get one bounded attempt, else go to the spool.
+        // Ticks still queued, and the last one, get one bounded attempt, else go to the spool.
         s.store(true, Ordering::Relaxed);
     }
     let _ = stop_tx.send(());
@@ -150,7 +151,10 @@ fn sample_loop(
         let now = start.elapsed();
         let wait = next.saturating_sub(now).min(crate::config::RAPL_MAX_READ_GAP);
         match stop.recv_timeout(wait) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                final_tick(sampler, shared, constant, start, push);
+                return;
+            }
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = start.elapsed();
@@ -172,5 +176,29 @@ fn sample_loop(
         while next <= start.elapsed() {
             next += interval;
         }
+    }
+}
+
+/// At shutdown: one last tick, pushed whatever `push.interval` says, so the
+/// collector gets the energy up to the stop (with a push interval of an hour,
+/// up to an hour of it would otherwise wait for the next start). The pusher is
+/// already stopping: it gets one bounded attempt, else it goes to the spool and
+/// is sent at the next start.
+fn final_tick(
+    sampler: &mut Sampler,
+    shared: &Shared,
+    constant: &[(String, String)],
+    start: Instant,
+    push: Option<PushHandle>,
+) {
+    let now = start.elapsed();
+    let wall = SystemTime::now();
+    let snap = sampler.tick(now);
+    if let Some(mut p) = push {
+        p.offer_now(&snap, now, wall);
+    }
+    match shared.write() {
+        Ok(mut g) => *g = Exposition::new(render(&snap, constant)),
+        Err(_) => tracing::error!("exposition lock poisoned"),
     }
 }

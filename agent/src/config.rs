@@ -521,6 +521,10 @@ pub struct AgentConfig {
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "one_or_many")]
     pub redfish: Vec<RedfishConfig>,
     pub nvml: NvmlConfig,
+    /// Tests only: a file read instead of the kernel's clock state, from the
+    /// environment variable `DOMESDAY_CLOCK_FIXTURE` (see `sources::clock`).
+    #[serde(skip)]
+    pub clock_fixture: Option<PathBuf>,
     /// `None` without a `[push]` table: nothing is pushed. Last, so that
     /// `to_toml`'s token comment lands in its table.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -724,6 +728,7 @@ impl AgentConfig {
             ipmi,
             redfish,
             nvml,
+            clock_fixture: env(crate::sources::clock::FIXTURE_ENV).filter(|p| !p.is_empty()).map(PathBuf::from),
         };
         if cfg.sensor_timeout.0 > cfg.interval.0 {
             return Err(located_key(

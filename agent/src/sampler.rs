@@ -95,7 +95,10 @@ impl Sampler {
     pub fn new(cfg: Arc<AgentConfig>, persist: bool) -> std::io::Result<Self> {
         use crate::sources::{hwmon::Hwmon, procfs::Procfs, rapl::Rapl, thermal::Thermal};
         let epoch = Instant::now();
-        let mut sources: Vec<Box<dyn SensorSource>> = vec![Box::new(Procfs::new(&cfg.procfs_root))];
+        let mut sources: Vec<Box<dyn SensorSource>> = vec![
+            Box::new(Procfs::new(&cfg.procfs_root)),
+            Box::new(crate::sources::clock::Clock::for_fixture(cfg.clock_fixture.as_deref())),
+        ];
         if cfg.sources.rapl {
             sources.push(Box::new(Rapl::new(&cfg.sysfs_root)));
         }

@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domesday_model::catalog::{
-    HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES, LEDGER_DB_BYTES,
-    LEDGER_LAG, SITE_ENERGY,
+    HOST_CLOCK_SKEW, HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES,
+    LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
 };
 use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
 use domesday_model::remote_write::WriteRequestView;
@@ -48,6 +48,8 @@ pub struct Stats {
     /// Per site, per host: the newest sample timestamp seen (ms). Hashed: every
     /// request updates it under the lock (ordered when rendered).
     last_seen: BTreeMap<String, HashMap<String, i64>>,
+    /// Per site, per host: the sender's clock skew (`domesday_host_clock_skew_seconds`).
+    skew: BTreeMap<String, HashMap<String, crate::skew::SkewEstimator>>,
 }
 
 /// Whether a role's totals are energy (water and fuel are volumes).
@@ -93,6 +95,7 @@ impl Stats {
                 ("conflict", o.conflict),
                 ("host_conflict", o.host_conflict),
                 ("too_old", o.too_old),
+                ("quarantined", o.quarantined),
             ] {
                 *self.samples.entry(k).or_insert(0) += v;
             }
@@ -229,7 +232,8 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         Ok(d) => d,
         Err(r) => return with_written(reject(&state, &r), none),
     };
-    let accepted = match split(&view, &site, now_ms(), &state.limits) {
+    let received_ms = now_ms();
+    let accepted = match split(&view, &site, received_ms, &state.limits) {
         Ok(a) => a,
         Err(r) => return with_written(reject(&state, &r), none),
     };
@@ -242,7 +246,10 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     if let Ok(mut s) = state.stats.lock() {
         for (k, v) in &accepted.suspect {
             *s.rejected.entry(k).or_insert(0) += v;
-            *s.samples.entry("suspect").or_insert(0) += v;
+            // Quarantined samples are counted as such once committed (`committed`).
+            if *k != crate::ingest::FUTURE {
+                *s.samples.entry("suspect").or_insert(0) += v;
+            }
         }
         *s.samples.entry("not_booked").or_insert(0) += accepted.other;
         for ((label, value), n) in &accepted.unknown {
@@ -252,6 +259,19 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
                     "booking host energy under a {label} this collector does not know (a newer sender?): \
                      classified by its quality label, counted in domesday_ingest_unknown_values_total"
                 );
+            }
+        }
+        // The newest sample of each host in this request, for its skew.
+        let mut newest: HashMap<&str, i64> = HashMap::with_capacity(accepted.hosts.len());
+        for (host, t) in &accepted.hosts {
+            let e = newest.entry(host.as_str()).or_insert(*t);
+            *e = (*e).max(*t);
+        }
+        let skews = s.skew.entry(site.clone()).or_default();
+        for (host, t) in &newest {
+            match skews.get_mut(*host) {
+                Some(e) => e.observe(received_ms, *t),
+                None => skews.entry((*host).to_string()).or_default().observe(received_ms, *t),
             }
         }
         let hosts = s.last_seen.entry(site.clone()).or_default();
@@ -764,6 +784,13 @@ async fn metrics(State(state): State<Shared>) -> Response {
             hosts.sort_unstable();
             for (host, t) in hosts {
                 samples.push(Sample::new(&HOST_LAST_SEEN, vec![site.clone(), host.clone()], *t as f64 / 1000.0));
+            }
+        }
+        for (site, hosts) in &s.skew {
+            let mut hosts: Vec<_> = hosts.iter().filter_map(|(h, e)| Some((h, e.estimate_ms()?))).collect();
+            hosts.sort_unstable();
+            for (host, ms) in hosts {
+                samples.push(Sample::new(&HOST_CLOCK_SKEW, vec![site.clone(), host.clone()], ms as f64 / 1000.0));
             }
         }
         for (code, n) in &s.requests {

@@ -14,10 +14,14 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{IngestConfig, Site, hash_token};
 use crate::ledger::book::joules_to_uj;
-use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel, SeriesLabels};
+use crate::ledger::{Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, HostModel, Quarantined, SeriesLabels};
 
 /// Counters far beyond any machine's energy (10 TJ ≈ 2.8 GWh) are suspect.
 pub const ABSURD_JOULES: f64 = 1e13;
+
+/// The `reason` of a host sample stamped more than `max_future` ahead of the
+/// collector's clock: kept aside in the ledger's `quarantine` table, not booked.
+pub const FUTURE: &str = "future";
 
 /// A refused request and the status to answer with. Nothing is stored.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,7 +67,8 @@ impl Refusal {
 pub struct Accepted {
     pub batch: Batch,
     /// Samples accepted but not booked, by reason (`nan`, `inf`, `negative`,
-    /// `absurd`, `future`, `no_site`).
+    /// `absurd`, `future`, `no_site`); the `future` ones are also in
+    /// `batch.quarantine`, kept aside.
     pub suspect: BTreeMap<&'static str, u64>,
     /// Samples of other series, validated and not summed.
     pub other: u64,
@@ -333,7 +338,8 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
                 cpu_model: label("cpu_model"),
                 sockets: ts.label("sockets").and_then(|s| s.parse().ok()),
             };
-            for s in ts.samples {
+            // A claim stamped in the future would hold the host name for this machine until then.
+            for s in ts.samples.iter().filter(|s| s.timestamp <= max_future) {
                 acc.batch.claims.push(HostClaim {
                     site: site.into(),
                     host: host.into(),
@@ -361,7 +367,24 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
         let (method, quality) = classify(i, known.method, known.quality, ts.samples.len() as u64, &mut acc.unknown)?;
         let labels = SeriesLabels::host(site_labels.clone(), host, method, quality);
         for s in ts.samples {
+            // Checked after the value: a NaN or absurd value is refused for that, whenever it is stamped.
+            let quarantine = |acc: &mut Accepted| {
+                *acc.suspect.entry(FUTURE).or_insert(0) += 1;
+                acc.batch.quarantine.push(Quarantined {
+                    site: site.to_string(),
+                    host: host.to_string(),
+                    method: labels.method.to_string(),
+                    ts_ms: s.timestamp,
+                    value: (!is_stale_nan(s.value)).then_some(s.value),
+                    received_ms: now_ms,
+                    reason: FUTURE,
+                });
+            };
             let value_uj = if is_stale_nan(s.value) {
+                if s.timestamp > max_future {
+                    quarantine(&mut acc);
+                    continue;
+                }
                 None
             } else {
                 let reason = if s.value.is_nan() {
@@ -372,13 +395,15 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
                     Some("negative")
                 } else if s.value > ABSURD_JOULES {
                     Some("absurd")
-                } else if s.timestamp > max_future {
-                    Some("future")
                 } else {
                     None
                 };
                 if let Some(r) = reason {
                     *acc.suspect.entry(r).or_insert(0) += 1;
+                    continue;
+                }
+                if s.timestamp > max_future {
+                    quarantine(&mut acc);
                     continue;
                 }
                 match joules_to_uj(s.value) {
@@ -479,6 +504,51 @@ mod tests {
         for k in ["nan", "inf", "negative", "absurd", "future"] {
             assert_eq!(a.suspect.get(k), Some(&1), "{k}");
         }
+        // The future sample is kept aside, as sent, with the time it arrived.
+        assert_eq!(
+            a.batch.quarantine,
+            vec![Quarantined {
+                site: "s".into(),
+                host: "h1".into(),
+                method: "model".into(),
+                ts_ms: NOW + 3_600_000,
+                value: Some(5.0),
+                received_ms: NOW,
+                reason: FUTURE,
+            }]
+        );
+    }
+
+    #[test]
+    fn future_samples_are_quarantined_and_the_rest_booked() {
+        let limits = IngestConfig::default();
+        let bound = limits.max_future.0.as_millis() as i64;
+        let r = req(vec![energy(
+            "s",
+            &[(1.0, NOW - 1000), (2.0, NOW + bound), (3.0, NOW + bound + 1), (stale_nan(), NOW + 3 * bound)],
+        )]);
+        let a = split(&(&r).into(), "s", NOW, &limits).expect("accepted");
+        // At the bound is booked; beyond it is kept aside, a stale marker too (no value).
+        let booked: Vec<i64> = a.batch.samples.iter().map(|s| s.ts_ms).collect();
+        assert_eq!(booked, vec![NOW - 1000, NOW + bound]);
+        let kept: Vec<(i64, Option<f64>)> = a.batch.quarantine.iter().map(|q| (q.ts_ms, q.value)).collect();
+        assert_eq!(kept, vec![(NOW + bound + 1, Some(3.0)), (NOW + 3 * bound, None)]);
+        assert_eq!(a.suspect.get(FUTURE), Some(&2));
+        // A host claim stamped in the future is not recorded.
+        let info = |ts: i64| {
+            series(
+                &[("__name__", "domesday_host_info"), ("site", "s"), ("host", "h1"), ("machine_id", "abc")],
+                &[(1.0, ts)],
+            )
+        };
+        let r = req(vec![info(NOW + bound + 1), info(NOW)]);
+        let a = split(&(&r).into(), "s", NOW, &limits).expect("accepted");
+        assert_eq!(a.batch.claims.iter().map(|c| c.ts_ms).collect::<Vec<_>>(), vec![NOW]);
+        // A NaN in the future is refused as NaN, not kept.
+        let r = req(vec![energy("s", &[(f64::NAN, NOW + 2 * bound)])]);
+        let a = split(&(&r).into(), "s", NOW, &limits).expect("accepted");
+        assert!(a.batch.quarantine.is_empty());
+        assert_eq!(a.suspect.get("nan"), Some(&1));
     }
 
     #[test]

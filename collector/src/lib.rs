@@ -37,3 +37,4 @@ pub mod secret_file;
 pub mod serve;
 pub mod site_metrics;
 pub mod site_report;
+pub mod skew;

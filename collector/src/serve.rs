@@ -1,11 +1,14 @@
 //! `serve`: opens the ledger, starts the writer thread, the pulls and the
 //! facility meter readers, binds and serves until SIGTERM/SIGINT, then lets
-//! in-flight requests finish and the writer commit what is queued before
-//! exiting.
+//! in-flight requests finish (5 s at most), the forwarder spool what it holds
+//! and the writer commit what is queued, materialize its journal and
+//! checkpoint the WAL, exiting within [`SHUTDOWN_WITHIN`] of the signal.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -109,24 +112,69 @@ pub async fn serve(
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    // The signal starts the drain; `stop_by` bounds the whole shutdown.
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<Instant>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("stopping: finishing the requests in flight");
+        let _ = signalled_tx.send(Instant::now());
+    };
+    // Boxed so that it can be dropped (with the router and its writer handle) after a timed-out drain.
+    let mut server = Box::pin(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
+    let mut signalled = std::pin::pin!(signalled);
+    let stop_by = tokio::select! {
+        served = &mut server => {
+            served.context("HTTP server failed")?;
+            signalled.await.unwrap_or_else(|_| Instant::now()) + SHUTDOWN_WITHIN
+        }
+        at = &mut signalled => {
+            let stop_by = at.unwrap_or_else(|_| Instant::now()) + SHUTDOWN_WITHIN;
+            match tokio::time::timeout(DRAIN_WITHIN, &mut server).await {
+                Ok(served) => served.context("HTTP server failed")?,
+                // A request still in flight is one the sender has not had an answer to:
+                // it retries it, and what was committed is committed.
+                Err(_) => tracing::warn!(within = ?DRAIN_WITHIN, "requests still in flight at shutdown: their connections are closed"),
+            }
+            stop_by
+        }
+    };
     gauges.abort();
     sync.abort();
     let _ = sync.await;
     if let Some((handle, task)) = forward {
         // Closing the queue lets the forwarder finish what is queued (to upstream or the spool).
         drop(handle);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        let left = stop_by.saturating_duration_since(Instant::now()).saturating_sub(WRITER_RESERVE);
+        let _ = tokio::time::timeout(left, task).await;
     }
     for p in pulls.into_iter().chain(readers) {
         p.abort();
         let _ = p.await;
     }
-    // The router (and with it the last writer handle) is gone: the writer drains and stops.
-    tokio::task::spawn_blocking(move || writer_thread.join()).await.ok();
-    tracing::info!("ledger writer stopped; bye");
+    // The router (and with it the last writer handle) is gone: the writer commits what
+    // is queued, writes its journal to the tables, checkpoints the WAL and stops.
+    drop(server);
+    while !writer_thread.is_finished() && Instant::now() < stop_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if writer_thread.is_finished() {
+        let _ = writer_thread.join();
+        tracing::info!("ledger writer stopped; bye");
+    } else {
+        // Every answered request is committed (2xx only after the commit); what is left
+        // (the journal's materialization) is done by the next start.
+        tracing::warn!(within = ?SHUTDOWN_WITHIN, "the ledger writer has not finished; exiting, the next start completes its work");
+    }
     Ok(())
 }
+
+/// The longest a shutdown takes, from the signal to the exit (systemd's stop
+/// timeout is longer).
+pub const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
+/// How long the requests in flight get to finish after the signal.
+const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+/// Time kept for the ledger writer at the end of the shutdown.
+const WRITER_RESERVE: Duration = Duration::from_secs(2);
 
 /// Binds the configured address with a clear error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -274,7 +274,8 @@ mod tests {
         let t0 = 1_767_225_600_000;
         let samples =
             (0..5).map(|i| CounterSample::host("s", "h1", "rapl", "measured", t0 + i * 60_000, Some(i * 1_000_000)));
-        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![] }], t0).expect("apply");
+        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![], quarantine: vec![] }], t0)
+            .expect("apply");
         let inner = Counting(SqliteReader::new(&db, Policy::default()), AtomicUsize::new(0));
         let once = OnceReader { inner: &inner, energy: Mutex::default() };
         let q = |to: i64| EnergyQuery {

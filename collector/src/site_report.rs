@@ -342,7 +342,8 @@ mod tests {
         // A utility register gaining 1 kWh (10⁶ µkWh) every 10 minutes from 00:00 to 02:00.
         let samples =
             (0..=12).map(|i| CounterSample::meter("s", "tgbt", "utility_in", "kWh", h + i * 600_000, i * 1_000_000));
-        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![] }], h).expect("apply");
+        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![], quarantine: vec![] }], h)
+            .expect("apply");
         let reader = SqliteReader::new(&db, Policy::default());
         // 00:30–01:30: no whole hour inside, 6 kWh across two cut hours.
         let (from, to) = (h + 1_800_000, h + 5_400_000);

@@ -167,6 +167,23 @@ metric!(
 );
 
 metric!(
+    CLOCK_SYNCHRONIZED,
+    "domesday_clock_synchronized",
+    Gauge,
+    "",
+    [],
+    "1 if the kernel says the system clock is synchronised (adjtimex: STA_UNSYNC clear, clock state not TIME_ERROR, maximum error under 16 s), 0 if not; absent when the state cannot be read (domesday_sensor_up{source=\"clock\"} is then 0). See docs/clocks.md."
+);
+metric!(
+    CLOCK_MAX_ERROR,
+    "domesday_clock_max_error_seconds",
+    Gauge,
+    "seconds",
+    [],
+    "The kernel's maximum error of the system clock (adjtimex maxerror), which the NTP daemon keeps low and which grows by 500 µs per second without it."
+);
+
+metric!(
     PUSH_SAMPLES,
     "domesday_push_samples_total",
     Counter,
@@ -218,6 +235,15 @@ metric!(
     "Unix time of the newest sample received from a host."
 );
 metric!(
+    HOST_CLOCK_SKEW,
+    Collector,
+    "domesday_host_clock_skew_seconds",
+    Gauge,
+    "seconds",
+    ["site", "host"],
+    "A sender's clock offset as the collector measures it (positive: ahead): the largest (newest sample time - receive time) of its live requests over the last 10 minutes; spool replays do not count. Samples stamped more than ingest.max_future ahead are quarantined. See docs/clocks.md."
+);
+metric!(
     INGEST_REQUESTS,
     Collector,
     "domesday_ingest_requests_total",
@@ -233,7 +259,7 @@ metric!(
     Counter,
     "",
     ["result"],
-    "Samples of accepted requests: booked, duplicate (counted once), conflict (same timestamp, other value: first wins), host_conflict (another machine claims the host), too_old, not_booked (series the ledger does not sum), suspect (see domesday_ingest_rejected_total)."
+    "Samples of accepted requests: booked, duplicate (counted once), conflict (same timestamp, other value: first wins), host_conflict (another machine claims the host), too_old, not_booked (series the ledger does not sum), quarantined (stamped beyond ingest.max_future: kept aside in the ledger's quarantine table, not booked), suspect (see domesday_ingest_rejected_total)."
 );
 metric!(
     INGEST_REJECTED,
@@ -242,7 +268,7 @@ metric!(
     Counter,
     "",
     ["reason"],
-    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future, no_site), by reason."
+    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future: stamped beyond ingest.max_future and quarantined, no_site), by reason."
 );
 metric!(
     INGEST_UNKNOWN_VALUES,
@@ -463,12 +489,15 @@ pub const CATALOG: &[MetricDef] = &[
     SENSOR_ERRORS,
     AGENT_INFO,
     SAMPLE_DURATION,
+    CLOCK_SYNCHRONIZED,
+    CLOCK_MAX_ERROR,
     PUSH_SAMPLES,
     SPOOL_BYTES,
     PUSH_LAST_SUCCESS,
     PUSH_URL_INDEX,
     SITE_ENERGY,
     HOST_LAST_SEEN,
+    HOST_CLOCK_SKEW,
     INGEST_REQUESTS,
     INGEST_SAMPLES,
     INGEST_REJECTED,

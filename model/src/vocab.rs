@@ -30,6 +30,7 @@ vocabulary! {
     Source {
         Rapl => "rapl", Hwmon => "hwmon", Thermal => "thermal", Ipmi => "ipmi",
         Redfish => "redfish", Nvml => "nvml", Estimated => "estimated", Procfs => "procfs",
+        Clock => "clock",
     }
 }
 

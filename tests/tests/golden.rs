@@ -25,6 +25,9 @@ fn exposition(tree: &str) -> String {
     };
     let mut cfg = AgentConfig::load(None, &ov).expect("config");
     cfg.machine_id_file = root.join("etc/machine-id");
+    // The clock state of the machine running the test varies: a synchronised one, fixed.
+    std::fs::write(root.join("clock"), "status=0x2001 maxerror=12000 state=0\n").expect("clock fixture");
+    cfg.clock_fixture = Some(root.join("clock"));
     cfg.labels.insert("region".into(), "normandie".into());
     let cfg = Arc::new(cfg);
     let mut sampler = Sampler::new(cfg.clone(), false).expect("sampler");

@@ -173,6 +173,16 @@ impl PushHandle {
             due += self.every;
         }
         self.next_due = Some(due);
+        self.send(snap, wall);
+    }
+
+    /// Pushes this tick whether or not a push is due (the last tick at shutdown).
+    pub fn offer_now(&mut self, snap: &Snapshot, now: Duration, wall: SystemTime) {
+        self.next_due = Some(now + self.every);
+        self.send(snap, wall);
+    }
+
+    fn send(&mut self, snap: &Snapshot, wall: SystemTime) {
         let timestamp_ms = wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         let series = tick_series(snap, self.set, &self.constant);
         let n = series.len() as u64;

@@ -5,6 +5,7 @@
 //! and `domesday_sensor_errors_total{reason}`.
 
 pub mod bmc;
+pub mod clock;
 pub mod hwmon;
 pub mod ipmi;
 pub mod nvml;

@@ -227,12 +227,32 @@ pub struct Retirement {
     pub retired_ms: i64,
 }
 
+/// A host energy sample kept aside rather than booked: stamped too far in the
+/// future (its sender's clock is ahead), it would put energy in an hour that has
+/// not happened yet. It is stored in the `quarantine` table for an operator to
+/// inspect, never in the ledger's minutes or hours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub site: String,
+    pub host: String,
+    pub method: String,
+    pub ts_ms: i64,
+    /// The counter value as sent, joules; `None` for a stale marker.
+    pub value: Option<f64>,
+    /// When the collector received it (Unix ms).
+    pub received_ms: i64,
+    /// Why it was kept aside (`future`).
+    pub reason: &'static str,
+}
+
 /// What one accepted request asks the ledger to do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
     pub samples: Vec<CounterSample>,
     pub claims: Vec<HostClaim>,
     pub intervals: Vec<IntervalReading>,
+    /// Samples kept aside in the `quarantine` table, not booked.
+    pub quarantine: Vec<Quarantined>,
 }
 
 /// Net energy a batch added to one site's boundary role, µJ (energy units
@@ -261,6 +281,8 @@ pub struct Outcome {
     pub host_conflict: u64,
     /// Older than the retained samples: cannot be slotted in any more.
     pub too_old: u64,
+    /// Kept aside in the `quarantine` table (a repeat of a quarantined sample is not counted again).
+    pub quarantined: u64,
 }
 
 impl Outcome {
@@ -274,6 +296,7 @@ impl Outcome {
         self.conflict += o.conflict;
         self.host_conflict += o.host_conflict;
         self.too_old += o.too_old;
+        self.quarantined += o.quarantined;
     }
 }
 
@@ -319,6 +342,10 @@ pub trait LedgerWriter: Send {
     /// since the last call, `None` otherwise.
     fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
         Ok(None)
+    }
+    /// Moves what the write-ahead log holds into the database (at shutdown).
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

@@ -13,8 +13,9 @@
 //! milliseconds, `minutes` buckets of meters (a host series' minutes are
 //! recomputed from its chunks), `hosts` (the machine that owns each host name)
 //! and `host_conflicts`, the `journal` of host samples not yet written to
-//! chunks and hours ([`super::journal`]), and `retired_hosts` (who retired a
-//! decommissioned host, when and why).
+//! chunks and hours ([`super::journal`]), `retired_hosts` (who retired a
+//! decommissioned host, when and why), and `quarantine` (host samples stamped
+//! too far in the future, kept aside and never booked).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,15 @@ CREATE TABLE retired_hosts (
     site TEXT NOT NULL, host TEXT NOT NULL,
     author TEXT NOT NULL, reason TEXT NOT NULL, retired_ms INTEGER NOT NULL,
     PRIMARY KEY (site, host)
+);
+"#,
+    r#"
+-- Host samples kept aside, never booked: stamped too far in the future (a sender's clock ahead).
+-- One row per (series, timestamp): a retry of the same request is not stored twice. `value` NULL: a stale marker.
+CREATE TABLE quarantine (
+    site TEXT NOT NULL, host TEXT NOT NULL, method TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    value REAL, received_ms INTEGER NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (site, host, method, ts_ms)
 );
 "#,
 ];
@@ -728,7 +738,9 @@ impl SqliteWriter {
         let tx = self.conn.unchecked_transaction()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for b in batches {
-            outcomes.push(self.apply_one(&tx, &mut staged, b)?);
+            let mut o = self.apply_one(&tx, &mut staged, b)?;
+            o.quarantined = quarantine(&tx, &b.quarantine)?;
+            outcomes.push(o);
         }
         also(self, &tx, &mut staged)?;
         let journaled = staged.entries.len();
@@ -754,6 +766,22 @@ impl SqliteWriter {
     fn write_buckets(tx: &rusqlite::Transaction<'_>, staged: &Staged) -> Result<(), StoreError> {
         write_bucket_lists(tx, &sorted_buckets(&staged.minutes), &sorted_buckets(&staged.hours))
     }
+}
+
+/// Stores samples kept aside (see [`super::Quarantined`]); returns how many were new.
+fn quarantine(tx: &rusqlite::Transaction<'_>, rows: &[super::Quarantined]) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO quarantine (site, host, method, ts_ms, value, received_ms, reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut new = 0;
+    for q in rows {
+        new += stmt.execute(params![q.site, q.host, q.method, q.ts_ms, q.value, q.received_ms, q.reason])? as u64;
+    }
+    Ok(new)
 }
 
 /// What [`retire_host`] did.
@@ -971,6 +999,16 @@ impl LedgerWriter for SqliteWriter {
         SqliteReader::new(&self.path, self.policy).site_totals().map(Some)
     }
 
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        // TRUNCATE: every frame into the database and the WAL emptied; `busy` = 1
+        // when a reader still holds an old snapshot (then it is a partial checkpoint).
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            tracing::info!("ledger checkpoint at shutdown was partial: a reader still had the database open");
+        }
+        Ok(())
+    }
+
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
         // Pruning decides on raw samples: they must all be in the table.
         self.materialize_now(usize::MAX)?;
@@ -983,6 +1021,8 @@ impl LedgerWriter for SqliteWriter {
             [cutoff],
         )?;
         chunk::prune(&tx, cutoff)?;
+        // Quarantined samples are kept as long as raw samples, counted from their arrival.
+        tx.execute("DELETE FROM quarantine WHERE received_ms < ?1", [cutoff])?;
         // Keep each series' last sample: it is the baseline of the next one.
         tx.execute(
             "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (SELECT MAX(ts_ms) FROM samples s2 WHERE s2.series_id = samples.series_id)",

@@ -20,7 +20,7 @@ fn sample(host: &str, method: &str, ts: i64, v: Option<i64>) -> CounterSample {
 }
 
 fn batch(samples: Vec<CounterSample>) -> Batch {
-    Batch { samples, claims: vec![], intervals: vec![] }
+    Batch { samples, claims: vec![], intervals: vec![], quarantine: vec![] }
 }
 
 fn query(host: Option<&str>, from: i64, to: i64) -> EnergyQuery {
@@ -142,6 +142,7 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
             intervals: vec![],
             samples: vec![sample("h1", "model", T0, Some(0))],
             claims: vec![claim("aaa", T0)],
+            quarantine: vec![],
         }],
         NOW,
     )
@@ -152,6 +153,7 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
                 intervals: vec![],
                 samples: vec![sample("h1", "model", T0 + 1_000, Some(5_000_000))],
                 claims: vec![claim("bbb", T0 + 1_000)],
+                quarantine: vec![],
             }],
             NOW,
         )
@@ -162,6 +164,7 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
             intervals: vec![],
             samples: vec![sample("h1", "model", T0 + 2_000, Some(10))],
             claims: vec![claim("aaa", T0 + 2_000)],
+            quarantine: vec![],
         }],
         NOW,
     )
@@ -179,6 +182,7 @@ fn another_machine_claiming_a_host_is_refused_while_the_owner_reports() {
             intervals: vec![],
             samples: vec![sample("h1", "model", later, Some(42))],
             claims: vec![claim("bbb", later)],
+            quarantine: vec![],
         }],
         NOW,
     )
@@ -304,6 +308,7 @@ fn meter_registers_and_intervals_book_exact_shares_and_reimport_is_idempotent() 
         samples: regs,
         claims: vec![],
         intervals: vec![iv("cold", "chilled_water_in", "kWh", 30_000_000), iv("w", "water_in", "m3", 2_500_000)],
+        quarantine: vec![],
     };
     let o = w.apply(std::slice::from_ref(&b), NOW).expect("apply");
     assert_eq!(o[0].booked, 4);
@@ -353,6 +358,7 @@ fn readers_answer_the_same_before_and_after_materialization() {
                 .collect(),
             claims: vec![claim("h1"), claim("h2")],
             intervals: vec![],
+            quarantine: vec![],
         }],
         NOW,
     )
@@ -644,6 +650,7 @@ fn an_outcome_carries_its_energy_per_role() {
         ],
         claims: vec![],
         intervals: vec![iv("ups", "ups_out", "kWh", 1_500_000), iv("w", "water_in", "m3", 2_000_000)],
+        quarantine: vec![],
     };
     let o = w.apply(&[b], NOW).expect("apply");
     let kwh = 3_600_000i128;
@@ -692,4 +699,51 @@ fn an_unknown_method_is_counted_by_every_reader_under_its_quality() {
     assert_eq!(hosts[0].current_method.as_deref(), Some("npu_model"));
     assert_eq!(hosts[0].current_quality.as_deref(), Some("estimated"));
     assert_eq!(hosts[0].estimated_share_24h, Some(2.0 / 12.0));
+}
+
+#[test]
+fn quarantined_samples_are_kept_aside_never_booked_and_pruned_with_raw_samples() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let q = |ts: i64, v: Option<f64>| super::Quarantined {
+        site: "s".into(),
+        host: "h1".into(),
+        method: "psu_input".into(),
+        ts_ms: ts,
+        value: v,
+        received_ms: T0,
+        reason: "future",
+    };
+    let mut b =
+        batch(vec![sample("h1", "psu_input", T0, Some(0)), sample("h1", "psu_input", T0 + 60_000, Some(6_000_000))]);
+    b.quarantine = vec![q(T0 + 3 * 3_600_000, Some(1e9)), q(T0 + 4 * 3_600_000, None)];
+    let o = w.apply(std::slice::from_ref(&b), NOW).expect("apply");
+    assert_eq!((o[0].booked, o[0].quarantined, o[0].energy_uj), (2, 2, 6_000_000));
+    // The same request again (a retry): nothing new is kept.
+    let again = w.apply(&[b], NOW).expect("again");
+    assert_eq!(again[0].quarantined, 0);
+    let reader = SqliteReader::new(&db, Policy::default());
+    // The ledger's energy is the booked samples' only, in every hour up to the quarantined ones.
+    let r = reader.energy(&query(Some("h1"), T0, T0 + 5 * 3_600_000)).expect("energy");
+    assert_eq!(r.energy_uj(), 6_000_000);
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    let rows: Vec<(String, i64, Option<f64>, String)> = conn
+        .prepare("SELECT host, ts_ms, value, reason FROM quarantine ORDER BY ts_ms")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            ("h1".into(), T0 + 3 * 3_600_000, Some(1e9), "future".into()),
+            ("h1".into(), T0 + 4 * 3_600_000, None, "future".into())
+        ]
+    );
+    // Kept as long as raw samples, counted from their arrival.
+    w.prune(T0 + Policy::default().minute_retention_ms + 1).expect("prune");
+    let left: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0)).expect("count");
+    assert_eq!(left, 0);
 }

@@ -133,9 +133,12 @@ pub fn spawn(
                 }
             }
         }
-        // Every sender is gone: leave the ledger fully materialized.
+        // Every sender is gone: leave the ledger fully materialized, its WAL in the database.
         if let Err(e) = store.housekeeping(true) {
             tracing::warn!(error = %e, "writing the ledger journal to its tables at shutdown failed; the next start does it");
+        }
+        if let Err(e) = store.checkpoint() {
+            tracing::warn!(error = %e, "checkpointing the ledger at shutdown failed; the next start does it");
         }
     })?;
     Ok((WriterHandle { tx, lag_ms }, thread))

@@ -155,7 +155,8 @@ mod tests {
         // 3.6 kJ per 10 s: 1 Wh per sample after the first.
         let samples = (0..7)
             .map(|i| CounterSample::host("demo", "h1", "rapl", "measured", t0 + i * 10_000, Some(i * 3_600_000_000)));
-        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![] }], now).expect("apply");
+        w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![], quarantine: vec![] }], now)
+            .expect("apply");
         let ledger: Arc<dyn LedgerReader> = Arc::new(SqliteReader::new(&db, Policy::default()));
         let m: MeterConfig = toml::from_str(
             "id = \"sim-utility\"\nrole = \"utility_in\"\nkind = \"simulated\"\nunit = \"kWh\"\nper_it_kwh = 1.4\n",
