@@ -80,6 +80,7 @@ struct FileConfig {
     host: Option<String>,
     interval: Option<Dur>,
     listen: Option<SocketAddr>,
+    web_config_file: Option<PathBuf>,
     sysfs_root: Option<PathBuf>,
     procfs_root: Option<PathBuf>,
     machine_id_file: Option<PathBuf>,
@@ -339,6 +340,9 @@ struct FilePush {
     spool_dir: Option<PathBuf>,
     spool_max_bytes: Option<ByteSize>,
     timeout: Option<Dur>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 /// Which series are pushed.
@@ -441,6 +445,26 @@ pub struct PushConfig {
     pub spool_dir_explicit: bool,
     pub spool_max_bytes: ByteSize,
     pub timeout: Dur,
+    /// PEM CA(s) the collector's certificate must chain to, instead of the bundled public roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mTLS), with `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// What the files held, read and checked at load.
+    #[serde(skip)]
+    pub tls: PushTls,
+}
+
+/// The push client's TLS material, read at load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushTls {
+    /// The PEM of `ca_file`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// `cert_file` then `key_file`, as one PEM: a secret (the key).
+    pub identity_pem: Option<Secret>,
 }
 
 /// Which sources are enabled.
@@ -473,6 +497,12 @@ pub struct AgentConfig {
     pub host: String,
     pub interval: Dur,
     pub listen: SocketAddr,
+    /// Prometheus' exporter web configuration (YAML): TLS and basic auth for `/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_config_file: Option<PathBuf>,
+    /// What `web_config_file` holds, checked at load.
+    #[serde(skip)]
+    pub web: Option<crate::web_config::WebConfig>,
     pub sysfs_root: PathBuf,
     pub procfs_root: PathBuf,
     pub machine_id_file: PathBuf,
@@ -499,6 +529,7 @@ pub struct Overrides {
     pub site: Option<String>,
     pub host: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub web_config_file: Option<PathBuf>,
     pub interval: Option<Duration>,
     pub sysfs_root: Option<PathBuf>,
     pub procfs_root: Option<PathBuf>,
@@ -541,6 +572,7 @@ impl AgentConfig {
             host: None,
             interval: None,
             listen: None,
+            web_config_file: None,
             sysfs_root: None,
             procfs_root: None,
             machine_id_file: None,
@@ -569,6 +601,11 @@ impl AgentConfig {
         let listen = match ov.listen.or(f.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN.parse().map_err(|e| ConfigError::Value(format!("{e}")))?,
+        };
+        let web_config_file = ov.web_config_file.clone().or(f.web_config_file);
+        let web = match &web_config_file {
+            Some(w) => Some(crate::web_config::WebConfig::load(w)?),
+            None => None,
         };
         let est = &f.estimation;
         for (key, v) in [("idle_watts", est.idle_watts), ("max_watts", est.max_watts)] {
@@ -668,6 +705,8 @@ impl AgentConfig {
             host,
             interval,
             listen,
+            web_config_file,
+            web,
             sysfs_root: ov.sysfs_root.clone().or(f.sysfs_root).unwrap_or_else(|| "/sys".into()),
             procfs_root: ov.procfs_root.clone().or(f.procfs_root).unwrap_or_else(|| "/proc".into()),
             machine_id_file: f.machine_id_file.unwrap_or_else(|| "/etc/machine-id".into()),
@@ -766,6 +805,23 @@ fn push_config(
     }
     let interval = p.interval.unwrap_or(Dur(DEFAULT_PUSH_INTERVAL));
     let timeout = p.timeout.unwrap_or(Dur(DEFAULT_PUSH_TIMEOUT));
+    let tls_err = |e: domesday_runtime::tls::TlsError| at(e.key, format!("{e} (give PEM files; see docs/security.md)"));
+    let mut tls = PushTls::default();
+    if let Some(f) = &p.ca_file {
+        tls.ca_pem = Some(domesday_runtime::tls::read_ca_bundle("ca_file", f).map_err(tls_err)?);
+    }
+    match (&p.cert_file, &p.key_file) {
+        (Some(c), Some(k)) => {
+            tls.identity_pem = Some(Secret::new(domesday_runtime::tls::read_client_identity(c, k).map_err(tls_err)?));
+        }
+        (Some(_), None) => return Err(at("cert_file", "needs key_file (the client certificate's private key)".into())),
+        (None, Some(_)) => return Err(at("key_file", "needs cert_file (the client certificate)".into())),
+        (None, None) => {}
+    }
+    if (tls.ca_pem.is_some() || tls.identity_pem.is_some()) && url.scheme() != "https" {
+        let key = if p.ca_file.is_some() { "ca_file" } else { "cert_file" };
+        return Err(at(key, "applies to https only: make `url` https://".into()));
+    }
     Ok(PushConfig {
         url: url.to_string(),
         token_file: p.token_file,
@@ -776,6 +832,10 @@ fn push_config(
         spool_dir: p.spool_dir.unwrap_or_else(|| state_dir.join("spool")),
         spool_max_bytes,
         timeout,
+        ca_file: p.ca_file,
+        cert_file: p.cert_file,
+        key_file: p.key_file,
+        tls,
     })
 }
 

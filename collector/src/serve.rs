@@ -108,8 +108,20 @@ pub async fn serve(
         forward: forward.as_ref().map(|(h, _)| h.clone()),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    let tls = cfg.tls.as_ref().and_then(|t| t.loaded.clone());
+    let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, db = %cfg.db.display(), "domesday-collector serving");
+    match tls {
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's `ConnectInfo<SocketAddr>` (the peer address).
+            let listener = domesday_runtime::tls::TlsListener::new(listener, tls)?.tap_io(|_| ());
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTPS server failed")?;
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?,
+    }
+    hangup.abort();
     gauges.abort();
     sync.abort();
     let _ = sync.await;

@@ -327,7 +327,13 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(url: &str, token: &Secret, timeout: Duration, pool: usize) -> Result<Self, PushError> {
+    pub fn new(
+        url: &str,
+        token: &Secret,
+        tls: &crate::config::PushTls,
+        timeout: Duration,
+        pool: usize,
+    ) -> Result<Self, PushError> {
         let url = crate::config::parse_push_url(url).map_err(PushError::Url)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static(remote_write::CONTENT_ENCODING));
@@ -339,7 +345,18 @@ impl HttpTransport {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| PushError::Token)?;
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &tls.ca_pem {
+            // A private CA replaces the bundled public roots: only it may vouch for the collector.
+            builder = builder.tls_built_in_root_certs(false);
+            for c in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if let Some(id) = &tls.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(id.expose().as_bytes())?);
+        }
+        let client = builder
             .user_agent(USER_AGENT)
             .connect_timeout(timeout.min(CONNECT_TIMEOUT))
             .pool_max_idle_per_host(pool)
@@ -691,7 +708,7 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
         tracing::warn!(push_interval = %p.interval, interval = %cfg.interval,
             "push.interval is shorter than the sampling interval: every tick is pushed");
     }
-    let transport = HttpTransport::new(&p.url, &p.token, p.timeout.0, 2)?;
+    let transport = HttpTransport::new(&p.url, &p.token, &p.tls, p.timeout.0, 2)?;
     let stats = Arc::new(PushStats::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let pusher = Pusher::new(

@@ -386,7 +386,7 @@ pub fn run(opts: SimOptions) -> Result<String, SimError> {
 
 async fn simulate(opts: SimOptions) -> Result<String, SimError> {
     let connections = opts.connections.min(opts.hosts);
-    let transport = HttpTransport::new(&opts.url, &opts.token, opts.timeout, connections)?;
+    let transport = HttpTransport::new(&opts.url, &opts.token, &Default::default(), opts.timeout, connections)?;
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let shared = Arc::new(Shared {
         opts: opts.clone(),

@@ -275,7 +275,8 @@ fn push_stats_are_exported_with_every_result() {
 
 #[test]
 fn the_version_header_is_the_one_of_the_model() {
-    let t = HttpTransport::new("http://127.0.0.1:1/w", &secret("tok"), Duration::from_secs(1), 1).expect("client");
+    let t = HttpTransport::new("http://127.0.0.1:1/w", &secret("tok"), &Default::default(), Duration::from_secs(1), 1)
+        .expect("client");
     assert!(t.headers.contains_key(remote_write::VERSION_HEADER));
     assert!(t.headers.get(AUTHORIZATION).is_some_and(|v| v.is_sensitive()));
     assert!(!format!("{t:?}").contains("tok\""), "{t:?}");
