@@ -276,3 +276,89 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     let named: Vec<(&str, &str)> = outputs.iter().map(|o| ("agent or collector log", o.as_str())).collect();
     assert_no_secrets(&named, &secrets);
 }
+
+/// The agent's `/metrics` behind the exporter web configuration: TLS with
+/// client certificates and basic auth with a bcrypt hash, checked the way a
+/// scraper meets it, then by a real Prometheus with the scrape configuration
+/// an exporter with the same web configuration would need.
+#[test]
+fn agent_metrics_take_the_exporter_web_configuration_and_a_prometheus_scrape_config_works_unchanged() {
+    const PASSWORD: &str = "scrape-pass-8c21d0";
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let hash = bcrypt::hash(PASSWORD, 10).expect("bcrypt");
+    // Relative paths: the toolkit reads them from the web configuration file's directory.
+    let web = pki.path("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS12\nbasic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .expect("web.yml");
+    let (_fx, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let log = root.join("agent.log");
+    let web_arg = web.display().to_string();
+    let mut agent = start_agent_logged_with(
+        &root,
+        port,
+        "200ms",
+        "",
+        &[("DOMESDAY_LOG", "debug")],
+        &log,
+        &["--web-config-file", &web_arg],
+    );
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
+    let client = tls_client(&ca, Some((&cert, &key)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(&url).send().is_err() {
+        assert!(Instant::now() < deadline, "agent not serving https:\n{}", read_log(&log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = |req: reqwest::blocking::RequestBuilder| req.send().map(|r| r.status().as_u16());
+    assert_eq!(status(client.get(&url)).ok(), Some(401), "no credentials");
+    let r = client.get(&url).basic_auth("prometheus", Some("wrong")).send().expect("send");
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().get("www-authenticate").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic")));
+    assert_eq!(status(client.get(&url).basic_auth("nobody", Some(PASSWORD))).ok(), Some(401));
+    let r = client.get(&url).basic_auth("prometheus", Some(PASSWORD)).send().expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().unwrap_or_default().contains("domesday_host_power_watts"));
+    // Plain http, or TLS without a client certificate: no answer at all.
+    assert!(reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{port}/metrics")).send().is_err());
+    assert!(tls_client(&ca, None).get(&url).basic_auth("prometheus", Some(PASSWORD)).send().is_err());
+
+    // A real Prometheus with basic_auth (password from a file) and tls_config.
+    std::fs::write(dir.path().join("scrape.pass"), PASSWORD).expect("pass");
+    let prom_dir = dir.path().join("prom");
+    std::fs::create_dir_all(&prom_dir).expect("dir");
+    let (_prom, prom_port) = domesday_tests::prom::start_prometheus(
+        &prom_dir,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: domesday-agent\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    basic_auth:\n      username: prometheus\n      password_file: {pass}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            ca = ca.display(),
+            cert = cert.display(),
+            key = key.display(),
+            pass = dir.path().join("scrape.pass").display(),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = domesday_tests::prom::query(prom_port, "up{job=\"domesday-agent\"} == 1").unwrap_or_default();
+        let power = domesday_tests::prom::query(prom_port, "domesday_host_power_watts").unwrap_or_default();
+        if !up.is_empty() && !power.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus did not scrape the agent: up={up:?}\n{}", read_log(&log));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    assert!(agent.terminate(Duration::from_secs(20)).is_some(), "agent did not stop");
+    let text = read_log(&log);
+    let keys = pki.key_lines();
+    let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();
+    secrets.extend([PASSWORD, hash.as_str()]);
+    assert_no_secrets(&[("agent run", &text)], &secrets);
+}
