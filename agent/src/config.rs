@@ -1075,6 +1075,24 @@ mod tests {
     const EXAMPLE_TOKEN_FILE: &str = "/etc/domesday/push.token";
     const EXAMPLE_PASSWORD_FILE: &str = "/etc/domesday/bmc.password";
     const EXAMPLE_CA_FILE: &str = "/etc/domesday/bmc-ca.pem";
+    const EXAMPLE_PUSH_CA: &str = "/etc/domesday/collector-ca.pem";
+    const EXAMPLE_PUSH_CERT: &str = "/etc/domesday/agent.crt";
+    const EXAMPLE_PUSH_KEY: &str = "/etc/domesday/agent.key";
+    const EXAMPLE_WEB_CONFIG: &str = "/etc/domesday/web.yml";
+
+    /// Replaces the example's TLS file paths with real files in `dir`: a
+    /// generated certificate (as CA and client certificate), its key, an empty web config.
+    fn tls_files(dir: &tempfile::TempDir, text: &str) -> String {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+        let (crt, key, web) = (dir.path().join("t.crt"), dir.path().join("t.key"), dir.path().join("web.yml"));
+        std::fs::write(&crt, c.cert.pem()).expect("crt");
+        std::fs::write(&key, c.signing_key.serialize_pem()).expect("key");
+        std::fs::write(&web, "").expect("web");
+        text.replace(EXAMPLE_PUSH_CA, &crt.display().to_string())
+            .replace(EXAMPLE_PUSH_CERT, &crt.display().to_string())
+            .replace(EXAMPLE_PUSH_KEY, &key.display().to_string())
+            .replace(EXAMPLE_WEB_CONFIG, &web.display().to_string())
+    }
 
     fn password_file(dir: &tempfile::TempDir, pw: &str) -> String {
         let p = dir.path().join("bmc.password");
@@ -1102,6 +1120,7 @@ mod tests {
             .replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"))
             .replace(EXAMPLE_PASSWORD_FILE, &password_file(&dir, "pw\n"))
             .replace(EXAMPLE_CA_FILE, &password_file(&dir, "pem"));
+        let text = tls_files(&dir, &text);
         let c = load_str(&text).expect("example");
         assert_eq!(c.site, "caen-1");
         assert_eq!(c.labels.get("region").map(String::as_str), Some("normandie"));
@@ -1112,6 +1131,8 @@ mod tests {
         assert_eq!(p.interval.0, Duration::from_secs(15));
         assert_eq!(p.spool_max_bytes, ByteSize(256 << 20));
         assert_eq!(p.series, SeriesSet::Default);
+        assert!(p.tls.ca_pem.is_some() && p.tls.identity_pem.is_some());
+        assert!(c.web.is_some());
     }
 
     #[test]
@@ -1129,15 +1150,26 @@ mod tests {
                 .replace(EXAMPLE_TOKEN_FILE, &tok)
                 .replace(EXAMPLE_PASSWORD_FILE, &pw)
                 .replace(EXAMPLE_CA_FILE, &pw);
+            let example = tls_files(&dir, &example);
             let text = if t.is_empty() {
                 if name == "site" {
                     "site = \"x\"\n".to_string()
                 } else {
                     format!("site = \"x\"\n{name} = {example}\n")
                 }
+            } else if t == "push" && name == "cert_file" {
+                let key = tls_files(&dir, &format!("{EXAMPLE_PUSH_KEY:?}"));
+                format!(
+                    "site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\nkey_file = {key}\n"
+                )
+            } else if t == "push" && name == "key_file" {
+                let crt = tls_files(&dir, &format!("{EXAMPLE_PUSH_CERT:?}"));
+                format!(
+                    "site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\ncert_file = {crt}\n"
+                )
             } else if t == "push" && name != "url" {
                 // `url` is required in [push]; the token comes from the environment.
-                format!("site = \"x\"\n[push]\nurl = \"http://c:9956/api/v1/write\"\n{name} = {example}\n")
+                format!("site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\n")
             } else if t == "redfish" && name != "url" {
                 let user = if name == "password_file" { "username = \"u\"\n" } else { "" };
                 format!("site = \"x\"\n[redfish]\nurl = \"https://bmc\"\n{user}{name} = {example}\n")
@@ -1255,6 +1287,35 @@ mod tests {
             assert!(e.contains(":4:") && e.contains("token"), "{e}");
             assert!(!e.contains("SECRETPART"), "{e}");
         }
+    }
+
+    #[test]
+    fn push_tls_files_are_checked_at_load_with_their_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = tls_files(&dir, &format!("{EXAMPLE_PUSH_CA:?} {EXAMPLE_PUSH_CERT:?} {EXAMPLE_PUSH_KEY:?}"));
+        let f: Vec<&str> = files.split(' ').collect();
+        let (ca, crt, key) = (f[0], f[1], f[2]);
+        let https = "site = \"a\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n";
+        let c = load_env(&format!("{https}ca_file = {ca}\ncert_file = {crt}\nkey_file = {key}\n"), Some("t"))
+            .expect("valid");
+        let p = c.push.clone().expect("push");
+        assert!(p.tls.ca_pem.is_some());
+        // The identity holds the key: never in Debug, nor in check-config.
+        let id = p.tls.identity_pem.as_ref().expect("identity");
+        assert!(id.expose().contains("PRIVATE KEY"));
+        assert!(!format!("{p:?}").contains("PRIVATE KEY"));
+        assert!(!c.to_toml().contains("PRIVATE KEY"));
+        let err = |t: &str| load_env(t, Some("t")).expect_err("invalid").to_string();
+        let e = err(&format!("{https}cert_file = {crt}\n"));
+        assert!(e.contains(":4:") && e.contains("push.cert_file") && e.contains("needs key_file"), "{e}");
+        let e = err(&format!("{https}ca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(e.contains(":4:") && e.contains("push.ca_file") && e.contains("cannot read"), "{e}");
+        let e = err(&format!("{https}ca_file = {key}\n"));
+        assert!(e.contains("holds no CA certificate") && !e.contains("BEGIN PRIVATE"), "{e}");
+        let e = err(&format!("{https}cert_file = {key}\nkey_file = {key}\n"));
+        assert!(e.contains("push.cert_file") && e.contains("holds no certificate"), "{e}");
+        let e = err(&format!("{PUSH}ca_file = {ca}\n"));
+        assert!(e.contains("push.ca_file") && e.contains("https only"), "{e}");
     }
 
     #[test]

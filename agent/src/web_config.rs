@@ -206,7 +206,7 @@ impl WebConfig {
                     path,
                     &text,
                     &user,
-                    "is not a bcrypt hash ($2a$, $2b$ or $2y$); never put the password itself here: `htpasswd -nbBC 10 USER PASSWORD` prints one".into(),
+                    "is not a bcrypt hash ($2a$, $2b$ or $2y$); never put the password itself here: `htpasswd -nBC 10 USER` asks for it and prints USER:HASH".into(),
                 ));
             }
             users.insert(user, Secret::new(hash));
@@ -333,5 +333,14 @@ mod tests {
         assert!(!auth.check(Some(&b("bob:s3cret"))).await);
         assert!(!auth.check(Some("Bearer s3cret")).await);
         assert!(!auth.check(None).await);
+        // The `$2y$` hash of docs/security.md (htpasswd's prefix), password "example".
+        let mut users = BTreeMap::new();
+        users.insert(
+            "prometheus".to_string(),
+            Secret::new("$2y$10$I.BzQXmynb7yQTDKiI9mzusyS45IS/NYOzU72vrbkGiesmXflHRc2"),
+        );
+        let auth = BasicAuth::new(users);
+        assert!(auth.check(Some(&b("prometheus:example"))).await);
+        assert!(!auth.check(Some(&b("prometheus:Example"))).await);
     }
 }
