@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use domesday_model::catalog::{PUSH_LAST_SUCCESS, PUSH_SAMPLES, SPOOL_BYTES};
+use domesday_model::catalog::{PUSH_ERRORS, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SPOOL_BYTES};
+use domesday_model::vocab::PushFailure;
 use domesday_model::vocab::Source;
 
 use crate::config::AgentConfig;
@@ -35,6 +36,8 @@ pub struct PushStats {
     pub spool_bytes: AtomicU64,
     /// Unix time in ms of the last 2xx; 0 before the first.
     pub last_success_ms: AtomicU64,
+    /// Failed requests, by `PushFailure` (in `PushFailure::ALL` order).
+    pub errors: [AtomicU64; PushFailure::ALL.len()],
 }
 
 impl PushStats {
@@ -51,9 +54,19 @@ impl PushStats {
         .into_iter()
         .map(|(result, n)| Sample::new(&PUSH_SAMPLES, vec![result.to_string()], get(n)))
         .collect();
+        for (reason, n) in PushFailure::ALL.iter().zip(&self.errors) {
+            v.push(Sample::new(&PUSH_ERRORS, vec![reason.to_string()], get(n)));
+        }
         v.push(Sample::new(&SPOOL_BYTES, vec![], get(&self.spool_bytes)));
         v.push(Sample::new(&PUSH_LAST_SUCCESS, vec![], get(&self.last_success_ms) / 1000.0));
         v
+    }
+
+    /// Counts one failed request.
+    pub(crate) fn failed(&self, reason: PushFailure) {
+        if let Some(i) = PushFailure::ALL.iter().position(|r| *r == reason) {
+            Self::add(&self.errors[i], 1);
+        }
     }
 
     pub(crate) fn add(a: &AtomicU64, n: u64) {

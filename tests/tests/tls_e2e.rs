@@ -248,18 +248,20 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     let m = agent_metrics(agents[0].2);
     assert!(series_value(&m, "domesday_push_samples_total", &["result=\"sent\""]).unwrap_or(0.0) > 0.0, "{m}");
 
-    // The agent without: refused at the handshake, spooled, said why.
+    // The agent without: refused at the handshake, spooled, counted as a TLS failure, said why.
     let text = wait_for_log(&agents[1].1, "spooling to disk", Duration::from_secs(20));
     assert!(text.contains("CertificateRequired") || text.contains("certificate required"), "{text}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = agent_metrics(agents[1].2);
         let spooled = series_value(&m, "domesday_push_samples_total", &["result=\"spooled\""]).unwrap_or(0.0);
-        if spooled > 0.0 {
+        let tls = series_value(&m, "domesday_push_errors_total", &["reason=\"tls\""]).unwrap_or(0.0);
+        if spooled > 0.0 && tls > 0.0 {
             assert_eq!(series_value(&m, "domesday_push_samples_total", &["result=\"sent\""]).unwrap_or(0.0), 0.0);
+            assert_eq!(series_value(&m, "domesday_push_errors_total", &["reason=\"connect\""]), Some(0.0), "{m}");
             break;
         }
-        assert!(Instant::now() < deadline, "nothing spooled: {m}");
+        assert!(Instant::now() < deadline, "nothing spooled or no tls error counted: {m}");
         std::thread::sleep(Duration::from_millis(200));
     }
 
