@@ -357,6 +357,12 @@ pub fn read_allowed(read_hash: Option<[u8; 32]>, peer: std::net::IpAddr, authori
     matches!((read_hash, token), (Some(h), Some(t)) if bool::from(h.ct_eq(&hash_token(t))))
 }
 
+/// The rule of `/metrics`: open while no read token is configured (scrapers
+/// set up before the read token existed expect it), else the read rule.
+pub fn metrics_allowed(read_hash: Option<[u8; 32]>, peer: std::net::IpAddr, authorization: Option<&str>) -> bool {
+    read_hash.is_none() || read_allowed(read_hash, peer, authorization)
+}
+
 /// Read endpoints: free on loopback, else the read token. `Some` is the refusal.
 pub(crate) fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -766,10 +772,9 @@ async fn metrics(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if state.read_hash.is_some()
-        && let Some(r) = deny_read(&state, peer, &headers)
-    {
-        return r;
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !metrics_allowed(state.read_hash, peer.ip(), auth) {
+        return error(StatusCode::UNAUTHORIZED, "/metrics needs `Authorization: Bearer <read token>` off loopback");
     }
     let mut samples = Vec::new();
     if let Ok(s) = state.stats.lock() {
@@ -844,6 +849,12 @@ mod tests {
         assert!(!read_allowed(Some(read), remote, None));
         assert!(!read_allowed(Some(read), remote, Some("Basic cmVhZGVyLXNlY3JldA==")));
         assert!(!read_allowed(None, remote, Some("Bearer reader-secret")));
+        // `/metrics`: open without a read token, the read rule with one.
+        assert!(metrics_allowed(None, remote, None));
+        assert!(!metrics_allowed(Some(read), remote, None));
+        assert!(!metrics_allowed(Some(read), remote, Some("Bearer site-write-token")));
+        assert!(metrics_allowed(Some(read), remote, Some("Bearer reader-secret")));
+        assert!(metrics_allowed(Some(read), "127.0.0.1".parse().expect("ip"), None));
         // And the write rule refuses the read token: no site has it.
         let sites =
             vec![crate::config::Site { config: SiteConfig::default(), token_hash: hash_token("site-write-token") }];
