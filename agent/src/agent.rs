@@ -114,10 +114,10 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             sampler.close_bmc();
         })
         .context("starting the sampler thread")?;
-    tracing::info!(listen = %cfg.listen, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");
-    let served = rt.block_on(async {
-        axum::serve(listener, router(shared)).with_graceful_shutdown(domesday_runtime::shutdown_signal()).await
-    });
+    let scheme = if cfg.web.as_ref().is_some_and(|w| w.tls.is_some()) { "https" } else { "http" };
+    let basic_auth = cfg.web.as_ref().is_some_and(|w| !w.users.is_empty());
+    tracing::info!(listen = %cfg.listen, scheme, basic_auth, site = %cfg.site, host = %cfg.host, interval = %cfg.interval, "domesday-agent running");
+    let served = rt.block_on(serve_metrics(&cfg, listener, shared));
     tracing::info!("shutting down: a last sample, pushed or spooled; flushing host energy counters");
     if let Some(s) = &push_stopping {
         // Ticks still queued, and the last one, get one bounded attempt, else go to the spool.
@@ -134,6 +134,33 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::error!("pusher thread panicked");
     }
     served.context("HTTP server failed")
+}
+
+/// Serves `/metrics` until SIGTERM/SIGINT: plain, or with the web
+/// configuration's TLS (reloaded on SIGHUP) and basic auth.
+async fn serve_metrics(cfg: &AgentConfig, listener: tokio::net::TcpListener, shared: Shared) -> std::io::Result<()> {
+    let web = cfg.web.clone().unwrap_or(crate::web_config::WebConfig { tls: None, users: Default::default() });
+    let mut app = router(shared);
+    if !web.users.is_empty() {
+        let auth = crate::web_config::BasicAuth::new(web.users.clone());
+        app = app.layer(axum::middleware::from_fn_with_state(auth, crate::web_config::require_basic_auth));
+    }
+    let tls = match web.tls.clone().map(domesday_runtime::tls::TlsReloader::load).transpose() {
+        Ok(t) => t,
+        // Checked at load; only a file changed since then can fail here.
+        Err(e) => return Err(std::io::Error::other(format!("web_config_file: {e}"))),
+    };
+    let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
+    let served = match tls {
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            let listener = domesday_runtime::tls::TlsListener::new(listener, tls)?.tap_io(|_| ());
+            axum::serve(listener, app).with_graceful_shutdown(domesday_runtime::shutdown_signal()).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(domesday_runtime::shutdown_signal()).await,
+    };
+    hangup.abort();
+    served
 }
 
 fn sample_loop(

@@ -80,6 +80,7 @@ struct FileConfig {
     host: Option<String>,
     interval: Option<Dur>,
     listen: Option<SocketAddr>,
+    web_config_file: Option<PathBuf>,
     sysfs_root: Option<PathBuf>,
     procfs_root: Option<PathBuf>,
     machine_id_file: Option<PathBuf>,
@@ -339,6 +340,9 @@ struct FilePush {
     spool_dir: Option<PathBuf>,
     spool_max_bytes: Option<ByteSize>,
     timeout: Option<Dur>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 /// `[push] url`: one URL, or a list tried in order.
@@ -475,6 +479,26 @@ pub struct PushConfig {
     pub spool_dir_explicit: bool,
     pub spool_max_bytes: ByteSize,
     pub timeout: Dur,
+    /// PEM CA(s) the collector's certificate must chain to, instead of the bundled public roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mTLS), with `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// What the files held, read and checked at load.
+    #[serde(skip)]
+    pub tls: PushTls,
+}
+
+/// The push client's TLS material, read at load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushTls {
+    /// The PEM of `ca_file`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// `cert_file` then `key_file`, as one PEM: a secret (the key).
+    pub identity_pem: Option<Secret>,
 }
 
 /// Which sources are enabled.
@@ -507,6 +531,12 @@ pub struct AgentConfig {
     pub host: String,
     pub interval: Dur,
     pub listen: SocketAddr,
+    /// Prometheus' exporter web configuration (YAML): TLS and basic auth for `/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_config_file: Option<PathBuf>,
+    /// What `web_config_file` holds, checked at load.
+    #[serde(skip)]
+    pub web: Option<crate::web_config::WebConfig>,
     pub sysfs_root: PathBuf,
     pub procfs_root: PathBuf,
     pub machine_id_file: PathBuf,
@@ -537,6 +567,7 @@ pub struct Overrides {
     pub site: Option<String>,
     pub host: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub web_config_file: Option<PathBuf>,
     pub interval: Option<Duration>,
     pub sysfs_root: Option<PathBuf>,
     pub procfs_root: Option<PathBuf>,
@@ -579,6 +610,7 @@ impl AgentConfig {
             host: None,
             interval: None,
             listen: None,
+            web_config_file: None,
             sysfs_root: None,
             procfs_root: None,
             machine_id_file: None,
@@ -607,6 +639,11 @@ impl AgentConfig {
         let listen = match ov.listen.or(f.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN.parse().map_err(|e| ConfigError::Value(format!("{e}")))?,
+        };
+        let web_config_file = ov.web_config_file.clone().or(f.web_config_file);
+        let web = match &web_config_file {
+            Some(w) => Some(crate::web_config::WebConfig::load(w)?),
+            None => None,
         };
         let est = &f.estimation;
         for (key, v) in [("idle_watts", est.idle_watts), ("max_watts", est.max_watts)] {
@@ -706,6 +743,8 @@ impl AgentConfig {
             host,
             interval,
             listen,
+            web_config_file,
+            web,
             sysfs_root: ov.sysfs_root.clone().or(f.sysfs_root).unwrap_or_else(|| "/sys".into()),
             procfs_root: ov.procfs_root.clone().or(f.procfs_root).unwrap_or_else(|| "/proc".into()),
             machine_id_file: f.machine_id_file.unwrap_or_else(|| "/etc/machine-id".into()),
@@ -805,6 +844,23 @@ fn push_config(
     }
     let interval = p.interval.unwrap_or(Dur(DEFAULT_PUSH_INTERVAL));
     let timeout = p.timeout.unwrap_or(Dur(DEFAULT_PUSH_TIMEOUT));
+    let tls_err = |e: domesday_runtime::tls::TlsError| at(e.key, format!("{e} (give PEM files; see docs/security.md)"));
+    let mut tls = PushTls::default();
+    if let Some(f) = &p.ca_file {
+        tls.ca_pem = Some(domesday_runtime::tls::read_ca_bundle("ca_file", f).map_err(tls_err)?);
+    }
+    match (&p.cert_file, &p.key_file) {
+        (Some(c), Some(k)) => {
+            tls.identity_pem = Some(Secret::new(domesday_runtime::tls::read_client_identity(c, k).map_err(tls_err)?));
+        }
+        (Some(_), None) => return Err(at("cert_file", "needs key_file (the client certificate's private key)".into())),
+        (None, Some(_)) => return Err(at("key_file", "needs cert_file (the client certificate)".into())),
+        (None, None) => {}
+    }
+    if (tls.ca_pem.is_some() || tls.identity_pem.is_some()) && urls.iter().any(|u| !u.starts_with("https://")) {
+        let key = if p.ca_file.is_some() { "ca_file" } else { "cert_file" };
+        return Err(at(key, "applies to https only: make every `url` https://".into()));
+    }
     Ok(PushConfig {
         urls,
         token_file: p.token_file,
@@ -815,6 +871,10 @@ fn push_config(
         spool_dir: p.spool_dir.unwrap_or_else(|| state_dir.join("spool")),
         spool_max_bytes,
         timeout,
+        ca_file: p.ca_file,
+        cert_file: p.cert_file,
+        key_file: p.key_file,
+        tls,
     })
 }
 
@@ -1074,6 +1134,24 @@ mod tests {
     const EXAMPLE_TOKEN_FILE: &str = "/etc/domesday/push.token";
     const EXAMPLE_PASSWORD_FILE: &str = "/etc/domesday/bmc.password";
     const EXAMPLE_CA_FILE: &str = "/etc/domesday/bmc-ca.pem";
+    const EXAMPLE_PUSH_CA: &str = "/etc/domesday/collector-ca.pem";
+    const EXAMPLE_PUSH_CERT: &str = "/etc/domesday/agent.crt";
+    const EXAMPLE_PUSH_KEY: &str = "/etc/domesday/agent.key";
+    const EXAMPLE_WEB_CONFIG: &str = "/etc/domesday/web.yml";
+
+    /// Replaces the example's TLS file paths with real files in `dir`: a
+    /// generated certificate (as CA and client certificate), its key, an empty web config.
+    fn tls_files(dir: &tempfile::TempDir, text: &str) -> String {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+        let (crt, key, web) = (dir.path().join("t.crt"), dir.path().join("t.key"), dir.path().join("web.yml"));
+        std::fs::write(&crt, c.cert.pem()).expect("crt");
+        std::fs::write(&key, c.signing_key.serialize_pem()).expect("key");
+        std::fs::write(&web, "").expect("web");
+        text.replace(EXAMPLE_PUSH_CA, &crt.display().to_string())
+            .replace(EXAMPLE_PUSH_CERT, &crt.display().to_string())
+            .replace(EXAMPLE_PUSH_KEY, &key.display().to_string())
+            .replace(EXAMPLE_WEB_CONFIG, &web.display().to_string())
+    }
 
     fn password_file(dir: &tempfile::TempDir, pw: &str) -> String {
         let p = dir.path().join("bmc.password");
@@ -1101,6 +1179,7 @@ mod tests {
             .replace(EXAMPLE_TOKEN_FILE, &token_file(&dir, "tok-123\n"))
             .replace(EXAMPLE_PASSWORD_FILE, &password_file(&dir, "pw\n"))
             .replace(EXAMPLE_CA_FILE, &password_file(&dir, "pem"));
+        let text = tls_files(&dir, &text);
         let c = load_str(&text).expect("example");
         assert_eq!(c.site, "caen-1");
         assert_eq!(c.labels.get("region").map(String::as_str), Some("normandie"));
@@ -1111,6 +1190,8 @@ mod tests {
         assert_eq!(p.interval.0, Duration::from_secs(15));
         assert_eq!(p.spool_max_bytes, ByteSize(256 << 20));
         assert_eq!(p.series, SeriesSet::Default);
+        assert!(p.tls.ca_pem.is_some() && p.tls.identity_pem.is_some());
+        assert!(c.web.is_some());
     }
 
     #[test]
@@ -1128,15 +1209,26 @@ mod tests {
                 .replace(EXAMPLE_TOKEN_FILE, &tok)
                 .replace(EXAMPLE_PASSWORD_FILE, &pw)
                 .replace(EXAMPLE_CA_FILE, &pw);
+            let example = tls_files(&dir, &example);
             let text = if t.is_empty() {
                 if name == "site" {
                     "site = \"x\"\n".to_string()
                 } else {
                     format!("site = \"x\"\n{name} = {example}\n")
                 }
+            } else if t == "push" && name == "cert_file" {
+                let key = tls_files(&dir, &format!("{EXAMPLE_PUSH_KEY:?}"));
+                format!(
+                    "site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\nkey_file = {key}\n"
+                )
+            } else if t == "push" && name == "key_file" {
+                let crt = tls_files(&dir, &format!("{EXAMPLE_PUSH_CERT:?}"));
+                format!(
+                    "site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\ncert_file = {crt}\n"
+                )
             } else if t == "push" && name != "url" {
                 // `url` is required in [push]; the token comes from the environment.
-                format!("site = \"x\"\n[push]\nurl = \"http://c:9956/api/v1/write\"\n{name} = {example}\n")
+                format!("site = \"x\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n{name} = {example}\n")
             } else if t == "redfish" && name != "url" {
                 let user = if name == "password_file" { "username = \"u\"\n" } else { "" };
                 format!("site = \"x\"\n[redfish]\nurl = \"https://bmc\"\n{user}{name} = {example}\n")
@@ -1254,6 +1346,35 @@ mod tests {
             assert!(e.contains(":4:") && e.contains("token"), "{e}");
             assert!(!e.contains("SECRETPART"), "{e}");
         }
+    }
+
+    #[test]
+    fn push_tls_files_are_checked_at_load_with_their_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = tls_files(&dir, &format!("{EXAMPLE_PUSH_CA:?} {EXAMPLE_PUSH_CERT:?} {EXAMPLE_PUSH_KEY:?}"));
+        let f: Vec<&str> = files.split(' ').collect();
+        let (ca, crt, key) = (f[0], f[1], f[2]);
+        let https = "site = \"a\"\n[push]\nurl = \"https://c:9956/api/v1/write\"\n";
+        let c = load_env(&format!("{https}ca_file = {ca}\ncert_file = {crt}\nkey_file = {key}\n"), Some("t"))
+            .expect("valid");
+        let p = c.push.clone().expect("push");
+        assert!(p.tls.ca_pem.is_some());
+        // The identity holds the key: never in Debug, nor in check-config.
+        let id = p.tls.identity_pem.as_ref().expect("identity");
+        assert!(id.expose().contains("PRIVATE KEY"));
+        assert!(!format!("{p:?}").contains("PRIVATE KEY"));
+        assert!(!c.to_toml().contains("PRIVATE KEY"));
+        let err = |t: &str| load_env(t, Some("t")).expect_err("invalid").to_string();
+        let e = err(&format!("{https}cert_file = {crt}\n"));
+        assert!(e.contains(":4:") && e.contains("push.cert_file") && e.contains("needs key_file"), "{e}");
+        let e = err(&format!("{https}ca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(e.contains(":4:") && e.contains("push.ca_file") && e.contains("cannot read"), "{e}");
+        let e = err(&format!("{https}ca_file = {key}\n"));
+        assert!(e.contains("holds no CA certificate") && !e.contains("BEGIN PRIVATE"), "{e}");
+        let e = err(&format!("{https}cert_file = {key}\nkey_file = {key}\n"));
+        assert!(e.contains("push.cert_file") && e.contains("holds no certificate"), "{e}");
+        let e = err(&format!("{PUSH}ca_file = {ca}\n"));
+        assert!(e.contains("push.ca_file") && e.contains("https only"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   for every source.
 //! - [`host_power`]: host power arbitration and the persisted per-method energy counters.
 //! - [`sampler`]: the tick (worker thread per source, deadlines) producing a [`sampler::Snapshot`].
-//! - [`render`], [`server`]: the exposition (rendered once per tick) and `/metrics`.
+//! - [`render`], [`server`]: the exposition (rendered once per tick) and `/metrics`;
+//!   [`web_config`]: its TLS and basic auth (Prometheus' exporter web configuration).
 //! - [`probe`], [`inventory`]: the `probe` table and `domesday_host_info`.
 //! - [`push`]: remote_write push to the collector, its disk spool, and the
 //!   `simulate` load generator.
@@ -33,3 +34,4 @@ pub mod sampler;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod web_config;

@@ -24,6 +24,9 @@ struct Cli {
     /// Address of /metrics (default 127.0.0.1:9955).
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
+    /// Prometheus exporter web configuration (YAML: TLS, basic auth) for /metrics.
+    #[arg(long, global = true)]
+    web_config_file: Option<PathBuf>,
     /// Sampling interval, e.g. 5s.
     #[arg(long, global = true, value_parser = parse_duration)]
     interval: Option<std::time::Duration>,
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         site: cli.site,
         host: cli.host,
         listen: cli.listen,
+        web_config_file: cli.web_config_file,
         interval: cli.interval,
         sysfs_root: cli.sysfs_root,
         procfs_root: cli.procfs_root,

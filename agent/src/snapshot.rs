@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use domesday_model::catalog::{PUSH_LAST_SUCCESS, PUSH_SAMPLES, PUSH_URL_INDEX, SPOOL_BYTES};
+use domesday_model::catalog::{PUSH_ERRORS, PUSH_LAST_SUCCESS, PUSH_SAMPLES, PUSH_URL_INDEX, SPOOL_BYTES};
+use domesday_model::vocab::PushFailure;
 use domesday_model::vocab::Source;
 
 use crate::config::AgentConfig;
@@ -37,6 +38,8 @@ pub struct PushStats {
     pub last_success_ms: AtomicU64,
     /// Position in `push.url` of the collector pushed to now.
     pub url_index: AtomicU64,
+    /// Failed requests, by `PushFailure` (in `PushFailure::ALL` order).
+    pub errors: [AtomicU64; PushFailure::ALL.len()],
 }
 
 impl PushStats {
@@ -53,10 +56,20 @@ impl PushStats {
         .into_iter()
         .map(|(result, n)| Sample::new(&PUSH_SAMPLES, vec![result.to_string()], get(n)))
         .collect();
+        for (reason, n) in PushFailure::ALL.iter().zip(&self.errors) {
+            v.push(Sample::new(&PUSH_ERRORS, vec![reason.to_string()], get(n)));
+        }
         v.push(Sample::new(&SPOOL_BYTES, vec![], get(&self.spool_bytes)));
         v.push(Sample::new(&PUSH_LAST_SUCCESS, vec![], get(&self.last_success_ms) / 1000.0));
         v.push(Sample::new(&PUSH_URL_INDEX, vec![], get(&self.url_index)));
         v
+    }
+
+    /// Counts one failed request.
+    pub(crate) fn failed(&self, reason: PushFailure) {
+        if let Some(i) = PushFailure::ALL.iter().position(|r| *r == reason) {
+            Self::add(&self.errors[i], 1);
+        }
     }
 
     pub(crate) fn add(a: &AtomicU64, n: u64) {

@@ -280,7 +280,7 @@ async fn write(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             *e = (*e).max(t);
         }
     }
-    if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() {
+    if accepted.batch.samples.is_empty() && accepted.batch.claims.is_empty() && accepted.batch.quarantine.is_empty() {
         if let (Some(f), Some(b)) = (&state.forward, forwarded) {
             f.offer(b).await;
         }
@@ -366,20 +366,30 @@ async fn meter_readings(
     }
 }
 
+/// The read rule, pure: loopback reads freely; any other address needs the
+/// read token (compared by hash, in constant time). A site's write token is
+/// never a read token (the configuration refuses a read token equal to one).
+pub fn read_allowed(read_hash: Option<[u8; 32]>, peer: std::net::IpAddr, authorization: Option<&str>) -> bool {
+    if peer.is_loopback() {
+        return true;
+    }
+    let token = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")));
+    matches!((read_hash, token), (Some(h), Some(t)) if bool::from(h.ct_eq(&hash_token(t))))
+}
+
+/// The rule of `/metrics`: open while no read token is configured (scrapers
+/// set up before the read token existed expect it), else the read rule.
+pub fn metrics_allowed(read_hash: Option<[u8; 32]>, peer: std::net::IpAddr, authorization: Option<&str>) -> bool {
+    read_hash.is_none() || read_allowed(read_hash, peer, authorization)
+}
+
 /// Read endpoints: free on loopback, else the read token. `Some` is the refusal.
 pub(crate) fn deny_read(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
-    if peer.ip().is_loopback() {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if read_allowed(state.read_hash, peer.ip(), auth) {
         return None;
     }
-    let token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
-    match (state.read_hash, token) {
-        (Some(h), Some(t)) if bool::from(h.ct_eq(&hash_token(t))) => None,
-        _ => Some(error(
-            StatusCode::UNAUTHORIZED,
-            "read endpoints need `Authorization: Bearer <read token>` off loopback",
-        )),
-    }
+    Some(error(StatusCode::UNAUTHORIZED, "read endpoints need `Authorization: Bearer <read token>` off loopback"))
 }
 
 /// The gate of a read endpoint about one site: `deny_read`, then `site` is
@@ -773,7 +783,19 @@ fn db_bytes(path: &std::path::Path) -> u64 {
     [path.to_path_buf(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
-async fn metrics(State(state): State<Shared>) -> Response {
+/// `/metrics` names every site and host with their energy: once a read token
+/// is configured, it is a read endpoint like the others (Prometheus sends the
+/// token with `authorization: {credentials_file: …}`); without one it stays
+/// open, as scrapers that predate the read token expect.
+async fn metrics(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !metrics_allowed(state.read_hash, peer.ip(), auth) {
+        return error(StatusCode::UNAUTHORIZED, "/metrics needs `Authorization: Bearer <read token>` off loopback");
+    }
     let mut samples = Vec::new();
     if let Ok(s) = state.stats.lock() {
         for ((site, role), uj) in &s.site_energy {
@@ -838,6 +860,34 @@ async fn metrics(State(state): State<Shared>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_need_the_read_token_off_loopback_and_a_write_token_is_not_one() {
+        let read = hash_token("reader-secret");
+        let remote: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+        let v6: std::net::IpAddr = "2001:db8::7".parse().expect("ip");
+        for lo in ["127.0.0.1", "::1"] {
+            assert!(read_allowed(None, lo.parse().expect("ip"), None));
+        }
+        assert!(read_allowed(Some(read), remote, Some("Bearer reader-secret")));
+        assert!(read_allowed(Some(read), v6, Some("bearer reader-secret")));
+        // A site's write token, no token, another scheme, no read token configured: refused.
+        assert!(!read_allowed(Some(read), remote, Some("Bearer site-write-token")));
+        assert!(!read_allowed(Some(read), remote, None));
+        assert!(!read_allowed(Some(read), remote, Some("Basic cmVhZGVyLXNlY3JldA==")));
+        assert!(!read_allowed(None, remote, Some("Bearer reader-secret")));
+        // `/metrics`: open without a read token, the read rule with one.
+        assert!(metrics_allowed(None, remote, None));
+        assert!(!metrics_allowed(Some(read), remote, None));
+        assert!(!metrics_allowed(Some(read), remote, Some("Bearer site-write-token")));
+        assert!(metrics_allowed(Some(read), remote, Some("Bearer reader-secret")));
+        assert!(metrics_allowed(Some(read), "127.0.0.1".parse().expect("ip"), None));
+        // And the write rule refuses the read token: no site has it.
+        let sites =
+            vec![crate::config::Site { config: SiteConfig::default(), token_hash: hash_token("site-write-token") }];
+        assert!(crate::ingest::authenticate(&sites, Some("Bearer reader-secret")).is_err());
+        assert!(crate::ingest::authenticate(&sites, Some("Bearer site-write-token")).is_ok());
+    }
 
     #[test]
     fn ranges_are_whole_minutes() {

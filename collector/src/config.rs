@@ -536,6 +536,38 @@ pub struct CollectorConfig {
     /// `[reports]`: inputs of the Region's report.
     #[serde(default)]
     pub reports: ReportsConfig,
+    /// `[tls]`: serve https (and require client certificates with `client_ca_file`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the collector's certificate, key and optional client CA (PEM
+/// files), read and checked at load, read again on SIGHUP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, every connection must present a client certificate signed by one of these CAs (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// The configuration built from the files at load.
+    #[serde(skip)]
+    pub loaded: Option<domesday_runtime::tls::TlsReloader>,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> domesday_runtime::tls::TlsFiles {
+        use domesday_runtime::tls::{ClientAuth, TlsFiles};
+        let mut f = TlsFiles::new(&self.cert_file, &self.key_file);
+        if let Some(ca) = &self.client_ca_file {
+            f.client_ca_file = Some(ca.clone());
+            f.client_auth = ClientAuth::Require;
+        }
+        f
+    }
 }
 
 /// `[reports]`.
@@ -1159,6 +1191,26 @@ impl CollectorConfig {
                 validate_reader(m, &text, &err)?;
             }
             validate_site_details(&site_cfg, &text, &err)?;
+            // One token, one door: a token shared by two sites would write either site's
+            // data, and a write token equal to the read token would also read every site.
+            if let Some(o) = sites.iter().find(|o: &&Site| o.token_hash == token_hash) {
+                return Err(at(
+                    "id",
+                    format!(
+                        "sites {:?} and {:?} have the same write token: give each site its own (openssl rand -hex 32)",
+                        o.config.id, s.id
+                    ),
+                ));
+            }
+            if read_hash == Some(token_hash) {
+                return Err(at(
+                    "read_token_sha256",
+                    format!(
+                        "the read token is also site {:?}'s write token: readers could write; give them different tokens",
+                        s.id
+                    ),
+                ));
+            }
             crate::reports::declared::locate_declared(&mut site_cfg, &text, &err);
             sites.push(Site { config: site_cfg, token_hash });
         }
@@ -1194,6 +1246,14 @@ impl CollectorConfig {
             if let Some(f) = &p.bearer_token_file {
                 p.bearer_token = Some(read_secret_file(f, true).map_err(|why| at("bearer_token_file", why))?);
             }
+        }
+        if let Some(t) = &mut cfg.tls {
+            // Read now, like every file the configuration names: a bad certificate or key fails
+            // `check-config` and `serve` before anything binds.
+            let loaded = domesday_runtime::tls::TlsReloader::load(t.files()).map_err(|e| {
+                at(e.key, format!("[tls] {e} (give PEM files: `openssl x509 -in FILE -noout` and `openssl pkey -in FILE -noout` check them; see docs/security.md)"))
+            })?;
+            t.loaded = Some(loaded);
         }
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         for d in &mut cfg.reports.declarations {
@@ -1289,6 +1349,45 @@ mod tests {
             let e = fwd(bad).map(|_| ()).expect_err(bad).to_string();
             assert!(e.contains(":3:") && e.contains("headers") && e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn one_token_opens_one_door() {
+        let site =
+            |id: &str, h: &str| format!("[[sites]]\nid = \"{id}\"\ntimezone = \"UTC\"\ntoken_sha256 = \"{h}\"\n");
+        let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"; // "test2"
+        assert!(load(&format!("{}{}", site("a", HASH), site("b", other))).is_ok());
+        let e = load(&format!("{}{}", site("a", HASH), site("b", HASH))).expect_err("shared write token").to_string();
+        assert!(e.contains("\"a\" and \"b\" have the same write token"), "{e}");
+        let e = load(&format!("read_token_sha256 = \"{HASH}\"\n{}", site("a", HASH)))
+            .expect_err("read token = write token")
+            .to_string();
+        assert!(e.contains("read_token_sha256") && e.contains("readers could write"), "{e}");
+        assert!(load(&format!("read_token_sha256 = \"{other}\"\n{}", site("a", HASH))).is_ok());
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_load_with_the_key_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, c.cert.pem()).expect("write");
+        std::fs::write(&key, c.signing_key.serialize_pem()).expect("write");
+        let tls = |cert: &Path, key: &Path| {
+            format!("[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display())
+        };
+        let l = load(&tls(&cert, &key)).expect("valid");
+        assert!(l.config.tls.as_ref().and_then(|t| t.loaded.as_ref()).is_some());
+        let e = load(&tls(&cert, &dir.path().join("nope.pem"))).expect_err("missing key").to_string();
+        assert!(e.contains("key `key_file`") && e.contains("nope.pem") && e.contains(":3:"), "{e}");
+        let e = load(&tls(&key, &key)).expect_err("key as certificate").to_string();
+        assert!(e.contains("key `cert_file`") && e.contains("holds no certificate"), "{e}");
+        let e = load(&format!("{}client_ca_file = \"{}\"\n", tls(&cert, &key), key.display()))
+            .expect_err("key as CA")
+            .to_string();
+        assert!(e.contains("key `client_ca_file`"), "{e}");
+        let text = load(&tls(&cert, &key)).expect("valid").config.to_toml();
+        assert!(text.contains("[tls]") && !text.contains("PRIVATE KEY"), "{text}");
     }
 
     #[test]

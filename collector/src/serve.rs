@@ -111,7 +111,10 @@ pub async fn serve(
         forward: forward.as_ref().map(|(h, _)| h.clone()),
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(listen = %listener.local_addr()?, db = %cfg.db.display(), "domesday-collector serving");
+    let tls = cfg.tls.as_ref().and_then(|t| t.loaded.clone());
+    let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, db = %cfg.db.display(), "domesday-collector serving");
     // The signal starts the drain; `stop_by` bounds the whole shutdown.
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<Instant>();
     let signal = async move {
@@ -119,8 +122,17 @@ pub async fn serve(
         tracing::info!("stopping: finishing the requests in flight");
         let _ = signalled_tx.send(Instant::now());
     };
-    // Boxed so that it can be dropped (with the router and its writer handle) after a timed-out drain.
-    let mut server = Box::pin(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
+    // Boxed so that it can be dropped (with the router and its writer handle) after a timed-out drain,
+    // and so that the plain and the TLS server are one type.
+    let mut server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's `ConnectInfo<SocketAddr>` (the peer address).
+            let listener = domesday_runtime::tls::TlsListener::new(listener, tls)?.tap_io(|_| ());
+            Box::pin(axum::serve(listener, app).with_graceful_shutdown(signal).into_future())
+        }
+        None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(signal).into_future()),
+    };
     let mut signalled = std::pin::pin!(signalled);
     let stop_by = tokio::select! {
         served = &mut server => {
@@ -138,6 +150,7 @@ pub async fn serve(
             stop_by
         }
     };
+    hangup.abort();
     gauges.abort();
     sync.abort();
     let _ = sync.await;

@@ -192,6 +192,14 @@ metric!(
     "Samples handled by the remote_write pusher (only with [push]): sent (acknowledged with 2xx), rejected (any other answer than 2xx, 429 or 5xx; never retried), dropped (lost: spool full, oldest first, or spool unwritable, or push queue full); spooled counts in addition those that went through the disk spool."
 );
 metric!(
+    PUSH_ERRORS,
+    "domesday_push_errors_total",
+    Counter,
+    "",
+    ["reason"],
+    "Push requests that failed and go to the spool to be retried (only with [push]), by reason: tls (handshake or certificate refused, e.g. a client certificate missing), connect (no connection, or it broke), timeout, http (a 429 or 5xx answer). The log says more."
+);
+metric!(
     SPOOL_BYTES,
     "domesday_spool_bytes",
     Gauge,
@@ -492,6 +500,7 @@ pub const CATALOG: &[MetricDef] = &[
     CLOCK_SYNCHRONIZED,
     CLOCK_MAX_ERROR,
     PUSH_SAMPLES,
+    PUSH_ERRORS,
     SPOOL_BYTES,
     PUSH_LAST_SUCCESS,
     PUSH_URL_INDEX,

@@ -32,6 +32,8 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Sampling and exposition interval. RAPL is read at least every 30 s internally whatever this is, so a counter wrap is never missed.";
     "listen", "socket address", "\"127.0.0.1:9955\"", "\"127.0.0.1:9955\"",
         "Address of the `/metrics` endpoint.";
+    "web_config_file", "path", "none: `/metrics` over plain http, without authentication", "\"/etc/domesday/web.yml\"",
+        "Prometheus' exporter web configuration (YAML, the `--web.config.file` of node_exporter) for `/metrics`: `tls_server_config` (`cert_file`, `key_file`, `client_auth_type` `NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert`, `client_ca_file`, `min_version`, `max_version`) and `basic_auth_users` (user: bcrypt hash). Relative paths are relative to that file; keys it does not implement are refused. Read and checked at start; the certificate and key again on SIGHUP. Also `--web-config-file`. See docs/security.md.";
     "sysfs_root", "path", "\"/sys\"", "\"/sys\"",
         "Root of sysfs; point it at a fixture tree to test.";
     "procfs_root", "path", "\"/proc\"", "\"/proc\"",
@@ -60,7 +62,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Host power at full CPU load for the `linear` model.";
     "estimation.rapl_uplift", "float", "1.33", "1.25",
         "Factor from RAPL package + DRAM power to wall power for the `rapl_uplift` method (source: BoaviztAPI other_consumption_ratio 0.33).";
-    "push.url", "URL or list of URLs", "none: without a `[push]` table nothing is pushed", "\"http://127.0.0.1:9956/api/v1/write\"",
+    "push.url", "URL or list of URLs", "none: without a `[push]` table nothing is pushed", "\"https://collector.example:9956/api/v1/write\"",
         "Prometheus remote_write 1.0 endpoint of the collector (`http://` or `https://`, no credentials in the URL), or a list of them tried in order (`[\"http://c1:9956/api/v1/write\", \"http://c2:9956/api/v1/write\"]`, each once): a request that gets no answer, a 429 or a 5xx goes at once to the next, and the agent stays on the collector that answered until it fails (see README.md#several-collectors-failover). Setting `[push]` turns pushing on.";
     "push.token_file", "path", "none: the token comes from the environment variable `DOMESDAY_PUSH_TOKEN`", "\"/etc/domesday/push.token\"",
         "File holding the site's write token (surrounding whitespace ignored), sent as `Authorization: Bearer`. One of `token_file` or `DOMESDAY_PUSH_TOKEN` is required; the file wins. The token is never printed or logged.";
@@ -74,6 +76,12 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "Bound of the spool on disk, in bytes or as a string (`\"512MiB\"`, `\"1GB\"`), at least 1 MiB. When full the oldest batches are dropped (counted in `domesday_push_samples_total{result=\"dropped\"}`).";
     "push.timeout", "duration", "\"10s\"", "\"10s\"",
         "Deadline of one request to the collector (connect included); a request that times out is retried from the spool.";
+    "push.ca_file", "path", "none: the bundled public roots (webpki-roots)", "\"/etc/domesday/collector-ca.pem\"",
+        "PEM bundle of the CA(s) that sign the collector's certificate (a private CA). When set it replaces the public roots: only these CAs are trusted. `https://` URLs only.";
+    "push.cert_file", "path", "none: no client certificate", "\"/etc/domesday/agent.crt\"",
+        "PEM client certificate (then any intermediates) presented to a collector that requires one (`[tls] client_ca_file`). With `key_file`; both read and checked against each other at start.";
+    "push.key_file", "path", "none", "\"/etc/domesday/agent.key\"",
+        "PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Readable by the agent only; never printed or logged.";
     "ipmi.enabled", "bool", "false without an `[ipmi]` table, true with one", "true",
         "Read the BMC over IPMI: DCMI wall power (host power method `bmc_dcmi`, above `psu_input`) and the BMC's temperature and power sensors. See docs/bmc.md for permissions (`/dev/ipmi0`).";
     "ipmi.backend", "string", "\"ipmitool\"", "\"ipmitool\"",

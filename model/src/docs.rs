@@ -38,7 +38,7 @@ pub fn configuration_reference() -> String {
     let mut out = String::from(
         "# Agent configuration reference\n\n<!-- Generated from model/src/config_keys.rs by `UPDATE_DOCS=1 cargo test -p domesday-tests --test docs`; do not edit. -->\n\n\
          The agent reads a TOML file given with `--config`. Unknown keys are errors; durations are strings such as \
-         `\"5s\"` or `\"15m\"`. Command-line flags (`--site`, `--host`, `--listen`, `--interval`, `--sysfs-root`, \
+         `\"5s\"` or `\"15m\"`. Command-line flags (`--site`, `--host`, `--listen`, `--web-config-file`, `--interval`, `--sysfs-root`, \
          `--procfs-root`) override the file. Without `--config` the agent runs with `site = \"local\"` and every default. \
          `domesday-agent check-config --config FILE` validates a file and prints the effective configuration.\n\n\
          | key | type | default | meaning |\n|---|---|---|---|\n",

@@ -78,6 +78,15 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// `reason` of `domesday_push_errors_total`: why a push request failed and
+    /// will be retried. `tls`: the handshake or a certificate was refused (either
+    /// side: an untrusted collector certificate, a client certificate missing or
+    /// refused); `connect`: no connection (refused, unreachable, name not found)
+    /// or the connection broke; `timeout`: no answer in time; `http`: a 429 or 5xx answer.
+    PushFailure { Tls => "tls", Connect => "connect", Timeout => "timeout", Http => "http" }
+}
+
+vocabulary! {
     /// `role`: a facility meter's place at the site boundary.
     Role {
         UtilityIn => "utility_in", BackupGenOut => "backup_gen_out", FuelIn => "fuel_in",

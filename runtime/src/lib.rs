@@ -1,6 +1,6 @@
 //! Process plumbing that `domesday-agent` and `domesday-collector` share and
 //! that has no place in `model/` (which does no I/O): the signal that starts a
-//! graceful shutdown, and the log set-up. Nothing here knows about sensors,
+//! graceful shutdown, the log set-up, and TLS serving (`tls`). Nothing here knows about sensors,
 //! ledgers or metrics.
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes, `kill`), the
@@ -40,3 +40,5 @@ pub fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+pub mod tls;

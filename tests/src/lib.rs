@@ -677,3 +677,116 @@ cstor_floor_coverage_pct = 80.0
 "#
     )
 }
+
+/// Certificates generated at test time (rcgen), as PEM files in `dir`: a CA
+/// (`ca.crt`), a server certificate for `127.0.0.1` and `localhost` signed by
+/// it (`server.crt`, `server.key`), a client certificate signed by it
+/// (`client.crt`, `client.key`), and a second, unrelated CA (`other-ca.crt`)
+/// with its own server certificate (`other-server.crt`, `other-server.key`).
+pub struct TestPki {
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let write = |name: &str, pem: String| std::fs::write(dir.join(name), pem).expect("write pem");
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("ca")
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, cn: &str, server: bool, stem: &str| {
+            let sans = if server { vec!["127.0.0.1".to_string(), "localhost".into()] } else { vec![] };
+            let mut p = CertificateParams::new(sans).expect("params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages =
+                vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+            let key = KeyPair::generate().expect("key");
+            let cert = p.signed_by(&key, issuer).expect("sign");
+            write(&format!("{stem}.crt"), cert.pem());
+            write(&format!("{stem}.key"), key.serialize_pem());
+        };
+        let main = ca("domesday test CA");
+        write("ca.crt", main.pem());
+        leaf(&main, "collector", true, "server");
+        leaf(&main, "agent test-host", false, "client");
+        let other = ca("unrelated test CA");
+        write("other-ca.crt", other.pem());
+        leaf(&other, "collector (other CA)", true, "other-server");
+        TestPki { dir: dir.to_path_buf() }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The base64 lines of every private key here: none may ever be printed.
+    pub fn key_lines(&self) -> Vec<String> {
+        ["server.key", "client.key", "other-server.key"]
+            .iter()
+            .flat_map(|k| {
+                std::fs::read_to_string(self.path(k))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// A blocking HTTP client that trusts only the CA in `ca` (a PEM file) and,
+/// with `identity`, presents that client certificate and key.
+pub fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::blocking::Client {
+    let pem = std::fs::read(ca).expect("ca");
+    let mut b = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("ca pem"));
+    if let Some((cert, key)) = identity {
+        let mut id = std::fs::read(cert).expect("cert");
+        id.extend(std::fs::read(key).expect("key"));
+        b = b.identity(reqwest::Identity::from_pem(&id).expect("identity"));
+    }
+    b.build().expect("client")
+}
+
+/// Fails when any of `secrets` (tokens, passwords, key material a test used)
+/// appears in any of `outputs`: (name, captured stdout or stderr) of every
+/// process the test ran. A secret shorter than 6 characters would match by
+/// chance and is refused.
+pub fn assert_no_secrets(outputs: &[(&str, &str)], secrets: &[&str]) {
+    for s in secrets {
+        assert!(s.len() >= 6, "secret {s:?} is too short to be searched for");
+        for (name, text) in outputs {
+            assert!(!text.contains(s), "a secret ({} bytes) appears in the output of {name}:\n{text}", s.len());
+        }
+    }
+}
+
+/// The text of a log file a test's process wrote (empty when absent).
+pub fn read_log(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// Waits (bounded) until `path`'s text contains `needle`; returns the text.
+pub fn wait_for_log(path: &Path, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = read_log(path);
+        if t.contains(needle) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{needle:?} not in {} within {within:?}:\n{t}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, fixture_copy, free_port, get_text, pushed_host_energy, start_agent_logged_with};
+use domesday_tests::{
+    Collector, assert_no_secrets, fixture_copy, free_port, get_text, pushed_host_energy, start_agent_logged_with,
+};
 
 const TOKEN: &str = "agent-collector-token";
 
@@ -53,7 +55,10 @@ fn the_ledger_books_exactly_what_the_agent_sent_across_collector_restarts_and_a_
     let c = Collector::start(dir.path(), port, TOKEN);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(agent.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()), "agent stops cleanly");
-    let ticks = pushed_host_energy(&std::fs::read_to_string(&log).expect("log"), "psu_input");
+    let log_text = std::fs::read_to_string(&log).expect("log");
+    // The agent logged every push at debug level, through refusals and a dead collector: never the token.
+    assert_no_secrets(&[("agent run", &log_text)], &[TOKEN]);
+    let ticks = pushed_host_energy(&log_text, "psu_input");
     assert!(ticks.len() >= 20, "{} ticks pushed", ticks.len());
     let (first, last) = (ticks[0], ticks[ticks.len() - 1]);
     let from = first.0 / 60_000 * 60_000;

@@ -6,11 +6,14 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-use domesday_tests::binary;
+use domesday_tests::{assert_no_secrets, binary};
+
+/// The site's write token in the configurations of these tests.
+const SITE_TOKEN: &str = "site-token-3f0e2a";
 
 /// The collector's config with `[carbon]` on Electricity Maps whose key is `key_file`.
 fn carbon_config(dir: &std::path::Path, port: u16, key_file: &std::path::Path) -> std::path::PathBuf {
-    std::fs::write(dir.join("t"), "site-token\n").expect("token");
+    std::fs::write(dir.join("t"), format!("{SITE_TOKEN}\n")).expect("token");
     let p = dir.join("collector.toml");
     std::fs::write(
         &p,
@@ -66,6 +69,7 @@ fn a_missing_api_key_file_fails_serve_before_it_binds_and_check_config_alike() {
 
     let (code, _, err) = collector(&["serve"], &cfg);
     assert_eq!(code, Some(2), "{err}");
+    let mut seen = err.clone();
     // File and line of the key (line 9 of the config), the key, the file it names, and why.
     assert!(err.contains("collector.toml:9:"), "{err}");
     assert!(err.contains("api_key_file") && err.contains(&missing.display().to_string()), "{err}");
@@ -74,6 +78,7 @@ fn a_missing_api_key_file_fails_serve_before_it_binds_and_check_config_alike() {
     assert!(!dir.path().join("domesday.db").exists(), "serve opened the ledger before refusing its config");
 
     let (code, out, err) = collector(&["check-config"], &cfg);
+    seen.push_str(&format!("{out}{err}"));
     assert_eq!(code, Some(2), "check-config accepted a missing key file: {out}");
     assert!(err.contains("collector.toml:9:") && err.contains("api_key_file") && err.contains("cannot read"), "{err}");
 
@@ -83,6 +88,8 @@ fn a_missing_api_key_file_fails_serve_before_it_binds_and_check_config_alike() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("collector.toml:9:") && err.contains("is empty"), "{err}");
     drop(held);
+    seen.push_str(&err);
+    assert_no_secrets(&[("collector serve, check-config", &seen)], &[SITE_TOKEN]);
 }
 
 #[test]
@@ -93,7 +100,8 @@ fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
     let key = dir.path().join("em.key");
     std::fs::write(&key, format!("{KEY}\n")).expect("key");
     let cfg = carbon_config(dir.path(), 1, &key);
-    let (code, out, err) = collector(&["check-config"], &cfg);
+    let (code, out_c, err) = collector(&["check-config"], &cfg);
+    let out = out_c.clone();
     assert_eq!(code, Some(0), "{err}");
     let collector_line =
         format!("# carbon.api_key: <redacted>, {} bytes, from api_key_file {}", KEY.len(), key.display());
@@ -122,6 +130,11 @@ fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
     let agent_line = format!("# token: <redacted>, {} bytes, from token_file {}", TOKEN.len(), token.display());
     assert!(text.contains(&agent_line), "{text}");
     assert!(!text.contains(TOKEN) && !text.contains("***"), "{text}");
+    let agent_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_no_secrets(
+        &[("collector check-config", &format!("{out_c}{err}")), ("agent check-config", &format!("{text}{agent_err}"))],
+        &[KEY, TOKEN, SITE_TOKEN],
+    );
 }
 
 /// Runs `bin` with `args` and `--config config` (bounded: a binary that started
@@ -153,6 +166,7 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
 #[test]
 fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
     let dir = tempfile::tempdir().expect("tmp");
+    let mut seen: Vec<(String, String)> = Vec::new();
     const AGENT_SECRET: &str = "agent-Pw-5e1f9a0c";
     const SITE_SECRET: &str = "site-Tok-77c2d4e1";
     const URL_SECRET: &str = "bmc-Pw-0d9e8f";
@@ -168,6 +182,7 @@ fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
     .expect("agent config");
     for cmd in ["check-config", "run"] {
         let (code, out) = run_bounded("domesday-agent", &[cmd], &agent_cfg);
+        seen.push((format!("agent {cmd}"), out.clone()));
         assert_ne!(code, Some(0), "agent {cmd} accepted the config: {out}");
         assert!(code.is_some(), "agent {cmd} did not refuse the config: {out}");
         assert!(!out.contains(AGENT_SECRET) && !out.contains("5e1f9a0c"), "agent {cmd} echoed the secret: {out}");
@@ -189,6 +204,7 @@ fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
     .expect("config");
     for cmd in ["check-config", "serve"] {
         let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
+        seen.push((format!("collector {cmd}"), out.clone()));
         assert_eq!(code, Some(2), "collector {cmd}: {out}");
         assert!(!out.contains(SITE_SECRET) && !out.contains("77c2d4e1"), "collector {cmd} echoed the secret: {out}");
         assert!(out.contains("collector.toml:7:") && out.contains("token_sha256"), "collector {cmd}: {out}");
@@ -206,8 +222,11 @@ fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
     .expect("config");
     for cmd in ["check-config", "serve"] {
         let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
+        seen.push((format!("collector {cmd}"), out.clone()));
         assert_eq!(code, Some(2), "collector {cmd}: {out}");
         assert!(!out.contains(URL_SECRET), "collector {cmd} echoed the URL's password: {out}");
         assert!(out.contains("collector.toml:7:") && out.contains("homepage"), "collector {cmd}: {out}");
     }
+    let named: Vec<(&str, &str)> = seen.iter().map(|(n, o)| (n.as_str(), o.as_str())).collect();
+    assert_no_secrets(&named, &[AGENT_SECRET, SITE_SECRET, URL_SECRET]);
 }

@@ -42,13 +42,14 @@ fn site(id: &str, name: &str, operator: &str, region: &str, token: &Path, full: 
 /// A collector config in `dir` with `sites` and `extra` top-level text.
 fn config(dir: &Path, port: u16, sites: &[(&str, &str, &str, &str, bool)], extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("dir");
-    let token = dir.join("t");
-    std::fs::write(&token, TOKEN).expect("token");
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n{extra}\n[carbon]\nsource = \"static\"\ngrid_zone = \"FR\"\nbasis = \"lifecycle\"\n",
         dir.join("domesday.db").display().to_string()
     );
     for (id, name, op, region, full) in sites {
+        // Each site its own write token: the collector refuses two sites sharing one.
+        let token = dir.join(format!("{id}.token"));
+        std::fs::write(&token, format!("{TOKEN}-{id}")).expect("token");
         text.push_str(&site(id, name, op, region, &token, *full));
     }
     let p = dir.join("collector.toml");

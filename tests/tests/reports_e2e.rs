@@ -79,12 +79,15 @@ cstor_floor_coverage_pct = 80.0
 /// but no Annex I keys and no annual figures.
 fn config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(dir.join("t"), TOKEN).expect("token");
+    // Each site its own write token: the collector refuses two sites sharing one.
+    std::fs::write(dir.join("t2"), format!("{TOKEN}-rouen")).expect("token");
     let p = dir.join("collector.toml");
     let token = dir.join("t").display().to_string();
+    let token2 = dir.join("t2").display().to_string();
     let text = format!(
         "listen = \"127.0.0.1:{port}\"\ndb = {:?}\n\n[carbon]\nsource = \"static\"\ngrid_zone = \"FR\"\nbasis = \"lifecycle\"\n\n\
          [[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {token:?}\n{FULL_SITE}{}\n\
-         [[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {token:?}\ncountry = \"FR\"\n{}",
+         [[sites]]\nid = \"rouen-1\"\ntimezone = \"Europe/Paris\"\ntoken_file = {token2:?}\ncountry = \"FR\"\n{}",
         dir.join("domesday.db").display().to_string(),
         report_meters(),
         report_meters(),

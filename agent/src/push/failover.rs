@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use domesday_model::vocab::PushFailure;
+
 use crate::snapshot::PushStats;
 
 use super::{HttpTransport, Outcome, Transport};
@@ -88,12 +90,13 @@ impl Failover<HttpTransport> {
     pub(crate) fn http(
         urls: &[String],
         token: &crate::config::Secret,
+        tls: &crate::config::PushTls,
         timeout: Duration,
         pool: usize,
     ) -> Result<Self, super::PushError> {
         let targets = urls
             .iter()
-            .map(|u| Ok((u.clone(), HttpTransport::new(u, token, timeout, pool)?)))
+            .map(|u| Ok((u.clone(), HttpTransport::new(u, token, tls, timeout, pool)?)))
             .collect::<Result<Vec<_>, super::PushError>>()?;
         if targets.is_empty() {
             return Err(super::PushError::Url("no push URL".into()));
@@ -108,10 +111,13 @@ impl<T: Transport> Transport for Failover<T> {
         let start = choice.current();
         let mut whys = Vec::new();
         let mut retry_after = None;
+        // When every collector fails, the request counts once, under the last one's reason.
+        let mut reason = PushFailure::Connect;
         for i in choice.order() {
             let Some((url, target)) = self.targets.get(i) else { continue };
             match target.send(body, timeout).await {
-                Outcome::Retry { why, retry_after: ra } => {
+                Outcome::Retry { why, reason: r, retry_after: ra } => {
+                    reason = r;
                     if self.targets.len() > 1 {
                         tracing::debug!(url, why, "push: no answer from this collector");
                     }
@@ -132,7 +138,7 @@ impl<T: Transport> Transport for Failover<T> {
                 }
             }
         }
-        Outcome::Retry { why: whys.join("; "), retry_after }
+        Outcome::Retry { why: whys.join("; "), reason, retry_after }
     }
 }
 
@@ -198,7 +204,7 @@ mod tests {
     }
 
     fn down() -> Outcome {
-        Outcome::Retry { why: "connection refused".into(), retry_after: None }
+        Outcome::Retry { why: "connection refused".into(), reason: PushFailure::Connect, retry_after: None }
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -225,7 +231,8 @@ mod tests {
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!((*a.seen.borrow(), *b.seen.borrow()), (2, 2));
             // b answers 503: back to a, which then stays current.
-            *b.outcome.borrow_mut() = Outcome::Retry { why: "HTTP 503: busy".into(), retry_after: None };
+            *b.outcome.borrow_mut() =
+                Outcome::Retry { why: "HTTP 503: busy".into(), reason: PushFailure::Http, retry_after: None };
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!(f.send(b"x", t).await, Outcome::Sent);
             assert_eq!((*a.seen.borrow(), *b.seen.borrow()), (4, 3));
@@ -238,10 +245,11 @@ mod tests {
             assert_eq!((*a.seen.borrow(), *b.seen.borrow()), (5, 3));
             // Both away: a retry for the pusher (which spools), naming both, the
             // longest Retry-After kept; the current URL does not move.
-            *a.outcome.borrow_mut() = Outcome::Retry { why: "HTTP 429".into(), retry_after: Some(t) };
+            *a.outcome.borrow_mut() =
+                Outcome::Retry { why: "HTTP 429".into(), reason: PushFailure::Http, retry_after: Some(t) };
             *b.outcome.borrow_mut() = down();
             match f.send(b"x", t).await {
-                Outcome::Retry { why, retry_after } => {
+                Outcome::Retry { why, retry_after, .. } => {
                     assert!(why.contains("a: HTTP 429") && why.contains("b: connection refused"), "{why}");
                     assert_eq!(retry_after, Some(t));
                 }

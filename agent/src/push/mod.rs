@@ -47,6 +47,7 @@ use domesday_model::catalog::{
     AGENT_INFO, CPU_UTILIZATION, ENERGY, HOST_ENERGY, HOST_INFO, HOST_POWER, SENSOR_UP, TEMPERATURE,
 };
 use domesday_model::remote_write::{self, Label, TimeSeries, WriteRequest};
+use domesday_model::vocab::PushFailure;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::mpsc;
 
@@ -310,7 +311,7 @@ pub enum Outcome {
     /// 2xx.
     Sent,
     /// 429, 5xx or no answer: keep it and try again later.
-    Retry { why: String, retry_after: Option<Duration> },
+    Retry { why: String, reason: PushFailure, retry_after: Option<Duration> },
     /// Any other status: never retried.
     Reject { status: u16, body: String },
 }
@@ -340,7 +341,13 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(url: &str, token: &Secret, timeout: Duration, pool: usize) -> Result<Self, PushError> {
+    pub fn new(
+        url: &str,
+        token: &Secret,
+        tls: &crate::config::PushTls,
+        timeout: Duration,
+        pool: usize,
+    ) -> Result<Self, PushError> {
         let url = crate::config::parse_push_url(url).map_err(PushError::Url)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static(remote_write::CONTENT_ENCODING));
@@ -352,7 +359,18 @@ impl HttpTransport {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| PushError::Token)?;
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &tls.ca_pem {
+            // A private CA replaces the bundled public roots: only it may vouch for the collector.
+            builder = builder.tls_built_in_root_certs(false);
+            for c in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if let Some(id) = &tls.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(id.expose().as_bytes())?);
+        }
+        let client = builder
             .user_agent(USER_AGENT)
             .connect_timeout(timeout.min(CONNECT_TIMEOUT))
             .pool_max_idle_per_host(pool)
@@ -369,7 +387,7 @@ impl HttpTransport {
             self.client.post(self.url.clone()).headers(self.headers.clone()).timeout(timeout).body(body).send().await;
         let mut resp = match sent {
             Ok(r) => r,
-            Err(e) => return Outcome::Retry { why: describe(&e), retry_after: None },
+            Err(e) => return Outcome::Retry { why: describe(&e), reason: failure_of(&e), retry_after: None },
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -387,7 +405,7 @@ impl HttpTransport {
         let text = String::from_utf8_lossy(&text).trim().to_string();
         match classify(status) {
             "sent" => Outcome::Sent,
-            "retry" => Outcome::Retry { why: format!("HTTP {status}: {text}"), retry_after },
+            "retry" => Outcome::Retry { why: format!("HTTP {status}: {text}"), reason: PushFailure::Http, retry_after },
             _ => Outcome::Reject { status, body: text },
         }
     }
@@ -397,6 +415,26 @@ impl Transport for HttpTransport {
     async fn send(&self, body: &[u8], timeout: Duration) -> Outcome {
         self.post(body.to_vec(), timeout).await
     }
+}
+
+/// Why a request got no answer: a TLS error anywhere in its causes (rustls's
+/// own error type, also inside an I/O error) is `tls`, else `timeout` or `connect`.
+pub fn failure_of(e: &reqwest::Error) -> PushFailure {
+    use std::error::Error;
+    if e.is_timeout() {
+        return PushFailure::Timeout;
+    }
+    let mut src: Option<&(dyn Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        let inner = s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn Error + 'static));
+        if s.downcast_ref::<rustls::Error>().is_some()
+            || inner.is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
+        {
+            return PushFailure::Tls;
+        }
+        src = inner.or_else(|| s.source());
+    }
+    PushFailure::Connect
 }
 
 /// A reqwest error with its causes ("connection refused", "timed out").
@@ -564,8 +602,8 @@ impl<T: Transport> Pusher<T> {
                 let timeout = if self.stopping() { self.timeout.min(FINAL_ATTEMPT) } else { self.timeout };
                 match self.transport.send(&b.body, timeout).await {
                     Outcome::Sent => self.on_sent(b.samples),
-                    Outcome::Retry { why, retry_after } => {
-                        self.on_failure(&why, retry_after);
+                    Outcome::Retry { why, reason, retry_after } => {
+                        self.on_failure(&why, reason, retry_after);
                         self.spool_batch(&b);
                     }
                     Outcome::Reject { status, body } => self.on_reject(status, &body, b.samples),
@@ -600,7 +638,7 @@ impl<T: Transport> Pusher<T> {
                 self.ack(&rec);
                 self.on_reject(status, &body, rec.samples);
             }
-            Outcome::Retry { why, retry_after } => self.on_failure(&why, retry_after),
+            Outcome::Retry { why, reason, retry_after } => self.on_failure(&why, reason, retry_after),
         }
         self.update_gauges();
     }
@@ -636,7 +674,8 @@ impl<T: Transport> Pusher<T> {
         }
     }
 
-    fn on_failure(&mut self, why: &str, retry_after: Option<Duration>) {
+    fn on_failure(&mut self, why: &str, reason: PushFailure, retry_after: Option<Duration>) {
+        self.stats.failed(reason);
         let wait = match retry_after {
             Some(d) => d.min(self.backoff.max()),
             None => self.backoff.next_wait(),
@@ -705,7 +744,7 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
             "push.interval is shorter than the sampling interval: every tick is pushed");
     }
     let stats = Arc::new(PushStats::default());
-    let transport = failover::Failover::http(&p.urls, &p.token, p.timeout.0, 2)?.with_stats(stats.clone());
+    let transport = failover::Failover::http(&p.urls, &p.token, &p.tls, p.timeout.0, 2)?.with_stats(stats.clone());
     let stopping = Arc::new(AtomicBool::new(false));
     let pusher = Pusher::new(
         transport,

@@ -30,6 +30,7 @@ use domesday_model::catalog::{
     AGENT_INFO, CPU_UTILIZATION, ENERGY, HOST_ENERGY, HOST_INFO, HOST_POWER, SENSOR_UP, TEMPERATURE,
 };
 use domesday_model::remote_write::{Label, TimeSeries, WriteRequest};
+use domesday_model::vocab::PushFailure;
 use prost::Message;
 
 use crate::config::Secret;
@@ -303,11 +304,11 @@ impl Direct {
             Ok(Ok(o)) => o,
             Ok(Err(why)) => {
                 self.sender = None;
-                Outcome::Retry { why, retry_after: None }
+                Outcome::Retry { why, reason: PushFailure::Connect, retry_after: None }
             }
             Err(_) => {
                 self.sender = None;
-                Outcome::Retry { why: "timed out".into(), retry_after: None }
+                Outcome::Retry { why: "timed out".into(), reason: PushFailure::Timeout, retry_after: None }
             }
         }
     }
@@ -346,7 +347,9 @@ impl Direct {
         let text = String::from_utf8_lossy(&text[..text.len().min(2048)]).trim().to_string();
         Ok(match crate::push::classify(status) {
             "sent" => Outcome::Sent,
-            "retry" => Outcome::Retry { why: format!("HTTP {status}: {text}"), retry_after: None },
+            "retry" => {
+                Outcome::Retry { why: format!("HTTP {status}: {text}"), reason: PushFailure::Http, retry_after: None }
+            }
             _ => Outcome::Reject { status, body: text },
         })
     }
@@ -386,7 +389,7 @@ pub fn run(opts: SimOptions) -> Result<String, SimError> {
 
 async fn simulate(opts: SimOptions) -> Result<String, SimError> {
     let connections = opts.connections.min(opts.hosts);
-    let transport = HttpTransport::new(&opts.url, &opts.token, opts.timeout, connections)?;
+    let transport = HttpTransport::new(&opts.url, &opts.token, &Default::default(), opts.timeout, connections)?;
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let shared = Arc::new(Shared {
         opts: opts.clone(),

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use domesday_model::catalog::{
-    FAN, LOAD_AVERAGE, MEMORY_USED, POWER, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SAMPLE_DURATION, SENSOR_ERRORS, SPOOL_BYTES,
+    FAN, LOAD_AVERAGE, MEMORY_USED, POWER, PUSH_ERRORS, PUSH_LAST_SUCCESS, PUSH_SAMPLES, SAMPLE_DURATION,
+    SENSOR_ERRORS, SPOOL_BYTES,
 };
 use domesday_model::remote_write::{decode, is_stale_nan};
 use proptest::prelude::*;
@@ -269,16 +270,48 @@ fn push_stats_are_exported_with_every_result() {
     let results: Vec<&str> =
         v.iter().filter(|x| x.def.name == PUSH_SAMPLES.name).map(|x| x.labels[0].as_str()).collect();
     assert_eq!(results, ["sent", "spooled", "dropped", "rejected"]);
+    let errors: Vec<&str> = v.iter().filter(|x| x.def.name == PUSH_ERRORS.name).map(|x| x.labels[0].as_str()).collect();
+    assert_eq!(errors, ["tls", "connect", "timeout", "http"]);
     assert!(v.iter().any(|x| x.def.name == PUSH_LAST_SUCCESS.name && x.value == 1.5));
     assert!(v.iter().any(|x| x.def.name == SPOOL_BYTES.name));
 }
 
 #[test]
 fn the_version_header_is_the_one_of_the_model() {
-    let t = HttpTransport::new("http://127.0.0.1:1/w", &secret("tok"), Duration::from_secs(1), 1).expect("client");
+    let t = HttpTransport::new("http://127.0.0.1:1/w", &secret("tok"), &Default::default(), Duration::from_secs(1), 1)
+        .expect("client");
     assert!(t.headers.contains_key(remote_write::VERSION_HEADER));
     assert!(t.headers.get(AUTHORIZATION).is_some_and(|v| v.is_sensitive()));
     assert!(!format!("{t:?}").contains("tok\""), "{t:?}");
+}
+
+#[tokio::test]
+async fn a_request_without_an_answer_says_why() {
+    // Nothing listens on port 1: no connection.
+    let t = HttpTransport::new("http://127.0.0.1:1/w", &secret("tok"), &Default::default(), Duration::from_secs(2), 1)
+        .expect("client");
+    match t.post(vec![1, 2, 3], Duration::from_secs(2)).await {
+        Outcome::Retry { reason, .. } => assert_eq!(reason, PushFailure::Connect),
+        o => panic!("{o:?}"),
+    }
+    // A server that is not TLS behind an https URL: the handshake fails.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut c, _)) = listener.accept() {
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}/w");
+    let t = HttpTransport::new(&url, &secret("tok"), &Default::default(), Duration::from_secs(2), 1).expect("client");
+    match t.post(vec![1, 2, 3], Duration::from_secs(2)).await {
+        Outcome::Retry { reason, why, .. } => assert_eq!(reason, PushFailure::Tls, "{why}"),
+        o => panic!("{o:?}"),
+    }
+    let _ = server.join();
 }
 
 fn secret(s: &str) -> Secret {
@@ -310,7 +343,7 @@ impl Transport for Rc<Script> {
 }
 
 fn retry() -> Outcome {
-    Outcome::Retry { why: "HTTP 503: busy".into(), retry_after: None }
+    Outcome::Retry { why: "HTTP 503: busy".into(), reason: PushFailure::Http, retry_after: None }
 }
 
 fn tick(ts: i64, energy: f64) -> PushTick {
@@ -451,10 +484,11 @@ fn retry_after_is_honoured_up_to_the_backoff_cap() {
     let dir = tempfile::tempdir().expect("tmp");
     let (mut p, script, _) = pusher(dir.path());
     block_on(async {
-        script
-            .next
-            .borrow_mut()
-            .push(Outcome::Retry { why: "429".into(), retry_after: Some(Duration::from_secs(3600)) });
+        script.next.borrow_mut().push(Outcome::Retry {
+            why: "429".into(),
+            reason: PushFailure::Http,
+            retry_after: Some(Duration::from_secs(3600)),
+        });
         let before = tokio::time::Instant::now();
         p.handle_tick(tick(1, 1.0)).await;
         let wait = p.retry_at.expect("retry scheduled") - before;
