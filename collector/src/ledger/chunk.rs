@@ -187,14 +187,20 @@ pub fn range_stats(conn: &Connection, series_id: i64, from: i64, to: i64) -> Res
     range_stats_of(conn, &Rc::new(vec![rusqlite::types::Value::Integer(series_id)]), from, to)
 }
 
-/// [`range_stats`] summed over several series (`ids` as for `rarray`), in one statement.
+/// [`range_stats`] summed over several series (`ids` as for `rarray`), in one
+/// statement. Chunks inside the range answer from their columns; only the
+/// edge chunks' points are read, by a second statement: naming `data` in the
+/// scan would make SQLite read every chunk's blob (its overflow pages), the
+/// whole raw history of the range, to count what the columns already say.
 pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<RangeStats, StoreError> {
+    let mut data_of = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
     let mut st = conn.prepare_cached(
-        "SELECT c.first_ts, c.last_ts, c.n_points, c.n_values, c.first_value_ts, c.last_value_ts, c.data, c.series_id \
+        "SELECT c.first_ts, c.last_ts, c.n_points, c.n_values, c.first_value_ts, c.last_value_ts, c.id, c.series_id \
          FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value AND c.last_ts >= ?2 AND c.first_ts < ?3 \
          AND c.first_ts >= COALESCE((SELECT MAX(p.first_ts) FROM chunks p WHERE p.series_id = r.value AND p.first_ts <= ?2), ?2)",
     )?;
     let mut out = RangeStats::default();
+    let mut points: Vec<Point> = Vec::new();
     let mut rows = st.query(params![ids, from, to])?;
     while let Some(r) = rows.next()? {
         let (first, last): (i64, i64) = (r.get(0)?, r.get(1)?);
@@ -215,11 +221,18 @@ pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Res
             add(r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get(4)?, r.get(5)?);
         } else {
             // An edge chunk: count its points inside the range.
-            let data = r.get_ref(6)?.as_blob().map_err(rusqlite::Error::from)?;
-            let inside: Vec<Point> =
-                decode(series_id, first, data)?.into_iter().filter(|p| p.0 >= from && p.0 < to).collect();
-            let values: Vec<i64> = inside.iter().filter(|p| p.1.is_some()).map(|p| p.0).collect();
-            add(inside.len() as u64, values.len() as u64, values.first().copied(), values.last().copied());
+            let data: Vec<u8> = data_of.query_row([r.get::<_, i64>(6)?], |d| d.get(0))?;
+            decode_into(series_id, first, &data, &mut points)?;
+            let (mut n, mut values, mut fv, mut lv) = (0u64, 0u64, None, None);
+            for &(t, v) in points.iter().filter(|p| p.0 >= from && p.0 < to) {
+                n += 1;
+                if v.is_some() {
+                    values += 1;
+                    fv = fv.or(Some(t));
+                    lv = Some(t);
+                }
+            }
+            add(n, values, fv, lv);
         }
     }
     Ok(out)

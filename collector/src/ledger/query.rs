@@ -139,6 +139,45 @@ fn sum_buckets(
     Ok(out)
 }
 
+/// `(energy µJ, covered ms)` per (method, quality).
+pub type MethodSums = BTreeMap<(String, String), (i128, i128)>;
+
+/// The site roll-up of host energy over whole hours `[from, to)`, per
+/// (method, quality): `(energy µJ, covered ms)`. `None` when the ledger has no
+/// roll-up yet (a schema older than the table, opened by a reader before any
+/// writer migrated it) or a row in the range is not an exact integer (a sum
+/// beyond i64, stored as a real): the caller then sums `hours` per series.
+pub fn site_hours(conn: &Connection, site: &str, from: i64, to: i64) -> Result<Option<MethodSums>, StoreError> {
+    let version: i64 = conn.prepare_cached("PRAGMA user_version")?.query_row([], |r| r.get(0))?;
+    if version < super::sqlite::SITE_HOURS_VERSION {
+        return Ok(None);
+    }
+    // A site has a handful of (method, quality) pairs: a short list, searched by &str.
+    let mut out: Vec<((String, String), (i128, i128))> = Vec::new();
+    let mut st = conn.prepare_cached(
+        "SELECT method, quality, energy_uj, covered_ms FROM site_hours WHERE site = ?1 AND start_ms >= ?2 AND start_ms < ?3",
+    )?;
+    let mut rows = st.query(params![site, from, to])?;
+    while let Some(r) = rows.next()? {
+        use rusqlite::types::ValueRef;
+        let (ValueRef::Integer(e), ValueRef::Integer(c)) = (r.get_ref(2)?, r.get_ref(3)?) else {
+            return Ok(None);
+        };
+        let method = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+        let quality = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let i = match out.iter().position(|((m, q), _)| m == method && q == quality) {
+            Some(i) => i,
+            None => {
+                out.push(((method.to_string(), quality.to_string()), (0, 0)));
+                out.len() - 1
+            }
+        };
+        out[i].1.0 += i128::from(e);
+        out[i].1.1 += i128::from(c);
+    }
+    Ok(Some(out.into_iter().collect()))
+}
+
 /// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges (meters' minute
 /// rows; host series' minutes recomputed from their raw points), hourly
 /// roll-ups for the whole hours in between (so ranges older than the minute
@@ -162,8 +201,9 @@ pub fn energy(
         ))
     };
     if let Some(meter) = &q.meter {
-        let mut st =
-            conn.prepare("SELECT id, meter, method, quality, unit, role FROM series WHERE site = ?1 AND meter = ?2")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, meter, method, quality, unit, role FROM series WHERE site = ?1 AND meter = ?2",
+        )?;
         let rows = st.query_map(params![q.site, meter], |r| Ok((map(r)?, r.get::<_, String>(5)?)))?;
         for row in rows {
             let (s, r) = row?;
@@ -171,14 +211,14 @@ pub fn energy(
             series.push(s);
         }
     } else if role == "it_in" {
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT id, host, method, quality, unit FROM series WHERE site = ?1 AND metric = ?2 AND (?3 IS NULL OR host = ?3)",
         )?;
         for row in st.query_map(params![q.site, HOST_ENERGY_METRIC, q.host], map)? {
             series.push(row?);
         }
     } else {
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT id, meter, method, quality, unit FROM series WHERE site = ?1 AND meter != '' AND role = ?2",
         )?;
         for row in st.query_map(params![q.site, role], map)? {
@@ -200,8 +240,16 @@ pub fn energy(
         vec![("minutes", q.from_ms, q.to_ms)]
     };
     let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
+    // A site-wide IT question's whole hours, per (method, quality), from the
+    // site roll-up: one row per hour and method instead of one per host.
+    let mut rolled_up: MethodSums = BTreeMap::new();
+    let site_wide = host_series && q.host.is_none();
     for (table, a, b) in parts {
-        let sums = if table == "minutes" && host_series {
+        let rollup = if table == "hours" && site_wide { site_hours(conn, &q.site, a, b)? } else { None };
+        let sums = if let Some(r) = rollup {
+            rolled_up = r;
+            BTreeMap::new()
+        } else if table == "minutes" && host_series {
             // Host series' minutes come from their raw points (no minute rows).
             super::chunk::minute_shares_of(conn, &id_param, a, b, policy.gap_ms)?
         } else {
@@ -239,6 +287,16 @@ pub fn energy(
             measured += e
         }
         hosts.insert(host.clone());
+    }
+    // The roll-up's sums are of these same series, grouped by the labels the
+    // loop above reads: every figure is the same sum in another order.
+    for ((method, quality), (e, c)) in rolled_up {
+        total += e;
+        covered += c;
+        if !method.is_empty() {
+            *by_method.entry(method).or_insert(0) += e;
+        }
+        if quality == "estimated" { estimated += e } else { measured += e }
     }
     let (volume_total, total, measured, estimated) =
         if volume { (Some(total), 0, 0, 0) } else { (None, total, measured, estimated) };

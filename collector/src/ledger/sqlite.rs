@@ -14,10 +14,12 @@
 //! recomputed from its chunks), `hosts` (the machine that owns each host name)
 //! and `host_conflicts`, the `journal` of host samples not yet written to
 //! chunks and hours ([`super::journal`]), `retired_hosts` (who retired a
-//! decommissioned host, when and why), and `quarantine` (host samples stamped
-//! too far in the future, kept aside and never booked).
+//! decommissioned host, when and why), `quarantine` (host samples stamped
+//! too far in the future, kept aside and never booked), and `site_hours`: the host series'
+//! hours summed per site, method and quality, written with `hours` in the
+//! same transaction, so a site-wide question reads a row per hour, not per host.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -113,7 +115,20 @@ CREATE TABLE quarantine (
     PRIMARY KEY (site, host, method, ts_ms)
 );
 "#,
+    r#"
+-- Hosts' hours summed per site, method and quality (see `add_site_hours`): a
+-- site-wide IT question reads one row per hour and method instead of one per host.
+-- Filled from `hours` by `fill_site_hours` when this migration runs.
+CREATE TABLE site_hours (
+    site TEXT NOT NULL, method TEXT NOT NULL, quality TEXT NOT NULL, start_ms INTEGER NOT NULL,
+    energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, start_ms, method, quality)
+) WITHOUT ROWID;
+"#,
 ];
+
+/// The `user_version` from which `site_hours` exists and is kept.
+pub const SITE_HOURS_VERSION: i64 = 7;
 
 /// Points per chunk when migration 3 moves the host rows of `samples` into chunks.
 const MIGRATED_CHUNK_POINTS: usize = 1_024;
@@ -153,6 +168,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         tx.execute_batch(m)?;
         if i == 2 {
             chunk::migrate_host_samples(&tx, MIGRATED_CHUNK_POINTS)?;
+        }
+        if i + 1 == SITE_HOURS_VERSION as usize {
+            fill_site_hours(&tx)?;
         }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
@@ -873,6 +891,124 @@ fn write_bucket_lists(tx: &rusqlite::Transaction<'_>, minutes: &[Bucket], hours:
     for &((id, start), (e, c)) in hours {
         up_hour.execute(params![id, start, e, c])?;
     }
+    add_site_hours(tx, hours)
+}
+
+/// A sum for `site_hours`: exact in i128, unless an addend was not an integer
+/// (an `hours` row SQLite turned into a real on overflow).
+#[derive(Debug, Clone, Copy, Default)]
+struct RollupSum {
+    exact: i128,
+    approx: f64,
+    inexact: bool,
+}
+
+impl RollupSum {
+    fn add(&mut self, v: rusqlite::types::ValueRef<'_>) {
+        match v {
+            rusqlite::types::ValueRef::Integer(i) => {
+                self.exact += i128::from(i);
+                self.approx += i as f64;
+            }
+            rusqlite::types::ValueRef::Real(f) => {
+                self.approx += f;
+                self.inexact = true;
+            }
+            _ => self.inexact = true,
+        }
+    }
+
+    /// The value to store: an integer when exact and within i64, else a real,
+    /// which readers take as "not exact here" and answer from `hours` instead.
+    fn value(&self) -> rusqlite::types::Value {
+        match i64::try_from(self.exact) {
+            Ok(v) if !self.inexact => rusqlite::types::Value::Integer(v),
+            _ => rusqlite::types::Value::Real(self.approx),
+        }
+    }
+}
+
+/// Adds rows to `site_hours`: `(site, method, quality, start_ms)` → sums.
+fn upsert_site_hours(
+    tx: &rusqlite::Transaction<'_>,
+    labels: &[(String, String, String)],
+    sums: &BTreeMap<(usize, i64), (RollupSum, RollupSum)>,
+) -> Result<(), StoreError> {
+    let mut up = tx.prepare_cached(
+        "INSERT INTO site_hours VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (site, start_ms, method, quality) \
+         DO UPDATE SET energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+    )?;
+    for (&(l, start), (e, c)) in sums {
+        let (site, method, quality) = &labels[l];
+        up.execute(params![site, method, quality, start, e.value(), c.value()])?;
+    }
+    Ok(())
+}
+
+/// Adds the hour buckets of host energy series (sorted by series) to the
+/// site roll-up, summed per site, method, quality and hour first: a
+/// materialization of N hosts' hour writes one `site_hours` row, not N. Called
+/// for every write to `hours`, in its transaction, so the roll-up is the
+/// `GROUP BY` of `hours` at every commit.
+fn add_site_hours(tx: &rusqlite::Transaction<'_>, hours: &[Bucket]) -> Result<(), StoreError> {
+    let mut labels_of = tx.prepare_cached("SELECT site, method, quality FROM series WHERE id = ?1 AND metric = ?2")?;
+    let mut labels: Vec<(String, String, String)> = Vec::new();
+    let mut index: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut sums: BTreeMap<(usize, i64), (RollupSum, RollupSum)> = BTreeMap::new();
+    // The series of the last bucket and its labels' index (None: not a host series).
+    let mut current: Option<(i64, Option<usize>)> = None;
+    for &((id, start), (e, c)) in hours {
+        let l = match current {
+            Some((cid, l)) if cid == id => l,
+            _ => {
+                let row: Option<(String, String, String)> = labels_of
+                    .query_row(params![id, HOST_ENERGY_METRIC], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let l = row.map(|key| {
+                    *index.entry(key.clone()).or_insert_with(|| {
+                        labels.push(key);
+                        labels.len() - 1
+                    })
+                });
+                current = Some((id, l));
+                l
+            }
+        };
+        if let Some(l) = l {
+            let t = sums.entry((l, start)).or_default();
+            t.0.add(rusqlite::types::ValueRef::Integer(e));
+            t.1.add(rusqlite::types::ValueRef::Integer(c));
+        }
+    }
+    upsert_site_hours(tx, &labels, &sums)
+}
+
+/// Fills `site_hours` from `hours` (its migration, on a ledger written
+/// before it): one (site, method, quality) group of host series at a time,
+/// summed in memory, so the work is a scan of each series' hours and the
+/// memory one group's hours, whatever the ledger's size.
+fn fill_site_hours(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let mut groups: BTreeMap<(String, String, String), Vec<i64>> = BTreeMap::new();
+    {
+        let mut st = tx.prepare("SELECT id, site, method, quality FROM series WHERE metric = ?1")?;
+        let mut rows = st.query([HOST_ENERGY_METRIC])?;
+        while let Some(r) = rows.next()? {
+            groups.entry((r.get(1)?, r.get(2)?, r.get(3)?)).or_default().push(r.get(0)?);
+        }
+    }
+    let mut hours_of = tx.prepare("SELECT start_ms, energy_uj, covered_ms FROM hours WHERE series_id = ?1")?;
+    for (key, ids) in groups {
+        let mut sums: BTreeMap<(usize, i64), (RollupSum, RollupSum)> = BTreeMap::new();
+        for id in ids {
+            let mut rows = hours_of.query([id])?;
+            while let Some(r) = rows.next()? {
+                let t = sums.entry((0, r.get(0)?)).or_default();
+                t.0.add(r.get_ref(1)?);
+                t.1.add(r.get_ref(2)?);
+            }
+        }
+        upsert_site_hours(tx, &[key], &sums)?;
+    }
     Ok(())
 }
 
@@ -1064,8 +1200,19 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The reader: a read-only connection per call (cheap with SQLite), so
-/// concurrent API requests and the `energy` CLI never block the writer.
+/// Idle read connections a reader keeps: enough for the API's concurrent
+/// requests, few enough that the file descriptors and page caches stay small.
+const IDLE_READ_CONNECTIONS: usize = 4;
+
+/// Page cache of a read connection, KiB as SQLite's negative `cache_size` says.
+const READ_CACHE_KIB: i64 = -16_384;
+
+/// The reader: read-only connections, each call in a read transaction of its
+/// own, so concurrent API requests and the `energy` CLI never block the
+/// writer. Connections are kept between calls (a small pool): a report's
+/// hundred questions per site then share a warm page cache and prepared
+/// statements instead of opening the file, the WAL index and a cold cache for
+/// each one.
 pub struct SqliteReader {
     path: PathBuf,
     policy: Policy,
@@ -1073,18 +1220,41 @@ pub struct SqliteReader {
     /// ever appended or deleted, so unchanged seqs mean an unchanged journal,
     /// and appended rows are the only ones to decode.
     pending: std::sync::Mutex<(Vec<i64>, Arc<Pending>)>,
+    /// Idle connections, at most [`IDLE_READ_CONNECTIONS`].
+    idle: std::sync::Mutex<Vec<Connection>>,
 }
 
 impl SqliteReader {
     pub fn new(path: &Path, policy: Policy) -> Self {
-        SqliteReader { path: path.to_path_buf(), policy, pending: Default::default() }
+        SqliteReader { path: path.to_path_buf(), policy, pending: Default::default(), idle: Default::default() }
     }
 
-    fn conn(&self) -> Result<Connection, StoreError> {
+    fn open_conn(&self) -> Result<Connection, StoreError> {
         let conn = open(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         // `series_id IN rarray(?)`: a whole site's series in one statement.
         rusqlite::vtab::array::load_module(&conn)?;
+        // A site-year's pages (meters' hours and samples, its roll-up, its
+        // chunks' columns) stay in the connection's cache between a report's
+        // questions (its year, then each month) instead of being read again.
+        conn.pragma_update(None, "cache_size", READ_CACHE_KIB)?;
         Ok(conn)
+    }
+
+    /// An idle connection, or a new one.
+    fn take_conn(&self) -> Result<Connection, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => self.open_conn(),
+        }
+    }
+
+    /// Keeps `conn` for the next call, unless enough are idle.
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_READ_CONNECTIONS {
+            idle.push(conn);
+        }
     }
 
     /// The journal in the snapshot of `conn`'s read transaction.
@@ -1109,12 +1279,18 @@ impl SqliteReader {
 
     /// Runs `f` in one read transaction: the journal and the tables it reads
     /// are one snapshot, so a materialization in between cannot count twice.
+    /// The connection goes back to the pool only after a clean finish: one
+    /// that failed mid-way is dropped rather than trusted again.
     fn read<T>(&self, f: impl FnOnce(&Connection, &Pending) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = self.conn()?;
-        let tx = conn.unchecked_transaction()?;
-        let pending = self.pending(&tx)?;
-        let out = f(&tx, &pending)?;
-        tx.finish()?;
+        let conn = self.take_conn()?;
+        let out = {
+            let tx = conn.unchecked_transaction()?;
+            let pending = self.pending(&tx)?;
+            let out = f(&tx, &pending)?;
+            tx.finish()?;
+            out
+        };
+        self.give_back(conn);
         Ok(out)
     }
 }
@@ -1159,10 +1335,12 @@ impl LedgerReader for SqliteReader {
     }
 
     fn retired_hosts(&self, site: &str) -> Result<Vec<Retirement>, StoreError> {
-        let conn = self.conn()?;
-        let mut st =
-            conn.prepare("SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 ORDER BY host")?;
-        let rows = st.query_map([site], retirement_row)?.collect::<Result<_, _>>()?;
-        Ok(rows)
+        self.read(|c, _| {
+            let mut st = c.prepare_cached(
+                "SELECT host, author, reason, retired_ms FROM retired_hosts WHERE site = ?1 ORDER BY host",
+            )?;
+            let rows = st.query_map([site], retirement_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
     }
 }

@@ -747,3 +747,258 @@ fn quarantined_samples_are_kept_aside_never_booked_and_pruned_with_raw_samples()
     let left: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0)).expect("count");
     assert_eq!(left, 0);
 }
+
+/// A `site_hours` row: site, method, quality, hour start, energy µJ, covered ms.
+type SiteHour = (String, String, String, i64, i64, i64);
+
+/// `site_hours` as it is, and as the `GROUP BY` of the host series' `hours` says it must be.
+fn site_hours_and_group_by(db: &std::path::Path) -> (Vec<SiteHour>, Vec<SiteHour>) {
+    let conn = rusqlite::Connection::open(db).expect("db");
+    let rows = |sql: &str| -> Vec<SiteHour> {
+        let mut st = conn.prepare(sql).expect("prepare");
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let rolled = rows(
+        "SELECT site, method, quality, start_ms, energy_uj, covered_ms FROM site_hours ORDER BY site, start_ms, method, quality",
+    );
+    let grouped = rows(
+        "SELECT se.site, se.method, se.quality, h.start_ms, SUM(h.energy_uj), SUM(h.covered_ms) \
+         FROM hours h JOIN series se ON se.id = h.series_id WHERE se.metric = 'domesday_host_energy_joules_total' \
+         GROUP BY se.site, se.method, se.quality, h.start_ms ORDER BY 1, 4, 2, 3",
+    );
+    (rolled, grouped)
+}
+
+/// A copy of the ledger without its site roll-up, as a ledger of the schema
+/// before it: its readers sum `hours` per series.
+fn copy_without_site_hours(db: &std::path::Path, copy: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db).expect("db");
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()]).expect("copy");
+    let c = rusqlite::Connection::open(copy).expect("copy");
+    c.execute_batch("DROP TABLE site_hours;").expect("drop");
+    c.pragma_update(None, "user_version", super::sqlite::SITE_HOURS_VERSION - 1).expect("version");
+}
+
+/// Site-wide IT questions over whole hours, cut hours, one hour, the whole span.
+fn site_wide_questions(first: i64, last: i64) -> Vec<EnergyQuery> {
+    let h0 = first.div_euclid(3_600_000) * 3_600_000;
+    let h1 = (last.div_euclid(3_600_000) + 1) * 3_600_000;
+    let mut qs = vec![
+        query(None, h0, h1),
+        query(None, h0 - 3_600_000, h1 + 3_600_000),
+        query(None, h0 + 7 * MINUTE_MS, h1 - 3 * MINUTE_MS),
+        query(None, h0 + 3_600_000, h1),
+        query(None, h0, h0 + 3_600_000),
+        query(None, h0 + 59 * MINUTE_MS, h0 + 61 * MINUTE_MS),
+    ];
+    let mut h = h0;
+    while h < h1 {
+        qs.push(query(None, h, h + 3_600_000));
+        h += 3_600_000;
+    }
+    qs.retain(|q| q.from_ms < q.to_ms);
+    qs
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever the delivery order, duplicates, late samples, restarts,
+    /// retirements and materialization points, the site roll-up is the
+    /// `GROUP BY` of its hosts' hours, and every site-wide energy answer
+    /// (energy, measured/estimated, by method, coverage, samples) is the one
+    /// the per-host hours give.
+    #[test]
+    fn the_site_roll_up_is_the_group_by_of_hours_and_answers_the_same(
+        hosts in proptest::collection::vec(
+            (0usize..3, proptest::collection::vec((1i64..900_000, 0i64..50_000_000, 0u8..20), 2..20)),
+            1..4,
+        ),
+        order in proptest::collection::vec(any::<u64>(), 64),
+        dups in proptest::collection::vec(0usize..64, 0..10),
+        cuts in proptest::collection::vec(1usize..64, 0..6),
+        materialize_after in proptest::collection::vec(0u8..3, 7),
+        restart_at in 0usize..7,
+        retire_at in proptest::option::of(0usize..7),
+    ) {
+        // Two measured methods and an estimated one; two hosts may share a method.
+        const METHODS: [(&str, &str); 3] = [("rapl", "measured"), ("model", "estimated"), ("bmc_dcmi", "measured")];
+        let mut samples: Vec<CounterSample> = Vec::new();
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for (n, (m, steps)) in hosts.iter().enumerate() {
+            let (method, quality) = METHODS[*m];
+            let (mut t, mut v) = (T0 + n as i64 * 250_000, 5_000_000i64);
+            for (dt, inc, kind) in steps {
+                t += dt;
+                first = first.min(t);
+                last = last.max(t);
+                match kind {
+                    0 => v = *inc,
+                    1 => { samples.push(CounterSample::host("s", &format!("h{n}"), method, quality, t, None)); continue; }
+                    _ => v += inc,
+                }
+                samples.push(CounterSample::host("s", &format!("h{n}"), method, quality, t, Some(v)));
+            }
+        }
+        // A meter of the site and a host of another site: neither is in this site's roll-up.
+        for i in 0..6i64 {
+            samples.push(CounterSample::meter("s", "grid", "utility_in", "kWh", T0 + i * 1_800_000, i * 1_000_000));
+            samples.push(CounterSample::host("other", "h0", "rapl", "measured", T0 + i * 1_800_000, Some(i * 7_000_000)));
+        }
+        let mut delivery: Vec<usize> = (0..samples.len()).collect();
+        delivery.sort_by_key(|i| order[*i % order.len()] ^ (*i as u64));
+        for d in dups { if d < samples.len() { delivery.push(d); } }
+        let mut batches: Vec<Vec<CounterSample>> = vec![Vec::new()];
+        for (k, i) in delivery.iter().enumerate() {
+            if cuts.contains(&k) { batches.push(Vec::new()); }
+            if let Some(b) = batches.last_mut() { b.push(samples[*i].clone()); }
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let policy = Policy { materialize_every_ms: 0, materialize_slice: 7, ..Policy::default() };
+        let mut w = SqliteWriter::open(&db, policy).expect("open");
+        for (n, b) in batches.into_iter().enumerate() {
+            if n == restart_at {
+                w = SqliteWriter::open(&db, policy).expect("reopen");
+            }
+            if retire_at == Some(n) {
+                let who = super::sqlite::Provenance { author: "a".into(), reason: "gone".into(), recorded_ms: NOW };
+                super::sqlite::retire_host(&db, "s", "h0", false, &who).expect("retire");
+            }
+            w.apply(&[batch(b)], NOW).expect("apply");
+            match materialize_after[n % materialize_after.len()] {
+                1 => w.housekeeping(true).expect("materialize"),
+                2 => w.housekeeping(false).expect("materialize a slice"),
+                _ => {}
+            }
+        }
+        let (rolled, grouped) = site_hours_and_group_by(&db);
+        prop_assert_eq!(&rolled, &grouped);
+        prop_assert!(!rolled.iter().any(|r| r.0 != "s" && r.0 != "other"));
+        // With whatever the journal still holds, then with all of it materialized.
+        for round in 0..2 {
+            if round == 1 {
+                w.housekeeping(true).expect("materialize all");
+                let (rolled, grouped) = site_hours_and_group_by(&db);
+                prop_assert_eq!(rolled, grouped);
+            }
+            let copy = dir.path().join(format!("without-{round}.db"));
+            copy_without_site_hours(&db, &copy);
+            let with = SqliteReader::new(&db, Policy::default());
+            let without = SqliteReader::new(&copy, Policy::default());
+            for q in site_wide_questions(first, last) {
+                let a = with.energy(&q).expect("with the roll-up");
+                let b = without.energy(&q).expect("without it");
+                prop_assert_eq!(a, b, "{:?}", q);
+            }
+        }
+    }
+}
+
+/// A ledger written before the site roll-up existed gets it filled by the
+/// migration, from its hosts' hours only (not its meters'), and a reader that
+/// opens such a ledger before any writer migrated it answers from `hours`.
+#[test]
+fn the_migration_fills_the_site_roll_up_of_an_existing_ledger() {
+    use super::sqlite::{MIGRATIONS, SITE_HOURS_VERSION};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let before = SITE_HOURS_VERSION as usize - 1;
+    const H: i64 = 3_600_000;
+    {
+        let conn = rusqlite::Connection::open(&db).expect("db");
+        for m in &MIGRATIONS[..before] {
+            conn.execute_batch(m).expect("migrate");
+        }
+        conn.pragma_update(None, "user_version", before as i64).expect("version");
+        let series = [
+            (1, "s", "h1", "", "domesday_host_energy_joules_total", "rapl", "measured", "it_in", "J"),
+            (2, "s", "h2", "", "domesday_host_energy_joules_total", "rapl", "measured", "it_in", "J"),
+            (3, "s", "h3", "", "domesday_host_energy_joules_total", "model", "estimated", "it_in", "J"),
+            (4, "s", "", "grid", "meter", "", "measured", "utility_in", "kWh"),
+            (5, "t", "h1", "", "domesday_host_energy_joules_total", "rapl", "measured", "it_in", "J"),
+        ];
+        for s in series {
+            conn.execute(
+                "INSERT INTO series (id, site, host, meter, metric, method, quality, role, unit) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7, s.8],
+            )
+            .expect("series");
+        }
+        // (series, hour, energy µJ, covered ms)
+        let hours = [
+            (1, 0, 100, 3_600_000),
+            (1, 1, 200, 1_800_000),
+            (2, 0, 1_000, 3_600_000),
+            (3, 0, 7, 60_000),
+            (3, 2, 9, 120_000),
+            (4, 0, 555_555, 3_600_000),
+            (5, 0, 42, 3_600_000),
+        ];
+        for (id, h, e, c) in hours {
+            conn.execute("INSERT INTO hours VALUES (?1, ?2, ?3, ?4)", [id, T0 + h * H, e, c]).expect("hour");
+        }
+    }
+    // A reader before any writer migrated the ledger: no roll-up yet, the same answer.
+    let old = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3 * H)).expect("old");
+    assert_eq!(old.energy_uj(), 100 + 200 + 1_000 + 7 + 9);
+
+    drop(SqliteWriter::open(&db, Policy::default()).expect("open migrates"));
+    let (rolled, grouped) = site_hours_and_group_by(&db);
+    let row = |site: &str, method: &str, quality: &str, h: i64, e: i64, c: i64| {
+        (site.to_string(), method.to_string(), quality.to_string(), T0 + h * H, e, c)
+    };
+    assert_eq!(
+        rolled,
+        vec![
+            row("s", "model", "estimated", 0, 7, 60_000),
+            row("s", "rapl", "measured", 0, 1_100, 7_200_000),
+            row("s", "rapl", "measured", 1, 200, 1_800_000),
+            row("s", "model", "estimated", 2, 9, 120_000),
+            row("t", "rapl", "measured", 0, 42, 3_600_000),
+        ]
+    );
+    assert_eq!(rolled, grouped);
+    let version: i64 = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SITE_HOURS_VERSION);
+    let new = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3 * H)).expect("new");
+    assert_eq!(new, old);
+    assert_eq!((new.measured_joules, new.estimated_joules), (1_300.0 / 1e6, 16.0 / 1e6));
+    assert_eq!(new.by_method.get("rapl"), Some(&(1_300.0 / 1e6)));
+    // Three hosts over three hours, 2.55 h of them observed.
+    assert_eq!(new.coverage_ratio, 9_180_000.0 / (3.0 * 3.0 * H as f64));
+}
+
+/// A site's hour beyond i64 µJ (two absurd counter jumps in one hour) is kept
+/// as a real by SQLite; the roll-up then says "not exact here", and the answer
+/// is the exact i128 sum of the hosts' hours.
+#[test]
+fn a_site_hour_beyond_i64_is_answered_exactly_from_the_hosts_hours() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let jump: i64 = 6_000_000_000_000_000_000;
+    // One host per materialization, and both in one: the sum overflows in SQLite's `+` and in the batch.
+    for hosts in [&["h1"][..], &["h2"][..], &["h3", "h4"][..]] {
+        let samples = hosts
+            .iter()
+            .flat_map(|h| [sample(h, "rapl", T0, Some(0)), sample(h, "rapl", T0 + 60_000, Some(jump))])
+            .collect();
+        w.apply(&[batch(samples)], NOW).expect("apply");
+        w.housekeeping(true).expect("materialize");
+    }
+    let kind: String = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("SELECT typeof(energy_uj) FROM site_hours", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(kind, "real");
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(r.energy_uj(), 4 * i128::from(jump));
+}
