@@ -111,3 +111,105 @@ fn label_and_series_bombs_are_refused_whole_and_out_of_order_samples_are_booked_
     assert_eq!(series_value(&metrics, "domesday_ingest_samples_total", &["result=\"duplicate\""]), Some(2.0));
     assert_eq!(get_text(&c.url("/healthz"), Duration::from_secs(5)), "ok\n");
 }
+
+/// POSTs with a client that waits longer than the ledger's busy timeout (10 s).
+fn post_slow(url: &str, body: Vec<u8>) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+    let resp = client
+        .post(url)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .expect("post");
+    (resp.status().as_u16(), resp.text().unwrap_or_default())
+}
+
+#[test]
+fn sqlite_busy_answers_503_and_the_retry_is_booked_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Collector::start(dir.path(), free_port(), TOKEN);
+    let write = c.url("/api/v1/write");
+    let t0 = now_minute_ms() - 1_800_000;
+    assert_eq!(post_slow(&write, energy_request("srv-busy", &[(100.0, t0)])).0, 204);
+    // Another process (this test) takes the ledger's write lock and keeps it past the busy timeout.
+    let other = rusqlite::Connection::open(dir.path().join("domesday.db")).expect("open the ledger");
+    other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+    let body = energy_request("srv-busy", &[(110.0, t0 + 10_000)]);
+    let (code, msg) = post_slow(&write, body.clone());
+    assert!(code == 503 && msg.contains("retry"), "{code} {msg}");
+    assert_eq!(get_text(&c.url("/healthz"), Duration::from_secs(5)), "ok\n", "the collector stays up");
+    other.execute_batch("ROLLBACK").expect("release");
+    drop(other);
+    // The sender retries: booked once, nothing lost, nothing doubled.
+    assert_eq!(post_slow(&write, body).0, 204);
+    assert_eq!(post_slow(&write, energy_request("srv-busy", &[(115.0, t0 + 20_000)])).0, 204);
+    let e = host_energy(&c, "srv-busy", t0, t0 + 60_000);
+    assert_eq!((e["energy_joules"].as_f64(), e["samples"].as_u64()), (Some(15.0), Some(3)), "{e}");
+}
+
+/// Sets the largest file offset `pid` may write (`RLIMIT_FSIZE`, soft limit; `None`: unlimited) with util-linux
+/// `prlimit`. Unprivileged: the soft limit moves below the hard one, which stays as it was.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = bytes.map_or("unlimited".to_string(), |b| b.to_string());
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--fsize={limit}:"))
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "prlimit --fsize={limit}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A disk that refuses every write: the process runs with `SIGXFSZ` ignored (as
+/// with `trap '' XFSZ`, inherited through `exec`), so that once
+/// [`limit_file_size`] lowers its limit each write past it fails with `EFBIG`,
+/// as writes on a full disk fail with `ENOSPC`, instead of killing it.
+fn spawn_with_xfsz_ignored(bin: &str, args: &[&std::ffi::OsStr]) -> std::process::Child {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(domesday_tests::binary(bin))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn a_full_disk_under_the_ledger_answers_503_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let config = domesday_tests::collector_config(dir.path(), port, TOKEN, "");
+    let child =
+        spawn_with_xfsz_ignored("domesday-collector", &["serve".as_ref(), "--config".as_ref(), config.as_ref()]);
+    let pid = child.id();
+    let c = Collector { proc: domesday_tests::Proc(child), port, dir: dir.path().to_path_buf() };
+    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    let write = c.url("/api/v1/write");
+    let t0 = now_minute_ms() - 1_800_000;
+    assert_eq!(post_slow(&write, energy_request("srv-disk", &[(100.0, t0)])).0, 204);
+    // The disk fills: no write of any file of the collector goes through.
+    limit_file_size(pid, Some(1));
+    let refused: Vec<Vec<u8>> =
+        (1..=3).map(|i| energy_request("srv-disk", &[(100.0 + i as f64, t0 + i * 10_000)])).collect();
+    for body in &refused {
+        let (code, msg) = post_slow(&write, body.clone());
+        assert!(code == 503 && msg.contains("retry"), "{code} {msg}");
+    }
+    assert_eq!(get_text(&c.url("/healthz"), Duration::from_secs(5)), "ok\n", "the collector stays up");
+    let e = host_energy(&c, "srv-disk", t0, t0 + 60_000);
+    assert_eq!(e["samples"], 1, "what was acknowledged is still there, nothing else: {e}");
+    // Space is freed; the sender retries each refused request: booked once each.
+    limit_file_size(pid, None);
+    for body in refused {
+        let (code, msg) = post_slow(&write, body);
+        assert_eq!(code, 204, "{msg}");
+    }
+    let e = host_energy(&c, "srv-disk", t0, t0 + 60_000);
+    assert_eq!((e["energy_joules"].as_f64(), e["samples"].as_u64()), (Some(3.0), Some(4)), "{e}");
+    let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
+    assert_eq!(series_value(&metrics, "domesday_ingest_requests_total", &["code=\"503\""]), Some(3.0), "{metrics}");
+}
