@@ -213,3 +213,78 @@ fn a_full_disk_under_the_ledger_answers_503_and_loses_nothing_acknowledged() {
     let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
     assert_eq!(series_value(&metrics, "domesday_ingest_requests_total", &["code=\"503\""]), Some(3.0), "{metrics}");
 }
+
+/// Scrapes the agent's `/metrics` until `pred` holds (bounded: 20 s).
+fn scrape_until(port: u16, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get_text(&url, Duration::from_secs(20));
+        if pred(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; last body:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn non_utf8_sysfs_content_is_a_parse_error_or_a_lossy_label_never_a_crash() {
+    let (_tmp, root) = domesday_tests::fixture_copy("intel-2s");
+    let hwmon = root.join("sys/devices/platform/coretemp.0/hwmon/hwmon1");
+    // A reading of bytes that are not UTF-8 (nor a number), and a label in Latin-1 (`Cœur é`).
+    std::fs::write(hwmon.join("temp4_input"), b"\xff\xfe\x00\x01\n").expect("write");
+    std::fs::write(hwmon.join("temp2_label"), b"C\x9cur \xe9\n").expect("write");
+    let port = free_port();
+    let _agent = domesday_tests::start_agent(&root, port, "200ms", &[]);
+    let body = scrape_until(port, "the parse error", |b| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"hwmon\"", "reason=\"parse\""]).is_some()
+    });
+    assert_eq!(series_value(&body, "domesday_sensor_up", &["sensor=\"platform_coretemp_0/temp4\""]), Some(0.0));
+    // The label is read lossily (U+FFFD for each bad byte): its temperature is still served.
+    let lossy = "label=\"C\u{fffd}ur \u{fffd}\"";
+    assert!(
+        series_value(&body, "domesday_temperature_celsius", &["chip=\"platform_coretemp_0\",sensor=\"temp2\"", lossy])
+            .is_some(),
+        "{body}"
+    );
+    assert!(
+        series_value(&body, "domesday_temperature_celsius", &["chip=\"platform_coretemp_0\",sensor=\"temp1\""])
+            .is_some()
+    );
+    let problems = domesday_tests::promtool_check_metrics(&body);
+    assert!(problems.is_empty(), "{problems}");
+}
+
+#[test]
+fn a_bmc_that_hangs_mid_answer_is_a_timeout_and_its_half_answer_is_never_read() {
+    let (tmp, root) = domesday_tests::fixture_copy("intel-2s");
+    let ipmitool = domesday_tests::fixtures_dir().join("bmc/ipmitool");
+    let tables = format!(
+        "[ipmi]\ncommand = {:?}\nargs = [\"-I\", \"open\"]\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+        ipmitool.display().to_string()
+    );
+    let pids = tmp.path().join("ipmi-pids");
+    let pids_env = pids.display().to_string();
+    let env = [("FAKE_IPMITOOL_MODE", "halfhang"), ("FAKE_IPMITOOL_PIDS", pids_env.as_str())];
+    let log = tmp.path().join("agent.log");
+    let port = free_port();
+    let _agent = domesday_tests::start_agent_logged(&root, port, "200ms", &tables, &env, &log);
+    let ipmi_errors = |b: &str, reason: &str| {
+        series_value(b, "domesday_sensor_errors_total", &["source=\"ipmi\"", &format!("reason=\"{reason}\"")])
+    };
+    let body = scrape_until(port, "two IPMI timeouts", |b| ipmi_errors(b, "timeout").is_some_and(|n| n >= 2.0));
+    // The 999 W it printed before hanging is no reading: not exported, not host power; the PSUs carry the host.
+    assert_eq!(series_value(&body, "domesday_power_watts", &["source=\"ipmi\"", "zone=\"dcmi\""]), None, "{body}");
+    assert_eq!(series_value(&body, "domesday_sensor_up", &["source=\"ipmi\"", "sensor=\"dcmi\""]), Some(0.0));
+    assert_eq!(ipmi_errors(&body, "parse"), None, "a half answer is not parsed: {body}");
+    let host = |m: &str| series_value(&body, "domesday_host_power_watts", &[&format!("method=\"{m}\"")]);
+    assert!(host("psu_input").is_some() && host("bmc_dcmi").is_none(), "{body}");
+    // Each hung call was killed with its process group (the child sleeping in it too).
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = std::fs::read_to_string(&pids).expect("the halfhang mode ran");
+    for pid in pids.lines().take(1) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z"), "the hung ipmitool's child {pid} survived: {stat}");
+    }
+}
