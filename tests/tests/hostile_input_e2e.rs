@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use domesday_model::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use domesday_tests::{
-    Collector, free_port, get_text, host_energy, host_energy_series, now_minute_ms, post_write, series_value,
+    Collector, free_port, get_text, host_energy, host_energy_series, limit_file_size, now_minute_ms, post_write,
+    series_value,
 };
 
 const TOKEN: &str = "caen-secret-token";
@@ -148,18 +149,6 @@ fn sqlite_busy_answers_503_and_the_retry_is_booked_once() {
     assert_eq!(post_slow(&write, energy_request("srv-busy", &[(115.0, t0 + 20_000)])).0, 204);
     let e = host_energy(&c, "srv-busy", t0, t0 + 60_000);
     assert_eq!((e["energy_joules"].as_f64(), e["samples"].as_u64()), (Some(15.0), Some(3)), "{e}");
-}
-
-/// Sets the largest file offset `pid` may write (`RLIMIT_FSIZE`, soft limit; `None`: unlimited) with util-linux
-/// `prlimit`. Unprivileged: the soft limit moves below the hard one, which stays as it was.
-fn limit_file_size(pid: u32, bytes: Option<u64>) {
-    let limit = bytes.map_or("unlimited".to_string(), |b| b.to_string());
-    let out = std::process::Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--fsize={limit}:"))
-        .output()
-        .expect("prlimit (util-linux)");
-    assert!(out.status.success(), "prlimit --fsize={limit}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A disk that refuses every write: the process runs with `SIGXFSZ` ignored (as
