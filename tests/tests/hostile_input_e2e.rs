@@ -58,6 +58,12 @@ fn suspect_samples_are_counted_and_never_summed() {
     assert_eq!(get_text(&c.url("/healthz"), Duration::from_secs(5)), "ok\n");
 }
 
+/// The protobuf of a request, not compressed.
+fn prost_encode(req: &WriteRequest) -> Vec<u8> {
+    let body = encode(req);
+    snap::raw::Decoder::new().decompress_vec(&body).expect("our own snappy")
+}
+
 fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
     TimeSeries {
         labels: labels.iter().map(|(n, v)| Label { name: (*n).into(), value: (*v).into() }).collect(),
@@ -94,8 +100,14 @@ fn label_and_series_bombs_are_refused_whole_and_out_of_order_samples_are_booked_
         hosts.iter().map(|h| host_energy_series("caen-1", h, "psu_input", &[(1.0, t0)])).collect();
     let (code, msg) = post(bomb);
     assert!(code == 413 && msg.contains("100000"), "{code} {msg}");
+    // A good request cut short (the protobuf inside valid snappy): refused whole.
+    let whole = domesday_model::remote_write::WriteRequest { timeseries: vec![good.clone(); 3] };
+    let raw = prost_encode(&whole);
+    let cut = snap::raw::Encoder::new().compress_vec(&raw[..raw.len() - 5]).expect("snappy");
+    let (code, msg) = post_write(&write, Some(TOKEN), cut).expect("post");
+    assert_eq!(code, 400, "{msg}");
     let metrics = get_text(&c.url("/metrics"), Duration::from_secs(5));
-    assert_eq!(rejected(&metrics, "invalid"), Some(3.0), "{metrics}");
+    assert_eq!(rejected(&metrics, "invalid"), Some(4.0), "{metrics}");
     assert_eq!(rejected(&metrics, "too_large"), Some(1.0), "{metrics}");
     assert!(!metrics.contains("bomb-"), "no host of a refused request is known");
     assert_eq!(host_energy(&c, "srv-ok", t0, t0 + 60_000)["samples"], 0, "nothing of a refused request is stored");
