@@ -87,6 +87,10 @@ pub struct IngestConfig {
     pub max_label_bytes: usize,
     /// Samples further in the future than this are suspect (clock skew).
     pub max_future: Dur,
+    /// Samples older than this are suspect (a clock reset to 1970, a garbage
+    /// timestamp): booked, one would spread its series' energy back to its
+    /// date. A spool replaying hours or days after an outage stays well within.
+    pub max_past: Dur,
 }
 
 impl Default for IngestConfig {
@@ -99,6 +103,7 @@ impl Default for IngestConfig {
             max_labels_per_series: 64,
             max_label_bytes: 4096,
             max_future: Dur(Duration::from_secs(600)),
+            max_past: Dur(Duration::from_secs(90 * 86_400)),
         }
     }
 }

@@ -301,6 +301,7 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
         )));
     }
     let max_future = now_ms + limits.max_future.0.as_millis() as i64;
+    let min_past = now_ms.saturating_sub(i64::try_from(limits.max_past.0.as_millis()).unwrap_or(i64::MAX));
     let site_labels: std::sync::Arc<str> = site.into();
     let mut acc = Accepted::default();
     // At most `total` samples: one allocation, not a doubling series of copies.
@@ -395,6 +396,8 @@ pub fn split(req: &WriteRequestView<'_>, site: &str, now_ms: i64, limits: &Inges
                     Some("negative")
                 } else if s.value > ABSURD_JOULES {
                     Some("absurd")
+                } else if s.timestamp < min_past {
+                    Some("past")
                 } else {
                     None
                 };
@@ -497,6 +500,10 @@ mod tests {
                 (1e20, NOW + 3),
                 (5.0, NOW + 3_600_000),
                 (5.0, NOW + 4),
+                // A clock reset to 1970 and a garbage timestamp: far in the past.
+                (5.0, 0),
+                (5.0, i64::MIN),
+                (5.0, NOW - 91 * 86_400_000),
             ],
         )]);
         let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
@@ -517,6 +524,11 @@ mod tests {
                 reason: FUTURE,
             }]
         );
+        assert_eq!(a.suspect.get("past"), Some(&3));
+        // Hours or days old (a spool replaying after an outage): booked.
+        let r = req(vec![energy("s", &[(5.0, NOW - 89 * 86_400_000), (6.0, NOW - 3_600_000)])]);
+        let a = split(&(&r).into(), "s", NOW, &IngestConfig::default()).expect("accepted");
+        assert_eq!((a.batch.samples.len(), a.suspect.get("past")), (2, None));
     }
 
     #[test]

@@ -276,7 +276,7 @@ metric!(
     Counter,
     "",
     ["reason"],
-    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future: stamped beyond ingest.max_future and quarantined, no_site), by reason."
+    "Refused requests (invalid, unauthorized, wrong_site, too_large, unsupported: a Content-Type or Content-Encoding the collector does not read, busy) and suspect samples not booked (nan, inf, negative, absurd, future: stamped beyond ingest.max_future and quarantined, past: older than ingest.max_past, no_site), by reason."
 );
 metric!(
     INGEST_UNKNOWN_VALUES,

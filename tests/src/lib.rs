@@ -186,6 +186,51 @@ pub fn start_agent_logged_with(
     Proc(child)
 }
 
+/// [`start_agent_logged`] with `SIGXFSZ` ignored (`trap '' XFSZ`, inherited through `exec`): once its file size
+/// limit is lowered (`prlimit --fsize`), each write past it fails with `EFBIG`, as writes on a full disk fail with
+/// `ENOSPC`, instead of the signal killing the agent. The full-disk tests use it.
+pub fn start_agent_logged_ignoring_xfsz(
+    root: &Path,
+    port: u16,
+    interval: &str,
+    tables: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Proc {
+    let config = write_agent_config(root, tables);
+    let agent = agent_command(root, &config, port, interval, &[]);
+    let mut log = std::fs::File::create(log).expect("log file");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(agent.get_program())
+        .args(agent.get_args())
+        .env_remove("DOMESDAY_PUSH_TOKEN")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    // The log goes through a pipe, copied to the file by this process: the agent's own file size limit must not
+    // cut its log.
+    if let Some(mut err) = child.stderr.take() {
+        std::thread::spawn(move || std::io::copy(&mut err, &mut log));
+    }
+    Proc(child)
+}
+
+/// Lowers (`Some(bytes)`) or lifts (`None`) the soft `RLIMIT_FSIZE` of the running process `pid` with util-linux
+/// `prlimit`, unprivileged (the hard limit stays): the tests' full disk.
+pub fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = bytes.map_or("unlimited".to_string(), |b| b.to_string());
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--fsize={limit}:"))
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "prlimit --fsize={limit}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `domesday-agent probe` on the fixture `root` with `config`, host `p`; the
 /// caller adds environment, runs it and reads stdout with [`probe_output`].
 pub fn probe_command(root: &Path, config: &Path) -> Command {

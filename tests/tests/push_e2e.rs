@@ -559,3 +559,50 @@ fn simulate_reports_per_host_what_the_collector_acknowledged() {
     }
     assert_eq!(rows, hosts);
 }
+
+#[test]
+fn a_full_disk_under_the_spool_drops_and_counts_and_what_was_spooled_is_delivered() {
+    let (_tmp, root) = fixture_copy("intel-2s");
+    let mock = MockReceiver::start(TOKEN);
+    let port = free_port();
+    let log = root.join("agent.log");
+    let proc = domesday_tests::start_agent_logged_ignoring_xfsz(
+        &root,
+        port,
+        "100ms",
+        &push_tables(&root, &mock.url()),
+        &[("DOMESDAY_LOG", LOG)],
+        &log,
+    );
+    let pid = proc.0.id();
+    let mut agent = Agent { proc, port, log };
+    agent.wait(&mock, "3 accepted requests", |r| r.iter().filter(|r| r.accepted()).count() >= 3);
+    // The collector goes away: ticks are spooled.
+    mock.set_mode(Mode::Down);
+    let spooled = agent.metrics_until("the spool to fill", |b| spool_bytes(b) > 2000.0);
+    let spooled_samples = agent.push_metric(&spooled, "spooled");
+    // Then the disk fills: a batch that cannot be spooled is dropped and counted; the agent stays up.
+    domesday_tests::limit_file_size(pid, Some(1));
+    let full = agent.metrics_until("batches dropped on the full disk", |b| agent.push_metric(b, "dropped") > 0.0);
+    assert!(agent.log_text().contains("cannot spool a batch; dropped"), "{}", agent.log_text());
+    // Space comes back, then the collector: what was spooled is delivered, in time order, once.
+    domesday_tests::limit_file_size(pid, None);
+    agent.metrics_until("spooling again", |b| agent.push_metric(b, "spooled") > agent.push_metric(&full, "spooled"));
+    mock.set_mode(Mode::Accept);
+    agent.metrics_until("the spool to drain", |b| spool_bytes(b) == 0.0);
+    let body = agent.metrics();
+    agent.stop();
+    assert!(mock.problems().is_empty(), "{:?}", mock.problems());
+    assert_time_order_per_series(&mock);
+    let accepted: f64 = mock.received().iter().filter(|r| r.accepted()).map(|r| r.samples() as f64).sum();
+    // Counted before the stop, whose last tick is pushed too.
+    assert!(accepted >= agent.push_metric(&body, "sent"), "what the agent counts as sent was accepted");
+    assert!(agent.push_metric(&body, "sent") > spooled_samples, "the spooled samples were delivered");
+    // Every tick the agent logged was delivered once, except those dropped on the full disk.
+    let delivered = accepted_ticks(&mock);
+    let unique: BTreeSet<i64> = delivered.iter().copied().collect();
+    assert_eq!(unique.len(), delivered.len(), "a tick was delivered twice");
+    let logged: BTreeSet<i64> = agent.ticks().into_iter().collect();
+    assert!(unique.is_subset(&logged), "delivered ticks the agent never logged");
+    assert!(unique.len() < logged.len(), "the full disk dropped some ticks");
+}

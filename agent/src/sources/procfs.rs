@@ -32,14 +32,19 @@ pub fn parse_stat(text: &str) -> Result<CpuTimes, String> {
         return Err(format!("cpu line has {} fields, expected at least 4", f.len()));
     }
     let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok(CpuTimes { busy: get(0) + get(1) + get(2) + get(5) + get(6) + get(7), idle: get(3) + get(4) })
+    // Checked: counters summing past u64 are garbage, not a utilisation (and would panic in a debug build).
+    let sum = |idx: &[usize]| idx.iter().try_fold(0u64, |acc, i| acc.checked_add(get(*i)));
+    match (sum(&[0, 1, 2, 5, 6, 7]), sum(&[3, 4])) {
+        (Some(busy), Some(idle)) => Ok(CpuTimes { busy, idle }),
+        _ => Err("the cpu line's counters add up past 2^64".into()),
+    }
 }
 
 /// Utilisation between two readings; `None` when no time passed or counters went back.
 pub fn utilization(prev: CpuTimes, cur: CpuTimes) -> Option<f64> {
     let busy = cur.busy.checked_sub(prev.busy)?;
     let idle = cur.idle.checked_sub(prev.idle)?;
-    let total = busy + idle;
+    let total = busy.checked_add(idle)?;
     (total > 0).then(|| busy as f64 / total as f64)
 }
 
@@ -53,7 +58,7 @@ pub fn parse_meminfo(text: &str) -> Result<(u64, u64), String> {
             .next()
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or(format!("bad {name} value"))?;
-        Ok(kb * 1024)
+        kb.checked_mul(1024).ok_or(format!("{name} value {kb} kB is out of range"))
     };
     Ok((field("MemTotal")?, field("MemAvailable")?))
 }
@@ -155,6 +160,19 @@ mod tests {
         assert!(parse_meminfo("MemTotal: 5 kB\n").is_err());
         assert_eq!(parse_loadavg("3.52 2.87 2.41 4/1523 48211\n"), Ok([3.52, 2.87, 2.41]));
         assert!(parse_loadavg("garbage").is_err());
+    }
+
+    /// Found by the `sysfs_value` fuzz target (`fuzz/corpus/sysfs_value/meminfo-kb-overflow`): values whose bytes
+    /// or sums do not fit in 64 bits are errors, not a panic (debug) or a wrapped figure (release).
+    #[test]
+    fn values_past_64_bits_are_errors() {
+        let m = "MemTotal:       527985356389001180 kB\nMemAvailable: 1 kB\n";
+        assert_eq!(parse_meminfo(m), Err("MemTotal value 527985356389001180 kB is out of range".into()));
+        let max = u64::MAX;
+        assert!(parse_stat(&format!("cpu  {max} 1 0 0 0 0 0 0\n")).is_err());
+        assert!(parse_stat(&format!("cpu  0 0 0 {max} 1 0 0 0\n")).is_err());
+        let a = CpuTimes { busy: 0, idle: 0 };
+        assert_eq!(utilization(a, CpuTimes { busy: max, idle: max }), None);
     }
 
     proptest! {

@@ -60,6 +60,10 @@ impl Decimal {
         for b in int.bytes().chain(frac.bytes()) {
             mantissa = mantissa.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
         }
+        if mantissa == 0 {
+            // Whatever its exponent: stripping the zeros of `0e-2000000000` one by one would take seconds.
+            return Some(Decimal { mantissa: 0, exponent: 0 });
+        }
         let mut scale = frac.len() as i64 - i64::from(exp);
         if scale < -38 {
             // 10^38 overflows i128: only zero survives (and must not loop a billion times).
@@ -102,6 +106,11 @@ impl std::fmt::Display for Decimal {
         let e = self.exponent as usize;
         if e == 0 {
             return write!(f, "{sign}{digits}");
+        }
+        if e > 64 {
+            // `1e-100000` written out would be 100,000 zeros (a width over the formatter's limit panics): the
+            // exponent form is as exact.
+            return write!(f, "{sign}{digits}e-{e}");
         }
         let padded = format!("{digits:0>width$}", width = e + 1);
         let (int, frac) = padded.split_at(padded.len() - e);
@@ -198,6 +207,20 @@ mod tests {
         assert!(matches!(to_micro(d("-1"), "kWh", "kWh"), Err(ValueError::Negative(_))));
         assert!(matches!(to_micro(d("1e13"), "kWh", "kWh"), Err(ValueError::Overflow(_))));
         assert!(matches!(to_micro(d("1"), "kWh", "BTU"), Err(ValueError::Unit(_))));
+    }
+
+    /// Found by the `prometheus_json` fuzz target (`fuzz/corpus/prometheus_json/decimal-huge-exponent.json`): a
+    /// decimal with a huge negative exponent panicked when shown (the formatter's width limit); a zero with one
+    /// took seconds to normalise.
+    #[test]
+    fn huge_exponents_are_shown_and_converted_without_a_panic() {
+        let tiny = Decimal::parse("1e-100000").expect("parse");
+        assert_eq!(tiny.to_string(), "1e-100000");
+        assert_eq!(to_micro(tiny, "kWh", "kWh"), Ok(0));
+        assert_eq!(Decimal::parse("-7e-70").map(|d| d.to_string()), Some("-7e-70".into()));
+        assert_eq!(Decimal::parse("0.0e-2000000000"), Some(Decimal { mantissa: 0, exponent: 0 }));
+        // Up to 64 decimals, written out as before.
+        assert_eq!(Decimal::parse("1.5e-63").map(|d| d.to_string()), Some(format!("0.{}15", "0".repeat(62))));
     }
 
     #[test]
