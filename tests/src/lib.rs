@@ -5,6 +5,8 @@
 
 pub mod mock_rw;
 pub mod prom;
+pub mod proxy;
+pub mod rss;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
