@@ -45,6 +45,7 @@ pub async fn serve(
                 st.ledger_totals(totals);
             }
         }),
+        cfg.ledger.prune_every.0,
     )
     .context("starting the ledger writer")?;
     // Commits of other processes (`import-meters`, `correct`, `swap-meter`) reach the
