@@ -693,3 +693,22 @@ fn an_unknown_method_is_counted_by_every_reader_under_its_quality() {
     assert_eq!(hosts[0].current_quality.as_deref(), Some("estimated"));
     assert_eq!(hosts[0].estimated_share_24h, Some(2.0 / 12.0));
 }
+
+proptest! {
+    /// Materialization slices stay within their bounds, shrink when a slice overran
+    /// its time budget and never shrink when it stayed well within it.
+    #[test]
+    fn slices_follow_the_time_budget(entries in 1usize..200_000, took_ms in 0u64..2_000, max in 1usize..200_000) {
+        use crate::ledger::sqlite::{SLICE_BUDGET, SLICE_MIN, next_slice};
+        let took = std::time::Duration::from_millis(took_ms);
+        let entries = entries.min(max);
+        let next = next_slice(entries, took, max);
+        prop_assert!(next <= max && next >= SLICE_MIN.min(max));
+        if took > SLICE_BUDGET {
+            prop_assert!(next <= entries.max(SLICE_MIN.min(max)) && (next < entries || entries <= SLICE_MIN));
+        }
+        if took < SLICE_BUDGET / 2 {
+            prop_assert!(next >= entries);
+        }
+    }
+}
