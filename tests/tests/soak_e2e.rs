@@ -15,7 +15,8 @@
 //!
 //! The short run is part of the test command. The long one (100 hosts, 5-minute
 //! samples: 864,000 requests in about 15 minutes) is behind `--ignored`:
-//! `cargo build --release --workspace && cargo test --release -p domesday-tests --test soak_e2e -- --ignored --nocapture`.
+//! `cargo build --release --locked -p domesday-agent -p domesday-collector && DOMESDAY_BIN_DIR=target/release cargo test
+//! -p domesday-tests --test soak_e2e -- --ignored --nocapture` (the test harness itself does little).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -295,7 +296,7 @@ fn soak_a_month_of_a_small_fleet_in_a_minute() {
 }
 
 #[test]
-#[ignore = "long soak (about 15 minutes with release binaries): cargo test --release -p domesday-tests --test soak_e2e -- --ignored"]
+#[ignore = "long soak (about 15 minutes): DOMESDAY_BIN_DIR=target/release cargo test -p domesday-tests --test soak_e2e -- --ignored"]
 fn soak_a_month_of_100_hosts_at_5_minute_samples() {
     run(Soak {
         hosts: 100,
