@@ -33,3 +33,4 @@ rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' /proc/$cpid/status)
 echo "collector: CPU ${cpu} s, peak RSS ${rss} MiB, ledger $(du -h "$dir/fleet.db" | cut -f1)"
 python3 bench/check_ledger.py "$dir/report.csv" "http://127.0.0.1:$port" sim
 echo "site gauge refreshes (ms): $(grep -o 'elapsed_ms=[0-9]*' "$dir/collector.log" | cut -d= -f2 | tr '\n' ' ')"
+echo "ledger writer slow steps (> 200 ms): $(grep 'slow step' "$dir/collector.log" | sed 's/.*phase=//' | tr '\n' ';' )"

@@ -73,6 +73,14 @@ struct SimulateArgs {
     /// Write the per-host lines (CSV) to this file instead of stdout.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Simulated time between a host's two samples (timestamps and counter
+    /// steps), to compress time: `--interval 100ms --sample-interval 5m` sends
+    /// 5 minutes of samples every 100 ms (default: --interval).
+    #[arg(long, value_parser = parse_duration)]
+    sample_interval: Option<std::time::Duration>,
+    /// Timestamp of the first sample, RFC 3339 (e.g. 2026-11-01T00:00:00Z; default: now).
+    #[arg(long, value_parser = parse_start)]
+    start: Option<i64>,
     /// Deadline of one request.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     timeout: std::time::Duration,
@@ -119,6 +127,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--start`: RFC 3339 → milliseconds since the epoch.
+fn parse_start(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{e} (expected e.g. 2026-11-01T00:00:00Z)"))?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| "a time before 1970 (expected e.g. 2026-11-01T00:00:00Z)".to_string())
+}
+
 fn simulate(args: &SimulateArgs, site: Option<String>, interval: Option<std::time::Duration>) -> ExitCode {
     use domesday_agent::config::{DEFAULT_PUSH_INTERVAL, load_token, parse_push_url};
     use domesday_agent::push::simulate::{SimOptions, run};
@@ -141,6 +157,8 @@ fn simulate(args: &SimulateArgs, site: Option<String>, interval: Option<std::tim
         url,
         token,
         interval: interval.unwrap_or(DEFAULT_PUSH_INTERVAL),
+        sample_interval: args.sample_interval,
+        start_ms: args.start,
         duration: args.duration,
         connections: args.connections,
         site: site.unwrap_or_else(|| "sim".into()),

@@ -37,6 +37,8 @@ pub struct LedgerConfig {
     pub minute_retention: Dur,
     /// A machine silent this long yields its host name to another machine.
     pub host_takeover: Dur,
+    /// How often the writer prunes what `minute_retention` no longer keeps.
+    pub prune_every: Dur,
     /// `full` (default): every commit is fsynced before the 2xx, so a power loss
     /// loses nothing acknowledged. `normal`: faster; survives a collector crash,
     /// but a power loss can lose the last acknowledged requests.
@@ -57,6 +59,7 @@ impl Default for LedgerConfig {
             gap: Dur(Duration::from_secs(300)),
             minute_retention: Dur(Duration::from_secs(90 * 86_400)),
             host_takeover: Dur(Duration::from_secs(3600)),
+            prune_every: Dur(Duration::from_secs(3600)),
             synchronous: Synchronous::Full,
         }
     }
@@ -1123,6 +1126,13 @@ impl CollectorConfig {
             })?),
             None => None,
         };
+        if cfg.ledger.prune_every.0 < Duration::from_secs(1) {
+            // Each prune first writes the whole journal to the tables: not after every commit.
+            return Err(at(
+                "prune_every",
+                format!("{} is shorter than 1s", humantime::format_duration(cfg.ledger.prune_every.0)),
+            ));
+        }
         let mut sites = Vec::new();
         for s in &cfg.sites {
             if !valid_id(&s.id) {

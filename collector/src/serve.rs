@@ -16,7 +16,7 @@ use crate::api::{AppState, Stats, router};
 use crate::config::{CollectorConfig, Site};
 use crate::ledger::LedgerReader;
 use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
-use crate::ledger::writer;
+use crate::ledger::{checkpoint, writer};
 
 /// Runs the collector with validated config until `shutdown` completes.
 pub async fn serve(
@@ -48,8 +48,17 @@ pub async fn serve(
                 st.ledger_totals(totals);
             }
         }),
+        cfg.ledger.prune_every.0,
     )
     .context("starting the ledger writer")?;
+    // The WAL is copied into the database off the writer's thread: its commits never wait for that copy.
+    let checkpointer = match checkpoint::spawn(&cfg.db, policy.fsync_each_commit) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(db = %cfg.db.display(), error = %e, "no background checkpoints: the writer checkpoints itself");
+            None
+        }
+    };
     // Commits of other processes (`import-meters`, `correct`, `swap-meter`) reach the
     // site energy counters at the writer's next group; this wakes it when no data comes.
     let sync = {
@@ -172,6 +181,8 @@ pub async fn serve(
     }
     if writer_thread.is_finished() {
         let _ = writer_thread.join();
+        // The writer's last checkpoint is done: the checkpointer's thread stops with it.
+        tokio::task::spawn_blocking(move || drop(checkpointer)).await.ok();
         tracing::info!("ledger writer stopped; bye");
     } else {
         // Every answered request is committed (2xx only after the commit); what is left

@@ -5,6 +5,8 @@
 
 pub mod mock_rw;
 pub mod prom;
+pub mod proxy;
+pub mod rss;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -88,11 +90,15 @@ pub fn apply_overlay(fixture: &str, root: &Path) -> std::io::Result<Vec<PathBuf>
 }
 
 /// Path of a workspace binary, built by `cargo build` (the test command builds
-/// every binary before the tests run).
+/// every binary before the tests run). `DOMESDAY_BIN_DIR` (e.g. `target/release`)
+/// runs other builds of the binaries under the same tests, as the long soak does.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir");
+    let profile_dir = match std::env::var_os("DOMESDAY_BIN_DIR") {
+        Some(d) => workspace_root().join(d),
+        None => exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target dir"),
+    };
     let p = profile_dir.join(name);
     assert!(p.exists(), "{} is not built: run `cargo build --workspace` first (./test.sh does)", p.display());
     p

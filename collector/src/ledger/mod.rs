@@ -13,6 +13,7 @@
 //! are written to the per-series tables in bulk later; readers see both.
 
 pub mod book;
+pub mod checkpoint;
 pub mod chunk;
 pub mod journal;
 pub mod query;
@@ -39,8 +40,10 @@ pub struct Policy {
     pub fsync_each_commit: bool,
     /// How often the journal is written to the per-series tables.
     pub materialize_every_ms: i64,
-    /// Entries written in one go between two groups of requests (about 0.1 s of
-    /// writer time at the default), so no request waits for the whole journal.
+    /// The most entries written in one go between two groups of requests, so no
+    /// request waits for the whole journal; the writer sizes each slice below this
+    /// after the last one's time (`sqlite::next_slice`): 100,000 held it 0.26-0.34 s
+    /// under the fleet benchmark on a loaded machine.
     pub materialize_slice: usize,
 }
 

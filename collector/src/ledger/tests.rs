@@ -1002,3 +1002,22 @@ fn a_site_hour_beyond_i64_is_answered_exactly_from_the_hosts_hours() {
     let r = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3_600_000)).expect("q");
     assert_eq!(r.energy_uj(), 4 * i128::from(jump));
 }
+
+proptest! {
+    /// Materialization slices stay within their bounds, shrink when a slice overran
+    /// its time budget and never shrink when it stayed well within it.
+    #[test]
+    fn slices_follow_the_time_budget(entries in 1usize..200_000, took_ms in 0u64..2_000, max in 1usize..200_000) {
+        use crate::ledger::sqlite::{SLICE_BUDGET, SLICE_MIN, next_slice};
+        let took = std::time::Duration::from_millis(took_ms);
+        let entries = entries.min(max);
+        let next = next_slice(entries, took, max);
+        prop_assert!(next <= max && next >= SLICE_MIN.min(max));
+        if took > SLICE_BUDGET {
+            prop_assert!(next <= entries.max(SLICE_MIN.min(max)) && (next < entries || entries <= SLICE_MIN));
+        }
+        if took < SLICE_BUDGET / 2 {
+            prop_assert!(next >= entries);
+        }
+    }
+}

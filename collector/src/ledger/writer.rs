@@ -17,8 +17,20 @@ use super::{Batch, LedgerWriter, Outcome};
 pub const WRITE_QUEUE: usize = 256;
 /// Requests committed together at most.
 pub const GROUP_MAX: usize = 64;
-/// How often old minutes and samples are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A writer step longer than this is logged with its phase (`ledger writer: slow step`),
+/// so a stall of ingest can be told apart: commit, materialization, checkpoint or prune.
+const SLOW_STEP: Duration = Duration::from_millis(200);
+
+/// Logs `phase` when it held the writer longer than [`SLOW_STEP`].
+fn note_slow(phase: &'static str, started: Instant, requests: usize) {
+    let took = started.elapsed();
+    if took >= SLOW_STEP {
+        tracing::warn!(phase, took_ms = took.as_millis() as u64, requests, "ledger writer: slow step");
+    }
+}
+
+/// How often old minutes and samples are pruned by default (`[ledger] prune_every`).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A request for the writer.
 pub struct Job {
@@ -80,11 +92,13 @@ pub fn now_ms() -> i64 {
 }
 
 /// Starts the writer thread. It stops when every handle is dropped, after
-/// committing what is queued.
+/// committing what is queued. It prunes every `prune_every` (the first time one
+/// `prune_every` after it starts).
 pub fn spawn(
     mut store: Box<dyn LedgerWriter>,
     on_commit: OnCommit,
     on_totals: OnTotals,
+    prune_every: Duration,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<(Job, Instant)>(WRITE_QUEUE);
     let lag_ms = Arc::new(AtomicI64::new(0));
@@ -102,7 +116,10 @@ pub fn spawn(
             let oldest = jobs.iter().map(|(_, t)| *t).min().unwrap_or_else(Instant::now);
             lag.store(oldest.elapsed().as_millis() as i64, Ordering::Relaxed);
             let (batches, replies): (Vec<Batch>, Vec<_>) = jobs.into_iter().map(|(j, _)| (j.batch, j.reply)).unzip();
-            match store.apply(&batches, now_ms()) {
+            let t = Instant::now();
+            let applied = store.apply(&batches, now_ms());
+            note_slow("commit", t, batches.len());
+            match applied {
                 Ok(outcomes) => {
                     on_commit(&batches, &outcomes);
                     for ((reply, o), batch) in replies.into_iter().zip(outcomes).zip(batches) {
@@ -118,19 +135,22 @@ pub fn spawn(
             }
             lag.store(0, Ordering::Relaxed);
             // After the answers: materializing the journal delays no request it holds.
+            let t = Instant::now();
             if let Err(e) = store.housekeeping(false) {
                 tracing::warn!(error = %e, "writing the ledger journal to its tables failed; it stays journaled and is retried");
             }
+            note_slow("materialize", t, rx.len());
             match store.totals_if_changed_elsewhere() {
                 Ok(Some(totals)) => on_totals(totals),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "reading the ledger totals after another process wrote failed"),
             }
-            if last_prune.elapsed() >= PRUNE_EVERY {
+            if last_prune.elapsed() >= prune_every {
                 last_prune = Instant::now();
                 if let Err(e) = store.prune(now_ms()) {
                     tracing::warn!(error = %e, "ledger pruning failed");
                 }
+                note_slow("prune", last_prune, rx.len());
             }
         }
         // Every sender is gone: leave the ledger fully materialized, its WAL in the database.

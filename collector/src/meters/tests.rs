@@ -156,8 +156,13 @@ async fn the_polling_loop_books_the_register_increase_exactly() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("ledger.db");
     let store = SqliteWriter::open(&db, Policy::default()).expect("ledger");
-    let (writer, thread) =
-        crate::ledger::writer::spawn(Box::new(store), Box::new(|_, _| {}), Box::new(|_| {})).expect("writer");
+    let (writer, thread) = crate::ledger::writer::spawn(
+        Box::new(store),
+        Box::new(|_, _| {}),
+        Box::new(|_| {}),
+        crate::ledger::writer::PRUNE_EVERY,
+    )
+    .expect("writer");
     let stats = Arc::new(MeterStats::default());
     let cfg = modbus_meter(addr, "register = 3203\ntype = \"int64\"\nscale = 0.001\ninterval = \"1s\"\n");
     let start = crate::ledger::writer::now_ms();
