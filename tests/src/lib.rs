@@ -158,6 +158,17 @@ pub fn write_agent_config(root: &Path, tables: &str) -> PathBuf {
     config
 }
 
+/// The `[push]` table of an agent on the fixture tree `root` pushing to `urls` (a TOML string or list) with
+/// `token`, written to `root/push.token`, its spool in `root/spool`; `extra` are more `key = value` lines.
+pub fn push_table(root: &Path, token: &str, urls: &str, extra: &str) -> String {
+    std::fs::write(root.join("push.token"), token).expect("token");
+    format!(
+        "[push]\nurl = {urls}\ntoken_file = {:?}\nspool_dir = {:?}\n{extra}",
+        root.join("push.token").display().to_string(),
+        root.join("spool").display().to_string()
+    )
+}
+
 /// Starts `domesday-agent run` like [`start_agent`] with extra config tables
 /// and environment, its stderr (the log) going to `log` so a test can read it
 /// while the agent runs.
@@ -257,7 +268,9 @@ pub fn probe_output(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extra: &[&str]) -> Command {
+/// `domesday-agent run` on the fixture tree `root` with `config`, listening on `port`: what every agent a test
+/// starts runs (the token only from the config's file, stdout discarded).
+pub fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(binary("domesday-agent"));
     cmd.arg("run")
         .arg("--config")

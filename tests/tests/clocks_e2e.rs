@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use domesday_tests::{
-    Collector, Proc, binary, fixture_copy, free_port, get_text, host_energy, host_energy_series, post_write,
-    series_value, write_agent_config,
+    Collector, Proc, agent_command, binary, fixture_copy, free_port, get_text, host_energy, host_energy_series,
+    post_write, push_table, series_value, write_agent_config,
 };
 
 const TOKEN: &str = "clock-token";
@@ -38,21 +38,8 @@ fn wait_for(url: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String 
 
 fn start_agent_with_clock(root: &Path, port: u16, clock: &Path) -> Proc {
     let config = write_agent_config(root, "");
-    let child = Command::new(binary("domesday-agent"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--interval")
-        .arg("200ms")
+    let child = agent_command(root, &config, port, "200ms", &[])
         .env("DOMESDAY_CLOCK_FIXTURE", clock)
-        .env_remove("DOMESDAY_PUSH_TOKEN")
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn agent");
@@ -226,13 +213,7 @@ fn a_real_agent_three_hours_ahead_is_quarantined_and_its_skew_exported() {
     let dir = tempfile::tempdir().expect("tmp");
     let c = Collector::start(dir.path(), free_port(), TOKEN);
     let (_fx, root) = fixture_copy("intel-2s");
-    std::fs::write(root.join("push.token"), TOKEN).expect("token");
-    let tables = format!(
-        "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"500ms\"\nspool_dir = {:?}\n",
-        c.url("/api/v1/write"),
-        root.join("push.token").display().to_string(),
-        root.join("spool").display().to_string()
-    );
+    let tables = push_table(&root, TOKEN, &format!("{:?}", c.url("/api/v1/write")), "interval = \"500ms\"\n");
     let config = write_agent_config(&root, &tables);
     let port = free_port();
     // libfaketime moves the agent's wall clock 3 hours ahead (not the monotonic clock,

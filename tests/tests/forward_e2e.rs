@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use domesday_model::remote_write::{WriteRequest, encode};
 use domesday_tests::mock_rw::{MockReceiver, Mode};
-use domesday_tests::{Collector, free_port, get_text, host_energy_series, post_write, series_value};
+use domesday_tests::{Collector, free_port, get_text, host_energy_series, post_write, push_table, series_value};
 
 const TOKEN: &str = "forward-token";
 
@@ -200,13 +200,7 @@ fn what_the_agent_pushed_is_in_victoria_metrics_series_for_series_while_the_ledg
     );
     let c = Collector::start_with(dir.path(), free_port(), TOKEN, &extra);
     let (_fx, root) = fixture_copy("intel-2s");
-    std::fs::write(root.join("push.token"), TOKEN).expect("token");
-    let tables = format!(
-        "[push]\nurl = \"{}\"\ntoken_file = {:?}\ninterval = \"200ms\"\nspool_dir = {:?}\n",
-        c.url("/api/v1/write"),
-        root.join("push.token").display().to_string(),
-        root.join("spool").display().to_string()
-    );
+    let tables = push_table(&root, TOKEN, &format!("{:?}", c.url("/api/v1/write")), "interval = \"200ms\"\n");
     let log = root.join("agent.log");
     let agent_port = free_port();
     let mut agent = start_agent_logged_with(

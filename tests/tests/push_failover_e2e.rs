@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use domesday_tests::{Collector, fixture_copy, free_port, get_text, pushed_host_energy, series_value};
-use domesday_tests::{host_energy, start_agent_logged_with};
+use domesday_tests::{host_energy, push_table, start_agent_logged_with};
 
 const TOKEN: &str = "failover-token";
 
@@ -65,14 +65,8 @@ fn the_agent_fails_over_to_the_next_collector_sticks_to_it_and_loses_or_doubles_
     let a = Collector::start(da.path(), pa, TOKEN);
     let b = Collector::start(db.path(), pb, TOKEN);
     let (_fx, root) = fixture_copy("intel-2s");
-    std::fs::write(root.join("push.token"), TOKEN).expect("token");
-    let tables = format!(
-        "[push]\nurl = [\"{}\", \"{}\"]\ntoken_file = {:?}\ninterval = \"200ms\"\ntimeout = \"2s\"\nspool_dir = {:?}\n",
-        a.url("/api/v1/write"),
-        b.url("/api/v1/write"),
-        root.join("push.token").display().to_string(),
-        root.join("spool").display().to_string()
-    );
+    let urls = format!("[{:?}, {:?}]", a.url("/api/v1/write"), b.url("/api/v1/write"));
+    let tables = push_table(&root, TOKEN, &urls, "interval = \"200ms\"\ntimeout = \"2s\"\n");
     let log = root.join("agent.log");
     let agent_port = free_port();
     let mut agent = start_agent_logged_with(
