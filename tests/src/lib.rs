@@ -343,6 +343,58 @@ pub struct Collector {
     pub proc: Proc,
     pub port: u16,
     pub dir: PathBuf,
+    /// Dropped after `proc` (fields drop in order): the collector's whole output is then read.
+    pub secrets: NoSecretsInLog,
+}
+
+/// The file the test helpers send a collector's output to, in its directory.
+pub const COLLECTOR_LOG: &str = "collector.log";
+
+/// Checks, when dropped, that no secret of the collector's directory (the content of every `*.token`
+/// file there: the sites' write tokens, read tokens) appears in its output (`log`): so every end-to-end
+/// test that starts a collector through these helpers checks that its tokens never reach its logs.
+pub struct NoSecretsInLog {
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl NoSecretsInLog {
+    /// The check of a collector in `dir` logging to `dir/collector.log`.
+    pub fn of(dir: &Path) -> NoSecretsInLog {
+        NoSecretsInLog { dir: dir.to_path_buf(), log: dir.join(COLLECTOR_LOG) }
+    }
+}
+
+impl Drop for NoSecretsInLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // the test already failed; a second panic would abort and hide its message
+        }
+        let text = read_log(&self.log);
+        let secrets: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "token"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| t.len() >= 6)
+            .collect();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        assert_no_secrets(&[(&self.log.display().to_string(), &text)], &secrets);
+    }
+}
+
+impl Collector {
+    /// A collector the test spawned itself, its output in `dir/collector.log` (see [`NoSecretsInLog`]).
+    pub fn from_child(child: Child, port: u16, dir: &Path) -> Collector {
+        Collector { proc: Proc(child), port, dir: dir.to_path_buf(), secrets: NoSecretsInLog::of(dir) }
+    }
+}
+
+/// A file for a collector's output in `dir` (see [`NoSecretsInLog`]).
+pub fn collector_log(dir: &Path) -> std::fs::File {
+    std::fs::File::create(dir.join(COLLECTOR_LOG)).expect("collector log")
 }
 
 /// The collector's config for the end-to-end tests.
@@ -382,10 +434,10 @@ impl Collector {
             .arg("--config")
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(collector_log(dir))
             .spawn()
             .expect("spawn collector");
-        let c = Collector { proc: Proc(child), port, dir: dir.to_path_buf() };
+        let c = Collector::from_child(child, port, dir);
         get_text(&c.url("/readyz"), Duration::from_secs(20));
         c
     }
@@ -610,10 +662,10 @@ pub fn serve_at_epoch(dir: &Path, port: u16, cfg: &Path, epoch: &str) -> Collect
         .current_dir(dir)
         .env("SOURCE_DATE_EPOCH", epoch)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(collector_log(dir))
         .spawn()
         .expect("spawn collector");
-    let c = Collector { proc: Proc(child), port, dir: dir.to_path_buf() };
+    let c = Collector::from_child(child, port, dir);
     get_text(&c.url("/readyz"), Duration::from_secs(20));
     c
 }
@@ -852,5 +904,21 @@ pub fn wait_for_log(path: &Path, needle: &str, within: Duration) -> String {
         }
         assert!(Instant::now() < deadline, "{needle:?} not in {} within {within:?}:\n{t}", path.display());
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod no_secrets_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_collector_log_fails_the_test_and_a_clean_log_passes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("caen.token"), "s3cret-token-value\n").expect("token");
+        std::fs::write(dir.path().join(COLLECTOR_LOG), "INFO serving\n").expect("log");
+        drop(NoSecretsInLog::of(dir.path()));
+        std::fs::write(dir.path().join(COLLECTOR_LOG), "WARN bad token s3cret-token-value\n").expect("log");
+        let leaked = std::panic::catch_unwind(|| drop(NoSecretsInLog::of(dir.path())));
+        assert!(leaked.is_err(), "a token in the log must fail the check");
     }
 }

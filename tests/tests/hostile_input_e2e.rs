@@ -187,7 +187,7 @@ fn a_full_disk_under_the_ledger_answers_503_and_loses_nothing_acknowledged() {
     let child =
         spawn_with_xfsz_ignored("domesday-collector", &["serve".as_ref(), "--config".as_ref(), config.as_ref()]);
     let pid = child.id();
-    let c = Collector { proc: domesday_tests::Proc(child), port, dir: dir.path().to_path_buf() };
+    let c = Collector::from_child(child, port, dir.path());
     get_text(&c.url("/readyz"), Duration::from_secs(20));
     let write = c.url("/api/v1/write");
     let t0 = now_minute_ms() - 1_800_000;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, Proc, binary, free_port, get_text, mock_http, promtool_check_metrics, series_value};
+use domesday_tests::{Collector, binary, free_port, get_text, mock_http, promtool_check_metrics, series_value};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 const TOKEN: &str = "readers-token";
@@ -240,7 +240,7 @@ interval = "1s"
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn collector");
-    let mut c = Collector { proc: Proc(child), port, dir: dir.path().to_path_buf() };
+    let mut c = Collector::from_child(child, port, dir.path());
     get_text(&c.url("/readyz"), Duration::from_secs(20));
 
     // Let every counter run past its last change, and then some.

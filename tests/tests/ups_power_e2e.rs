@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, Proc, binary, free_port, get_text, mock_http, site_config};
+use domesday_tests::{Collector, binary, free_port, get_text, mock_http, site_config};
 
 const TOKEN: &str = "ups-token";
 const MINUTE: i64 = 60_000;
@@ -79,7 +79,7 @@ interval = "5s"          # spans up to 3 × 5 s = 15 s are integrated
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn collector");
-    let mut c = Collector { proc: Proc(child), port, dir: dir.path().to_path_buf() };
+    let mut c = Collector::from_child(child, port, dir.path());
     get_text(&c.url("/readyz"), Duration::from_secs(20));
 
     let from = t0 - 10 * MINUTE;
