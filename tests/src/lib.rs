@@ -203,6 +203,13 @@ pub fn start_agent_logged_with(
     Proc(child)
 }
 
+/// An agent of site `caen-1` on `root` ticking every 100 ms with the `[push]` table `tables`, its log (push at
+/// debug level) in `log`: the pushing agent of the forwarding and failover tests.
+pub fn start_pushing_agent(root: &Path, port: u16, tables: &str, log: &Path) -> Proc {
+    let env = [("DOMESDAY_LOG", "info,domesday_agent::push=debug")];
+    start_agent_logged_with(root, port, "100ms", tables, &env, log, &["--site", "caen-1"])
+}
+
 /// [`start_agent_logged`] with `SIGXFSZ` ignored (`trap '' XFSZ`, inherited through `exec`): once its file size
 /// limit is lowered (`prlimit --fsize`), each write past it fails with `EFBIG`, as writes on a full disk fail with
 /// `ENOSPC`, instead of the signal killing the agent. The full-disk tests use it.

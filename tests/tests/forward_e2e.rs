@@ -179,7 +179,7 @@ fn vm_export(port: u16, selector: &str) -> std::collections::BTreeMap<String, Ve
 /// the agent logged, while the collector's ledger books that counter's increase.
 #[test]
 fn what_the_agent_pushed_is_in_victoria_metrics_series_for_series_while_the_ledger_books_it() {
-    use domesday_tests::{Proc, fixture_copy, pushed_host_energy, start_agent_logged_with};
+    use domesday_tests::{Proc, fixture_copy, pushed_host_energy, start_pushing_agent};
     let dir = tempfile::tempdir().expect("tmp");
     let vm_port = free_port();
     let _vm = Proc(
@@ -203,15 +203,7 @@ fn what_the_agent_pushed_is_in_victoria_metrics_series_for_series_while_the_ledg
     let tables = push_table(&root, TOKEN, &format!("{:?}", c.url("/api/v1/write")), "interval = \"200ms\"\n");
     let log = root.join("agent.log");
     let agent_port = free_port();
-    let mut agent = start_agent_logged_with(
-        &root,
-        agent_port,
-        "100ms",
-        &tables,
-        &[("DOMESDAY_LOG", "info,domesday_agent::push=debug")],
-        &log,
-        &["--site", "caen-1"],
-    );
+    let mut agent = start_pushing_agent(&root, agent_port, &tables, &log);
     std::thread::sleep(Duration::from_millis(2500));
     let exposition = get_text(&format!("http://127.0.0.1:{agent_port}/metrics"), Duration::from_secs(5));
     assert!(agent.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()), "agent stops cleanly");

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use domesday_tests::{Collector, fixture_copy, free_port, get_text, pushed_host_energy, series_value};
-use domesday_tests::{host_energy, push_table, start_agent_logged_with};
+use domesday_tests::{host_energy, push_table, start_pushing_agent};
 
 const TOKEN: &str = "failover-token";
 
@@ -69,15 +69,7 @@ fn the_agent_fails_over_to_the_next_collector_sticks_to_it_and_loses_or_doubles_
     let tables = push_table(&root, TOKEN, &urls, "interval = \"200ms\"\ntimeout = \"2s\"\n");
     let log = root.join("agent.log");
     let agent_port = free_port();
-    let mut agent = start_agent_logged_with(
-        &root,
-        agent_port,
-        "100ms",
-        &tables,
-        &[("DOMESDAY_LOG", "info,domesday_agent::push=debug")],
-        &log,
-        &["--site", "caen-1"],
-    );
+    let mut agent = start_pushing_agent(&root, agent_port, &tables, &log);
     let (from, to) = whole_range();
 
     // 1. The first URL takes the data; the second gets nothing.
