@@ -112,7 +112,7 @@ pub async fn compute(
                 from_ms: minute - 300_000,
                 to_ms: minute,
             };
-            if let Ok(r) = reader.energy(&q)
+            if let Ok(r) = reader.energy_totals(&q)
                 && r.volume_liters.is_none()
                 && (r.samples > 0 || r.coverage_ratio > 0.0)
             {
@@ -134,7 +134,7 @@ pub async fn compute(
                     from_ms: from,
                     to_ms: to,
                 };
-                if let Ok(r) = reader.energy(&q) {
+                if let Ok(r) = reader.energy_totals(&q) {
                     out.push(Sample::new(
                         &SITE_COVERAGE,
                         vec![s.id.clone(), role.clone(), w.as_str().into()],
@@ -179,19 +179,35 @@ pub async fn compute(
 /// milliseconds. It lives for one refresh, so answers are never staler than it.
 struct OnceReader<'a> {
     inner: &'a dyn LedgerReader,
-    energy: Mutex<std::collections::HashMap<EnergyQuery, EnergyReport>>,
+    /// Keyed by whether the answer is [`LedgerReader::energy_totals`]'s.
+    energy: Mutex<std::collections::HashMap<(bool, EnergyQuery), EnergyReport>>,
+}
+
+impl OnceReader<'_> {
+    fn once(
+        &self,
+        totals: bool,
+        q: &EnergyQuery,
+        ask: impl FnOnce(&EnergyQuery) -> Result<EnergyReport, StoreError>,
+    ) -> Result<EnergyReport, StoreError> {
+        let key = (totals, q.clone());
+        if let Some(r) = self.energy.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(r);
+        }
+        let r = ask(q)?;
+        if let Ok(mut m) = self.energy.lock() {
+            m.insert(key, r.clone());
+        }
+        Ok(r)
+    }
 }
 
 impl LedgerReader for OnceReader<'_> {
     fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
-        if let Some(r) = self.energy.lock().ok().and_then(|m| m.get(q).cloned()) {
-            return Ok(r);
-        }
-        let r = self.inner.energy(q)?;
-        if let Ok(mut m) = self.energy.lock() {
-            m.insert(q.clone(), r.clone());
-        }
-        Ok(r)
+        self.once(false, q, |q| self.inner.energy(q))
+    }
+    fn energy_totals(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        self.once(true, q, |q| self.inner.energy_totals(q))
     }
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
         self.inner.hosts(site, now_ms)

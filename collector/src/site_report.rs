@@ -99,7 +99,7 @@ pub fn totals(
     let mut loads: Option<Amount> = None;
     for m in &site.meters {
         let Some(role) = Role::parse(&m.role) else { continue };
-        let r = reader.energy(&q(Some(m.id.clone()), None))?;
+        let r = reader.energy_totals(&q(Some(m.id.clone()), None))?;
         if r.samples == 0 && r.coverage_ratio == 0.0 {
             t.missing_meters.push(MissingMeter { meter: m.id.clone(), role, hall: m.hall.clone() });
         }
@@ -141,7 +141,7 @@ pub fn totals(
     // host energy, plus the IT loads without an agent (metered outlets and
     // nameplate estimates) of the expected inventory.
     if agents_it {
-        let r = reader.energy(&q(None, Some("it_in")))?;
+        let r = reader.energy_totals(&q(None, Some("it_in")))?;
         let mut it = (r.samples > 0 || r.coverage_ratio > 0.0).then(|| {
             let estimated = (r.estimated_joules * 1e6).round() as i128;
             Amount::from_uj(r.energy_uj(), estimated, r.coverage_ratio)
@@ -149,7 +149,7 @@ pub fn totals(
         if !site.expected_hosts.is_empty() {
             let mut reported = 0usize;
             for h in &site.expected_hosts {
-                let hr = reader.energy(&EnergyQuery { host: Some(h.clone()), ..q(None, Some("it_in")) })?;
+                let hr = reader.energy_totals(&EnergyQuery { host: Some(h.clone()), ..q(None, Some("it_in")) })?;
                 if hr.samples > 0 || hr.coverage_ratio > 0.0 {
                     reported += 1;
                 } else {

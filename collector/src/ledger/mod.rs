@@ -355,6 +355,11 @@ pub trait LedgerWriter: Send {
 /// Reads the ledger; safe while a writer runs.
 pub trait LedgerReader: Send + Sync {
     fn energy(&self, q: &query::EnergyQuery) -> Result<query::EnergyReport, StoreError>;
+    /// [`Self::energy`] with [`query::Detail::Totals`]: the sums and whether
+    /// there is a sample, not how many (the indicators' and reports' question).
+    fn energy_totals(&self, q: &query::EnergyQuery) -> Result<query::EnergyReport, StoreError> {
+        self.energy(q)
+    }
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<query::HostRow>, StoreError>;
     /// The claimed hosts of a site with a sample in `[from, to)`, and their model.
     fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError>;

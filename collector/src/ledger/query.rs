@@ -28,6 +28,19 @@ pub struct EnergyQuery {
     pub to_ms: i64,
 }
 
+/// How much of an [`EnergyReport`] a caller needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every field: `samples` is the exact count, with the first and last.
+    Full,
+    /// The sums (energy, methods, coverage, volume, adjustments) and whether
+    /// the range holds a sample: `samples` is then 0 or 1 and the first and
+    /// last are not read. Counting a site-year's samples exactly reads every
+    /// host's chunks and decodes those cut by the range; the indicators only
+    /// ask whether there is one, and their questions read the roll-ups alone.
+    Totals,
+}
+
 /// The answer, field for field as docs/collector.md names them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnergyReport {
@@ -187,6 +200,7 @@ pub fn energy(
     q: &EnergyQuery,
     policy: &Policy,
     pending: &Pending,
+    detail: Detail,
 ) -> Result<EnergyReport, StoreError> {
     let mut role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
     // (id, host or meter, method, quality, unit)
@@ -305,7 +319,10 @@ pub fn energy(
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
         // Meter samples are rows, host samples chunks, recent host samples journaled.
-        if host_series {
+        let found = detail == Detail::Totals && has_sample(conn, &id_param, host_series, q.from_ms, q.to_ms)?;
+        if found {
+            samples = 1;
+        } else if host_series {
             let c = super::chunk::range_stats_of(conn, &id_param, q.from_ms, q.to_ms)?;
             samples += c.values;
             first = min_opt(first, c.first_value);
@@ -320,7 +337,7 @@ pub fn energy(
             first = min_opt(first, a);
             last = max_opt(last, b);
         }
-        for id in &ids {
+        for id in ids.iter().filter(|_| !found) {
             for e in pending.of(*id).iter().filter(|e| e.value.is_some() && e.ts_ms >= q.from_ms && e.ts_ms < q.to_ms) {
                 samples += 1;
                 first = min_opt(first, Some(e.ts_ms));
@@ -377,6 +394,21 @@ pub fn energy(
         volume_microliters: volume_total.map(|v| v.to_string()),
         adjustments,
     })
+}
+
+/// Whether the tables hold a sample of `ids` in `[from, to)` that a cheap
+/// lookup finds: a meter's row, or a host chunk with a value lying wholly
+/// inside the range (one index seek per series; none of the chunks' data).
+/// `false` only says that lookup found none: the caller then counts exactly.
+fn has_sample(conn: &Connection, ids: &Array, host_series: bool, from: i64, to: i64) -> Result<bool, StoreError> {
+    let sql = if host_series {
+        "SELECT EXISTS (SELECT 1 FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value \
+         AND c.first_ts >= ?2 AND c.first_ts < ?3 AND c.last_ts < ?3 AND c.n_values > 0)"
+    } else {
+        "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
+         AND value_micro IS NOT NULL)"
+    };
+    Ok(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get::<_, bool>(0))?)
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
@@ -512,6 +544,7 @@ pub fn hosts(
             },
             policy,
             pending,
+            Detail::Totals,
         )?;
         let share = (day.energy_joules > 0.0).then(|| day.estimated_joules / day.energy_joules);
         let mut conflicts = Vec::new();

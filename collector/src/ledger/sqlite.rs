@@ -1350,7 +1350,11 @@ fn upsert_host(tx: &rusqlite::Transaction<'_>, c: &HostClaim) -> Result<(), Stor
 
 impl LedgerReader for SqliteReader {
     fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
-        self.read(|c, p| super::query::energy(c, q, &self.policy, p))
+        self.read(|c, p| super::query::energy(c, q, &self.policy, p, super::query::Detail::Full))
+    }
+
+    fn energy_totals(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        self.read(|c, p| super::query::energy(c, q, &self.policy, p, super::query::Detail::Totals))
     }
 
     fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {

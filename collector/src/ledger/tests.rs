@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::Policy;
 use super::book::{MINUTE_MS, increment, spread};
-use super::query::EnergyQuery;
+use super::query::{EnergyQuery, EnergyReport};
 use super::sqlite::{SqliteReader, SqliteWriter};
 use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter};
 
@@ -892,7 +892,17 @@ proptest! {
             for q in site_wide_questions(first, last) {
                 let a = with.energy(&q).expect("with the roll-up");
                 let b = without.energy(&q).expect("without it");
-                prop_assert_eq!(a, b, "{:?}", q);
+                prop_assert_eq!(&a, &b, "{:?}", q);
+                // The totals-only answer: the same sums; a sample or not, as the full count says.
+                let per_host = EnergyQuery { host: Some("h0".into()), ..q.clone() };
+                let meter = EnergyQuery { meter: Some("grid".into()), role: None, ..q.clone() };
+                for (q, full) in [(q.clone(), a), (per_host.clone(), with.energy(&per_host).expect("host")), (meter.clone(), with.energy(&meter).expect("meter"))] {
+                    let t = with.energy_totals(&q).expect("totals");
+                    prop_assert_eq!(t.samples == 0, full.samples == 0, "{:?}", q);
+                    prop_assert!(t.samples <= full.samples);
+                    let same = |r: &EnergyReport| EnergyReport { samples: 0, first_sample: None, last_sample: None, ..r.clone() };
+                    prop_assert_eq!(same(&t), same(&full), "{:?}", q);
+                }
             }
         }
     }
