@@ -6,6 +6,8 @@
 pub const MINUTE_MS: i64 = 60_000;
 /// Milliseconds in a roll-up bucket.
 pub const HOUR_MS: i64 = 3_600_000;
+/// Milliseconds in a day roll-up bucket (UTC days).
+pub const DAY_MS: i64 = 86_400_000;
 
 /// A counter value in µJ, or `None` for a stale marker (the series ended).
 pub type Value = Option<i64>;

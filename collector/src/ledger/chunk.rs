@@ -238,6 +238,40 @@ pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Res
     Ok(out)
 }
 
+/// Whether a series of `ids` has a non-stale point in `[from, to)`, from the
+/// chunks' columns alone: `Some(true)` or `Some(false)` when they decide it,
+/// `None` when only a chunk's points can (a chunk with values before and
+/// after the range and none of its columns inside). Chunks of a series never
+/// overlap, so the chunks starting inside the range and the last one starting
+/// before it are all that can hold such a point.
+pub fn any_value_in(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<Option<bool>, StoreError> {
+    let inside: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value \
+             AND c.first_ts >= ?2 AND c.first_ts < ?3 AND c.n_values > 0 AND c.first_value_ts < ?3)",
+        )?
+        .query_row(params![ids, from, to], |r| r.get(0))?;
+    if inside {
+        return Ok(Some(true));
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT c.first_value_ts, c.last_value_ts FROM rarray(?1) r CROSS JOIN chunks c ON c.id = \
+         (SELECT p.id FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2 ORDER BY p.first_ts DESC LIMIT 1) \
+         WHERE c.n_values > 0 AND c.last_value_ts >= ?2",
+    )?;
+    let mut rows = st.query(params![ids, from])?;
+    let mut unsure = false;
+    while let Some(r) = rows.next()? {
+        let (first, last): (i64, i64) = (r.get(0)?, r.get(1)?);
+        if last < to || (first >= from && first < to) {
+            return Ok(Some(true));
+        }
+        // Values before and after the range: its points say whether one falls inside.
+        unsure |= first < from;
+    }
+    Ok(if unsure { None } else { Some(false) })
+}
+
 /// Energy (µJ) and coverage (ms) per series over `[from, to)` (whole minutes),
 /// recomputed from the raw points exactly as the minute buckets would hold them:
 /// each interval between consecutive points is spread over one-minute buckets

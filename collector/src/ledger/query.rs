@@ -12,8 +12,9 @@ use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::book::{HOUR_MS, MINUTE_MS, add_shares_in};
+use super::book::{DAY_MS, HOUR_MS, MINUTE_MS, add_shares_in};
 use super::journal::Pending;
+use super::sqlite::{DAYS_VERSION, SiteRollup};
 use super::{HOST_ENERGY_METRIC, Policy, StoreError};
 
 /// An energy question.
@@ -152,24 +153,35 @@ fn sum_buckets(
     Ok(out)
 }
 
+/// `(energy µJ, covered ms)` per series id.
+pub type SeriesSums = BTreeMap<i64, (i128, i128)>;
+
 /// `(energy µJ, covered ms)` per (method, quality).
 pub type MethodSums = BTreeMap<(String, String), (i128, i128)>;
 
-/// The site roll-up of host energy over whole hours `[from, to)`, per
-/// (method, quality): `(energy µJ, covered ms)`. `None` when the ledger has no
-/// roll-up yet (a schema older than the table, opened by a reader before any
-/// writer migrated it) or a row in the range is not an exact integer (a sum
-/// beyond i64, stored as a real): the caller then sums `hours` per series.
-pub fn site_hours(conn: &Connection, site: &str, from: i64, to: i64) -> Result<Option<MethodSums>, StoreError> {
-    let version: i64 = conn.prepare_cached("PRAGMA user_version")?.query_row([], |r| r.get(0))?;
-    if version < super::sqlite::SITE_HOURS_VERSION {
+/// A site roll-up of host energy (`site_hours` or `site_days`) over
+/// `[from, to)` (whole buckets of the table), per (method, quality):
+/// `(energy µJ, covered ms)`. `None` when the ledger has no such roll-up yet
+/// (a schema older than the table, opened by a reader before any writer
+/// migrated it) or a row in the range is not an exact integer (a sum beyond
+/// i64, stored as a real): the caller then reads a finer table.
+pub fn site_rollup(
+    conn: &Connection,
+    table: SiteRollup,
+    site: &str,
+    from: i64,
+    to: i64,
+) -> Result<Option<MethodSums>, StoreError> {
+    if schema_version(conn)? < table.since() {
         return Ok(None);
     }
     // A site has a handful of (method, quality) pairs: a short list, searched by &str.
     let mut out: Vec<((String, String), (i128, i128))> = Vec::new();
-    let mut st = conn.prepare_cached(
-        "SELECT method, quality, energy_uj, covered_ms FROM site_hours WHERE site = ?1 AND start_ms >= ?2 AND start_ms < ?3",
-    )?;
+    let sql = format!(
+        "SELECT method, quality, energy_uj, covered_ms FROM {} WHERE site = ?1 AND start_ms >= ?2 AND start_ms < ?3",
+        table.name()
+    );
+    let mut st = conn.prepare_cached(&sql)?;
     let mut rows = st.query(params![site, from, to])?;
     while let Some(r) = rows.next()? {
         use rusqlite::types::ValueRef;
@@ -189,6 +201,65 @@ pub fn site_hours(conn: &Connection, site: &str, from: i64, to: i64) -> Result<O
         out[i].1.1 += i128::from(c);
     }
     Ok(Some(out.into_iter().collect()))
+}
+
+/// The schema version of the ledger (`PRAGMA user_version`).
+fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.prepare_cached("PRAGMA user_version")?.query_row([], |r| r.get(0))?)
+}
+
+/// Meters' day roll-up over `[from, to)` (whole UTC days) per series, or
+/// `None` (no such table yet, or a day beyond i64 stored as a real): the
+/// caller then sums `hours`.
+fn sum_days(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<Option<SeriesSums>, StoreError> {
+    if schema_version(conn)? < DAYS_VERSION {
+        return Ok(None);
+    }
+    let mut out: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
+    let mut st = conn.prepare_cached(
+        "SELECT series_id, energy_uj, covered_ms FROM days WHERE series_id IN rarray(?1) AND start_ms >= ?2 AND start_ms < ?3",
+    )?;
+    let mut rows = st.query(params![ids, from, to])?;
+    while let Some(r) = rows.next()? {
+        use rusqlite::types::ValueRef;
+        let (ValueRef::Integer(e), ValueRef::Integer(c)) = (r.get_ref(1)?, r.get_ref(2)?) else {
+            return Ok(None);
+        };
+        let t = out.entry(r.get(0)?).or_insert((0, 0));
+        t.0 += i128::from(e);
+        t.1 += i128::from(c);
+    }
+    Ok(Some(out))
+}
+
+/// Which table answers a part of a question's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grain {
+    Minutes,
+    Hours,
+    Days,
+}
+
+/// A question's range cut into parts each table answers: minutes at the
+/// edges, whole hours, and whole UTC days inside those when `days` (the
+/// question has a day roll-up). Empty parts are left out.
+fn parts(from: i64, to: i64, days: bool) -> Vec<(Grain, i64, i64)> {
+    let h1 = ((from + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
+    let h2 = to.div_euclid(HOUR_MS) * HOUR_MS;
+    if h1 >= h2 {
+        return vec![(Grain::Minutes, from, to)];
+    }
+    let d1 = ((h1 + DAY_MS - 1).div_euclid(DAY_MS)) * DAY_MS;
+    let d2 = h2.div_euclid(DAY_MS) * DAY_MS;
+    let mut out = vec![(Grain::Minutes, from, h1)];
+    if days && d1 < d2 {
+        out.extend([(Grain::Hours, h1, d1), (Grain::Days, d1, d2), (Grain::Hours, d2, h2)]);
+    } else {
+        out.push((Grain::Hours, h1, h2));
+    }
+    out.push((Grain::Minutes, h2, to));
+    out.retain(|p| p.1 < p.2);
+    out
 }
 
 /// Energy over `[q.from_ms, q.to_ms)`: minutes at the edges (meters' minute
@@ -246,28 +317,38 @@ pub fn energy(
     let host_series = q.meter.is_none() && role == "it_in";
     let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
     let id_param = id_array(&ids);
-    let h1 = ((q.from_ms + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
-    let h2 = q.to_ms.div_euclid(HOUR_MS) * HOUR_MS;
-    let parts = if h1 < h2 {
-        vec![("minutes", q.from_ms, h1), ("hours", h1, h2), ("minutes", h2, q.to_ms)]
-    } else {
-        vec![("minutes", q.from_ms, q.to_ms)]
-    };
     let mut per_series: BTreeMap<i64, (i128, i128)> = BTreeMap::new();
-    // A site-wide IT question's whole hours, per (method, quality), from the
-    // site roll-up: one row per hour and method instead of one per host.
+    // A site-wide IT question's whole hours and days, per (method, quality),
+    // from the site roll-ups: a row per hour or day and method, not per host.
     let mut rolled_up: MethodSums = BTreeMap::new();
     let site_wide = host_series && q.host.is_none();
-    for (table, a, b) in parts {
-        let rollup = if table == "hours" && site_wide { site_hours(conn, &q.site, a, b)? } else { None };
+    for (grain, a, b) in parts(q.from_ms, q.to_ms, site_wide || !host_series) {
+        // Each roll-up falls back to the finer table where it cannot answer exactly.
+        let mut rollup = None;
+        if site_wide && grain == Grain::Days {
+            rollup = site_rollup(conn, SiteRollup::Days, &q.site, a, b)?;
+        }
+        if site_wide && grain != Grain::Minutes && rollup.is_none() {
+            rollup = site_rollup(conn, SiteRollup::Hours, &q.site, a, b)?;
+        }
         let sums = if let Some(r) = rollup {
-            rolled_up = r;
+            for (k, (e, c)) in r {
+                let t = rolled_up.entry(k).or_insert((0, 0));
+                t.0 += e;
+                t.1 += c;
+            }
             BTreeMap::new()
-        } else if table == "minutes" && host_series {
+        } else if grain == Grain::Minutes && host_series {
             // Host series' minutes come from their raw points (no minute rows).
             super::chunk::minute_shares_of(conn, &id_param, a, b, policy.gap_ms)?
+        } else if grain == Grain::Minutes {
+            sum_buckets(conn, "minutes", &id_param, a, b)?
+        } else if let Some(d) =
+            (grain == Grain::Days && !host_series).then(|| sum_days(conn, &id_param, a, b)).transpose()?.flatten()
+        {
+            d
         } else {
-            sum_buckets(conn, table, &id_param, a, b)?
+            sum_buckets(conn, "hours", &id_param, a, b)?
         };
         for (id, (e, c)) in sums {
             let t = per_series.entry(id).or_insert((0, 0));
@@ -275,7 +356,7 @@ pub fn energy(
             t.1 += c;
         }
         // The journal's entries, spread exactly as materialization will book them.
-        let bucket = if table == "hours" { HOUR_MS } else { MINUTE_MS };
+        let bucket = if grain == Grain::Minutes { MINUTE_MS } else { HOUR_MS };
         for id in &ids {
             for interval in pending.of(*id).iter().filter_map(|e| e.interval()) {
                 add_shares_in(per_series.entry(*id).or_insert((0, 0)), interval, bucket, policy.gap_ms, (a, b));
@@ -319,9 +400,15 @@ pub fn energy(
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
         // Meter samples are rows, host samples chunks, recent host samples journaled.
-        let found = detail == Detail::Totals && has_sample(conn, &id_param, host_series, q.from_ms, q.to_ms)?;
+        let known = match detail {
+            Detail::Totals => has_sample(conn, &id_param, host_series, q.from_ms, q.to_ms)?,
+            Detail::Full => None,
+        };
+        let found = known == Some(true);
         if found {
             samples = 1;
+        } else if known == Some(false) {
+            // None in the tables: the journal's are counted below.
         } else if host_series {
             let c = super::chunk::range_stats_of(conn, &id_param, q.from_ms, q.to_ms)?;
             samples += c.values;
@@ -396,19 +483,23 @@ pub fn energy(
     })
 }
 
-/// Whether the tables hold a sample of `ids` in `[from, to)` that a cheap
-/// lookup finds: a meter's row, or a host chunk with a value lying wholly
-/// inside the range (one index seek per series; none of the chunks' data).
-/// `false` only says that lookup found none: the caller then counts exactly.
-fn has_sample(conn: &Connection, ids: &Array, host_series: bool, from: i64, to: i64) -> Result<bool, StoreError> {
-    let sql = if host_series {
-        "SELECT EXISTS (SELECT 1 FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value \
-         AND c.first_ts >= ?2 AND c.first_ts < ?3 AND c.last_ts < ?3 AND c.n_values > 0)"
-    } else {
-        "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
-         AND value_micro IS NOT NULL)"
-    };
-    Ok(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get::<_, bool>(0))?)
+/// Whether the tables hold a sample of `ids` in `[from, to)`, without
+/// counting them: a meter's row (one index seek), or a host chunk's columns
+/// ([`super::chunk::any_value_in`]). `None`: only a chunk's points can say,
+/// and the caller counts them.
+fn has_sample(
+    conn: &Connection,
+    ids: &Array,
+    host_series: bool,
+    from: i64,
+    to: i64,
+) -> Result<Option<bool>, StoreError> {
+    if host_series {
+        return super::chunk::any_value_in(conn, ids, from, to);
+    }
+    let sql = "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
+               AND value_micro IS NOT NULL)";
+    Ok(Some(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get(0))?))
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {

@@ -15,9 +15,11 @@
 //! and `host_conflicts`, the `journal` of host samples not yet written to
 //! chunks and hours ([`super::journal`]), `retired_hosts` (who retired a
 //! decommissioned host, when and why), `quarantine` (host samples stamped
-//! too far in the future, kept aside and never booked), and `site_hours`: the host series'
-//! hours summed per site, method and quality, written with `hours` in the
-//! same transaction, so a site-wide question reads a row per hour, not per host.
+//! too far in the future, kept aside and never booked), and the roll-ups written
+//! with `hours` in the same transaction: `site_hours` and `site_days` (the host
+//! series' hours summed per site, method, quality and hour or UTC day, so a
+//! site-wide question reads a row per hour or day, not per host) and `days` (a
+//! meter's hours per UTC day, so a month or a year reads about a row per day).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::book::{DAY_MS, HOUR_MS, MINUTE_MS, Value, increment, spread};
 use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
@@ -116,10 +118,24 @@ CREATE TABLE quarantine (
 );
 "#,
     r#"
--- Hosts' hours summed per site, method and quality (see `add_site_hours`): a
+-- Hosts' hours summed per site, method and quality (see `add_rollups`): a
 -- site-wide IT question reads one row per hour and method instead of one per host.
 -- Filled from `hours` by `fill_site_hours` when this migration runs.
 CREATE TABLE site_hours (
+    site TEXT NOT NULL, method TEXT NOT NULL, quality TEXT NOT NULL, start_ms INTEGER NOT NULL,
+    energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
+    PRIMARY KEY (site, start_ms, method, quality)
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Day roll-ups (UTC days; see `add_rollups`): meters' hours summed per series and day,
+-- and `site_hours` summed per day, so a month or a year reads about a row per day.
+-- Filled from `hours` and `site_hours` by `fill_days` when this migration runs.
+CREATE TABLE days (
+    series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
+    PRIMARY KEY (series_id, start_ms)
+) WITHOUT ROWID;
+CREATE TABLE site_days (
     site TEXT NOT NULL, method TEXT NOT NULL, quality TEXT NOT NULL, start_ms INTEGER NOT NULL,
     energy_uj INTEGER NOT NULL, covered_ms INTEGER NOT NULL,
     PRIMARY KEY (site, start_ms, method, quality)
@@ -129,6 +145,9 @@ CREATE TABLE site_hours (
 
 /// The `user_version` from which `site_hours` exists and is kept.
 pub const SITE_HOURS_VERSION: i64 = 7;
+
+/// The `user_version` from which `days` and `site_days` exist and are kept.
+pub const DAYS_VERSION: i64 = 8;
 
 /// Points per chunk when migration 3 moves the host rows of `samples` into chunks.
 const MIGRATED_CHUNK_POINTS: usize = 1_024;
@@ -171,6 +190,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         }
         if i + 1 == SITE_HOURS_VERSION as usize {
             fill_site_hours(&tx)?;
+        }
+        if i + 1 == DAYS_VERSION as usize {
+            fill_days(&tx)?;
         }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
@@ -896,7 +918,7 @@ fn write_bucket_lists(tx: &rusqlite::Transaction<'_>, minutes: &[Bucket], hours:
     for &((id, start), (e, c)) in hours {
         up_hour.execute(params![id, start, e, c])?;
     }
-    add_site_hours(tx, hours)
+    add_rollups(tx, hours)
 }
 
 /// A sum for `site_hours`: exact in i128, unless an addend was not an integer
@@ -933,16 +955,23 @@ impl RollupSum {
     }
 }
 
-/// Adds rows to `site_hours`: `(site, method, quality, start_ms)` → sums.
-fn upsert_site_hours(
+/// Sums per (index into a label list, bucket start): energy, covered.
+type RollupSums = BTreeMap<(usize, i64), (RollupSum, RollupSum)>;
+
+/// Adds rows to a site roll-up (`site_hours` or `site_days`):
+/// `(site, method, quality, start_ms)` → sums.
+fn upsert_site_rollup(
     tx: &rusqlite::Transaction<'_>,
+    table: SiteRollup,
     labels: &[(String, String, String)],
-    sums: &BTreeMap<(usize, i64), (RollupSum, RollupSum)>,
+    sums: &RollupSums,
 ) -> Result<(), StoreError> {
-    let mut up = tx.prepare_cached(
-        "INSERT INTO site_hours VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (site, start_ms, method, quality) \
+    let sql = format!(
+        "INSERT INTO {} VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (site, start_ms, method, quality) \
          DO UPDATE SET energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
-    )?;
+        table.name()
+    );
+    let mut up = tx.prepare_cached(&sql)?;
     for (&(l, start), (e, c)) in sums {
         let (site, method, quality) = &labels[l];
         up.execute(params![site, method, quality, start, e.value(), c.value()])?;
@@ -950,28 +979,77 @@ fn upsert_site_hours(
     Ok(())
 }
 
-/// Adds the hour buckets of host energy series (sorted by series) to the
-/// site roll-up, summed per site, method, quality and hour first: a
-/// materialization of N hosts' hour writes one `site_hours` row, not N. Called
-/// for every write to `hours`, in its transaction, so the roll-up is the
-/// `GROUP BY` of `hours` at every commit.
-fn add_site_hours(tx: &rusqlite::Transaction<'_>, hours: &[Bucket]) -> Result<(), StoreError> {
-    let mut labels_of = tx.prepare_cached("SELECT site, method, quality FROM series WHERE id = ?1 AND metric = ?2")?;
+/// Adds rows to `days`: `(series_id, start_ms)` → sums.
+fn upsert_days(
+    tx: &rusqlite::Transaction<'_>,
+    sums: &BTreeMap<(i64, i64), (RollupSum, RollupSum)>,
+) -> Result<(), StoreError> {
+    let mut up = tx.prepare_cached(
+        "INSERT INTO days VALUES (?1, ?2, ?3, ?4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
+         energy_uj = energy_uj + excluded.energy_uj, covered_ms = covered_ms + excluded.covered_ms",
+    )?;
+    for (&(id, start), (e, c)) in sums {
+        up.execute(params![id, start, e.value(), c.value()])?;
+    }
+    Ok(())
+}
+
+/// A site roll-up table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteRollup {
+    Hours,
+    Days,
+}
+
+impl SiteRollup {
+    pub fn name(self) -> &'static str {
+        match self {
+            SiteRollup::Hours => "site_hours",
+            SiteRollup::Days => "site_days",
+        }
+    }
+
+    /// The schema version from which the table exists and is kept.
+    pub fn since(self) -> i64 {
+        match self {
+            SiteRollup::Hours => SITE_HOURS_VERSION,
+            SiteRollup::Days => DAYS_VERSION,
+        }
+    }
+}
+
+/// The UTC day of a bucket start.
+fn day_of(start_ms: i64) -> i64 {
+    start_ms.div_euclid(DAY_MS) * DAY_MS
+}
+
+/// Adds hour buckets (sorted by series) to the roll-ups: a host energy
+/// series' to its site's `site_hours` and `site_days`, summed per site,
+/// method, quality and hour or day first (a materialization of N hosts' hour
+/// writes one row, not N); a meter's to its `days`. Called for every write to
+/// `hours`, in its transaction, so each roll-up is the `GROUP BY` of `hours`
+/// at every commit.
+fn add_rollups(tx: &rusqlite::Transaction<'_>, hours: &[Bucket]) -> Result<(), StoreError> {
+    let mut labels_of = tx.prepare_cached("SELECT site, method, quality, metric FROM series WHERE id = ?1")?;
     let mut labels: Vec<(String, String, String)> = Vec::new();
     let mut index: HashMap<(String, String, String), usize> = HashMap::new();
-    let mut sums: BTreeMap<(usize, i64), (RollupSum, RollupSum)> = BTreeMap::new();
-    // The series of the last bucket and its labels' index (None: not a host series).
+    let (mut site_hours, mut site_days) = (RollupSums::new(), RollupSums::new());
+    let mut days: BTreeMap<(i64, i64), (RollupSum, RollupSum)> = BTreeMap::new();
+    // The series of the last bucket and what it is: a host series' labels' index, or None (a meter).
     let mut current: Option<(i64, Option<usize>)> = None;
+    let add = |t: &mut (RollupSum, RollupSum), e: i64, c: i64| {
+        t.0.add(rusqlite::types::ValueRef::Integer(e));
+        t.1.add(rusqlite::types::ValueRef::Integer(c));
+    };
     for &((id, start), (e, c)) in hours {
         let l = match current {
             Some((cid, l)) if cid == id => l,
             _ => {
-                let row: Option<(String, String, String)> = labels_of
-                    .query_row(params![id, HOST_ENERGY_METRIC], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let l = row.map(|key| {
-                    *index.entry(key.clone()).or_insert_with(|| {
-                        labels.push(key);
+                let (site, method, quality, metric): (String, String, String, String) =
+                    labels_of.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                let l = (metric == HOST_ENERGY_METRIC).then(|| {
+                    *index.entry((site.clone(), method.clone(), quality.clone())).or_insert_with(|| {
+                        labels.push((site, method, quality));
                         labels.len() - 1
                     })
                 });
@@ -979,13 +1057,17 @@ fn add_site_hours(tx: &rusqlite::Transaction<'_>, hours: &[Bucket]) -> Result<()
                 l
             }
         };
-        if let Some(l) = l {
-            let t = sums.entry((l, start)).or_default();
-            t.0.add(rusqlite::types::ValueRef::Integer(e));
-            t.1.add(rusqlite::types::ValueRef::Integer(c));
+        match l {
+            Some(l) => {
+                add(site_hours.entry((l, start)).or_default(), e, c);
+                add(site_days.entry((l, day_of(start))).or_default(), e, c);
+            }
+            None => add(days.entry((id, day_of(start))).or_default(), e, c),
         }
     }
-    upsert_site_hours(tx, &labels, &sums)
+    upsert_site_rollup(tx, SiteRollup::Hours, &labels, &site_hours)?;
+    upsert_site_rollup(tx, SiteRollup::Days, &labels, &site_days)?;
+    upsert_days(tx, &days)
 }
 
 /// Fills `site_hours` from `hours` (its migration, on a ledger written
@@ -1003,7 +1085,7 @@ fn fill_site_hours(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     }
     let mut hours_of = tx.prepare("SELECT start_ms, energy_uj, covered_ms FROM hours WHERE series_id = ?1")?;
     for (key, ids) in groups {
-        let mut sums: BTreeMap<(usize, i64), (RollupSum, RollupSum)> = BTreeMap::new();
+        let mut sums = RollupSums::new();
         for id in ids {
             let mut rows = hours_of.query([id])?;
             while let Some(r) = rows.next()? {
@@ -1012,7 +1094,46 @@ fn fill_site_hours(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
                 t.1.add(r.get_ref(2)?);
             }
         }
-        upsert_site_hours(tx, &[key], &sums)?;
+        upsert_site_rollup(tx, SiteRollup::Hours, &[key], &sums)?;
+    }
+    Ok(())
+}
+
+/// Fills `days` and `site_days` (their migration, on a ledger written before
+/// them): each meter's hours summed per UTC day, and `site_hours` summed per
+/// day, one series or site group at a time, as [`fill_site_hours`] does.
+fn fill_days(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let meters: Vec<i64> = tx
+        .prepare("SELECT id FROM series WHERE metric != ?1")?
+        .query_map([HOST_ENERGY_METRIC], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut hours_of = tx.prepare("SELECT start_ms, energy_uj, covered_ms FROM hours WHERE series_id = ?1")?;
+    for id in meters {
+        let mut sums: BTreeMap<(i64, i64), (RollupSum, RollupSum)> = BTreeMap::new();
+        let mut rows = hours_of.query([id])?;
+        while let Some(r) = rows.next()? {
+            let t = sums.entry((id, day_of(r.get(0)?))).or_default();
+            t.0.add(r.get_ref(1)?);
+            t.1.add(r.get_ref(2)?);
+        }
+        upsert_days(tx, &sums)?;
+    }
+    let groups: Vec<(String, String, String)> = tx
+        .prepare("SELECT DISTINCT site, method, quality FROM site_hours")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut of_group = tx.prepare(
+        "SELECT start_ms, energy_uj, covered_ms FROM site_hours WHERE site = ?1 AND method = ?2 AND quality = ?3",
+    )?;
+    for key in groups {
+        let mut sums = RollupSums::new();
+        let mut rows = of_group.query(params![key.0, key.1, key.2])?;
+        while let Some(r) = rows.next()? {
+            let t = sums.entry((0, day_of(r.get(0)?))).or_default();
+            t.0.add(r.get_ref(1)?);
+            t.1.add(r.get_ref(2)?);
+        }
+        upsert_site_rollup(tx, SiteRollup::Days, &[key], &sums)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::Policy;
-use super::book::{MINUTE_MS, increment, spread};
+use super::book::{DAY_MS, MINUTE_MS, increment, spread};
 use super::query::{EnergyQuery, EnergyReport};
 use super::sqlite::{SqliteReader, SqliteWriter};
 use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter};
@@ -772,14 +772,44 @@ fn site_hours_and_group_by(db: &std::path::Path) -> (Vec<SiteHour>, Vec<SiteHour
     (rolled, grouped)
 }
 
-/// A copy of the ledger without its site roll-up, as a ledger of the schema
-/// before it: its readers sum `hours` per series.
+/// A copy of the ledger without its roll-ups, as a ledger of the schema
+/// before them: its readers sum `hours` per series.
 fn copy_without_site_hours(db: &std::path::Path, copy: &std::path::Path) {
     let conn = rusqlite::Connection::open(db).expect("db");
     conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()]).expect("copy");
     let c = rusqlite::Connection::open(copy).expect("copy");
-    c.execute_batch("DROP TABLE site_hours;").expect("drop");
+    c.execute_batch("DROP TABLE site_hours; DROP TABLE site_days; DROP TABLE days;").expect("drop");
     c.pragma_update(None, "user_version", super::sqlite::SITE_HOURS_VERSION - 1).expect("version");
+}
+
+/// `days` and `site_days` as they are, and as the `GROUP BY` UTC day of
+/// the meters' `hours` and of `site_hours` says they must be.
+type DayRows = Vec<(String, i64, i64, i64)>;
+fn days_and_group_by(db: &std::path::Path) -> ((DayRows, DayRows), (DayRows, DayRows)) {
+    let conn = rusqlite::Connection::open(db).expect("db");
+    let rows = |sql: &str| -> DayRows {
+        let mut st = conn.prepare(sql).expect("prepare");
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let days =
+        rows("SELECT CAST(series_id AS TEXT), start_ms, energy_uj, covered_ms FROM days ORDER BY series_id, start_ms");
+    let meters = rows(
+        "SELECT CAST(h.series_id AS TEXT), h.start_ms / 86400000 * 86400000 AS d, SUM(h.energy_uj), SUM(h.covered_ms) \
+         FROM hours h JOIN series se ON se.id = h.series_id WHERE se.metric != 'domesday_host_energy_joules_total' \
+         GROUP BY h.series_id, d ORDER BY h.series_id, d",
+    );
+    let site_days = rows(
+        "SELECT site || '/' || method || '/' || quality, start_ms, energy_uj, covered_ms FROM site_days \
+         ORDER BY site, method, quality, start_ms",
+    );
+    let sites = rows(
+        "SELECT site || '/' || method || '/' || quality, start_ms / 86400000 * 86400000 AS d, SUM(energy_uj), SUM(covered_ms) \
+         FROM site_hours GROUP BY site, method, quality, d ORDER BY site, method, quality, d",
+    );
+    ((days, meters), (site_days, sites))
 }
 
 /// Site-wide IT questions over whole hours, cut hours, one hour, the whole span.
@@ -799,6 +829,16 @@ fn site_wide_questions(first: i64, last: i64) -> Vec<EnergyQuery> {
         qs.push(query(None, h, h + 3_600_000));
         h += 3_600_000;
     }
+    // Whole UTC days, and days with cut hours and minutes at both ends.
+    let d0 = first.div_euclid(DAY_MS) * DAY_MS;
+    let d1 = (last.div_euclid(DAY_MS) + 1) * DAY_MS;
+    qs.extend([
+        query(None, d0, d1),
+        query(None, d0 - DAY_MS, d1 + DAY_MS),
+        query(None, d0 + 5 * 3_600_000, d1 - 3 * 3_600_000),
+        query(None, d0 + 22 * 3_600_000 + 7 * MINUTE_MS, d1 + 2 * 3_600_000 + 3 * MINUTE_MS),
+        query(None, d0 + DAY_MS, d1),
+    ]);
     qs.retain(|q| q.from_ms < q.to_ms);
     qs
 }
@@ -835,6 +875,10 @@ proptest! {
                 t += dt;
                 first = first.min(t);
                 last = last.max(t);
+                if *kind == 19 {
+                    // A day-long silence: the roll-ups' days then hold parts of several.
+                    t += DAY_MS + 2 * 3_600_000;
+                }
                 match kind {
                     0 => v = *inc,
                     1 => { samples.push(CounterSample::host("s", &format!("h{n}"), method, quality, t, None)); continue; }
@@ -843,10 +887,13 @@ proptest! {
                 samples.push(CounterSample::host("s", &format!("h{n}"), method, quality, t, Some(v)));
             }
         }
-        // A meter of the site and a host of another site: neither is in this site's roll-up.
+        // A meter of the site and a host of another site: neither is in this site's roll-up;
+        // the meter's samples span four days, late ones included (the delivery order below).
         for i in 0..6i64 {
-            samples.push(CounterSample::meter("s", "grid", "utility_in", "kWh", T0 + i * 1_800_000, i * 1_000_000));
             samples.push(CounterSample::host("other", "h0", "rapl", "measured", T0 + i * 1_800_000, Some(i * 7_000_000)));
+        }
+        for i in 0..14i64 {
+            samples.push(CounterSample::meter("s", "grid", "utility_in", "kWh", T0 + i * 7 * 3_600_000 + i * 60_000, i * 1_000_000));
         }
         let mut delivery: Vec<usize> = (0..samples.len()).collect();
         delivery.sort_by_key(|i| order[*i % order.len()] ^ (*i as u64));
@@ -878,12 +925,18 @@ proptest! {
         let (rolled, grouped) = site_hours_and_group_by(&db);
         prop_assert_eq!(&rolled, &grouped);
         prop_assert!(!rolled.iter().any(|r| r.0 != "s" && r.0 != "other"));
+        let ((days, meters), (site_days, sites)) = days_and_group_by(&db);
+        prop_assert_eq!(days, meters);
+        prop_assert_eq!(site_days, sites);
         // With whatever the journal still holds, then with all of it materialized.
         for round in 0..2 {
             if round == 1 {
                 w.housekeeping(true).expect("materialize all");
                 let (rolled, grouped) = site_hours_and_group_by(&db);
                 prop_assert_eq!(rolled, grouped);
+                let ((days, meters), (site_days, sites)) = days_and_group_by(&db);
+                prop_assert_eq!(days, meters);
+                prop_assert_eq!(site_days, sites);
             }
             let copy = dir.path().join(format!("without-{round}.db"));
             copy_without_site_hours(&db, &copy);
@@ -893,6 +946,20 @@ proptest! {
                 let a = with.energy(&q).expect("with the roll-up");
                 let b = without.energy(&q).expect("without it");
                 prop_assert_eq!(&a, &b, "{:?}", q);
+                let meter = EnergyQuery { meter: Some("grid".into()), role: None, ..q.clone() };
+                prop_assert_eq!(with.energy(&meter).expect("meter"), without.energy(&meter).expect("meter"), "{:?}", meter);
+                // Each answer is the sum of its pieces of at most an hour (which no day roll-up answers).
+                for q in [&q, &meter] {
+                    let whole = with.energy(q).expect("whole").energy_uj();
+                    let mut pieces = 0i128;
+                    let mut t = q.from_ms;
+                    while t < q.to_ms {
+                        let next = ((t.div_euclid(3_600_000) + 1) * 3_600_000).min(q.to_ms);
+                        pieces += with.energy(&EnergyQuery { from_ms: t, to_ms: next, ..q.clone() }).expect("piece").energy_uj();
+                        t = next;
+                    }
+                    prop_assert_eq!(whole, pieces, "{:?}", q);
+                }
                 // The totals-only answer: the same sums; a sample or not, as the full count says.
                 let per_host = EnergyQuery { host: Some("h0".into()), ..q.clone() };
                 let meter = EnergyQuery { meter: Some("grid".into()), role: None, ..q.clone() };
@@ -977,7 +1044,7 @@ fn the_migration_fills_the_site_roll_up_of_an_existing_ledger() {
         .expect("db")
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, SITE_HOURS_VERSION);
+    assert_eq!(version, MIGRATIONS.len() as i64);
     let new = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3 * H)).expect("new");
     assert_eq!(new, old);
     assert_eq!((new.measured_joules, new.estimated_joules), (1_300.0 / 1e6, 16.0 / 1e6));
@@ -1011,6 +1078,30 @@ fn a_site_hour_beyond_i64_is_answered_exactly_from_the_hosts_hours() {
     assert_eq!(kind, "real");
     let r = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + 3_600_000)).expect("q");
     assert_eq!(r.energy_uj(), 4 * i128::from(jump));
+    // The day's roll-up is beyond i64 too: a whole day's question falls back the same way.
+    let r = SqliteReader::new(&db, Policy::default()).energy(&query(None, T0, T0 + DAY_MS)).expect("day");
+    assert_eq!(r.energy_uj(), 4 * i128::from(jump));
+}
+
+/// A meter's day beyond i64 µJ (two hours of 5 × 10^18 µJ) is kept as a
+/// real in `days`; a day's question then sums its hours exactly.
+#[test]
+fn a_meter_day_beyond_i64_is_answered_exactly_from_its_hours() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+    let step: i64 = 1_400_000_000_000; // µkWh: 5.04 × 10^18 µJ an hour
+    let samples =
+        (0..3).map(|i| CounterSample::meter("s", "grid", "utility_in", "kWh", T0 + i * 3_600_000, i * step)).collect();
+    w.apply(&[batch(samples)], NOW).expect("apply");
+    let kind: String = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("SELECT typeof(energy_uj) FROM days", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(kind, "real");
+    let q = EnergyQuery { meter: Some("grid".into()), ..query(None, T0, T0 + DAY_MS) };
+    let r = SqliteReader::new(&db, Policy::default()).energy(&q).expect("day");
+    assert_eq!(r.energy_uj(), 2 * i128::from(step) * 3_600_000);
 }
 
 proptest! {
