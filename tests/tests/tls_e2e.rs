@@ -212,7 +212,7 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     let client = tls_client(&pki.path("ca.crt"), Some((&pki.path("client.crt"), &pki.path("client.key"))));
     let mut collector = spawn_collector(&config, &clog, port, &client);
 
-    let mut agents: Vec<(Proc, PathBuf, u16)> = Vec::new();
+    let mut agents: Vec<(domesday_tests::Agent, PathBuf, u16)> = Vec::new();
     let mut fixtures = Vec::new();
     for (host, with_cert) in [("tls-host", true), ("no-cert-host", false)] {
         let (fx, root) = fixture_copy("intel-2s");
@@ -311,6 +311,8 @@ fn agent_metrics_take_the_exporter_web_configuration_and_a_prometheus_scrape_con
         &log,
         &["--web-config-file", &web_arg],
     );
+    // The web configuration holds the hash; the password in clear is the test's.
+    agent.also_secret("basic-auth password of prometheus", PASSWORD);
     let url = format!("https://127.0.0.1:{port}/metrics");
     let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
     let client = tls_client(&ca, Some((&cert, &key)));
