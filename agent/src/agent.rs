@@ -137,20 +137,25 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 }
 
 /// Serves `/metrics` until SIGTERM/SIGINT: plain, or with the web
-/// configuration's TLS (reloaded on SIGHUP) and basic auth.
+/// configuration's TLS and basic auth (the file read again on SIGHUP).
 async fn serve_metrics(cfg: &AgentConfig, listener: tokio::net::TcpListener, shared: Shared) -> std::io::Result<()> {
-    let web = cfg.web.clone().unwrap_or(crate::web_config::WebConfig { tls: None, users: Default::default() });
     let mut app = router(shared);
-    if !web.users.is_empty() {
-        let auth = crate::web_config::BasicAuth::new(web.users.clone());
-        app = app.layer(axum::middleware::from_fn_with_state(auth, crate::web_config::require_basic_auth));
-    }
-    let tls = match web.tls.clone().map(domesday_runtime::tls::TlsReloader::load).transpose() {
-        Ok(t) => t,
-        // Checked at load; only a file changed since then can fail here.
-        Err(e) => return Err(std::io::Error::other(format!("web_config_file: {e}"))),
+    let web = match (&cfg.web, &cfg.web_config_file) {
+        (Some(web), Some(path)) => {
+            // The gate is there even without users, so that a reload can add some.
+            let auth = crate::web_config::BasicAuth::new(web.users.clone());
+            app = app.layer(axum::middleware::from_fn_with_state(auth.clone(), crate::web_config::require_basic_auth));
+            let tls = match web.tls.clone().map(domesday_runtime::tls::TlsReloader::load).transpose() {
+                Ok(t) => t,
+                // Checked at load; only a file changed since then can fail here.
+                Err(e) => return Err(std::io::Error::other(format!("web_config_file: {e}"))),
+            };
+            Some(crate::web_config::WebReloader { path: path.clone(), auth, tls })
+        }
+        _ => None,
     };
-    let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
+    let tls = web.as_ref().and_then(|w| w.tls.clone());
+    let hangup = tokio::spawn(crate::web_config::reload_on_hangup(web));
     let served = match tls {
         Some(tls) => {
             use axum::serve::ListenerExt;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -215,18 +215,34 @@ impl WebConfig {
     }
 }
 
-/// The basic-auth gate of `/metrics`: users and their bcrypt hashes, and the
-/// last password each user proved, so that a scrape every few seconds does not
-/// pay bcrypt each time (the exporter toolkit caches the same way).
+/// The basic-auth gate of `/metrics`: users and their bcrypt hashes (none: no
+/// gate), and the last password each user proved, so that a scrape every few
+/// seconds does not pay bcrypt each time (the exporter toolkit caches the same
+/// way). The users are replaced when the web configuration is read again.
 #[derive(Debug)]
 pub struct BasicAuth {
-    users: BTreeMap<String, Secret>,
+    users: RwLock<BTreeMap<String, Secret>>,
     proven: Mutex<HashMap<String, Secret>>,
 }
 
 impl BasicAuth {
     pub fn new(users: BTreeMap<String, Secret>) -> Arc<Self> {
-        Arc::new(BasicAuth { users, proven: Mutex::new(HashMap::new()) })
+        Arc::new(BasicAuth { users: RwLock::new(users), proven: Mutex::new(HashMap::new()) })
+    }
+
+    /// Replaces the users; every password proven so far must be proven again against the new hashes.
+    pub fn set_users(&self, users: BTreeMap<String, Secret>) {
+        if let Ok(mut p) = self.proven.lock() {
+            p.clear();
+        }
+        if let Ok(mut u) = self.users.write() {
+            *u = users;
+        }
+    }
+
+    /// Whether requests need a user's password (some user is configured).
+    pub fn required(&self) -> bool {
+        self.users.read().map(|u| !u.is_empty()).unwrap_or(true)
     }
 
     /// Whether `authorization` (the header's value) carries a configured user and its password.
@@ -240,18 +256,89 @@ impl BasicAuth {
         }
         // An unknown user is checked against a configured hash too, so that the
         // answer takes as long either way (user names are not told by timing).
-        let Some(hash) = self.users.get(&user).or_else(|| self.users.values().next()).cloned() else { return false };
-        let known = self.users.contains_key(&user);
+        let (hash, known) = match self.users.read() {
+            Ok(users) => (users.get(&user).or_else(|| users.values().next()).cloned(), users.contains_key(&user)),
+            Err(_) => (None, false),
+        };
+        let Some(hash) = hash else { return false };
         let password = Secret::new(password);
         let p = password.clone();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p.expose(), hash.expose()).unwrap_or(false))
+        let h = hash.clone();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p.expose(), h.expose()).unwrap_or(false))
             .await
             .unwrap_or(false)
             && known;
-        if ok && let Ok(mut p) = self.proven.lock() {
+        // Cached only if the user still has the hash it was checked against (no reload in between).
+        let current = self.users.read().ok().and_then(|u| u.get(&user).cloned());
+        if ok
+            && current.is_some_and(|h| h.expose() == hash.expose())
+            && let Ok(mut p) = self.proven.lock()
+        {
             p.insert(user, password);
         }
         ok
+    }
+}
+
+/// What serves `/metrics` from a web configuration file, read again on demand (`SIGHUP`): the users, and the TLS
+/// files, client rule and versions. A file that fails to load, or that would switch between http and https (the
+/// listener is chosen at start), changes nothing.
+#[derive(Debug, Clone)]
+pub struct WebReloader {
+    pub path: PathBuf,
+    pub auth: Arc<BasicAuth>,
+    pub tls: Option<domesday_runtime::tls::TlsReloader>,
+}
+
+impl WebReloader {
+    /// Reads `path` again and applies it; returns the number of users and whether TLS is on, or why nothing
+    /// changed (the file, line and key; never a hash or a key's content).
+    pub fn reload(&self) -> Result<(usize, bool), ConfigError> {
+        let new = WebConfig::load(&self.path)?;
+        match (&self.tls, new.tls) {
+            (Some(tls), Some(files)) => tls
+                .replace(files)
+                .map_err(|e| ConfigError::Value(format!("{}: key `{}`: {e}", self.path.display(), e.key)))?,
+            (None, None) => {}
+            (had, _) => {
+                let (from, to) = if had.is_some() { ("https", "http") } else { ("http", "https") };
+                return Err(ConfigError::Value(format!(
+                    "{}: tls_server_config: switching /metrics from {from} to {to} needs a restart",
+                    self.path.display()
+                )));
+            }
+        }
+        let users = new.users.len();
+        self.auth.set_users(new.users);
+        Ok((users, self.tls.is_some()))
+    }
+}
+
+/// Reads the web configuration again on every `SIGHUP`, logging the outcome; a failed reload keeps what is in use
+/// and says why. Without a web configuration a `SIGHUP` is logged and ignored (rather than ending the process).
+/// Runs until aborted.
+pub async fn reload_on_hangup(web: Option<WebReloader>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: web_config_file will not be read again");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(web) = &web else {
+            tracing::info!("SIGHUP: no web_config_file, nothing to reload");
+            continue;
+        };
+        match web.reload() {
+            Ok((users, tls)) => tracing::info!(
+                file = %web.path.display(),
+                users,
+                tls,
+                "SIGHUP: web_config_file reloaded; new connections and requests use it"
+            ),
+            Err(e) => tracing::error!(
+                file = %web.path.display(),
+                "SIGHUP: web_config_file reload failed, still serving the previous configuration: {e}"
+            ),
+        }
     }
 }
 
@@ -269,10 +356,10 @@ fn parse_basic(h: &str) -> Option<(String, String)> {
 }
 
 /// Middleware: 401 with `WWW-Authenticate: Basic` unless the request carries a
-/// configured user's password.
+/// configured user's password, or no user is configured.
 pub async fn require_basic_auth(State(auth): State<Arc<BasicAuth>>, req: Request, next: Next) -> Response {
     let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if auth.check(h).await {
+    if !auth.required() || auth.check(h).await {
         return next.run(req).await;
     }
     (
@@ -342,5 +429,41 @@ mod tests {
         let auth = BasicAuth::new(users);
         assert!(auth.check(Some(&b("prometheus:example"))).await);
         assert!(!auth.check(Some(&b("prometheus:Example"))).await);
+    }
+
+    #[tokio::test]
+    async fn new_users_replace_the_old_and_a_password_proven_before_is_checked_again() {
+        use base64::Engine;
+        let b = |s: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
+        let hash = |p: &str| Secret::new(bcrypt::hash(p, 4).expect("hash"));
+        let auth = BasicAuth::new(BTreeMap::from([("alice".to_string(), hash("old-pw"))]));
+        assert!(auth.check(Some(&b("alice:old-pw"))).await, "proven, then cached");
+        auth.set_users(BTreeMap::from([("alice".to_string(), hash("new-pw"))]));
+        assert!(!auth.check(Some(&b("alice:old-pw"))).await, "the cached password outlived its hash");
+        assert!(auth.check(Some(&b("alice:new-pw"))).await);
+        assert!(auth.required());
+        auth.set_users(BTreeMap::new());
+        assert!(!auth.required(), "no users: no gate");
+    }
+
+    #[test]
+    fn a_reload_applies_a_good_file_and_keeps_everything_on_a_bad_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("web.yml");
+        let hash = bcrypt::hash("pw-1", 4).expect("hash");
+        std::fs::write(&path, format!("basic_auth_users:\n  alice: {hash}\n")).expect("write");
+        let web = WebReloader { path: path.clone(), auth: BasicAuth::new(BTreeMap::new()), tls: None };
+        assert_eq!(web.reload().expect("good"), (1, false));
+        assert!(web.auth.required());
+        // A password where the hash goes: refused with its line, never quoted; alice stays.
+        std::fs::write(&path, format!("basic_auth_users:\n  alice: {hash}\n  bob: plain-pw-9f1e\n")).expect("write");
+        let e = web.reload().expect_err("a plain password").to_string();
+        assert!(e.contains("web.yml:3:") && e.contains("bob") && !e.contains("plain-pw-9f1e"), "{e}");
+        assert!(web.auth.users.read().expect("users").contains_key("alice"));
+        assert!(!web.auth.users.read().expect("users").contains_key("bob"));
+        // No users any more: no gate.
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(web.reload().expect("empty"), (0, false));
+        assert!(!web.auth.required());
     }
 }

@@ -33,7 +33,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
     "listen", "socket address", "\"127.0.0.1:9955\"", "\"127.0.0.1:9955\"",
         "Address of the `/metrics` endpoint.";
     "web_config_file", "path", "none: `/metrics` over plain http, without authentication", "\"/etc/domesday/web.yml\"",
-        "Prometheus' exporter web configuration (YAML, the `--web.config.file` of node_exporter) for `/metrics`: `tls_server_config` (`cert_file`, `key_file`, `client_auth_type` `NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert`, `client_ca_file`, `min_version`, `max_version`) and `basic_auth_users` (user: bcrypt hash). Relative paths are relative to that file; keys it does not implement are refused. Read and checked at start; the certificate and key again on SIGHUP. Also `--web-config-file`. See docs/security.md.";
+        "Prometheus' exporter web configuration (YAML, the `--web.config.file` of node_exporter) for `/metrics`: `tls_server_config` (`cert_file`, `key_file`, `client_auth_type` `NoClientCert`, `VerifyClientCertIfGiven` or `RequireAndVerifyClientCert`, `client_ca_file`, `min_version`, `max_version`) and `basic_auth_users` (user: bcrypt hash). Relative paths are relative to that file; keys it does not implement are refused. Read and checked at start, and the whole file again on SIGHUP (a bad one keeps the configuration in use). Also `--web-config-file`. See docs/security.md.";
     "sysfs_root", "path", "\"/sys\"", "\"/sys\"",
         "Root of sysfs; point it at a fixture tree to test.";
     "procfs_root", "path", "\"/proc\"", "\"/proc\"",

@@ -229,13 +229,13 @@ pub fn read_client_identity(cert_file: &Path, key_file: &Path) -> Result<String,
 /// established connections keep the one they were made with.
 #[derive(Clone)]
 pub struct TlsReloader {
-    files: Arc<TlsFiles>,
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The files and the configuration built from them, swapped together.
+    current: Arc<RwLock<(Arc<TlsFiles>, Arc<ServerConfig>)>>,
 }
 
 impl std::fmt::Debug for TlsReloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsReloader").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("TlsReloader").field("files", &self.files()).finish_non_exhaustive()
     }
 }
 
@@ -243,24 +243,31 @@ impl TlsReloader {
     /// Reads the files now (a bad one is an error before anything binds).
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let config = server_config(&files)?;
-        Ok(TlsReloader { files: Arc::new(files), current: Arc::new(RwLock::new(config)) })
+        Ok(TlsReloader { current: Arc::new(RwLock::new((Arc::new(files), config))) })
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// The files the configuration in use was built from.
+    pub fn files(&self) -> Arc<TlsFiles> {
+        self.current.read().map(|c| c.0.clone()).unwrap_or_else(|p| p.into_inner().0.clone())
     }
 
     /// Reads the files again; on any error the current configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files)?;
+        self.replace((*self.files()).clone())
+    }
+
+    /// Builds the configuration from other files (and client rule, versions), read now; on any error the current
+    /// files and configuration stay. The agent uses it when its web configuration file names new ones.
+    pub fn replace(&self, files: TlsFiles) -> Result<(), TlsError> {
+        let config = server_config(&files)?;
         if let Ok(mut c) = self.current.write() {
-            *c = config;
+            *c = (Arc::new(files), config);
         }
         Ok(())
     }
 
     fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.current.read().ok().map(|c| TlsAcceptor::from(c.clone()))
+        self.current.read().ok().map(|c| TlsAcceptor::from(c.1.clone()))
     }
 }
 
@@ -281,7 +288,7 @@ pub async fn reload_on_hangup(tls: Option<TlsReloader>) {
             };
             match tls.reload() {
                 Ok(()) => tracing::info!(
-                    cert_file = %tls.files.cert_file.display(),
+                    cert_file = %tls.files().cert_file.display(),
                     "SIGHUP: TLS certificate and key reloaded; new connections use them"
                 ),
                 Err(e) => tracing::error!(
@@ -441,15 +448,33 @@ mod tests {
         let pki = Pki::new();
         let (cert, key) = pki.server("a");
         let r = TlsReloader::load(TlsFiles::new(&cert, &key)).expect("load");
-        let before = r.current.read().map(|c| Arc::as_ptr(&c)).expect("lock");
+        let before = r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock");
         std::fs::write(&cert, "garbage").expect("write");
         assert!(r.reload().is_err());
-        assert_eq!(r.current.read().map(|c| Arc::as_ptr(&c)).expect("lock"), before);
+        assert_eq!(r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock"), before);
         let (c2, k2) = pki.server("b");
         std::fs::copy(&c2, &cert).expect("copy");
         std::fs::copy(&k2, &key).expect("copy");
         r.reload().expect("reload");
-        assert_ne!(r.current.read().map(|c| Arc::as_ptr(&c)).expect("lock"), before);
+        assert_ne!(r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock"), before);
+    }
+
+    #[test]
+    fn a_replace_takes_other_files_and_a_bad_one_keeps_the_files_in_use() {
+        let pki = Pki::new();
+        let (cert, key) = pki.server("a");
+        let r = TlsReloader::load(TlsFiles::new(&cert, &key)).expect("load");
+        let before = r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock");
+        let (c2, k2) = pki.server("b");
+        assert_eq!(r.replace(TlsFiles::new(&c2, &cert)).expect_err("a certificate as the key").key, "key_file");
+        assert_eq!(r.files().cert_file, cert);
+        assert_eq!(r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock"), before);
+        r.replace(TlsFiles::new(&c2, &k2)).expect("replace");
+        assert_eq!((r.files().cert_file.clone(), r.files().key_file.clone()), (c2.clone(), k2.clone()));
+        assert_ne!(r.current.read().map(|c| Arc::as_ptr(&c.1)).expect("lock"), before);
+        // A reload now reads the new files.
+        r.reload().expect("reload");
+        assert_eq!(r.files().cert_file, c2);
     }
 
     #[test]

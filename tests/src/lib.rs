@@ -134,12 +134,11 @@ impl Proc {
     }
 }
 
-/// Starts `domesday-agent run` on a fixture root with a fast interval.
-pub fn start_agent(root: &Path, port: u16, interval: &str, extra: &[&str]) -> Proc {
+/// Starts `domesday-agent run` on a fixture root with a fast interval, its output in `root/agent-<port>.log`
+/// (checked for the agent's secrets when the [`Agent`] is dropped).
+pub fn start_agent(root: &Path, port: u16, interval: &str, extra: &[&str]) -> Agent {
     let config = write_agent_config(root, "");
-    let child =
-        agent_command(root, &config, port, interval, extra).stderr(Stdio::piped()).spawn().expect("spawn agent");
-    Proc(child)
+    spawn_agent(&mut agent_command(root, &config, port, interval, extra), &root.join(format!("agent-{port}.log")))
 }
 
 /// Writes `<root>/agent.toml` (site `test-site`, host `test-host`, state in
@@ -170,8 +169,8 @@ pub fn push_table(root: &Path, token: &str, urls: &str, extra: &str) -> String {
 }
 
 /// Starts `domesday-agent run` like [`start_agent`] with extra config tables
-/// and environment, its stderr (the log) going to `log` so a test can read it
-/// while the agent runs.
+/// and environment, its stdout and stderr (the log) going to `log` so a test
+/// can read it while the agent runs (and [`Agent`] checks it for secrets).
 pub fn start_agent_logged(
     root: &Path,
     port: u16,
@@ -179,7 +178,7 @@ pub fn start_agent_logged(
     tables: &str,
     env: &[(&str, &str)],
     log: &Path,
-) -> Proc {
+) -> Agent {
     start_agent_logged_with(root, port, interval, tables, env, log, &[])
 }
 
@@ -192,20 +191,14 @@ pub fn start_agent_logged_with(
     env: &[(&str, &str)],
     log: &Path,
     extra: &[&str],
-) -> Proc {
+) -> Agent {
     let config = write_agent_config(root, tables);
-    let log = std::fs::File::create(log).expect("log file");
-    let child = agent_command(root, &config, port, interval, extra)
-        .envs(env.iter().copied())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn agent");
-    Proc(child)
+    spawn_agent(agent_command(root, &config, port, interval, extra).envs(env.iter().copied()), log)
 }
 
 /// An agent of site `caen-1` on `root` ticking every 100 ms with the `[push]` table `tables`, its log (push at
 /// debug level) in `log`: the pushing agent of the forwarding and failover tests.
-pub fn start_pushing_agent(root: &Path, port: u16, tables: &str, log: &Path) -> Proc {
+pub fn start_pushing_agent(root: &Path, port: u16, tables: &str, log: &Path) -> Agent {
     let env = [("DOMESDAY_LOG", "info,domesday_agent::push=debug")];
     start_agent_logged_with(root, port, "100ms", tables, &env, log, &["--site", "caen-1"])
 }
@@ -220,10 +213,12 @@ pub fn start_agent_logged_ignoring_xfsz(
     tables: &str,
     env: &[(&str, &str)],
     log: &Path,
-) -> Proc {
+) -> Agent {
     let config = write_agent_config(root, tables);
-    let agent = agent_command(root, &config, port, interval, &[]);
-    let mut log = std::fs::File::create(log).expect("log file");
+    let mut agent = agent_command(root, &config, port, interval, &[]);
+    agent.envs(env.iter().copied());
+    let secrets = AgentSecrets::of(&agent);
+    let mut file = std::fs::File::create(log).expect("log file");
     let mut child = Command::new("bash")
         .arg("-c")
         .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
@@ -237,10 +232,12 @@ pub fn start_agent_logged_ignoring_xfsz(
         .expect("spawn agent");
     // The log goes through a pipe, copied to the file by this process: the agent's own file size limit must not
     // cut its log.
-    if let Some(mut err) = child.stderr.take() {
-        std::thread::spawn(move || std::io::copy(&mut err, &mut log));
-    }
-    Proc(child)
+    let copier = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut err, &mut file);
+        })
+    });
+    Agent { proc: Proc(child), log: log.to_path_buf(), secrets: NoSecretsInOutput::new(secrets, log, copier) }
 }
 
 /// Lowers (`Some(bytes)`) or lifts (`None`) the soft `RLIMIT_FSIZE` of the running process `pid` with util-linux
@@ -268,15 +265,16 @@ pub fn probe_command(root: &Path, config: &Path) -> Command {
     cmd
 }
 
-/// Runs a probe command, asserts it succeeded and returns its report.
+/// Runs a probe command, checks its whole output for the agent's secrets ([`agent_output`]), asserts it
+/// succeeded and returns its report.
 pub fn probe_output(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("probe");
+    let out = agent_output(cmd);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `domesday-agent run` on the fixture tree `root` with `config`, listening on `port`: what every agent a test
-/// starts runs (the token only from the config's file, stdout discarded).
+/// starts runs (the token only from the config's file); [`spawn_agent`] starts it with its output checked.
 pub fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(binary("domesday-agent"));
     cmd.arg("run")
@@ -291,9 +289,259 @@ pub fn agent_command(root: &Path, config: &Path, port: u16, interval: &str, extr
         .arg("--interval")
         .arg(interval)
         .args(extra)
-        .env_remove("DOMESDAY_PUSH_TOKEN")
-        .stdout(Stdio::null());
+        .env_remove("DOMESDAY_PUSH_TOKEN");
     cmd
+}
+
+/// A running agent a test started through these helpers: its process (killed when dropped, see [`Proc`]), the
+/// file holding its stdout and stderr, and the check of that output for the agent's secrets, run after the
+/// process is gone (fields drop in order). `agent.0`, `agent.terminate(…)` reach the [`Proc`].
+pub struct Agent {
+    pub proc: Proc,
+    pub log: PathBuf,
+    pub secrets: NoSecretsInOutput,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+impl Agent {
+    /// Adds a secret the agent's files do not hold (a basic-auth password in clear, whose bcrypt hash the web
+    /// configuration holds): its output must not show it either.
+    pub fn also_secret(&mut self, kind: &str, value: &str) {
+        self.secrets.secrets.fixed.push((kind.to_string(), value.to_string()));
+    }
+}
+
+/// Spawns an agent command (from [`agent_command`] or the test's own) with its stdout and stderr in `log`; the
+/// returned [`Agent`] checks, when dropped, that the log holds none of the agent's secrets ([`AgentSecrets`]).
+pub fn spawn_agent(cmd: &mut Command, log: &Path) -> Agent {
+    let secrets = AgentSecrets::of(cmd);
+    let file = std::fs::File::create(log).expect("agent log");
+    let child = cmd
+        .stdout(Stdio::from(file.try_clone().expect("agent log")))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn agent");
+    Agent { proc: Proc(child), log: log.to_path_buf(), secrets: NoSecretsInOutput::new(secrets, log, None) }
+}
+
+/// Runs an agent command to its end (`check-config`, `probe`, `once`, `simulate`) and checks its stdout and
+/// stderr for the agent's secrets ([`AgentSecrets`]) before returning them.
+pub fn agent_output(cmd: &mut Command) -> std::process::Output {
+    let secrets = AgentSecrets::of(cmd);
+    let out = cmd.output().expect("run agent");
+    secrets.check_output(&command_line(cmd), &out);
+    out
+}
+
+/// A command's program and arguments, without its environment (which may hold a token), for messages.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+/// Waits for an agent the test spawned with piped stdout and stderr (`simulate`, whose secrets `secrets` were
+/// taken from its command before the spawn) and checks both for them.
+pub fn agent_wait(child: Child, secrets: &AgentSecrets, name: &str) -> std::process::Output {
+    let out = child.wait_with_output().expect("agent output");
+    secrets.check_output(name, &out);
+    out
+}
+
+/// Where an agent's secrets are, read from its command line: the files named by `--config` (its `token_file`,
+/// `password_file`, `key_file`, `web_config_file`), `--token-file` and `--web-config-file` (its `key_file` and
+/// the bcrypt hashes of `basic_auth_users`), every `*.token`, `*.key`, `*.pass`, `*.password` or `*.secret`
+/// file beside its configuration, and the values of its environment variables named like a token, a password
+/// or a secret (`DOMESDAY_PUSH_TOKEN`). The files are read each time the secrets are asked for, so a token
+/// rotated during the test is searched for too.
+#[derive(Clone, Debug, Default)]
+pub struct AgentSecrets {
+    /// (what it is, the file).
+    pub files: Vec<(String, PathBuf)>,
+    /// Web configuration files (their key files and bcrypt hashes are secrets).
+    pub web_configs: Vec<PathBuf>,
+    /// (what it is, the value).
+    pub fixed: Vec<(String, String)>,
+}
+
+/// Keys of an agent configuration naming a file whose content is secret.
+const SECRET_FILE_KEYS: [&str; 3] = ["token_file", "password_file", "key_file"];
+/// Extensions of the files beside a configuration taken as secrets.
+const SECRET_EXTENSIONS: [&str; 5] = ["token", "key", "pass", "password", "secret"];
+
+impl AgentSecrets {
+    /// The secrets of the agent `cmd` runs.
+    pub fn of(cmd: &Command) -> AgentSecrets {
+        let mut s = AgentSecrets::default();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        for (i, a) in args.iter().enumerate() {
+            let (flag, value) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), args.get(i + 1).cloned()),
+            };
+            let Some(value) = value else { continue };
+            match flag {
+                "--config" => s.add_config(Path::new(&value)),
+                "--token-file" => s.files.push(("push token (--token-file)".into(), value.into())),
+                "--web-config-file" => s.web_configs.push(value.into()),
+                _ => {}
+            }
+        }
+        for (k, v) in cmd.get_envs() {
+            let (k, Some(v)) = (k.to_string_lossy(), v) else { continue };
+            if ["TOKEN", "PASSWORD", "SECRET"].iter().any(|w| k.to_ascii_uppercase().contains(w)) {
+                s.fixed.push((format!("environment variable {k}"), v.to_string_lossy().trim().to_string()));
+            }
+        }
+        s
+    }
+
+    fn add_config(&mut self, config: &Path) {
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        let dir = config.parent().unwrap_or(Path::new("."));
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            let (key, value) = (key.trim(), value.trim().trim_matches(|c| c == '"' || c == '\''));
+            if SECRET_FILE_KEYS.contains(&key) {
+                self.files.push((format!("{key} of {}", config.display()), dir.join(value)));
+            } else if key == "web_config_file" {
+                self.web_configs.push(dir.join(value));
+            }
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| SECRET_EXTENSIONS.iter().any(|s| x == *s)) {
+                self.files.push(("secret file beside the configuration".into(), p));
+            }
+        }
+    }
+
+    /// Every secret now, as (what it is, value): a file's trimmed content, or each base64 line of a PEM private
+    /// key. Values shorter than 6 characters would match by chance and are left out.
+    pub fn values(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self.fixed.clone();
+        let mut files = self.files.clone();
+        for web in &self.web_configs {
+            let text = std::fs::read_to_string(web).unwrap_or_default();
+            let dir = web.parent().unwrap_or(Path::new("."));
+            let mut in_users = false;
+            for line in text.lines() {
+                let indented = line.starts_with(' ') || line.starts_with('\t');
+                if !indented {
+                    in_users = line.trim_end() == "basic_auth_users:";
+                    continue;
+                }
+                let Some((k, v)) = line.trim().split_once(':') else { continue };
+                let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+                if in_users {
+                    out.push((format!("bcrypt hash of basic-auth user {k} in {}", web.display()), v.to_string()));
+                } else if k == "key_file" {
+                    files.push((format!("key_file of {}", web.display()), dir.join(v)));
+                }
+            }
+        }
+        for (kind, file) in files {
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            if text.contains("-----BEGIN") {
+                for l in text.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16) {
+                    out.push((format!("private key line of {} ({kind})", file.display()), l.to_string()));
+                }
+            } else {
+                out.push((format!("{} ({kind})", file.display()), text.trim().to_string()));
+            }
+        }
+        out.retain(|(_, v)| v.len() >= 6);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Fails when any secret appears in `text`, the output of `name` (see [`fail_on_secret`]).
+    pub fn check(&self, name: &str, text: &str) {
+        let values = self.values();
+        let all: Vec<&str> = values.iter().map(|(_, v)| v.as_str()).collect();
+        for (kind, value) in &values {
+            fail_on_secret(kind, value, name, text, &all);
+        }
+    }
+
+    /// [`AgentSecrets::check`] on a finished process's stdout and stderr.
+    pub fn check_output(&self, name: &str, out: &std::process::Output) {
+        self.check(&format!("{name} (stdout)"), &String::from_utf8_lossy(&out.stdout));
+        self.check(&format!("{name} (stderr)"), &String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Panics when `secret` appears in `text` (the output of `name`), with what the secret is (`kind`), its first two
+/// characters and length, and the lines holding it with every one of `all` masked: never the secret itself.
+pub fn fail_on_secret(kind: &str, secret: &str, name: &str, text: &str, all: &[&str]) {
+    if !text.contains(secret) {
+        return;
+    }
+    let mask = |l: &str| all.iter().chain([&secret]).fold(l.to_string(), |l, s| l.replace(s, "<SECRET>"));
+    let lines: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(secret))
+        .map(|(i, l)| format!("{}: {}", i + 1, mask(l)))
+        .collect();
+    panic!(
+        "{kind} ({}) appears in the output of {name}, on these lines:\n{}",
+        describe_secret(secret),
+        lines.join("\n")
+    );
+}
+
+/// A secret described without showing it: its first two characters and its length.
+pub fn describe_secret(secret: &str) -> String {
+    let head: String = secret.chars().take(2).collect();
+    format!("{head}…, {} bytes", secret.len())
+}
+
+/// Checks, when dropped, that an agent's output (the file `log`) holds none of its secrets; the process must be
+/// gone by then ([`Agent`] drops its [`Proc`] first) and the thread copying its output (if any) done. The
+/// secrets are read at the start and again at the end, so a token rotated during the test counts both ways.
+pub struct NoSecretsInOutput {
+    pub secrets: AgentSecrets,
+    pub log: PathBuf,
+    at_start: Vec<(String, String)>,
+    copier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NoSecretsInOutput {
+    pub fn new(secrets: AgentSecrets, log: &Path, copier: Option<std::thread::JoinHandle<()>>) -> NoSecretsInOutput {
+        let at_start = secrets.values();
+        NoSecretsInOutput { secrets, log: log.to_path_buf(), at_start, copier }
+    }
+}
+
+impl Drop for NoSecretsInOutput {
+    fn drop(&mut self) {
+        if let Some(c) = self.copier.take() {
+            let _ = c.join();
+        }
+        if std::thread::panicking() {
+            return; // the test already failed; a second panic would abort and hide its message
+        }
+        let text = read_log(&self.log);
+        let mut values = self.secrets.values();
+        values.extend(self.at_start.iter().cloned());
+        let all: Vec<&str> = values.iter().map(|(_, v)| v.as_str()).collect();
+        let name = format!("the agent logging to {}", self.log.display());
+        for (kind, value) in &values {
+            fail_on_secret(kind, value, &name, &text, &all);
+        }
+    }
 }
 
 /// GETs `url`, retrying until it answers or `within` passes.
@@ -378,17 +626,20 @@ impl Drop for NoSecretsInLog {
             return; // the test already failed; a second panic would abort and hide its message
         }
         let text = read_log(&self.log);
-        let secrets: Vec<String> = std::fs::read_dir(&self.dir)
+        let secrets: Vec<(String, String)> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "token"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| t.len() >= 6)
+            .filter_map(|e| Some((e.path(), std::fs::read_to_string(e.path()).ok()?)))
+            .map(|(p, t)| (format!("the token in {}", p.display()), t.trim().to_string()))
+            .filter(|(_, t)| t.len() >= 6)
             .collect();
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        assert_no_secrets(&[(&self.log.display().to_string(), &text)], &secrets);
+        let all: Vec<&str> = secrets.iter().map(|(_, t)| t.as_str()).collect();
+        let name = self.log.display().to_string();
+        for (kind, token) in &secrets {
+            fail_on_secret(kind, token, &name, &text, &all);
+        }
     }
 }
 
@@ -889,9 +1140,9 @@ pub fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::block
 /// chance and is refused.
 pub fn assert_no_secrets(outputs: &[(&str, &str)], secrets: &[&str]) {
     for s in secrets {
-        assert!(s.len() >= 6, "secret {s:?} is too short to be searched for");
+        assert!(s.len() >= 6, "a secret ({}) is too short to be searched for", describe_secret(s));
         for (name, text) in outputs {
-            assert!(!text.contains(s), "a secret ({} bytes) appears in the output of {name}:\n{text}", s.len());
+            fail_on_secret("a secret", s, name, text, secrets);
         }
     }
 }
@@ -927,5 +1178,91 @@ mod no_secrets_tests {
         std::fs::write(dir.path().join(COLLECTOR_LOG), "WARN bad token s3cret-token-value\n").expect("log");
         let leaked = std::panic::catch_unwind(|| drop(NoSecretsInLog::of(dir.path())));
         assert!(leaked.is_err(), "a token in the log must fail the check");
+    }
+
+    /// An agent's directory as the helpers leave it: its config naming a token file and a client key, the
+    /// web configuration with a key and a bcrypt hash.
+    fn agent_dir() -> (tempfile::TempDir, Command) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::write(d.join("push.token"), "push-token-5e1f9a\n").expect("token");
+        std::fs::create_dir_all(d.join("pki")).expect("pki");
+        std::fs::write(
+            d.join("pki/client.key"),
+            "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("key");
+        std::fs::write(
+            d.join("pki/server.key"),
+            "-----BEGIN PRIVATE KEY-----\nAwEHBG0wawIBAQQgServerKeyLine\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("key");
+        std::fs::write(
+            d.join("pki/web.yml"),
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: $2b$10$abcdefghijklmnopqrstuv\n",
+        )
+        .expect("web");
+        let config = d.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "site = \"s\"\n[push]\ntoken_file = {:?}\nkey_file = {:?}\n",
+                d.join("push.token").display().to_string(),
+                d.join("pki/client.key").display().to_string()
+            ),
+        )
+        .expect("config");
+        let mut cmd = Command::new("domesday-agent");
+        cmd.arg("run").arg("--config").arg(&config).arg("--web-config-file").arg(d.join("pki/web.yml"));
+        cmd.env("DOMESDAY_PUSH_TOKEN", "env-token-77aa01");
+        (dir, cmd)
+    }
+
+    /// What the check says when `leak` is in the agent's log, or None when it passes.
+    fn agent_check_with_log(leak: &str) -> Option<String> {
+        let (dir, cmd) = agent_dir();
+        let log = dir.path().join("agent.log");
+        std::fs::write(&log, format!("INFO starting\nWARN push failed: {leak}\n")).expect("log");
+        let guard = NoSecretsInOutput::new(AgentSecrets::of(&cmd), &log, None);
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard))).err()?;
+        Some(failed.downcast_ref::<String>().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn every_secret_an_agent_holds_in_its_output_fails_the_test_without_showing_it() {
+        assert_eq!(agent_check_with_log("connection refused (token_file /etc/push.token)"), None);
+        for (leak, kind) in [
+            ("push-token-5e1f9a", "push.token"),
+            ("env-token-77aa01", "environment variable DOMESDAY_PUSH_TOKEN"),
+            ("MIGHAgEAMBMGByqGSM49AgEGCCqGSM49", "private key line of"),
+            ("AwEHBG0wawIBAQQgServerKeyLine", "server.key"),
+            ("$2b$10$abcdefghijklmnopqrstuv", "bcrypt hash of basic-auth user prometheus"),
+        ] {
+            let msg = agent_check_with_log(&format!("Bearer {leak}")).unwrap_or_else(|| panic!("{kind} not caught"));
+            assert!(msg.contains(kind) && msg.contains("agent.log") && msg.contains("2: WARN"), "{msg}");
+            assert!(msg.contains(&format!("{} bytes", leak.len())) && msg.contains("<SECRET>"), "{msg}");
+            assert!(!msg.contains(leak), "the failure shows the secret: {msg}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "appears in the output of")]
+    fn a_token_in_a_probe_or_check_config_output_fails_the_test() {
+        let (_dir, cmd) = agent_dir();
+        let out = std::process::Output {
+            status: std::process::ExitStatus::default(),
+            stdout: b"# token: push-token-5e1f9a\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        AgentSecrets::of(&cmd).check_output("agent check-config", &out);
+    }
+
+    #[test]
+    fn a_leak_message_masks_the_secret() {
+        let r =
+            std::panic::catch_unwind(|| assert_no_secrets(&[("x", "a\nthe s3cret-value here\n")], &["s3cret-value"]));
+        let msg = r.expect_err("a leak fails").downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("2: the <SECRET> here") && msg.contains("s3…, 12 bytes"), "{msg}");
+        assert!(!msg.contains("s3cret-value"), "{msg}");
     }
 }

@@ -4,13 +4,12 @@
 //! energy persists across a SIGTERM restart, and bad configs are refused with
 //! file:line.
 
-use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use domesday_tests::{
-    apply_overlay, binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics, series_value,
-    start_agent,
+    agent_output, apply_overlay, binary, fixture_copy, fixtures_dir, free_port, get_text, promtool_check_metrics,
+    series_value, start_agent,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -128,14 +127,14 @@ fn a_vanished_chip_stops_its_series_without_a_crash() {
 #[test]
 fn once_prints_a_valid_exposition_on_a_vm() {
     let root = fixtures_dir().join("vm-minimal");
-    let out = Command::new(binary("domesday-agent"))
-        .args(["once", "--interval", "100ms", "--site", "s", "--host", "vm"])
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .output()
-        .expect("once");
+    let out = agent_output(
+        Command::new(binary("domesday-agent"))
+            .args(["once", "--interval", "100ms", "--site", "s", "--host", "vm"])
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc")),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("domesday_host_info{site=\"s\",host=\"vm\",vendor=\"QEMU\""), "{text}");
@@ -145,14 +144,14 @@ fn once_prints_a_valid_exposition_on_a_vm() {
 #[test]
 fn probe_names_each_failure_and_its_fix() {
     let root = fixtures_dir().join("broken");
-    let out = Command::new(binary("domesday-agent"))
-        .args(["probe", "--interval", "100ms", "--host", "b"])
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .output()
-        .expect("probe");
+    let out = agent_output(
+        Command::new(binary("domesday-agent"))
+            .args(["probe", "--interval", "100ms", "--host", "b"])
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc")),
+    );
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let line = |sensor: &str| text.lines().find(|l| l.contains(&format!(" {sensor} "))).unwrap_or_default().to_string();
@@ -169,13 +168,13 @@ fn check_config_refuses_bad_files_with_file_and_line() {
     let run = |text: &str| {
         let p = dir.path().join("agent.toml");
         std::fs::write(&p, text).expect("write");
-        let out = Command::new(binary("domesday-agent"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&p)
-            .env_remove("DOMESDAY_PUSH_TOKEN")
-            .output()
-            .expect("run");
+        let out = agent_output(
+            Command::new(binary("domesday-agent"))
+                .arg("check-config")
+                .arg("--config")
+                .arg(&p)
+                .env_remove("DOMESDAY_PUSH_TOKEN"),
+        );
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -195,17 +194,9 @@ fn check_config_refuses_bad_files_with_file_and_line() {
     // `run` refuses the same way before binding anything.
     let p = dir.path().join("bad.toml");
     std::fs::write(&p, "site = \"a\"\ninterval = \"fast\"\n").expect("write");
-    let mut child = Command::new(binary("domesday-agent"))
-        .arg("run")
-        .arg("--config")
-        .arg(&p)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status = child.wait().expect("wait");
-    let mut err = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
-    assert_eq!(status.code(), Some(2));
+    let out = agent_output(Command::new(binary("domesday-agent")).arg("run").arg("--config").arg(&p));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("bad.toml:2:"), "{err}");
 }
 
@@ -228,14 +219,13 @@ fn an_unreadable_rapl_zone_is_a_permission_error_with_its_fix() {
     } else {
         Command::new(binary("domesday-agent"))
     };
-    let out = cmd
-        .args(["probe", "--interval", "100ms", "--host", "p"])
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .output()
-        .expect("probe");
+    let out = agent_output(
+        cmd.args(["probe", "--interval", "100ms", "--host", "p"])
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc")),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains(" intel-rapl:0 ")).unwrap_or_default();

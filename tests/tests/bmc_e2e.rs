@@ -340,16 +340,16 @@ fn probe_says_why_ipmi_is_off() {
     let text = run(&config);
     assert!(text.contains("host power: 212.0 W by method bmc_dcmi (measured)"), "{text}");
     // `once` waits for the BMC's first poll too.
-    let out = Command::new(binary("domesday-agent"))
-        .args(["once", "--interval", "100ms", "--host", "p", "--config"])
-        .arg(&config)
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .envs(bmc.env())
-        .output()
-        .expect("once");
+    let out = domesday_tests::agent_output(
+        Command::new(binary("domesday-agent"))
+            .args(["once", "--interval", "100ms", "--host", "p", "--config"])
+            .arg(&config)
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc"))
+            .envs(bmc.env()),
+    );
     let body = String::from_utf8_lossy(&out.stdout);
     assert_eq!(host_power(&body, "bmc_dcmi"), Some(212.0), "{body}");
     // The FreeIPMI backend (ipmi-dcmi --get-system-power-statistics).
@@ -553,7 +553,7 @@ fn redfish_session_agent(
     root: &Path,
     bmc_port: u16,
     password: &str,
-) -> (domesday_tests::Proc, u16, PathBuf) {
+) -> (domesday_tests::Agent, u16, PathBuf) {
     let pw = tmp.join("bmc.password");
     std::fs::write(&pw, format!("{password}\n")).expect("password");
     // No `auth` key: sessions are the default.
@@ -791,7 +791,7 @@ struct NewModelAgent {
     mode: std::sync::Arc<std::sync::Mutex<String>>,
     port: u16,
     log: PathBuf,
-    _agent: domesday_tests::Proc,
+    _agent: domesday_tests::Agent,
 }
 
 impl NewModelAgent {

@@ -8,13 +8,13 @@
 //! - a spool replay of hours-old samples is booked and shows no skew.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use domesday_tests::{
-    Collector, Proc, agent_command, binary, fixture_copy, free_port, get_text, host_energy, host_energy_series,
-    post_write, push_table, series_value, write_agent_config,
+    Agent, Collector, agent_command, binary, fixture_copy, free_port, get_text, host_energy, host_energy_series,
+    post_write, push_table, series_value, spawn_agent, write_agent_config,
 };
 
 const TOKEN: &str = "clock-token";
@@ -36,14 +36,10 @@ fn wait_for(url: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String 
     }
 }
 
-fn start_agent_with_clock(root: &Path, port: u16, clock: &Path) -> Proc {
+fn start_agent_with_clock(root: &Path, port: u16, clock: &Path) -> Agent {
     let config = write_agent_config(root, "");
-    let child = agent_command(root, &config, port, "200ms", &[])
-        .env("DOMESDAY_CLOCK_FIXTURE", clock)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent");
-    Proc(child)
+    let log = root.join("agent.log");
+    spawn_agent(agent_command(root, &config, port, "200ms", &[]).env("DOMESDAY_CLOCK_FIXTURE", clock), &log)
 }
 
 #[test]
@@ -218,24 +214,22 @@ fn a_real_agent_three_hours_ahead_is_quarantined_and_its_skew_exported() {
     let port = free_port();
     // libfaketime moves the agent's wall clock 3 hours ahead (not the monotonic clock,
     // on which the kernel times its waits).
-    let child = Command::new(binary("domesday-agent"))
-        .env("LD_PRELOAD", libfaketime())
-        .env("FAKETIME", "+3h")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .args(["--site", "caen-1", "--interval", "100ms", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--sysfs-root")
-        .arg(root.join("sys"))
-        .arg("--procfs-root")
-        .arg(root.join("proc"))
-        .env_remove("DOMESDAY_PUSH_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn agent under libfaketime");
-    let mut agent = Proc(child);
+    let mut agent = spawn_agent(
+        Command::new(binary("domesday-agent"))
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME", "+3h")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--site", "caen-1", "--interval", "100ms", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--sysfs-root")
+            .arg(root.join("sys"))
+            .arg("--procfs-root")
+            .arg(root.join("proc"))
+            .env_remove("DOMESDAY_PUSH_TOKEN"),
+        &root.join("agent.log"),
+    );
     let skew = |body: &str| series_value(body, "domesday_host_clock_skew_seconds", &["host=\"test-host\""]);
     let metrics = wait_for(&c.url("/metrics"), Duration::from_secs(20), |b| skew(b).is_some());
     let s = skew(&metrics).expect("skew of the agent");

@@ -119,12 +119,12 @@ fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
         ),
     )
     .expect("agent config");
-    let out = Command::new(binary("domesday-agent"))
-        .args(["check-config", "--config"])
-        .arg(&agent_cfg)
-        .env_remove("DOMESDAY_PUSH_TOKEN")
-        .output()
-        .expect("agent check-config");
+    let out = domesday_tests::agent_output(
+        Command::new(binary("domesday-agent"))
+            .args(["check-config", "--config"])
+            .arg(&agent_cfg)
+            .env_remove("DOMESDAY_PUSH_TOKEN"),
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let agent_line = format!("# token: <redacted>, {} bytes, from token_file {}", TOKEN.len(), token.display());
@@ -141,16 +141,17 @@ fn both_binaries_show_a_secret_the_same_way_and_never_its_value() {
 /// instead of refusing its config is killed after 10 s), and returns its exit
 /// code and everything it printed.
 fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i32>, String) {
-    let mut child = Command::new(binary(bin))
-        .args(args)
+    let mut cmd = Command::new(binary(bin));
+    cmd.args(args)
         .arg("--config")
         .arg(config)
         .env("DOMESDAY_LOG", "debug")
         .env_remove("DOMESDAY_PUSH_TOKEN")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+        .stderr(std::process::Stdio::piped());
+    // An agent's output is checked for the secrets its command names (a collector's by the callers).
+    let secrets = domesday_tests::AgentSecrets::of(&cmd);
+    let mut child = cmd.spawn().expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while child.try_wait().expect("wait").is_none() {
         if std::time::Instant::now() > deadline {
@@ -160,6 +161,9 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
+    if bin == "domesday-agent" {
+        secrets.check_output(&format!("{bin} {}", args.join(" ")), &out);
+    }
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -229,4 +233,97 @@ fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
     }
     let named: Vec<(&str, &str)> = seen.iter().map(|(n, o)| (n.as_str(), o.as_str())).collect();
     assert_no_secrets(&named, &[AGENT_SECRET, SITE_SECRET, URL_SECRET]);
+}
+
+/// An agent holding a token file, made to fail every way that prints a path, a line or an answer: a collector
+/// that refuses its token (401), a collector that is not there, a token file a header cannot carry, a private
+/// key in the token file's place and the token file in the key's. Each failure names the file, the key or the
+/// URL; no output shows the token or a key line (the helpers check the agents' logs, this checks them all).
+#[test]
+fn an_agent_failing_to_push_or_to_load_names_the_token_file_and_never_prints_the_token() {
+    use domesday_tests::{
+        Collector, TestPki, agent_output, fixture_copy, free_port, push_table, read_log, start_agent_logged_with,
+        wait_for_log, write_agent_config,
+    };
+    use std::time::Duration;
+    const RIGHT: &str = "site-token-right-4c2e9b";
+    const WRONG: &str = "agent-token-wrong-81d7f3";
+    let dir = tempfile::tempdir().expect("tmp");
+    let collector = Collector::start(dir.path(), free_port(), RIGHT);
+    let (_fx, root) = fixture_copy("intel-2s");
+    let pki = TestPki::new(&root.join("pki"));
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let env = [("DOMESDAY_LOG", "trace")];
+
+    // A token the collector does not know: 401, rejected, said with the status and the collector's answer.
+    let url = format!("{:?}", collector.url("/api/v1/write"));
+    let tables = push_table(&root, WRONG, &url, "interval = \"200ms\"\n");
+    let log = root.join("agent-401.log");
+    let agent = start_agent_logged_with(&root, free_port(), "100ms", &tables, &env, &log, &["--site", "caen-1"]);
+    wait_for_log(&log, "rejected a request", Duration::from_secs(30));
+    drop(agent);
+    let text = read_log(&log);
+    let line = text.lines().find(|l| l.contains("rejected a request")).unwrap_or_default();
+    let file = format!("token_file {}", root.join("push.token").display());
+    assert!(line.contains("status=401") && line.contains(&file), "the token file is not named: {line}");
+    seen.push(("agent run, 401".into(), text));
+    // What the helpers' check (run when `agent` was dropped) searched that log for: the token among them.
+    let cmd = domesday_tests::agent_command(&root, &root.join("agent.toml"), 0, "1s", &[]);
+    let searched = domesday_tests::AgentSecrets::of(&cmd).values();
+    assert!(searched.iter().any(|(k, v)| v == WRONG && k.contains("token_file")), "the token is not searched for");
+
+    // No collector: the connection error names the URL.
+    let closed = free_port();
+    let tables = push_table(&root, WRONG, &format!("\"http://127.0.0.1:{closed}/api/v1/write\""), "");
+    let log = root.join("agent-down.log");
+    let agent = start_agent_logged_with(&root, free_port(), "100ms", &tables, &env, &log, &["--site", "caen-1"]);
+    wait_for_log(&log, "does not take data", Duration::from_secs(30));
+    drop(agent);
+    let text = read_log(&log);
+    assert!(text.contains(&format!("127.0.0.1:{closed}")), "the URL is not named:\n{text}");
+    seen.push(("agent run, collector down".into(), text));
+
+    // Files in the wrong place: `check-config` and `run` refuse them with file:line, the key and the file.
+    let token = root.join("push.token").display().to_string();
+    let key = pki.path("client.key").display().to_string();
+    let cert = pki.path("client.crt").display().to_string();
+    let push = |token_file: &str, more: &str| format!("[push]\nurl = {url}\ntoken_file = {token_file:?}\n{more}");
+    std::fs::write(root.join("push.token"), format!("{WRONG} and more\n")).expect("token");
+    let good = root.join("good.token").display().to_string();
+    std::fs::write(&good, format!("{WRONG}\n")).expect("token");
+    for (config, want) in [
+        // Line 7: token_file (after four lines of write_agent_config, `[push]` and `url`); a space in the token.
+        (push(&token, ""), ["agent.toml:7:", "push.token_file", "not printable ASCII"]),
+        // A private key where the token should be.
+        (push(&key, ""), ["agent.toml:7:", "push.token_file", "client.key"]),
+        // The token file where the key should be (line 9: key_file).
+        (
+            push(&good, &format!("cert_file = {cert:?}\nkey_file = {good:?}\n")),
+            ["agent.toml:9:", "push.key_file", "good.token"],
+        ),
+    ] {
+        let cfg = write_agent_config(&root, &config);
+        for cmd in ["check-config", "run"] {
+            let out = agent_output(
+                std::process::Command::new(binary("domesday-agent"))
+                    .args([cmd, "--config"])
+                    .arg(&cfg)
+                    .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+                    .env("DOMESDAY_LOG", "trace")
+                    .env_remove("DOMESDAY_PUSH_TOKEN"),
+            );
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(2), "agent {cmd} accepted {config}: {text}");
+            for w in want {
+                assert!(text.contains(w), "agent {cmd}: {w:?} missing from\n{text}");
+            }
+            seen.push((format!("agent {cmd}"), text + &String::from_utf8_lossy(&out.stdout)));
+        }
+    }
+    drop(collector);
+    let keys = pki.key_lines();
+    let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();
+    secrets.extend([RIGHT, WRONG]);
+    let named: Vec<(&str, &str)> = seen.iter().map(|(n, o)| (n.as_str(), o.as_str())).collect();
+    assert_no_secrets(&named, &secrets);
 }

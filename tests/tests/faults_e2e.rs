@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_tests::proxy::Proxy;
 use domesday_tests::{
-    Collector, Proc, binary, fixture_copy, free_port, get_text, mock_http, post_write, pushed_host_energy,
-    series_value, start_agent_logged_with,
+    Agent, AgentSecrets, Collector, agent_wait, binary, fixture_copy, free_port, get_text, mock_http, post_write,
+    pushed_host_energy, series_value, start_agent_logged_with,
 };
 
 const TOKEN: &str = "faults-token-4b1d";
@@ -61,8 +61,8 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
     let start_ms = now_ms() / 1000 * 1000 - 60_000;
     let start = jiff::Timestamp::from_millisecond(start_ms).expect("start").to_string();
     let (hosts, interval_ms) = (40usize, 250i64);
-    let sim = Command::new(binary("domesday-agent"))
-        .args(["simulate", "--hosts", &hosts.to_string(), "--push", &collector.url("/api/v1/write")])
+    let mut sim = Command::new(binary("domesday-agent"));
+    sim.args(["simulate", "--hosts", &hosts.to_string(), "--push", &collector.url("/api/v1/write")])
         .args(["--interval", "250ms", "--duration", "9s", "--connections", "8", "--site", "caen-1"])
         .args(["--timeout", "2s", "--start", &start])
         .arg("--token-file")
@@ -71,9 +71,9 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
         .arg(&report)
         .env("DOMESDAY_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("simulate");
+        .stderr(Stdio::piped());
+    let sim_secrets = AgentSecrets::of(&sim);
+    let sim = sim.spawn().expect("simulate");
     std::thread::sleep(Duration::from_millis(2500));
     // A clean stop and a start while the fleet pushes.
     let mut c = collector;
@@ -86,7 +86,7 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
     let _ = proc.0.kill();
     let _ = proc.0.wait();
     let c = Collector::start(dir.path(), port, TOKEN);
-    let out = sim.wait_with_output().expect("simulate output");
+    let out = agent_wait(sim, &sim_secrets, "agent simulate");
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{summary}{}", String::from_utf8_lossy(&out.stderr));
 
@@ -123,7 +123,7 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
 
 /// An agent on the `intel-2s` fixture pushing to `url` every 200 ms with its
 /// spool in `<root>/spool`, logging each tick it queues.
-fn agent(root: &Path, url: &str, log: &Path, metrics_port: u16) -> Proc {
+fn agent(root: &Path, url: &str, log: &Path, metrics_port: u16) -> Agent {
     std::fs::write(root.join("push.token"), TOKEN).expect("token");
     let tables = format!(
         "[push]\nurl = \"{url}\"\ntoken_file = {:?}\ninterval = \"200ms\"\ntimeout = \"1s\"\nspool_dir = {:?}\n",

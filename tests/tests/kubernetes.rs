@@ -682,12 +682,12 @@ fn the_generated_configurations_pass_check_config() {
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(&agent_cfg, agent_toml.replace("/var/lib/domesday-agent", &state.display().to_string()))
         .expect("write");
-    let out = Command::new(binary("domesday-agent"))
-        .args(["check-config", "--config"])
-        .arg(&agent_cfg)
-        .env("DOMESDAY_PUSH_TOKEN", "t0ken")
-        .output()
-        .expect("agent");
+    let out = domesday_tests::agent_output(
+        Command::new(binary("domesday-agent"))
+            .args(["check-config", "--config"])
+            .arg(&agent_cfg)
+            .env("DOMESDAY_PUSH_TOKEN", "push-t0ken-k8s"),
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "agent check-config:\n{text}");
     for want in ["0.0.0.0:9955", "http://domesday-collector:9956/api/v1/write", "r01", "1s"] {
@@ -774,14 +774,9 @@ fn the_rendered_agent_pushes_a_node_to_the_rendered_collector() {
                 .replace("$(NODE_NAME)", "node-7")
         })
         .collect();
-    let _agent = domesday_tests::Proc(
-        Command::new(binary("domesday-agent"))
-            .args(&aargs)
-            .env("DOMESDAY_PUSH_TOKEN", token)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
-            .spawn()
-            .expect("agent"),
+    let _agent = domesday_tests::spawn_agent(
+        Command::new(binary("domesday-agent")).args(&aargs).env("DOMESDAY_PUSH_TOKEN", token),
+        &dir.path().join("agent.log"),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut hosts = String::new();

@@ -349,9 +349,11 @@ fn debian_packages_lint_install_run_and_purge() {
     }
 
     // The shipped default configs pass check-config as installed.
-    let agent_check = run(Command::new(root.join("usr/bin/domesday-agent"))
-        .args(["check-config", "--config"])
-        .arg(root.join("etc/domesday/agent.toml")));
+    let agent_check = domesday_tests::agent_output(
+        Command::new(root.join("usr/bin/domesday-agent"))
+            .args(["check-config", "--config"])
+            .arg(root.join("etc/domesday/agent.toml")),
+    );
     assert!(agent_check.status.success(), "agent check-config:\n{}", text(&agent_check));
     assert!(text(&agent_check).contains("local"), "{}", text(&agent_check));
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use domesday_model::remote_write::{TimeSeries, is_stale_nan};
 use domesday_tests::mock_rw::{MockReceiver, Mode, Received, series_key};
 use domesday_tests::{
-    Proc, binary, fixture_copy, free_port, get_text, promtool_check_metrics, series_value, start_agent_logged,
+    binary, fixture_copy, free_port, get_text, promtool_check_metrics, series_value, start_agent_logged,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,7 +34,7 @@ fn push_tables(root: &Path, url: &str) -> String {
 }
 
 struct Agent {
-    proc: Proc,
+    proc: domesday_tests::Agent,
     port: u16,
     log: std::path::PathBuf,
 }
@@ -418,14 +418,14 @@ fn the_token_never_appears_in_check_config_output_or_logs() {
     let tables = push_tables(&root, &mock.url());
     let config = domesday_tests::write_agent_config(&root, &tables);
     let check = |env: &[(&str, &str)], cfg: &Path| {
-        let out = Command::new(binary("domesday-agent"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(cfg)
-            .env_remove("DOMESDAY_PUSH_TOKEN")
-            .envs(env.iter().copied())
-            .output()
-            .expect("check-config");
+        let out = domesday_tests::agent_output(
+            Command::new(binary("domesday-agent"))
+                .arg("check-config")
+                .arg("--config")
+                .arg(cfg)
+                .env_remove("DOMESDAY_PUSH_TOKEN")
+                .envs(env.iter().copied()),
+        );
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
     };
     let (code, out) = check(&[], &config);
@@ -481,8 +481,8 @@ fn simulate_reports_per_host_what_the_collector_acknowledged() {
     std::fs::write(&token, TOKEN).expect("token");
     let report = dir.path().join("report.csv");
     let hosts = 30;
-    let child = Command::new(binary("domesday-agent"))
-        .args(["simulate", "--hosts", &hosts.to_string(), "--push", &mock.url(), "--interval", "300ms"])
+    let mut cmd = Command::new(binary("domesday-agent"));
+    cmd.args(["simulate", "--hosts", &hosts.to_string(), "--push", &mock.url(), "--interval", "300ms"])
         .args(["--duration", "2400ms", "--connections", "4", "--site", "simsite"])
         .arg("--token-file")
         .arg(&token)
@@ -490,15 +490,15 @@ fn simulate_reports_per_host_what_the_collector_acknowledged() {
         .arg(&report)
         .env("DOMESDAY_LOG", "warn")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("simulate");
+        .stderr(std::process::Stdio::piped());
+    let secrets = domesday_tests::AgentSecrets::of(&cmd);
+    let child = cmd.spawn().expect("simulate");
     // An overload in the middle: those requests are failed, not acknowledged.
     std::thread::sleep(Duration::from_millis(900));
     mock.set_mode(Mode::Status(503, "overloaded".into()));
     std::thread::sleep(Duration::from_millis(400));
     mock.set_mode(Mode::Accept);
-    let out = child.wait_with_output().expect("simulate output");
+    let out = domesday_tests::agent_wait(child, &secrets, "agent simulate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("30 hosts × 20 series") && stdout.contains("failed"), "{stdout}");

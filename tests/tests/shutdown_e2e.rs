@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{WriteRequest, encode};
 use domesday_tests::{
-    Collector, Proc, fixture_copy, free_port, host_energy, host_energy_series, pushed_host_energy,
+    Agent, Collector, Proc, fixture_copy, free_port, host_energy, host_energy_series, pushed_host_energy,
     start_agent_logged_with,
 };
 
@@ -29,7 +29,7 @@ fn now_ms() -> i64 {
 }
 
 /// An agent on `root` pushing to `url` once an hour, its push log in `log`.
-fn hourly_agent(root: &Path, url: &str, log: &Path) -> Proc {
+fn hourly_agent(root: &Path, url: &str, log: &Path) -> Agent {
     std::fs::write(root.join("push.token"), TOKEN).expect("token");
     let tables = format!(
         "[push]\nurl = \"{url}\"\ntoken_file = {:?}\ninterval = \"1h\"\nspool_dir = {:?}\n",

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use domesday_tests::proxy::Proxy;
 use domesday_tests::rss::{dir_bytes, file_bytes, rss_kib};
 use domesday_tests::{
-    Collector, binary, fixture_copy, free_port, get_text, pushed_host_energy, start_agent_logged_with,
+    AgentSecrets, Collector, agent_wait, binary, fixture_copy, free_port, get_text, pushed_host_energy,
+    start_agent_logged_with,
 };
 
 const TOKEN: &str = "soak-token-93c1";
@@ -119,7 +120,8 @@ fn run(s: Soak) {
     let duration = s.interval * pushes as u32;
     std::fs::write(dir.path().join("sim.token"), TOKEN).expect("token");
     let report = dir.path().join("report.csv");
-    let mut sim = Command::new(binary("domesday-agent"))
+    let mut sim_cmd = Command::new(binary("domesday-agent"));
+    sim_cmd
         .args(["simulate", "--hosts", &s.hosts.to_string(), "--push", &c.url("/api/v1/write")])
         .args(["--interval", &format!("{}ms", s.interval.as_millis())])
         .args(["--sample-interval", &format!("{}s", s.sample.as_secs())])
@@ -132,9 +134,9 @@ fn run(s: Soak) {
         .arg(&report)
         .env("DOMESDAY_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("simulate");
+        .stderr(Stdio::piped());
+    let sim_secrets = AgentSecrets::of(&sim_cmd);
+    let mut sim = sim_cmd.spawn().expect("simulate");
 
     // Every second: memory and sizes; every 10 s a 3 s partition of the agent.
     let done = Arc::new(AtomicBool::new(false));
@@ -174,7 +176,7 @@ fn run(s: Soak) {
     let wall = t0.elapsed();
     done.store(true, Ordering::SeqCst);
     let rows = sampler.join().expect("sampler");
-    let out = sim.wait_with_output().expect("simulate output");
+    let out = agent_wait(sim, &sim_secrets, "agent simulate");
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{summary}{}", String::from_utf8_lossy(&out.stderr));
     // The agent's spool drains once the link stays up.

@@ -212,7 +212,7 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     let client = tls_client(&pki.path("ca.crt"), Some((&pki.path("client.crt"), &pki.path("client.key"))));
     let mut collector = spawn_collector(&config, &clog, port, &client);
 
-    let mut agents: Vec<(Proc, PathBuf, u16)> = Vec::new();
+    let mut agents: Vec<(domesday_tests::Agent, PathBuf, u16)> = Vec::new();
     let mut fixtures = Vec::new();
     for (host, with_cert) in [("tls-host", true), ("no-cert-host", false)] {
         let (fx, root) = fixture_copy("intel-2s");
@@ -311,6 +311,8 @@ fn agent_metrics_take_the_exporter_web_configuration_and_a_prometheus_scrape_con
         &log,
         &["--web-config-file", &web_arg],
     );
+    // The web configuration holds the hash; the password in clear is the test's.
+    agent.also_secret("basic-auth password of prometheus", PASSWORD);
     let url = format!("https://127.0.0.1:{port}/metrics");
     let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
     let client = tls_client(&ca, Some((&cert, &key)));
@@ -362,5 +364,101 @@ fn agent_metrics_take_the_exporter_web_configuration_and_a_prometheus_scrape_con
     let keys = pki.key_lines();
     let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();
     secrets.extend([PASSWORD, hash.as_str()]);
+    assert_no_secrets(&[("agent run", &text)], &secrets);
+}
+
+/// The agent's web configuration file read again on SIGHUP: a new password and a new server certificate (from
+/// another CA) take effect without a restart; a file with a password where the hash goes, or one that would turn
+/// https into http, is refused with its place and the previous configuration keeps serving.
+#[test]
+fn the_agent_reads_its_web_configuration_again_on_sighup_and_keeps_the_previous_one_when_the_new_is_bad() {
+    const OLD: &str = "scrape-old-pass-71c2";
+    const NEW: &str = "scrape-new-pass-3d9a";
+    const PLAIN: &str = "plain-pass-never-shown-5b";
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let web = pki.path("web.yml");
+    let write_web = |server: &str, users: &str| {
+        let tls = format!(
+            "tls_server_config:\n  cert_file: {server}.crt\n  key_file: {server}.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+        );
+        let text = if server.is_empty() { String::new() } else { tls };
+        std::fs::write(&web, format!("{text}basic_auth_users:\n{users}")).expect("web.yml");
+    };
+    let (old_hash, new_hash) = (bcrypt::hash(OLD, 4).expect("bcrypt"), bcrypt::hash(NEW, 4).expect("bcrypt"));
+    write_web("server", &format!("  prometheus: {old_hash}\n"));
+    let (_fx, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let log = root.join("agent.log");
+    let web_arg = web.display().to_string();
+    let mut agent = start_agent_logged_with(
+        &root,
+        port,
+        "200ms",
+        "",
+        &[("DOMESDAY_LOG", "debug")],
+        &log,
+        &["--web-config-file", &web_arg],
+    );
+    for (kind, pw) in [("old password", OLD), ("new password", NEW), ("password in the hash's place", PLAIN)] {
+        agent.also_secret(kind, pw);
+    }
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let (cert, key) = (pki.path("client.crt"), pki.path("client.key"));
+    let status = |ca: &str, pw: &str| {
+        tls_client(&pki.path(ca), Some((&cert, &key)))
+            .get(&url)
+            .basic_auth("prometheus", Some(pw))
+            .send()
+            .map(|r| r.status().as_u16())
+            .map_err(|e| format!("{e:?}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status("ca.crt", OLD).is_err() {
+        assert!(Instant::now() < deadline, "agent not serving https:\n{}", read_log(&log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status("ca.crt", OLD), Ok(200));
+    assert_eq!(status("ca.crt", NEW), Ok(401));
+    let reloads = |needle: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = read_log(&log);
+            if text.matches(needle).count() >= n {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} not logged {n} times:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // The new password and the other CA's server certificate, without a restart.
+    write_web("other-server", &format!("  prometheus: {new_hash}\n"));
+    sighup(&agent);
+    reloads("SIGHUP: web_config_file reloaded", 1);
+    assert_eq!(status("other-ca.crt", NEW), Ok(200));
+    assert_eq!(status("other-ca.crt", OLD), Ok(401), "the old password still opens /metrics");
+    assert!(status("ca.crt", NEW).is_err(), "a new connection still gets the old certificate");
+
+    // A password where its hash goes: refused with the file, line and user; the previous configuration stays.
+    write_web("other-server", &format!("  prometheus: {PLAIN}\n"));
+    sighup(&agent);
+    let text = reloads("web_config_file reload failed", 1);
+    let line = text.lines().find(|l| l.contains("reload failed")).unwrap_or_default();
+    assert!(line.contains("web.yml:7:") && line.contains("prometheus") && line.contains("bcrypt"), "{line}");
+    assert_eq!(status("other-ca.crt", NEW), Ok(200));
+
+    // https cannot become http without a restart: refused, still https.
+    write_web("", &format!("  prometheus: {new_hash}\n"));
+    sighup(&agent);
+    let text = reloads("web_config_file reload failed", 2);
+    assert!(text.contains("switching /metrics from https to http needs a restart"), "{text}");
+    assert_eq!(status("other-ca.crt", NEW), Ok(200));
+
+    assert!(agent.terminate(Duration::from_secs(20)).is_some(), "agent did not stop");
+    let text = read_log(&log);
+    let keys = pki.key_lines();
+    let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();
+    secrets.extend([OLD, NEW, PLAIN, old_hash.as_str(), new_hash.as_str()]);
     assert_no_secrets(&[("agent run", &text)], &secrets);
 }

@@ -524,6 +524,8 @@ pub(crate) struct Pusher<T> {
     fail_log: Every,
     reject_log: Every,
     spool_log: Every,
+    /// Where the write token came from ([`token_source`]), named when the collector refuses it.
+    token_from: String,
 }
 
 impl<T: Transport> Pusher<T> {
@@ -548,9 +550,16 @@ impl<T: Transport> Pusher<T> {
             fail_log: Every::new(LOG_EVERY),
             reject_log: Every::new(LOG_EVERY),
             spool_log: Every::new(LOG_EVERY),
+            token_from: String::new(),
         };
         p.update_gauges_of(&p.spool);
         p
+    }
+
+    /// Names where the write token came from in the message of a refused token.
+    pub(crate) fn with_token_source(mut self, from: String) -> Self {
+        self.token_from = from;
+        self
     }
 
     fn stopping(&self) -> bool {
@@ -704,6 +713,7 @@ impl<T: Transport> Pusher<T> {
                 samples,
                 earlier_rejections = more,
                 response = body,
+                hint = reject_hint(status, &self.token_from),
                 "push: the collector rejected a request; not retried"
             );
         }
@@ -753,7 +763,8 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
         Backoff::for_interval(p.interval.0),
         p.timeout.0,
         stopping.clone(),
-    );
+    )
+    .with_token_source(token_source(p));
     let (tx, rx) = mpsc::channel(PUSH_QUEUE);
     let thread = std::thread::Builder::new().name("pusher".into()).spawn(move || {
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -772,6 +783,25 @@ pub fn start(cfg: &AgentConfig, p: &PushConfig) -> Result<Pushing, PushError> {
         full_log: Every::new(LOG_EVERY),
     };
     Ok(Pushing { handle, stats, thread, stopping })
+}
+
+/// Where the push token came from, for messages: `token_file <path>` or the environment variable (never the
+/// token itself).
+pub fn token_source(p: &PushConfig) -> String {
+    match &p.token_file {
+        Some(f) => format!("token_file {}", f.display()),
+        None => format!("the environment variable {}", crate::config::PUSH_TOKEN_ENV),
+    }
+}
+
+/// What to do about a rejected request whose status says the collector refused the credentials (401: unknown
+/// token, 403: not this site's): check the token where it came from (`token_from`, see [`token_source`]).
+pub fn reject_hint(status: u16, token_from: &str) -> Option<String> {
+    matches!(status, 401 | 403).then(|| {
+        format!(
+            "the collector refused the write token from {token_from}: give the token of the site this agent pushes for"
+        )
+    })
 }
 
 fn open_spool(p: &PushConfig) -> Result<(Spool, OpenReport), PushError> {

@@ -585,3 +585,15 @@ fn ticks_are_offered_once_per_push_interval_and_a_full_queue_counts_as_dropped()
     let per_tick = tick_series(&snap, SeriesSet::Default, &constant()).len() as u64;
     assert_eq!(stats.dropped.load(Ordering::Relaxed), per_tick);
 }
+
+#[test]
+fn a_refused_token_is_named_by_its_source_and_other_rejections_get_no_hint() {
+    let from = "token_file /etc/domesday/push.token";
+    for status in [401, 403] {
+        let hint = reject_hint(status, from).expect("a hint");
+        assert!(hint.contains(from) && hint.contains("refused the write token"), "{hint}");
+    }
+    for status in [400, 404, 413, 415] {
+        assert_eq!(reject_hint(status, from), None);
+    }
+}
