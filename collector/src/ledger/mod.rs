@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod chunk;
 pub mod journal;
 pub mod query;
+pub mod rules;
 pub mod sqlite;
 pub mod writer;
 

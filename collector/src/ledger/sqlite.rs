@@ -29,6 +29,7 @@ use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
 use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
+use super::rules::{self, Claim};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome, Policy,
     Retirement, StoreError, micro_factor,
@@ -423,8 +424,10 @@ impl SqliteWriter {
         for c in &batch.claims {
             let key = (c.site.clone(), c.host.clone());
             let owner = staged.owners.get(&key).or_else(|| self.owners.get(&key)).cloned();
-            match owner {
-                Some((m, t)) if m != c.machine_id && c.ts_ms - t < self.policy.host_takeover_ms => {
+            let decision =
+                rules::claim(owner.as_ref().map(|(m, t)| (m.as_str(), *t)), &c.machine_id, c.ts_ms, &self.policy);
+            match decision {
+                Claim::Refuse => {
                     tx.execute(
                         "INSERT INTO host_conflicts VALUES (?1, ?2, ?3, ?4, ?4, 0) \
                          ON CONFLICT (site, host, machine_id) DO UPDATE SET last_ms = MAX(last_ms, ?4)",
@@ -432,34 +435,26 @@ impl SqliteWriter {
                     )?;
                     refused.push(key);
                 }
-                Some((m, _)) if m != c.machine_id => {
-                    // The previous owner went silent: the new machine takes the name
-                    // over, and its counters start from a fresh baseline.
-                    tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
+                Claim::TakeOver => {
+                    let old = owner.map(|(m, _)| m).unwrap_or_default();
+                    tracing::warn!(site = %c.site, host = %c.host, old = %old, new = %c.machine_id, "host name taken over by another machine");
                     for (key, id) in self.series.iter().chain(staged.series.iter()) {
                         let mut parts = key.split(SEP);
                         if parts.next() == Some(c.site.as_str())
                             && parts.next() == Some(c.host.as_str())
                             && let Some(l) = staged.last.get(id).or_else(|| self.last.get(id)).copied()
-                            && l.value.is_some()
+                            && let Some((ts_ms, value)) = rules::takeover_marker((l.ts_ms, l.value))
                         {
-                            // A stale marker 1 ms after the old machine's last sample, journaled
-                            // like any sample: the raw points, and the minutes recomputed from
-                            // them, hold the fresh baseline as the buckets do.
-                            let ts_ms = l.ts_ms + 1;
-                            staged.entries.push(Entry {
-                                series_id: *id,
-                                ts_ms,
-                                value: None,
-                                prev: Some((l.ts_ms, l.value)),
-                            });
-                            staged.last.insert(*id, Last { ts_ms, value: None });
+                            // The marker is journaled like any sample: the raw points, and the
+                            // minutes recomputed from them, hold the fresh baseline as the buckets do.
+                            staged.entries.push(Entry { series_id: *id, ts_ms, value, prev: Some((l.ts_ms, l.value)) });
+                            staged.last.insert(*id, Last { ts_ms, value });
                         }
                     }
                     staged.owners.insert(key.clone(), (c.machine_id.clone(), c.ts_ms));
                     upsert_host(tx, c)?;
                 }
-                _ => {
+                Claim::Accept => {
                     staged.owners.insert(key, (c.machine_id.clone(), c.ts_ms));
                     upsert_host(tx, c)?;
                 }
