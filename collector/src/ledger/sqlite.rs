@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::book::{HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::book::{HOUR_MS, MINUTE_MS, Value, spread};
 use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
-use super::rules::{self, Claim};
+use super::rules::{self, Claim, Placement, Reading, Slot};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome, Policy,
     Retirement, StoreError, micro_factor,
@@ -497,76 +497,60 @@ impl SqliteWriter {
                 )
                 .optional()?
             };
-            let newest = last.is_none_or(|l| s.ts_ms > l.ts_ms);
-            if newest && l.meter.is_empty() {
-                // The fast path: journaled now, written to the series' tables in bulk later.
-                let prev = last.map(|l| (l.ts_ms, l.value));
-                let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
-                if prev.is_some() && factor > 0 {
-                    staged.energy_uj += i128::from(e.increment().saturating_mul(factor));
+            let host = l.meter.is_empty();
+            let sample = (s.ts_ms, s.value_micro);
+            match rules::place(last.map(|l| (l.ts_ms, l.value)), sample, host) {
+                Placement::Journal { prev } => {
+                    // The fast path: journaled now, written to the series' tables in bulk later.
+                    let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
+                    if prev.is_some() && factor > 0 {
+                        staged.energy_uj += i128::from(e.increment().saturating_mul(factor));
+                    }
+                    staged.entries.push(e);
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
+                    out.booked += 1;
                 }
-                staged.entries.push(e);
-                staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
-                out.booked += 1;
-                continue;
-            }
-            match last {
-                None => {
+                Placement::First => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
                     staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
-                Some(l) if s.ts_ms > l.ts_ms => {
+                Placement::Append((t0, t1, inc)) => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
-                    let inc = increment(l.value, s.value_micro);
-                    Self::book_interval(staged, &self.policy, id, factor, true, l.ts_ms, s.ts_ms, inc, 1);
+                    Self::book_interval(staged, &self.policy, id, factor, true, t0, t1, inc, 1);
                     staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
-                Some(_) => {
-                    // At or before the series' last sample: a replay, or a late sample.
+                Placement::Late => {
                     // Its neighbours may still be in the journal: write it out first.
-                    if l.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
+                    if host && (!staged.materialized || !staged.entries.is_empty()) {
                         Self::journal_staged(tx, staged)?;
                         materialize(tx, &self.policy, usize::MAX)?;
                         staged.materialized = true;
                     }
-                    let host = l.meter.is_empty();
-                    let (prev, existing, next) =
+                    let neighbours =
                         if host { chunk::neighbours(tx, id, s.ts_ms)? } else { sample_neighbours(tx, id, s.ts_ms)? };
-                    if let Some(v) = existing {
-                        if v == s.value_micro {
-                            out.duplicate += 1
-                        } else {
-                            out.conflict += 1
-                        }
-                        continue;
-                    }
                     let pruned_until: i64 =
                         tx.query_row("SELECT pruned_until_ms FROM series WHERE id = ?1", [id], |r| r.get(0))?;
-                    if s.ts_ms < pruned_until {
-                        out.too_old += 1;
-                        continue;
+                    match rules::slot(neighbours, pruned_until, sample) {
+                        Slot::Duplicate => out.duplicate += 1,
+                        Slot::Conflict => out.conflict += 1,
+                        Slot::TooOld => out.too_old += 1,
+                        Slot::Insert { remove, add } => {
+                            // A host series' minutes are recomputed from its points: only hours are booked.
+                            let mut book = |(t0, t1, amount), sign| {
+                                Self::book_interval(staged, &self.policy, id, factor, !host, t0, t1, amount, sign)
+                            };
+                            remove.into_iter().for_each(|iv| book(iv, -1));
+                            add.into_iter().flatten().for_each(|iv| book(iv, 1));
+                            if host {
+                                chunk::insert(tx, id, sample)?;
+                            } else {
+                                insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                            }
+                            out.booked += 1;
+                        }
                     }
-                    // A host series' minutes are recomputed from its points: only hours are booked.
-                    let mut book = |t0, t1, amount, sign| {
-                        Self::book_interval(staged, &self.policy, id, factor, !host, t0, t1, amount, sign)
-                    };
-                    if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
-                        book(pt, nt, increment(pv, nv), -1);
-                    }
-                    if let Some((pt, pv)) = prev {
-                        book(pt, s.ts_ms, increment(pv, s.value_micro), 1);
-                    }
-                    if let Some((nt, nv)) = next {
-                        book(s.ts_ms, nt, increment(s.value_micro, nv), 1);
-                    }
-                    if host {
-                        chunk::insert(tx, id, (s.ts_ms, s.value_micro))?;
-                    } else {
-                        insert.execute(params![id, s.ts_ms, s.value_micro])?;
-                    }
-                    out.booked += 1;
                 }
             }
         }
@@ -582,16 +566,16 @@ impl SqliteWriter {
                     |r| r.get(0),
                 )
                 .optional()?;
-            match existing {
-                Some(v) if v == iv.value_micro => out.duplicate += 1,
-                Some(_) => out.conflict += 1,
-                None => {
+            match rules::interval_reading(existing, iv.value_micro) {
+                Reading::Duplicate => out.duplicate += 1,
+                Reading::Conflict => out.conflict += 1,
+                Reading::Book => {
                     tx.execute(
                         "INSERT INTO intervals VALUES (?1, ?2, ?3, ?4)",
                         params![id, iv.start_ms, iv.end_ms, iv.value_micro],
                     )?;
                     // An interval reading is a measurement of the whole interval: it covers it.
-                    let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+                    let policy = Policy { gap_ms: rules::INTERVAL_GAP_MS, ..self.policy };
                     Self::book_interval(staged, &policy, id, factor, true, iv.start_ms, iv.end_ms, iv.value_micro, 1);
                     out.booked += 1;
                 }
@@ -690,10 +674,10 @@ impl SqliteWriter {
              VALUES (?1, 'correction', ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, start_ms, end_ms, value_micro, who.author, who.reason, who.recorded_ms],
         )?;
-        let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+        let policy = Policy { gap_ms: rules::INTERVAL_GAP_MS, ..self.policy };
         let factor = micro_factor(unit).unwrap_or(0);
-        let (amount, sign) = if value_micro < 0 { (-value_micro, -1) } else { (value_micro, 1) };
-        Self::book_interval(&mut staged, &policy, id, factor, true, start_ms, end_ms, amount, sign);
+        let ((t0, t1, amount), sign) = rules::correction(start_ms, end_ms, value_micro);
+        Self::book_interval(&mut staged, &policy, id, factor, true, t0, t1, amount, sign);
         // A correction adds or removes energy; it observes nothing, so coverage stays.
         for map in [&mut staged.minutes, &mut staged.hours] {
             for v in map.values_mut() {
@@ -723,14 +707,12 @@ impl SqliteWriter {
         who: &Provenance,
     ) -> Result<Outcome, StoreError> {
         use super::CounterSample;
-        let batch = Batch {
-            samples: vec![
-                CounterSample::meter(site, meter, role, unit, at_ms, final_micro),
-                CounterSample { value_micro: None, ..CounterSample::meter(site, meter, role, unit, at_ms + 1, 0) },
-                CounterSample::meter(site, meter, role, unit, at_ms + 2, initial_micro),
-            ],
-            ..Batch::default()
-        };
+        let series = CounterSample::meter(site, meter, role, unit, at_ms, 0).series;
+        let samples = rules::swap_readings(at_ms, final_micro, initial_micro)
+            .into_iter()
+            .map(|(ts_ms, value)| CounterSample::of_series(&series, ts_ms, value))
+            .collect();
+        let batch = Batch { samples, ..Batch::default() };
         // The booking and its audit row (who and why) commit together or not at all:
         // a swap that lost its provenance would be an unexplained jump in the ledger.
         let out = self.apply_with(&[batch], |w, tx, staged| {
