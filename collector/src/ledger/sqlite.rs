@@ -34,6 +34,7 @@ use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome, Policy,
     Retirement, StoreError, micro_factor,
 };
+pub use super::{Provenance, Retire};
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
 pub const MIGRATIONS: &[&str] = &[
@@ -642,20 +643,10 @@ fn settle(by_role: &mut Vec<super::RoleEnergy>, open: Option<(&str, &str, &str, 
     }
 }
 
-/// Who changed the ledger by hand, and why (kept forever in `adjustments`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provenance {
-    pub author: String,
-    pub reason: String,
-    pub recorded_ms: i64,
-}
-
 impl SqliteWriter {
-    /// Books a signed manual correction of a meter's consumption over
-    /// `[start, end)` (micro-units of its unit), recorded with who, when and why.
-    /// History is not rewritten: the correction is an entry of its own.
+    /// [`LedgerWriter::correct`]: the booking and its `adjustments` row in one transaction.
     #[allow(clippy::too_many_arguments)]
-    pub fn correct(
+    fn book_correction(
         &mut self,
         site: &str,
         meter: &str,
@@ -690,12 +681,10 @@ impl SqliteWriter {
         Ok(())
     }
 
-    /// Records a meter swap at `at_ms`: the old meter's final register reading,
-    /// then the new meter's initial one. The ledger books up to the final
-    /// reading, and the new meter's register starts a fresh baseline, so its
-    /// initial value is never counted as consumption.
+    /// [`LedgerWriter::swap_meter`]: the readings booked as a batch, with its
+    /// `adjustments` row in the same transaction.
     #[allow(clippy::too_many_arguments)]
-    pub fn swap_meter(
+    fn book_swap(
         &mut self,
         site: &str,
         meter: &str,
@@ -784,24 +773,20 @@ fn quarantine(tx: &rusqlite::Transaction<'_>, rows: &[super::Quarantined]) -> Re
     Ok(new)
 }
 
-/// What [`retire_host`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retire {
-    /// Recorded now.
-    Retired,
-    /// The host was retired before; the first record stays.
-    Already(Retirement),
-    /// The ledger has no sample or claim of this host at this site.
-    UnknownHost,
+/// [`LedgerWriter::retire_host`] on a connection of its own, without loading a
+/// writer's state, so it works while `serve` runs.
+pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+    record_retirement(&open_writer(path)?, site, host, known, who)
 }
 
-/// Records that a decommissioned host is retired, with who, when and why.
-/// Only a row of its own: the host's series and energy stay as booked. Runs on
-/// its own connection (like `correct`), so it works while `serve` runs.
-/// `known` says the host is expected by the configuration even if the ledger
-/// never saw it.
-pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
-    let conn = open_writer(path)?;
+/// Records a retirement on `conn` (see [`LedgerWriter::retire_host`]).
+fn record_retirement(
+    conn: &Connection,
+    site: &str,
+    host: &str,
+    known: bool,
+    who: &Provenance,
+) -> Result<Retire, StoreError> {
     let tx = conn.unchecked_transaction()?;
     if let Some(r) = tx
         .query_row(
@@ -1092,6 +1077,38 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
 impl LedgerWriter for SqliteWriter {
     fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
         self.apply_with(batches, |_, _, _| Ok(()))
+    }
+
+    fn correct(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        start_ms: i64,
+        end_ms: i64,
+        value_micro: i64,
+        who: &Provenance,
+    ) -> Result<(), StoreError> {
+        self.book_correction(site, meter, role, unit, start_ms, end_ms, value_micro, who)
+    }
+
+    fn swap_meter(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        at_ms: i64,
+        final_micro: i64,
+        initial_micro: i64,
+        who: &Provenance,
+    ) -> Result<Outcome, StoreError> {
+        self.book_swap(site, meter, role, unit, at_ms, final_micro, initial_micro, who)
+    }
+
+    fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+        record_retirement(&self.conn, site, host, known, who)
     }
 
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {

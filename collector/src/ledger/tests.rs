@@ -1021,3 +1021,38 @@ proptest! {
         }
     }
 }
+
+/// Corrections, swaps and retirements go through the store trait, as the
+/// commands call them (`Box<dyn LedgerWriter>`): a correction adds or takes
+/// away energy without coverage, a swap books up to the final reading, a
+/// retirement is recorded once.
+#[test]
+fn a_store_behind_the_trait_corrects_swaps_and_retires() {
+    use super::{Provenance, Retire};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w: Box<dyn LedgerWriter> = Box::new(SqliteWriter::open(&db, Policy::default()).expect("open"));
+    let who = Provenance { author: "ops".into(), reason: "audit".into(), recorded_ms: NOW };
+    let reg = |ts: i64, v: i64| CounterSample::meter("s", "edf", "utility_in", "kWh", ts, v);
+    w.apply(&[batch(vec![reg(T0, 1_000_000), reg(T0 + 300_000, 3_000_000)])], NOW).expect("apply");
+    let r = SqliteReader::new(&db, Policy::default());
+    let kwh = |from: i64, to: i64| {
+        let e = r.energy(&meter_query(Some("edf"), None, from, to)).expect("q");
+        (e.energy_uj() / 3_600_000, e.coverage_ratio)
+    };
+    assert_eq!(kwh(T0, T0 + 300_000), (2_000_000, 1.0));
+    // Half a kWh taken away over the first minute: coverage unchanged.
+    w.correct("s", "edf", "utility_in", "kWh", T0, T0 + 60_000, -500_000, &who).expect("correct");
+    assert_eq!(kwh(T0, T0 + 300_000), (1_500_000, 1.0));
+    assert_eq!(kwh(T0, T0 + 60_000).0, 400_000 - 500_000);
+    // Swapped at T0 + 20 min: booked up to the final reading; the initial one is a baseline.
+    let o = w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 4_000_000, 9_000_000, &who).expect("swap");
+    assert_eq!((o.booked, o.energy_uj), (3, 1_000_000 * 3_600_000));
+    w.apply(&[batch(vec![reg(T0 + 1_800_000, 9_250_000)])], NOW).expect("after the swap");
+    assert_eq!(kwh(T0, T0 + 3_600_000).0, 1_500_000 + 1_000_000 + 250_000);
+    w.apply(&[batch(vec![sample("h1", "rapl", T0, Some(0))])], NOW).expect("host");
+    assert_eq!(w.retire_host("s", "h1", false, &who).expect("retire"), Retire::Retired);
+    assert!(matches!(w.retire_host("s", "h1", false, &who).expect("again"), Retire::Already(_)));
+    assert_eq!(w.retire_host("s", "nope", false, &who).expect("unknown"), Retire::UnknownHost);
+    assert_eq!(r.retired_hosts("s").expect("retired").len(), 1);
+}
