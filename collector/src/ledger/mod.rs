@@ -433,4 +433,8 @@ pub trait LedgerReader: Send + Sync {
 }
 
 #[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod rules_tests;
+#[cfg(test)]
 mod tests;

@@ -94,8 +94,9 @@ pub enum Slot {
     Duplicate,
     /// Another value is stored at this timestamp: the first one wins.
     Conflict,
-    /// Older than the raw samples the series keeps (`pruned_until_ms`): its
-    /// neighbours are gone, so it cannot be slotted in.
+    /// Older than the raw samples the series keeps (`pruned_until_ms`), or
+    /// after it but with its previous sample pruned: a neighbour is gone, so it
+    /// cannot be slotted in.
     TooOld,
     /// Stored between its neighbours: the interval between them (`remove`, booked
     /// when the later one arrived) is taken back and the intervals from the one
@@ -109,7 +110,10 @@ pub fn slot((prev, existing, next): Neighbours, pruned_until_ms: i64, (ts_ms, va
     if let Some(v) = existing {
         return if v == value { Slot::Duplicate } else { Slot::Conflict };
     }
-    if ts_ms < pruned_until_ms {
+    // A series pruned at all had a sample before `pruned_until_ms`, hence before
+    // this one: when none is left before it, its previous sample was pruned, and
+    // the interval that sample began (booked already) cannot be split.
+    if ts_ms < pruned_until_ms || prev.is_none() && pruned_until_ms > 0 {
         return Slot::TooOld;
     }
     let remove = match (prev, next) {
