@@ -437,4 +437,6 @@ mod reference;
 #[cfg(test)]
 mod rules_tests;
 #[cfg(test)]
+mod store_tests;
+#[cfg(test)]
 mod tests;

@@ -144,7 +144,7 @@ impl MemStore {
 
 /// A counter's points from `(step, increment, kind)`: kind 0 resets to the
 /// increment, kind 1 is a stale marker, the rest add the increment.
-fn counter(start: i64, steps: &[(i64, i64, u8)]) -> Vec<Point> {
+pub(super) fn counter(start: i64, steps: &[(i64, i64, u8)]) -> Vec<Point> {
     let (mut t, mut v) = (start, 5_000_000i64);
     let mut points = Vec::new();
     for &(dt, inc, kind) in steps {
