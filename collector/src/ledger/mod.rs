@@ -3,9 +3,12 @@
 //! Agents send cumulative counters; the ledger is the only place that turns
 //! them into increments (baseline, reset, late, duplicate and stale rules of
 //! docs/collector.md), in integer microjoules, spread over one-minute UTC buckets and
-//! rolled up per hour in the same transaction. Storage sits behind the narrow
-//! [`LedgerWriter`]/[`LedgerReader`] traits: SQLite ([`sqlite`]) today, a
-//! PostgreSQL implementation for scale-out later.
+//! rolled up per hour in the same transaction. Every booking decision is a pure
+//! function of [`rules`] (with the arithmetic of [`book`]); a store reads what a
+//! rule needs, asks it and writes what it says. Stores sit behind the narrow
+//! [`LedgerWriter`]/[`LedgerReader`] traits, which everything that writes or
+//! reads the ledger uses: SQLite ([`sqlite`]) today, a PostgreSQL
+//! implementation for scale-out later.
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
