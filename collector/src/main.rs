@@ -10,11 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use domesday_collector::api::parse_range;
 use domesday_collector::config::{CollectorConfig, Loaded, hash_token, hex};
-use domesday_collector::ledger::LedgerReader;
 use domesday_collector::ledger::query::EnergyQuery;
-use domesday_collector::ledger::sqlite::SqliteReader;
-use domesday_collector::ledger::sqlite::{Provenance, SqliteWriter};
+use domesday_collector::ledger::sqlite::{SqliteReader, SqliteWriter};
 use domesday_collector::ledger::writer::now_ms;
+use domesday_collector::ledger::{LedgerReader, LedgerWriter, Provenance, Retire};
 use domesday_collector::serve;
 
 #[derive(Parser)]
@@ -306,8 +305,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::ImportMeters { site, file, delimiter, decimal_comma, timezone } => {
-            use domesday_collector::ledger::LedgerWriter;
-            use domesday_collector::ledger::sqlite::SqliteWriter;
             use domesday_collector::meters::csv_import::{CsvOptions, parse};
             let Some(s) = sites.iter().find(|s| s.config.id == site) else {
                 bail!("no site {site:?} in the configuration");
@@ -328,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let rows = batch.samples.len() + batch.intervals.len();
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = open_ledger(&cfg)?;
             let o = w.apply(&[batch], domesday_collector::ledger::writer::now_ms())?;
             let o = &o[0];
             println!(
@@ -348,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--value: {e}"))?;
             let micro = if negative { -micro } else { micro };
             require_reason(&by, &reason)?;
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = open_ledger(&cfg)?;
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
             w.correct(&site, &m.id, &m.role, &m.unit, from_ms, to_ms, micro, &who)?;
             println!("recorded: {value} {} on meter {} over [{from}, {to})", m.unit, m.id);
@@ -361,14 +358,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let f = parse_micro(&final_reading, false).map_err(|e| anyhow::anyhow!("--final: {e}"))?;
             let i = parse_micro(&initial, false).map_err(|e| anyhow::anyhow!("--initial: {e}"))?;
             require_reason(&by, &reason)?;
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = open_ledger(&cfg)?;
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
             w.swap_meter(&site, &m.id, &m.role, &m.unit, at_ms, f, i, &who)?;
             println!("recorded: meter {} swapped at {at} (final {final_reading}, initial {initial} {})", m.id, m.unit);
             Ok(())
         }
         Command::RetireHost { site, host, by, reason } => {
-            use domesday_collector::ledger::sqlite::{Retire, retire_host};
             let s = sites
                 .iter()
                 .find(|s| s.config.id == site)
@@ -376,7 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_reason(&by, &reason)?;
             let expected = s.config.expected_hosts.contains(&host);
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
-            match retire_host(&cfg.db, &site, &host, expected, &who)? {
+            match open_ledger(&cfg)?.retire_host(&site, &host, expected, &who)? {
                 Retire::Retired => {
                     println!("recorded: host {host} of site {site} retired by {} ({})", who.author, who.reason);
                     Ok(())
@@ -614,6 +610,13 @@ fn report_opendata(
     }
     println!("open data of {} {year}: {} rows in {}", r.region, r.sites.len(), out.display());
     Ok(())
+}
+
+/// The ledger's store for a one-shot command that writes (`import-meters`,
+/// `correct`, `swap-meter`, `retire-host`): the one place such a command picks
+/// its store, used only through [`LedgerWriter`].
+fn open_ledger(cfg: &CollectorConfig) -> anyhow::Result<Box<dyn LedgerWriter>> {
+    Ok(Box::new(SqliteWriter::open(&cfg.db, cfg.ledger.policy())?))
 }
 
 fn find_meter<'a>(

@@ -3,9 +3,12 @@
 //! Agents send cumulative counters; the ledger is the only place that turns
 //! them into increments (baseline, reset, late, duplicate and stale rules of
 //! docs/collector.md), in integer microjoules, spread over one-minute UTC buckets and
-//! rolled up per hour in the same transaction. Storage sits behind the narrow
-//! [`LedgerWriter`]/[`LedgerReader`] traits: SQLite ([`sqlite`]) today, a
-//! PostgreSQL implementation for scale-out later.
+//! rolled up per hour in the same transaction. Every booking decision is a pure
+//! function of [`rules`] (with the arithmetic of [`book`]); a store reads what a
+//! rule needs, asks it and writes what it says. Stores sit behind the narrow
+//! [`LedgerWriter`]/[`LedgerReader`] traits, which everything that writes or
+//! reads the ledger uses: SQLite ([`sqlite`]) today, a PostgreSQL
+//! implementation for scale-out later.
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
@@ -17,6 +20,7 @@ pub mod checkpoint;
 pub mod chunk;
 pub mod journal;
 pub mod query;
+pub mod rules;
 pub mod sqlite;
 pub mod writer;
 
@@ -332,9 +336,73 @@ pub enum StoreError {
     Chunk { series_id: i64, first_ts: i64, message: String },
 }
 
-/// Books batches; one call is one transaction.
+/// Who changed the ledger by hand, and why (kept forever with the change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub author: String,
+    pub reason: String,
+    pub recorded_ms: i64,
+}
+
+/// What [`LedgerWriter::retire_host`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retire {
+    /// Recorded now.
+    Retired,
+    /// The host was retired before; the first record stays.
+    Already(Retirement),
+    /// The ledger has no sample or claim of this host at this site.
+    UnknownHost,
+}
+
+/// The ledger's store: everything that writes to it, the server's writer
+/// thread and the one-shot commands (`import-meters`, `correct`, `swap-meter`,
+/// `retire-host`) alike, goes through this trait, so a command never depends on
+/// which store runs (`Box<dyn LedgerWriter>`). Each call is one transaction. A
+/// store decides nothing itself: it reads what the [`rules`] need, asks them,
+/// and writes what they say.
 pub trait LedgerWriter: Send {
+    /// Books batches of samples, host claims, interval readings and quarantined
+    /// samples, all in one transaction; one outcome per batch.
     fn apply(&mut self, batches: &[Batch], now_ms: i64) -> Result<Vec<Outcome>, StoreError>;
+    /// Books a signed manual correction of a meter's consumption over
+    /// `[start, end)` (micro-units of its unit), recorded with who, when and why
+    /// ([`rules::correction`]). History is not rewritten: the correction is an
+    /// entry of its own, and it adds no coverage.
+    #[allow(clippy::too_many_arguments)]
+    fn correct(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        start_ms: i64,
+        end_ms: i64,
+        value_micro: i64,
+        who: &Provenance,
+    ) -> Result<(), StoreError>;
+    /// Records a meter swap at `at_ms`: the old meter's final register reading,
+    /// then the new meter's initial one ([`rules::swap_readings`]). The ledger
+    /// books up to the final reading, and the new meter's register starts a fresh
+    /// baseline, so its initial value is never counted as consumption. The
+    /// readings and the record of who and why commit together or not at all.
+    #[allow(clippy::too_many_arguments)]
+    fn swap_meter(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        at_ms: i64,
+        final_micro: i64,
+        initial_micro: i64,
+        who: &Provenance,
+    ) -> Result<Outcome, StoreError>;
+    /// Records that a decommissioned host is retired, with who, when and why.
+    /// Only a record of its own: the host's series and energy stay as booked.
+    /// `known` says the host is expected by the configuration even if the
+    /// ledger never saw it.
+    fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError>;
     /// Drops per-host minutes and raw samples older than the retention (hourly roll-ups stay).
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError>;
     /// Work that may wait until the requests are answered (materializing the
@@ -372,5 +440,11 @@ pub trait LedgerReader: Send + Sync {
     }
 }
 
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod rules_tests;
+#[cfg(test)]
+mod store_tests;
 #[cfg(test)]
 mod tests;

@@ -27,14 +27,16 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::book::{DAY_MS, HOUR_MS, MINUTE_MS, Value, increment, spread};
+use super::book::{DAY_MS, HOUR_MS, MINUTE_MS, Value, spread};
 use super::chunk;
 use super::journal::{self, Entry, Pending};
 use super::query::{EnergyQuery, EnergyReport, HostRow};
+use super::rules::{self, Claim, Placement, Reading, Slot};
 use super::{
     Batch, HOST_ENERGY_METRIC, HostClaim, HostModel, IdMap, LedgerReader, LedgerWriter, METER_METRIC, Outcome, Policy,
     Retirement, StoreError, micro_factor,
 };
+pub use super::{Provenance, Retire};
 
 /// Schema migrations; index + 1 is the `user_version` after applying it.
 pub const MIGRATIONS: &[&str] = &[
@@ -445,8 +447,10 @@ impl SqliteWriter {
         for c in &batch.claims {
             let key = (c.site.clone(), c.host.clone());
             let owner = staged.owners.get(&key).or_else(|| self.owners.get(&key)).cloned();
-            match owner {
-                Some((m, t)) if m != c.machine_id && c.ts_ms - t < self.policy.host_takeover_ms => {
+            let decision =
+                rules::claim(owner.as_ref().map(|(m, t)| (m.as_str(), *t)), &c.machine_id, c.ts_ms, &self.policy);
+            match decision {
+                Claim::Refuse => {
                     tx.execute(
                         "INSERT INTO host_conflicts VALUES (?1, ?2, ?3, ?4, ?4, 0) \
                          ON CONFLICT (site, host, machine_id) DO UPDATE SET last_ms = MAX(last_ms, ?4)",
@@ -454,34 +458,26 @@ impl SqliteWriter {
                     )?;
                     refused.push(key);
                 }
-                Some((m, _)) if m != c.machine_id => {
-                    // The previous owner went silent: the new machine takes the name
-                    // over, and its counters start from a fresh baseline.
-                    tracing::warn!(site = %c.site, host = %c.host, old = %m, new = %c.machine_id, "host name taken over by another machine");
+                Claim::TakeOver => {
+                    let old = owner.map(|(m, _)| m).unwrap_or_default();
+                    tracing::warn!(site = %c.site, host = %c.host, old = %old, new = %c.machine_id, "host name taken over by another machine");
                     for (key, id) in self.series.iter().chain(staged.series.iter()) {
                         let mut parts = key.split(SEP);
                         if parts.next() == Some(c.site.as_str())
                             && parts.next() == Some(c.host.as_str())
                             && let Some(l) = staged.last.get(id).or_else(|| self.last.get(id)).copied()
-                            && l.value.is_some()
+                            && let Some((ts_ms, value)) = rules::takeover_marker((l.ts_ms, l.value))
                         {
-                            // A stale marker 1 ms after the old machine's last sample, journaled
-                            // like any sample: the raw points, and the minutes recomputed from
-                            // them, hold the fresh baseline as the buckets do.
-                            let ts_ms = l.ts_ms + 1;
-                            staged.entries.push(Entry {
-                                series_id: *id,
-                                ts_ms,
-                                value: None,
-                                prev: Some((l.ts_ms, l.value)),
-                            });
-                            staged.last.insert(*id, Last { ts_ms, value: None });
+                            // The marker is journaled like any sample: the raw points, and the
+                            // minutes recomputed from them, hold the fresh baseline as the buckets do.
+                            staged.entries.push(Entry { series_id: *id, ts_ms, value, prev: Some((l.ts_ms, l.value)) });
+                            staged.last.insert(*id, Last { ts_ms, value });
                         }
                     }
                     staged.owners.insert(key.clone(), (c.machine_id.clone(), c.ts_ms));
                     upsert_host(tx, c)?;
                 }
-                _ => {
+                Claim::Accept => {
                     staged.owners.insert(key, (c.machine_id.clone(), c.ts_ms));
                     upsert_host(tx, c)?;
                 }
@@ -524,76 +520,60 @@ impl SqliteWriter {
                 )
                 .optional()?
             };
-            let newest = last.is_none_or(|l| s.ts_ms > l.ts_ms);
-            if newest && l.meter.is_empty() {
-                // The fast path: journaled now, written to the series' tables in bulk later.
-                let prev = last.map(|l| (l.ts_ms, l.value));
-                let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
-                if prev.is_some() && factor > 0 {
-                    staged.energy_uj += i128::from(e.increment().saturating_mul(factor));
+            let host = l.meter.is_empty();
+            let sample = (s.ts_ms, s.value_micro);
+            match rules::place(last.map(|l| (l.ts_ms, l.value)), sample, host) {
+                Placement::Journal { prev } => {
+                    // The fast path: journaled now, written to the series' tables in bulk later.
+                    let e = Entry { series_id: id, ts_ms: s.ts_ms, value: s.value_micro, prev };
+                    if prev.is_some() && factor > 0 {
+                        staged.energy_uj += i128::from(e.increment().saturating_mul(factor));
+                    }
+                    staged.entries.push(e);
+                    staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
+                    out.booked += 1;
                 }
-                staged.entries.push(e);
-                staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
-                out.booked += 1;
-                continue;
-            }
-            match last {
-                None => {
+                Placement::First => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
                     staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
-                Some(l) if s.ts_ms > l.ts_ms => {
+                Placement::Append((t0, t1, inc)) => {
                     insert.execute(params![id, s.ts_ms, s.value_micro])?;
-                    let inc = increment(l.value, s.value_micro);
-                    Self::book_interval(staged, &self.policy, id, factor, true, l.ts_ms, s.ts_ms, inc, 1);
+                    Self::book_interval(staged, &self.policy, id, factor, true, t0, t1, inc, 1);
                     staged.last.insert(id, Last { ts_ms: s.ts_ms, value: s.value_micro });
                     out.booked += 1;
                 }
-                Some(_) => {
-                    // At or before the series' last sample: a replay, or a late sample.
+                Placement::Late => {
                     // Its neighbours may still be in the journal: write it out first.
-                    if l.meter.is_empty() && (!staged.materialized || !staged.entries.is_empty()) {
+                    if host && (!staged.materialized || !staged.entries.is_empty()) {
                         Self::journal_staged(tx, staged)?;
                         materialize(tx, &self.policy, usize::MAX)?;
                         staged.materialized = true;
                     }
-                    let host = l.meter.is_empty();
-                    let (prev, existing, next) =
+                    let neighbours =
                         if host { chunk::neighbours(tx, id, s.ts_ms)? } else { sample_neighbours(tx, id, s.ts_ms)? };
-                    if let Some(v) = existing {
-                        if v == s.value_micro {
-                            out.duplicate += 1
-                        } else {
-                            out.conflict += 1
-                        }
-                        continue;
-                    }
                     let pruned_until: i64 =
                         tx.query_row("SELECT pruned_until_ms FROM series WHERE id = ?1", [id], |r| r.get(0))?;
-                    if s.ts_ms < pruned_until {
-                        out.too_old += 1;
-                        continue;
+                    match rules::slot(neighbours, pruned_until, sample) {
+                        Slot::Duplicate => out.duplicate += 1,
+                        Slot::Conflict => out.conflict += 1,
+                        Slot::TooOld => out.too_old += 1,
+                        Slot::Insert { remove, add } => {
+                            // A host series' minutes are recomputed from its points: only hours are booked.
+                            let mut book = |(t0, t1, amount), sign| {
+                                Self::book_interval(staged, &self.policy, id, factor, !host, t0, t1, amount, sign)
+                            };
+                            remove.into_iter().for_each(|iv| book(iv, -1));
+                            add.into_iter().flatten().for_each(|iv| book(iv, 1));
+                            if host {
+                                chunk::insert(tx, id, sample)?;
+                            } else {
+                                insert.execute(params![id, s.ts_ms, s.value_micro])?;
+                            }
+                            out.booked += 1;
+                        }
                     }
-                    // A host series' minutes are recomputed from its points: only hours are booked.
-                    let mut book = |t0, t1, amount, sign| {
-                        Self::book_interval(staged, &self.policy, id, factor, !host, t0, t1, amount, sign)
-                    };
-                    if let (Some((pt, pv)), Some((nt, nv))) = (prev, next) {
-                        book(pt, nt, increment(pv, nv), -1);
-                    }
-                    if let Some((pt, pv)) = prev {
-                        book(pt, s.ts_ms, increment(pv, s.value_micro), 1);
-                    }
-                    if let Some((nt, nv)) = next {
-                        book(s.ts_ms, nt, increment(s.value_micro, nv), 1);
-                    }
-                    if host {
-                        chunk::insert(tx, id, (s.ts_ms, s.value_micro))?;
-                    } else {
-                        insert.execute(params![id, s.ts_ms, s.value_micro])?;
-                    }
-                    out.booked += 1;
                 }
             }
         }
@@ -609,16 +589,16 @@ impl SqliteWriter {
                     |r| r.get(0),
                 )
                 .optional()?;
-            match existing {
-                Some(v) if v == iv.value_micro => out.duplicate += 1,
-                Some(_) => out.conflict += 1,
-                None => {
+            match rules::interval_reading(existing, iv.value_micro) {
+                Reading::Duplicate => out.duplicate += 1,
+                Reading::Conflict => out.conflict += 1,
+                Reading::Book => {
                     tx.execute(
                         "INSERT INTO intervals VALUES (?1, ?2, ?3, ?4)",
                         params![id, iv.start_ms, iv.end_ms, iv.value_micro],
                     )?;
                     // An interval reading is a measurement of the whole interval: it covers it.
-                    let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+                    let policy = Policy { gap_ms: rules::INTERVAL_GAP_MS, ..self.policy };
                     Self::book_interval(staged, &policy, id, factor, true, iv.start_ms, iv.end_ms, iv.value_micro, 1);
                     out.booked += 1;
                 }
@@ -685,20 +665,10 @@ fn settle(by_role: &mut Vec<super::RoleEnergy>, open: Option<(&str, &str, &str, 
     }
 }
 
-/// Who changed the ledger by hand, and why (kept forever in `adjustments`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provenance {
-    pub author: String,
-    pub reason: String,
-    pub recorded_ms: i64,
-}
-
 impl SqliteWriter {
-    /// Books a signed manual correction of a meter's consumption over
-    /// `[start, end)` (micro-units of its unit), recorded with who, when and why.
-    /// History is not rewritten: the correction is an entry of its own.
+    /// [`LedgerWriter::correct`]: the booking and its `adjustments` row in one transaction.
     #[allow(clippy::too_many_arguments)]
-    pub fn correct(
+    fn book_correction(
         &mut self,
         site: &str,
         meter: &str,
@@ -717,10 +687,10 @@ impl SqliteWriter {
              VALUES (?1, 'correction', ?2, ?3, ?4, ?5, ?6, ?7)",
             params![id, start_ms, end_ms, value_micro, who.author, who.reason, who.recorded_ms],
         )?;
-        let policy = Policy { gap_ms: i64::MAX, ..self.policy };
+        let policy = Policy { gap_ms: rules::INTERVAL_GAP_MS, ..self.policy };
         let factor = micro_factor(unit).unwrap_or(0);
-        let (amount, sign) = if value_micro < 0 { (-value_micro, -1) } else { (value_micro, 1) };
-        Self::book_interval(&mut staged, &policy, id, factor, true, start_ms, end_ms, amount, sign);
+        let ((t0, t1, amount), sign) = rules::correction(start_ms, end_ms, value_micro);
+        Self::book_interval(&mut staged, &policy, id, factor, true, t0, t1, amount, sign);
         // A correction adds or removes energy; it observes nothing, so coverage stays.
         for map in [&mut staged.minutes, &mut staged.hours] {
             for v in map.values_mut() {
@@ -733,12 +703,10 @@ impl SqliteWriter {
         Ok(())
     }
 
-    /// Records a meter swap at `at_ms`: the old meter's final register reading,
-    /// then the new meter's initial one. The ledger books up to the final
-    /// reading, and the new meter's register starts a fresh baseline, so its
-    /// initial value is never counted as consumption.
+    /// [`LedgerWriter::swap_meter`]: the readings booked as a batch, with its
+    /// `adjustments` row in the same transaction.
     #[allow(clippy::too_many_arguments)]
-    pub fn swap_meter(
+    fn book_swap(
         &mut self,
         site: &str,
         meter: &str,
@@ -750,14 +718,12 @@ impl SqliteWriter {
         who: &Provenance,
     ) -> Result<Outcome, StoreError> {
         use super::CounterSample;
-        let batch = Batch {
-            samples: vec![
-                CounterSample::meter(site, meter, role, unit, at_ms, final_micro),
-                CounterSample { value_micro: None, ..CounterSample::meter(site, meter, role, unit, at_ms + 1, 0) },
-                CounterSample::meter(site, meter, role, unit, at_ms + 2, initial_micro),
-            ],
-            ..Batch::default()
-        };
+        let series = CounterSample::meter(site, meter, role, unit, at_ms, 0).series;
+        let samples = rules::swap_readings(at_ms, final_micro, initial_micro)
+            .into_iter()
+            .map(|(ts_ms, value)| CounterSample::of_series(&series, ts_ms, value))
+            .collect();
+        let batch = Batch { samples, ..Batch::default() };
         // The booking and its audit row (who and why) commit together or not at all:
         // a swap that lost its provenance would be an unexplained jump in the ledger.
         let out = self.apply_with(&[batch], |w, tx, staged| {
@@ -829,24 +795,20 @@ fn quarantine(tx: &rusqlite::Transaction<'_>, rows: &[super::Quarantined]) -> Re
     Ok(new)
 }
 
-/// What [`retire_host`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Retire {
-    /// Recorded now.
-    Retired,
-    /// The host was retired before; the first record stays.
-    Already(Retirement),
-    /// The ledger has no sample or claim of this host at this site.
-    UnknownHost,
+/// [`LedgerWriter::retire_host`] on a connection of its own, without loading a
+/// writer's state, so it works while `serve` runs.
+pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+    record_retirement(&open_writer(path)?, site, host, known, who)
 }
 
-/// Records that a decommissioned host is retired, with who, when and why.
-/// Only a row of its own: the host's series and energy stay as booked. Runs on
-/// its own connection (like `correct`), so it works while `serve` runs.
-/// `known` says the host is expected by the configuration even if the ledger
-/// never saw it.
-pub fn retire_host(path: &Path, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
-    let conn = open_writer(path)?;
+/// Records a retirement on `conn` (see [`LedgerWriter::retire_host`]).
+fn record_retirement(
+    conn: &Connection,
+    site: &str,
+    host: &str,
+    known: bool,
+    who: &Provenance,
+) -> Result<Retire, StoreError> {
     let tx = conn.unchecked_transaction()?;
     if let Some(r) = tx
         .query_row(
@@ -1236,6 +1198,38 @@ fn materialize(tx: &rusqlite::Transaction<'_>, policy: &Policy, max_entries: usi
 impl LedgerWriter for SqliteWriter {
     fn apply(&mut self, batches: &[Batch], _now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
         self.apply_with(batches, |_, _, _| Ok(()))
+    }
+
+    fn correct(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        start_ms: i64,
+        end_ms: i64,
+        value_micro: i64,
+        who: &Provenance,
+    ) -> Result<(), StoreError> {
+        self.book_correction(site, meter, role, unit, start_ms, end_ms, value_micro, who)
+    }
+
+    fn swap_meter(
+        &mut self,
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        at_ms: i64,
+        final_micro: i64,
+        initial_micro: i64,
+        who: &Provenance,
+    ) -> Result<Outcome, StoreError> {
+        self.book_swap(site, meter, role, unit, at_ms, final_micro, initial_micro, who)
+    }
+
+    fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+        record_retirement(&self.conn, site, host, known, who)
     }
 
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::Policy;
-use super::book::{DAY_MS, MINUTE_MS, increment, spread};
+use super::book::{DAY_MS, MINUTE_MS, spread};
 use super::query::{EnergyQuery, EnergyReport};
+use super::reference::reference;
 use super::sqlite::{SqliteReader, SqliteWriter};
 use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter};
 
@@ -25,17 +26,6 @@ fn batch(samples: Vec<CounterSample>) -> Batch {
 
 fn query(host: Option<&str>, from: i64, to: i64) -> EnergyQuery {
     EnergyQuery { site: "s".into(), host: host.map(str::to_string), meter: None, role: None, from_ms: from, to_ms: to }
-}
-
-/// Per-minute energy of an in-order, deduplicated series (the reference).
-fn reference(points: &[(i64, Option<i64>)], gap_ms: i64) -> BTreeMap<i64, i64> {
-    let mut out = BTreeMap::new();
-    for w in points.windows(2) {
-        for s in spread(w[0].0, w[1].0, increment(w[0].1, w[1].1), MINUTE_MS, gap_ms) {
-            *out.entry(s.start_ms).or_insert(0) += s.energy_uj;
-        }
-    }
-    out
 }
 
 fn ledger_minutes(reader: &SqliteReader, minutes: &[i64]) -> BTreeMap<i64, i64> {
@@ -1121,4 +1111,60 @@ proptest! {
             prop_assert!(next >= entries);
         }
     }
+}
+
+/// Corrections, swaps and retirements go through the store trait, as the
+/// commands call them (`Box<dyn LedgerWriter>`): a correction adds or takes
+/// away energy without coverage, a swap books up to the final reading, a
+/// retirement is recorded once.
+#[test]
+fn a_store_behind_the_trait_corrects_swaps_and_retires() {
+    use super::{Provenance, Retire};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut w: Box<dyn LedgerWriter> = Box::new(SqliteWriter::open(&db, Policy::default()).expect("open"));
+    let who = Provenance { author: "ops".into(), reason: "audit".into(), recorded_ms: NOW };
+    let reg = |ts: i64, v: i64| CounterSample::meter("s", "edf", "utility_in", "kWh", ts, v);
+    w.apply(&[batch(vec![reg(T0, 1_000_000), reg(T0 + 300_000, 3_000_000)])], NOW).expect("apply");
+    let r = SqliteReader::new(&db, Policy::default());
+    let kwh = |from: i64, to: i64| {
+        let e = r.energy(&meter_query(Some("edf"), None, from, to)).expect("q");
+        (e.energy_uj() / 3_600_000, e.coverage_ratio)
+    };
+    assert_eq!(kwh(T0, T0 + 300_000), (2_000_000, 1.0));
+    // Half a kWh taken away over the first minute: coverage unchanged.
+    w.correct("s", "edf", "utility_in", "kWh", T0, T0 + 60_000, -500_000, &who).expect("correct");
+    assert_eq!(kwh(T0, T0 + 300_000), (1_500_000, 1.0));
+    assert_eq!(kwh(T0, T0 + 60_000).0, 400_000 - 500_000);
+    // Swapped at T0 + 20 min: booked up to the final reading; the initial one is a baseline.
+    let o = w.swap_meter("s", "edf", "utility_in", "kWh", T0 + 1_200_000, 4_000_000, 9_000_000, &who).expect("swap");
+    assert_eq!((o.booked, o.energy_uj), (3, 1_000_000 * 3_600_000));
+    w.apply(&[batch(vec![reg(T0 + 1_800_000, 9_250_000)])], NOW).expect("after the swap");
+    assert_eq!(kwh(T0, T0 + 3_600_000).0, 1_500_000 + 1_000_000 + 250_000);
+    w.apply(&[batch(vec![sample("h1", "rapl", T0, Some(0))])], NOW).expect("host");
+    assert_eq!(w.retire_host("s", "h1", false, &who).expect("retire"), Retire::Retired);
+    assert!(matches!(w.retire_host("s", "h1", false, &who).expect("again"), Retire::Already(_)));
+    assert_eq!(w.retire_host("s", "nope", false, &who).expect("unknown"), Retire::UnknownHost);
+    assert_eq!(r.retired_hosts("s").expect("retired").len(), 1);
+}
+
+/// A late sample whose previous sample was pruned cannot be slotted in: the
+/// interval that sample began is booked already and cannot be split, so
+/// booking the late sample's own interval would count that stretch twice. It
+/// is too old, even though it is stamped after the prune point.
+#[test]
+fn a_late_sample_whose_previous_one_was_pruned_is_too_old() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let policy = Policy { minute_retention_ms: 3_600_000, ..Policy::default() };
+    let mut w = SqliteWriter::open(&db, policy).expect("open");
+    let reg = |ts: i64, v: i64| CounterSample::meter("s", "edf", "utility_in", "kWh", ts, v);
+    w.apply(&[batch(vec![reg(T0, 0), reg(T0 + 60_000, 60), reg(T0 + 120_000, 120)])], NOW).expect("apply");
+    // Raw samples before T0 + 90 s go, but the series' last one stays.
+    w.prune(T0 + 90_000 + 3_600_000).expect("prune");
+    let o = w.apply(&[batch(vec![reg(T0 + 100_000, 100), reg(T0 + 30_000, 30)])], NOW).expect("late");
+    assert_eq!((o[0].booked, o[0].too_old, o[0].energy_uj), (0, 2, 0));
+    let r = SqliteReader::new(&db, policy);
+    let e = r.energy(&meter_query(Some("edf"), None, T0, T0 + 3_600_000)).expect("q");
+    assert_eq!(e.energy_uj(), 120 * 3_600_000);
 }

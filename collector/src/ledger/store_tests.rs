@@ -1,0 +1,198 @@
+//! A store executes the rules as the pure model does: random deliveries of two
+//! hosts' counters and a meter's register (out of order, repeated, conflicting,
+//! with resets, stale markers, host claims that are refused or take a host over,
+//! pruning and materialization in between) go through a store's
+//! [`LedgerWriter`], one sample per batch so each outcome says what became of
+//! it; the store's hourly energy must then be the in-order reference of the
+//! samples it accepted (and the stale markers of takeovers, which the scenario
+//! derives from the claims with [`rules::claim`]). [`check_store`] takes any
+//! store; the SQLite one runs it here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::book::{HOUR_MS, Value};
+use super::query::EnergyQuery;
+use super::reference::reference;
+use super::rules::{self, Claim, Point};
+use super::rules_tests::counter;
+use super::sqlite::{SqliteReader, SqliteWriter};
+use super::{Batch, CounterSample, HostClaim, LedgerReader, LedgerWriter, Policy};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const NOW: i64 = T0 + 86_400_000;
+const HOSTS: [&str; 2] = ["h0", "h1"];
+
+/// One step of a scenario.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A sample of series `.0` (0 and 1: hosts, 2: the meter), with the claim of
+    /// its host by machine `m{.2.0}` at `.2.1` when given.
+    Sample(usize, Point, Option<(u8, i64)>),
+    /// Raw samples before this time are pruned.
+    Prune(i64),
+    /// The store's housekeeping (materialization when it keeps a journal).
+    Housekeeping,
+}
+
+fn scenario() -> impl Strategy<Value = Vec<Step>> {
+    (
+        proptest::collection::vec(proptest::collection::vec((1i64..400_000, 0i64..50_000_000, 0u8..20), 1..16), 3),
+        proptest::collection::vec(any::<u64>(), 48),
+        proptest::collection::vec(0usize..48, 0..8),
+        proptest::collection::vec((0usize..48, proptest::option::of(1i64..1_000)), 0..4),
+        proptest::collection::vec((0usize..48, 0u8..3, 0i64..4_000_000), 0..6),
+        proptest::collection::vec((0usize..48, proptest::option::of(0i64..4_000_000)), 0..6),
+    )
+        .prop_map(|(series, order, dups, conflicts, claims, events)| {
+            let mut all: Vec<(usize, Point)> = Vec::new();
+            for (id, steps) in series.iter().enumerate() {
+                all.extend(counter(T0 + id as i64 * 70_000, steps).into_iter().map(|p| (id, p)));
+            }
+            let mut keyed: Vec<(u64, (usize, Point))> =
+                all.iter().enumerate().map(|(i, d)| (order[i % order.len()] ^ i as u64, *d)).collect();
+            keyed.sort_by_key(|k| k.0);
+            let mut delivery: Vec<(usize, Point)> = keyed.into_iter().map(|k| k.1).collect();
+            delivery.extend(dups.iter().filter(|d| **d < all.len()).map(|d| all[*d]));
+            for (i, delta) in &conflicts {
+                if let Some(&(id, (ts, v))) = all.get(*i) {
+                    delivery.insert(i % (delivery.len() + 1), (id, (ts, delta.map(|d| v.unwrap_or(0) + d))));
+                }
+            }
+            let mut steps: Vec<Step> = Vec::new();
+            for (k, (id, p)) in delivery.into_iter().enumerate() {
+                for (_, e) in events.iter().filter(|(at, _)| *at == k) {
+                    steps.push(e.map_or(Step::Housekeeping, |t| Step::Prune(T0 + t)));
+                }
+                let claim = claims.iter().find(|(at, _, _)| *at == k && id < HOSTS.len()).map(|(_, m, t)| (*m, T0 + t));
+                steps.push(Step::Sample(id, p, claim));
+            }
+            steps
+        })
+}
+
+fn sample_of(id: usize, (ts, v): Point) -> CounterSample {
+    match HOSTS.get(id) {
+        Some(h) => CounterSample::host("s", h, "rapl", "measured", ts, v),
+        None => {
+            CounterSample { value_micro: v, ..CounterSample::meter("s", "m", "utility_in", "J", ts, v.unwrap_or(0)) }
+        }
+    }
+}
+
+fn hourly(points: &BTreeMap<i64, Value>, gap_ms: i64) -> BTreeMap<i64, i64> {
+    let points: Vec<Point> = points.iter().map(|(t, v)| (*t, *v)).collect();
+    let mut out = BTreeMap::new();
+    for (m, e) in reference(&points, gap_ms) {
+        *out.entry(m.div_euclid(HOUR_MS) * HOUR_MS).or_insert(0) += e;
+    }
+    out.retain(|_, e| *e != 0);
+    out
+}
+
+/// Runs `steps` through `store` and checks every series' hourly energy, as
+/// `reader` answers it, against the reference of the samples the store accepted.
+fn check_store(
+    store: &mut dyn LedgerWriter,
+    reader: &dyn LedgerReader,
+    policy: &Policy,
+    steps: &[Step],
+) -> Result<(), TestCaseError> {
+    let mut accepted: Vec<BTreeMap<i64, Value>> = vec![BTreeMap::new(); 3];
+    let mut owners: HashMap<usize, (String, i64)> = HashMap::new();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for step in steps {
+        match step {
+            Step::Prune(cutoff) => store.prune(cutoff + policy.minute_retention_ms).map_err(fail)?,
+            Step::Housekeeping => store.housekeeping(false).map_err(fail)?,
+            Step::Sample(id, p, claim) => {
+                first = first.min(p.0);
+                last = last.max(p.0 + 1);
+                let mut batch = Batch { samples: vec![sample_of(*id, *p)], ..Batch::default() };
+                if let Some((m, t)) = claim {
+                    let machine = format!("m{m}");
+                    let owner = owners.get(id).cloned();
+                    match rules::claim(owner.as_ref().map(|(m, t)| (m.as_str(), *t)), &machine, *t, policy) {
+                        Claim::Refuse => {}
+                        decision => {
+                            if decision == Claim::TakeOver
+                                && let Some((lt, lv)) = accepted[*id].last_key_value().map(|(t, v)| (*t, *v))
+                                && let Some((mt, mv)) = rules::takeover_marker((lt, lv))
+                            {
+                                accepted[*id].insert(mt, mv);
+                            }
+                            owners.insert(*id, (machine.clone(), *t));
+                        }
+                    }
+                    batch.claims.push(HostClaim {
+                        site: "s".into(),
+                        host: HOSTS[*id].into(),
+                        machine_id: machine,
+                        ts_ms: *t,
+                        model: Default::default(),
+                    });
+                }
+                let o = store.apply(&[batch], NOW).map_err(fail)?;
+                let o = &o[0];
+                prop_assert_eq!(o.booked + o.duplicate + o.conflict + o.too_old + o.host_conflict, 1, "{:?}", o);
+                let before = accepted[*id].get(&p.0).copied();
+                if o.booked == 1 {
+                    prop_assert_eq!(before, None, "a second sample at {} was booked", p.0);
+                    accepted[*id].insert(p.0, p.1);
+                }
+                if o.duplicate == 1 {
+                    prop_assert_eq!(before, Some(p.1));
+                }
+                if o.conflict == 1 {
+                    prop_assert!(before.is_some() && before != Some(p.1));
+                }
+            }
+        }
+    }
+    let (h0, h1) = (first.div_euclid(HOUR_MS) * HOUR_MS, (last.div_euclid(HOUR_MS) + 1) * HOUR_MS);
+    for (id, points) in accepted.iter().enumerate() {
+        let want = hourly(points, policy.gap_ms);
+        let mut got = BTreeMap::new();
+        for h in (h0..h1).step_by(HOUR_MS as usize) {
+            let q = EnergyQuery {
+                site: "s".into(),
+                host: HOSTS.get(id).map(|h| h.to_string()),
+                meter: (id >= HOSTS.len()).then(|| "m".to_string()),
+                role: None,
+                from_ms: h,
+                to_ms: h + HOUR_MS,
+            };
+            let e = reader.energy(&q).map_err(fail)?.energy_uj();
+            if e != 0 {
+                got.insert(h, e as i64);
+            }
+        }
+        prop_assert_eq!(got, want, "series {}", id);
+    }
+    Ok(())
+}
+
+fn fail(e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn the_sqlite_store_books_what_the_rules_say(steps in scenario()) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let policy = Policy {
+            host_takeover_ms: 600_000,
+            minute_retention_ms: 3_600_000,
+            materialize_every_ms: 0,
+            materialize_slice: 3,
+            ..Policy::default()
+        };
+        let mut store = SqliteWriter::open(&db, policy).expect("open");
+        let reader = SqliteReader::new(&db, policy);
+        check_store(&mut store, &reader, &policy, &steps)?;
+    }
+}
