@@ -32,9 +32,9 @@ struct Cli {
     /// Address to serve on (default 127.0.0.1:9956).
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
-    /// Ledger database (default ./domesday.db).
+    /// Ledger database: a SQLite file (default ./domesday.db) or postgres://user@host:port/dbname.
     #[arg(long, global = true)]
-    db: Option<PathBuf>,
+    db: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -284,15 +284,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(l) = cli.listen {
         cfg.listen = l;
     }
-    if let Some(d) = cli.db {
-        cfg.db = d;
+    if let Some(d) = &cli.db {
+        cfg.set_db(d).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     }
+    if let Command::CheckConfig = cli.command {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    // Every other command reads or writes the ledger, and SQLite is the only store built yet: a PostgreSQL `db`
+    // is refused here, before anything binds or opens.
+    let db = cfg.db.sqlite_path()?.to_path_buf();
     match cli.command {
-        Command::HashToken | Command::Demo { .. } => Ok(()),
-        Command::CheckConfig => {
-            print!("{}", cfg.to_toml());
-            Ok(())
-        }
+        Command::HashToken | Command::Demo { .. } | Command::CheckConfig => Ok(()),
         Command::Serve => {
             if sites.is_empty() {
                 bail!(
@@ -328,7 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let rows = batch.samples.len() + batch.intervals.len();
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = SqliteWriter::open(&db, cfg.ledger.policy())?;
             let o = w.apply(&[batch], domesday_collector::ledger::writer::now_ms())?;
             let o = &o[0];
             println!(
@@ -348,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--value: {e}"))?;
             let micro = if negative { -micro } else { micro };
             require_reason(&by, &reason)?;
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = SqliteWriter::open(&db, cfg.ledger.policy())?;
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
             w.correct(&site, &m.id, &m.role, &m.unit, from_ms, to_ms, micro, &who)?;
             println!("recorded: {value} {} on meter {} over [{from}, {to})", m.unit, m.id);
@@ -361,7 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let f = parse_micro(&final_reading, false).map_err(|e| anyhow::anyhow!("--final: {e}"))?;
             let i = parse_micro(&initial, false).map_err(|e| anyhow::anyhow!("--initial: {e}"))?;
             require_reason(&by, &reason)?;
-            let mut w = SqliteWriter::open(&cfg.db, cfg.ledger.policy())?;
+            let mut w = SqliteWriter::open(&db, cfg.ledger.policy())?;
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
             w.swap_meter(&site, &m.id, &m.role, &m.unit, at_ms, f, i, &who)?;
             println!("recorded: meter {} swapped at {at} (final {final_reading}, initial {initial} {})", m.id, m.unit);
@@ -376,7 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_reason(&by, &reason)?;
             let expected = s.config.expected_hosts.contains(&host);
             let who = Provenance { author: by, reason, recorded_ms: now_ms() };
-            match retire_host(&cfg.db, &site, &host, expected, &who)? {
+            match retire_host(&db, &site, &host, expected, &who)? {
                 Retire::Retired => {
                     println!("recorded: host {host} of site {site} retired by {} ({})", who.author, who.reason);
                     Ok(())
@@ -400,8 +403,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if to.exists() {
                 bail!("{} exists; choose a new file", to.display());
             }
-            let conn = rusqlite::Connection::open_with_flags(&cfg.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .with_context(|| format!("opening {}", cfg.db.display()))?;
+            let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .with_context(|| format!("opening {}", db.display()))?;
             // VACUUM INTO writes a consistent, compacted snapshot while writers go on.
             conn.execute("VACUUM INTO ?1", [to.display().to_string()]).context("writing the backup")?;
             println!("backup written to {}", to.display());
@@ -420,11 +423,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report_opendata(&cfg, &sites, region, year, declarations, out)
         }
         Command::Energy { site, host, meter, role, from, to, format } => {
-            if !serve::ledger_exists(&cfg.db) {
-                bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+            if !serve::ledger_exists(&db) {
+                bail!("no ledger at {} (set --db or `db`)", db.display());
             }
             let (from_ms, to_ms) = parse_range(Some(&from), Some(&to)).map_err(|e| anyhow::anyhow!(e))?;
-            let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+            let reader = SqliteReader::new(&db, cfg.ledger.policy());
             let r = reader.energy(&EnergyQuery { site, host, meter, role, from_ms, to_ms })?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&r)?),
@@ -485,8 +488,9 @@ fn report_eed(
         .iter()
         .find(|s| s.config.id == site)
         .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
-    if !serve::ledger_exists(&cfg.db) {
-        bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+    let db = cfg.db.sqlite_path()?;
+    if !serve::ledger_exists(db) {
+        bail!("no ledger at {} (set --db or `db`)", db.display());
     }
     let period = match (year, range) {
         (Some(y), _) => ReportPeriod::year(&s.config, y).map_err(|e| anyhow::anyhow!("--year {y}: {e}"))?,
@@ -496,7 +500,7 @@ fn report_eed(
         }
         (None, None) => bail!("give --year, or --from and --to"),
     };
-    let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+    let reader = SqliteReader::new(db, cfg.ledger.policy());
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -548,7 +552,8 @@ fn report_region(
         None => None,
     };
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let db = cfg.db.sqlite_path()?;
+    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -588,7 +593,8 @@ fn report_opendata(
     use domesday_collector::reports::opendata::files;
     use domesday_collector::reports::region::{RegionRequest, region_report};
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let db = cfg.db.sqlite_path()?;
+    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
