@@ -4,8 +4,8 @@
 //! them into increments (baseline, reset, late, duplicate and stale rules of
 //! docs/collector.md), in integer microjoules, spread over one-minute UTC buckets and
 //! rolled up per hour in the same transaction. Storage sits behind the narrow
-//! [`LedgerWriter`]/[`LedgerReader`] traits: SQLite ([`sqlite`]) today, a
-//! PostgreSQL implementation for scale-out later.
+//! [`LedgerWriter`]/[`LedgerReader`] traits: SQLite ([`sqlite`]) today; for
+//! PostgreSQL ([`pg`]) the connection and the schema are built, the store not yet.
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
@@ -16,6 +16,7 @@ pub mod book;
 pub mod checkpoint;
 pub mod chunk;
 pub mod journal;
+pub mod pg;
 pub mod query;
 pub mod sqlite;
 pub mod writer;
