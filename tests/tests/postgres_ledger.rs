@@ -392,3 +392,155 @@ fn check_config_validates_a_postgres_db_and_other_commands_refuse_it_never_print
     let shown: Vec<(&str, &str)> = outputs.iter().map(|(n, o)| (n.as_str(), o.as_str())).collect();
     assert_no_secrets(&shown, &[PW]);
 }
+
+/// Copies every row of every ledger table of a SQLite ledger into a migrated PostgreSQL one, column for column
+/// (the schemas mirror each other): the same rows in both stores.
+fn copy_ledger(lite: &rusqlite::Connection, pg: &mut postgres::Client) -> BTreeMap<String, usize> {
+    use postgres::types::ToSql;
+    let mut copied = BTreeMap::new();
+    for (table, (cols, _)) in sqlite_shape(lite) {
+        if table == "sqlite_sequence" {
+            continue;
+        }
+        let types: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                pg.query_one(
+                    "SELECT data_type::text FROM information_schema.columns WHERE table_name = $1 AND column_name = $2",
+                    &[&table, c],
+                )
+                .expect("column type")
+                .get(0)
+            })
+            .collect();
+        let placeholders: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if t == "numeric" { format!("${}::text::numeric", i + 1) } else { format!("${}", i + 1) })
+            .collect();
+        let insert = format!(
+            "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+            cols.join(", "),
+            placeholders.join(", ")
+        );
+        let mut st = lite.prepare(&format!("SELECT {} FROM {table}", cols.join(", "))).expect("select");
+        let rows: Vec<Vec<rusqlite::types::Value>> = st
+            .query_map([], |r| (0..cols.len()).map(|i| r.get(i)).collect())
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        for row in &rows {
+            use rusqlite::types::Value as V;
+            let params: Vec<Box<dyn ToSql + Sync>> = row
+                .iter()
+                .zip(&types)
+                .map(|(v, t)| -> Box<dyn ToSql + Sync> {
+                    match (v, t.as_str()) {
+                        (V::Integer(i), "numeric") => Box::new(i.to_string()),
+                        (V::Real(f), "numeric") => Box::new(format!("{f:.0}")),
+                        (V::Integer(i), _) => Box::new(*i),
+                        (V::Real(f), _) => Box::new(*f),
+                        (V::Text(s), _) => Box::new(s.clone()),
+                        (V::Blob(b), _) => Box::new(b.clone()),
+                        (V::Null, "bigint") => Box::new(None::<i64>),
+                        (V::Null, "double precision") => Box::new(None::<f64>),
+                        (V::Null, other) => panic!("NULL in a {other} column of {table}"),
+                    }
+                })
+                .collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+            pg.execute(&insert, &refs).unwrap_or_else(|e| panic!("copy a row of {table}: {e}"));
+        }
+        copied.insert(table, rows.len());
+    }
+    copied
+}
+
+#[test]
+fn the_reads_without_booking_rules_answer_as_the_sqlite_reader_on_the_same_rows() {
+    use domesday_collector::ledger::pg::read::PgReader;
+    use domesday_collector::ledger::sqlite::{Provenance, SqliteReader, SqliteWriter, retire_host};
+    use domesday_collector::ledger::{Batch, CounterSample, IntervalReading, LedgerReader, LedgerWriter, Policy};
+    const H: i64 = 3_600_000;
+    let t0: i64 = 1_785_000_000_000 / H * H; // an hour boundary in 2026
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("l.db");
+    let policy = Policy::default();
+    let mut w = SqliteWriter::open(&path, policy).expect("sqlite ledger");
+    let host = |ts: i64, h: &str, method: &str, quality: &str, uj: i64| {
+        CounterSample::host("caen-1", h, method, quality, ts, Some(uj))
+    };
+    let batch = |from: i64, to: i64| {
+        let mut b = Batch::default();
+        let mut ts = from;
+        while ts < to {
+            // 350 W and 120 W hosts, and a 2 kW utility meter read every 15 minutes (registers in µkWh).
+            b.samples.push(host(ts, "h1", "bmc_dcmi", "measured", (ts - t0) / 1_000 * 350_000_000));
+            b.samples.push(host(ts, "h2", "rapl_uplift", "estimated", (ts - t0) / 1_000 * 120_000_000 + 7));
+            if (ts - t0) % (15 * 60_000) == 0 {
+                let kwh_micro = (ts - t0) * 2_000 / H * 1_000; // 2 kWh per hour
+                b.samples.push(CounterSample::meter(
+                    "caen-1",
+                    "grid",
+                    "utility_in",
+                    "kWh",
+                    ts,
+                    1_000_000_000 + kwh_micro,
+                ));
+            }
+            ts += 15_000;
+        }
+        b
+    };
+    // The first 3 hours written to the tables, the next 90 minutes left in the journal.
+    w.apply(&[batch(t0, t0 + 3 * H)], t0 + 3 * H).expect("book");
+    w.housekeeping(true).expect("materialize");
+    let mut late = batch(t0 + 3 * H, t0 + 4 * H + 30 * 60_000);
+    late.intervals.push(IntervalReading {
+        site: "caen-1".into(),
+        meter: "chiller".into(),
+        role: "cooling".into(),
+        unit: "kWh".into(),
+        start_ms: t0 + 30 * 60_000,
+        end_ms: t0 + 2 * H + 30 * 60_000,
+        value_micro: 5_000_000,
+    });
+    w.apply(
+        &[late, Batch { samples: vec![host(t0 + 5 * H, "rouen-h", "model", "estimated", 1)], ..Default::default() }],
+        t0 + 5 * H,
+    )
+    .expect("book");
+    let who = Provenance { author: "ops".into(), reason: "decommissioned".into(), recorded_ms: t0 + 5 * H };
+    retire_host(&path, "caen-1", "h2", false, &who).expect("retire");
+    drop(w);
+    let sqlite = SqliteReader::new(&path, policy);
+
+    let cluster = PgCluster::start();
+    let db = cluster.database();
+    let (mut c, _) = pg::open(&target(&db, dir.path())).expect("migrate");
+    let lite = rusqlite::Connection::open(&path).expect("sqlite");
+    let copied = copy_ledger(&lite, &mut c);
+    for t in ["journal", "hours", "samples", "intervals", "chunks", "site_hours", "retired_hosts"] {
+        assert!(copied.get(t).copied().unwrap_or(0) > 0, "the data set exercises {t}: {copied:?}");
+    }
+    let pg = PgReader::new(c);
+
+    let totals = sqlite.site_totals().expect("sqlite totals");
+    assert!(totals.iter().any(|(_, r, e)| r == "it_in" && *e > 0), "{totals:?}");
+    assert_eq!(pg.site_totals().expect("pg totals"), totals);
+    for (role, from, to) in [
+        ("utility_in", t0, t0 + 5 * H),
+        ("utility_in", t0 + H, t0 + 3 * H + 60_000),
+        ("cooling", t0 - H, t0 + 4 * H),
+        ("it_in", t0, t0 + 5 * H),
+        ("utility_in", t0 + 10 * H, t0 + 11 * H),
+    ] {
+        let want = sqlite.role_hourly("caen-1", role, from, to).expect("sqlite role_hourly");
+        assert_eq!(pg.role_hourly("caen-1", role, from, to).expect("pg role_hourly"), want, "{role} [{from}, {to})");
+    }
+    assert!(!sqlite.role_hourly("caen-1", "utility_in", t0, t0 + 5 * H).expect("hours").is_empty());
+    let retired = sqlite.retired_hosts("caen-1").expect("sqlite retired");
+    assert_eq!(retired.len(), 1);
+    assert_eq!(pg.retired_hosts("caen-1").expect("pg retired"), retired);
+    assert_eq!(pg.retired_hosts("rouen-1").expect("pg retired"), vec![]);
+}

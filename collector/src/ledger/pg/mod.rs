@@ -1,12 +1,14 @@
 //! The PostgreSQL ledger store, as far as it is built: the connection (the `db` URL and its password, through
 //! the rust-postgres project's synchronous client, for a writer that is a dedicated thread like SQLite's) and
-//! the versioned schema ([`schema`]). The store that books and reads through it is not built yet; commands
-//! given a PostgreSQL `db` say so (`crate::db::StoreUnavailable`).
+//! the versioned schema ([`schema`]), and the reads that need neither booking rules nor raw samples ([`read`]).
+//! The store that books and reads through it is not built yet; commands given a PostgreSQL `db` say so
+//! (`crate::db::StoreUnavailable`).
 //!
 //! The connection is plain TCP (`NoTls`): run the database on the collector's machine (127.0.0.1) or reach it
 //! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
 //! for `scram-sha-256`, which it should (docs/scaling.md).
 
+pub mod read;
 pub mod schema;
 
 use postgres::{Client, NoTls};
@@ -32,6 +34,8 @@ pub enum PgError {
          domesday-collector migrated it; run that version or a newer one"
     )]
     NewerSchema { found: i32, known: i32 },
+    #[error("PostgreSQL ledger: {0}; restore the database from a backup")]
+    Corrupt(String),
 }
 
 /// Connects to the database `target` names, with its password.
