@@ -24,6 +24,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 # A real VictoriaMetrics receives what [forward] passes on (tests/tests/forward_e2e.rs).
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
+# PostgreSQL's server binaries run a throwaway cluster for the PostgreSQL ledger's tests (tests/src/pg.rs); the
+# package's own cluster is not used.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # Headless Chromium renders the reports' HTML pages in the end-to-end tests (screenshots, rendered DOM).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # lintian checks the Debian packages built by tests/tests/packaging.rs; buildah builds the container images there.
@@ -38,6 +41,7 @@ fi
 command -v promtool >/dev/null 2>&1 || { echo "test.sh: promtool is required (apt-get install prometheus)" >&2; exit 1; }
 [ -x /usr/bin/prometheus-alertmanager ] || { echo "test.sh: Alertmanager is required (apt-get install prometheus-alertmanager)" >&2; exit 1; }
 [ -x /usr/bin/victoria-metrics ] || { echo "test.sh: VictoriaMetrics is required (apt-get install victoria-metrics)" >&2; exit 1; }
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "test.sh: PostgreSQL is required (apt-get install postgresql)" >&2; exit 1; }
 command -v chromium >/dev/null 2>&1 || { echo "test.sh: chromium is required (apt-get install chromium)" >&2; exit 1; }
 command -v lintian >/dev/null 2>&1 || { echo "test.sh: lintian is required (apt-get install lintian)" >&2; exit 1; }
 command -v buildah >/dev/null 2>&1 || { echo "test.sh: buildah is required (apt-get install buildah)" >&2; exit 1; }

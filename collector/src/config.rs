@@ -17,14 +17,11 @@ pub use domesday_model::config_text::ConfigError;
 pub use domesday_model::duration::{Dur, parse_duration};
 pub use domesday_model::secret::Secret;
 
+use crate::db::LedgerDb;
 use crate::secret_file::read_secret_file;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9956))
-}
-
-fn default_db() -> PathBuf {
-    PathBuf::from("./domesday.db")
 }
 
 /// Ledger rules and retention.
@@ -519,8 +516,12 @@ pub struct PullConfig {
 pub struct CollectorConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    #[serde(default = "default_db")]
-    pub db: PathBuf,
+    /// Where the ledger is: a SQLite file (default `./domesday.db`) or `postgres://user@host:port/dbname`.
+    #[serde(default)]
+    pub db: LedgerDb,
+    /// The PostgreSQL password's file (else `PGPASSWORD`); read at load into `db`.
+    #[serde(default)]
+    pub db_password_file: Option<PathBuf>,
     /// SHA-256 (hex) of the token that read endpoints need on non-loopback addresses.
     #[serde(default, skip_serializing)]
     pub read_token_sha256: Option<String>,
@@ -1120,6 +1121,11 @@ impl CollectorConfig {
         let cfg: CollectorConfig =
             toml::from_str(&text).map_err(|e| err(e.span().map(|s| s.start).unwrap_or(0), e.message().to_string()))?;
         let at = |key: &str, msg: String| err(find_key(&text, key), format!("key `{key}`: {msg}"));
+        let mut cfg = cfg;
+        // The PostgreSQL password is read now, like every secret: a bad file fails `check-config` and `serve` alike.
+        cfg.db
+            .resolve_password(cfg.db_password_file.as_deref(), std::env::var(crate::db::PGPASSWORD).ok())
+            .map_err(|why| at("db_password_file", why.to_string()))?;
         let read_hash = match &cfg.read_token_sha256 {
             Some(h) => Some(parse_hex32(h).ok_or_else(|| {
                 at("read_token_sha256", "must be 64 hex digits (domesday-collector hash-token < token)".into())
@@ -1229,7 +1235,6 @@ impl CollectorConfig {
             crate::reports::declared::locate_declared(&mut site_cfg, &text, &err);
             sites.push(Site { config: site_cfg, token_hash });
         }
-        let mut cfg = cfg;
         // The sites as validated: their meters hold the passwords and CA files read above.
         cfg.sites = sites.iter().map(|s| s.config.clone()).collect();
         if let Some(c) = &mut cfg.carbon {
@@ -1291,11 +1296,23 @@ impl CollectorConfig {
         Ok(Loaded { config: cfg, sites, read_hash })
     }
 
+    /// `--db`: the ledger given on the command line, its PostgreSQL password read as at load.
+    pub fn set_db(&mut self, raw: &str) -> Result<(), ConfigError> {
+        let mut db = LedgerDb::parse(raw).map_err(|why| ConfigError::Value(format!("--db: {why}")))?;
+        db.resolve_password(self.db_password_file.as_deref(), std::env::var(crate::db::PGPASSWORD).ok())
+            .map_err(|why| ConfigError::Value(format!("--db with `db_password_file`: {why}")))?;
+        self.db = db;
+        Ok(())
+    }
+
     /// The effective configuration as TOML, for `check-config`. Secrets are
     /// never in it: a closing comment says, for each, where it was read from.
     pub fn to_toml(&self) -> String {
         let mut out = toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         let mut secrets: Vec<String> = Vec::new();
+        if let Some(d) = self.db.describe_password() {
+            secrets.push(format!("db password: {d}"));
+        }
         let from = |key: &str, f: &Option<PathBuf>| match f {
             Some(f) => format!("{key} {}", f.display()),
             None => key.to_string(),
@@ -1406,12 +1423,51 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_keys_of_the_reference_are_accepted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pw = dir.path().join("pg.password");
+        std::fs::write(&pw, "pg-pw-77421\n").expect("write");
+        let mut text = String::new();
+        for k in domesday_model::config_keys::COLLECTOR_LEDGER_KEYS {
+            let v =
+                if k.key == "db_password_file" { format!("{:?}", pw.display().to_string()) } else { k.example.into() };
+            text.push_str(&format!("{} = {v}\n", k.key));
+        }
+        let c = load(&text).expect("the reference's keys").config;
+        let crate::db::LedgerDb::Postgres(t) = &c.db else { panic!("{:?}", c.db) };
+        assert_eq!(t.password.as_ref().map(Secret::expose), Some("pg-pw-77421"));
+        let shown = format!("{}{c:?}", c.to_toml());
+        assert!(!shown.contains("pg-pw-77421"), "{shown}");
+        assert!(shown.contains("db = \"postgres://domesday@127.0.0.1:5432/domesday\""), "{shown}");
+        assert!(shown.contains("# db password: <redacted>, 11 bytes, from db_password_file"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_db_or_password_file_is_refused_at_its_line_without_the_password() {
+        for (text, key, why) in [
+            ("listen = \"127.0.0.1:1\"\ndb = \"postgres://u:pg-pw-77421@h/l\"\n", "db", "db_password_file"),
+            ("db = \"postgres://u@h/l?password=pg-pw-77421\"\n", "db", "PGPASSWORD"),
+            ("db = \"postgres://u@h:70000/l\"\n", "db", "port"),
+            (
+                "db = \"postgres://u@h/l\"\ndb_password_file = \"/nonexistent/pw\"\n",
+                "db_password_file",
+                "/nonexistent/pw",
+            ),
+            ("db = \"./l.db\"\ndb_password_file = \"/nonexistent/pw\"\n", "db_password_file", "SQLite"),
+        ] {
+            let e = load(text).map(|_| ()).expect_err(text).to_string();
+            assert!(e.contains(&format!("key `{key}`")) && e.contains(why), "{text}: {e}");
+            assert!(!e.contains("pg-pw-77421"), "{e}");
+        }
+    }
+
+    #[test]
     fn defaults_and_a_site() {
         let Loaded { config: c, sites, .. } =
             load(&format!("[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{HASH}\"\n"))
                 .expect("load");
         assert_eq!(c.listen.to_string(), "127.0.0.1:9956");
-        assert_eq!(c.db, PathBuf::from("./domesday.db"));
+        assert_eq!(c.db, LedgerDb::default());
         assert_eq!(sites[0].token_hash, hash_token("test"));
         assert_eq!(hex(&hash_token("test")), HASH);
     }

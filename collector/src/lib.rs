@@ -3,7 +3,8 @@
 //!
 //! Code map:
 //! - [`config`]: collector config (sites, tokens, ledger and ingest limits), validated first;
-//!   [`secret_file`] reads the secret files it names at load.
+//!   [`secret_file`] reads the secret files it names at load; [`db`] is the `db` key: a SQLite file or a
+//!   PostgreSQL URL, and the PostgreSQL password.
 //! - [`ingest`]: the ingest rules as pure functions (auth, limits, validation, what is booked).
 //! - [`ledger`]: booking arithmetic, the SQLite store behind narrow traits, the writer thread, reads.
 //! - [`forward`]: `[forward]`, every accepted request passed on to an upstream TSDB through a disk spool.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod carbon;
 pub mod config;
+pub mod db;
 pub mod demo;
 pub mod forward;
 pub mod indicators;

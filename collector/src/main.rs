@@ -31,9 +31,9 @@ struct Cli {
     /// Address to serve on (default 127.0.0.1:9956).
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
-    /// Ledger database (default ./domesday.db).
+    /// Ledger database: a SQLite file (default ./domesday.db) or postgres://user@host:port/dbname.
     #[arg(long, global = true)]
-    db: Option<PathBuf>,
+    db: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -283,15 +283,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(l) = cli.listen {
         cfg.listen = l;
     }
-    if let Some(d) = cli.db {
-        cfg.db = d;
+    if let Some(d) = &cli.db {
+        cfg.set_db(d).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     }
+    if let Command::CheckConfig = cli.command {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    // Every other command reads or writes the ledger, and SQLite is the only store built yet: a PostgreSQL `db`
+    // is refused here, before anything binds or opens.
+    let db = cfg.db.sqlite_path()?.to_path_buf();
     match cli.command {
-        Command::HashToken | Command::Demo { .. } => Ok(()),
-        Command::CheckConfig => {
-            print!("{}", cfg.to_toml());
-            Ok(())
-        }
+        Command::HashToken | Command::Demo { .. } | Command::CheckConfig => Ok(()),
         Command::Serve => {
             if sites.is_empty() {
                 bail!(
@@ -396,8 +399,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if to.exists() {
                 bail!("{} exists; choose a new file", to.display());
             }
-            let conn = rusqlite::Connection::open_with_flags(&cfg.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .with_context(|| format!("opening {}", cfg.db.display()))?;
+            let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .with_context(|| format!("opening {}", db.display()))?;
             // VACUUM INTO writes a consistent, compacted snapshot while writers go on.
             conn.execute("VACUUM INTO ?1", [to.display().to_string()]).context("writing the backup")?;
             println!("backup written to {}", to.display());
@@ -416,11 +419,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report_opendata(&cfg, &sites, region, year, declarations, out)
         }
         Command::Energy { site, host, meter, role, from, to, format } => {
-            if !serve::ledger_exists(&cfg.db) {
-                bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+            if !serve::ledger_exists(&db) {
+                bail!("no ledger at {} (set --db or `db`)", db.display());
             }
             let (from_ms, to_ms) = parse_range(Some(&from), Some(&to)).map_err(|e| anyhow::anyhow!(e))?;
-            let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+            let reader = SqliteReader::new(&db, cfg.ledger.policy());
             let r = reader.energy(&EnergyQuery { site, host, meter, role, from_ms, to_ms })?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&r)?),
@@ -481,8 +484,9 @@ fn report_eed(
         .iter()
         .find(|s| s.config.id == site)
         .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
-    if !serve::ledger_exists(&cfg.db) {
-        bail!("no ledger at {} (set --db or `db`)", cfg.db.display());
+    let db = cfg.db.sqlite_path()?;
+    if !serve::ledger_exists(db) {
+        bail!("no ledger at {} (set --db or `db`)", db.display());
     }
     let period = match (year, range) {
         (Some(y), _) => ReportPeriod::year(&s.config, y).map_err(|e| anyhow::anyhow!("--year {y}: {e}"))?,
@@ -492,7 +496,7 @@ fn report_eed(
         }
         (None, None) => bail!("give --year, or --from and --to"),
     };
-    let reader = SqliteReader::new(&cfg.db, cfg.ledger.policy());
+    let reader = SqliteReader::new(db, cfg.ledger.policy());
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -544,7 +548,8 @@ fn report_region(
         None => None,
     };
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let db = cfg.db.sqlite_path()?;
+    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -584,7 +589,8 @@ fn report_opendata(
     use domesday_collector::reports::opendata::files;
     use domesday_collector::reports::region::{RegionRequest, region_report};
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let reader = serve::ledger_exists(&cfg.db).then(|| SqliteReader::new(&cfg.db, cfg.ledger.policy()));
+    let db = cfg.db.sqlite_path()?;
+    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -616,7 +622,7 @@ fn report_opendata(
 /// `correct`, `swap-meter`, `retire-host`): the one place such a command picks
 /// its store, used only through [`LedgerWriter`].
 fn open_ledger(cfg: &CollectorConfig) -> anyhow::Result<Box<dyn LedgerWriter>> {
-    Ok(Box::new(SqliteWriter::open(&cfg.db, cfg.ledger.policy())?))
+    Ok(Box::new(SqliteWriter::open(cfg.db.sqlite_path()?, cfg.ledger.policy())?))
 }
 
 fn find_meter<'a>(

@@ -27,13 +27,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let policy = cfg.ledger.policy();
-    let store =
-        SqliteWriter::open(&cfg.db, policy).with_context(|| format!("opening the ledger {}", cfg.db.display()))?;
+    let db = cfg.db.sqlite_path()?.to_path_buf();
+    let store = SqliteWriter::open(&db, policy).with_context(|| format!("opening the ledger {}", db.display()))?;
     if let Err(e) = store.preallocate_wal() {
         // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
-        tracing::warn!(db = %cfg.db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
+        tracing::warn!(db = %db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
     }
-    let reader = Arc::new(SqliteReader::new(&cfg.db, policy));
+    let reader = Arc::new(SqliteReader::new(&db, policy));
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let (s, t) = (stats.clone(), stats.clone());
     let (handle, writer_thread) = writer::spawn(
@@ -52,10 +52,10 @@ pub async fn serve(
     )
     .context("starting the ledger writer")?;
     // The WAL is copied into the database off the writer's thread: its commits never wait for that copy.
-    let checkpointer = match checkpoint::spawn(&cfg.db, policy.fsync_each_commit) {
+    let checkpointer = match checkpoint::spawn(&db, policy.fsync_each_commit) {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!(db = %cfg.db.display(), error = %e, "no background checkpoints: the writer checkpoints itself");
+            tracing::warn!(db = %db.display(), error = %e, "no background checkpoints: the writer checkpoints itself");
             None
         }
     };
@@ -89,8 +89,7 @@ pub async fn serve(
     };
     let forward = match &cfg.forward {
         Some(f) => {
-            let default_dir =
-                cfg.db.parent().map(|p| p.join("forward-spool")).unwrap_or_else(|| "forward-spool".into());
+            let default_dir = db.parent().map(|p| p.join("forward-spool")).unwrap_or_else(|| "forward-spool".into());
             Some(crate::forward::spawn(f.clone(), default_dir)?)
         }
         None => None,
@@ -111,7 +110,7 @@ pub async fn serve(
         writer: handle,
         reader,
         stats,
-        db_path: cfg.db.clone(),
+        db_path: db.clone(),
         carbon_config: cfg.carbon.clone(),
         carbon,
         site_samples,
@@ -123,7 +122,7 @@ pub async fn serve(
     let tls = cfg.tls.as_ref().and_then(|t| t.loaded.clone());
     let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(listen = %listener.local_addr()?, scheme, db = %cfg.db.display(), "domesday-collector serving");
+    tracing::info!(listen = %listener.local_addr()?, scheme, db = %db.display(), "domesday-collector serving");
     // The signal starts the drain; `stop_by` bounds the whole shutdown.
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<Instant>();
     let signal = async move {

@@ -1,7 +1,7 @@
-//! Reference of the agent's configuration keys (the `domesday-agent` TOML file): key, type,
-//! default and meaning. The agent's typed config must accept exactly these keys
-//! (a test in the agent parses a file generated from this table), and
-//! `docs/configuration.md` is generated from it.
+//! Reference of the agent's configuration keys (the `domesday-agent` TOML file) and of the collector's ledger
+//! database keys: key, type, default and meaning. The agent's typed config must accept exactly these keys
+//! (a test in the agent parses a file generated from this table; one in the collector does the same with its
+//! ledger keys), and `docs/configuration.md` is generated from them.
 
 /// One configuration key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,15 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
         "GPU polling interval (at least 1s), on its own thread; a reading older than 3 intervals is not used.";
     "nvml.timeout", "duration", "\"5s\", at most the interval", "\"5s\"",
         "Deadline of one `nvidia-smi` run; with the `nvml` backend, how long `probe` and `once` wait for the first poll (an NVML call cannot be interrupted: a hung one holds only the poll thread, and its reading goes stale).";
+};
+
+/// The collector's keys that choose and open its ledger database (top level of the collector's TOML file). The
+/// collector's other keys are documented in docs/collector.md.
+pub const COLLECTOR_LEDGER_KEYS: &[KeyDef] = keys! {
+    "db", "string", "\"./domesday.db\"", "\"postgres://domesday@127.0.0.1:5432/domesday\"",
+        "Where the ledger is: a SQLite file path (created when missing), or a PostgreSQL database as `postgres://user@host:port/dbname` (also `postgresql://`; port 5432 when left out). A password in the URL (`user:password@` or `?password=`) is refused: use `db_password_file` or `PGPASSWORD`. The PostgreSQL store itself is not in this build yet: `check-config` validates such a `db`, every command that opens the ledger refuses it (see docs/scaling.md). Also `--db`.";
+    "db_password_file", "path", "none: the `PGPASSWORD` environment variable, else no password", "\"/etc/domesday/postgres.password\"",
+        "File holding the PostgreSQL password (its line end stripped), read at load; it wins over `PGPASSWORD`. Refused with a SQLite `db`. The password is never printed: `check-config` says only its length and where it came from.";
 };
 
 /// The TOML example config: every key with its example value.

@@ -2,7 +2,7 @@
 //! from the catalog and key tables, so the docs cannot drift from the code.
 
 use crate::catalog::{CATALOG, CONSTANT_LABELS, Component};
-use crate::config_keys::{AGENT_KEYS, example_toml};
+use crate::config_keys::{AGENT_KEYS, COLLECTOR_LEDGER_KEYS, example_toml};
 
 /// `docs/metrics.md`.
 pub fn metrics_reference() -> String {
@@ -49,5 +49,13 @@ pub fn configuration_reference() -> String {
     out.push_str("\n## Example\n\n```toml\n");
     out.push_str(example_toml().trim_start());
     out.push_str("```\n");
+    out.push_str(
+        "\n## Collector: ledger database\n\nTop-level keys of the collector's TOML file (`domesday-collector --config`) that \
+         choose its ledger store; the collector's other keys are in [collector.md](collector.md), the PostgreSQL store \
+         in [scaling.md](scaling.md).\n\n| key | type | default | meaning |\n|---|---|---|---|\n",
+    );
+    for k in COLLECTOR_LEDGER_KEYS {
+        out.push_str(&format!("| `{}` | {} | {} | {} |\n", k.key, k.ty, k.default, k.doc));
+    }
     out
 }

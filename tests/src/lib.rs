@@ -1,9 +1,10 @@
 //! Shared helpers of the end-to-end tests and the benchmark: fixture trees
 //! (copied with their symlinks, advanced in place like a live sysfs), the
 //! built binaries, free loopback ports and scraping, and a mock remote_write
-//! receiver ([`mock_rw`]). No production logic here.
+//! receiver ([`mock_rw`]), a throwaway PostgreSQL cluster ([`pg`]). No production logic here.
 
 pub mod mock_rw;
+pub mod pg;
 pub mod prom;
 pub mod proxy;
 pub mod rss;

@@ -7,8 +7,8 @@
 //! function of [`rules`] (with the arithmetic of [`book`]); a store reads what a
 //! rule needs, asks it and writes what it says. Stores sit behind the narrow
 //! [`LedgerWriter`]/[`LedgerReader`] traits, which everything that writes or
-//! reads the ledger uses: SQLite ([`sqlite`]) today, a PostgreSQL
-//! implementation for scale-out later.
+//! reads the ledger uses: SQLite ([`sqlite`]) today; for PostgreSQL ([`pg`])
+//! the connection and the schema are built, the store not yet.
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
@@ -19,6 +19,7 @@ pub mod book;
 pub mod checkpoint;
 pub mod chunk;
 pub mod journal;
+pub mod pg;
 pub mod query;
 pub mod rules;
 pub mod sqlite;

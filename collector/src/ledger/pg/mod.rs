@@ -1,0 +1,51 @@
+//! The PostgreSQL ledger store, as far as it is built: the connection (the `db` URL and its password, through
+//! the rust-postgres project's synchronous client, for a writer that is a dedicated thread like SQLite's) and
+//! the versioned schema ([`schema`]), and the reads that need neither booking rules nor raw samples ([`read`]).
+//! The store that books and reads through it is not built yet; commands given a PostgreSQL `db` say so
+//! (`crate::db::StoreUnavailable`).
+//!
+//! The connection is plain TCP (`NoTls`): run the database on the collector's machine (127.0.0.1) or reach it
+//! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
+//! for `scram-sha-256`, which it should (docs/scaling.md).
+
+pub mod read;
+pub mod schema;
+
+use postgres::{Client, NoTls};
+
+use crate::db::PgTarget;
+
+/// PostgreSQL ledger errors. The password is never in them.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(
+        "PostgreSQL ledger {target}: cannot connect ({source}); check that the server listens there, and the \
+             user, database and password (db_password_file or PGPASSWORD)"
+    )]
+    Connect {
+        target: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("PostgreSQL ledger: {0}")]
+    Db(#[from] postgres::Error),
+    #[error(
+        "PostgreSQL ledger schema version {found} is newer than this collector knows ({known}): a newer \
+         domesday-collector migrated it; run that version or a newer one"
+    )]
+    NewerSchema { found: i32, known: i32 },
+    #[error("PostgreSQL ledger: {0}; restore the database from a backup")]
+    Corrupt(String),
+}
+
+/// Connects to the database `target` names, with its password.
+pub fn connect(target: &PgTarget) -> Result<Client, PgError> {
+    target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
+}
+
+/// Connects and brings the schema to this build's version (see [`schema::migrate`]).
+pub fn open(target: &PgTarget) -> Result<(Client, schema::Migrated), PgError> {
+    let mut client = connect(target)?;
+    let migrated = schema::migrate(&mut client)?;
+    Ok((client, migrated))
+}
