@@ -239,12 +239,12 @@ pub fn range_stats_of(conn: &Connection, ids: &Array, from: i64, to: i64) -> Res
 }
 
 /// Whether a series of `ids` has a non-stale point in `[from, to)`, from the
-/// chunks' columns alone: `Some(true)` or `Some(false)` when they decide it,
-/// `None` when only a chunk's points can (a chunk with values before and
-/// after the range and none of its columns inside). Chunks of a series never
-/// overlap, so the chunks starting inside the range and the last one starting
-/// before it are all that can hold such a point.
-pub fn any_value_in(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<Option<bool>, StoreError> {
+/// chunks' columns where they decide it, without counting: chunks of a series
+/// never overlap, so the chunks starting inside the range and the last one
+/// starting before it are all that can hold such a point. Only a chunk with
+/// values before and after the range and none of its columns inside is
+/// decoded, and the first point found ends the search.
+pub fn any_value_in(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<bool, StoreError> {
     let inside: bool = conn
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM rarray(?1) r CROSS JOIN chunks c ON c.series_id = r.value \
@@ -252,24 +252,35 @@ pub fn any_value_in(conn: &Connection, ids: &Array, from: i64, to: i64) -> Resul
         )?
         .query_row(params![ids, from, to], |r| r.get(0))?;
     if inside {
-        return Ok(Some(true));
+        return Ok(true);
     }
     let mut st = conn.prepare_cached(
-        "SELECT c.first_value_ts, c.last_value_ts FROM rarray(?1) r CROSS JOIN chunks c ON c.id = \
-         (SELECT p.id FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2 ORDER BY p.first_ts DESC LIMIT 1) \
+        "SELECT c.first_value_ts, c.last_value_ts, c.id, c.series_id, c.first_ts FROM rarray(?1) r CROSS JOIN chunks c \
+         ON c.id = (SELECT p.id FROM chunks p WHERE p.series_id = r.value AND p.first_ts < ?2 ORDER BY p.first_ts DESC LIMIT 1) \
          WHERE c.n_values > 0 AND c.last_value_ts >= ?2",
     )?;
     let mut rows = st.query(params![ids, from])?;
-    let mut unsure = false;
+    // Chunks with values before and after the range: (id, series, first_ts).
+    let mut spanning: Vec<(i64, i64, i64)> = Vec::new();
     while let Some(r) = rows.next()? {
         let (first, last): (i64, i64) = (r.get(0)?, r.get(1)?);
         if last < to || (first >= from && first < to) {
-            return Ok(Some(true));
+            return Ok(true);
         }
-        // Values before and after the range: its points say whether one falls inside.
-        unsure |= first < from;
+        if first < from {
+            spanning.push((r.get(2)?, r.get(3)?, r.get(4)?));
+        }
     }
-    Ok(if unsure { None } else { Some(false) })
+    let mut data_of = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+    let mut points: Vec<Point> = Vec::new();
+    for (id, series_id, first_ts) in spanning {
+        let data: Vec<u8> = data_of.query_row([id], |d| d.get(0))?;
+        decode_into(series_id, first_ts, &data, &mut points)?;
+        if points.iter().any(|p| p.1.is_some() && p.0 >= from && p.0 < to) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Energy (µJ) and coverage (ms) per series over `[from, to)` (whole minutes),

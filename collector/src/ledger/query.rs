@@ -401,7 +401,7 @@ pub fn energy(
     {
         // Meter samples are rows, host samples chunks, recent host samples journaled.
         let known = match detail {
-            Detail::Totals => has_sample(conn, &id_param, host_series, q.from_ms, q.to_ms)?,
+            Detail::Totals => Some(has_sample(conn, &id_param, host_series, q.from_ms, q.to_ms)?),
             Detail::Full => None,
         };
         let found = known == Some(true);
@@ -484,22 +484,15 @@ pub fn energy(
 }
 
 /// Whether the tables hold a sample of `ids` in `[from, to)`, without
-/// counting them: a meter's row (one index seek), or a host chunk's columns
-/// ([`super::chunk::any_value_in`]). `None`: only a chunk's points can say,
-/// and the caller counts them.
-fn has_sample(
-    conn: &Connection,
-    ids: &Array,
-    host_series: bool,
-    from: i64,
-    to: i64,
-) -> Result<Option<bool>, StoreError> {
+/// counting them: a meter's row (one index seek), or a host chunk's point
+/// ([`super::chunk::any_value_in`]).
+fn has_sample(conn: &Connection, ids: &Array, host_series: bool, from: i64, to: i64) -> Result<bool, StoreError> {
     if host_series {
         return super::chunk::any_value_in(conn, ids, from, to);
     }
     let sql = "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
                AND value_micro IS NOT NULL)";
-    Ok(Some(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get(0))?))
+    Ok(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get(0))?)
 }
 
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {

@@ -28,8 +28,8 @@ use crate::indicators::compute::it_energy;
 use crate::indicators::inputs::edc;
 use crate::indicators::period::{Step, split};
 use crate::indicators::{Basis, Name, site_indicators};
-use crate::ledger::LedgerReader;
-use crate::ledger::query::rfc3339;
+use crate::ledger::query::{EnergyQuery, EnergyReport, HostRow, rfc3339};
+use crate::ledger::{HostModel, LedgerReader, Retirement, StoreError};
 use crate::site_report::{ReportError, params, period_inputs};
 
 /// Name of the region report's schema.
@@ -703,6 +703,151 @@ async fn ledger_figures(
     figures(&json).map_err(|problem| RegionError::Declaration { origin: format!("ledger site {}", site.id), problem })
 }
 
+/// A reader for one site's part of the report: the hourly grid energy (for
+/// the carbon time matching) of the year, read once, answers its months too,
+/// from the same rows; every other question goes to the ledger.
+struct HourlyOnce<'a> {
+    inner: &'a dyn LedgerReader,
+    hourly: std::sync::Mutex<Vec<Asked>>,
+}
+
+/// A `role_hourly` question (site, role, from, to) and its answer.
+type Asked = (String, String, i64, i64, Vec<(i64, i128)>);
+
+impl LedgerReader for HourlyOnce<'_> {
+    fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        self.inner.energy(q)
+    }
+    fn energy_totals(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+        self.inner.energy_totals(q)
+    }
+    fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+        self.inner.hosts(site, now_ms)
+    }
+    fn host_models(&self, site: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
+        self.inner.host_models(site, from_ms, to_ms)
+    }
+    fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
+        self.inner.site_totals()
+    }
+    fn retired_hosts(&self, site: &str) -> Result<Vec<Retirement>, StoreError> {
+        self.inner.retired_hosts(site)
+    }
+    /// Whole hours `[from, to)` inside a range already asked are the same
+    /// rows as that answer's hours starting at `from` and ending by `to`.
+    fn role_hourly(&self, site: &str, role: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, i128)>, StoreError> {
+        let mut asked = self.hourly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hit = asked.iter().find(|(s, r, a, b, _)| s == site && r == role && *a <= from_ms && to_ms <= *b);
+        if let Some((.., rows)) = hit {
+            let hour = crate::ledger::book::HOUR_MS;
+            return Ok(rows.iter().copied().filter(|(h, _)| *h >= from_ms && h + hour <= to_ms).collect());
+        }
+        let rows = self.inner.role_hourly(site, role, from_ms, to_ms)?;
+        asked.push((site.to_string(), role.to_string(), from_ms, to_ms, rows.clone()));
+        Ok(rows)
+    }
+}
+
+/// A ledger site's row of the report and its source entry; `None` when the
+/// site was not yet in operation in the requested year.
+async fn ledger_site(
+    reader: &dyn LedgerReader,
+    s: &SiteConfig,
+    carbon_config: Option<&CarbonConfig>,
+    carbon: Option<&CarbonService>,
+    req: &RegionRequest,
+    now_ms: i64,
+) -> Result<Option<(RegionSite, SourceEntry)>, RegionError> {
+    // A site commissioned after the year has nothing to declare for it (Art. 3(1)).
+    if req.year.is_some_and(|y| !ReportPeriod::in_operation(s, y)) {
+        return Ok(None);
+    }
+    let once = HourlyOnce { inner: reader, hourly: Default::default() };
+    let reader: &dyn LedgerReader = &once;
+    let period = match (req.year, req.range) {
+        (Some(y), _) => ReportPeriod::year(s, y)?,
+        (None, Some((a, b))) => ReportPeriod { from_ms: a, to_ms: b, year: None },
+        (None, None) => return Err(RegionError::Input("give --year, or --from and --to".into())),
+    };
+    let f = ledger_figures(reader, s, carbon_config, carbon, period, now_ms).await?;
+    let mut r = row(f, Origin::Ledger, "ledger".into());
+    r.monthly = months(reader, s, carbon_config, carbon, period.from_ms, period.to_ms, now_ms).await?;
+    let fallbacks: Vec<bool> = r.monthly.iter().filter_map(|m| m.carbon_fallback).collect();
+    r.carbon_fallback = (!fallbacks.is_empty()).then(|| fallbacks.iter().any(|b| *b));
+    if let Some(y) = req.year
+        && ReportPeriod::in_operation(s, y - 1)
+    {
+        let prev = ReportPeriod::year(s, y - 1)?;
+        let pf = ledger_figures(reader, s, carbon_config, carbon, prev, now_ms).await?;
+        if pf.edc_kwh.is_some_and(|e| e > 0.0) {
+            r.previous = Some(Previous {
+                reporting_year: pf.reporting_year,
+                origin: "ledger".into(),
+                edc_kwh: pf.edc_kwh,
+                pue: pf.value("pue"),
+            });
+        }
+    }
+    let source = SourceEntry {
+        origin: "ledger".into(),
+        source: Origin::Ledger,
+        site: s.id.clone(),
+        operator: r.operator.clone(),
+        reporting_year: r.reporting_year,
+        used_for: "reporting_period".into(),
+    };
+    Ok(Some((r, source)))
+}
+
+/// The most ledger sites read at once: the reader keeps four connections.
+const SITE_WORKERS: usize = 4;
+
+/// `each` of `sites`, answers in the sites' order. A site's figures are a
+/// hundred synchronous ledger reads: on a multi-thread runtime the sites are
+/// shared among up to [`SITE_WORKERS`] threads (one per core), each driving
+/// its sites' futures with the runtime's handle (whose other workers keep
+/// the I/O of a live carbon source going); elsewhere (a current-thread
+/// runtime, as in unit tests) one after the other. The answers are the same
+/// either way: each site's are computed alone and kept in order.
+async fn in_parallel<'a, T, F, Fut>(sites: &[&'a SiteConfig], each: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(&'a SiteConfig) -> Fut + Sync,
+    Fut: std::future::Future<Output = T>,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SITE_WORKERS).min(sites.len());
+    let handle = match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread && workers > 1 => h,
+        _ => {
+            let mut out = Vec::with_capacity(sites.len());
+            for s in sites {
+                out.push(each(s).await);
+            }
+            return out;
+        }
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<T>>> = sites.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(s) = sites.get(i) else { break };
+                        let answer = handle.block_on(each(s));
+                        if let Ok(mut slot) = slots[i].lock() {
+                            *slot = Some(answer);
+                        }
+                    }
+                });
+            }
+        })
+    });
+    slots.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect()
+}
+
 /// Builds the region report. `sites` are the collector's sites (those of
 /// `req.region` are taken), `imported` the validated declarations.
 #[allow(clippy::too_many_arguments)]
@@ -723,45 +868,13 @@ pub async fn build(
     if !ledger_sites.is_empty() && reader.is_none() {
         return Err(RegionError::Input("the region has ledger sites but there is no ledger (set --db or `db`)".into()));
     }
-    for s in &ledger_sites {
-        let Some(reader) = reader else { break };
-        // A site commissioned after the year has nothing to declare for it (Art. 3(1)).
-        if req.year.is_some_and(|y| !ReportPeriod::in_operation(s, y)) {
-            continue;
+    if let Some(reader) = reader {
+        let each = in_parallel(&ledger_sites, |s| ledger_site(reader, s, carbon_config, carbon, req, now_ms));
+        for row in each.await {
+            let Some((r, source)) = row? else { continue };
+            sources.push(source);
+            rows.push(r);
         }
-        let period = match (req.year, req.range) {
-            (Some(y), _) => ReportPeriod::year(s, y)?,
-            (None, Some((a, b))) => ReportPeriod { from_ms: a, to_ms: b, year: None },
-            (None, None) => return Err(RegionError::Input("give --year, or --from and --to".into())),
-        };
-        let f = ledger_figures(reader, s, carbon_config, carbon, period, now_ms).await?;
-        let mut r = row(f, Origin::Ledger, "ledger".into());
-        r.monthly = months(reader, s, carbon_config, carbon, period.from_ms, period.to_ms, now_ms).await?;
-        let fallbacks: Vec<bool> = r.monthly.iter().filter_map(|m| m.carbon_fallback).collect();
-        r.carbon_fallback = (!fallbacks.is_empty()).then(|| fallbacks.iter().any(|b| *b));
-        if let Some(y) = req.year
-            && ReportPeriod::in_operation(s, y - 1)
-        {
-            let prev = ReportPeriod::year(s, y - 1)?;
-            let pf = ledger_figures(reader, s, carbon_config, carbon, prev, now_ms).await?;
-            if pf.edc_kwh.is_some_and(|e| e > 0.0) {
-                r.previous = Some(Previous {
-                    reporting_year: pf.reporting_year,
-                    origin: "ledger".into(),
-                    edc_kwh: pf.edc_kwh,
-                    pue: pf.value("pue"),
-                });
-            }
-        }
-        sources.push(SourceEntry {
-            origin: "ledger".into(),
-            source: Origin::Ledger,
-            site: s.id.clone(),
-            operator: r.operator.clone(),
-            reporting_year: r.reporting_year,
-            used_for: "reporting_period".into(),
-        });
-        rows.push(r);
     }
     let range_text = req.range.map(|(a, b)| (rfc3339(a), rfc3339(b)));
     let mut previous: Vec<(Figures, String)> = Vec::new();
@@ -1065,6 +1178,92 @@ mod tests {
     }
 
     /// Annex IV weights each PUE by EDC; the ratio of sums is ΣEDC/ΣEIT: they differ.
+    /// The months' hourly grid energy sliced from the year's answer is the
+    /// ledger's own answer for each month, and the ledger is asked once.
+    #[test]
+    fn a_month_of_hourly_grid_energy_is_the_ledgers_answer_read_once() {
+        use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+        use crate::ledger::{Batch, CounterSample, LedgerWriter, Policy};
+        struct Counting(SqliteReader, std::sync::atomic::AtomicUsize);
+        impl LedgerReader for Counting {
+            fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
+                self.0.energy(q)
+            }
+            fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
+                self.0.hosts(site, now_ms)
+            }
+            fn host_models(&self, site: &str, a: i64, b: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
+                self.0.host_models(site, a, b)
+            }
+            fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
+                self.0.site_totals()
+            }
+            fn role_hourly(&self, site: &str, role: &str, a: i64, b: i64) -> Result<Vec<(i64, i128)>, StoreError> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.role_hourly(site, role, a, b)
+            }
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("l.db");
+        let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
+        const H: i64 = 3_600_000;
+        let t0 = 1_735_686_000_000; // 2025-01-01T00:00+01:00
+        // Every 50 minutes for 40 days, a growing register: hours cut at both ends.
+        let samples = (0..1_152)
+            .map(|i| CounterSample::meter("s", "grid", "utility_in", "kWh", t0 + i * 50 * 60_000, i * i * 1_000))
+            .collect();
+        w.apply(&[Batch { samples, claims: vec![], intervals: vec![], quarantine: vec![] }], t0).expect("apply");
+        let direct = SqliteReader::new(&db, Policy::default());
+        let inner = Counting(SqliteReader::new(&db, Policy::default()), Default::default());
+        let once = HourlyOnce { inner: &inner, hourly: Default::default() };
+        let year = (t0 - 5 * H, t0 + 60 * 24 * H);
+        assert_eq!(once.role_hourly("s", "utility_in", year.0, year.1).expect("year").len(), 40 * 24);
+        let cut = t0 + 9 * H + 30 * 60_000;
+        for (a, b) in [(t0, t0 + 31 * 24 * H), (t0 + 31 * 24 * H - H, t0 + 59 * 24 * H), (t0 + 7 * H, cut), (t0, t0)] {
+            let want = direct.role_hourly("s", "utility_in", a, b).expect("direct");
+            assert_eq!(once.role_hourly("s", "utility_in", a, b).expect("sliced"), want, "[{a}, {b})");
+        }
+        assert_eq!(inner.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Outside the year, or another role: the ledger is asked.
+        once.role_hourly("s", "utility_in", year.0 - H, year.1).expect("wider");
+        once.role_hourly("s", "ups_out", year.0, year.1).expect("other role");
+        assert_eq!(inner.1.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    /// Sites shared among threads come back in the sites' order, with the
+    /// runtime's timers working inside each site's future, and equal to the
+    /// one-after-the-other answers of a current-thread runtime.
+    #[test]
+    fn sites_read_in_parallel_come_back_in_order() {
+        let sites: Vec<SiteConfig> =
+            (0..9).map(|i| SiteConfig { id: format!("s{i}"), ..SiteConfig::default() }).collect();
+        let refs: Vec<&SiteConfig> = sites.iter().collect();
+        let threads = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let each = |s: &SiteConfig| {
+            let id = s.id.clone();
+            let threads = &threads;
+            async move {
+                // Later sites finish first if run at once.
+                let n: u64 = id[1..].parse().unwrap_or(0);
+                tokio::time::sleep(std::time::Duration::from_millis(5 * (9 - n))).await;
+                threads.lock().expect("lock").insert(format!("{:?}", std::thread::current().id()));
+                id
+            }
+        };
+        let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let parallel = multi.block_on(in_parallel(&refs, each));
+        let single = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let sequential = single.block_on(in_parallel(&refs, each));
+        let want: Vec<String> = sites.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(parallel, want);
+        assert_eq!(sequential, want);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Sites on more than one thread of the pool, plus the sequential run's one.
+        if cores > 1 {
+            assert!(threads.lock().expect("lock").len() >= 3);
+        }
+    }
+
     #[test]
     fn energy_weighted_and_ratio_of_sums_are_both_given() {
         let rows = vec![site("a", "o", 200.0, 100.0, Some(2.0)), site("b", "o", 120.0, 100.0, Some(1.2))];
