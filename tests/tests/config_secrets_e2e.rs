@@ -43,13 +43,10 @@ token_file = {t:?}
 }
 
 fn collector(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
-    let out = Command::new(binary("domesday-collector"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("DOMESDAY_LOG", "info")
-        .output()
-        .expect("run collector");
+    let out = domesday_tests::collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(config).env("DOMESDAY_LOG", "info"),
+        config.parent().expect("the config's directory"),
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -149,8 +146,8 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
         .env_remove("DOMESDAY_PUSH_TOKEN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    // An agent's output is checked for the secrets its command names (a collector's by the callers).
-    let secrets = domesday_tests::AgentSecrets::of(&cmd);
+    // The output is checked for the secrets its command names (the callers check the secrets it must not echo).
+    let secrets = domesday_tests::Secrets::of(&cmd);
     let mut child = cmd.spawn().expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while child.try_wait().expect("wait").is_none() {
@@ -161,9 +158,7 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
-    if bin == "domesday-agent" {
-        secrets.check_output(&format!("{bin} {}", args.join(" ")), &out);
-    }
+    secrets.check_output(&format!("{bin} {}", args.join(" ")), &out);
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -269,7 +264,7 @@ fn an_agent_failing_to_push_or_to_load_names_the_token_file_and_never_prints_the
     seen.push(("agent run, 401".into(), text));
     // What the helpers' check (run when `agent` was dropped) searched that log for: the token among them.
     let cmd = domesday_tests::agent_command(&root, &root.join("agent.toml"), 0, "1s", &[]);
-    let searched = domesday_tests::AgentSecrets::of(&cmd).values();
+    let searched = domesday_tests::Secrets::of(&cmd).values();
     assert!(searched.iter().any(|(k, v)| v == WRONG && k.contains("token_file")), "the token is not searched for");
 
     // No collector: the connection error names the URL.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_tests::proxy::Proxy;
 use domesday_tests::{
-    Agent, AgentSecrets, Collector, agent_wait, binary, fixture_copy, free_port, get_text, mock_http, post_write,
+    Agent, Collector, Secrets, agent_wait, binary, fixture_copy, free_port, get_text, mock_http, post_write,
     pushed_host_energy, series_value, start_agent_logged_with,
 };
 
@@ -72,7 +72,7 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
         .env("DOMESDAY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let sim_secrets = AgentSecrets::of(&sim);
+    let sim_secrets = Secrets::of(&sim);
     let sim = sim.spawn().expect("simulate");
     std::thread::sleep(Duration::from_millis(2500));
     // A clean stop and a start while the fleet pushes.
