@@ -204,9 +204,7 @@ pub fn start_pushing_agent(root: &Path, port: u16, tables: &str, log: &Path) -> 
     start_agent_logged_with(root, port, "100ms", tables, &env, log, &["--site", "caen-1"])
 }
 
-/// [`start_agent_logged`] with `SIGXFSZ` ignored (`trap '' XFSZ`, inherited through `exec`): once its file size
-/// limit is lowered (`prlimit --fsize`), each write past it fails with `EFBIG`, as writes on a full disk fail with
-/// `ENOSPC`, instead of the signal killing the agent. The full-disk tests use it.
+/// [`start_agent_logged`] with `SIGXFSZ` ignored (see [`spawn_logged_ignoring_xfsz`]): the full-disk tests use it.
 pub fn start_agent_logged_ignoring_xfsz(
     root: &Path,
     port: u16,
@@ -218,27 +216,47 @@ pub fn start_agent_logged_ignoring_xfsz(
     let config = write_agent_config(root, tables);
     let mut agent = agent_command(root, &config, port, interval, &[]);
     agent.envs(env.iter().copied());
-    let secrets = AgentSecrets::of(&agent);
-    let mut file = std::fs::File::create(log).expect("log file");
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(agent.get_program())
-        .args(agent.get_args())
-        .env_remove("DOMESDAY_PUSH_TOKEN")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let (proc, secrets) = spawn_logged_ignoring_xfsz(&agent, log, Secrets::of(&agent));
+    Agent { proc, log: log.to_path_buf(), secrets }
+}
+
+/// Spawns `cmd` with its stdout and stderr in `log`; the returned guard checks, when dropped, that the log holds
+/// none of `secrets` (drop it after the process, as [`Agent`] and [`Collector`] do).
+pub fn spawn_logged(cmd: &mut Command, log: &Path, secrets: Secrets) -> (Proc, NoSecretsInOutput) {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = cmd
+        .stdout(Stdio::from(file.try_clone().expect("log file")))
+        .stderr(Stdio::from(file))
         .spawn()
-        .expect("spawn agent");
-    // The log goes through a pipe, copied to the file by this process: the agent's own file size limit must not
-    // cut its log.
-    let copier = child.stderr.take().map(|mut err| {
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", command_line(cmd)));
+    (Proc(child), NoSecretsInOutput::new(secrets, log, None))
+}
+
+/// [`spawn_logged`] with `SIGXFSZ` ignored (`trap '' XFSZ`, inherited through `exec`): once its file size limit
+/// is lowered ([`limit_file_size`]), each write past it fails with `EFBIG`, as writes on a full disk fail with
+/// `ENOSPC`, instead of the signal killing the process. Its stdout and stderr go through one pipe, copied to
+/// `log` by this process: the process's own file size limit must not cut its log.
+pub fn spawn_logged_ignoring_xfsz(cmd: &Command, log: &Path, secrets: Secrets) -> (Proc, NoSecretsInOutput) {
+    let mut file = std::fs::File::create(log).expect("log file");
+    let mut wrapper = Command::new("bash");
+    wrapper.arg("-c").arg("trap '' XFSZ; exec \"$0\" \"$@\" 2>&1").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapper.env(k, v),
+            None => wrapper.env_remove(k),
+        };
+    }
+    let mut child = wrapper
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", command_line(cmd)));
+    let copier = child.stdout.take().map(|mut out| {
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut err, &mut file);
+            let _ = std::io::copy(&mut out, &mut file);
         })
     });
-    Agent { proc: Proc(child), log: log.to_path_buf(), secrets: NoSecretsInOutput::new(secrets, log, copier) }
+    (Proc(child), NoSecretsInOutput::new(secrets, log, copier))
 }
 
 /// Lowers (`Some(bytes)`) or lifts (`None`) the soft `RLIMIT_FSIZE` of the running process `pid` with util-linux
@@ -325,23 +343,29 @@ impl Agent {
 }
 
 /// Spawns an agent command (from [`agent_command`] or the test's own) with its stdout and stderr in `log`; the
-/// returned [`Agent`] checks, when dropped, that the log holds none of the agent's secrets ([`AgentSecrets`]).
+/// returned [`Agent`] checks, when dropped, that the log holds none of the agent's secrets ([`Secrets`]).
 pub fn spawn_agent(cmd: &mut Command, log: &Path) -> Agent {
-    let secrets = AgentSecrets::of(cmd);
-    let file = std::fs::File::create(log).expect("agent log");
-    let child = cmd
-        .stdout(Stdio::from(file.try_clone().expect("agent log")))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("spawn agent");
-    Agent { proc: Proc(child), log: log.to_path_buf(), secrets: NoSecretsInOutput::new(secrets, log, None) }
+    let (proc, secrets) = spawn_logged(cmd, log, Secrets::of(cmd));
+    Agent { proc, log: log.to_path_buf(), secrets }
 }
 
 /// Runs an agent command to its end (`check-config`, `probe`, `once`, `simulate`) and checks its stdout and
-/// stderr for the agent's secrets ([`AgentSecrets`]) before returning them.
+/// stderr for the agent's secrets ([`Secrets`]) before returning them.
 pub fn agent_output(cmd: &mut Command) -> std::process::Output {
-    let secrets = AgentSecrets::of(cmd);
-    let out = cmd.output().expect("run agent");
+    checked_output(cmd, Secrets::of(cmd))
+}
+
+/// Runs a one-shot collector command (`check-config`, `energy`, `report`, `import-meters`, `correct`,
+/// `retire-host`, `backup`, …) to its end and checks its stdout and stderr for the secrets of its command line
+/// ([`Secrets::of`]) and of `dir`, the directory of its ledger and token files ([`Secrets::beside`]), before
+/// returning them.
+pub fn collector_output(cmd: &mut Command, dir: &Path) -> std::process::Output {
+    checked_output(cmd, Secrets::of(cmd).beside(dir))
+}
+
+/// Runs `cmd` to its end and checks its stdout and stderr for `secrets`.
+pub fn checked_output(cmd: &mut Command, secrets: Secrets) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {}: {e}", command_line(cmd)));
     secrets.check_output(&command_line(cmd), &out);
     out
 }
@@ -353,20 +377,27 @@ pub fn command_line(cmd: &Command) -> String {
 
 /// Waits for an agent the test spawned with piped stdout and stderr (`simulate`, whose secrets `secrets` were
 /// taken from its command before the spawn) and checks both for them.
-pub fn agent_wait(child: Child, secrets: &AgentSecrets, name: &str) -> std::process::Output {
+pub fn agent_wait(child: Child, secrets: &Secrets, name: &str) -> std::process::Output {
     let out = child.wait_with_output().expect("agent output");
     secrets.check_output(name, &out);
     out
 }
 
-/// Where an agent's secrets are, read from its command line: the files named by `--config` (its `token_file`,
-/// `password_file`, `key_file`, `web_config_file`), `--token-file` and `--web-config-file` (its `key_file` and
-/// the bcrypt hashes of `basic_auth_users`), every `*.token`, `*.key`, `*.pass`, `*.password` or `*.secret`
-/// file beside its configuration, and the values of its environment variables named like a token, a password
-/// or a secret (`DOMESDAY_PUSH_TOKEN`). The files are read each time the secrets are asked for, so a token
-/// rotated during the test is searched for too.
+/// Where a process's secrets are, read from its command line (an agent's or a collector's): the files named by
+/// `--config` (its keys ending in `token_file`, `password_file` or `key_file`: push and site tokens, BMC, meter
+/// and PostgreSQL passwords, TLS keys; its `web_config_file`), `--token-file` and `--web-config-file` (its
+/// `key_file` and the bcrypt hashes of `basic_auth_users`), every `*.token`, `*.key`, `*.pass`, `*.password` or
+/// `*.secret` file beside its configuration, and the values of its environment variables named like a token, a
+/// password or a secret (`DOMESDAY_PUSH_TOKEN`, `PGPASSWORD`); [`Secrets::beside`] adds a directory whose
+/// configurations (`*.toml`) and secret files count too. The files and directories are read each time the
+/// secrets are asked for, so a token rotated during the test, or one a command writes itself (the demo's), is
+/// searched for too.
 #[derive(Clone, Debug, Default)]
-pub struct AgentSecrets {
+pub struct Secrets {
+    /// Configuration files (TOML) naming secret files, read when the secrets are asked for.
+    pub configs: Vec<PathBuf>,
+    /// Directories whose `*.toml` configurations and secret files count.
+    pub dirs: Vec<PathBuf>,
     /// (what it is, the file).
     pub files: Vec<(String, PathBuf)>,
     /// Web configuration files (their key files and bcrypt hashes are secrets).
@@ -375,15 +406,15 @@ pub struct AgentSecrets {
     pub fixed: Vec<(String, String)>,
 }
 
-/// Keys of an agent configuration naming a file whose content is secret.
+/// Endings of the configuration keys naming a file whose content is secret.
 const SECRET_FILE_KEYS: [&str; 3] = ["token_file", "password_file", "key_file"];
 /// Extensions of the files beside a configuration taken as secrets.
 const SECRET_EXTENSIONS: [&str; 5] = ["token", "key", "pass", "password", "secret"];
 
-impl AgentSecrets {
-    /// The secrets of the agent `cmd` runs.
-    pub fn of(cmd: &Command) -> AgentSecrets {
-        let mut s = AgentSecrets::default();
+impl Secrets {
+    /// The secrets of the process `cmd` runs.
+    pub fn of(cmd: &Command) -> Secrets {
+        let mut s = Secrets::default();
         let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         for (i, a) in args.iter().enumerate() {
             let (flag, value) = match a.split_once('=') {
@@ -392,7 +423,7 @@ impl AgentSecrets {
             };
             let Some(value) = value else { continue };
             match flag {
-                "--config" => s.add_config(Path::new(&value)),
+                "--config" => s.configs.push(value.into()),
                 "--token-file" => s.files.push(("push token (--token-file)".into(), value.into())),
                 "--web-config-file" => s.web_configs.push(value.into()),
                 _ => {}
@@ -407,32 +438,53 @@ impl AgentSecrets {
         s
     }
 
-    fn add_config(&mut self, config: &Path) {
+    /// These secrets and those of `dir`: its configurations (`*.toml`) and secret files, read when asked for.
+    pub fn beside(mut self, dir: &Path) -> Secrets {
+        self.dirs.push(dir.to_path_buf());
+        self
+    }
+
+    /// The configurations and secret files now in `dir`.
+    fn scan_dir(dir: &Path, configs: &mut Vec<PathBuf>, files: &mut Vec<(String, PathBuf)>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                configs.push(p);
+            } else if p.extension().is_some_and(|x| SECRET_EXTENSIONS.iter().any(|s| x == *s)) {
+                files.push((format!("secret file in {}", dir.display()), p));
+            }
+        }
+    }
+
+    /// The secret files and web configurations `config` names, and the secret files beside it.
+    fn read_config(config: &Path, files: &mut Vec<(String, PathBuf)>, web_configs: &mut Vec<PathBuf>) {
         let text = std::fs::read_to_string(config).unwrap_or_default();
         let dir = config.parent().unwrap_or(Path::new("."));
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else { continue };
             let (key, value) = (key.trim(), value.trim().trim_matches(|c| c == '"' || c == '\''));
-            if SECRET_FILE_KEYS.contains(&key) {
-                self.files.push((format!("{key} of {}", config.display()), dir.join(value)));
+            if SECRET_FILE_KEYS.iter().any(|k| key.ends_with(k)) {
+                files.push((format!("{key} of {}", config.display()), dir.join(value)));
             } else if key == "web_config_file" {
-                self.web_configs.push(dir.join(value));
+                web_configs.push(dir.join(value));
             }
         }
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| SECRET_EXTENSIONS.iter().any(|s| x == *s)) {
-                self.files.push(("secret file beside the configuration".into(), p));
-            }
-        }
+        Self::scan_dir(dir, &mut Vec::new(), files);
     }
 
     /// Every secret now, as (what it is, value): a file's trimmed content, or each base64 line of a PEM private
     /// key. Values shorter than 6 characters would match by chance and are left out.
     pub fn values(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self.fixed.clone();
-        let mut files = self.files.clone();
-        for web in &self.web_configs {
+        let (mut files, mut web_configs, mut configs) =
+            (self.files.clone(), self.web_configs.clone(), self.configs.clone());
+        for dir in &self.dirs {
+            Self::scan_dir(dir, &mut configs, &mut files);
+        }
+        for config in &configs {
+            Self::read_config(config, &mut files, &mut web_configs);
+        }
+        for web in &web_configs {
             let text = std::fs::read_to_string(web).unwrap_or_default();
             let dir = web.parent().unwrap_or(Path::new("."));
             let mut in_users = false;
@@ -476,7 +528,7 @@ impl AgentSecrets {
         }
     }
 
-    /// [`AgentSecrets::check`] on a finished process's stdout and stderr.
+    /// [`Secrets::check`] on a finished process's stdout and stderr.
     pub fn check_output(&self, name: &str, out: &std::process::Output) {
         self.check(&format!("{name} (stdout)"), &String::from_utf8_lossy(&out.stdout));
         self.check(&format!("{name} (stderr)"), &String::from_utf8_lossy(&out.stderr));
@@ -509,18 +561,18 @@ pub fn describe_secret(secret: &str) -> String {
     format!("{head}…, {} bytes", secret.len())
 }
 
-/// Checks, when dropped, that an agent's output (the file `log`) holds none of its secrets; the process must be
-/// gone by then ([`Agent`] drops its [`Proc`] first) and the thread copying its output (if any) done. The
+/// Checks, when dropped, that a process's output (the file `log`) holds none of its secrets; the process must be
+/// gone by then ([`Agent`] and [`Collector`] drop their [`Proc`] first) and the thread copying its output (if any) done. The
 /// secrets are read at the start and again at the end, so a token rotated during the test counts both ways.
 pub struct NoSecretsInOutput {
-    pub secrets: AgentSecrets,
+    pub secrets: Secrets,
     pub log: PathBuf,
     at_start: Vec<(String, String)>,
     copier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NoSecretsInOutput {
-    pub fn new(secrets: AgentSecrets, log: &Path, copier: Option<std::thread::JoinHandle<()>>) -> NoSecretsInOutput {
+    pub fn new(secrets: Secrets, log: &Path, copier: Option<std::thread::JoinHandle<()>>) -> NoSecretsInOutput {
         let at_start = secrets.values();
         NoSecretsInOutput { secrets, log: log.to_path_buf(), at_start, copier }
     }
@@ -528,17 +580,19 @@ impl NoSecretsInOutput {
 
 impl Drop for NoSecretsInOutput {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test already failed: a second panic would abort and hide its message, and the copier (if any)
+            // may wait for a grandchild still holding the pipe.
+            return;
+        }
         if let Some(c) = self.copier.take() {
             let _ = c.join();
-        }
-        if std::thread::panicking() {
-            return; // the test already failed; a second panic would abort and hide its message
         }
         let text = read_log(&self.log);
         let mut values = self.secrets.values();
         values.extend(self.at_start.iter().cloned());
         let all: Vec<&str> = values.iter().map(|(_, v)| v.as_str()).collect();
-        let name = format!("the agent logging to {}", self.log.display());
+        let name = format!("the process logging to {}", self.log.display());
         for (kind, value) in &values {
             fail_on_secret(kind, value, &name, &text, &all);
         }
@@ -600,61 +654,11 @@ pub struct Collector {
     pub port: u16,
     pub dir: PathBuf,
     /// Dropped after `proc` (fields drop in order): the collector's whole output is then read.
-    pub secrets: NoSecretsInLog,
+    pub secrets: NoSecretsInOutput,
 }
 
-/// The file the test helpers send a collector's output to, in its directory.
+/// The file the test helpers send a collector's output (stdout and stderr) to, in its directory.
 pub const COLLECTOR_LOG: &str = "collector.log";
-
-/// Checks, when dropped, that no secret of the collector's directory (the content of every `*.token`
-/// file there: the sites' write tokens, read tokens) appears in its output (`log`): so every end-to-end
-/// test that starts a collector through these helpers checks that its tokens never reach its logs.
-pub struct NoSecretsInLog {
-    pub dir: PathBuf,
-    pub log: PathBuf,
-}
-
-impl NoSecretsInLog {
-    /// The check of a collector in `dir` logging to `dir/collector.log`.
-    pub fn of(dir: &Path) -> NoSecretsInLog {
-        NoSecretsInLog { dir: dir.to_path_buf(), log: dir.join(COLLECTOR_LOG) }
-    }
-}
-
-impl Drop for NoSecretsInLog {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return; // the test already failed; a second panic would abort and hide its message
-        }
-        let text = read_log(&self.log);
-        let secrets: Vec<(String, String)> = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "token"))
-            .filter_map(|e| Some((e.path(), std::fs::read_to_string(e.path()).ok()?)))
-            .map(|(p, t)| (format!("the token in {}", p.display()), t.trim().to_string()))
-            .filter(|(_, t)| t.len() >= 6)
-            .collect();
-        let all: Vec<&str> = secrets.iter().map(|(_, t)| t.as_str()).collect();
-        let name = self.log.display().to_string();
-        for (kind, token) in &secrets {
-            fail_on_secret(kind, token, &name, &text, &all);
-        }
-    }
-}
-
-impl Collector {
-    /// A collector the test spawned itself, its output in `dir/collector.log` (see [`NoSecretsInLog`]).
-    pub fn from_child(child: Child, port: u16, dir: &Path) -> Collector {
-        Collector { proc: Proc(child), port, dir: dir.to_path_buf(), secrets: NoSecretsInLog::of(dir) }
-    }
-}
-
-/// A file for a collector's output in `dir` (see [`NoSecretsInLog`]).
-pub fn collector_log(dir: &Path) -> std::fs::File {
-    std::fs::File::create(dir.join(COLLECTOR_LOG)).expect("collector log")
-}
 
 /// The collector's config for the end-to-end tests.
 pub fn collector_config(dir: &Path, port: u16, token: &str, extra: &str) -> PathBuf {
@@ -688,15 +692,31 @@ impl Collector {
 
     /// Starts `serve` with a given config file (which must listen on `port`).
     pub fn spawn(dir: &Path, port: u16, config: &Path) -> Collector {
-        let child = Command::new(binary("domesday-collector"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(collector_log(dir))
-            .spawn()
-            .expect("spawn collector");
-        let c = Collector::from_child(child, port, dir);
+        Self::spawn_command(
+            Command::new(binary("domesday-collector")).arg("serve").arg("--config").arg(config),
+            port,
+            dir,
+        )
+    }
+
+    /// Starts a collector command the test built (`serve` with its own arguments and environment) and waits until
+    /// it is ready. Its stdout and stderr go to `dir/collector.log`, checked when the collector is dropped for
+    /// the secrets of its command line and of `dir` ([`Secrets::of`], [`Secrets::beside`]).
+    pub fn spawn_command(cmd: &mut Command, port: u16, dir: &Path) -> Collector {
+        let secrets = Secrets::of(cmd).beside(dir);
+        let (proc, secrets) = spawn_logged(cmd, &dir.join(COLLECTOR_LOG), secrets);
+        Self::ready(proc, secrets, port, dir)
+    }
+
+    /// [`Collector::spawn_command`] with `SIGXFSZ` ignored, for the full-disk tests ([`spawn_logged_ignoring_xfsz`]).
+    pub fn spawn_ignoring_xfsz(cmd: &Command, port: u16, dir: &Path) -> Collector {
+        let secrets = Secrets::of(cmd).beside(dir);
+        let (proc, secrets) = spawn_logged_ignoring_xfsz(cmd, &dir.join(COLLECTOR_LOG), secrets);
+        Self::ready(proc, secrets, port, dir)
+    }
+
+    fn ready(proc: Proc, secrets: NoSecretsInOutput, port: u16, dir: &Path) -> Collector {
+        let c = Collector { proc, port, dir: dir.to_path_buf(), secrets };
         get_text(&c.url("/readyz"), Duration::from_secs(20));
         c
     }
@@ -914,19 +934,16 @@ pub fn site_config(dir: &Path, port: u16, token: &str, site: &str) -> PathBuf {
 /// set to `epoch`, as the report commands run, so both produce the same
 /// bytes; returns once `/readyz` answers.
 pub fn serve_at_epoch(dir: &Path, port: u16, cfg: &Path, epoch: &str) -> Collector {
-    let child = Command::new(binary("domesday-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .current_dir(dir)
-        .env("SOURCE_DATE_EPOCH", epoch)
-        .stdout(Stdio::null())
-        .stderr(collector_log(dir))
-        .spawn()
-        .expect("spawn collector");
-    let c = Collector::from_child(child, port, dir);
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
-    c
+    Collector::spawn_command(
+        Command::new(binary("domesday-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .current_dir(dir)
+            .env("SOURCE_DATE_EPOCH", epoch),
+        port,
+        dir,
+    )
 }
 
 /// Compares a rendering with `tests/golden/reports/<name>`; `UPDATE_GOLDEN=1`
@@ -1170,15 +1187,59 @@ pub fn wait_for_log(path: &Path, needle: &str, within: Duration) -> String {
 mod no_secrets_tests {
     use super::*;
 
-    #[test]
-    fn a_token_in_the_collector_log_fails_the_test_and_a_clean_log_passes() {
+    /// A collector's directory as the tests leave it: a site token, and a configuration naming a PostgreSQL
+    /// password file whose name says nothing of a secret.
+    fn collector_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(dir.path().join("caen.token"), "s3cret-token-value\n").expect("token");
-        std::fs::write(dir.path().join(COLLECTOR_LOG), "INFO serving\n").expect("log");
-        drop(NoSecretsInLog::of(dir.path()));
-        std::fs::write(dir.path().join(COLLECTOR_LOG), "WARN bad token s3cret-token-value\n").expect("log");
-        let leaked = std::panic::catch_unwind(|| drop(NoSecretsInLog::of(dir.path())));
-        assert!(leaked.is_err(), "a token in the log must fail the check");
+        let d = dir.path();
+        std::fs::write(d.join("caen.token"), "s3cret-token-value\n").expect("token");
+        std::fs::write(d.join("pg-credentials"), "pg-pass-0bc2e1\n").expect("password");
+        std::fs::write(
+            d.join("collector.toml"),
+            "db = \"postgres://domesday@127.0.0.1/d\"\ndb_password_file = \"pg-credentials\"\n",
+        )
+        .expect("config");
+        dir
+    }
+
+    /// What the check of a collector's log says when it holds `leak`, or None when it passes.
+    fn collector_check_with_log(leak: &str) -> Option<String> {
+        let dir = collector_dir();
+        let log = dir.path().join(COLLECTOR_LOG);
+        std::fs::write(&log, format!("INFO serving\nWARN {leak}\n")).expect("log");
+        let guard = NoSecretsInOutput::new(Secrets::default().beside(dir.path()), &log, None);
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard))).err()?;
+        Some(failed.downcast_ref::<String>().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_token_or_password_in_the_collector_log_fails_the_test_and_a_clean_log_passes() {
+        assert_eq!(collector_check_with_log("bad token for site caen-1"), None);
+        for (leak, kind) in [("s3cret-token-value", "caen.token"), ("pg-pass-0bc2e1", "db_password_file of")] {
+            let msg = collector_check_with_log(leak).unwrap_or_else(|| panic!("{kind} not caught"));
+            assert!(msg.contains(kind) && msg.contains("2: WARN <SECRET>"), "{msg}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "db_password_file of")]
+    fn a_password_in_the_output_of_a_one_shot_collector_command_fails_the_test() {
+        let dir = collector_dir();
+        // Stands for a collector command printing the password file it was given.
+        collector_output(Command::new("cat").arg(dir.path().join("pg-credentials")), dir.path());
+    }
+
+    #[test]
+    fn the_stderr_of_a_process_spawned_ignoring_xfsz_is_checked_with_its_environment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("out.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo starting; echo \"bad password $PGPASSWORD\" >&2"]).env("PGPASSWORD", "env-pw-9f0e1d");
+        let (mut proc, guard) = spawn_logged_ignoring_xfsz(&cmd, &log, Secrets::of(&cmd));
+        assert!(proc.0.wait().expect("wait").success());
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard))).expect_err("a leak");
+        let msg = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("environment variable PGPASSWORD") && msg.contains("2: bad password <SECRET>"), "{msg}");
     }
 
     /// An agent's directory as the helpers leave it: its config naming a token file and a client key, the
@@ -1224,7 +1285,7 @@ mod no_secrets_tests {
         let (dir, cmd) = agent_dir();
         let log = dir.path().join("agent.log");
         std::fs::write(&log, format!("INFO starting\nWARN push failed: {leak}\n")).expect("log");
-        let guard = NoSecretsInOutput::new(AgentSecrets::of(&cmd), &log, None);
+        let guard = NoSecretsInOutput::new(Secrets::of(&cmd), &log, None);
         let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard))).err()?;
         Some(failed.downcast_ref::<String>().cloned().unwrap_or_default())
     }
@@ -1255,7 +1316,7 @@ mod no_secrets_tests {
             stdout: b"# token: push-token-5e1f9a\n".to_vec(),
             stderr: Vec::new(),
         };
-        AgentSecrets::of(&cmd).check_output("agent check-config", &out);
+        Secrets::of(&cmd).check_output("agent check-config", &out);
     }
 
     #[test]

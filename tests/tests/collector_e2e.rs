@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use domesday_model::remote_write::{WriteRequest, encode};
 use domesday_tests::{
-    Collector, binary, free_port, get_text, host_energy, host_energy_series, now_minute_ms, post_write, series_value,
+    Collector, binary, collector_output, free_port, get_text, host_energy, host_energy_series, now_minute_ms,
+    post_write, series_value,
 };
 
 const TOKEN: &str = "caen-secret-token";
@@ -41,16 +42,17 @@ fn energy_is_exact_replays_count_once_and_tokens_are_per_site() {
     assert_eq!(post_write(&write, Some("wrong"), body.clone()).map(|r| r.0), Ok(401));
     assert_eq!(post_write(&write, None, body).map(|r| r.0), Ok(401));
     // The CLI reads the same figure, read-only, while serve runs.
-    let out = Command::new(binary("domesday-collector"))
-        .args(["energy", "--site", "caen-1", "--host", "srv-1", "--format", "csv"])
-        .arg("--from")
-        .arg(t0.to_string())
-        .arg("--to")
-        .arg((t0 + 3_600_000).to_string())
-        .arg("--db")
-        .arg(dir.path().join("domesday.db"))
-        .output()
-        .expect("energy cli");
+    let out = collector_output(
+        Command::new(binary("domesday-collector"))
+            .args(["energy", "--site", "caen-1", "--host", "srv-1", "--format", "csv"])
+            .arg("--from")
+            .arg(t0.to_string())
+            .arg("--to")
+            .arg((t0 + 3_600_000).to_string())
+            .arg("--db")
+            .arg(dir.path().join("domesday.db")),
+        dir.path(),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(",12171.9,12171900000,12171.9,0,"),

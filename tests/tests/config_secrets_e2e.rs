@@ -43,13 +43,10 @@ token_file = {t:?}
 }
 
 fn collector(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
-    let out = Command::new(binary("domesday-collector"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("DOMESDAY_LOG", "info")
-        .output()
-        .expect("run collector");
+    let out = domesday_tests::collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(config).env("DOMESDAY_LOG", "info"),
+        config.parent().expect("the config's directory"),
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -149,8 +146,8 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
         .env_remove("DOMESDAY_PUSH_TOKEN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    // An agent's output is checked for the secrets its command names (a collector's by the callers).
-    let secrets = domesday_tests::AgentSecrets::of(&cmd);
+    // The output is checked for the secrets its command names (the callers check the secrets it must not echo).
+    let secrets = domesday_tests::Secrets::of(&cmd);
     let mut child = cmd.spawn().expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while child.try_wait().expect("wait").is_none() {
@@ -161,10 +158,30 @@ fn run_bounded(bin: &str, args: &[&str], config: &std::path::Path) -> (Option<i3
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
-    if bin == "domesday-agent" {
-        secrets.check_output(&format!("{bin} {}", args.join(" ")), &out);
-    }
+    secrets.check_output(&format!("{bin} {}", args.join(" ")), &out);
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Runs `bin` with each of `cmds` on `config`: each refuses it (exit 2) with every one of `want` in its output and
+/// never `secret` nor its last 8 characters; the outputs are added to `seen`.
+fn refused_without_echo(
+    bin: &str,
+    cmds: [&str; 2],
+    config: &std::path::Path,
+    secret: &str,
+    want: &[&str],
+    seen: &mut Vec<(String, String)>,
+) {
+    for cmd in cmds {
+        let (code, out) = run_bounded(bin, &[cmd], config);
+        assert_eq!(code, Some(2), "{bin} {cmd} did not refuse the config: {out}");
+        let tail = &secret[secret.len() - 8..];
+        assert!(!out.contains(secret) && !out.contains(tail), "{bin} {cmd} echoed the secret: {out}");
+        for w in want {
+            assert!(out.contains(w), "{bin} {cmd}: {w:?} missing from\n{out}");
+        }
+        seen.push((format!("{bin} {cmd}"), out));
+    }
 }
 
 #[test]
@@ -184,52 +201,27 @@ fn a_config_error_on_a_line_holding_a_secret_never_prints_the_value() {
         ),
     )
     .expect("agent config");
-    for cmd in ["check-config", "run"] {
-        let (code, out) = run_bounded("domesday-agent", &[cmd], &agent_cfg);
-        seen.push((format!("agent {cmd}"), out.clone()));
-        assert_ne!(code, Some(0), "agent {cmd} accepted the config: {out}");
-        assert!(code.is_some(), "agent {cmd} did not refuse the config: {out}");
-        assert!(!out.contains(AGENT_SECRET) && !out.contains("5e1f9a0c"), "agent {cmd} echoed the secret: {out}");
-        assert!(out.contains("agent.toml:6:") && out.contains("token"), "agent {cmd}: {out}");
-        assert!(out.contains("token = <redacted>"), "agent {cmd}: {out}");
-    }
+    let want = ["agent.toml:6:", "token = <redacted>"];
+    refused_without_echo("domesday-agent", ["check-config", "run"], &agent_cfg, AGENT_SECRET, &want, &mut seen);
 
-    // The collector: the token itself pasted into token_sha256, and a meter URL
-    // carrying credentials.
+    // The collector, on line 7 of its configuration: the token itself pasted into token_sha256 (redacted where
+    // the line is quoted), and a URL carrying credentials on a line whose error is a parse error.
     let cfg = dir.path().join("collector.toml");
     let port = domesday_tests::free_port();
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndb = {db:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\ntoken_sha256 = \"{SITE_SECRET}\"\n",
-            db = dir.path().join("domesday.db").display().to_string()
-        ),
-    )
-    .expect("config");
-    for cmd in ["check-config", "serve"] {
-        let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
-        seen.push((format!("collector {cmd}"), out.clone()));
-        assert_eq!(code, Some(2), "collector {cmd}: {out}");
-        assert!(!out.contains(SITE_SECRET) && !out.contains("77c2d4e1"), "collector {cmd} echoed the secret: {out}");
-        assert!(out.contains("collector.toml:7:") && out.contains("token_sha256"), "collector {cmd}: {out}");
-        assert!(out.contains("token_sha256 = <redacted>"), "collector {cmd}: {out}");
-    }
-
-    // A URL with credentials in it on a line whose error is a parse error.
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndb = {db:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\nhomepage = \"https://bob:{URL_SECRET}@example.net\"\n",
-            db = dir.path().join("domesday.db").display().to_string()
-        ),
-    )
-    .expect("config");
-    for cmd in ["check-config", "serve"] {
-        let (code, out) = run_bounded("domesday-collector", &[cmd], &cfg);
-        seen.push((format!("collector {cmd}"), out.clone()));
-        assert_eq!(code, Some(2), "collector {cmd}: {out}");
-        assert!(!out.contains(URL_SECRET), "collector {cmd} echoed the URL's password: {out}");
-        assert!(out.contains("collector.toml:7:") && out.contains("homepage"), "collector {cmd}: {out}");
+    let db = dir.path().join("domesday.db").display().to_string();
+    for (line, secret, want) in [
+        (format!("token_sha256 = \"{SITE_SECRET}\""), SITE_SECRET, "token_sha256 = <redacted>"),
+        (format!("homepage = \"https://bob:{URL_SECRET}@example.net\""), URL_SECRET, "homepage"),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndb = {db:?}\n\n[[sites]]\nid = \"caen-1\"\ntimezone = \"Europe/Paris\"\n{line}\n"
+            ),
+        )
+        .expect("config");
+        let want = ["collector.toml:7:", want];
+        refused_without_echo("domesday-collector", ["check-config", "serve"], &cfg, secret, &want, &mut seen);
     }
     let named: Vec<(&str, &str)> = seen.iter().map(|(n, o)| (n.as_str(), o.as_str())).collect();
     assert_no_secrets(&named, &[AGENT_SECRET, SITE_SECRET, URL_SECRET]);
@@ -269,7 +261,7 @@ fn an_agent_failing_to_push_or_to_load_names_the_token_file_and_never_prints_the
     seen.push(("agent run, 401".into(), text));
     // What the helpers' check (run when `agent` was dropped) searched that log for: the token among them.
     let cmd = domesday_tests::agent_command(&root, &root.join("agent.toml"), 0, "1s", &[]);
-    let searched = domesday_tests::AgentSecrets::of(&cmd).values();
+    let searched = domesday_tests::Secrets::of(&cmd).values();
     assert!(searched.iter().any(|(k, v)| v == WRONG && k.contains("token_file")), "the token is not searched for");
 
     // No collector: the connection error names the URL.

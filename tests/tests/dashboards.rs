@@ -444,12 +444,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
     // A sender with a wrong token: refused (unauthorized).
     assert_eq!(post_write(&c.url("/api/v1/write"), Some("wrong"), vec![0]).map(|r| r.0), Ok(401));
-    let retire = std::process::Command::new(domesday_tests::binary("domesday-collector"))
-        .args(["retire-host", "--site", "caen-1", "--host", "old", "--by", "test", "--reason", "decommissioned"])
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .expect("retire-host");
+    let retire = domesday_tests::collector_output(
+        std::process::Command::new(domesday_tests::binary("domesday-collector"))
+            .args(["retire-host", "--site", "caen-1", "--host", "old", "--by", "test", "--reason", "decommissioned"])
+            .arg("--config")
+            .arg(&cfg),
+        dir.path(),
+    );
     assert!(retire.status.success(), "{}", String::from_utf8_lossy(&retire.stderr));
 
     // A real agent on a fixture tree with an inlet sensor and one broken sensor, pushing to the collector.

@@ -4,11 +4,11 @@
 //! that every indicator has a figure within about a minute, on the API and on
 //! the window gauges of /metrics, and Ctrl-C (SIGINT) stops both cleanly.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Proc, binary, free_port, get_text, series_value};
+use domesday_tests::{NoSecretsInOutput, Proc, Secrets, binary, free_port, get_text, series_value};
 
 /// RFC 3339 of a millisecond timestamp.
 fn rfc3339(ms: i64) -> String {
@@ -25,27 +25,37 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("tmp");
     let (port, agent_port) = (free_port(), free_port());
     let started = Instant::now();
+    // The demo writes its own token in its directory: its outputs (its agent's too, which inherits them) are
+    // checked, once both are gone, for the secrets found there then (the guards drop after `demo`).
+    let demo_dir = dir.path().join("demo");
+    let secrets = Secrets::default().beside(&demo_dir);
+    let (stdout_log, stderr_log) = (dir.path().join("demo.stdout"), dir.path().join("demo.stderr"));
+    let _stdout_checked: NoSecretsInOutput;
+    let _stderr_checked = NoSecretsInOutput::new(secrets.clone(), &stderr_log, None);
     let mut demo = Proc(
         Command::new(binary("domesday-collector"))
             .args(["demo", "--dir"])
-            .arg(dir.path().join("demo"))
+            .arg(&demo_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--agent-listen")
             .arg(format!("127.0.0.1:{agent_port}"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_log).expect("log"))
             .spawn()
             .expect("demo"),
     );
-    // Read to the end (the agent inherits the pipe), handing each line over.
+    // Read to the end (the agent inherits the pipe), handing each line over and keeping it for the check.
     let stdout = demo.0.stdout.take().expect("stdout");
+    let mut kept = std::fs::File::create(&stdout_log).expect("log");
     let (tx, printed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(kept, "{l}");
             let _ = tx.send(l);
         }
     });
+    _stdout_checked = NoSecretsInOutput::new(secrets.clone(), &stdout_log, Some(reader));
     let base = format!("http://127.0.0.1:{port}");
     // The agent pushes every 5 s; its first push lands within about 15 s.
     let deadline = started + Duration::from_secs(40);
@@ -211,4 +221,6 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
     // The agent it started is gone too.
     assert!(std::net::TcpStream::connect(("127.0.0.1", agent_port)).is_err(), "agent still listening");
     assert!(dir.path().join("demo/domesday.db").exists());
+    // The guards will search the outputs for the token the demo wrote.
+    assert!(secrets.values().iter().any(|(what, _)| what.contains("push.token")), "{:?}", secrets.dirs);
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_tests::proxy::Proxy;
 use domesday_tests::{
-    Agent, AgentSecrets, Collector, agent_wait, binary, fixture_copy, free_port, get_text, mock_http, post_write,
+    Agent, Collector, Secrets, agent_wait, binary, fixture_copy, free_port, get_text, mock_http, post_write,
     pushed_host_energy, series_value, start_agent_logged_with,
 };
 
@@ -72,7 +72,7 @@ fn a_simulated_fleet_loses_nothing_acknowledged_across_a_collector_restart_and_a
         .env("DOMESDAY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let sim_secrets = AgentSecrets::of(&sim);
+    let sim_secrets = Secrets::of(&sim);
     let sim = sim.spawn().expect("simulate");
     std::thread::sleep(Duration::from_millis(2500));
     // A clean stop and a start while the fleet pushes.
@@ -176,62 +176,96 @@ fn assert_ledger_holds(c: &Collector, ticks: &[(i64, f64)], n: usize) -> serde_j
     }
 }
 
+/// The partition tests' set-up: a collector behind a TCP proxy the test cuts and heals, and a copy of the
+/// `intel-2s` fixture whose agents ([`agent`]) push through the proxy and serve `/metrics` on `mport`.
+struct Partition {
+    c: Collector,
+    link: Proxy,
+    url: String,
+    root: PathBuf,
+    mport: u16,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Partition {
+    fn new() -> Partition {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = Collector::start(dir.path(), free_port(), TOKEN);
+        let link = Proxy::start(c.port);
+        let url = format!("http://127.0.0.1:{}/api/v1/write", link.port());
+        let (fx, root) = fixture_copy("intel-2s");
+        Partition { c, link, url, root, mport: free_port(), _dirs: (dir, fx) }
+    }
+
+    /// An agent pushing through the proxy, its log in `<root>/<log>`.
+    fn agent(&self, log: &str) -> (Agent, PathBuf) {
+        let log = self.root.join(log);
+        (agent(&self.root, &self.url, &log, self.mport), log)
+    }
+
+    /// Waits (bounded) until the agent's `/metrics` satisfies `pred`.
+    fn until(&self, what: &str, log: &Path, pred: impl Fn(&str) -> bool) {
+        agent_until(self.mport, what, log, pred);
+    }
+
+    /// Waits until the agent has sent samples.
+    fn until_sent(&self, log: &Path) {
+        self.until("pushes", log, |b| pushed(b, "sent") > 0.0);
+    }
+
+    /// Waits until the agent has spooled several ticks.
+    fn until_spooled(&self, log: &Path) {
+        self.until("a spool of several ticks", log, |b| pushed(b, "spooled") >= 100.0);
+    }
+
+    /// A second agent, after the proxy healed, replaying the first one's spool; stopped cleanly once the spool
+    /// is empty. Returns its log.
+    fn replay(&self, log: &str) -> String {
+        self.link.heal();
+        let (mut second, log) = self.agent(log);
+        self.until("the old spool replayed", &log, |b| spool_bytes(b) == 0.0 && pushed(b, "sent") > 0.0);
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(second.terminate(WAIT).is_some_and(|s| s.success()), "agent stops cleanly");
+        std::fs::read_to_string(&log).expect("log")
+    }
+}
+
+/// The agent's `domesday_push_samples_total` of `result` (-1 when absent).
+fn pushed(body: &str, result: &str) -> f64 {
+    series_value(body, "domesday_push_samples_total", &[&format!("result=\"{result}\"")]).unwrap_or(-1.0)
+}
+
 #[test]
 fn a_partition_between_agent_and_collector_is_spooled_then_replayed_exactly() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let c = Collector::start(dir.path(), free_port(), TOKEN);
-    let link = Proxy::start(c.port);
-    let (_fx, root) = fixture_copy("intel-2s");
-    let log = root.join("agent.log");
-    let mport = free_port();
-    let mut a = agent(&root, &format!("http://127.0.0.1:{}/api/v1/write", link.port()), &log, mport);
-    agent_until(mport, "pushes before the partition", &log, |b| {
-        series_value(b, "domesday_push_samples_total", &["result=\"sent\""]).is_some_and(|n| n > 0.0)
-    });
-    link.partition();
-    agent_until(mport, "the spool to fill during the partition", &log, |b| spool_bytes(b) > 0.0);
+    let p = Partition::new();
+    let (mut a, log) = p.agent("agent.log");
+    p.until_sent(&log);
+    p.link.partition();
+    p.until("the spool to fill during the partition", &log, |b| spool_bytes(b) > 0.0);
     std::thread::sleep(Duration::from_millis(1500));
-    link.heal();
-    agent_until(mport, "the spool to drain after the partition", &log, |b| spool_bytes(b) == 0.0);
+    p.link.heal();
+    p.until("the spool to drain after the partition", &log, |b| spool_bytes(b) == 0.0);
     std::thread::sleep(Duration::from_millis(600));
     assert!(a.terminate(WAIT).is_some_and(|s| s.success()), "agent stops cleanly");
-    assert!(link.refused() > 0, "the partition refused connections");
+    assert!(p.link.refused() > 0, "the partition refused connections");
     let ticks = pushed_host_energy(&std::fs::read_to_string(&log).expect("log"), "psu_input");
     assert!(ticks.len() >= 10, "{ticks:?}");
     // Every tick once: no tick lost in the partition, none booked twice by the replay.
-    assert_ledger_holds(&c, &ticks, ticks.len());
+    assert_ledger_holds(&p.c, &ticks, ticks.len());
 }
 
 #[test]
 fn an_agent_killed_during_a_partition_keeps_its_counter_and_replays_its_spool() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let c = Collector::start(dir.path(), free_port(), TOKEN);
-    let link = Proxy::start(c.port);
-    let url = format!("http://127.0.0.1:{}/api/v1/write", link.port());
-    let (_fx, root) = fixture_copy("intel-2s");
-    let (log1, log2) = (root.join("first.log"), root.join("second.log"));
-    let mport = free_port();
-    let mut first = agent(&root, &url, &log1, mport);
-    agent_until(mport, "pushes", &log1, |b| {
-        series_value(b, "domesday_push_samples_total", &["result=\"sent\""]).is_some_and(|n| n > 0.0)
-    });
-    link.partition();
-    agent_until(mport, "a spool of several ticks", &log1, |b| {
-        series_value(b, "domesday_push_samples_total", &["result=\"spooled\""]).is_some_and(|n| n >= 100.0)
-    });
+    let p = Partition::new();
+    let (mut first, log1) = p.agent("first.log");
+    p.until_sent(&log1);
+    p.link.partition();
+    p.until_spooled(&log1);
     // SIGKILL: ticks still queued in memory are lost with the process; what was spooled is not.
     let _ = first.0.kill();
     let _ = first.0.wait();
     let before = pushed_host_energy(&std::fs::read_to_string(&log1).expect("log"), "psu_input");
-    link.heal();
-    let mut second = agent(&root, &url, &log2, mport);
-    agent_until(mport, "the old spool replayed", &log2, |b| {
-        spool_bytes(b) == 0.0
-            && series_value(b, "domesday_push_samples_total", &["result=\"sent\""]).is_some_and(|n| n > 0.0)
-    });
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(second.terminate(WAIT).is_some_and(|s| s.success()), "agent stops cleanly");
-    let after = pushed_host_energy(&std::fs::read_to_string(&log2).expect("log"), "psu_input");
+    let after = pushed_host_energy(&p.replay("second.log"), "psu_input");
     assert!(before.len() >= 3 && after.len() >= 3, "{before:?} {after:?}");
     // Counter continuity: the restarted agent's counter starts at or above the last
     // value the first run queued (persisted before publish), never from zero.
@@ -243,7 +277,7 @@ fn an_agent_killed_during_a_partition_keeps_its_counter_and_replays_its_spool() 
     let (first_tick, last_tick) = (all[0], all[all.len() - 1]);
     let deadline = Instant::now() + WAIT;
     loop {
-        let e = energy(&c, "host=test-host", first_tick.0, last_tick.0);
+        let e = energy(&p.c, "host=test-host", first_tick.0, last_tick.0);
         if ms_of(&e["last_sample"]) == Some(last_tick.0) {
             assert_eq!(e["energy_microjoules"], (uj(last_tick.1) - uj(first_tick.1)).to_string(), "{e}");
             // Every tick of the second run, and every tick of the first that reached the spool.
@@ -270,43 +304,27 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_power_cut_image_of_the_spool_is_replayed_without_losing_a_complete_record() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let c = Collector::start(dir.path(), free_port(), TOKEN);
-    let link = Proxy::start(c.port);
-    let url = format!("http://127.0.0.1:{}/api/v1/write", link.port());
-    let (_fx, root) = fixture_copy("intel-2s");
-    let (log1, log2) = (root.join("first.log"), root.join("second.log"));
-    let mport = free_port();
-    link.partition();
-    let mut first = agent(&root, &url, &log1, mport);
-    agent_until(mport, "a spool of several ticks", &log1, |b| {
-        series_value(b, "domesday_push_samples_total", &["result=\"spooled\""]).is_some_and(|n| n >= 100.0)
-    });
+    let p = Partition::new();
+    p.link.partition();
+    let (mut first, log1) = p.agent("first.log");
+    p.until_spooled(&log1);
     // A clean stop spools every queued tick: the spool then holds one record per logged tick.
     assert!(first.terminate(WAIT).is_some_and(|s| s.success()), "agent stops cleanly");
     let before = pushed_host_energy(&std::fs::read_to_string(&log1).expect("log"), "psu_input");
     // The power-cut image: the newest record was being written and only part of it reached the disk.
-    let segs = segments(&root.join("spool"));
+    let segs = segments(&p.root.join("spool"));
     let last = segs.last().expect("a spool segment");
     let len = std::fs::metadata(last).expect("segment").len();
     let f = std::fs::OpenOptions::new().write(true).open(last).expect("open segment");
     f.set_len(len - 7).expect("truncate");
     drop(f);
-    link.heal();
-    let mut second = agent(&root, &url, &log2, mport);
-    agent_until(mport, "the old spool replayed", &log2, |b| {
-        spool_bytes(b) == 0.0
-            && series_value(b, "domesday_push_samples_total", &["result=\"sent\""]).is_some_and(|n| n > 0.0)
-    });
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(second.terminate(WAIT).is_some_and(|s| s.success()), "agent stops cleanly");
-    let text2 = std::fs::read_to_string(&log2).expect("log");
+    let text2 = p.replay("second.log");
     assert!(text2.contains("torn"), "the torn record is reported:\n{text2}");
     let after = pushed_host_energy(&text2, "psu_input");
     let all: Vec<(i64, f64)> = before.iter().chain(after.iter()).copied().collect();
     // Every complete record is booked, the torn one (the first run's last tick) is not,
     // and its energy is not lost: the next booked counter value carries it.
-    assert_ledger_holds(&c, &all, all.len() - 1);
+    assert_ledger_holds(&p.c, &all, all.len() - 1);
 }
 
 /// A rack PDU (Redfish `PowerDistribution`) whose `EnergyJoules` rises by 1 kWh

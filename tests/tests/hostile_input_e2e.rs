@@ -163,32 +163,21 @@ fn sqlite_busy_answers_503_and_the_retry_is_booked_once() {
     assert_eq!((e["energy_joules"].as_f64(), e["samples"].as_u64()), (Some(15.0), Some(3)), "{e}");
 }
 
-/// A disk that refuses every write: the process runs with `SIGXFSZ` ignored (as
-/// with `trap '' XFSZ`, inherited through `exec`), so that once
-/// [`limit_file_size`] lowers its limit each write past it fails with `EFBIG`,
-/// as writes on a full disk fail with `ENOSPC`, instead of killing it.
-fn spawn_with_xfsz_ignored(bin: &str, args: &[&std::ffi::OsStr]) -> std::process::Child {
-    std::process::Command::new("bash")
-        .arg("-c")
-        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
-        .arg(domesday_tests::binary(bin))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn")
-}
-
 #[test]
 fn a_full_disk_under_the_ledger_answers_503_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port();
     let config = domesday_tests::collector_config(dir.path(), port, TOKEN, "");
-    let child =
-        spawn_with_xfsz_ignored("domesday-collector", &["serve".as_ref(), "--config".as_ref(), config.as_ref()]);
-    let pid = child.id();
-    let c = Collector::from_child(child, port, dir.path());
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    // A disk that refuses every write: see `spawn_logged_ignoring_xfsz`.
+    let c = Collector::spawn_ignoring_xfsz(
+        std::process::Command::new(domesday_tests::binary("domesday-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config),
+        port,
+        dir.path(),
+    );
+    let pid = c.proc.0.id();
     let write = c.url("/api/v1/write");
     let t0 = now_minute_ms() - 1_800_000;
     assert_eq!(post_slow(&write, energy_request("srv-disk", &[(100.0, t0)])).0, 204);

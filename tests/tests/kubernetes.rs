@@ -698,17 +698,16 @@ fn the_generated_configurations_pass_check_config() {
         .as_str()
         .expect("collector.toml")
         .to_string();
-    std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+    std::fs::write(dir.path().join("token"), "t0ken-k8s-collector\n").expect("token");
     let collector_cfg = dir.path().join("collector.toml");
     let moved = collector_toml
         .replace("/etc/domesday/token", &dir.path().join("token").display().to_string())
         .replace("/var/lib/domesday-collector", &dir.path().display().to_string());
     std::fs::write(&collector_cfg, moved).expect("write");
-    let out = Command::new(binary("domesday-collector"))
-        .args(["check-config", "--config"])
-        .arg(&collector_cfg)
-        .output()
-        .expect("collector");
+    let out = domesday_tests::collector_output(
+        Command::new(binary("domesday-collector")).args(["check-config", "--config"]).arg(&collector_cfg),
+        dir.path(),
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "collector check-config:\n{text}");
     assert!(text.contains("local") && text.contains("1048576"), "{text}");
@@ -741,16 +740,12 @@ fn the_rendered_agent_pushes_a_node_to_the_rendered_collector() {
         .iter()
         .map(|a| a.replace("/etc/domesday/collector.toml", &collector_cfg.display().to_string()))
         .collect();
-    let collector = domesday_tests::Proc(
-        Command::new(binary("domesday-collector"))
-            .args(&cargs)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("collector"),
+    let collector = domesday_tests::Collector::spawn_command(
+        Command::new(binary("domesday-collector")).args(&cargs),
+        cport,
+        dir.path(),
     );
-    let api = format!("http://127.0.0.1:{cport}");
-    domesday_tests::get_text(&format!("{api}/readyz"), std::time::Duration::from_secs(20));
+    let api = collector.url("");
 
     let aport = domesday_tests::free_port();
     let agent_toml =

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{binary, collector_config, free_port};
+use domesday_tests::{Secrets, binary, collector_config, free_port};
 
 const NOBODY: u32 = 65_534;
 
@@ -32,10 +32,12 @@ fn give(p: &Path) {
 }
 
 /// Runs `serve` (as `nobody` when root) for at most 15 s; its exit code (None:
-/// it was still running) and stderr, and whether `/healthz` answered meanwhile.
+/// it was still running) and stderr, and whether `/healthz` answered meanwhile. Its stdout and stderr are checked
+/// for the secrets of its configuration.
 fn serve(config: &Path, port: u16) -> (Option<i32>, String, bool) {
     let mut cmd = Command::new(binary("domesday-collector"));
-    cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let secrets = Secrets::of(&cmd);
     if as_root() {
         cmd.uid(NOBODY).gid(NOBODY);
     }
@@ -61,12 +63,9 @@ fn serve(config: &Path, port: u16) -> (Option<i32>, String, bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    (code, err, healthy)
+    let out = child.wait_with_output().expect("output");
+    secrets.check_output("collector serve", &out);
+    (code, String::from_utf8_lossy(&out.stderr).into_owned(), healthy)
 }
 
 /// A directory with a config and a ledger created by a first `serve`, stopped
@@ -75,7 +74,7 @@ fn ledger_dir() -> (tempfile::TempDir, std::path::PathBuf, u16) {
     let dir = tempfile::tempdir().expect("tmp");
     chmod(dir.path(), 0o755);
     let port = free_port();
-    let config = collector_config(dir.path(), port, "tok", "");
+    let config = collector_config(dir.path(), port, "unwritable-ledger-token", "");
     for f in ["collector.toml", "caen.token", "rouen.token"] {
         give(&dir.path().join(f));
         chmod(&dir.path().join(f), 0o600);

@@ -9,12 +9,15 @@
 mod common;
 use common::start_modbus;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, binary, free_port, get_text, mock_http, promtool_check_metrics, series_value};
+use domesday_tests::{
+    COLLECTOR_LOG, Collector, binary, collector_output, free_port, get_text, mock_http, promtool_check_metrics,
+    series_value,
+};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 const TOKEN: &str = "readers-token";
@@ -221,27 +224,24 @@ interval = "1s"
     .expect("config");
 
     // check-config accepts it and never prints the password.
-    let out = Command::new(binary("domesday-collector"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(["check-config", "--config"]).arg(&config),
+        dir.path(),
+    );
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(!text.contains(PASSWORD), "check-config printed the password:\n{text}");
 
-    let log = dir.path().join("collector.log");
-    let child = Command::new(binary("domesday-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .env("DOMESDAY_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn collector");
-    let mut c = Collector::from_child(child, port, dir.path());
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    let log = dir.path().join(COLLECTOR_LOG);
+    let mut c = Collector::spawn_command(
+        Command::new(binary("domesday-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("DOMESDAY_LOG", "debug"),
+        port,
+        dir.path(),
+    );
 
     // Let every counter run past its last change, and then some.
     let deadline = Instant::now() + Duration::from_secs(45);

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use domesday_tests::{Collector, binary, free_port, get_text, site_config};
+use domesday_tests::{Collector, binary, collector_output, free_port, get_text, site_config};
 
 const TOKEN: &str = "meters-token";
 
@@ -31,13 +31,14 @@ unit = "m3"
 }
 
 fn import(cfg: &std::path::Path, file: &std::path::Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(binary("domesday-collector"))
-        .args(["import-meters", "--site", "caen-1", "--config"])
-        .arg(cfg)
-        .arg(file)
-        .args(extra)
-        .output()
-        .expect("import-meters");
+    let out = collector_output(
+        Command::new(binary("domesday-collector"))
+            .args(["import-meters", "--site", "caen-1", "--config"])
+            .arg(cfg)
+            .arg(file)
+            .args(extra),
+        cfg.parent().expect("the config's directory"),
+    );
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -101,7 +102,10 @@ fn csv_imports_are_exact_idempotent_and_all_or_nothing() {
 }
 
 fn collector_cli(cfg: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg).output().expect("run");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg),
+        cfg.parent().expect("the config's directory"),
+    );
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 

@@ -378,8 +378,10 @@ fn debian_packages_lint_install_run_and_purge() {
         .replace("\"/var/", &format!("\"{}/var/", root.display()));
     let rooted_path = work.path().join("collector-in-root.toml");
     std::fs::write(&rooted_path, rooted).expect("write");
-    let collector_check =
-        run(Command::new(root.join("usr/bin/domesday-collector")).args(["check-config", "--config"]).arg(&rooted_path));
+    let collector_check = domesday_tests::collector_output(
+        Command::new(root.join("usr/bin/domesday-collector")).args(["check-config", "--config"]).arg(&rooted_path),
+        &root.join("etc/domesday"),
+    );
     assert!(collector_check.status.success(), "collector check-config:\n{}", text(&collector_check));
     assert!(!text(&collector_check).contains(token.trim()), "check-config printed the token");
 

@@ -295,15 +295,15 @@ fn config_with_db(dir: &std::path::Path, name: &str, db: &str, extra: &str) -> s
 fn collector(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(binary("domesday-collector"))
-        .args(args)
+    let mut cmd = Command::new(binary("domesday-collector"));
+    cmd.args(args)
         .env_remove("PGPASSWORD")
         .envs(env.iter().copied())
         .env("DOMESDAY_LOG", "info")
         .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"))
-        .spawn()
-        .expect("run collector");
+        .stderr(std::fs::File::create(&err).expect("err"));
+    let secrets = domesday_tests::Secrets::of(&cmd);
+    let mut child = cmd.spawn().expect("run collector");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -316,7 +316,9 @@ fn collector(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    (status.code(), format!("{}{}", domesday_tests::read_log(&out), domesday_tests::read_log(&err)))
+    let text = format!("{}{}", domesday_tests::read_log(&out), domesday_tests::read_log(&err));
+    secrets.check(&format!("collector {}", args.join(" ")), &text);
+    (status.code(), text)
 }
 
 #[test]

@@ -491,7 +491,7 @@ fn simulate_reports_per_host_what_the_collector_acknowledged() {
         .env("DOMESDAY_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let secrets = domesday_tests::AgentSecrets::of(&cmd);
+    let secrets = domesday_tests::Secrets::of(&cmd);
     let child = cmd.spawn().expect("simulate");
     // An overload in the middle: those requests are failed, not acknowledged.
     std::thread::sleep(Duration::from_millis(900));

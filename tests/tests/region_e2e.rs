@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx};
 use domesday_tests::{
-    binary, close, declaration_keys, free_port, get_text, mock_http, report_golden, report_meters, serve_at_epoch,
-    split_csv,
+    binary, close, collector_output, declaration_keys, free_port, get_text, mock_http, report_golden, report_meters,
+    serve_at_epoch, split_csv,
 };
 
 const TOKEN: &str = "region-token";
@@ -81,14 +81,15 @@ fn readings(year: i16, v: [f64; 5]) -> String {
 }
 
 fn run(cfg: &Path, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(binary("domesday-collector"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .current_dir(cwd)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .expect("run domesday-collector")
+    collector_output(
+        Command::new(binary("domesday-collector"))
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .current_dir(cwd)
+            .env("SOURCE_DATE_EPOCH", EPOCH),
+        cwd,
+    )
 }
 
 fn ok(o: Output) -> Output {

@@ -20,7 +20,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx};
-use domesday_tests::{binary, close, free_port, get_text, report_golden, report_meters, serve_at_epoch, split_csv};
+use domesday_tests::{
+    binary, close, collector_output, free_port, get_text, report_golden, report_meters, serve_at_epoch, split_csv,
+};
 
 const TOKEN: &str = "report-token";
 const EPOCH: &str = "1767225600"; // SOURCE_DATE_EPOCH: 2026-01-01T00:00:00Z
@@ -113,13 +115,10 @@ fn readings() -> String {
 }
 
 fn collector(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(binary("domesday-collector"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .output()
-        .expect("run domesday-collector")
+    collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg).env("SOURCE_DATE_EPOCH", EPOCH),
+        cfg.parent().expect("the config's directory"),
+    )
 }
 
 fn report(cfg: &Path, site: &str, format: &str, out: &Path, extra: &[&str]) -> Output {

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use domesday_tests::{Collector, binary, free_port, get_text, series_value};
+use domesday_tests::{Collector, binary, collector_output, free_port, get_text, series_value};
 
 const TOKEN: &str = "site-accounting-token";
 const HOUR: i64 = 3_600_000;
@@ -73,7 +73,10 @@ fn energy_counter(exposition: &str, role: &str) -> Option<f64> {
 }
 
 fn cli(cfg: &std::path::Path, args: &[&str]) {
-    let out = Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg).output().expect("run");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg),
+        cfg.parent().expect("the config's directory"),
+    );
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{args:?}: {text}");
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use domesday_tests::proxy::Proxy;
 use domesday_tests::rss::{dir_bytes, file_bytes, rss_kib};
 use domesday_tests::{
-    AgentSecrets, Collector, agent_wait, binary, fixture_copy, free_port, get_text, pushed_host_energy,
+    Collector, Secrets, agent_wait, binary, fixture_copy, free_port, get_text, pushed_host_energy,
     start_agent_logged_with,
 };
 
@@ -135,7 +135,7 @@ fn run(s: Soak) {
         .env("DOMESDAY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let sim_secrets = AgentSecrets::of(&sim_cmd);
+    let sim_secrets = Secrets::of(&sim_cmd);
     let mut sim = sim_cmd.spawn().expect("simulate");
 
     // Every second: memory and sizes; every 10 s a 3 s partition of the agent.

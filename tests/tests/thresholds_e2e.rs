@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domesday_model::remote_write::{WriteRequest, encode};
-use domesday_tests::{Collector, binary, free_port, get_text, host_energy_series, post_write, series_value};
+use domesday_tests::{
+    Collector, binary, collector_output, free_port, get_text, host_energy_series, post_write, series_value,
+};
 
 const TOKEN: &str = "caen-secret-token";
 
@@ -30,7 +32,10 @@ fn config(dir: &Path, port: u16) -> std::path::PathBuf {
 }
 
 fn cli(cfg: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg).output().expect("run");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(args).arg("--config").arg(cfg),
+        cfg.parent().expect("the config's directory"),
+    );
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 

@@ -8,12 +8,12 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use domesday_tests::{
-    Proc, TestPki, assert_no_secrets, binary, collector_config, fixture_copy, free_port, read_log, series_value,
-    start_agent_logged_with, tls_client, wait_for_log,
+    COLLECTOR_LOG, Collector, Proc, Secrets, TestPki, assert_no_secrets, binary, collector_config, collector_output,
+    fixture_copy, free_port, read_log, series_value, spawn_logged, start_agent_logged_with, tls_client, wait_for_log,
 };
 
 const TOKEN: &str = "tls-e2e-write-token-5e1f";
@@ -30,24 +30,22 @@ fn tls_table(pki: &TestPki, mtls: bool) -> String {
     t
 }
 
-/// `serve` with its log in `log`, waited for until `/readyz` answers to `client` over https.
-fn spawn_collector(config: &Path, log: &Path, port: u16, client: &reqwest::blocking::Client) -> Proc {
-    let child = Command::new(binary("domesday-collector"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("DOMESDAY_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(log).expect("log")))
-        .spawn()
-        .expect("spawn collector");
-    let p = Proc(child);
+/// `serve` in `dir` with its log in `dir/collector.log` (checked for its secrets when dropped), waited for until
+/// `/readyz` answers to `client` over https.
+fn spawn_collector(dir: &Path, config: &Path, port: u16, client: &reqwest::blocking::Client) -> Collector {
+    let mut cmd = Command::new(binary("domesday-collector"));
+    cmd.args(["serve", "--config"]).arg(config).env("DOMESDAY_LOG", "debug");
+    let log = dir.join(COLLECTOR_LOG);
+    let secrets = Secrets::of(&cmd).beside(dir);
+    let (proc, secrets) = spawn_logged(&mut cmd, &log, secrets);
+    let c = Collector { proc, port, dir: dir.to_path_buf(), secrets };
     let url = format!("https://127.0.0.1:{port}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !client.get(&url).send().is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "collector not ready over https:\n{}", read_log(log));
+        assert!(Instant::now() < deadline, "collector not ready over https:\n{}", read_log(&log));
         std::thread::sleep(Duration::from_millis(100));
     }
-    p
+    c
 }
 
 fn sighup(p: &Proc) {
@@ -65,11 +63,11 @@ fn the_collector_serves_mtls_and_rotates_its_certificate_on_sighup_without_dropp
     let pki = TestPki::new(&dir.path().join("pki"));
     let port = free_port();
     let config = collector_config(dir.path(), port, TOKEN, &tls_table(&pki, true));
-    let log = dir.path().join("collector.log");
+    let log = dir.path().join(COLLECTOR_LOG);
     let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
     // `old` keeps one connection open across the rotation.
     let old = tls_client(&ca, Some((&cert, &key)));
-    let mut c = spawn_collector(&config, &log, port, &old);
+    let mut c = spawn_collector(dir.path(), &config, port, &old);
     let url = format!("https://127.0.0.1:{port}/readyz");
     let sites = format!("https://127.0.0.1:{port}/api/v1/sites");
     assert_eq!(get(&old, &sites), Ok(200));
@@ -84,7 +82,7 @@ fn the_collector_serves_mtls_and_rotates_its_certificate_on_sighup_without_dropp
     // with a client that trusts it, and `old` only if its connection survived.
     std::fs::copy(pki.path("other-server.crt"), pki.path("server.crt")).expect("copy");
     std::fs::copy(pki.path("other-server.key"), pki.path("server.key")).expect("copy");
-    sighup(&c);
+    sighup(&c.proc);
     wait_for_log(&log, "TLS certificate and key reloaded", Duration::from_secs(10));
     assert_eq!(get(&old, &url), Ok(200), "the established connection was dropped");
     let new = tls_client(&pki.path("other-ca.crt"), Some((&cert, &key)));
@@ -93,13 +91,13 @@ fn the_collector_serves_mtls_and_rotates_its_certificate_on_sighup_without_dropp
 
     // A bad file on the next SIGHUP: the error is logged, the certificate in use stays.
     std::fs::write(pki.path("server.crt"), "not a certificate\n").expect("write");
-    sighup(&c);
+    sighup(&c.proc);
     let text = wait_for_log(&log, "TLS reload failed", Duration::from_secs(10));
     assert!(text.contains("server.crt") && text.contains("holds no certificate"), "{text}");
     assert_eq!(get(&tls_client(&pki.path("other-ca.crt"), Some((&cert, &key))), &url), Ok(200));
     assert_eq!(get(&old, &url), Ok(200));
 
-    assert!(c.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", read_log(&log));
+    assert!(c.proc.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", read_log(&log));
     let log_text = read_log(&log);
     let keys = pki.key_lines();
     let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -122,11 +120,10 @@ fn bad_tls_files_stop_serve_before_it_binds_and_check_config_alike() {
     );
     let config = collector_config(dir.path(), port, TOKEN, &table);
     let run = |cmd: &str| {
-        let out = Command::new(binary("domesday-collector"))
-            .args([cmd, "--config"])
-            .arg(&config)
-            .output()
-            .expect("run collector");
+        let out = collector_output(
+            Command::new(binary("domesday-collector")).args([cmd, "--config"]).arg(&config),
+            dir.path(),
+        );
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -152,11 +149,10 @@ fn bad_tls_files_stop_serve_before_it_binds_and_check_config_alike() {
         pki.path("server.key").display().to_string()
     );
     let config = collector_config(dir.path(), port, TOKEN, &table);
-    let out = Command::new(binary("domesday-collector"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(["check-config", "--config"]).arg(&config),
+        dir.path(),
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("key `cert_file`") && err.contains("holds no certificate"), "{err}");
@@ -164,11 +160,10 @@ fn bad_tls_files_stop_serve_before_it_binds_and_check_config_alike() {
 
     // Valid files: check-config shows the paths, never the key.
     let config = collector_config(dir.path(), port, TOKEN, &tls_table(&pki, true));
-    let out = Command::new(binary("domesday-collector"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(["check-config", "--config"]).arg(&config),
+        dir.path(),
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("[tls]") && text.contains("client_ca_file"), "{text}");
@@ -208,9 +203,9 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     let pki = TestPki::new(&dir.path().join("pki"));
     let port = free_port();
     let config = collector_config(dir.path(), port, TOKEN, &tls_table(&pki, true));
-    let clog = dir.path().join("collector.log");
+    let clog = dir.path().join(COLLECTOR_LOG);
     let client = tls_client(&pki.path("ca.crt"), Some((&pki.path("client.crt"), &pki.path("client.key"))));
-    let mut collector = spawn_collector(&config, &clog, port, &client);
+    let mut collector = spawn_collector(dir.path(), &config, port, &client);
 
     let mut agents: Vec<(domesday_tests::Agent, PathBuf, u16)> = Vec::new();
     let mut fixtures = Vec::new();
@@ -270,7 +265,7 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
         assert!(p.terminate(Duration::from_secs(20)).is_some(), "agent did not stop");
         outputs.push(read_log(&log));
     }
-    assert!(collector.terminate(Duration::from_secs(15)).is_some());
+    assert!(collector.proc.terminate(Duration::from_secs(15)).is_some());
     outputs.push(read_log(&clog));
     let keys = pki.key_lines();
     let mut secrets: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -6,12 +6,12 @@
 //! integrated. The booked energy must be 1800 W × (last − first sample time)
 //! exactly: each span integrated once, none twice.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{Collector, binary, free_port, get_text, mock_http, site_config};
+use domesday_tests::{COLLECTOR_LOG, Collector, binary, collector_output, free_port, get_text, mock_http, site_config};
 
 const TOKEN: &str = "ups-token";
 const MINUTE: i64 = 60_000;
@@ -63,24 +63,14 @@ interval = "5s"          # spans up to 3 × 5 s = 15 s are integrated
         ),
     );
 
-    let out = Command::new(binary("domesday-collector"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
+    let out = collector_output(
+        Command::new(binary("domesday-collector")).args(["check-config", "--config"]).arg(&config),
+        dir.path(),
+    );
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 
-    let log = dir.path().join("collector.log");
-    let child = Command::new(binary("domesday-collector"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn collector");
-    let mut c = Collector::from_child(child, port, dir.path());
-    get_text(&c.url("/readyz"), Duration::from_secs(20));
+    let log = dir.path().join(COLLECTOR_LOG);
+    let mut c = Collector::spawn(dir.path(), port, &config);
 
     let from = t0 - 10 * MINUTE;
     let to = (jiff::Timestamp::now().as_millisecond() / MINUTE + 2) * MINUTE;
