@@ -1,8 +1,7 @@
-//! The PostgreSQL ledger store, as far as it is built: the connection (the `db` URL and its password, through
-//! the rust-postgres project's synchronous client, for a writer that is a dedicated thread like SQLite's) and
-//! the versioned schema ([`schema`]), and the reads that need neither booking rules nor raw samples ([`read`]).
-//! The store that books and reads through it is not built yet; commands given a PostgreSQL `db` say so
-//! (`crate::db::StoreUnavailable`).
+//! The PostgreSQL ledger store: the connection (the `db` URL and its password, through the rust-postgres project's
+//! synchronous client, for a writer that is a dedicated thread like SQLite's), the versioned schema ([`schema`]),
+//! the writer ([`store::PgWriter`], the same booking rules as SQLite's, one transaction per call, safe with several
+//! collectors on one database) and the reader ([`read::PgReader`]).
 //!
 //! The connection is plain TCP (`NoTls`): run the database on the collector's machine (127.0.0.1) or reach it
 //! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
@@ -10,6 +9,9 @@
 
 pub mod read;
 pub mod schema;
+pub mod store;
+#[cfg(test)]
+pub mod test_cluster;
 
 use postgres::{Client, NoTls};
 
