@@ -48,12 +48,11 @@ pub enum PasswordFrom {
     Env,
 }
 
-/// A command that needs the SQLite store was given a PostgreSQL `db`.
+/// A command that works on a SQLite file only (`backup`) was given a PostgreSQL `db`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "`db` is the PostgreSQL database {0}: the PostgreSQL ledger store is not available in this build yet (its \
-     configuration and schema are; the store that books and reads is not); give `db` (or --db) a SQLite file path \
-     until it is (see docs/scaling.md)"
+    "`db` is the PostgreSQL database {0}: this command works on a SQLite ledger file only; back a PostgreSQL \
+     ledger up with PostgreSQL's own tools (pg_dump, or a base backup with WAL archiving: see docs/scaling.md)"
 )]
 pub struct StoreUnavailable(pub String);
 

@@ -40,14 +40,31 @@ pub enum PgError {
     Corrupt(String),
 }
 
+/// Runs `f`, which uses the synchronous client, where it may: the client drives its connection with a runtime of
+/// its own, which cannot start on a thread already inside one (an async task of `serve`). There, `f` runs on a
+/// scoped thread of its own, which the calling thread waits for (as it would for a SQLite read).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// Connects to the database `target` names, with its password.
 pub fn connect(target: &PgTarget) -> Result<Client, PgError> {
-    target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
+    off_runtime(|| {
+        target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
+    })
 }
 
 /// Connects and brings the schema to this build's version (see [`schema::migrate`]).
 pub fn open(target: &PgTarget) -> Result<(Client, schema::Migrated), PgError> {
-    let mut client = connect(target)?;
-    let migrated = schema::migrate(&mut client)?;
-    Ok((client, migrated))
+    off_runtime(|| {
+        let mut client = connect(target)?;
+        let migrated = schema::migrate(&mut client)?;
+        Ok((client, migrated))
+    })
 }

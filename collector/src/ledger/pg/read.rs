@@ -21,10 +21,19 @@ use crate::ledger::journal;
 use crate::ledger::query::{Adjustment, Detail, EnergyQuery, EnergyReport, Grain, HostRow, parts, rfc3339, uj_to_j};
 use crate::ledger::{HOST_ENERGY_METRIC, HostModel, LedgerReader, Policy, Retirement, SiteTotals, StoreError};
 
-/// Read-only queries on one connection (see the module's doc).
+/// Read-only queries on one connection (see the module's doc). Each runs where the synchronous client may
+/// ([`super::off_runtime`]): `serve` reads from its async tasks too.
 pub struct PgReader {
-    client: Mutex<Client>,
+    client: Mutex<Option<Client>>,
     policy: Policy,
+}
+
+impl Drop for PgReader {
+    fn drop(&mut self) {
+        // Closing the connection drives the client's runtime too.
+        let client = self.client.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        super::off_runtime(move || drop(client));
+    }
 }
 
 /// `(energy µJ, covered ms)` per series id.
@@ -41,7 +50,7 @@ impl PgReader {
 
     /// A reader whose minute shares use `policy`'s gap (as the writer books them).
     pub fn with_policy(client: Client, policy: Policy) -> PgReader {
-        PgReader { client: Mutex::new(client), policy }
+        PgReader { client: Mutex::new(Some(client)), policy }
     }
 
     /// Connects to `target` (its schema migrated by the writer).
@@ -49,13 +58,16 @@ impl PgReader {
         Ok(PgReader::with_policy(super::connect(target)?, policy))
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, PgError>) -> Result<T, PgError> {
-        let mut client = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut tx =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-        let out = f(&mut tx)?;
-        tx.commit()?;
-        Ok(out)
+    fn read<T: Send>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, PgError> + Send) -> Result<T, PgError> {
+        super::off_runtime(|| {
+            let mut guard = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let client = guard.as_mut().ok_or_else(|| PgError::Corrupt("the reader's connection is closed".into()))?;
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
     /// Total booked energy per (site, role), µJ: the hours plus the journal not yet written to them.

@@ -51,8 +51,17 @@ struct SeriesDef {
 
 /// The PostgreSQL writer: one connection (see the module's doc).
 pub struct PgWriter {
-    client: Client,
+    /// `None` only while dropping.
+    client: Option<Client>,
     policy: Policy,
+}
+
+impl Drop for PgWriter {
+    fn drop(&mut self) {
+        // Closing the connection drives the client's runtime, which cannot run inside `serve`'s.
+        let client = self.client.take();
+        super::off_runtime(move || drop(client));
+    }
 }
 
 /// What one transaction has booked so far, written to the bucket tables before its commit.
@@ -279,12 +288,16 @@ impl PgWriter {
     /// Connects, migrates the schema (see [`super::schema::migrate`]) and returns the writer.
     pub fn open(target: &PgTarget, policy: Policy) -> Result<PgWriter, PgError> {
         let (client, _) = super::open(target)?;
-        Ok(PgWriter { client, policy })
+        Ok(PgWriter { client: Some(client), policy })
     }
 
     /// A writer on a connection whose database is already migrated.
     pub fn new(client: Client, policy: Policy) -> PgWriter {
-        PgWriter { client, policy }
+        PgWriter { client: Some(client), policy }
+    }
+
+    fn client(&mut self) -> Result<&mut Client, PgError> {
+        self.client.as_mut().ok_or_else(|| PgError::Corrupt("the writer's connection is closed".into()))
     }
 
     /// Runs `f` in one transaction after resolving and locking (see the module's doc) the series of `keys` and
@@ -296,7 +309,7 @@ impl PgWriter {
         f: impl FnOnce(&mut Transaction<'_>, &mut Staged, &Policy) -> Result<T, PgError>,
     ) -> Result<T, PgError> {
         let policy = self.policy;
-        let mut tx = self.client.transaction()?;
+        let mut tx = self.client()?.transaction()?;
         let mut staged = Staged::default();
         resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
         let out = f(&mut tx, &mut staged, &policy)?;
@@ -630,7 +643,7 @@ impl LedgerWriter for PgWriter {
     }
 
     fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
-        let mut tx = self.client.transaction().map_err(PgError::from)?;
+        let mut tx = self.client()?.transaction().map_err(PgError::from)?;
         let existing = |tx: &mut Transaction<'_>| -> Result<Option<Retire>, PgError> {
             Ok(tx
                 .query_opt(
@@ -672,7 +685,7 @@ impl LedgerWriter for PgWriter {
 
     fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
         let cutoff = now_ms - self.policy.minute_retention_ms;
-        let mut tx = self.client.transaction().map_err(PgError::from)?;
+        let mut tx = self.client()?.transaction().map_err(PgError::from)?;
         tx.batch_execute(&format!(
             "DELETE FROM minutes WHERE start_ms < {cutoff};
              UPDATE series SET pruned_until_ms = {cutoff} WHERE pruned_until_ms < {cutoff} AND (EXISTS \
