@@ -389,10 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn commands_needing_the_store_say_it_is_not_available_yet() {
+    fn a_command_needing_a_sqlite_file_names_the_postgres_db_and_its_own_tools() {
         let db = LedgerDb::parse("postgres://u@127.0.0.1:5432/l").expect("parse");
         let e = db.sqlite_path().expect_err("postgres").to_string();
-        assert!(e.contains("postgres://u@127.0.0.1:5432/l") && e.contains("not available in this build"), "{e}");
+        assert!(e.contains("postgres://u@127.0.0.1:5432/l") && e.contains("SQLite ledger file only"), "{e}");
+        assert!(e.contains("pg_dump"), "{e}");
         assert_eq!(LedgerDb::default().sqlite_path().expect("sqlite"), Path::new("./domesday.db"));
     }
 }

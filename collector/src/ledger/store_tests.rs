@@ -301,3 +301,162 @@ fn two_postgres_writers_on_one_host_stay_exact() {
     assert_eq!(r.energy_uj(), i128::from(want.values().sum::<i64>()));
     assert_eq!(r.samples, counter.len() as u64);
 }
+
+/// The same bookings (hosts with claims and models, a takeover, late samples, a power meter's register with a
+/// swap and a correction, a water meter's intervals, a quarantined sample, a retirement) through the SQLite and
+/// the PostgreSQL stores: every reader answer is the same, field for field — energy over ranges cut in minutes,
+/// hours and whole days (per host, site-wide, per meter, per role), the host list, the host models, the totals,
+/// a role's hours and the retired hosts.
+#[test]
+fn the_postgres_reader_answers_as_the_sqlite_reader_on_the_same_bookings() {
+    use super::query::EnergyReport;
+    use super::{HostModel, IntervalReading, Provenance, Quarantined};
+    let policy = Policy { host_takeover_ms: 600_000, ..Policy::default() };
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("l.db");
+    let mut lite = SqliteWriter::open(&db, policy).expect("open");
+    let lite_reader = SqliteReader::new(&db, policy);
+    let (mut pg, pg_reader, _) = pg_store(policy);
+    let model =
+        |cpu: &str| HostModel { vendor: "v".into(), product: "p".into(), cpu_model: cpu.into(), sockets: Some(2) };
+    let claim = |host: &str, m: &str, t: i64| HostClaim {
+        site: "s".into(),
+        host: host.into(),
+        machine_id: m.into(),
+        ts_ms: t,
+        model: model(m),
+    };
+    // Two and a half days, a sample every 10 minutes; srv-b estimated; one sample of each held back and sent late.
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut late: Vec<CounterSample> = Vec::new();
+    for i in 0..370i64 {
+        let t = T0 + i * 600_000 + 13_000;
+        let a = CounterSample::host("s", "srv-a", "rapl", "measured", t, Some(i * 9_100_000 + (i % 7) * 1_000));
+        let b = CounterSample::host("s", "srv-b", "model", "estimated", t + 4_000, Some(i * 3_300_000));
+        let m = CounterSample::meter("s", "grid", "utility_in", "kWh", t + 9_000, 1_000_000 + i * 41_000);
+        let mut batch = Batch { claims: vec![claim("srv-a", "m1", t), claim("srv-b", "m2", t)], ..Batch::default() };
+        if i % 50 == 17 {
+            late.extend([a, b]);
+            batch.samples.push(m);
+        } else {
+            batch.samples.extend([a, b, m]);
+        }
+        if i == 200 {
+            batch.samples.push(CounterSample::host("s", "srv-a", "rapl", "measured", t + 1, None));
+        }
+        if i % 24 == 3 {
+            batch.intervals.push(IntervalReading {
+                site: "s".into(),
+                meter: "water".into(),
+                role: "water_in".into(),
+                unit: "L".into(),
+                start_ms: t - 3_600_000,
+                end_ms: t,
+                value_micro: 250_000_000 + i * 1_000,
+            });
+        }
+        if i == 5 {
+            batch.quarantine.push(Quarantined {
+                site: "s".into(),
+                host: "srv-a".into(),
+                method: "rapl".into(),
+                ts_ms: T0 + 40 * 86_400_000,
+                value: Some(1.5),
+                received_ms: t,
+                reason: "future",
+            });
+        }
+        batches.push(batch);
+    }
+    batches.push(Batch { samples: late, ..Batch::default() });
+    // Another machine claims srv-b while m2 still reports (refused), then after it stops (a takeover).
+    let end = T0 + 370 * 600_000;
+    batches.push(Batch {
+        samples: vec![CounterSample::host("s", "srv-b", "model", "estimated", end, Some(5))],
+        claims: vec![claim("srv-b", "m9", end - 60_000)],
+        ..Batch::default()
+    });
+    batches.push(Batch {
+        samples: vec![CounterSample::host("s", "srv-b", "model", "estimated", end + 3_600_000, Some(7_000_000))],
+        claims: vec![claim("srv-b", "m9", end + 3_600_000)],
+        ..Batch::default()
+    });
+    let who = Provenance { author: "alice".into(), reason: "test".into(), recorded_ms: end };
+    for (k, b) in batches.chunks(3).enumerate() {
+        let (o1, o2) = (lite.apply(b, NOW).expect("sqlite"), pg.apply(b, NOW).expect("pg"));
+        assert_eq!(o1, o2, "batches {k}");
+        if k % 20 == 0 {
+            lite.housekeeping(true).expect("materialize");
+        }
+    }
+    let mut swaps = Vec::new();
+    for w in [&mut lite as &mut dyn LedgerWriter, &mut pg] {
+        // A swap in the middle of the register's history: its readings are slotted in as late samples.
+        swaps.push(
+            w.swap_meter("s", "grid", "utility_in", "kWh", T0 + 86_400_000 + 1_000, 4_000_000, 10_000, &who)
+                .expect("swap"),
+        );
+        w.correct("s", "grid", "utility_in", "kWh", T0 + 3_600_000, T0 + 7_200_000, -250_000, &who).expect("correct");
+        assert_eq!(w.retire_host("s", "srv-a", false, &who).expect("retire"), super::Retire::Retired);
+        assert_eq!(w.retire_host("s", "nope", false, &who).expect("retire"), super::Retire::UnknownHost);
+    }
+    assert_eq!(swaps[0], swaps[1]);
+    assert_eq!(swaps[0].booked, 3, "{:?}", swaps[0]);
+    let q = |host: Option<&str>, meter: Option<&str>, role: Option<&str>, from: i64, to: i64| EnergyQuery {
+        site: "s".into(),
+        host: host.map(str::to_string),
+        meter: meter.map(str::to_string),
+        role: role.map(str::to_string),
+        from_ms: from,
+        to_ms: to,
+    };
+    let ranges = [
+        (T0, T0 + 3 * 86_400_000),
+        (T0 + 7 * 60_000, T0 + 2 * 86_400_000 + 13 * 60_000),
+        (T0 + 86_400_000, T0 + 2 * 86_400_000),
+        (T0 + 3_600_000 + 60_000, T0 + 3 * 3_600_000 - 60_000),
+        (T0 + 25 * 60_000, T0 + 26 * 60_000),
+    ];
+    let mut asked = 0;
+    for (from, to) in ranges {
+        for question in [
+            q(Some("srv-a"), None, None, from, to),
+            q(Some("srv-b"), None, None, from, to),
+            q(None, None, None, from, to),
+            q(None, Some("grid"), None, from, to),
+            q(None, Some("water"), None, from, to),
+            q(None, None, Some("utility_in"), from, to),
+        ] {
+            let (a, b): (EnergyReport, EnergyReport) =
+                (lite_reader.energy(&question).expect("sqlite"), pg_reader.energy(&question).expect("pg"));
+            assert_eq!(a, b, "{question:?}");
+            let (a, b) = (
+                lite_reader.energy_totals(&question).expect("sqlite"),
+                pg_reader.energy_totals(&question).expect("pg"),
+            );
+            assert_eq!((&a.energy_microjoules, a.coverage_ratio), (&b.energy_microjoules, b.coverage_ratio));
+            assert_eq!(a.samples.min(1), b.samples, "{question:?}");
+            asked += usize::from(a.energy_uj() != 0);
+        }
+    }
+    assert!(asked > 20, "the questions found energy: {asked}");
+    assert_eq!(
+        lite_reader.hosts("s", end + 3_600_000).expect("sqlite"),
+        pg_reader.hosts("s", end + 3_600_000).expect("pg")
+    );
+    for (from, to) in ranges {
+        assert_eq!(
+            lite_reader.host_models("s", from, to).expect("sqlite"),
+            pg_reader.host_models("s", from, to).expect("pg")
+        );
+    }
+    assert_eq!(lite_reader.site_totals().expect("sqlite"), LedgerReader::site_totals(&pg_reader).expect("pg"));
+    assert_eq!(
+        lite_reader.role_hourly("s", "utility_in", T0, T0 + 3 * 86_400_000).expect("sqlite"),
+        LedgerReader::role_hourly(&pg_reader, "s", "utility_in", T0, T0 + 3 * 86_400_000).expect("pg")
+    );
+    assert_eq!(
+        lite_reader.retired_hosts("s").expect("sqlite"),
+        LedgerReader::retired_hosts(&pg_reader, "s").expect("pg")
+    );
+}

@@ -409,8 +409,8 @@ impl PgReader {
         let found: Vec<Found> = self.read(|tx| {
             let names: Vec<String> = tx
                 .query(
-                    "SELECT host FROM series WHERE site = $1 AND host <> '' UNION SELECT host FROM hosts WHERE site = $1 \
-                     ORDER BY 1 COLLATE \"C\"",
+                    "SELECT host FROM (SELECT host FROM series WHERE site = $1 AND host <> '' \
+                     UNION SELECT host FROM hosts WHERE site = $1) u ORDER BY host COLLATE \"C\"",
                     &[&site],
                 )?
                 .iter()
@@ -436,7 +436,7 @@ impl PgReader {
                     .map(|r| (r.get(0), r.get(1)));
                 let conflicts = tx
                     .query(
-                        "SELECT machine_id FROM host_conflicts WHERE site = $1 AND host = $2 ORDER BY 1 COLLATE \"C\"",
+                        "SELECT machine_id FROM host_conflicts WHERE site = $1 AND host = $2 ORDER BY machine_id COLLATE \"C\"",
                         &[&site, &host],
                     )?
                     .iter()
@@ -480,7 +480,7 @@ impl PgReader {
             let rows = tx.query(
                 "SELECT h.host, h.vendor, h.product, h.cpu_model, h.sockets FROM hosts h WHERE h.site = $1 AND (EXISTS \
                  (SELECT 1 FROM series se JOIN hours ho ON ho.series_id = se.id \
-                  WHERE se.site = h.site AND se.host = h.host AND ho.start_ms >= $2 - 3600000 AND ho.start_ms < $3) \
+                  WHERE se.site = h.site AND se.host = h.host AND ho.start_ms >= $2::BIGINT - 3600000 AND ho.start_ms < $3::BIGINT) \
                  OR EXISTS (SELECT 1 FROM series se JOIN chunks c ON c.series_id = se.id \
                   WHERE se.site = h.site AND se.host = h.host AND c.last_ts >= $2 AND c.first_ts < $3)) \
                  ORDER BY h.host COLLATE \"C\"",
