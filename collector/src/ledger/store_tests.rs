@@ -460,3 +460,54 @@ fn the_postgres_reader_answers_as_the_sqlite_reader_on_the_same_bookings() {
         LedgerReader::retired_hosts(&pg_reader, "s").expect("pg")
     );
 }
+
+/// A connection the server closes (a restart, a terminated backend) fails the request that finds it closed, which
+/// its sender retries, and the next one runs on a new connection: the writer and the reader go on, and nothing is
+/// booked twice or lost.
+#[test]
+fn the_postgres_store_reconnects_after_the_server_closes_its_connections() {
+    let policy = Policy::default();
+    let connect = std::sync::Arc::new(pg_cluster().database());
+    let mut client = connect();
+    schema::migrate(&mut client).expect("migrate");
+    let again = |c: &std::sync::Arc<dyn Fn() -> postgres::Client + Send + Sync>| -> super::pg::Reconnect {
+        let c = c.clone();
+        Box::new(move || Ok(c()))
+    };
+    let connect: std::sync::Arc<dyn Fn() -> postgres::Client + Send + Sync> = connect;
+    let mut w = PgWriter::new(client, policy).reconnecting(again(&connect));
+    let reader = PgReader::with_policy(connect(), policy).reconnecting(again(&connect));
+    let batch =
+        |i: i64| Batch { samples: vec![sample_of(0, (T0 + i * 10_000, Some(i * 1_000_000)))], ..Batch::default() };
+    let hour = EnergyQuery {
+        site: "s".into(),
+        host: Some("h0".into()),
+        meter: None,
+        role: None,
+        from_ms: T0,
+        to_ms: T0 + HOUR_MS,
+    };
+    for i in 0..5 {
+        w.apply(&[batch(i)], NOW).expect("apply");
+    }
+    assert_eq!(reader.energy(&hour).expect("energy").energy_uj(), 4_000_000);
+    let mut admin = connect();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 2, "the writer's and the reader's connections");
+    // The request that finds the connection closed fails (its sender retries it); the retry is booked once.
+    let o = match w.apply(&[batch(5)], NOW) {
+        Ok(o) => o,
+        Err(_) => w.apply(&[batch(5)], NOW).expect("the retry, on a new connection"),
+    };
+    assert_eq!(o[0].booked, 1);
+    // Likewise the reader: at most one read fails.
+    let _ = reader.energy(&hour);
+    assert_eq!(reader.energy(&hour).expect("energy, reconnected").energy_uj(), 5_000_000);
+}

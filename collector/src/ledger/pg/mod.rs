@@ -53,6 +53,39 @@ pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Opens a new connection to the ledger's database: how a writer or a reader replaces one the server closed.
+pub type Reconnect = Box<dyn Fn() -> Result<Client, PgError> + Send + Sync>;
+
+/// A [`Reconnect`] to `target`.
+pub fn reconnect_to(target: &PgTarget) -> Reconnect {
+    let target = target.clone();
+    Box::new(move || connect(&target))
+}
+
+/// `client`, or a new connection from `reconnect` when it is missing or the server closed it (a restart, a
+/// terminated backend). After a failed call (`suspect`) the connection is probed first: the client may not know
+/// yet that the server closed it. The request that failed is retried by its sender; the next one runs on the new
+/// connection.
+fn live<'a>(
+    client: &'a mut Option<Client>,
+    suspect: bool,
+    reconnect: Option<&Reconnect>,
+) -> Result<&'a mut Client, PgError> {
+    let broken = |c: &mut Client| c.is_closed() || suspect && c.is_valid(PROBE_WITHIN).is_err();
+    if client.as_mut().is_none_or(broken)
+        && let Some(r) = reconnect
+    {
+        let old = client.take();
+        off_runtime(move || drop(old));
+        *client = Some(r()?);
+        tracing::info!("reconnected to the PostgreSQL ledger");
+    }
+    client.as_mut().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))
+}
+
+/// How long the probe of a suspect connection may take.
+const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to the database `target` names, with its password.
 pub fn connect(target: &PgTarget) -> Result<Client, PgError> {
     off_runtime(|| {

@@ -24,14 +24,16 @@ use crate::ledger::{HOST_ENERGY_METRIC, HostModel, LedgerReader, Policy, Retirem
 /// Read-only queries on one connection (see the module's doc). Each runs where the synchronous client may
 /// ([`super::off_runtime`]): `serve` reads from its async tasks too.
 pub struct PgReader {
-    client: Mutex<Option<Client>>,
+    /// The connection, and whether the last read failed (see `super::live`).
+    client: Mutex<(Option<Client>, bool)>,
     policy: Policy,
+    reconnect: Option<super::Reconnect>,
 }
 
 impl Drop for PgReader {
     fn drop(&mut self) {
         // Closing the connection drives the client's runtime too.
-        let client = self.client.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let client = self.client.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).0.take();
         super::off_runtime(move || drop(client));
     }
 }
@@ -50,23 +52,37 @@ impl PgReader {
 
     /// A reader whose minute shares use `policy`'s gap (as the writer books them).
     pub fn with_policy(client: Client, policy: Policy) -> PgReader {
-        PgReader { client: Mutex::new(Some(client)), policy }
+        PgReader { client: Mutex::new((Some(client), false)), policy, reconnect: None }
     }
 
-    /// Connects to `target` (its schema migrated by the writer).
+    /// Connects to `target` (its schema migrated by the writer); a connection the server closes is replaced.
     pub fn open(target: &PgTarget, policy: Policy) -> Result<PgReader, PgError> {
-        Ok(PgReader::with_policy(super::connect(target)?, policy))
+        Ok(PgReader::with_policy(super::connect(target)?, policy).reconnecting(super::reconnect_to(target)))
+    }
+
+    /// Replaces a connection the server closed with one from `reconnect`.
+    pub fn reconnecting(mut self, reconnect: super::Reconnect) -> PgReader {
+        self.reconnect = Some(reconnect);
+        self
     }
 
     fn read<T: Send>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, PgError> + Send) -> Result<T, PgError> {
         super::off_runtime(|| {
             let mut guard = self.client.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let client = guard.as_mut().ok_or_else(|| PgError::Corrupt("the reader's connection is closed".into()))?;
-            let mut tx =
-                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-            let out = f(&mut tx)?;
-            tx.commit()?;
-            Ok(out)
+            let (client, suspect) = &mut *guard;
+            let out = (|| {
+                let client = super::live(client, *suspect, self.reconnect.as_ref())?;
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            *suspect = out.is_err();
+            out
         })
     }
 

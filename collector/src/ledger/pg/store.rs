@@ -51,9 +51,12 @@ struct SeriesDef {
 
 /// The PostgreSQL writer: one connection (see the module's doc).
 pub struct PgWriter {
-    /// `None` only while dropping.
+    /// `None` while dropping, or after a failed reconnection.
     client: Option<Client>,
     policy: Policy,
+    reconnect: Option<super::Reconnect>,
+    /// The last call failed: the connection is probed before the next one.
+    suspect: bool,
 }
 
 impl Drop for PgWriter {
@@ -288,16 +291,22 @@ impl PgWriter {
     /// Connects, migrates the schema (see [`super::schema::migrate`]) and returns the writer.
     pub fn open(target: &PgTarget, policy: Policy) -> Result<PgWriter, PgError> {
         let (client, _) = super::open(target)?;
-        Ok(PgWriter { client: Some(client), policy })
+        Ok(PgWriter::new(client, policy).reconnecting(super::reconnect_to(target)))
     }
 
     /// A writer on a connection whose database is already migrated.
     pub fn new(client: Client, policy: Policy) -> PgWriter {
-        PgWriter { client: Some(client), policy }
+        PgWriter { client: Some(client), policy, reconnect: None, suspect: false }
+    }
+
+    /// Replaces a connection the server closed with one from `reconnect` (see [`super::live`]).
+    pub fn reconnecting(mut self, reconnect: super::Reconnect) -> PgWriter {
+        self.reconnect = Some(reconnect);
+        self
     }
 
     fn client(&mut self) -> Result<&mut Client, PgError> {
-        self.client.as_mut().ok_or_else(|| PgError::Corrupt("the writer's connection is closed".into()))
+        super::live(&mut self.client, self.suspect, self.reconnect.as_ref())
     }
 
     /// Runs `f` in one transaction after resolving and locking (see the module's doc) the series of `keys` and
@@ -309,13 +318,17 @@ impl PgWriter {
         f: impl FnOnce(&mut Transaction<'_>, &mut Staged, &Policy) -> Result<T, PgError>,
     ) -> Result<T, PgError> {
         let policy = self.policy;
-        let mut tx = self.client()?.transaction()?;
-        let mut staged = Staged::default();
-        resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
-        let out = f(&mut tx, &mut staged, &policy)?;
-        write_buckets(&mut tx, &staged)?;
-        tx.commit()?;
-        Ok(out)
+        let out = (|| {
+            let mut tx = self.client()?.transaction()?;
+            let mut staged = Staged::default();
+            resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
+            let out = f(&mut tx, &mut staged, &policy)?;
+            write_buckets(&mut tx, &staged)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        self.suspect = out.is_err();
+        out
     }
 }
 
@@ -643,6 +656,32 @@ impl LedgerWriter for PgWriter {
     }
 
     fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
+        let out = self.record_retirement(site, host, known, who);
+        self.suspect = out.is_err();
+        out
+    }
+
+    fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let out = self.prune_before(now_ms - self.policy.minute_retention_ms);
+        self.suspect = out.is_err();
+        out
+    }
+
+    fn housekeeping(&mut self, _force: bool) -> Result<(), StoreError> {
+        // No journal: every call wrote its samples to the tables before its commit.
+        Ok(())
+    }
+}
+
+impl PgWriter {
+    /// [`LedgerWriter::retire_host`].
+    fn record_retirement(
+        &mut self,
+        site: &str,
+        host: &str,
+        known: bool,
+        who: &Provenance,
+    ) -> Result<Retire, StoreError> {
         let mut tx = self.client()?.transaction().map_err(PgError::from)?;
         let existing = |tx: &mut Transaction<'_>| -> Result<Option<Retire>, PgError> {
             Ok(tx
@@ -683,8 +722,9 @@ impl LedgerWriter for PgWriter {
         Ok(Retire::Retired)
     }
 
-    fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        let cutoff = now_ms - self.policy.minute_retention_ms;
+    /// [`LedgerWriter::prune`]: minutes, raw samples and quarantined samples before `cutoff`, each series' last
+    /// sample kept (the next one's baseline).
+    fn prune_before(&mut self, cutoff: i64) -> Result<(), StoreError> {
         let mut tx = self.client()?.transaction().map_err(PgError::from)?;
         tx.batch_execute(&format!(
             "DELETE FROM minutes WHERE start_ms < {cutoff};
@@ -699,11 +739,6 @@ impl LedgerWriter for PgWriter {
         ))
         .map_err(PgError::from)?;
         tx.commit().map_err(PgError::from)?;
-        Ok(())
-    }
-
-    fn housekeeping(&mut self, _force: bool) -> Result<(), StoreError> {
-        // No journal: every call wrote its samples to the tables before its commit.
         Ok(())
     }
 }
