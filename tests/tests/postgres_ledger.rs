@@ -636,6 +636,25 @@ fn serve_on_postgres_ingests_and_answers_the_energy_api_exactly() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let cli: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert_eq!(cli["energy_microjoules"], "15184300000", "{cli}");
+    // The reads serve makes from its async tasks (host list, indicators, the site gauges of /metrics) answer too.
+    let hosts: serde_json::Value =
+        serde_json::from_str(&domesday_tests::get_text(&c.url("/api/v1/sites/caen-1/hosts"), Duration::from_secs(5)))
+            .expect("json");
+    let names: Vec<&str> =
+        hosts["hosts"].as_array().expect("hosts").iter().filter_map(|h| h["host"].as_str()).collect();
+    assert_eq!(names, ["srv-1", "srv-2"], "{hosts}");
+    assert_eq!(hosts["hosts"][0]["current_method"], "psu_input", "{hosts}");
+    let ind = domesday_tests::get_text(
+        &c.url(&format!("/api/v1/sites/caen-1/indicators?from={t0}&to={}&step=1h", t0 + 2 * 3_600_000)),
+        Duration::from_secs(30),
+    );
+    let ind: serde_json::Value = serde_json::from_str(&ind).expect("json");
+    assert_eq!(ind["periods"].as_array().map(Vec::len), Some(2), "{ind}");
+    let metrics = domesday_tests::get_text(&c.url("/metrics"), Duration::from_secs(5));
+    assert!(metrics.contains("domesday_site_energy"), "{metrics}");
+    assert!(!metrics.contains("domesday_ledger_db_bytes "), "SQLite's file size only");
+    let log = domesday_tests::read_log(&dir.path().join("collector.log"));
+    assert!(!log.contains("panicked"), "{log}");
     // Nothing SQLite was created beside the configuration.
     assert!(!dir.path().join("domesday.db").exists());
 }
