@@ -371,6 +371,14 @@ fn the_postgres_reader_answers_as_the_sqlite_reader_on_the_same_bookings() {
     batches.push(Batch { samples: late, ..Batch::default() });
     // Another machine claims srv-b while m2 still reports (refused), then after it stops (a takeover).
     let end = T0 + 370 * 600_000;
+    // A late request carries an old claim of srv-a: the owner's claim time is the one last recorded, so another
+    // machine claiming it now takes it over.
+    batches.push(Batch { claims: vec![claim("srv-a", "m1", T0)], ..Batch::default() });
+    batches.push(Batch {
+        samples: vec![CounterSample::host("s", "srv-a", "rapl", "measured", end + 60_000, Some(1_000))],
+        claims: vec![claim("srv-a", "m7", end)],
+        ..Batch::default()
+    });
     batches.push(Batch {
         samples: vec![CounterSample::host("s", "srv-b", "model", "estimated", end, Some(5))],
         claims: vec![claim("srv-b", "m9", end - 60_000)],

@@ -280,7 +280,7 @@ fn upsert_host(tx: &mut Transaction<'_>, c: &HostClaim) -> Result<(), PgError> {
     tx.execute(
         "INSERT INTO hosts (site, host, machine_id, claimed_ms, vendor, product, cpu_model, sockets) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site, host) DO UPDATE SET \
-         machine_id = excluded.machine_id, claimed_ms = GREATEST(hosts.claimed_ms, excluded.claimed_ms), \
+         machine_id = excluded.machine_id, claimed_ms = excluded.claimed_ms, \
          vendor = excluded.vendor, product = excluded.product, cpu_model = excluded.cpu_model, sockets = excluded.sockets",
         &[&c.site, &c.host, &c.machine_id, &c.ts_ms, &c.model.vendor, &c.model.product, &c.model.cpu_model, &sockets],
     )?;
