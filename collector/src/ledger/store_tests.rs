@@ -202,34 +202,33 @@ proptest! {
     }
 }
 
-/// One cluster for every case of the PostgreSQL runs (a database each).
-fn pg_cluster() -> &'static Cluster {
-    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
-
-fn pg_store(policy: Policy) -> (PgWriter, PgReader, impl Fn() -> postgres::Client) {
-    let connect = pg_cluster().database();
+/// A migrated database of `cluster` with a writer and a reader on it, and a way to connect to it again.
+fn pg_store(cluster: &Cluster, policy: Policy) -> (PgWriter, PgReader, impl Fn() -> postgres::Client + use<>) {
+    let connect = cluster.database();
     let mut client = connect();
     schema::migrate(&mut client).expect("migrate");
     (PgWriter::new(client, policy), PgReader::with_policy(connect(), policy), connect)
 }
 
-proptest! {
-    // Each case is a fresh database on one cluster: fewer cases than SQLite's, for the time they take.
-    #![proptest_config(ProptestConfig::with_cases(32))]
-
-    #[test]
-    fn the_postgres_store_books_what_the_rules_say(steps in scenario()) {
-        let policy = Policy {
-            host_takeover_ms: 600_000,
-            minute_retention_ms: 3_600_000,
-            materialize_every_ms: 0,
-            materialize_slice: 3,
-            ..Policy::default()
-        };
-        let (mut store, reader, _) = pg_store(policy);
-        check_store(&mut store, &reader, &policy, &steps)?;
+/// The scenarios on the PostgreSQL store: one throwaway cluster for the test, owned here so that it stops with it
+/// (a database per case). Fewer cases than SQLite's, for the time they take.
+#[test]
+fn the_postgres_store_books_what_the_rules_say() {
+    let cluster = Cluster::start();
+    let policy = Policy {
+        host_takeover_ms: 600_000,
+        minute_retention_ms: 3_600_000,
+        materialize_every_ms: 0,
+        materialize_slice: 3,
+        ..Policy::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(32));
+    let result = runner.run(&scenario(), |steps| {
+        let (mut store, reader, _) = pg_store(&cluster, policy);
+        check_store(&mut store, &reader, &policy, &steps)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
@@ -238,8 +237,9 @@ proptest! {
 /// site roll-ups and the range answers are the reference of all samples in order.
 #[test]
 fn two_postgres_writers_on_one_host_stay_exact() {
+    let cluster = Cluster::start();
     let policy = Policy::default();
-    let (store, reader, connect) = pg_store(policy);
+    let (store, reader, connect) = pg_store(&cluster, policy);
     let counter: Vec<(i64, Option<i64>)> =
         (0..400).map(|i| (T0 + i * 7_000 + (i % 5) * 311, Some(i * i * 1_000 + (i % 3) * 17))).collect();
     // Writer k sends the samples with index ≡ k (mod 2), in batches of 10, each batch's order shuffled a little.
@@ -316,7 +316,8 @@ fn the_postgres_reader_answers_as_the_sqlite_reader_on_the_same_bookings() {
     let db = dir.path().join("l.db");
     let mut lite = SqliteWriter::open(&db, policy).expect("open");
     let lite_reader = SqliteReader::new(&db, policy);
-    let (mut pg, pg_reader, _) = pg_store(policy);
+    let cluster = Cluster::start();
+    let (mut pg, pg_reader, _) = pg_store(&cluster, policy);
     let model =
         |cpu: &str| HostModel { vendor: "v".into(), product: "p".into(), cpu_model: cpu.into(), sockets: Some(2) };
     let claim = |host: &str, m: &str, t: i64| HostClaim {
@@ -474,8 +475,9 @@ fn the_postgres_reader_answers_as_the_sqlite_reader_on_the_same_bookings() {
 /// booked twice or lost.
 #[test]
 fn the_postgres_store_reconnects_after_the_server_closes_its_connections() {
+    let cluster = Cluster::start();
     let policy = Policy::default();
-    let connect = std::sync::Arc::new(pg_cluster().database());
+    let connect = std::sync::Arc::new(cluster.database());
     let mut client = connect();
     schema::migrate(&mut client).expect("migrate");
     let again = |c: &std::sync::Arc<dyn Fn() -> postgres::Client + Send + Sync>| -> super::pg::Reconnect {

@@ -111,7 +111,7 @@ impl Cluster {
     }
 
     /// A fresh database; returns a function that connects to it.
-    pub fn database(&self) -> impl Fn() -> postgres::Client + Send + Sync + 'static {
+    pub fn database(&self) -> impl Fn() -> postgres::Client + Send + Sync + use<> {
         let name = format!("unit_{}", self.next.fetch_add(1, Ordering::Relaxed));
         let mut admin = self.config("postgres").connect(postgres::NoTls).expect("connect");
         admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
