@@ -113,7 +113,8 @@ pub struct AppState {
     pub writer: WriterHandle,
     pub reader: Arc<dyn LedgerReader>,
     pub stats: Arc<Mutex<Stats>>,
-    pub db_path: PathBuf,
+    /// The SQLite ledger's file (`None` on PostgreSQL, whose size the database server reports).
+    pub db_path: Option<PathBuf>,
     pub carbon_config: Option<crate::carbon::config::CarbonConfig>,
     pub carbon: Option<Arc<crate::carbon::service::CarbonService>>,
     /// `[forward]`, when configured.
@@ -853,7 +854,9 @@ async fn metrics(
         ));
     }
     samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
-    samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(&state.db_path) as f64));
+    if let Some(db) = &state.db_path {
+        samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(db) as f64));
+    }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&samples, &[])).into_response()
 }
 

@@ -48,12 +48,11 @@ pub enum PasswordFrom {
     Env,
 }
 
-/// A command that needs the SQLite store was given a PostgreSQL `db`.
+/// A command that works on a SQLite file only (`backup`) was given a PostgreSQL `db`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "`db` is the PostgreSQL database {0}: the PostgreSQL ledger store is not available in this build yet (its \
-     configuration and schema are; the store that books and reads is not); give `db` (or --db) a SQLite file path \
-     until it is (see docs/scaling.md)"
+    "`db` is the PostgreSQL database {0}: this command works on a SQLite ledger file only; back a PostgreSQL \
+     ledger up with PostgreSQL's own tools (pg_dump, or a base backup with WAL archiving: see docs/scaling.md)"
 )]
 pub struct StoreUnavailable(pub String);
 
@@ -390,10 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn commands_needing_the_store_say_it_is_not_available_yet() {
+    fn a_command_needing_a_sqlite_file_names_the_postgres_db_and_its_own_tools() {
         let db = LedgerDb::parse("postgres://u@127.0.0.1:5432/l").expect("parse");
         let e = db.sqlite_path().expect_err("postgres").to_string();
-        assert!(e.contains("postgres://u@127.0.0.1:5432/l") && e.contains("not available in this build"), "{e}");
+        assert!(e.contains("postgres://u@127.0.0.1:5432/l") && e.contains("SQLite ledger file only"), "{e}");
+        assert!(e.contains("pg_dump"), "{e}");
         assert_eq!(LedgerDb::default().sqlite_path().expect("sqlite"), Path::new("./domesday.db"));
     }
 }

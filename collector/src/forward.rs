@@ -44,7 +44,8 @@ pub struct ForwardConfig {
     pub token_file: Option<PathBuf>,
     #[serde(skip)]
     pub token: Option<Secret>,
-    /// Where bodies wait while the upstream is away (default: `forward-spool` beside the ledger).
+    /// Where bodies wait while the upstream is away (default: `forward-spool` beside a SQLite ledger, else in the
+    /// working directory).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
     /// Bound of the spool on disk, bytes; the oldest bodies are dropped first (counted).

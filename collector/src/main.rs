@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use domesday_collector::api::parse_range;
 use domesday_collector::config::{CollectorConfig, Loaded, hash_token, hex};
+use domesday_collector::db::LedgerDb;
+use domesday_collector::ledger::pg::{self, read::PgReader, store::PgWriter};
 use domesday_collector::ledger::query::EnergyQuery;
 use domesday_collector::ledger::sqlite::{SqliteReader, SqliteWriter};
 use domesday_collector::ledger::writer::now_ms;
@@ -290,9 +292,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    // Every other command reads or writes the ledger, and SQLite is the only store built yet: a PostgreSQL `db`
-    // is refused here, before anything binds or opens.
-    let db = cfg.db.sqlite_path()?.to_path_buf();
+    // Every other command reads or writes the ledger, on SQLite or PostgreSQL (see `open_ledger`, `open_reader`);
+    // `backup` is SQLite's alone.
     match cli.command {
         Command::HashToken | Command::Demo { .. } | Command::CheckConfig => Ok(()),
         Command::Serve => {
@@ -399,7 +400,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if to.exists() {
                 bail!("{} exists; choose a new file", to.display());
             }
-            let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let db = cfg.db.sqlite_path()?;
+            let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .with_context(|| format!("opening {}", db.display()))?;
             // VACUUM INTO writes a consistent, compacted snapshot while writers go on.
             conn.execute("VACUUM INTO ?1", [to.display().to_string()]).context("writing the backup")?;
@@ -419,11 +421,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report_opendata(&cfg, &sites, region, year, declarations, out)
         }
         Command::Energy { site, host, meter, role, from, to, format } => {
-            if !serve::ledger_exists(&db) {
-                bail!("no ledger at {} (set --db or `db`)", db.display());
-            }
+            let Some(reader) = open_reader(&cfg)? else { bail!("no ledger at {} (set --db or `db`)", cfg.db) };
             let (from_ms, to_ms) = parse_range(Some(&from), Some(&to)).map_err(|e| anyhow::anyhow!(e))?;
-            let reader = SqliteReader::new(&db, cfg.ledger.policy());
             let r = reader.energy(&EnergyQuery { site, host, meter, role, from_ms, to_ms })?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&r)?),
@@ -484,10 +483,7 @@ fn report_eed(
         .iter()
         .find(|s| s.config.id == site)
         .ok_or_else(|| anyhow::anyhow!("no site {site:?} in the configuration"))?;
-    let db = cfg.db.sqlite_path()?;
-    if !serve::ledger_exists(db) {
-        bail!("no ledger at {} (set --db or `db`)", db.display());
-    }
+    let Some(reader) = open_reader(cfg)? else { bail!("no ledger at {} (set --db or `db`)", cfg.db) };
     let period = match (year, range) {
         (Some(y), _) => ReportPeriod::year(&s.config, y).map_err(|e| anyhow::anyhow!("--year {y}: {e}"))?,
         (None, Some((f, t))) => {
@@ -496,13 +492,13 @@ fn report_eed(
         }
         (None, None) => bail!("give --year, or --from and --to"),
     };
-    let reader = SqliteReader::new(db, cfg.ledger.policy());
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let d = rt.block_on(declaration(&reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, draft, now_ms()));
+    let d =
+        rt.block_on(declaration(&*reader, &s.config, cfg.carbon.as_ref(), carbon.as_ref(), period, draft, now_ms()));
     let d = match d {
         Ok(d) => d,
         Err(e @ DocumentError::Incomplete { .. }) => return Err(Incomplete(e.to_string()).into()),
@@ -548,8 +544,7 @@ fn report_region(
         None => None,
     };
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let db = cfg.db.sqlite_path()?;
-    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
+    let reader = open_reader(cfg)?;
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -559,7 +554,7 @@ fn report_region(
     let req = RegionRequest { region, year, range };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let bytes = rt.block_on(region_document(
-        reader.as_ref().map(|r| r as &dyn LedgerReader),
+        reader.as_deref(),
         &site_cfgs,
         &all,
         cfg.carbon.as_ref(),
@@ -589,8 +584,7 @@ fn report_opendata(
     use domesday_collector::reports::opendata::files;
     use domesday_collector::reports::region::{RegionRequest, region_report};
     let site_cfgs: Vec<_> = sites.iter().map(|s| s.config.clone()).collect();
-    let db = cfg.db.sqlite_path()?;
-    let reader = serve::ledger_exists(db).then(|| SqliteReader::new(db, cfg.ledger.policy()));
+    let reader = open_reader(cfg)?;
     let carbon = match &cfg.carbon {
         Some(c) => Some(c.build().map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
@@ -600,7 +594,7 @@ fn report_opendata(
     let req = RegionRequest { region, year: Some(year), range: None };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let r = rt.block_on(region_report(
-        reader.as_ref().map(|r| r as &dyn LedgerReader),
+        reader.as_deref(),
         &site_cfgs,
         &all,
         cfg.carbon.as_ref(),
@@ -621,8 +615,27 @@ fn report_opendata(
 /// The ledger's store for a one-shot command that writes (`import-meters`,
 /// `correct`, `swap-meter`, `retire-host`): the one place such a command picks
 /// its store, used only through [`LedgerWriter`].
+/// The ledger's writer for a one-shot command, on the store `db` names (a PostgreSQL schema is migrated first).
 fn open_ledger(cfg: &CollectorConfig) -> anyhow::Result<Box<dyn LedgerWriter>> {
-    Ok(Box::new(SqliteWriter::open(cfg.db.sqlite_path()?, cfg.ledger.policy())?))
+    Ok(match &cfg.db {
+        LedgerDb::Sqlite(path) => Box::new(SqliteWriter::open(path, cfg.ledger.policy())?),
+        LedgerDb::Postgres(target) => Box::new(PgWriter::open(target, cfg.ledger.policy())?),
+    })
+}
+
+/// The ledger's reader for a command that only reads, or `None` when there is no ledger yet (no SQLite file, or
+/// a PostgreSQL database no collector has migrated).
+fn open_reader(cfg: &CollectorConfig) -> anyhow::Result<Option<Box<dyn LedgerReader>>> {
+    Ok(match &cfg.db {
+        LedgerDb::Sqlite(path) => {
+            serve::ledger_exists(path).then(|| Box::new(SqliteReader::new(path, cfg.ledger.policy())) as Box<_>)
+        }
+        LedgerDb::Postgres(target) => {
+            let mut client = pg::connect(target)?;
+            (pg::schema::version(&mut client)? > 0)
+                .then(|| Box::new(PgReader::with_policy(client, cfg.ledger.policy())) as Box<_>)
+        }
+    })
 }
 
 fn find_meter<'a>(

@@ -6,7 +6,7 @@
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,10 @@ use anyhow::Context;
 
 use crate::api::{AppState, Stats, router};
 use crate::config::{CollectorConfig, Site};
-use crate::ledger::LedgerReader;
+use crate::db::LedgerDb;
+use crate::ledger::pg::{read::PgReader, store::PgWriter};
 use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+use crate::ledger::{LedgerReader, LedgerWriter};
 use crate::ledger::{checkpoint, writer};
 
 /// Runs the collector with validated config until `shutdown` completes.
@@ -27,17 +29,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let policy = cfg.ledger.policy();
-    let db = cfg.db.sqlite_path()?.to_path_buf();
-    let store = SqliteWriter::open(&db, policy).with_context(|| format!("opening the ledger {}", db.display()))?;
-    if let Err(e) = store.preallocate_wal() {
-        // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
-        tracing::warn!(db = %db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
-    }
-    let reader = Arc::new(SqliteReader::new(&db, policy));
+    // The store `db` names. SQLite's write-ahead log is preallocated and checkpointed off the writer's thread;
+    // PostgreSQL does its own.
+    let (store, reader, sqlite_db): (Box<dyn LedgerWriter>, Arc<dyn LedgerReader>, Option<PathBuf>) = match &cfg.db {
+        LedgerDb::Sqlite(path) => {
+            let db = path.clone();
+            let store =
+                SqliteWriter::open(&db, policy).with_context(|| format!("opening the ledger {}", db.display()))?;
+            if let Err(e) = store.preallocate_wal() {
+                // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
+                tracing::warn!(db = %db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
+            }
+            (Box::new(store), Arc::new(SqliteReader::new(&db, policy)), Some(db))
+        }
+        LedgerDb::Postgres(target) => {
+            let store = PgWriter::open(target, policy).context("opening the ledger")?;
+            let reader = PgReader::open(target, policy).context("opening the ledger's reader")?;
+            (Box::new(store), Arc::new(reader), None)
+        }
+    };
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let (s, t) = (stats.clone(), stats.clone());
     let (handle, writer_thread) = writer::spawn(
-        Box::new(store),
+        store,
         Box::new(move |b, o| {
             if let Ok(mut st) = s.lock() {
                 st.committed(b, o);
@@ -52,12 +66,15 @@ pub async fn serve(
     )
     .context("starting the ledger writer")?;
     // The WAL is copied into the database off the writer's thread: its commits never wait for that copy.
-    let checkpointer = match checkpoint::spawn(&db, policy.fsync_each_commit) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(db = %db.display(), error = %e, "no background checkpoints: the writer checkpoints itself");
-            None
-        }
+    let checkpointer = match &sqlite_db {
+        Some(db) => match checkpoint::spawn(db, policy.fsync_each_commit) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(db = %db.display(), error = %e, "no background checkpoints: the writer checkpoints itself");
+                None
+            }
+        },
+        None => None,
     };
     // Commits of other processes (`import-meters`, `correct`, `swap-meter`) reach the
     // site energy counters at the writer's next group; this wakes it when no data comes.
@@ -89,7 +106,9 @@ pub async fn serve(
     };
     let forward = match &cfg.forward {
         Some(f) => {
-            let default_dir = db.parent().map(|p| p.join("forward-spool")).unwrap_or_else(|| "forward-spool".into());
+            // Next to a SQLite ledger; in the working directory with PostgreSQL, unless `forward.spool_dir` says.
+            let beside = sqlite_db.as_deref().and_then(Path::parent);
+            let default_dir = beside.map(|p| p.join("forward-spool")).unwrap_or_else(|| "forward-spool".into());
             Some(crate::forward::spawn(f.clone(), default_dir)?)
         }
         None => None,
@@ -110,7 +129,7 @@ pub async fn serve(
         writer: handle,
         reader,
         stats,
-        db_path: db.clone(),
+        db_path: sqlite_db.clone(),
         carbon_config: cfg.carbon.clone(),
         carbon,
         site_samples,
@@ -122,7 +141,7 @@ pub async fn serve(
     let tls = cfg.tls.as_ref().and_then(|t| t.loaded.clone());
     let hangup = tokio::spawn(domesday_runtime::tls::reload_on_hangup(tls.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(listen = %listener.local_addr()?, scheme, db = %db.display(), "domesday-collector serving");
+    tracing::info!(listen = %listener.local_addr()?, scheme, db = %cfg.db, "domesday-collector serving");
     // The signal starts the drain; `stop_by` bounds the whole shutdown.
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<Instant>();
     let signal = async move {

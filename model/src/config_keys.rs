@@ -136,7 +136,7 @@ pub const AGENT_KEYS: &[KeyDef] = keys! {
 /// collector's other keys are documented in docs/collector.md.
 pub const COLLECTOR_LEDGER_KEYS: &[KeyDef] = keys! {
     "db", "string", "\"./domesday.db\"", "\"postgres://domesday@127.0.0.1:5432/domesday\"",
-        "Where the ledger is: a SQLite file path (created when missing), or a PostgreSQL database as `postgres://user@host:port/dbname` (also `postgresql://`; port 5432 when left out). A password in the URL (`user:password@` or `?password=`) is refused: use `db_password_file` or `PGPASSWORD`. The PostgreSQL store itself is not in this build yet: `check-config` validates such a `db`, every command that opens the ledger refuses it (see docs/scaling.md). Also `--db`.";
+        "Where the ledger is: a SQLite file path (created when missing), or a PostgreSQL database as `postgres://user@host:port/dbname` (also `postgresql://`; port 5432 when left out). A password in the URL (`user:password@` or `?password=`) is refused: use `db_password_file` or `PGPASSWORD`. Every command that opens the ledger works on either store except `backup` (SQLite only; see docs/scaling.md). Also `--db`.";
     "db_password_file", "path", "none: the `PGPASSWORD` environment variable, else no password", "\"/etc/domesday/postgres.password\"",
         "File holding the PostgreSQL password (its line end stripped), read at load; it wins over `PGPASSWORD`. Refused with a SQLite `db`. The password is never printed: `check-config` says only its length and where it came from.";
 };

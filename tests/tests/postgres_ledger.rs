@@ -2,7 +2,9 @@
 //! connection with the password from `db_password_file` or `PGPASSWORD`, the schema's migrations (from empty,
 //! again, two collectors at once, a newer schema refused) and their mirror of the SQLite schema, version by
 //! version. And through the real binary: `check-config` validates a PostgreSQL `db` without ever printing its
-//! password, and the commands that need the store refuse it clearly, since the store is not built yet.
+//! password, and a command that cannot reach the database says which one it is (never the password). The store
+//! through the real binary: `serve` on a PostgreSQL `db` books what agents push and answers the energy API exactly,
+//! and the one-shot commands (`energy`) read the same ledger.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -322,10 +324,11 @@ fn collector(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 }
 
 #[test]
-fn check_config_validates_a_postgres_db_and_other_commands_refuse_it_never_printing_the_password() {
+fn check_config_validates_a_postgres_db_and_commands_that_cannot_reach_it_never_print_the_password() {
     const PW: &str = "pg-password-e2e-7731";
     let dir = tempfile::tempdir().expect("tmp");
-    let url = "postgres://domesday@127.0.0.1:5432/ledger";
+    // Nothing listens there: every command that opens the ledger fails to connect.
+    let url = &format!("postgres://domesday@127.0.0.1:{}/ledger", domesday_tests::free_port());
     std::fs::write(dir.path().join("pg.password"), format!("{PW}\n")).expect("password file");
     let pw_file = format!("db_password_file = {:?}\n", dir.path().join("pg.password").display().to_string());
     let cfg = config_with_db(dir.path(), "pg-file.toml", url, &pw_file);
@@ -352,7 +355,7 @@ fn check_config_validates_a_postgres_db_and_other_commands_refuse_it_never_print
     assert!(out.contains(&format!("db = \"{url}\"")) && out.contains("from PGPASSWORD"), "{out}");
     outputs.push(("check-config --db".into(), out));
 
-    // Every command that needs the store refuses it, before anything binds or opens.
+    // Every command that opens the ledger names the database it cannot reach, before anything binds.
     for args in [
         vec!["serve", "--config", &cfg_s],
         vec![
@@ -370,10 +373,16 @@ fn check_config_validates_a_postgres_db_and_other_commands_refuse_it_never_print
     ] {
         let (code, out) = collector(&args, &[("PGPASSWORD", PW)]);
         assert_eq!(code, Some(2), "{args:?}: {out}");
-        assert!(out.contains("the PostgreSQL ledger store is not available in this build yet"), "{args:?}: {out}");
-        assert!(out.contains(url) && !out.contains("serving"), "{args:?}: {out}");
+        assert!(out.contains("cannot connect"), "{args:?}: {out}");
+        assert!(out.contains(url.as_str()) && !out.contains("serving"), "{args:?}: {out}");
         outputs.push((format!("{args:?}"), out));
     }
+    // `backup` copies a SQLite file: a PostgreSQL ledger is backed up with PostgreSQL's tools.
+    let to = dir.path().join("backup.db").display().to_string();
+    let (code, out) = collector(&["backup", "--config", &cfg_s, &to], &[("PGPASSWORD", PW)]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("SQLite ledger file only") && out.contains("pg_dump"), "{out}");
+    outputs.push(("backup".into(), out));
     assert!(!dir.path().join("l.db").exists(), "no SQLite ledger was created instead");
 
     // A password in the URL is refused, and not shown back.
@@ -545,4 +554,109 @@ fn the_reads_without_booking_rules_answer_as_the_sqlite_reader_on_the_same_rows(
     assert_eq!(retired.len(), 1);
     assert_eq!(pg.retired_hosts("caen-1").expect("pg retired"), retired);
     assert_eq!(pg.retired_hosts("rouen-1").expect("pg retired"), vec![]);
+}
+
+/// `serve` with `db = "postgres://…"` books what agents push and answers `GET /api/v1/energy` exactly: per host
+/// (raw points at minute edges, hours inside), site-wide (the site roll-ups), a replay counted once, a late sample
+/// slotted in, and the same figures after a restart (the last samples are read back from the database) and from
+/// the `energy` command on the same database.
+#[test]
+fn serve_on_postgres_ingests_and_answers_the_energy_api_exactly() {
+    use domesday_model::remote_write::{WriteRequest, encode};
+    use domesday_tests::{Collector, free_port, host_energy, host_energy_series, now_minute_ms, post_write};
+    const TOKEN: &str = "caen-pg-token-5521";
+    let cluster = PgCluster::start();
+    let db = cluster.database();
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("caen.token"), format!("{TOKEN}\n")).expect("token");
+    std::fs::write(dir.path().join("pg.password"), format!("{}\n", db.password())).expect("password");
+    let port = free_port();
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndb = {:?}\ndb_password_file = {:?}\n\n[[sites]]\nid = \"caen-1\"\n\
+             timezone = \"Europe/Paris\"\ntoken_file = {:?}\n",
+            db.url(),
+            dir.path().join("pg.password").display().to_string(),
+            dir.path().join("caen.token").display().to_string()
+        ),
+    )
+    .expect("config");
+    let body = |host: &str, points: &[(f64, i64)]| {
+        encode(&WriteRequest { timeseries: vec![host_energy_series("caen-1", host, "psu_input", points)] })
+    };
+    // Two hours of 15 s samples from 13:00 two hours ago; 0.1 J resolution, exact in µJ.
+    let t0 = (now_minute_ms() - 3 * 3_600_000).div_euclid(3_600_000) * 3_600_000;
+    let a: Vec<(f64, i64)> = (0..480).map(|i| (1000.0 + i as f64 * 31.7, t0 + i * 15_000)).collect();
+    let b: Vec<(f64, i64)> = (0..480).map(|i| (50.0 + i as f64 * 12.3, t0 + i * 15_000 + 7_000)).collect();
+    let c = Collector::spawn(dir.path(), port, &config);
+    let write = c.url("/api/v1/write");
+    // srv-1's first hour, with a sample held back and sent late; srv-2's whole range.
+    let held = t0 + 100 * 15_000;
+    let early: Vec<(f64, i64)> = a[..240].iter().copied().filter(|p| p.1 != held).collect();
+    let late: Vec<(f64, i64)> = a[..240].iter().copied().filter(|p| p.1 == held).collect();
+    assert_eq!(post_write(&write, Some(TOKEN), body("srv-1", &early)).map(|r| r.0), Ok(204));
+    assert_eq!(post_write(&write, Some(TOKEN), body("srv-2", &b)).map(|r| r.0), Ok(204));
+    assert_eq!(post_write(&write, Some(TOKEN), body("srv-1", &late)).map(|r| r.0), Ok(204));
+    assert_eq!(post_write(&write, Some(TOKEN), body("srv-2", &b[..50])).map(|r| r.0), Ok(204), "a replay");
+    let e = host_energy(&c, "srv-1", t0, t0 + 3_600_000);
+    assert_eq!(e["energy_microjoules"], "7576300000", "{e}"); // 239 × 31.7 J
+    assert_eq!(e["samples"], 240, "{e}");
+    // The rest of srv-1 after a restart: its baseline is the last sample in the database.
+    drop(c);
+    let c = Collector::spawn(dir.path(), port, &config);
+    assert_eq!(post_write(&c.url("/api/v1/write"), Some(TOKEN), body("srv-1", &a[240..])).map(|r| r.0), Ok(204));
+    let e = host_energy(&c, "srv-1", t0, t0 + 2 * 3_600_000);
+    assert_eq!(e["energy_microjoules"], "15184300000", "{e}"); // 479 × 31.7 J
+    assert_eq!(e["samples"], 480, "{e}");
+    assert_eq!(e["measured_joules"], 15184.3, "{e}");
+    // A range cut at minutes (raw points at both edges): srv-2 from t0+7s to t0+30min holds its intervals
+    // between samples 0 and 119 whole, plus the share of the one from sample 119 to 120 before t0+30min.
+    let e = host_energy(&c, "srv-2", t0, t0 + 1_800_000);
+    let whole = 119.0 * 12.3;
+    let share = 12.3 * 8_000.0 / 15_000.0;
+    let got: f64 = e["energy_joules"].as_f64().expect("joules");
+    assert!((got - (whole + share)).abs() < 1e-5, "{e}");
+    // Site-wide, both hosts, over the two whole hours (the site roll-ups): 479 × 31.7 J + 479 × 12.3 J, minus what
+    // srv-2 booked after t0 + 2 h (its last interval ends at t0 + 2 h + 7 s − 15 s: nothing).
+    let site = domesday_tests::get_text(
+        &c.url(&format!("/api/v1/energy?site=caen-1&from={t0}&to={}", t0 + 2 * 3_600_000)),
+        Duration::from_secs(5),
+    );
+    let site: serde_json::Value = serde_json::from_str(&site).expect("json");
+    assert_eq!(site["energy_microjoules"], "21076000000", "{site}");
+    assert_eq!(site["by_method"]["psu_input"], 21076.0, "{site}");
+    // The `energy` command reads the same database while serve runs.
+    let out = Command::new(binary("domesday-collector"))
+        .args(["energy", "--config", &config.display().to_string(), "--site", "caen-1", "--host", "srv-1"])
+        .args(["--from", &t0.to_string(), "--to", &(t0 + 2 * 3_600_000).to_string(), "--format", "json"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("energy");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let cli: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(cli["energy_microjoules"], "15184300000", "{cli}");
+    // The reads serve makes from its async tasks (host list, indicators, the site gauges of /metrics) answer too.
+    let hosts: serde_json::Value =
+        serde_json::from_str(&domesday_tests::get_text(&c.url("/api/v1/sites/caen-1/hosts"), Duration::from_secs(5)))
+            .expect("json");
+    let names: Vec<&str> =
+        hosts["hosts"].as_array().expect("hosts").iter().filter_map(|h| h["host"].as_str()).collect();
+    assert_eq!(names, ["srv-1", "srv-2"], "{hosts}");
+    assert_eq!(hosts["hosts"][0]["current_method"], "psu_input", "{hosts}");
+    let ind = domesday_tests::get_text(
+        &c.url(&format!("/api/v1/sites/caen-1/indicators?from={t0}&to={}&step=1h", t0 + 2 * 3_600_000)),
+        Duration::from_secs(30),
+    );
+    let ind: serde_json::Value = serde_json::from_str(&ind).expect("json");
+    assert_eq!(ind["periods"].as_array().map(Vec::len), Some(2), "{ind}");
+    let metrics = domesday_tests::get_text(&c.url("/metrics"), Duration::from_secs(5));
+    assert!(metrics.contains("domesday_site_energy"), "{metrics}");
+    assert!(!metrics.contains("domesday_ledger_db_bytes "), "SQLite's file size only");
+    let log = domesday_tests::read_log(&dir.path().join("collector.log"));
+    assert!(!log.contains("panicked"), "{log}");
+    // Nothing SQLite was created beside the configuration.
+    assert!(!dir.path().join("domesday.db").exists());
 }

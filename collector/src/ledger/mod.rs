@@ -7,8 +7,7 @@
 //! function of [`rules`] (with the arithmetic of [`book`]); a store reads what a
 //! rule needs, asks it and writes what it says. Stores sit behind the narrow
 //! [`LedgerWriter`]/[`LedgerReader`] traits, which everything that writes or
-//! reads the ledger uses: SQLite ([`sqlite`]) today; for PostgreSQL ([`pg`])
-//! the connection and the schema are built, the store not yet.
+//! reads the ledger uses: SQLite ([`sqlite`]) and PostgreSQL ([`pg`]).
 //!
 //! One writer thread owns the write connection and is fed by a bounded channel
 //! ([`writer`]); requests are acknowledged only after the commit that holds them.
@@ -327,6 +326,8 @@ pub fn add_role_energy(list: &mut Vec<RoleEnergy>, site: &str, role: &str, energ
 pub enum StoreError {
     #[error("ledger database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Pg(#[from] pg::PgError),
     #[error("ledger database {path}: {message}")]
     Open { path: String, message: String },
     #[error("ledger journal row {seq} cannot be read ({message}); restore the database from a backup")]

@@ -118,7 +118,7 @@ pub fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
 }
 
-fn uj_to_j(uj: i128) -> f64 {
+pub fn uj_to_j(uj: i128) -> f64 {
     uj as f64 / 1e6
 }
 
@@ -234,7 +234,7 @@ fn sum_days(conn: &Connection, ids: &Array, from: i64, to: i64) -> Result<Option
 
 /// Which table answers a part of a question's range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grain {
+pub enum Grain {
     Minutes,
     Hours,
     Days,
@@ -243,7 +243,7 @@ enum Grain {
 /// A question's range cut into parts each table answers: minutes at the
 /// edges, whole hours, and whole UTC days inside those when `days` (the
 /// question has a day roll-up). Empty parts are left out.
-fn parts(from: i64, to: i64, days: bool) -> Vec<(Grain, i64, i64)> {
+pub fn parts(from: i64, to: i64, days: bool) -> Vec<(Grain, i64, i64)> {
     let h1 = ((from + HOUR_MS - 1).div_euclid(HOUR_MS)) * HOUR_MS;
     let h2 = to.div_euclid(HOUR_MS) * HOUR_MS;
     if h1 >= h2 {

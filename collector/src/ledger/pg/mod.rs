@@ -1,8 +1,7 @@
-//! The PostgreSQL ledger store, as far as it is built: the connection (the `db` URL and its password, through
-//! the rust-postgres project's synchronous client, for a writer that is a dedicated thread like SQLite's) and
-//! the versioned schema ([`schema`]), and the reads that need neither booking rules nor raw samples ([`read`]).
-//! The store that books and reads through it is not built yet; commands given a PostgreSQL `db` say so
-//! (`crate::db::StoreUnavailable`).
+//! The PostgreSQL ledger store: the connection (the `db` URL and its password, through the rust-postgres project's
+//! synchronous client, for a writer that is a dedicated thread like SQLite's), the versioned schema ([`schema`]),
+//! the writer ([`store::PgWriter`], the same booking rules as SQLite's, one transaction per call, safe with several
+//! collectors on one database) and the reader ([`read::PgReader`]).
 //!
 //! The connection is plain TCP (`NoTls`): run the database on the collector's machine (127.0.0.1) or reach it
 //! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
@@ -10,6 +9,9 @@
 
 pub mod read;
 pub mod schema;
+pub mod store;
+#[cfg(test)]
+pub mod test_cluster;
 
 use postgres::{Client, NoTls};
 
@@ -38,14 +40,64 @@ pub enum PgError {
     Corrupt(String),
 }
 
+/// Runs `f`, which uses the synchronous client, where it may: the client drives its connection with a runtime of
+/// its own, which cannot start on a thread already inside one (an async task of `serve`). There, `f` runs on a
+/// scoped thread of its own, which the calling thread waits for (as it would for a SQLite read).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// Opens a new connection to the ledger's database: how a writer or a reader replaces one the server closed.
+pub type Reconnect = Box<dyn Fn() -> Result<Client, PgError> + Send + Sync>;
+
+/// A [`Reconnect`] to `target`.
+pub fn reconnect_to(target: &PgTarget) -> Reconnect {
+    let target = target.clone();
+    Box::new(move || connect(&target))
+}
+
+/// `client`, or a new connection from `reconnect` when it is missing or the server closed it (a restart, a
+/// terminated backend). After a failed call (`suspect`) the connection is probed first: the client may not know
+/// yet that the server closed it. The request that failed is retried by its sender; the next one runs on the new
+/// connection.
+fn live<'a>(
+    client: &'a mut Option<Client>,
+    suspect: bool,
+    reconnect: Option<&Reconnect>,
+) -> Result<&'a mut Client, PgError> {
+    let broken = |c: &mut Client| c.is_closed() || suspect && c.is_valid(PROBE_WITHIN).is_err();
+    if client.as_mut().is_none_or(broken)
+        && let Some(r) = reconnect
+    {
+        let old = client.take();
+        off_runtime(move || drop(old));
+        *client = Some(r()?);
+        tracing::info!("reconnected to the PostgreSQL ledger");
+    }
+    client.as_mut().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))
+}
+
+/// How long the probe of a suspect connection may take.
+const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to the database `target` names, with its password.
 pub fn connect(target: &PgTarget) -> Result<Client, PgError> {
-    target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
+    off_runtime(|| {
+        target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
+    })
 }
 
 /// Connects and brings the schema to this build's version (see [`schema::migrate`]).
 pub fn open(target: &PgTarget) -> Result<(Client, schema::Migrated), PgError> {
-    let mut client = connect(target)?;
-    let migrated = schema::migrate(&mut client)?;
-    Ok((client, migrated))
+    off_runtime(|| {
+        let mut client = connect(target)?;
+        let migrated = schema::migrate(&mut client)?;
+        Ok((client, migrated))
+    })
 }
