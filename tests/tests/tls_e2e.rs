@@ -240,8 +240,16 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
         assert!(Instant::now() < deadline, "nothing booked from the mTLS agent: {body}\n{}", read_log(&agents[0].1));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let m = agent_metrics(agents[0].2);
-    assert!(series_value(&m, "domesday_push_samples_total", &["result=\"sent\""]).unwrap_or(0.0) > 0.0, "{m}");
+    // The agent's /metrics is rendered once per tick: the push the collector booked shows from the next one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent_metrics(agents[0].2);
+        if series_value(&m, "domesday_push_samples_total", &["result=\"sent\""]).unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sent samples counted: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The agent without: refused at the handshake, spooled, counted as a TLS failure, said why.
     let text = wait_for_log(&agents[1].1, "spooling to disk", Duration::from_secs(20));
