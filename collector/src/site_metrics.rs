@@ -253,34 +253,11 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::ledger::Policy;
     use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+    use crate::ledger::testing::Counting;
     use crate::ledger::{Batch, CounterSample, LedgerWriter};
-
-    /// Counts the energy questions that reach the database.
-    struct Counting(SqliteReader, AtomicUsize);
-
-    impl LedgerReader for Counting {
-        fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
-            self.1.fetch_add(1, Ordering::Relaxed);
-            self.0.energy(q)
-        }
-        fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
-            self.0.hosts(site, now_ms)
-        }
-        fn host_models(&self, site: &str, from: i64, to: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
-            self.0.host_models(site, from, to)
-        }
-        fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
-            self.0.site_totals()
-        }
-        fn role_hourly(&self, site: &str, role: &str, from: i64, to: i64) -> Result<Vec<(i64, i128)>, StoreError> {
-            self.0.role_hourly(site, role, from, to)
-        }
-    }
 
     #[test]
     fn one_refresh_asks_each_energy_question_once() {
@@ -292,7 +269,7 @@ mod tests {
             (0..5).map(|i| CounterSample::host("s", "h1", "rapl", "measured", t0 + i * 60_000, Some(i * 1_000_000)));
         w.apply(&[Batch { samples: samples.collect(), claims: vec![], intervals: vec![], quarantine: vec![] }], t0)
             .expect("apply");
-        let inner = Counting(SqliteReader::new(&db, Policy::default()), AtomicUsize::new(0));
+        let inner = Counting::new(SqliteReader::new(&db, Policy::default()));
         let once = OnceReader { inner: &inner, energy: Mutex::default() };
         let q = |to: i64| EnergyQuery {
             site: "s".into(),
@@ -306,6 +283,6 @@ mod tests {
         assert_eq!(first.energy_microjoules, "4000000");
         assert_eq!(once.energy(&q(t0 + 600_000)).expect("again"), first);
         assert_eq!(once.energy(&q(t0 + 120_000)).expect("other").energy_microjoules, "2000000");
-        assert_eq!(inner.1.load(Ordering::Relaxed), 2);
+        assert_eq!(inner.energy_asked(), 2);
     }
 }

@@ -135,7 +135,38 @@ pub fn last_point(conn: &Connection, series_id: i64) -> Result<Option<Point>, St
 pub type Neighbours = (Option<Point>, Option<Value>, Option<Point>);
 
 pub fn neighbours(conn: &Connection, series_id: i64, t: i64) -> Result<Neighbours, StoreError> {
-    let here = chunk_where(conn, AT_OR_BEFORE, series_id, t)?;
+    neighbours_with(t, |which, t| chunk_where(conn, which.sqlite(), series_id, t))
+}
+
+/// Which chunk of a series a [`neighbours_with`] lookup reads, by its first timestamp against a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Around {
+    /// The last chunk starting at or before it.
+    AtOrBefore,
+    /// The last chunk starting before it.
+    Before,
+    /// The first chunk starting after it.
+    After,
+}
+
+impl Around {
+    fn sqlite(self) -> &'static str {
+        match self {
+            Around::AtOrBefore => AT_OR_BEFORE,
+            Around::Before => BEFORE,
+            Around::After => AFTER,
+        }
+    }
+}
+
+/// [`Neighbours`] of `t` in a series whose chunks (`(first_ts, points)`) `chunk` reads from a store: a series'
+/// chunks never overlap and are ordered by their first point, so the chunk starting at or before `t` and, at its
+/// edges, the ones before and after it say everything.
+pub fn neighbours_with<E>(
+    t: i64,
+    mut chunk: impl FnMut(Around, i64) -> Result<Option<(i64, Vec<Point>)>, E>,
+) -> Result<Neighbours, E> {
+    let here = chunk(Around::AtOrBefore, t)?;
     let (mut prev, mut exact, mut next) = (None, None, None);
     if let Some((first, points)) = &here {
         let i = points.partition_point(|p| p.0 < t);
@@ -147,11 +178,11 @@ pub fn neighbours(conn: &Connection, series_id: i64, t: i64) -> Result<Neighbour
             next = points.get(i).copied();
         }
         if prev.is_none() {
-            prev = chunk_where(conn, BEFORE, series_id, *first)?.and_then(|(_, p)| p.last().copied());
+            prev = chunk(Around::Before, *first)?.and_then(|(_, p)| p.last().copied());
         }
     }
     if next.is_none() {
-        next = chunk_where(conn, AFTER, series_id, t)?.and_then(|(_, p)| p.first().copied());
+        next = chunk(Around::After, t)?.and_then(|(_, p)| p.first().copied());
     }
     Ok((prev, exact, next))
 }

@@ -22,6 +22,8 @@ pub mod pg;
 pub mod query;
 pub mod rules;
 pub mod sqlite;
+#[cfg(test)]
+pub mod testing;
 pub mod writer;
 
 use std::borrow::Cow;

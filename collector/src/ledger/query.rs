@@ -118,7 +118,7 @@ pub fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
 }
 
-pub fn uj_to_j(uj: i128) -> f64 {
+fn uj_to_j(uj: i128) -> f64 {
     uj as f64 / 1e6
 }
 
@@ -275,7 +275,7 @@ pub fn energy(
 ) -> Result<EnergyReport, StoreError> {
     let mut role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
     // (id, host or meter, method, quality, unit)
-    let mut series: Vec<(i64, String, String, String, String)> = Vec::new();
+    let mut series: Vec<SeriesRow> = Vec::new();
     let map = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -310,7 +310,6 @@ pub fn energy(
             series.push(row?);
         }
     }
-    let volume = series.first().is_some_and(|s| super::is_volume(&s.4));
     // Host energy series (raw points in chunks and the journal, hours) or
     // meters (sample and minute rows, adjustments): each table is read only
     // for the series it can hold, as a site-wide read names every host.
@@ -363,40 +362,6 @@ pub fn energy(
             }
         }
     }
-    let mut total: i128 = 0;
-    let mut measured: i128 = 0;
-    let mut estimated: i128 = 0;
-    let mut by_method: BTreeMap<String, i128> = BTreeMap::new();
-    let mut covered: i128 = 0;
-    let mut hosts = std::collections::BTreeSet::new();
-    for (id, host, method, quality, _) in &series {
-        let (e, c) = per_series.get(id).copied().unwrap_or((0, 0));
-        total += e;
-        covered += c;
-        if !method.is_empty() {
-            *by_method.entry(method.clone()).or_insert(0) += e;
-        }
-        if quality == "estimated" {
-            estimated += e
-        } else {
-            measured += e
-        }
-        hosts.insert(host.clone());
-    }
-    // The roll-up's sums are of these same series, grouped by the labels the
-    // loop above reads: every figure is the same sum in another order.
-    for ((method, quality), (e, c)) in rolled_up {
-        total += e;
-        covered += c;
-        if !method.is_empty() {
-            *by_method.entry(method).or_insert(0) += e;
-        }
-        if quality == "estimated" { estimated += e } else { measured += e }
-    }
-    let (volume_total, total, measured, estimated) =
-        if volume { (Some(total), 0, 0, 0) } else { (None, total, measured, estimated) };
-    let span = i128::from(q.to_ms - q.from_ms) * hosts.len() as i128;
-    let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
     let (mut samples, mut first, mut last) = (0u64, None::<i64>, None::<i64>);
     {
         // Meter samples are rows, host samples chunks, recent host samples journaled.
@@ -461,7 +426,64 @@ pub fn energy(
             }
         }
     }
-    Ok(EnergyReport {
+    Ok(answer(q, role, &series, &per_series, &rolled_up, (samples, first, last), adjustments))
+}
+
+/// Whether the tables hold a sample of `ids` in `[from, to)`, without
+/// counting them: a meter's row (one index seek), or a host chunk's point
+/// ([`super::chunk::any_value_in`]).
+fn has_sample(conn: &Connection, ids: &Array, host_series: bool, from: i64, to: i64) -> Result<bool, StoreError> {
+    if host_series {
+        return super::chunk::any_value_in(conn, ids, from, to);
+    }
+    let sql = "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
+               AND value_micro IS NOT NULL)";
+    Ok(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get(0))?)
+}
+
+/// A series an energy question reads: (id, host or meter, method, quality, unit).
+pub type SeriesRow = (i64, String, String, String, String);
+
+/// The answer to `q` from what a store read: the sums of each of `series`
+/// (`per_series`), the site roll-ups' sums per (method, quality) (the same
+/// series grouped by the labels the per-series loop reads: every figure is
+/// the same sum in another order), the samples (count, first, last) and the
+/// adjustments. Every store answers through it, so the figures are computed
+/// one way: energy or volume, measured/estimated, by method, coverage.
+pub fn answer(
+    q: &EnergyQuery,
+    role: String,
+    series: &[SeriesRow],
+    per_series: &SeriesSums,
+    rolled_up: &MethodSums,
+    (samples, first, last): (u64, Option<i64>, Option<i64>),
+    adjustments: Vec<Adjustment>,
+) -> EnergyReport {
+    let volume = series.first().is_some_and(|s| super::is_volume(&s.4));
+    let (mut total, mut measured, mut estimated, mut covered) = (0i128, 0i128, 0i128, 0i128);
+    let mut by_method: BTreeMap<String, i128> = BTreeMap::new();
+    let mut add = |method: &str, quality: &str, e: i128, c: i128| {
+        total += e;
+        covered += c;
+        if !method.is_empty() {
+            *by_method.entry(method.to_string()).or_insert(0) += e;
+        }
+        if quality == "estimated" { estimated += e } else { measured += e }
+    };
+    let mut hosts = std::collections::BTreeSet::new();
+    for (id, name, method, quality, _) in series {
+        let (e, c) = per_series.get(id).copied().unwrap_or((0, 0));
+        add(method, quality, e, c);
+        hosts.insert(name.as_str());
+    }
+    for ((method, quality), (e, c)) in rolled_up {
+        add(method, quality, *e, *c);
+    }
+    let (volume_total, total, measured, estimated) =
+        if volume { (Some(total), 0, 0, 0) } else { (None, total, measured, estimated) };
+    let span = i128::from(q.to_ms - q.from_ms) * hosts.len() as i128;
+    let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
+    EnergyReport {
         site: q.site.clone(),
         host: q.host.clone(),
         meter: q.meter.clone(),
@@ -480,29 +502,19 @@ pub fn energy(
         volume_liters: volume_total.map(|v| v as f64 / 1e6),
         volume_microliters: volume_total.map(|v| v.to_string()),
         adjustments,
-    })
-}
-
-/// Whether the tables hold a sample of `ids` in `[from, to)`, without
-/// counting them: a meter's row (one index seek), or a host chunk's point
-/// ([`super::chunk::any_value_in`]).
-fn has_sample(conn: &Connection, ids: &Array, host_series: bool, from: i64, to: i64) -> Result<bool, StoreError> {
-    if host_series {
-        return super::chunk::any_value_in(conn, ids, from, to);
     }
-    let sql = "SELECT EXISTS (SELECT 1 FROM samples WHERE series_id IN rarray(?1) AND ts_ms >= ?2 AND ts_ms < ?3 \
-               AND value_micro IS NOT NULL)";
-    Ok(conn.prepare_cached(sql)?.query_row(params![ids, from, to], |r| r.get(0))?)
 }
 
-fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+/// The smaller of two optional times (either when one is missing).
+pub fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
 }
 
-fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+/// The larger of two optional times (either when one is missing).
+pub fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),

@@ -1183,26 +1183,8 @@ mod tests {
     #[test]
     fn a_month_of_hourly_grid_energy_is_the_ledgers_answer_read_once() {
         use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
+        use crate::ledger::testing::Counting;
         use crate::ledger::{Batch, CounterSample, LedgerWriter, Policy};
-        struct Counting(SqliteReader, std::sync::atomic::AtomicUsize);
-        impl LedgerReader for Counting {
-            fn energy(&self, q: &EnergyQuery) -> Result<EnergyReport, StoreError> {
-                self.0.energy(q)
-            }
-            fn hosts(&self, site: &str, now_ms: i64) -> Result<Vec<HostRow>, StoreError> {
-                self.0.hosts(site, now_ms)
-            }
-            fn host_models(&self, site: &str, a: i64, b: i64) -> Result<Vec<(String, HostModel)>, StoreError> {
-                self.0.host_models(site, a, b)
-            }
-            fn site_totals(&self) -> Result<Vec<(String, String, i128)>, StoreError> {
-                self.0.site_totals()
-            }
-            fn role_hourly(&self, site: &str, role: &str, a: i64, b: i64) -> Result<Vec<(i64, i128)>, StoreError> {
-                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.0.role_hourly(site, role, a, b)
-            }
-        }
         let dir = tempfile::tempdir().expect("tmp");
         let db = dir.path().join("l.db");
         let mut w = SqliteWriter::open(&db, Policy::default()).expect("open");
@@ -1214,7 +1196,7 @@ mod tests {
             .collect();
         w.apply(&[Batch { samples, claims: vec![], intervals: vec![], quarantine: vec![] }], t0).expect("apply");
         let direct = SqliteReader::new(&db, Policy::default());
-        let inner = Counting(SqliteReader::new(&db, Policy::default()), Default::default());
+        let inner = Counting::new(SqliteReader::new(&db, Policy::default()));
         let once = HourlyOnce { inner: &inner, hourly: Default::default() };
         let year = (t0 - 5 * H, t0 + 60 * 24 * H);
         assert_eq!(once.role_hourly("s", "utility_in", year.0, year.1).expect("year").len(), 40 * 24);
@@ -1223,11 +1205,11 @@ mod tests {
             let want = direct.role_hourly("s", "utility_in", a, b).expect("direct");
             assert_eq!(once.role_hourly("s", "utility_in", a, b).expect("sliced"), want, "[{a}, {b})");
         }
-        assert_eq!(inner.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(inner.role_hourly_asked(), 1);
         // Outside the year, or another role: the ledger is asked.
         once.role_hourly("s", "utility_in", year.0 - H, year.1).expect("wider");
         once.role_hourly("s", "ups_out", year.0, year.1).expect("other role");
-        assert_eq!(inner.1.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(inner.role_hourly_asked(), 3);
     }
 
     /// Sites shared among threads come back in the sites' order, with the

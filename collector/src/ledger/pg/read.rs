@@ -18,7 +18,9 @@ use crate::db::PgTarget;
 use crate::ledger::book::{HOUR_MS, MINUTE_MS, add_shares_in, increment};
 use crate::ledger::chunk::{self, Point};
 use crate::ledger::journal;
-use crate::ledger::query::{Adjustment, Detail, EnergyQuery, EnergyReport, Grain, HostRow, parts, rfc3339, uj_to_j};
+use crate::ledger::query::{
+    Adjustment, Detail, EnergyQuery, EnergyReport, Grain, HostRow, SeriesRow, answer, max_opt, min_opt, parts, rfc3339,
+};
 use crate::ledger::{HOST_ENERGY_METRIC, HostModel, LedgerReader, Policy, Retirement, SiteTotals, StoreError};
 
 /// Read-only queries on one connection (see the module's doc). Each runs where the synchronous client may
@@ -149,20 +151,6 @@ impl PgReader {
     }
 }
 
-fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Sums a bucket table (`minutes`, `hours`, `days`) over `[from, to)` per series.
 fn sum_table(tx: &mut Transaction<'_>, table: &str, ids: &[i64], from: i64, to: i64) -> Result<SeriesSums, PgError> {
     let mut out = SeriesSums::new();
@@ -262,7 +250,7 @@ impl PgReader {
         self.read(|tx| {
             let mut role = q.role.clone().unwrap_or_else(|| "it_in".to_string());
             // (id, host or meter, method, quality, unit)
-            let mut series: Vec<(i64, String, String, String, String)> = Vec::new();
+            let mut series: Vec<SeriesRow> = Vec::new();
             let row = |r: &postgres::Row| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             if let Some(meter) = &q.meter {
                 for r in tx.query(
@@ -289,7 +277,6 @@ impl PgReader {
                     series.push(row(&r));
                 }
             }
-            let volume = series.first().is_some_and(|s| crate::ledger::is_volume(&s.4));
             let host_series = q.meter.is_none() && role == "it_in";
             let ids: Vec<i64> = series.iter().map(|s| s.0).collect();
             let site_wide = host_series && q.host.is_none();
@@ -324,33 +311,6 @@ impl PgReader {
                     t.1 += c;
                 }
             }
-            let (mut total, mut measured, mut estimated, mut covered) = (0i128, 0i128, 0i128, 0i128);
-            let mut by_method: BTreeMap<String, i128> = BTreeMap::new();
-            let mut hosts = std::collections::BTreeSet::new();
-            let mut add = |method: &str, quality: &str, e: i128, c: i128| {
-                total += e;
-                covered += c;
-                if !method.is_empty() {
-                    *by_method.entry(method.to_string()).or_insert(0) += e;
-                }
-                if quality == "estimated" {
-                    estimated += e
-                } else {
-                    measured += e
-                }
-            };
-            for (id, name, method, quality, _) in &series {
-                let (e, c) = per_series.get(id).copied().unwrap_or((0, 0));
-                add(method, quality, e, c);
-                hosts.insert(name.clone());
-            }
-            for ((method, quality), (e, c)) in &rolled_up {
-                add(method, quality, *e, *c);
-            }
-            let (volume_total, total, measured, estimated) =
-                if volume { (Some(total), 0, 0, 0) } else { (None, total, measured, estimated) };
-            let span = i128::from(q.to_ms - q.from_ms) * hosts.len() as i128;
-            let coverage = if span > 0 { (covered as f64 / span as f64).clamp(0.0, 1.0) } else { 0.0 };
             let (mut samples, mut first, mut last) = if host_series {
                 host_sample_stats(tx, &ids, q.from_ms, q.to_ms)?
             } else {
@@ -389,26 +349,7 @@ impl PgReader {
                     });
                 }
             }
-            Ok(EnergyReport {
-                site: q.site.clone(),
-                host: q.host.clone(),
-                meter: q.meter.clone(),
-                role,
-                from: rfc3339(q.from_ms),
-                to: rfc3339(q.to_ms),
-                energy_joules: uj_to_j(total),
-                energy_microjoules: total.to_string(),
-                measured_joules: uj_to_j(measured),
-                estimated_joules: uj_to_j(estimated),
-                by_method: by_method.into_iter().map(|(k, v)| (k, uj_to_j(v))).collect(),
-                coverage_ratio: coverage,
-                samples,
-                first_sample: first.map(rfc3339),
-                last_sample: last.map(rfc3339),
-                volume_liters: volume_total.map(|v| v as f64 / 1e6),
-                volume_microliters: volume_total.map(|v| v.to_string()),
-                adjustments,
-            })
+            Ok(answer(q, role, &series, &per_series, &rolled_up, (samples, first, last), adjustments))
         })
     }
 

@@ -237,26 +237,14 @@ fn neighbours(tx: &mut Transaction<'_>, id: i64, t: i64, host: bool) -> Result<r
         )?;
         return Ok((prev, exact.map(|p| p.1), next));
     }
-    // Chunks of a series never overlap and are ordered by their first point (as `chunk::neighbours` reads them).
-    let here = chunk_where(tx, AT_OR_BEFORE, id, t)?;
-    let (mut prev, mut exact, mut next) = (None, None, None);
-    if let Some((first, points)) = &here {
-        let i = points.partition_point(|p| p.0 < t);
-        prev = i.checked_sub(1).map(|k| points[k]);
-        if let Some(p) = points.get(i).filter(|p| p.0 == t) {
-            exact = Some(p.1);
-            next = points.get(i + 1).copied();
-        } else {
-            next = points.get(i).copied();
-        }
-        if prev.is_none() {
-            prev = chunk_where(tx, BEFORE, id, *first)?.and_then(|(_, p)| p.last().copied());
-        }
-    }
-    if next.is_none() {
-        next = chunk_where(tx, AFTER, id, t)?.and_then(|(_, p)| p.first().copied());
-    }
-    Ok((prev, exact, next))
+    chunk::neighbours_with(t, |which, t| {
+        let sql = match which {
+            chunk::Around::AtOrBefore => AT_OR_BEFORE,
+            chunk::Around::Before => BEFORE,
+            chunk::Around::After => AFTER,
+        };
+        chunk_where(tx, sql, id, t)
+    })
 }
 
 /// Stores one host sample as a chunk of one point.
