@@ -264,6 +264,26 @@ pub struct Batch {
     pub quarantine: Vec<Quarantined>,
 }
 
+impl Batch {
+    /// The register readings of a meter swap at `at_ms` ([`rules::swap_readings`]) as the batch a store books.
+    pub fn meter_swap(
+        site: &str,
+        meter: &str,
+        role: &str,
+        unit: &str,
+        at_ms: i64,
+        final_micro: i64,
+        initial_micro: i64,
+    ) -> Batch {
+        let series = CounterSample::meter(site, meter, role, unit, at_ms, 0).series;
+        let samples = rules::swap_readings(at_ms, final_micro, initial_micro)
+            .into_iter()
+            .map(|(ts_ms, value)| CounterSample::of_series(&series, ts_ms, value))
+            .collect();
+        Batch { samples, ..Batch::default() }
+    }
+}
+
 /// Net energy a batch added to one site's boundary role, µJ (energy units
 /// only: water and fuel volumes are not in it).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -153,10 +153,14 @@ pub fn interval_reading(existing: Option<i64>, value: i64) -> Reading {
     }
 }
 
+/// The gap a correction is booked with: shorter than any interval, so its
+/// shares cover nothing (see [`correction`]).
+pub const CORRECTION_GAP_MS: i64 = 0;
+
 /// A manual correction of `value_micro` (signed) over `[start_ms, end_ms)`, as
 /// booked: the interval with the amount's magnitude, and its sign (-1 takes
 /// energy away). It adds or removes energy but observes nothing, so the store
-/// books no coverage for it.
+/// books it with [`CORRECTION_GAP_MS`]: no coverage.
 pub fn correction(start_ms: i64, end_ms: i64, value_micro: i64) -> (Interval, i64) {
     if value_micro < 0 {
         ((start_ms, end_ms, value_micro.saturating_neg()), -1)

@@ -666,78 +666,6 @@ fn settle(by_role: &mut Vec<super::RoleEnergy>, open: Option<(&str, &str, &str, 
 }
 
 impl SqliteWriter {
-    /// [`LedgerWriter::correct`]: the booking and its `adjustments` row in one transaction.
-    #[allow(clippy::too_many_arguments)]
-    fn book_correction(
-        &mut self,
-        site: &str,
-        meter: &str,
-        role: &str,
-        unit: &str,
-        start_ms: i64,
-        end_ms: i64,
-        value_micro: i64,
-        who: &Provenance,
-    ) -> Result<(), StoreError> {
-        let mut staged = Staged::default();
-        let tx = self.conn.unchecked_transaction()?;
-        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
-        tx.execute(
-            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, author, reason, recorded_ms) \
-             VALUES (?1, 'correction', ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, start_ms, end_ms, value_micro, who.author, who.reason, who.recorded_ms],
-        )?;
-        let policy = Policy { gap_ms: rules::INTERVAL_GAP_MS, ..self.policy };
-        let factor = micro_factor(unit).unwrap_or(0);
-        let ((t0, t1, amount), sign) = rules::correction(start_ms, end_ms, value_micro);
-        Self::book_interval(&mut staged, &policy, id, factor, true, t0, t1, amount, sign);
-        // A correction adds or removes energy; it observes nothing, so coverage stays.
-        for map in [&mut staged.minutes, &mut staged.hours] {
-            for v in map.values_mut() {
-                v.1 = 0;
-            }
-        }
-        Self::write_buckets(&tx, &staged)?;
-        tx.commit()?;
-        self.series.extend(staged.series);
-        Ok(())
-    }
-
-    /// [`LedgerWriter::swap_meter`]: the readings booked as a batch, with its
-    /// `adjustments` row in the same transaction.
-    #[allow(clippy::too_many_arguments)]
-    fn book_swap(
-        &mut self,
-        site: &str,
-        meter: &str,
-        role: &str,
-        unit: &str,
-        at_ms: i64,
-        final_micro: i64,
-        initial_micro: i64,
-        who: &Provenance,
-    ) -> Result<Outcome, StoreError> {
-        use super::CounterSample;
-        let series = CounterSample::meter(site, meter, role, unit, at_ms, 0).series;
-        let samples = rules::swap_readings(at_ms, final_micro, initial_micro)
-            .into_iter()
-            .map(|(ts_ms, value)| CounterSample::of_series(&series, ts_ms, value))
-            .collect();
-        let batch = Batch { samples, ..Batch::default() };
-        // The booking and its audit row (who and why) commit together or not at all:
-        // a swap that lost its provenance would be an unexplained jump in the ledger.
-        let out = self.apply_with(&[batch], |w, tx, staged| {
-            let id = w.series_id(tx, staged, site, "", meter, "", "measured", role, unit)?;
-            tx.execute(
-                "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
-                 VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
-                params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
-            )?;
-            Ok(())
-        })?;
-        Ok(out.into_iter().next().unwrap_or_default())
-    }
-
     /// Books `batches` and runs `also` in the same transaction: either all of
     /// it commits or none of it (an error from `also` rolls the batches back).
     fn apply_with(
@@ -1211,7 +1139,23 @@ impl LedgerWriter for SqliteWriter {
         value_micro: i64,
         who: &Provenance,
     ) -> Result<(), StoreError> {
-        self.book_correction(site, meter, role, unit, start_ms, end_ms, value_micro, who)
+        // The booking and its `adjustments` row in one transaction.
+        let mut staged = Staged::default();
+        let tx = self.conn.unchecked_transaction()?;
+        let id = self.series_id(&tx, &mut staged, site, "", meter, "", "measured", role, unit)?;
+        tx.execute(
+            "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, author, reason, recorded_ms) \
+             VALUES (?1, 'correction', ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, start_ms, end_ms, value_micro, who.author, who.reason, who.recorded_ms],
+        )?;
+        let policy = Policy { gap_ms: rules::CORRECTION_GAP_MS, ..self.policy };
+        let factor = micro_factor(unit).unwrap_or(0);
+        let ((t0, t1, amount), sign) = rules::correction(start_ms, end_ms, value_micro);
+        Self::book_interval(&mut staged, &policy, id, factor, true, t0, t1, amount, sign);
+        Self::write_buckets(&tx, &staged)?;
+        tx.commit()?;
+        self.series.extend(staged.series);
+        Ok(())
     }
 
     fn swap_meter(
@@ -1225,7 +1169,19 @@ impl LedgerWriter for SqliteWriter {
         initial_micro: i64,
         who: &Provenance,
     ) -> Result<Outcome, StoreError> {
-        self.book_swap(site, meter, role, unit, at_ms, final_micro, initial_micro, who)
+        let batch = Batch::meter_swap(site, meter, role, unit, at_ms, final_micro, initial_micro);
+        // The booking and its audit row (who and why) commit together or not at all:
+        // a swap that lost its provenance would be an unexplained jump in the ledger.
+        let out = self.apply_with(&[batch], |w, tx, staged| {
+            let id = w.series_id(tx, staged, site, "", meter, "", "measured", role, unit)?;
+            tx.execute(
+                "INSERT INTO adjustments (series_id, kind, start_ms, end_ms, value_micro, final_micro, initial_micro, author, reason, recorded_ms) \
+                 VALUES (?1, 'swap', ?2, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+                params![id, at_ms, final_micro, initial_micro, who.author, who.reason, who.recorded_ms],
+            )?;
+            Ok(())
+        })?;
+        Ok(out.into_iter().next().unwrap_or_default())
     }
 
     fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {

@@ -1141,6 +1141,9 @@ fn a_store_behind_the_trait_corrects_swaps_and_retires() {
     assert_eq!((o.booked, o.energy_uj), (3, 1_000_000 * 3_600_000));
     w.apply(&[batch(vec![reg(T0 + 1_800_000, 9_250_000)])], NOW).expect("after the swap");
     assert_eq!(kwh(T0, T0 + 3_600_000).0, 1_500_000 + 1_000_000 + 250_000);
+    // Where no reading observed anything, a correction books its energy and covers nothing either.
+    w.correct("s", "edf", "utility_in", "kWh", T0 + 2_400_000, T0 + 2_460_000, 100_000, &who).expect("correct");
+    assert_eq!(kwh(T0 + 2_400_000, T0 + 2_460_000), (100_000, 0.0));
     w.apply(&[batch(vec![sample("h1", "rapl", T0, Some(0))])], NOW).expect("host");
     assert_eq!(w.retire_host("s", "h1", false, &who).expect("retire"), Retire::Retired);
     assert!(matches!(w.retire_host("s", "h1", false, &who).expect("again"), Retire::Already(_)));

@@ -600,13 +600,7 @@ impl LedgerWriter for PgWriter {
             )?;
             let factor = micro_factor(unit).unwrap_or(0);
             let (iv, sign) = rules::correction(start_ms, end_ms, value_micro);
-            book_interval(staged, rules::INTERVAL_GAP_MS, id, factor, true, iv, sign);
-            // A correction adds or removes energy; it observes nothing, so coverage stays.
-            for map in [&mut staged.minutes, &mut staged.hours] {
-                for v in map.values_mut() {
-                    v.1 = 0;
-                }
-            }
+            book_interval(staged, rules::CORRECTION_GAP_MS, id, factor, true, iv, sign);
             Ok(())
         })?)
     }
@@ -622,12 +616,7 @@ impl LedgerWriter for PgWriter {
         initial_micro: i64,
         who: &Provenance,
     ) -> Result<Outcome, StoreError> {
-        let series = CounterSample::meter(site, meter, role, unit, at_ms, 0).series;
-        let samples = rules::swap_readings(at_ms, final_micro, initial_micro)
-            .into_iter()
-            .map(|(ts_ms, value)| CounterSample::of_series(&series, ts_ms, value))
-            .collect();
-        let batch = Batch { samples, ..Batch::default() };
+        let batch = Batch::meter_swap(site, meter, role, unit, at_ms, final_micro, initial_micro);
         let (keys, claims) = keys_of(std::slice::from_ref(&batch));
         let (key, _) = meter_key(site, meter, role, unit);
         // The readings and the record of who and why commit together or not at all.
