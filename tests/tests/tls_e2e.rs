@@ -282,6 +282,25 @@ fn an_agent_pushes_over_mtls_to_a_private_ca_and_spools_without_its_client_certi
     assert_no_secrets(&named, &secrets);
 }
 
+/// An agent on the `intel-2s` fixture serving `/metrics` with the web configuration `web`, logging at debug
+/// level: its fixture (kept while the test runs), port, log and process.
+fn agent_with_web_config(web: &Path) -> (tempfile::TempDir, u16, PathBuf, domesday_tests::Agent) {
+    let (fx, root) = fixture_copy("intel-2s");
+    let port = free_port();
+    let log = root.join("agent.log");
+    let web_arg = web.display().to_string();
+    let agent = start_agent_logged_with(
+        &root,
+        port,
+        "200ms",
+        "",
+        &[("DOMESDAY_LOG", "debug")],
+        &log,
+        &["--web-config-file", &web_arg],
+    );
+    (fx, port, log, agent)
+}
+
 /// The agent's `/metrics` behind the exporter web configuration: TLS with
 /// client certificates and basic auth with a bcrypt hash, checked the way a
 /// scraper meets it, then by a real Prometheus with the scrape configuration
@@ -301,19 +320,7 @@ fn agent_metrics_take_the_exporter_web_configuration_and_a_prometheus_scrape_con
         ),
     )
     .expect("web.yml");
-    let (_fx, root) = fixture_copy("intel-2s");
-    let port = free_port();
-    let log = root.join("agent.log");
-    let web_arg = web.display().to_string();
-    let mut agent = start_agent_logged_with(
-        &root,
-        port,
-        "200ms",
-        "",
-        &[("DOMESDAY_LOG", "debug")],
-        &log,
-        &["--web-config-file", &web_arg],
-    );
+    let (_fx, port, log, mut agent) = agent_with_web_config(&web);
     // The web configuration holds the hash; the password in clear is the test's.
     agent.also_secret("basic-auth password of prometheus", PASSWORD);
     let url = format!("https://127.0.0.1:{port}/metrics");
@@ -390,19 +397,7 @@ fn the_agent_reads_its_web_configuration_again_on_sighup_and_keeps_the_previous_
     };
     let (old_hash, new_hash) = (bcrypt::hash(OLD, 4).expect("bcrypt"), bcrypt::hash(NEW, 4).expect("bcrypt"));
     write_web("server", &format!("  prometheus: {old_hash}\n"));
-    let (_fx, root) = fixture_copy("intel-2s");
-    let port = free_port();
-    let log = root.join("agent.log");
-    let web_arg = web.display().to_string();
-    let mut agent = start_agent_logged_with(
-        &root,
-        port,
-        "200ms",
-        "",
-        &[("DOMESDAY_LOG", "debug")],
-        &log,
-        &["--web-config-file", &web_arg],
-    );
+    let (_fx, port, log, mut agent) = agent_with_web_config(&web);
     for (kind, pw) in [("old password", OLD), ("new password", NEW), ("password in the hash's place", PLAIN)] {
         agent.also_secret(kind, pw);
     }
