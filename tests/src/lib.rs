@@ -724,6 +724,19 @@ impl Collector {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+
+    /// Uploads meter readings (`POST /api/v1/sites/{site}/meter-readings`, a CSV) with the site's write token;
+    /// the upload must be accepted (200).
+    pub fn upload_readings(&self, site: &str, token: &str, csv: String) {
+        let resp = reqwest::blocking::Client::new()
+            .post(self.url(&format!("/api/v1/sites/{site}/meter-readings")))
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .expect("upload meter readings");
+        assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    }
 }
 
 /// POSTs a remote_write body; returns the status code and the body text.

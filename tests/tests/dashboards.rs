@@ -435,13 +435,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         let (a, b) = (ts(h0 + q * 900_000), ts(h0 + (q + 1) * 900_000));
         csv.push_str(&format!("{a},{b},edf,0.0875\n{a},{b},pv,0.01\n{a},{b},chaleur,0.02\n{a},{b},eau,0.0002\n"));
     }
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .body(csv)
-        .send()
-        .expect("upload");
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    c.upload_readings("caen-1", TOKEN, csv);
     // A sender with a wrong token: refused (unauthorized).
     assert_eq!(post_write(&c.url("/api/v1/write"), Some("wrong"), vec![0]).map(|r| r.0), Ok(401));
     let retire = domesday_tests::collector_output(

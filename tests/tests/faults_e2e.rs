@@ -499,13 +499,7 @@ fn the_grid_api_down_for_a_day_gives_the_fallback_factor_marked_in_the_indicator
     for h in [live_h, down_h] {
         csv.push_str(&format!("{},{},edf,0.6\n", ts(h), ts(h + HOUR)));
     }
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .body(csv)
-        .send()
-        .expect("upload");
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    c.upload_readings("caen-1", TOKEN, csv);
     let cue = |h: i64| -> serde_json::Value {
         let body = get_text(
             &c.url(&format!("/api/v1/sites/caen-1/indicators?from={}&to={}&step=1h", ts(h), ts(h + HOUR))),

@@ -128,13 +128,7 @@ fn indicators_are_ratios_of_the_raw_readings() {
         let (a, b) = (ts(h0 + h * HOUR), ts(h0 + (h + 1) * HOUR));
         csv.push_str(&format!("{a},{b},pv,0.06\n{a},{b},chaleur,0.15\n{a},{b},eau,0.0015\n"));
     }
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .body(csv)
-        .send()
-        .expect("upload");
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    c.upload_readings("caen-1", TOKEN, csv);
 
     let body = get_text(
         &c.url(&format!("/api/v1/sites/caen-1/indicators?from={}&to={}&step=1h", ts(h0), ts(h0 + 3 * HOUR))),

@@ -67,13 +67,7 @@ fn missing_hosts_and_loads_without_agents_are_known() {
     assert_eq!(post_write(&c.url("/api/v1/write"), Some(TOKEN), body).map(|r| r.0), Ok(204));
     let ts = |ms: i64| jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default();
     let csv = format!("start,end,meter,value\n{},{},edf,0.7\n", ts(h0), ts(h0 + HOUR));
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .body(csv)
-        .send()
-        .expect("upload");
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().unwrap_or_default());
+    c.upload_readings("caen-1", TOKEN, csv);
 
     let get = |path: &str| -> serde_json::Value {
         serde_json::from_str(&get_text(&c.url(path), Duration::from_secs(20))).expect("json")

@@ -117,14 +117,7 @@ fn start_and_upload(dir: &std::path::Path) -> (Collector, std::path::PathBuf, i6
         s = ts(start),
         e = ts(end)
     );
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "text/csv")
-        .body(body)
-        .send()
-        .expect("post");
-    assert_eq!(resp.status().as_u16(), 200);
+    c.upload_readings("caen-1", TOKEN, body);
     (c, cfg, end)
 }
 

@@ -194,13 +194,7 @@ unit = "kWh"
         a = ts(t0),
         b = ts(t0 + 3_600_000)
     );
-    let resp = reqwest::blocking::Client::new()
-        .post(c.url("/api/v1/sites/caen-1/meter-readings"))
-        .bearer_auth(TOKEN)
-        .body(csv)
-        .send()
-        .expect("csv");
-    assert_eq!(resp.status().as_u16(), 200);
+    c.upload_readings("caen-1", TOKEN, csv);
     // And a real agent on the intel-2s fixture tree, pushing its measured host energy (PSU inputs).
     let (_fx, root) = fixture_copy("intel-2s");
     std::fs::write(root.join("push.token"), TOKEN).expect("token");
