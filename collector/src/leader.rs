@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::ledger::pg::{PgError, Reconnect};
 use crate::ledger::{Batch, LedgerWriter, Outcome, Provenance, Retire, SiteTotals, StoreError};
 
-/// The advisory lock's key (the one-key, `bigint` form): "dmsdlead" in ASCII. In `pg_locks` it shows as
+/// The advisory lock's key (the one-key, `bigint` form): "dmsdlead" in ASCII, 7236567051406762340. In `pg_locks` it shows as
 /// `locktype = 'advisory'`, `classid = 1684894564` (its high 32 bits), `objid = 1818583396` (its low 32 bits),
 /// `objsubid = 1`. The ledger's own transaction-level locks use series ids (small numbers) in this form and the
 /// two-key form for host names, so they never take this one.
@@ -373,6 +373,16 @@ mod tests {
                 c.query_one("SELECT setting FROM pg_settings WHERE name = $1", &[&name]).expect("setting").get(0);
             assert_eq!(got, want, "{name}");
         }
+        // The key as docs/scaling.md gives it, and as `pg_locks` shows it.
+        assert_eq!(LEADER_LOCK_KEY, 7_236_567_051_406_762_340);
+        let (classid, objid): (u32, u32) = admin
+            .query_one(
+                "SELECT classid::text::bigint, objid::text::bigint FROM pg_locks WHERE pid = $1 AND locktype = 'advisory'",
+                &[&pid],
+            )
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1) as u32))
+            .expect("the lock");
+        assert_eq!((classid, objid), (1_684_894_564, 1_818_583_396));
         let worst = Duration::from_secs(10 + 5 * 3);
         assert_eq!(worst, SERVER_GIVES_UP_WITHIN);
         assert!(SERVER_GIVES_UP_WITHIN + RETRY_EVERY < Duration::from_secs(60));
