@@ -287,7 +287,7 @@ async fn site_work(
             return;
         }
         tracing::warn!(
-            "no longer leading the site-wide work: meter readers, pulls and site gauges stopped; another collector takes them over"
+            "no longer leading the site-wide work: meter readers, pulls and site gauges stopped until this collector leads again"
         );
     }
 }

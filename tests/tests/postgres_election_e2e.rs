@@ -2,7 +2,7 @@
 //! rack PDU served by a mock on 127.0.0.1) among it: exactly one of them leads the site-wide work, so only it reads
 //! the meter and exports the site gauges, and the other takes it over when the leader is SIGKILLed (within the
 //! minute the docs promise), reads the meter on, and counts in its site energy counter what was pushed through the
-//! dead one.
+//! dead one; a leader whose lock session is ended stops the work and, alone, takes it up again.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -176,6 +176,25 @@ fn one_collector_leads_the_site_wide_work_and_another_takes_over_when_it_is_kill
     // Its site energy counter holds what was pushed through the dead collector: it follows the shared ledger.
     until("the survivor's site energy counter counts the dead collector's commits", Duration::from_secs(60), || {
         series_value(&metrics(&survivor), "domesday_site_energy_joules_total", &["role=\"it_in\""]) == Some(600.0)
+    });
+    // The survivor's lock session ends under it (an administrator, or the server giving up on it): it stops the
+    // site-wide work at once and, alone, takes the lock again at its next try.
+    let mut admin = cluster.admin();
+    let pid: i32 = admin
+        .query_one(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 1684894564 \
+             AND objid = 1818583396 AND objsubid = 1",
+            &[],
+        )
+        .expect("the leader's lock in pg_locks")
+        .get(0);
+    let ended: bool = admin.query_one("SELECT pg_terminate_backend($1)", &[&pid]).expect("terminate").get(0);
+    assert!(ended);
+    let log_path = survivor.dir.join(COLLECTOR_LOG);
+    domesday_tests::wait_for_log(&log_path, "no longer leading the site-wide work", Duration::from_secs(30));
+    until("the survivor leads again", Duration::from_secs(60), || {
+        read_log(&log_path).matches("leading the site-wide work: facility").count() == 2
+            && leader_gauge(&survivor) == Some(1.0)
     });
     let dead_log = read_log(&dead.dir.join(COLLECTOR_LOG));
     assert!(dead_log.contains("leading the site-wide work"), "{dead_log}");
