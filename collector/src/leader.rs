@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use crate::ledger::pg::{PgError, Reconnect};
 use crate::ledger::{Batch, LedgerWriter, Outcome, Provenance, Retire, SiteTotals, StoreError};
 
-/// The advisory lock's key (the one-key, `bigint` form): "dmsdlead" in ASCII, 7236567051406762340. In `pg_locks` it shows as
-/// `locktype = 'advisory'`, `classid = 1684894564` (its high 32 bits), `objid = 1818583396` (its low 32 bits),
-/// `objsubid = 1`. The ledger's own transaction-level locks use series ids (small numbers) in this form and the
+/// The advisory lock's key (the one-key, `bigint` form): "dmsdlead" in ASCII, 7236567051406762340. In `pg_locks`
+/// it shows as `locktype = 'advisory'`, `classid = 1684894564` (its high 32 bits), `objid = 1818583396` (its low
+/// 32 bits), `objsubid = 1`. The ledger's own transaction-level locks use series ids (small numbers) in this form and the
 /// two-key form for host names, so they never take this one.
 pub const LEADER_LOCK_KEY: i64 = 0x646d_7364_6c65_6164;
 
