@@ -57,6 +57,8 @@ pub struct PgWriter {
     reconnect: Option<super::Reconnect>,
     /// The last call failed: the connection is probed before the next one.
     suspect: bool,
+    /// When the ledger's totals were last read ([`LedgerWriter::totals_if_changed_elsewhere`]).
+    totals_read: Option<std::time::Instant>,
 }
 
 impl Drop for PgWriter {
@@ -284,7 +286,7 @@ impl PgWriter {
 
     /// A writer on a connection whose database is already migrated.
     pub fn new(client: Client, policy: Policy) -> PgWriter {
-        PgWriter { client: Some(client), policy, reconnect: None, suspect: false }
+        PgWriter { client: Some(client), policy, reconnect: None, suspect: false, totals_read: None }
     }
 
     /// Replaces a connection the server closed with one from `reconnect` (see [`super::live`]).
@@ -647,6 +649,18 @@ impl LedgerWriter for PgWriter {
     fn housekeeping(&mut self, _force: bool) -> Result<(), StoreError> {
         // No journal: every call wrote its samples to the tables before its commit.
         Ok(())
+    }
+
+    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<crate::ledger::SiteTotals>, StoreError> {
+        // Other collectors commit all the time: the totals are re-read from the roll-ups now and then (cheap),
+        // rather than counting commits in a row every transaction would update.
+        if self.totals_read.is_some_and(|t| t.elapsed() < super::totals::READ_EVERY) {
+            return Ok(None);
+        }
+        self.totals_read = Some(std::time::Instant::now());
+        let out = self.client().and_then(super::totals::from_rollups);
+        self.suspect = out.is_err();
+        Ok(Some(out?))
     }
 }
 
