@@ -493,8 +493,9 @@ fn migrate(
         && e.kind() == std::io::ErrorKind::AddrInUse
     {
         bail!(
-            "{} is in use: a collector still runs on this configuration; stop it (systemctl stop \
-             domesday-collector) so that nothing is booked into {} during the move, then run migrate again",
+            "{} is in use, most likely by a collector still running on this configuration: stop it (systemctl \
+             stop domesday-collector) so that nothing is booked into {} during the move, then run migrate again \
+             (if another program holds that address, give --listen a free one)",
             cfg.listen,
             path.display()
         );
