@@ -121,6 +121,16 @@ enum Command {
         /// Destination file (must not exist).
         to: PathBuf,
     },
+    /// Move the SQLite ledger (`db` of --config, or --db) into an empty PostgreSQL database, every table, and
+    /// check that both answer the same energy. Stop the collector first.
+    Migrate {
+        /// The PostgreSQL database: postgres://user@host:port/dbname (no password in it).
+        #[arg(long)]
+        to: String,
+        /// A file holding the PostgreSQL password (default: the PGPASSWORD environment variable).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
     /// Run a local site: the collector and, if found, an agent on this machine pushing to it.
     Demo {
         /// Directory for the demo's config, token, ledger and agent state.
@@ -408,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backup written to {}", to.display());
             Ok(())
         }
+        Command::Migrate { to, password_file } => migrate(&cfg, cli.config.as_deref(), &to, password_file.as_deref()),
         Command::Report(ReportCommand::Eed { site, year, from, to, format, out, draft }) => {
             report_eed(&cfg, &sites, &site, year, from.zip(to), Some(&format), out, draft)
         }
@@ -453,6 +464,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `migrate --to`: the SQLite ledger `db` names moved into an empty PostgreSQL database and checked
+/// (`ledger::pg::copy`), with what to change in the configuration afterwards.
+fn migrate(
+    cfg: &CollectorConfig,
+    config_file: Option<&std::path::Path>,
+    to: &str,
+    password_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let LedgerDb::Sqlite(path) = &cfg.db else {
+        bail!(
+            "the ledger to move is `db` = {}, already on PostgreSQL: migrate moves a SQLite ledger; give its file \
+             with --db or the `db` of --config",
+            cfg.db
+        );
+    };
+    let mut dest = LedgerDb::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let LedgerDb::Postgres(_) = dest else {
+        bail!("--to must be a PostgreSQL database: postgres://user@host:port/dbname");
+    };
+    dest.resolve_password(password_file, std::env::var(domesday_collector::db::PGPASSWORD).ok())
+        .map_err(|e| anyhow::anyhow!("--password-file: {e}"))?;
+    let LedgerDb::Postgres(target) = &dest else { bail!("--to must be a PostgreSQL database") };
+    // A collector serving on this configuration's address would go on booking into the SQLite file.
+    if let Err(e) = std::net::TcpListener::bind(cfg.listen)
+        && e.kind() == std::io::ErrorKind::AddrInUse
+    {
+        bail!(
+            "{} is in use, most likely by a collector still running on this configuration: stop it (systemctl \
+             stop domesday-collector) so that nothing is booked into {} during the move, then run migrate again \
+             (if another program holds that address, give --listen a free one)",
+            cfg.listen,
+            path.display()
+        );
+    }
+    println!("moving the SQLite ledger {} to {target} (the collector must stay stopped until the end)", path.display());
+    let mut progress = |line: &str| println!("{line}");
+    let s = pg::copy::migrate(path, target, cfg.ledger.policy(), &mut progress)?;
+    let secs = s.copy.as_secs_f64().max(1e-3);
+    println!("moved and checked:");
+    for (table, rows) in &s.tables {
+        println!("  {table:<15} {rows:>12} rows");
+    }
+    println!(
+        "  {} tables, {} rows copied in {:.1} s ({:.0} rows/s; journal and schema: {:.1} s)",
+        s.tables.len(),
+        s.rows(),
+        s.copy.as_secs_f64(),
+        s.rows() as f64 / secs,
+        s.prepare.as_secs_f64()
+    );
+    println!(
+        "  {} series (hosts and meters), {} answers identical in both ledgers, compared in {:.1} s",
+        s.series_checked,
+        s.answers_checked,
+        s.verify.as_secs_f64()
+    );
+    let file = config_file.map(|p| p.display().to_string()).unwrap_or_else(|| "the configuration".into());
+    println!(
+        "next: in {file}, set db = \"{target}\" and db_password_file = \"<a file holding the password>\" (or give \
+         the collector PGPASSWORD), then start the collector; keep {} as the backup of the move",
+        path.display()
+    );
+    Ok(())
 }
 
 /// `report eed` (`format` given: one file, or standard output) and `report

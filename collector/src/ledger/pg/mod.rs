@@ -7,6 +7,7 @@
 //! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
 //! for `scram-sha-256`, which it should (docs/scaling.md).
 
+pub mod copy;
 pub mod read;
 pub mod schema;
 pub mod store;

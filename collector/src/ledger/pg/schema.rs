@@ -15,7 +15,7 @@
 //! move older rows (host samples into chunks at version 3) have nothing to move, and the roll-ups (`site_hours`
 //! of version 7, `days` and `site_days` of version 8) are filled from `hours` in SQL.
 
-use postgres::Client;
+use postgres::{Client, Transaction};
 
 use super::PgError;
 
@@ -154,7 +154,7 @@ pub struct Migrated {
 }
 
 /// The schema version of a database (0: no ledger yet), read without migrating.
-pub fn version(client: &mut Client) -> Result<i32, PgError> {
+pub fn version(client: &mut impl postgres::GenericClient) -> Result<i32, PgError> {
     let exists: bool = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?.get(0);
     if !exists {
         return Ok(0);
@@ -166,6 +166,14 @@ pub fn version(client: &mut Client) -> Result<i32, PgError> {
 /// refuses a newer one (and changes nothing).
 pub fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
     let mut tx = client.transaction()?;
+    let migrated = migrate_in(&mut tx)?;
+    tx.commit()?;
+    Ok(migrated)
+}
+
+/// [`migrate`] inside a transaction the caller commits (`migrate --to` copies a ledger in the same one, so the
+/// database is left as it was when anything fails).
+pub fn migrate_in(tx: &mut Transaction<'_>) -> Result<Migrated, PgError> {
     // Held until the transaction ends: a second collector waits here, then finds the schema current.
     tx.batch_execute(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))?;
     tx.batch_execute(
@@ -185,6 +193,5 @@ pub fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
         tx.batch_execute(m)?;
         tx.execute("INSERT INTO schema_version (version, applied_by) VALUES ($1, $2)", &[&(i as i32 + 1), &by])?;
     }
-    tx.commit()?;
     Ok(Migrated { from, to: known })
 }

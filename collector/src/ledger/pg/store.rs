@@ -260,6 +260,30 @@ fn put_point(tx: &mut Transaction<'_>, id: i64, (ts, value): Point) -> Result<()
     Ok(())
 }
 
+/// Stores a late host sample. Inside the span of a chunk of several points (SQLite's chunks, moved by
+/// `migrate --to`), it goes into that chunk, so a series' chunks never overlap (the lookups of
+/// [`chunk::neighbours_with`] and the reader rely on it); elsewhere it is a chunk of one point. The slot rule
+/// never inserts at an existing timestamp, so the chunk keeps its first and last timestamps.
+fn put_late_point(tx: &mut Transaction<'_>, id: i64, point: Point) -> Result<(), PgError> {
+    let Some((first, mut points)) = chunk_where(tx, AT_OR_BEFORE, id, point.0)? else {
+        return put_point(tx, id, point);
+    };
+    if points.last().is_none_or(|p| p.0 <= point.0) {
+        return put_point(tx, id, point);
+    }
+    let i = points.partition_point(|p| p.0 < point.0);
+    points.insert(i, point);
+    let values = points.iter().filter(|p| p.1.is_some());
+    let n_values = values.clone().count() as i64;
+    let (first_value, last_value) = (values.clone().next().map(|p| p.0), values.clone().next_back().map(|p| p.0));
+    tx.execute(
+        "UPDATE chunks SET n_points = $3, n_values = $4, first_value_ts = $5, last_value_ts = $6, data = $7 \
+         WHERE series_id = $1 AND first_ts = $2",
+        &[&id, &first, &(points.len() as i64), &n_values, &first_value, &last_value, &chunk::encode(&points)],
+    )?;
+    Ok(())
+}
+
 fn put_sample(tx: &mut Transaction<'_>, id: i64, (ts, value): Point) -> Result<(), PgError> {
     tx.execute("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES ($1, $2, $3)", &[&id, &ts, &value])?;
     Ok(())
@@ -424,7 +448,7 @@ fn apply_one(
                             book_interval(staged, policy.gap_ms, id, factor, !host, iv, 1);
                         }
                         if host {
-                            put_point(tx, id, sample)?;
+                            put_late_point(tx, id, sample)?;
                         } else {
                             put_sample(tx, id, sample)?;
                         }

@@ -112,11 +112,27 @@ impl Cluster {
 
     /// A fresh database; returns a function that connects to it.
     pub fn database(&self) -> impl Fn() -> postgres::Client + Send + Sync + use<> {
+        let config = self.config(&self.create_database());
+        move || config.connect(postgres::NoTls).expect("connect")
+    }
+
+    fn create_database(&self) -> String {
         let name = format!("unit_{}", self.next.fetch_add(1, Ordering::Relaxed));
         let mut admin = self.config("postgres").connect(postgres::NoTls).expect("connect");
         admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
-        let config = self.config(&name);
-        move || config.connect(postgres::NoTls).expect("connect")
+        name
+    }
+
+    /// A fresh database as a `db` names it, with its password (as `PGPASSWORD` gives it).
+    pub fn target(&self) -> crate::db::PgTarget {
+        crate::db::PgTarget {
+            user: "postgres".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            dbname: self.create_database(),
+            password: Some(domesday_model::secret::Secret::new(PASSWORD)),
+            password_from: crate::db::PasswordFrom::Env,
+        }
     }
 }
 
