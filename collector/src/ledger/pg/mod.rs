@@ -7,7 +7,6 @@
 //! over a private network or tunnel. The password travels only inside the SCRAM exchange when the server asks
 //! for `scram-sha-256`, which it should (docs/scaling.md).
 
-mod notify;
 pub mod read;
 pub mod schema;
 pub mod store;
@@ -162,47 +161,5 @@ mod tests {
             other => panic!("the blocked write did not fail after the lock timeout: {other:?}"),
         }
         assert_eq!(w.apply(&[batch(1)], t0 + 3_600_000).expect("the retry")[0].booked, 1);
-    }
-
-    /// What another session commits (a `correct` or `import-meters` command, another collector) reaches the site
-    /// energy counters of `serve`: its writer is told the totals after such a commit, as SQLite's is, and not
-    /// after its own.
-    #[test]
-    fn the_writer_reads_the_totals_again_after_another_session_commits_and_only_then() {
-        let cluster = Cluster::start();
-        let target = cluster.target();
-        let (mut serve, mut command) = (
-            PgWriter::open(&target, Policy::default()).expect("open"),
-            PgWriter::open(&target, Policy::default()).expect("open"),
-        );
-        let t0 = 1_767_225_600_000;
-        let host = |h: &str, i: i64| Batch {
-            samples: vec![CounterSample::host("s", h, "rapl", "measured", t0 + i * 10_000, Some(i * 1_000_000))],
-            ..Batch::default()
-        };
-        // A notification reaches the listener shortly after the commit: the writer asks again after each group
-        // and at each refresh of the gauges; here, every 50 ms for a bounded time.
-        let told = |w: &mut PgWriter| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let t = w.totals_if_changed_elsewhere().expect("totals");
-                if t.is_some() || std::time::Instant::now() > deadline {
-                    return t;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        assert_eq!(serve.totals_if_changed_elsewhere().expect("totals"), None);
-        serve.apply(&[host("h0", 0), host("h0", 1)], t0 + 3_600_000).expect("apply");
-        assert_eq!(told(&mut serve), None, "its own commit");
-        command.apply(&[host("h1", 0), host("h1", 3)], t0 + 3_600_000).expect("apply");
-        let totals = told(&mut serve).expect("another session's commit");
-        let reader = super::read::PgReader::open(&target, Policy::default()).expect("reader");
-        assert_eq!(totals, reader.site_totals().expect("totals"));
-        assert_eq!(totals.iter().map(|t| t.2).sum::<i128>(), 4_000_000, "{totals:?}");
-        assert_eq!(serve.totals_if_changed_elsewhere().expect("totals"), None, "told once");
-        // And the next one.
-        command.apply(&[host("h1", 5)], t0 + 3_600_000).expect("apply");
-        assert!(told(&mut serve).is_some());
     }
 }

@@ -57,11 +57,6 @@ impl PgReader {
         PgReader { client: Mutex::new((Some(client), false)), policy, reconnect: None }
     }
 
-    /// The reader's connection back (the writer lends its own to read the totals between its commits).
-    pub(super) fn into_client(mut self) -> Option<Client> {
-        self.client.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).0.take()
-    }
-
     /// Connects to `target` (its schema migrated by the writer); a connection the server closes is replaced.
     pub fn open(target: &PgTarget, policy: Policy) -> Result<PgReader, PgError> {
         Ok(PgReader::with_policy(super::connect(target)?, policy).reconnecting(super::reconnect_to(target)))

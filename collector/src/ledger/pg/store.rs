@@ -26,7 +26,7 @@ use crate::ledger::chunk::{self, Point};
 use crate::ledger::rules::{self, Claim, Placement, Reading, Slot};
 use crate::ledger::{
     Batch, CounterSample, HOST_ENERGY_METRIC, HostClaim, IdMap, LedgerWriter, METER_METRIC, Outcome, Policy,
-    Provenance, Retire, Retirement, RoleEnergy, SiteTotals, StoreError, is_volume, micro_factor,
+    Provenance, Retire, Retirement, RoleEnergy, StoreError, is_volume, micro_factor,
 };
 
 /// First key of the advisory locks on host names (the two-key form): "dmsd" in ASCII.
@@ -297,19 +297,6 @@ impl PgWriter {
         super::live(&mut self.client, self.suspect, self.reconnect.as_ref())
     }
 
-    /// [`LedgerWriter::totals_if_changed_elsewhere`]: the totals, read on the writer's connection between its
-    /// commits, when another session announced a commit ([`super::notify`]).
-    fn totals_if_announced(&mut self) -> Result<Option<SiteTotals>, PgError> {
-        if !super::notify::changed_elsewhere(self.client()?)? {
-            return Ok(None);
-        }
-        let client = self.client.take().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))?;
-        let reader = super::read::PgReader::with_policy(client, self.policy);
-        let totals = reader.site_totals();
-        self.client = reader.into_client();
-        totals.map(Some)
-    }
-
     /// Runs `f` in one transaction after resolving and locking (see the module's doc) the series of `keys` and
     /// the host names of `claims`, then writes the staged buckets and commits.
     fn transaction<T>(
@@ -325,9 +312,6 @@ impl PgWriter {
             resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
             let out = f(&mut tx, &mut staged, &policy)?;
             write_buckets(&mut tx, &staged)?;
-            if !staged.hours.is_empty() {
-                super::notify::announce(&mut tx)?;
-            }
             tx.commit()?;
             Ok(out)
         })();
@@ -658,12 +642,6 @@ impl LedgerWriter for PgWriter {
         let out = self.prune_before(now_ms - self.policy.minute_retention_ms);
         self.suspect = out.is_err();
         out
-    }
-
-    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
-        let out = self.totals_if_announced();
-        self.suspect = out.is_err();
-        Ok(out?)
     }
 
     fn housekeeping(&mut self, _force: bool) -> Result<(), StoreError> {
