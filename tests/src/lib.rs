@@ -1,13 +1,16 @@
 //! Shared helpers of the end-to-end tests and the benchmark: fixture trees
 //! (copied with their symlinks, advanced in place like a live sysfs), the
 //! built binaries, free loopback ports and scraping, and a mock remote_write
-//! receiver ([`mock_rw`]), a throwaway PostgreSQL cluster ([`pg`]). No production logic here.
+//! receiver ([`mock_rw`]), a throwaway PostgreSQL cluster ([`pg`]), and the choice of the ledger store every
+//! collector a test starts runs on ([`store`]: SQLite, or PostgreSQL with `DOMESDAY_TEST_LEDGER=postgres`). No
+//! production logic here.
 
 pub mod mock_rw;
 pub mod pg;
 pub mod prom;
 pub mod proxy;
 pub mod rss;
+pub mod store;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -358,8 +361,10 @@ pub fn agent_output(cmd: &mut Command) -> std::process::Output {
 /// Runs a one-shot collector command (`check-config`, `energy`, `report`, `import-meters`, `correct`,
 /// `retire-host`, `backup`, …) to its end and checks its stdout and stderr for the secrets of its command line
 /// ([`Secrets::of`]) and of `dir`, the directory of its ledger and token files ([`Secrets::beside`]), before
-/// returning them.
+/// returning them. On PostgreSQL ([`store`]) the command runs on its ledger's database instead.
 pub fn collector_output(cmd: &mut Command, dir: &Path) -> std::process::Output {
+    let mut on_store = store::command_for_store(cmd);
+    let cmd = on_store.as_mut().unwrap_or(cmd);
     checked_output(cmd, Secrets::of(cmd).beside(dir))
 }
 
@@ -702,7 +707,10 @@ impl Collector {
     /// Starts a collector command the test built (`serve` with its own arguments and environment) and waits until
     /// it is ready. Its stdout and stderr go to `dir/collector.log`, checked when the collector is dropped for
     /// the secrets of its command line and of `dir` ([`Secrets::of`], [`Secrets::beside`]).
+    /// On PostgreSQL ([`store`]) the command runs on its ledger's database instead.
     pub fn spawn_command(cmd: &mut Command, port: u16, dir: &Path) -> Collector {
+        let mut on_store = store::command_for_store(cmd);
+        let cmd = on_store.as_mut().unwrap_or(cmd);
         let secrets = Secrets::of(cmd).beside(dir);
         let (proc, secrets) = spawn_logged(cmd, &dir.join(COLLECTOR_LOG), secrets);
         Self::ready(proc, secrets, port, dir)
@@ -710,6 +718,8 @@ impl Collector {
 
     /// [`Collector::spawn_command`] with `SIGXFSZ` ignored, for the full-disk tests ([`spawn_logged_ignoring_xfsz`]).
     pub fn spawn_ignoring_xfsz(cmd: &Command, port: u16, dir: &Path) -> Collector {
+        let on_store = store::command_for_store(cmd);
+        let cmd = on_store.as_ref().unwrap_or(cmd);
         let secrets = Secrets::of(cmd).beside(dir);
         let (proc, secrets) = spawn_logged_ignoring_xfsz(cmd, &dir.join(COLLECTOR_LOG), secrets);
         Self::ready(proc, secrets, port, dir)

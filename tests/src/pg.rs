@@ -6,6 +6,10 @@
 //! The binaries come from Debian's `postgresql` package (`/usr/lib/postgresql/<version>/bin`), which `./test.sh`
 //! installs: a test that needs them fails without them, it never passes silently. PostgreSQL refuses to run as
 //! root, so under root (a CI container) the cluster runs as `nobody`, its directory given to that user.
+//!
+//! [`shared`] is the one cluster of a test process whose collectors run on PostgreSQL (`crate::store`): started on
+//! first use, and stopped and deleted by a watchdog process once the test process is gone (a `static` is never
+//! dropped).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -140,7 +144,8 @@ impl PgCluster {
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_permissions=0700"])
             // A test cluster: its data is thrown away, so no fsync on the shared disk.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=40"])
+            // A test process's collectors share one cluster (`shared`): a few connections each, tests in parallel.
+            .args(["-c", "shared_buffers=16MB", "-c", "max_connections=100"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -203,6 +208,43 @@ impl PgCluster {
         let name = format!("ledger_{}", self.next_db.fetch_add(1, Ordering::Relaxed));
         self.admin().batch_execute(&format!("CREATE DATABASE {name} OWNER {APP_USER}")).expect("create database");
         PgDb { port: self.port, name, password: self.app_password.clone() }
+    }
+}
+
+/// The cluster shared by every collector of this test process (see the module's doc): started on first call.
+pub fn shared() -> &'static PgCluster {
+    static SHARED: std::sync::OnceLock<PgCluster> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cluster = PgCluster::start();
+        cluster.stop_after_this_process();
+        cluster
+    })
+}
+
+impl PgCluster {
+    /// Leaves the cluster to a watchdog (`sh`, in the background, so that it outlives this process) that waits for
+    /// this process to end, however it ends, then stops the server (fast shutdown, killed after 20 s) and deletes
+    /// its directory: for a cluster that is never dropped.
+    fn stop_after_this_process(&self) {
+        let Some(server) = self.server.as_ref() else { return };
+        let script = r#"(while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+kill -INT "$2" 2>/dev/null
+i=0; while [ -e "$3/data/postmaster.pid" ] && [ "$i" -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+kill -KILL "$2" 2>/dev/null
+rm -rf "$3") &"#;
+        let started = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("domesday-pg-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(server.id().to_string())
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the watchdog of the shared PostgreSQL cluster");
+        assert!(started.success(), "the watchdog of the shared PostgreSQL cluster did not start: {started}");
     }
 }
 

@@ -85,7 +85,14 @@ fn info_series(host: &str, ts: i64) -> TimeSeries {
     }
 }
 
+/// The ledger's quarantine table, read as an operator would (with `psql` on PostgreSQL).
 fn quarantine_rows(db: &Path) -> Vec<(String, i64, Option<f64>, String)> {
+    if domesday_tests::store::on_postgres() {
+        let mut client = domesday_tests::store::database_for(db).client();
+        let rows =
+            client.query("SELECT host, ts_ms, value, reason FROM quarantine ORDER BY ts_ms", &[]).expect("query");
+        return rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    }
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
     let mut stmt = conn.prepare("SELECT host, ts_ms, value, reason FROM quarantine ORDER BY ts_ms").expect("prepare");
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

@@ -660,3 +660,59 @@ fn serve_on_postgres_ingests_and_answers_the_energy_api_exactly() {
     // Nothing SQLite was created beside the configuration.
     assert!(!dir.path().join("domesday.db").exists());
 }
+
+/// The switch that runs the end-to-end suites on PostgreSQL (`domesday_tests::store`, `DOMESDAY_TEST_LEDGER=postgres`)
+/// puts a collector the helpers start on a SQLite configuration into a database of its own: nothing SQLite is
+/// created, the database holds what was booked, a restart on the same directory and a one-shot `--db` command on
+/// the same path find the same ledger (its password from `db_password_file` and `PGPASSWORD`, never printed), and
+/// another directory gets another, empty database.
+#[test]
+fn the_store_switch_of_the_e2e_helpers_gives_each_sqlite_ledger_its_own_postgres_database() {
+    use domesday_model::remote_write::{WriteRequest, encode};
+    use domesday_tests::store::{PASSWORD_FILE, command_on_postgres, database_for};
+    use domesday_tests::{
+        Collector, collector_config, collector_output, free_port, host_energy, host_energy_series, post_write,
+    };
+    const TOKEN: &str = "caen-switch-token-7310";
+    let (dir, other) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let port = free_port();
+    let start = |d: &std::path::Path| {
+        let config = collector_config(d, port, TOKEN, "");
+        let mut serve = Command::new(binary("domesday-collector"));
+        serve.arg("serve").arg("--config").arg(&config);
+        Collector::spawn_command(&mut command_on_postgres(&serve), port, d)
+    };
+    let c = start(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("collector.toml")).expect("config");
+    let db = database_for(&dir.path().join("domesday.db"));
+    assert!(config.contains(&format!("db = {:?}", db.url())) && config.contains(PASSWORD_FILE), "{config}");
+    let t0 = domesday_tests::now_minute_ms() - 3_600_000;
+    let points: Vec<(f64, i64)> = (0..5).map(|i| (100.0 + i as f64 * 2.5, t0 + i * 10_000)).collect();
+    let body = encode(&WriteRequest { timeseries: vec![host_energy_series("caen-1", "srv-1", "psu_input", &points)] });
+    assert_eq!(post_write(&c.url("/api/v1/write"), Some(TOKEN), body).map(|r| r.0), Ok(204));
+    assert_eq!(host_energy(&c, "srv-1", t0, t0 + 60_000)["energy_microjoules"], "10000000");
+    drop(c);
+    assert!(!dir.path().join("domesday.db").exists(), "a SQLite ledger was created");
+    let rows: i64 = db.client().query_one("SELECT COUNT(*) FROM chunks", &[]).expect("count").get(0);
+    assert!(rows > 0, "the host samples are in the PostgreSQL database");
+    // The same directory again: the same database.
+    let c = start(dir.path());
+    assert_eq!(host_energy(&c, "srv-1", t0, t0 + 60_000)["energy_microjoules"], "10000000");
+    // A one-shot command given the SQLite path with `--db`: the URL instead, the password in PGPASSWORD.
+    let mut energy = Command::new(binary("domesday-collector"));
+    energy
+        .args(["energy", "--site", "caen-1", "--host", "srv-1", "--format", "json"])
+        .args(["--from", &t0.to_string(), "--to", &(t0 + 60_000).to_string()])
+        .arg("--db")
+        .arg(dir.path().join("domesday.db"));
+    let mut energy = command_on_postgres(&energy);
+    assert!(energy.get_envs().any(|(k, v)| k == "PGPASSWORD" && v.is_some()));
+    let out = collector_output(&mut energy, dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("\"10000000\""), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    drop(c);
+    // Another directory: another database, empty.
+    let c = start(other.path());
+    assert_eq!(host_energy(&c, "srv-1", t0, t0 + 60_000)["samples"], 0);
+    assert_ne!(database_for(&other.path().join("domesday.db")).url(), db.url());
+}

@@ -31,7 +31,7 @@ pub enum PgError {
         #[source]
         source: postgres::Error,
     },
-    #[error("PostgreSQL ledger: {0}")]
+    #[error("PostgreSQL ledger: {}", server_message(.0))]
     Db(#[from] postgres::Error),
     #[error(
         "PostgreSQL ledger schema version {found} is newer than this collector knows ({known}): a newer \
@@ -40,6 +40,15 @@ pub enum PgError {
     NewerSchema { found: i32, known: i32 },
     #[error("PostgreSQL ledger: {0}; restore the database from a backup")]
     Corrupt(String),
+}
+
+/// What the server said (its message and SQLSTATE code), when it said something: the client's own `Display` is
+/// only "db error" then.
+fn server_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// Runs `f`, which uses the synchronous client, where it may: the client drives its connection with a runtime of
@@ -85,14 +94,19 @@ fn live<'a>(
     client.as_mut().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))
 }
 
+/// How long a statement waits for a lock another session holds (PostgreSQL's `lock_timeout`) before it fails, its
+/// request answered "503, retry": SQLite's busy timeout, the same 10 s.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long the probe of a suspect connection may take.
 const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects to the database `target` names, with its password.
+/// Connects to the database `target` names, with its password; the session's statements wait at most
+/// [`LOCK_TIMEOUT`] for a lock.
 pub fn connect(target: &PgTarget) -> Result<Client, PgError> {
-    off_runtime(|| {
-        target.config().connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source })
-    })
+    let mut config = target.config();
+    config.options(&format!("-c lock_timeout={}", LOCK_TIMEOUT.as_millis()));
+    off_runtime(|| config.connect(NoTls).map_err(|source| PgError::Connect { target: target.to_string(), source }))
 }
 
 /// Connects and brings the schema to this build's version (see [`schema::migrate`]).
@@ -102,4 +116,52 @@ pub fn open(target: &PgTarget) -> Result<(Client, schema::Migrated), PgError> {
         let migrated = schema::migrate(&mut client)?;
         Ok((client, migrated))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::store::PgWriter;
+    use super::test_cluster::Cluster;
+    use crate::ledger::{Batch, CounterSample, LedgerWriter, Policy};
+
+    /// Another session holding the ledger's tables (an operator's `LOCK TABLE`, a transaction left open in `psql`)
+    /// makes a write fail after the lock timeout, as SQLite's busy timeout does, so that the request is answered
+    /// "503, retry" and the writer goes on, instead of waiting for that session forever with every request queued
+    /// behind it; once the lock is released the retry is booked.
+    #[test]
+    fn a_write_blocked_by_another_session_fails_after_the_lock_timeout_and_its_retry_is_booked() {
+        let cluster = Cluster::start();
+        let target = cluster.target();
+        let mut w = PgWriter::open(&target, Policy::default()).expect("open");
+        let t0 = 1_767_225_600_000;
+        let batch = move |i: i64| Batch {
+            samples: vec![CounterSample::host("s", "h0", "rapl", "measured", t0 + i * 10_000, Some(i * 1_000_000))],
+            ..Batch::default()
+        };
+        w.apply(&[batch(0)], t0 + 3_600_000).expect("apply");
+        let mut other = super::connect(&target).expect("connect");
+        let tables: Vec<String> = other
+            .query("SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public'", &[])
+            .expect("tables")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        other.batch_execute(&format!("BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE", tables.join(", "))).expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let r = w.apply(&[batch(1)], t0 + 3_600_000).map(|o| o[0].booked);
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+            w
+        });
+        let blocked = rx.recv_timeout(super::LOCK_TIMEOUT + Duration::from_secs(20));
+        other.batch_execute("ROLLBACK").expect("release");
+        let mut w = writer.join().expect("writer");
+        match blocked {
+            Ok(Err(e)) => assert!(e.contains("lock timeout"), "{e}"),
+            other => panic!("the blocked write did not fail after the lock timeout: {other:?}"),
+        }
+        assert_eq!(w.apply(&[batch(1)], t0 + 3_600_000).expect("the retry")[0].booked, 1);
+    }
 }

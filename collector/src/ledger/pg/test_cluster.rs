@@ -110,6 +110,22 @@ impl Cluster {
         c
     }
 
+    /// A fresh database as the collector's `db` names it (the superuser, with its password): for what goes
+    /// through the collector's own connection ([`super::connect`]).
+    pub fn target(&self) -> crate::db::PgTarget {
+        let name = format!("unit_{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let mut admin = self.config("postgres").connect(postgres::NoTls).expect("connect");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        crate::db::PgTarget {
+            user: "postgres".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            dbname: name,
+            password: Some(domesday_model::secret::Secret::new(PASSWORD.to_string())),
+            password_from: crate::db::PasswordFrom::None,
+        }
+    }
+
     /// A fresh database; returns a function that connects to it.
     pub fn database(&self) -> impl Fn() -> postgres::Client + Send + Sync + use<> {
         let config = self.config(&self.create_database());
