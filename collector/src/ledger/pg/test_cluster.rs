@@ -113,14 +113,11 @@ impl Cluster {
     /// A fresh database as the collector's `db` names it (the superuser, with its password): for what goes
     /// through the collector's own connection ([`super::connect`]).
     pub fn target(&self) -> crate::db::PgTarget {
-        let name = format!("unit_{}", self.next.fetch_add(1, Ordering::Relaxed));
-        let mut admin = self.config("postgres").connect(postgres::NoTls).expect("connect");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
         crate::db::PgTarget {
             user: "postgres".into(),
             host: "127.0.0.1".into(),
             port: self.port,
-            dbname: name,
+            dbname: self.create_database(),
             password: Some(domesday_model::secret::Secret::new(PASSWORD.to_string())),
             password_from: crate::db::PasswordFrom::None,
         }
@@ -137,18 +134,6 @@ impl Cluster {
         let mut admin = self.config("postgres").connect(postgres::NoTls).expect("connect");
         admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
         name
-    }
-
-    /// A fresh database as a `db` names it, with its password (as `PGPASSWORD` gives it).
-    pub fn target(&self) -> crate::db::PgTarget {
-        crate::db::PgTarget {
-            user: "postgres".into(),
-            host: "127.0.0.1".into(),
-            port: self.port,
-            dbname: self.create_database(),
-            password: Some(domesday_model::secret::Secret::new(PASSWORD)),
-            password_from: crate::db::PasswordFrom::Env,
-        }
     }
 }
 
