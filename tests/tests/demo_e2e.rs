@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domesday_tests::{NoSecretsInOutput, Proc, Secrets, binary, free_port, get_text, series_value};
+use domesday_tests::{NoSecretsInOutput, Proc, Secrets, binary, collector_output, free_port, get_text, series_value};
 
 /// RFC 3339 of a millisecond timestamp.
 fn rfc3339(ms: i64) -> String {
@@ -223,4 +223,25 @@ fn demo_shows_every_indicator_from_simulated_meters_and_stops_on_ctrl_c() {
     assert!(dir.path().join("demo/domesday.db").exists());
     // The guards will search the outputs for the token the demo wrote.
     assert!(secrets.values().iter().any(|(what, _)| what.contains("push.token")), "{:?}", secrets.dirs);
+}
+
+/// `demo` writes its own configuration and SQLite ledger: a `--db` or `--config` given to it would be ignored, so it
+/// is refused, with what to run instead, before anything starts.
+#[test]
+fn demo_refuses_a_db_or_config_it_would_ignore() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for option in ["--db", "--config"] {
+        let out = collector_output(
+            Command::new(binary("domesday-collector"))
+                .arg(option)
+                .arg(dir.path().join("mine"))
+                .args(["demo", "--dir"])
+                .arg(dir.path().join("demo")),
+            dir.path(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option}: {err}");
+        assert!(err.contains("`demo` takes no --config or --db") && err.contains("serve"), "{option}: {err}");
+        assert!(!dir.path().join("demo").exists(), "{option}: nothing started");
+    }
 }
