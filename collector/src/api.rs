@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domesday_model::catalog::{
-    HOST_CLOCK_SKEW, HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES, INGEST_UNKNOWN_VALUES,
-    LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
+    COLLECTOR_LEADER, HOST_CLOCK_SKEW, HOST_LAST_SEEN, INGEST_REJECTED, INGEST_REQUESTS, INGEST_SAMPLES,
+    INGEST_UNKNOWN_VALUES, LEDGER_DB_BYTES, LEDGER_LAG, SITE_ENERGY,
 };
 use domesday_model::exposition::{CONTENT_TYPE, Sample, render};
 use domesday_model::remote_write::WriteRequestView;
@@ -125,6 +125,8 @@ pub struct AppState {
     pub meter_stats: Arc<crate::meters::reader::MeterStats>,
     /// `[reports] declarations`: other operators' declarations for the region report.
     pub declarations: Vec<String>,
+    /// Whether this collector does the site-wide work ([`crate::leader`]).
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -854,6 +856,7 @@ async fn metrics(
         ));
     }
     samples.push(Sample::new(&LEDGER_LAG, vec![], state.writer.lag_seconds()));
+    samples.push(Sample::new(&COLLECTOR_LEADER, vec![], if *state.leading.borrow() { 1.0 } else { 0.0 }));
     if let Some(db) = &state.db_path {
         samples.push(Sample::new(&LEDGER_DB_BYTES, vec![], db_bytes(db) as f64));
     }

@@ -16,6 +16,8 @@
 //!   computation, its renderings (JSON, CSV, XLSX) and the declared keys and annual figures.
 //! - [`api`]: HTTP handlers (write, energy, sites, hosts, health, metrics).
 //! - [`serve`]: wiring and graceful shutdown; [`demo`]: the local all-in-one run.
+//! - [`leader`]: which collector does the site-wide work (meter readers, pulls, site gauges, pruning) when
+//!   several share one PostgreSQL ledger: the holder of an advisory lock.
 //! - [`indicators`]: PUE, DCiE, pPUE, ERE, CUE, WUE, ERF, REF as pure functions over period totals;
 //!   roll-ups, time-matched emissions, period arithmetic in the site's zone.
 //! - [`carbon`]: grid carbon intensity sources (static, RTE éCO2mix, Electricity Maps) behind one
@@ -31,6 +33,7 @@ pub mod demo;
 pub mod forward;
 pub mod indicators;
 pub mod ingest;
+pub mod leader;
 pub mod ledger;
 pub mod meters;
 pub mod pull;

@@ -15,7 +15,8 @@ use anyhow::Context;
 use crate::api::{AppState, Stats, router};
 use crate::config::{CollectorConfig, Site};
 use crate::db::LedgerDb;
-use crate::ledger::pg::{read::PgReader, store::PgWriter};
+use crate::leader::{Leadership, PruneWhileLeading, Timing};
+use crate::ledger::pg::{read::PgReader, reconnect_to, store::PgWriter};
 use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
 use crate::ledger::{LedgerReader, LedgerWriter};
 use crate::ledger::{checkpoint, writer};
@@ -31,25 +32,32 @@ pub async fn serve(
     let policy = cfg.ledger.policy();
     // The store `db` names. SQLite's write-ahead log is preallocated and checkpointed off the writer's thread;
     // PostgreSQL does its own.
-    let (store, reader, sqlite_db): (Box<dyn LedgerWriter>, Arc<dyn LedgerReader>, Option<PathBuf>) = match &cfg.db {
-        LedgerDb::Sqlite(path) => {
-            let db = path.clone();
-            let store =
-                SqliteWriter::open(&db, policy).with_context(|| format!("opening the ledger {}", db.display()))?;
-            if let Err(e) = store.preallocate_wal() {
-                // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
-                tracing::warn!(db = %db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
+    // On PostgreSQL several collectors may share the ledger: the site-wide work is the elected leader's.
+    let (store, reader, sqlite_db, leadership): (Box<dyn LedgerWriter>, Arc<dyn LedgerReader>, Option<PathBuf>, _) =
+        match &cfg.db {
+            LedgerDb::Sqlite(path) => {
+                let db = path.clone();
+                let store =
+                    SqliteWriter::open(&db, policy).with_context(|| format!("opening the ledger {}", db.display()))?;
+                if let Err(e) = store.preallocate_wal() {
+                    // Only a speed-up (commits overwrite instead of append): not a reason to refuse to start.
+                    tracing::warn!(db = %db.display(), error = %e, "could not preallocate the ledger's write-ahead log; commits append to it");
+                }
+                (Box::new(store), Arc::new(SqliteReader::new(&db, policy)), Some(db), Leadership::always())
             }
-            (Box::new(store), Arc::new(SqliteReader::new(&db, policy)), Some(db))
-        }
-        LedgerDb::Postgres(target) => {
-            let store = PgWriter::open(target, policy).context("opening the ledger")?;
-            let reader = PgReader::open(target, policy).context("opening the ledger's reader")?;
-            (Box::new(store), Arc::new(reader), None)
-        }
-    };
+            LedgerDb::Postgres(target) => {
+                let store = PgWriter::open(target, policy).context("opening the ledger")?;
+                let reader = PgReader::open(target, policy).context("opening the ledger's reader")?;
+                let leadership = Leadership::elect(reconnect_to(target), Timing::default())
+                    .context("starting the leader election")?;
+                (Box::new(store), Arc::new(reader), None, leadership)
+            }
+        };
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let (s, t) = (stats.clone(), stats.clone());
+    let leading = leadership.watch();
+    // Retention is site-wide work: only the leader prunes.
+    let store: Box<dyn LedgerWriter> = Box::new(PruneWhileLeading { inner: store, leading: leading.clone() });
     let (handle, writer_thread) = writer::spawn(
         store,
         Box::new(move |b, o| {
@@ -91,15 +99,7 @@ pub async fn serve(
             }
         })
     };
-    let pulls: Vec<_> = cfg
-        .pull
-        .iter()
-        .cloned()
-        .map(|p| tokio::spawn(crate::pull::run(p, cfg.ingest.clone(), handle.clone())))
-        .collect();
     let meter_stats = Arc::new(crate::meters::reader::MeterStats::default());
-    let ledger: Arc<dyn LedgerReader> = reader.clone();
-    let readers = crate::meters::reader::spawn_all(&sites, cfg.ledger.gap.0, &handle, &meter_stats, &ledger);
     let carbon = match &cfg.carbon {
         Some(c) => Some(Arc::new(c.build().map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,
@@ -114,12 +114,19 @@ pub async fn serve(
         None => None,
     };
     let site_samples = Arc::new(Mutex::new(Vec::new()));
-    let gauges = tokio::spawn(crate::site_metrics::run(
-        reader.clone(),
-        cfg.clone(),
-        sites.clone(),
-        carbon.clone(),
-        site_samples.clone(),
+    let (stop_site_work, site_work_stopped) = tokio::sync::watch::channel(false);
+    let site_work = tokio::spawn(site_work(
+        SiteWork {
+            cfg: cfg.clone(),
+            sites: sites.clone(),
+            writer: handle.clone(),
+            reader: reader.clone(),
+            meter_stats: meter_stats.clone(),
+            carbon: carbon.clone(),
+            site_samples: site_samples.clone(),
+        },
+        leading.clone(),
+        site_work_stopped,
     ));
     let state = Arc::new(AppState {
         sites,
@@ -136,6 +143,7 @@ pub async fn serve(
         meter_stats,
         declarations: cfg.reports.declarations.clone(),
         forward: forward.as_ref().map(|(h, _)| h.clone()),
+        leading,
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let tls = cfg.tls.as_ref().and_then(|t| t.loaded.clone());
@@ -178,7 +186,6 @@ pub async fn serve(
         }
     };
     hangup.abort();
-    gauges.abort();
     sync.abort();
     let _ = sync.await;
     if let Some((handle, task)) = forward {
@@ -187,10 +194,11 @@ pub async fn serve(
         let left = stop_by.saturating_duration_since(Instant::now()).saturating_sub(WRITER_RESERVE);
         let _ = tokio::time::timeout(left, task).await;
     }
-    for p in pulls.into_iter().chain(readers) {
-        p.abort();
-        let _ = p.await;
-    }
+    let _ = stop_site_work.send(true);
+    let _ = site_work.await;
+    // Closing the lock's session frees the lock for the other collectors at once.
+    // Bounded: a database that no longer answers must not hold the shutdown up.
+    let _ = tokio::time::timeout(LEADERSHIP_STOP_WITHIN, tokio::task::spawn_blocking(move || leadership.stop())).await;
     // The router (and with it the last writer handle) is gone: the writer commits what
     // is queued, writes its journal to the tables, checkpoints the WAL and stops.
     drop(server);
@@ -210,11 +218,87 @@ pub async fn serve(
     Ok(())
 }
 
+/// What the site-wide work needs.
+struct SiteWork {
+    cfg: CollectorConfig,
+    sites: Vec<Site>,
+    writer: writer::WriterHandle,
+    reader: Arc<dyn LedgerReader>,
+    meter_stats: Arc<crate::meters::reader::MeterStats>,
+    carbon: Option<Arc<crate::carbon::service::CarbonService>>,
+    site_samples: Arc<Mutex<Vec<domesday_model::exposition::Sample>>>,
+}
+
+impl SiteWork {
+    /// Starts the facility meter readers, the `[pull]` jobs and the site gauges.
+    fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .cfg
+            .pull
+            .iter()
+            .cloned()
+            .map(|p| tokio::spawn(crate::pull::run(p, self.cfg.ingest.clone(), self.writer.clone())))
+            .collect();
+        tasks.extend(crate::meters::reader::spawn_all(
+            &self.sites,
+            self.cfg.ledger.gap.0,
+            &self.writer,
+            &self.meter_stats,
+            &self.reader,
+        ));
+        tasks.push(tokio::spawn(crate::site_metrics::run(
+            self.reader.clone(),
+            self.cfg.clone(),
+            self.sites.clone(),
+            self.carbon.clone(),
+            self.site_samples.clone(),
+        )));
+        tasks
+    }
+}
+
+/// Runs the site-wide work while `leading` says so, until `stop`: started on gaining the leadership, stopped at
+/// once on losing it (its site gauges withdrawn, so that only the leader exports them). A closed `leading` (the
+/// election ended) counts as not leading.
+async fn site_work(
+    work: SiteWork,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            l = leading.wait_for(|l| *l) => if l.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tracing::info!("leading the site-wide work: facility meter readers, pulls, site gauges, retention");
+        let tasks = work.start();
+        let lost = tokio::select! {
+            l = leading.wait_for(|l| !*l) => l.is_ok(),
+            _ = stop.wait_for(|s| *s) => false,
+        };
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Ok(mut s) = work.site_samples.lock() {
+            s.clear();
+        }
+        if !lost {
+            return;
+        }
+        tracing::warn!(
+            "no longer leading the site-wide work: meter readers, pulls and site gauges stopped until this collector leads again"
+        );
+    }
+}
+
 /// The longest a shutdown takes, from the signal to the exit (systemd's stop
 /// timeout is longer).
 pub const SHUTDOWN_WITHIN: Duration = Duration::from_secs(10);
 /// How long the requests in flight get to finish after the signal.
 const DRAIN_WITHIN: Duration = Duration::from_secs(5);
+/// How long the leader election gets to close its session at shutdown.
+const LEADERSHIP_STOP_WITHIN: Duration = Duration::from_secs(2);
 /// Time kept for the ledger writer at the end of the shutdown.
 const WRITER_RESERVE: Duration = Duration::from_secs(2);
 

@@ -297,6 +297,15 @@ metric!(
     "How long the oldest request of the last commit waited for the ledger writer."
 );
 metric!(
+    COLLECTOR_LEADER,
+    Collector,
+    "domesday_collector_leader",
+    Gauge,
+    "",
+    [],
+    "1 while this collector does the site-wide work (facility meter readers, pulls, site gauges, ledger retention), 0 otherwise. With a SQLite ledger the one collector always does; on a PostgreSQL ledger shared by several collectors, the one holding the leader lock does (see docs/scaling.md). Summed over the collectors of one ledger it is 1, 0 only while a dead leader is being replaced (30 s at most)."
+);
+metric!(
     LEDGER_DB_BYTES,
     Collector,
     "domesday_ledger_db_bytes",
@@ -512,6 +521,7 @@ pub const CATALOG: &[MetricDef] = &[
     INGEST_REJECTED,
     INGEST_UNKNOWN_VALUES,
     LEDGER_LAG,
+    COLLECTOR_LEADER,
     LEDGER_DB_BYTES,
     METER_READINGS,
     METER_READ_ERRORS,

@@ -433,8 +433,10 @@ pub trait LedgerWriter: Send {
     /// journal when it is due); `force` does it now, as at shutdown.
     fn housekeeping(&mut self, force: bool) -> Result<(), StoreError>;
     /// The ledger's total energy per (site, role) when another process (the
-    /// `import-meters`, `correct` or `swap-meter` commands) committed to it
-    /// since the last call, `None` otherwise.
+    /// `import-meters`, `correct` or `swap-meter` commands, another collector
+    /// on a shared PostgreSQL ledger) may have committed to it since the last
+    /// call, `None` otherwise. SQLite answers when its file changed; PostgreSQL
+    /// re-reads its roll-ups every [`pg::totals::READ_EVERY`].
     fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
         Ok(None)
     }

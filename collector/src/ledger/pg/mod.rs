@@ -12,6 +12,7 @@ pub mod schema;
 pub mod store;
 #[cfg(test)]
 pub mod test_cluster;
+pub mod totals;
 
 use postgres::{Client, NoTls};
 

@@ -67,6 +67,8 @@ pub struct PgWriter {
     suspect: bool,
     /// The statements prepared on `client`; emptied whenever the connection may be replaced.
     stmts: Stmts,
+    /// When the ledger's totals were last read ([`LedgerWriter::totals_if_changed_elsewhere`]).
+    totals_read: Option<std::time::Instant>,
 }
 
 /// Statements prepared on one connection, by their text: a statement is parsed and planned once, each later use
@@ -472,7 +474,14 @@ impl PgWriter {
 
     /// A writer on a connection whose database is already migrated.
     pub fn new(client: Client, policy: Policy) -> PgWriter {
-        PgWriter { client: Some(client), policy, reconnect: None, suspect: false, stmts: Stmts::default() }
+        PgWriter {
+            client: Some(client),
+            policy,
+            reconnect: None,
+            suspect: false,
+            stmts: Stmts::default(),
+            totals_read: None,
+        }
     }
 
     /// Replaces a connection the server closed with one from `reconnect` (see [`super::live`]).
@@ -481,7 +490,12 @@ impl PgWriter {
         self
     }
 
+    /// The live connection (see [`super::live`]). One that may be replaced takes its prepared statements with it:
+    /// every caller goes through here, so none is left naming a statement of a closed connection.
     fn client(&mut self) -> Result<&mut Client, PgError> {
+        if self.suspect || self.client.as_ref().is_none_or(Client::is_closed) {
+            self.stmts.0.clear();
+        }
         super::live(&mut self.client, self.suspect, self.reconnect.as_ref())
     }
 
@@ -494,21 +508,23 @@ impl PgWriter {
         f: impl FnOnce(&mut Transaction<'_>, &mut Staged, &Policy) -> Result<T, PgError>,
     ) -> Result<T, PgError> {
         let policy = self.policy;
-        // A connection that may be replaced takes its prepared statements with it.
-        if self.suspect || self.client.as_ref().is_none_or(Client::is_closed) {
-            self.stmts.0.clear();
-        }
-        let mut staged = Staged { stmts: std::mem::take(&mut self.stmts), ..Staged::default() };
         let out = (|| {
-            let mut tx = super::live(&mut self.client, self.suspect, self.reconnect.as_ref())?.transaction()?;
-            resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
-            let out = f(&mut tx, &mut staged, &policy)?;
-            flush(&mut tx, &mut staged)?;
-            write_buckets(&mut tx, &mut staged)?;
-            tx.commit()?;
-            Ok(out)
+            self.client()?;
+            let mut staged = Staged { stmts: std::mem::take(&mut self.stmts), ..Staged::default() };
+            let client =
+                self.client.as_mut().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))?;
+            let out = (|| {
+                let mut tx = client.transaction()?;
+                resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
+                let out = f(&mut tx, &mut staged, &policy)?;
+                flush(&mut tx, &mut staged)?;
+                write_buckets(&mut tx, &mut staged)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            self.stmts = staged.stmts;
+            out
         })();
-        self.stmts = staged.stmts;
         self.suspect = out.is_err();
         out
     }
@@ -874,6 +890,18 @@ impl LedgerWriter for PgWriter {
     fn housekeeping(&mut self, _force: bool) -> Result<(), StoreError> {
         // No journal: every call wrote its samples to the tables before its commit.
         Ok(())
+    }
+
+    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<crate::ledger::SiteTotals>, StoreError> {
+        // Other collectors commit all the time: the totals are re-read from the roll-ups now and then (cheap),
+        // rather than counting commits in a row every transaction would update.
+        if self.totals_read.is_some_and(|t| t.elapsed() < super::totals::READ_EVERY) {
+            return Ok(None);
+        }
+        self.totals_read = Some(std::time::Instant::now());
+        let out = self.client().and_then(super::totals::from_rollups);
+        self.suspect = out.is_err();
+        Ok(Some(out?))
     }
 }
 
