@@ -58,9 +58,10 @@ struct SimulateArgs {
     /// Number of simulated hosts (sim-00001, sim-00002, ...).
     #[arg(long)]
     hosts: usize,
-    /// remote_write URL of the collector, e.g. http://127.0.0.1:9956/api/v1/write.
-    #[arg(long)]
-    push: String,
+    /// remote_write URL of the collector, e.g. http://127.0.0.1:9956/api/v1/write. Given several times: the
+    /// hosts are split over the collectors and fail over between them as agents with a URL list do.
+    #[arg(long, required = true)]
+    push: Vec<String>,
     /// File holding the site's write token (else env DOMESDAY_PUSH_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -138,13 +139,16 @@ fn parse_start(s: &str) -> Result<i64, String> {
 fn simulate(args: &SimulateArgs, site: Option<String>, interval: Option<std::time::Duration>) -> ExitCode {
     use domesday_agent::config::{DEFAULT_PUSH_INTERVAL, load_token, parse_push_url};
     use domesday_agent::push::simulate::{SimOptions, run};
-    let url = match parse_push_url(&args.push) {
-        Ok(u) => u.to_string(),
-        Err(e) => {
-            eprintln!("error: --push: {e}");
-            return ExitCode::from(2);
+    let mut urls = Vec::new();
+    for push in &args.push {
+        match parse_push_url(push) {
+            Ok(u) => urls.push(u.to_string()),
+            Err(e) => {
+                eprintln!("error: --push: {e}");
+                return ExitCode::from(2);
+            }
         }
-    };
+    }
     let token = match load_token(args.token_file.as_deref(), &|k| std::env::var(k).ok()) {
         Ok(t) => t,
         Err(e) => {
@@ -154,7 +158,7 @@ fn simulate(args: &SimulateArgs, site: Option<String>, interval: Option<std::tim
     };
     let opts = SimOptions {
         hosts: args.hosts,
-        url,
+        urls,
         token,
         interval: interval.unwrap_or(DEFAULT_PUSH_INTERVAL),
         sample_interval: args.sample_interval,

@@ -87,6 +87,12 @@ pub struct PgCluster {
 impl PgCluster {
     /// Creates and starts a cluster; panics with the server's log when it cannot.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(&[])
+    }
+
+    /// [`PgCluster::start`] with server settings (`name=value`) that replace the test defaults: a benchmark
+    /// turns `fsync`, `synchronous_commit` and `full_page_writes` back on to measure what a real server does.
+    pub fn start_with(settings: &[&str]) -> PgCluster {
         let bin = pg_bin_dir();
         let ids = server_ids();
         let dir = tempfile::Builder::new().prefix("domesday-pg-").tempdir().expect("temp dir");
@@ -146,6 +152,8 @@ impl PgCluster {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
             // A test process's collectors share one cluster (`shared`): a few connections each, tests in parallel.
             .args(["-c", "shared_buffers=16MB", "-c", "max_connections=100"])
+            // Later settings win.
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -196,6 +204,11 @@ impl PgCluster {
     /// The port the server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
     }
 
     /// The server's log so far.

@@ -606,3 +606,44 @@ fn a_full_disk_under_the_spool_drops_and_counts_and_what_was_spooled_is_delivere
     assert!(unique.is_subset(&logged), "delivered ticks the agent never logged");
     assert!(unique.len() < logged.len(), "the full disk dropped some ticks");
 }
+
+/// `simulate` with two `--push` URLs splits the hosts over both collectors and, when one answers 503, fails its
+/// workers over to the other at once, which then stays current: every request is acknowledged by one of them.
+#[test]
+fn simulate_splits_hosts_over_its_push_urls_and_fails_over() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (MockReceiver::start(TOKEN), MockReceiver::start(TOKEN));
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).expect("token");
+    let mut cmd = Command::new(binary("domesday-agent"));
+    cmd.args(["simulate", "--hosts", "8", "--push", &a.url(), "--push", &b.url(), "--interval", "300ms"])
+        .args(["--duration", "2100ms", "--connections", "4", "--site", "simsite"])
+        .arg("--token-file")
+        .arg(&token)
+        .env("DOMESDAY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let secrets = domesday_tests::Secrets::of(&cmd);
+    let child = cmd.spawn().expect("simulate");
+    std::thread::sleep(Duration::from_millis(900));
+    a.set_mode(Mode::Status(503, "going away".into()));
+    let out = domesday_tests::agent_wait(child, &secrets, "agent simulate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("failed 0 "), "every request was acknowledged by one collector: {stdout}");
+    let hosts_of = |rs: &[Received], accepted: bool| -> BTreeSet<String> {
+        rs.iter()
+            .filter(|r| r.accepted() == accepted)
+            .filter_map(|r| r.request.timeseries.first()?.label("host").map(String::from))
+            .collect()
+    };
+    let (got_a, got_b) = (a.received(), b.received());
+    // Workers 0 and 2 (hosts 1, 3, 5, 7) start on the first URL, workers 1 and 3 on the second.
+    let odd: BTreeSet<String> = ["sim-00001", "sim-00003", "sim-00005", "sim-00007"].map(String::from).into();
+    assert_eq!(hosts_of(&got_a, true), odd, "before the 503s, the first URL had its half of the fleet");
+    assert_eq!(hosts_of(&got_b, true).len(), 8, "then the second one had every host");
+    // Sticky: each of the two workers that were on the first URL met its 503 once, then stayed on the second.
+    let refused = got_a.iter().filter(|r| !r.accepted()).count();
+    assert!((1..=2).contains(&refused), "{refused} requests answered 503 by the first URL");
+    assert!(stdout.contains(&format!("failed over: {refused} requests")), "{stdout}");
+}

@@ -19,6 +19,12 @@
 //! host, what was sent and what the collector acknowledged (2xx), so a test can
 //! compare with the collector's energy API.
 //!
+//! With several URLs (`--push` given more than once), each worker fails over as a real agent with a list in
+//! `push.url` does ([`UrlChoice`]: a request that gets no answer or a 429/5xx goes at once to the next URL, which
+//! then stays current), but the workers start on different URLs, worker `w` on URL `w mod n`: the fleet is
+//! split evenly over the collectors, as a site whose agents list them in different orders. A request that no URL
+//! answered is still not retried.
+//!
 //! Time can be compressed for soak tests: `sample_interval` is the simulated
 //! time between a host's two samples (the counter advances by watts × it) while
 //! `interval` stays the wall-clock time between them, and `start_ms` puts the
@@ -40,6 +46,7 @@ use domesday_model::vocab::PushFailure;
 use prost::Message;
 
 use crate::config::Secret;
+use crate::push::failover::UrlChoice;
 use crate::push::{HttpTransport, Outcome, labels_of};
 use crate::sources::Sample;
 
@@ -52,7 +59,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     pub hosts: usize,
-    pub url: String,
+    /// The collectors' URLs: the workers are spread over them and fail over between them (see the module doc).
+    pub urls: Vec<String>,
     pub token: Secret,
     pub interval: Duration,
     /// Simulated time between a host's two samples (timestamps and counter
@@ -368,13 +376,16 @@ impl Direct {
 
 struct Shared {
     opts: SimOptions,
-    transport: HttpTransport,
+    /// One per URL of `opts.urls`.
+    transports: Vec<HttpTransport>,
     start: tokio::time::Instant,
     start_ms: i64,
     requests: AtomicU64,
     acked: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
+    /// Requests that another URL than the current one answered.
+    failed_over: AtomicU64,
 }
 
 struct WorkerResult {
@@ -400,19 +411,27 @@ pub fn run(opts: SimOptions) -> Result<String, SimError> {
 
 async fn simulate(opts: SimOptions) -> Result<String, SimError> {
     let connections = opts.connections.min(opts.hosts);
-    let transport = HttpTransport::new(&opts.url, &opts.token, &Default::default(), opts.timeout, connections)?;
+    if opts.urls.is_empty() {
+        return Err(SimError::Invalid("--push: at least one URL".into()));
+    }
+    let transports = opts
+        .urls
+        .iter()
+        .map(|u| HttpTransport::new(u, &opts.token, &Default::default(), opts.timeout, connections))
+        .collect::<Result<Vec<_>, _>>()?;
     let start_ms = opts
         .start_ms
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
     let shared = Arc::new(Shared {
         opts: opts.clone(),
-        transport,
+        transports,
         start: tokio::time::Instant::now(),
         start_ms,
         requests: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        failed_over: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -420,7 +439,7 @@ async fn simulate(opts: SimOptions) -> Result<String, SimError> {
         let _ = stop_tx.send(true);
     });
     tracing::info!(hosts = opts.hosts, connections, interval = %humantime::format_duration(opts.interval),
-        url = %opts.url, "simulate: starting");
+        urls = %opts.urls.join(", "), "simulate: starting");
     let progress = tokio::spawn(progress(shared.clone()));
     let mut tasks = Vec::with_capacity(connections);
     for w in 0..connections {
@@ -463,8 +482,14 @@ async fn simulate(opts: SimOptions) -> Result<String, SimError> {
 async fn worker(shared: Arc<Shared>, hosts: Vec<usize>, mut stop: tokio::sync::watch::Receiver<bool>) -> WorkerResult {
     let o = &shared.opts;
     let mut tpl = Template::new(&o.site);
-    let mut conn =
-        if shared.transport.url.scheme() == "http" { Conn::Direct(Direct { sender: None }) } else { Conn::Pooled };
+    let worker = hosts.first().copied().unwrap_or(0) % o.connections.max(1);
+    let mut conns: Vec<Conn> = shared
+        .transports
+        .iter()
+        .map(|t| if t.url.scheme() == "http" { Conn::Direct(Direct { sender: None }) } else { Conn::Pooled })
+        .collect();
+    let mut choice = UrlChoice::new(conns.len());
+    choice.answered(worker % conns.len());
     let mut reports = vec![HostReport::default(); hosts.len()];
     let mut latency = Histogram::new();
     let mut max_lag = Duration::ZERO;
@@ -491,10 +516,22 @@ async fn worker(shared: Arc<Shared>, hosts: Vec<usize>, mut stop: tokio::sync::w
             let value = energy_at(h, k, sample);
             let body = tpl.body(h, k, ts, sample);
             let t0 = Instant::now();
-            let outcome = match &mut conn {
-                Conn::Direct(d) => d.post(&shared.transport, body, o.timeout).await,
-                Conn::Pooled => shared.transport.post(body, o.timeout).await,
-            };
+            let start_url = choice.current();
+            let mut outcome = Outcome::Retry { why: "no URL".into(), reason: PushFailure::Connect, retry_after: None };
+            for u in choice.order() {
+                let (Some(conn), Some(transport)) = (conns.get_mut(u), shared.transports.get(u)) else { continue };
+                outcome = match conn {
+                    Conn::Direct(d) => d.post(transport, body.clone(), o.timeout).await,
+                    Conn::Pooled => transport.post(body.clone(), o.timeout).await,
+                };
+                if !matches!(outcome, Outcome::Retry { .. }) {
+                    choice.answered(u);
+                    if u != start_url {
+                        shared.failed_over.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
             latency.record(t0.elapsed());
             let r = &mut reports[j];
             r.requests += 1;
@@ -562,7 +599,7 @@ fn summary(
         o.hosts,
         humantime::format_duration(o.interval),
         o.connections.min(o.hosts),
-        o.url,
+        o.urls.join(" "),
         secs
     );
     let _ = writeln!(
@@ -581,6 +618,13 @@ fn summary(
         ms(max_lag)
     );
     let _ = writeln!(out, "host energy increase: sent {sent_j} J, acknowledged {acked_j} J (sum over hosts)");
+    if o.urls.len() > 1 {
+        let _ = writeln!(
+            out,
+            "failed over: {} requests answered by another URL than their worker's current one",
+            shared.failed_over.load(Ordering::Relaxed)
+        );
+    }
     if let Some(e) = last_error {
         let _ = writeln!(out, "last error: {e}");
     }

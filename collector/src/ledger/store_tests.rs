@@ -103,30 +103,68 @@ fn check_store(
     reader: &dyn LedgerReader,
     policy: &Policy,
     steps: &[Step],
+    group: usize,
 ) -> Result<(), TestCaseError> {
     let mut accepted: Vec<BTreeMap<i64, Value>> = vec![BTreeMap::new(); 3];
     let mut owners: HashMap<usize, (String, i64)> = HashMap::new();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
+    // Consecutive samples go to the store `group` batches per call (one transaction), as the writer groups
+    // requests: each batch must be booked as if alone, after the ones before it.
+    let mut pending: Vec<(usize, Point, bool, Batch)> = Vec::new();
+    let apply = |store: &mut dyn LedgerWriter,
+                 pending: &mut Vec<(usize, Point, bool, Batch)>,
+                 accepted: &mut Vec<BTreeMap<i64, Value>>|
+     -> Result<(), TestCaseError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<Batch> = pending.iter().map(|p| p.3.clone()).collect();
+        let outcomes = store.apply(&batches, NOW).map_err(fail)?;
+        prop_assert_eq!(outcomes.len(), batches.len());
+        for ((id, p, takeover, _), o) in pending.drain(..).zip(&outcomes) {
+            if takeover
+                && let Some((lt, lv)) = accepted[id].last_key_value().map(|(t, v)| (*t, *v))
+                && let Some((mt, mv)) = rules::takeover_marker((lt, lv))
+            {
+                accepted[id].insert(mt, mv);
+            }
+            prop_assert_eq!(o.booked + o.duplicate + o.conflict + o.too_old + o.host_conflict, 1, "{:?}", o);
+            let before = accepted[id].get(&p.0).copied();
+            if o.booked == 1 {
+                prop_assert_eq!(before, None, "a second sample at {} was booked", p.0);
+                accepted[id].insert(p.0, p.1);
+            }
+            if o.duplicate == 1 {
+                prop_assert_eq!(before, Some(p.1));
+            }
+            if o.conflict == 1 {
+                prop_assert!(before.is_some() && before != Some(p.1));
+            }
+        }
+        Ok(())
+    };
     for step in steps {
         match step {
-            Step::Prune(cutoff) => store.prune(cutoff + policy.minute_retention_ms).map_err(fail)?,
-            Step::Housekeeping => store.housekeeping(false).map_err(fail)?,
+            Step::Prune(cutoff) => {
+                apply(store, &mut pending, &mut accepted)?;
+                store.prune(cutoff + policy.minute_retention_ms).map_err(fail)?
+            }
+            Step::Housekeeping => {
+                apply(store, &mut pending, &mut accepted)?;
+                store.housekeeping(false).map_err(fail)?
+            }
             Step::Sample(id, p, claim) => {
                 first = first.min(p.0);
                 last = last.max(p.0 + 1);
                 let mut batch = Batch { samples: vec![sample_of(*id, *p)], ..Batch::default() };
+                let mut takeover = false;
                 if let Some((m, t)) = claim {
                     let machine = format!("m{m}");
                     let owner = owners.get(id).cloned();
                     match rules::claim(owner.as_ref().map(|(m, t)| (m.as_str(), *t)), &machine, *t, policy) {
                         Claim::Refuse => {}
                         decision => {
-                            if decision == Claim::TakeOver
-                                && let Some((lt, lv)) = accepted[*id].last_key_value().map(|(t, v)| (*t, *v))
-                                && let Some((mt, mv)) = rules::takeover_marker((lt, lv))
-                            {
-                                accepted[*id].insert(mt, mv);
-                            }
+                            takeover = decision == Claim::TakeOver;
                             owners.insert(*id, (machine.clone(), *t));
                         }
                     }
@@ -138,23 +176,14 @@ fn check_store(
                         model: Default::default(),
                     });
                 }
-                let o = store.apply(&[batch], NOW).map_err(fail)?;
-                let o = &o[0];
-                prop_assert_eq!(o.booked + o.duplicate + o.conflict + o.too_old + o.host_conflict, 1, "{:?}", o);
-                let before = accepted[*id].get(&p.0).copied();
-                if o.booked == 1 {
-                    prop_assert_eq!(before, None, "a second sample at {} was booked", p.0);
-                    accepted[*id].insert(p.0, p.1);
-                }
-                if o.duplicate == 1 {
-                    prop_assert_eq!(before, Some(p.1));
-                }
-                if o.conflict == 1 {
-                    prop_assert!(before.is_some() && before != Some(p.1));
+                pending.push((*id, *p, takeover, batch));
+                if pending.len() >= group {
+                    apply(store, &mut pending, &mut accepted)?;
                 }
             }
         }
     }
+    apply(store, &mut pending, &mut accepted)?;
     let (h0, h1) = (first.div_euclid(HOUR_MS) * HOUR_MS, (last.div_euclid(HOUR_MS) + 1) * HOUR_MS);
     for (id, points) in accepted.iter().enumerate() {
         let want = hourly(points, policy.gap_ms);
@@ -186,7 +215,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn the_sqlite_store_books_what_the_rules_say(steps in scenario()) {
+    fn the_sqlite_store_books_what_the_rules_say(steps in scenario(), group in 1usize..6) {
         let dir = tempfile::tempdir().expect("tmp");
         let db = dir.path().join("l.db");
         let policy = Policy {
@@ -198,7 +227,7 @@ proptest! {
         };
         let mut store = SqliteWriter::open(&db, policy).expect("open");
         let reader = SqliteReader::new(&db, policy);
-        check_store(&mut store, &reader, &policy, &steps)?;
+        check_store(&mut store, &reader, &policy, &steps, group)?;
     }
 }
 
@@ -223,9 +252,10 @@ fn the_postgres_store_books_what_the_rules_say() {
         ..Policy::default()
     };
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(32));
-    let result = runner.run(&scenario(), |steps| {
+    // Calls of one to five batches: one transaction each, as the writer groups requests.
+    let result = runner.run(&(scenario(), 1usize..6), |(steps, group)| {
         let (mut store, reader, _) = pg_store(&cluster, policy);
-        check_store(&mut store, &reader, &policy, &steps)
+        check_store(&mut store, &reader, &policy, &steps, group)
     });
     if let Err(e) = result {
         panic!("{e}");

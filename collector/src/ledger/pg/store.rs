@@ -1,23 +1,31 @@
 //! The PostgreSQL ledger's writer: a [`LedgerWriter`] that books exactly as the SQLite store does, by asking the
 //! same [`rules`] with what it reads, in one PostgreSQL transaction per call, acknowledged only after its commit.
 //!
-//! Simple first, and exact with several collectors writing one database:
-//! - no journal and nothing kept in memory between calls: every rule reads its inputs (a host name's owner, a
-//!   series' last sample, a late sample's neighbours, an interval already recorded) from the database inside the
-//!   transaction, so another collector's commits are always seen;
-//! - a host sample is written at once as a chunk of one point (`chunks`, the SQLite mirror's table), and its
-//!   interval booked into `hours` in the same transaction; meter samples go to `samples`, meter intervals to
-//!   `minutes` and `hours`, as in SQLite. The roll-ups (`site_hours`, `site_days`, `days`) are upserted with the
-//!   hours, summed exactly as `NUMERIC`;
+//! Exact with several collectors writing one database:
+//! - no journal and nothing kept in memory between calls (but prepared statements): every rule reads its inputs
+//!   (a host name's owner, a series' last sample, a late sample's neighbours, an interval already recorded) from
+//!   the database inside the transaction, after its locks, so another collector's commits are always seen;
+//! - a host sample is written as a chunk of one point (`chunks`, the SQLite mirror's table), and its interval
+//!   booked into `hours` in the same transaction; meter samples go to `samples`, meter intervals to `minutes` and
+//!   `hours`, as in SQLite. The roll-ups (`site_hours`, `site_days`, `days`) are upserted with the hours, summed
+//!   exactly as `NUMERIC`;
 //! - serialisation: before reading anything a rule needs, the transaction takes a transaction-level advisory lock
 //!   on every host name it claims (the two-key form, keyed by a hash of site and host) and then on every series
 //!   id it touches (the one-key form), each set in sorted order, so two collectors given batches of one host at
 //!   once take turns on that series and never wait on each other in a cycle. Series are created in sorted order
 //!   too (`INSERT … ON CONFLICT DO NOTHING`, then a select), before any lock.
+//!
+//! Speed: a call's statements do not grow with its samples on the usual path. The series of all its batches are
+//! resolved, locked and their last samples, labels and prune points read in one statement each (arrays,
+//! `= ANY`/`unnest`); the claimed hosts' owners likewise. The rules then run on what was read, kept up to date in
+//! [`Staged`] with what the transaction writes; those writes (points, meter samples, host claims) wait in
+//! [`Pending`] and go out as one multi-row `INSERT … SELECT FROM unnest(…)` per table before the commit, as do
+//! the buckets and roll-ups. A rare path that reads the tables themselves (a late sample's neighbours, a host
+//! name's takeover) first flushes what is pending. Statements are prepared once per connection ([`Stmts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use postgres::{Client, Transaction};
+use postgres::{Client, Statement, Transaction};
 
 use super::PgError;
 use crate::db::PgTarget;
@@ -57,8 +65,26 @@ pub struct PgWriter {
     reconnect: Option<super::Reconnect>,
     /// The last call failed: the connection is probed before the next one.
     suspect: bool,
+    /// The statements prepared on `client`; emptied whenever the connection may be replaced.
+    stmts: Stmts,
     /// When the ledger's totals were last read ([`LedgerWriter::totals_if_changed_elsewhere`]).
     totals_read: Option<std::time::Instant>,
+}
+
+/// Statements prepared on one connection, by their text: a statement is parsed and planned once, each later use
+/// is one round trip.
+#[derive(Default)]
+struct Stmts(HashMap<&'static str, Statement>);
+
+impl Stmts {
+    fn get(&mut self, tx: &mut Transaction<'_>, sql: &'static str) -> Result<Statement, PgError> {
+        if let Some(s) = self.0.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = tx.prepare(sql)?;
+        self.0.insert(sql, s.clone());
+        Ok(s)
+    }
 }
 
 impl Drop for PgWriter {
@@ -69,13 +95,40 @@ impl Drop for PgWriter {
     }
 }
 
-/// What one transaction has booked so far, written to the bucket tables before its commit.
+/// What one transaction has booked so far, written to the bucket tables before its commit, and what it read.
 #[derive(Default)]
 struct Staged {
     ids: HashMap<SeriesKey, i64>,
     minutes: IdMap<(i64, i64), (i64, i64)>,
     hours: IdMap<(i64, i64), (i64, i64)>,
     energy_uj: i128,
+    /// Each series' last sample as this transaction sees it (its pending writes included); `None`: none yet.
+    last: IdMap<i64, Option<Point>>,
+    /// Labels and prune point of the series read by this transaction.
+    info: IdMap<i64, Info>,
+    /// The owner (machine id, claim time) of each claimed host name, pending claims included.
+    owners: HashMap<(String, String), Option<(String, i64)>>,
+    pending: Pending,
+    stmts: Stmts,
+}
+
+/// What the roll-ups and the minutes need to know of a series.
+struct Info {
+    site: String,
+    method: String,
+    quality: String,
+    /// A host energy series (else a meter's).
+    host: bool,
+    pruned_until_ms: i64,
+}
+
+/// Rows written by this transaction that are not in the tables yet (see [`flush`]).
+#[derive(Default)]
+struct Pending {
+    points: Vec<(i64, Point)>,
+    samples: Vec<(i64, Point)>,
+    /// The last claim of each host name (a claim replaces the whole row).
+    hosts: BTreeMap<(String, String), HostClaim>,
 }
 
 /// Books `amount` (micro-units) over `[t0, t1)` with the unit's `factor`, into the hours and, when `minutes`
@@ -120,24 +173,6 @@ fn metric_of(key: &SeriesKey) -> &'static str {
     if key.meter.is_empty() { HOST_ENERGY_METRIC } else { METER_METRIC }
 }
 
-/// The series' id, created if new; another collector may create it at the same time.
-fn series_id(tx: &mut Transaction<'_>, key: &SeriesKey, def: &SeriesDef) -> Result<i64, PgError> {
-    let metric = metric_of(key);
-    if let Some(r) = tx.query_opt(
-        "INSERT INTO series (site, host, meter, metric, method, quality, role, unit) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (site, host, meter, metric, method) DO NOTHING RETURNING id",
-        &[&key.site, &key.host, &key.meter, &metric, &key.method, &def.quality, &def.role, &def.unit],
-    )? {
-        return Ok(r.get(0));
-    }
-    let r = tx.query_one(
-        "SELECT id FROM series WHERE site = $1 AND host = $2 AND meter = $3 AND metric = $4 AND method = $5",
-        &[&key.site, &key.host, &key.meter, &metric, &key.method],
-    )?;
-    Ok(r.get(0))
-}
-
 fn key_of(s: &CounterSample) -> (SeriesKey, SeriesDef) {
     let l = &*s.series;
     (
@@ -158,40 +193,231 @@ fn meter_key(site: &str, meter: &str, role: &str, unit: &str) -> (SeriesKey, Ser
     )
 }
 
+// The lookups by name are lateral joins: one index probe per name, whatever the planner's estimate of the arrays'
+// length or of the tables' sizes (the statements are prepared once, their plans kept).
+const FIND_SERIES: &str = "SELECT s.id, k.i FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) \
+     WITH ORDINALITY AS k(site, host, meter, metric, method, i) CROSS JOIN LATERAL (SELECT id FROM series \
+     WHERE site = k.site AND host = k.host AND meter = k.meter AND metric = k.metric AND method = k.method) s";
+/// New series, in the order given (sorted): another collector may create some of them at the same time.
+const CREATE_SERIES: &str = "INSERT INTO series (site, host, meter, metric, method, quality, role, unit) \
+     SELECT site, host, meter, metric, method, quality, role, unit FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], \
+     $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) WITH ORDINALITY \
+     AS k(site, host, meter, metric, method, quality, role, unit, i) ORDER BY i \
+     ON CONFLICT (site, host, meter, metric, method) DO NOTHING";
+/// Since PostgreSQL 9.6, volatile functions of the select list run after the sort, in the order of the
+/// `ORDER BY` (release notes, "Evaluate volatile functions and set-returning functions in the output list
+/// after ORDER BY"): the locks are taken in sorted order.
+const LOCK_HOSTS: &str = "SELECT pg_advisory_xact_lock($1, h) FROM (SELECT DISTINCT hashtext(s || chr(31) || h) \
+     AS h FROM unnest($2::TEXT[], $3::TEXT[]) AS c(s, h)) l ORDER BY h";
+const LOCK_SERIES: &str = "SELECT pg_advisory_xact_lock(id) FROM (SELECT unnest($1::INT8[]) AS id UNION \
+     SELECT s.id FROM unnest($2::TEXT[], $3::TEXT[]) AS c(site, host) CROSS JOIN LATERAL \
+     (SELECT id FROM series WHERE site = c.site AND host = c.host AND meter = '') s) l ORDER BY id";
+/// Each series' labels, prune point and last sample: a host's from its chunks, a meter's from `samples`.
+const READ_SERIES: &str = "SELECT s.id, s.site, s.method, s.quality, s.metric, s.pruned_until_ms, \
+     c.first_ts, c.data, m.ts_ms, m.value_micro FROM series s \
+     LEFT JOIN LATERAL (SELECT first_ts, data FROM chunks WHERE series_id = s.id AND s.meter = '' \
+     ORDER BY first_ts DESC LIMIT 1) c ON true \
+     LEFT JOIN LATERAL (SELECT ts_ms, value_micro FROM samples WHERE series_id = s.id AND s.meter <> '' \
+     ORDER BY ts_ms DESC LIMIT 1) m ON true WHERE s.id = ANY($1)";
+const READ_OWNERS: &str = "SELECT h.site, h.host, h.machine_id, h.claimed_ms FROM unnest($1::TEXT[], $2::TEXT[]) \
+     AS c(site, host) CROSS JOIN LATERAL (SELECT * FROM hosts WHERE site = c.site AND host = c.host) h";
+
 /// Resolves (creating in key order) the series of `keys`, then locks the host names of `claims` and every series
-/// touched: the batch's and the claimed hosts' (a takeover ends them with a stale marker).
+/// touched: the batch's and the claimed hosts' (a takeover ends them with a stale marker). Then reads what the
+/// rules will ask about: the series' last samples and labels, the claimed host names' owners.
 fn resolve_and_lock(
     tx: &mut Transaction<'_>,
     staged: &mut Staged,
     keys: BTreeMap<SeriesKey, SeriesDef>,
     claims: &BTreeSet<(String, String)>,
 ) -> Result<(), PgError> {
-    for (k, def) in keys {
-        let id = series_id(tx, &k, &def)?;
-        staged.ids.insert(k, id);
-    }
-    let mut hosts: Vec<i32> = Vec::new();
-    for (site, host) in claims {
-        let h: i32 = tx.query_one("SELECT hashtext($1 || chr(31) || $2)", &[site, host])?.get(0);
-        hosts.push(h);
-    }
-    hosts.sort_unstable();
-    hosts.dedup();
-    for h in hosts {
-        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&HOST_LOCK_CLASS, &h])?;
-    }
-    let mut ids: Vec<i64> = staged.ids.values().copied().collect();
-    for (site, host) in claims {
-        for r in tx.query("SELECT id FROM series WHERE site = $1 AND host = $2 AND meter = ''", &[site, host])? {
-            ids.push(r.get(0));
+    let keys: Vec<(SeriesKey, SeriesDef)> = keys.into_iter().collect();
+    let column = |f: fn(&SeriesKey) -> &str, keys: &[&(SeriesKey, SeriesDef)]| -> Vec<String> {
+        keys.iter().map(|(k, _)| f(k).to_string()).collect()
+    };
+    let find = |tx: &mut Transaction<'_>,
+                stmts: &mut Stmts,
+                ids: &mut HashMap<SeriesKey, i64>,
+                keys: &[&(SeriesKey, SeriesDef)]|
+     -> Result<(), PgError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let st = stmts.get(tx, FIND_SERIES)?;
+        let rows = tx.query(
+            &st,
+            &[
+                &column(|k| &k.site, keys),
+                &column(|k| &k.host, keys),
+                &column(|k| &k.meter, keys),
+                &column(metric_of, keys),
+                &column(|k| &k.method, keys),
+            ],
+        )?;
+        for r in rows {
+            let i: i64 = r.get(1);
+            if let Some((k, _)) = usize::try_from(i - 1).ok().and_then(|i| keys.get(i)) {
+                ids.insert(k.clone(), r.get(0));
+            }
+        }
+        Ok(())
+    };
+    let all: Vec<&(SeriesKey, SeriesDef)> = keys.iter().collect();
+    find(tx, &mut staged.stmts, &mut staged.ids, &all)?;
+    let missing: Vec<&(SeriesKey, SeriesDef)> = all.into_iter().filter(|(k, _)| !staged.ids.contains_key(k)).collect();
+    if !missing.is_empty() {
+        let def =
+            |f: fn(&SeriesDef) -> &str| -> Vec<String> { missing.iter().map(|(_, d)| f(d).to_string()).collect() };
+        let st = staged.stmts.get(tx, CREATE_SERIES)?;
+        tx.execute(
+            &st,
+            &[
+                &column(|k| &k.site, &missing),
+                &column(|k| &k.host, &missing),
+                &column(|k| &k.meter, &missing),
+                &column(metric_of, &missing),
+                &column(|k| &k.method, &missing),
+                &def(|d| &d.quality),
+                &def(|d| &d.role),
+                &def(|d| &d.unit),
+            ],
+        )?;
+        find(tx, &mut staged.stmts, &mut staged.ids, &missing)?;
+        if let Some((k, _)) = missing.iter().find(|(k, _)| !staged.ids.contains_key(k)) {
+            return Err(PgError::Corrupt(format!("series {k:?} was neither created nor found")));
         }
     }
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&id])?;
+    let (sites, hosts): (Vec<String>, Vec<String>) = claims.iter().cloned().unzip();
+    if !claims.is_empty() {
+        let st = staged.stmts.get(tx, LOCK_HOSTS)?;
+        tx.execute(&st, &[&HOST_LOCK_CLASS, &sites, &hosts])?;
+    }
+    let ids: Vec<i64> = staged.ids.values().copied().collect();
+    let st = staged.stmts.get(tx, LOCK_SERIES)?;
+    tx.execute(&st, &[&ids, &sites, &hosts])?;
+    read_series(tx, staged, &ids)?;
+    if !claims.is_empty() {
+        for c in claims {
+            staged.owners.insert(c.clone(), None);
+        }
+        let st = staged.stmts.get(tx, READ_OWNERS)?;
+        for r in tx.query(&st, &[&sites, &hosts])? {
+            staged.owners.insert((r.get(0), r.get(1)), Some((r.get(2), r.get(3))));
+        }
     }
     Ok(())
+}
+
+/// Reads the labels, prune point and last sample of the series `ids` into `staged`.
+fn read_series(tx: &mut Transaction<'_>, staged: &mut Staged, ids: &[i64]) -> Result<(), PgError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let st = staged.stmts.get(tx, READ_SERIES)?;
+    for r in tx.query(&st, &[&ids])? {
+        let id: i64 = r.get(0);
+        let metric: String = r.get(4);
+        let host = metric == HOST_ENERGY_METRIC;
+        let last = if host {
+            match r.get::<_, Option<i64>>(6) {
+                Some(first) => {
+                    let data: &[u8] = r.get(7);
+                    let points = chunk::decode(id, first, data).map_err(|e| PgError::Corrupt(e.to_string()))?;
+                    points.last().copied()
+                }
+                None => None,
+            }
+        } else {
+            r.get::<_, Option<i64>>(8).map(|ts| (ts, r.get(9)))
+        };
+        staged.last.insert(id, last);
+        staged
+            .info
+            .insert(id, Info { site: r.get(1), method: r.get(2), quality: r.get(3), host, pruned_until_ms: r.get(5) });
+    }
+    Ok(())
+}
+
+/// A series' last sample, with what this transaction wrote: from what [`read_series`] read, else read now.
+fn last_point(tx: &mut Transaction<'_>, staged: &mut Staged, id: i64) -> Result<Option<Point>, PgError> {
+    if !staged.last.contains_key(&id) {
+        read_series(tx, staged, &[id])?;
+    }
+    staged.last.get(&id).copied().ok_or_else(|| PgError::Corrupt(format!("series {id} does not exist")))
+}
+
+/// Writes what is pending (see [`Pending`]), each table in one statement.
+fn flush(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), PgError> {
+    let p = std::mem::take(&mut staged.pending);
+    if !p.points.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO chunks (series_id, first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data) \
+             SELECT id, ts, ts, 1, nv, vts, vts, d FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[], \
+             $5::BYTEA[]) AS u(id, ts, nv, vts, d)",
+        )?;
+        let ids: Vec<i64> = p.points.iter().map(|(id, _)| *id).collect();
+        let ts: Vec<i64> = p.points.iter().map(|(_, (t, _))| *t).collect();
+        let n_values: Vec<i64> = p.points.iter().map(|(_, (_, v))| i64::from(v.is_some())).collect();
+        let value_ts: Vec<Option<i64>> = p.points.iter().map(|(_, (t, v))| v.map(|_| *t)).collect();
+        let data: Vec<Vec<u8>> = p.points.iter().map(|(_, pt)| chunk::encode(&[*pt])).collect();
+        tx.execute(&st, &[&ids, &ts, &n_values, &value_ts, &data])?;
+    }
+    if !p.samples.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO samples (series_id, ts_ms, value_micro) SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[])",
+        )?;
+        let ids: Vec<i64> = p.samples.iter().map(|(id, _)| *id).collect();
+        let ts: Vec<i64> = p.samples.iter().map(|(_, (t, _))| *t).collect();
+        let values: Vec<Option<i64>> = p.samples.iter().map(|(_, (_, v))| *v).collect();
+        tx.execute(&st, &[&ids, &ts, &values])?;
+    }
+    if !p.hosts.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO hosts (site, host, machine_id, claimed_ms, vendor, product, cpu_model, sockets) \
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INT8[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+             $8::INT8[]) ON CONFLICT (site, host) DO UPDATE SET machine_id = excluded.machine_id, \
+             claimed_ms = excluded.claimed_ms, vendor = excluded.vendor, product = excluded.product, \
+             cpu_model = excluded.cpu_model, sockets = excluded.sockets",
+        )?;
+        let c: Vec<&HostClaim> = p.hosts.values().collect();
+        let text = |f: fn(&HostClaim) -> &str| -> Vec<&str> { c.iter().map(|c| f(c)).collect() };
+        let ts: Vec<i64> = c.iter().map(|c| c.ts_ms).collect();
+        let sockets: Vec<Option<i64>> = c.iter().map(|c| c.model.sockets.map(i64::from)).collect();
+        tx.execute(
+            &st,
+            &[
+                &text(|c| &c.site),
+                &text(|c| &c.host),
+                &text(|c| &c.machine_id),
+                &ts,
+                &text(|c| &c.model.vendor),
+                &text(|c| &c.model.product),
+                &text(|c| &c.model.cpu_model),
+                &sockets,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records `point` as written to series `id` (a host's chunk, or a meter's sample): pending until [`flush`].
+fn put(staged: &mut Staged, id: i64, point: Point, host: bool) {
+    if let Some(last) = staged.last.get_mut(&id)
+        && last.is_none_or(|(t, _)| point.0 > t)
+    {
+        *last = Some(point);
+    }
+    if host { staged.pending.points.push((id, point)) } else { staged.pending.samples.push((id, point)) }
+}
+
+/// Records a host name's claim: pending until [`flush`].
+fn upsert_host(staged: &mut Staged, c: &HostClaim) {
+    let key = (c.site.clone(), c.host.clone());
+    staged.owners.insert(key.clone(), Some((c.machine_id.clone(), c.ts_ms)));
+    staged.pending.hosts.insert(key, c.clone());
 }
 
 fn decode_row(series_id: i64, r: &postgres::Row) -> Result<(i64, Vec<Point>), PgError> {
@@ -210,16 +436,6 @@ const AFTER: &str =
 
 fn chunk_where(tx: &mut Transaction<'_>, sql: &str, id: i64, t: i64) -> Result<Option<(i64, Vec<Point>)>, PgError> {
     tx.query_opt(sql, &[&id, &t])?.map(|r| decode_row(id, &r)).transpose()
-}
-
-/// A series' last stored sample: a host's from its chunks, a meter's from `samples`.
-fn last_point(tx: &mut Transaction<'_>, id: i64, host: bool) -> Result<Option<Point>, PgError> {
-    if host {
-        return Ok(chunk_where(tx, AT_OR_BEFORE, id, i64::MAX)?.and_then(|(_, p)| p.last().copied()));
-    }
-    Ok(tx
-        .query_opt("SELECT ts_ms, value_micro FROM samples WHERE series_id = $1 ORDER BY ts_ms DESC LIMIT 1", &[&id])?
-        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// Around `t`: the sample before it, the value at it (if any), the sample after it.
@@ -249,27 +465,19 @@ fn neighbours(tx: &mut Transaction<'_>, id: i64, t: i64, host: bool) -> Result<r
     })
 }
 
-/// Stores one host sample as a chunk of one point.
-fn put_point(tx: &mut Transaction<'_>, id: i64, (ts, value): Point) -> Result<(), PgError> {
-    let value_ts = value.map(|_| ts);
-    tx.execute(
-        "INSERT INTO chunks (series_id, first_ts, last_ts, n_points, n_values, first_value_ts, last_value_ts, data) \
-         VALUES ($1, $2, $2, 1, $3, $4, $4, $5)",
-        &[&id, &ts, &i64::from(value.is_some()), &value_ts, &chunk::encode(&[(ts, value)])],
-    )?;
-    Ok(())
-}
-
 /// Stores a late host sample. Inside the span of a chunk of several points (SQLite's chunks, moved by
-/// `migrate --to`), it goes into that chunk, so a series' chunks never overlap (the lookups of
-/// [`chunk::neighbours_with`] and the reader rely on it); elsewhere it is a chunk of one point. The slot rule
-/// never inserts at an existing timestamp, so the chunk keeps its first and last timestamps.
-fn put_late_point(tx: &mut Transaction<'_>, id: i64, point: Point) -> Result<(), PgError> {
+/// `migrate --to`), it goes into that chunk at once, so a series' chunks never overlap (the lookups of
+/// [`chunk::neighbours_with`] and the reader rely on it); elsewhere it is a chunk of one point, pending like the
+/// others. The slot rule never inserts at an existing timestamp, so the chunk keeps its first and last timestamps.
+/// Called after [`flush`]: what this transaction wrote is in the tables.
+fn put_late_point(tx: &mut Transaction<'_>, staged: &mut Staged, id: i64, point: Point) -> Result<(), PgError> {
     let Some((first, mut points)) = chunk_where(tx, AT_OR_BEFORE, id, point.0)? else {
-        return put_point(tx, id, point);
+        put(staged, id, point, true);
+        return Ok(());
     };
     if points.last().is_none_or(|p| p.0 <= point.0) {
-        return put_point(tx, id, point);
+        put(staged, id, point, true);
+        return Ok(());
     }
     let i = points.partition_point(|p| p.0 < point.0);
     points.insert(i, point);
@@ -284,23 +492,6 @@ fn put_late_point(tx: &mut Transaction<'_>, id: i64, point: Point) -> Result<(),
     Ok(())
 }
 
-fn put_sample(tx: &mut Transaction<'_>, id: i64, (ts, value): Point) -> Result<(), PgError> {
-    tx.execute("INSERT INTO samples (series_id, ts_ms, value_micro) VALUES ($1, $2, $3)", &[&id, &ts, &value])?;
-    Ok(())
-}
-
-fn upsert_host(tx: &mut Transaction<'_>, c: &HostClaim) -> Result<(), PgError> {
-    let sockets = c.model.sockets.map(i64::from);
-    tx.execute(
-        "INSERT INTO hosts (site, host, machine_id, claimed_ms, vendor, product, cpu_model, sockets) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site, host) DO UPDATE SET \
-         machine_id = excluded.machine_id, claimed_ms = excluded.claimed_ms, \
-         vendor = excluded.vendor, product = excluded.product, cpu_model = excluded.cpu_model, sockets = excluded.sockets",
-        &[&c.site, &c.host, &c.machine_id, &c.ts_ms, &c.model.vendor, &c.model.product, &c.model.cpu_model, &sockets],
-    )?;
-    Ok(())
-}
-
 impl PgWriter {
     /// Connects, migrates the schema (see [`super::schema::migrate`]) and returns the writer.
     pub fn open(target: &PgTarget, policy: Policy) -> Result<PgWriter, PgError> {
@@ -310,7 +501,14 @@ impl PgWriter {
 
     /// A writer on a connection whose database is already migrated.
     pub fn new(client: Client, policy: Policy) -> PgWriter {
-        PgWriter { client: Some(client), policy, reconnect: None, suspect: false, totals_read: None }
+        PgWriter {
+            client: Some(client),
+            policy,
+            reconnect: None,
+            suspect: false,
+            stmts: Stmts::default(),
+            totals_read: None,
+        }
     }
 
     /// Replaces a connection the server closed with one from `reconnect` (see [`super::live`]).
@@ -319,7 +517,12 @@ impl PgWriter {
         self
     }
 
+    /// The live connection (see [`super::live`]). One that may be replaced takes its prepared statements with it:
+    /// every caller goes through here, so none is left naming a statement of a closed connection.
     fn client(&mut self) -> Result<&mut Client, PgError> {
+        if self.suspect || self.client.as_ref().is_none_or(Client::is_closed) {
+            self.stmts.0.clear();
+        }
         super::live(&mut self.client, self.suspect, self.reconnect.as_ref())
     }
 
@@ -333,13 +536,21 @@ impl PgWriter {
     ) -> Result<T, PgError> {
         let policy = self.policy;
         let out = (|| {
-            let mut tx = self.client()?.transaction()?;
-            let mut staged = Staged::default();
-            resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
-            let out = f(&mut tx, &mut staged, &policy)?;
-            write_buckets(&mut tx, &staged)?;
-            tx.commit()?;
-            Ok(out)
+            self.client()?;
+            let mut staged = Staged { stmts: std::mem::take(&mut self.stmts), ..Staged::default() };
+            let client =
+                self.client.as_mut().ok_or_else(|| PgError::Corrupt("the ledger's connection is closed".into()))?;
+            let out = (|| {
+                let mut tx = client.transaction()?;
+                resolve_and_lock(&mut tx, &mut staged, keys, &claims)?;
+                let out = f(&mut tx, &mut staged, &policy)?;
+                flush(&mut tx, &mut staged)?;
+                write_buckets(&mut tx, &mut staged)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            self.stmts = staged.stmts;
+            out
         })();
         self.suspect = out.is_err();
         out
@@ -357,9 +568,8 @@ fn apply_one(
     // Host ownership first: a request's claims decide whether its samples are booked.
     let mut refused: Vec<(String, String)> = Vec::new();
     for c in &batch.claims {
-        let owner: Option<(String, i64)> = tx
-            .query_opt("SELECT machine_id, claimed_ms FROM hosts WHERE site = $1 AND host = $2", &[&c.site, &c.host])?
-            .map(|r| (r.get(0), r.get(1)));
+        // Every claimed name's owner was read after its lock (resolve_and_lock).
+        let owner: Option<(String, i64)> = staged.owners.get(&(c.site.clone(), c.host.clone())).cloned().flatten();
         match rules::claim(owner.as_ref().map(|(m, t)| (m.as_str(), *t)), &c.machine_id, c.ts_ms, policy) {
             Claim::Refuse => {
                 tx.execute(
@@ -371,6 +581,7 @@ fn apply_one(
             }
             Claim::TakeOver => {
                 let old = owner.map(|(m, _)| m).unwrap_or_default();
+                flush(tx, staged)?;
                 tracing::warn!(site = %c.site, host = %c.host, old = %old, new = %c.machine_id, "host name taken over by another machine");
                 let ids: Vec<i64> = tx
                     .query(
@@ -381,17 +592,17 @@ fn apply_one(
                     .map(|r| r.get(0))
                     .collect();
                 for id in ids {
-                    if let Some(last) = last_point(tx, id, true)?
+                    if let Some(last) = last_point(tx, staged, id)?
                         && let Some(marker) = rules::takeover_marker(last)
                     {
                         // Booked as an in-order sample: zero energy, its millisecond covered.
-                        put_point(tx, id, marker)?;
+                        put(staged, id, marker, true);
                         book_interval(staged, policy.gap_ms, id, 1, false, (last.0, marker.0, 0), 1);
                     }
                 }
-                upsert_host(tx, c)?;
+                upsert_host(staged, c);
             }
-            Claim::Accept => upsert_host(tx, c)?,
+            Claim::Accept => upsert_host(staged, c),
         }
     }
     let mut by_role: Vec<RoleEnergy> = Vec::new();
@@ -413,9 +624,9 @@ fn apply_one(
         let id = *staged.ids.get(&key).ok_or_else(|| PgError::Corrupt("a series was not resolved".into()))?;
         let host = l.meter.is_empty();
         let sample: Point = (s.ts_ms, s.value_micro);
-        match rules::place(last_point(tx, id, host)?, sample, host) {
+        match rules::place(last_point(tx, staged, id)?, sample, host) {
             Placement::Journal { prev } => {
-                put_point(tx, id, sample)?;
+                put(staged, id, sample, true);
                 if let Some((pt, pv)) = prev {
                     let inc = increment(pv, s.value_micro);
                     book_interval(staged, policy.gap_ms, id, factor, false, (pt, s.ts_ms, inc), 1);
@@ -423,15 +634,17 @@ fn apply_one(
                 out.booked += 1;
             }
             Placement::First => {
-                put_sample(tx, id, sample)?;
+                put(staged, id, sample, false);
                 out.booked += 1;
             }
             Placement::Append(iv) => {
-                put_sample(tx, id, sample)?;
+                put(staged, id, sample, false);
                 book_interval(staged, policy.gap_ms, id, factor, true, iv, 1);
                 out.booked += 1;
             }
             Placement::Late => {
+                // The neighbours are read from the tables: what this transaction wrote must be there.
+                flush(tx, staged)?;
                 let n = neighbours(tx, id, s.ts_ms, host)?;
                 let pruned_until: i64 =
                     tx.query_one("SELECT pruned_until_ms FROM series WHERE id = $1", &[&id])?.get(0);
@@ -448,9 +661,9 @@ fn apply_one(
                             book_interval(staged, policy.gap_ms, id, factor, !host, iv, 1);
                         }
                         if host {
-                            put_late_point(tx, id, sample)?;
+                            put_late_point(tx, staged, id, sample)?;
                         } else {
-                            put_sample(tx, id, sample)?;
+                            put(staged, id, sample, false);
                         }
                         out.booked += 1;
                     }
@@ -501,77 +714,112 @@ fn apply_one(
 /// Adds the staged minutes and hours to their tables, and the hours to the roll-ups, each in key order (two
 /// collectors adding to one site's roll-up row take its row locks in the same order). Minutes of a series before
 /// its prune point are not recreated: they were pruned, their hour holds the energy.
-fn write_buckets(tx: &mut Transaction<'_>, staged: &Staged) -> Result<(), PgError> {
+fn write_buckets(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), PgError> {
     let sorted = |m: &IdMap<(i64, i64), (i64, i64)>| {
         let mut v: Vec<((i64, i64), (i64, i64))> = m.iter().map(|(k, v)| (*k, *v)).collect();
         v.sort_unstable_by_key(|b| b.0);
         v
     };
-    let mut pruned: HashMap<i64, i64> = HashMap::new();
-    let up_min = tx.prepare(
-        "INSERT INTO minutes VALUES ($1, $2, $3, $4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-         energy_uj = minutes.energy_uj + excluded.energy_uj, covered_ms = minutes.covered_ms + excluded.covered_ms",
-    )?;
-    for ((id, start), (e, c)) in sorted(&staged.minutes) {
-        let until = match pruned.get(&id) {
-            Some(u) => *u,
-            None => {
-                let u: i64 = tx.query_one("SELECT pruned_until_ms FROM series WHERE id = $1", &[&id])?.get(0);
-                pruned.insert(id, u);
-                u
-            }
-        };
-        if start >= until {
-            tx.execute(&up_min, &[&id, &start, &e, &c])?;
+    // Series booked but not read yet (a taken-over host's other series): their labels and prune point.
+    let unknown: BTreeSet<i64> = staged
+        .minutes
+        .keys()
+        .chain(staged.hours.keys())
+        .map(|k| k.0)
+        .filter(|id| !staged.info.contains_key(id))
+        .collect();
+    if !unknown.is_empty() {
+        read_series(tx, staged, &unknown.into_iter().collect::<Vec<_>>())?;
+    }
+    let info = |staged: &Staged, id: i64| -> Result<(String, String, String, bool, i64), PgError> {
+        let i = staged.info.get(&id).ok_or_else(|| PgError::Corrupt(format!("series {id} does not exist")))?;
+        Ok((i.site.clone(), i.method.clone(), i.quality.clone(), i.host, i.pruned_until_ms))
+    };
+    type Rows = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+    let push = |rows: &mut Rows, (id, start): (i64, i64), (e, c): (i64, i64)| {
+        rows.0.push(id);
+        rows.1.push(start);
+        rows.2.push(e);
+        rows.3.push(c);
+    };
+    let mut minutes: Rows = Default::default();
+    for (k, v) in sorted(&staged.minutes) {
+        if k.1 >= info(staged, k.0)?.4 {
+            push(&mut minutes, k, v);
         }
     }
-    let hours = sorted(&staged.hours);
-    let up_hour = tx.prepare(
-        "INSERT INTO hours VALUES ($1, $2, $3, $4) ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-         energy_uj = hours.energy_uj + excluded.energy_uj, covered_ms = hours.covered_ms + excluded.covered_ms",
-    )?;
+    if !minutes.0.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO minutes (series_id, start_ms, energy_uj, covered_ms) \
+             SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
+             ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = minutes.energy_uj + excluded.energy_uj, \
+             covered_ms = minutes.covered_ms + excluded.covered_ms",
+        )?;
+        tx.execute(&st, &[&minutes.0, &minutes.1, &minutes.2, &minutes.3])?;
+    }
     // The roll-ups: a host series' hours per (site, method, quality) and hour or day, a meter's per day.
     type Sums = BTreeMap<(String, i64, String, String), (i128, i64)>;
     let (mut site_hours, mut site_days): (Sums, Sums) = (BTreeMap::new(), BTreeMap::new());
     let mut days: BTreeMap<(i64, i64), (i128, i64)> = BTreeMap::new();
-    let mut labels: HashMap<i64, (String, String, String, bool)> = HashMap::new();
-    for ((id, start), (e, c)) in hours {
-        tx.execute(&up_hour, &[&id, &start, &e, &c])?;
-        if let std::collections::hash_map::Entry::Vacant(v) = labels.entry(id) {
-            let r = tx.query_one("SELECT site, method, quality, metric FROM series WHERE id = $1", &[&id])?;
-            let metric: String = r.get(3);
-            v.insert((r.get(0), r.get(1), r.get(2), metric == HOST_ENERGY_METRIC));
-        }
-        let Some((site, method, quality, host)) = labels.get(&id) else { continue };
+    let mut hours: Rows = Default::default();
+    for ((id, start), (e, c)) in sorted(&staged.hours) {
+        push(&mut hours, (id, start), (e, c));
+        let (site, method, quality, host, _) = info(staged, id)?;
         let day = start.div_euclid(DAY_MS) * DAY_MS;
         let add = |t: &mut (i128, i64)| {
             t.0 += i128::from(e);
             t.1 += c;
         };
-        if *host {
+        if host {
             add(site_hours.entry((site.clone(), start, method.clone(), quality.clone())).or_default());
-            add(site_days.entry((site.clone(), day, method.clone(), quality.clone())).or_default());
+            add(site_days.entry((site, day, method, quality)).or_default());
         } else {
             add(days.entry((id, day)).or_default());
         }
     }
-    for (table, sums) in [("site_hours", &site_hours), ("site_days", &site_days)] {
-        let up = tx.prepare(&format!(
-            "INSERT INTO {table} (site, start_ms, method, quality, energy_uj, covered_ms) \
-             VALUES ($1, $2, $3, $4, $5::TEXT::NUMERIC, $6) ON CONFLICT (site, start_ms, method, quality) DO UPDATE SET \
-             energy_uj = {table}.energy_uj + excluded.energy_uj, covered_ms = {table}.covered_ms + excluded.covered_ms"
-        ))?;
-        for ((site, start, method, quality), (e, c)) in sums {
-            tx.execute(&up, &[site, start, method, quality, &e.to_string(), c])?;
-        }
+    if !hours.0.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO hours (series_id, start_ms, energy_uj, covered_ms) \
+             SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
+             ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = hours.energy_uj + excluded.energy_uj, \
+             covered_ms = hours.covered_ms + excluded.covered_ms",
+        )?;
+        tx.execute(&st, &[&hours.0, &hours.1, &hours.2, &hours.3])?;
     }
-    let up = tx.prepare(
-        "INSERT INTO days (series_id, start_ms, energy_uj, covered_ms) VALUES ($1, $2, $3::TEXT::NUMERIC, $4) \
-         ON CONFLICT (series_id, start_ms) DO UPDATE SET \
-         energy_uj = days.energy_uj + excluded.energy_uj, covered_ms = days.covered_ms + excluded.covered_ms",
-    )?;
-    for ((id, start), (e, c)) in &days {
-        tx.execute(&up, &[id, start, &e.to_string(), c])?;
+    const SITE_HOURS: &str = "INSERT INTO site_hours (site, start_ms, method, quality, energy_uj, covered_ms) \
+         SELECT s, t, m, q, e::NUMERIC, c FROM unnest($1::TEXT[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+         $6::INT8[]) AS u(s, t, m, q, e, c) ON CONFLICT (site, start_ms, method, quality) DO UPDATE SET \
+         energy_uj = site_hours.energy_uj + excluded.energy_uj, covered_ms = site_hours.covered_ms + excluded.covered_ms";
+    const SITE_DAYS: &str = "INSERT INTO site_days (site, start_ms, method, quality, energy_uj, covered_ms) \
+         SELECT s, t, m, q, e::NUMERIC, c FROM unnest($1::TEXT[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+         $6::INT8[]) AS u(s, t, m, q, e, c) ON CONFLICT (site, start_ms, method, quality) DO UPDATE SET \
+         energy_uj = site_days.energy_uj + excluded.energy_uj, covered_ms = site_days.covered_ms + excluded.covered_ms";
+    for (sql, sums) in [(SITE_HOURS, &site_hours), (SITE_DAYS, &site_days)] {
+        if sums.is_empty() {
+            continue;
+        }
+        let text = |f: fn(&(String, i64, String, String)) -> &str| -> Vec<&str> { sums.keys().map(f).collect() };
+        let starts: Vec<i64> = sums.keys().map(|k| k.1).collect();
+        let energy: Vec<String> = sums.values().map(|v| v.0.to_string()).collect();
+        let covered: Vec<i64> = sums.values().map(|v| v.1).collect();
+        let st = staged.stmts.get(tx, sql)?;
+        tx.execute(&st, &[&text(|k| &k.0), &starts, &text(|k| &k.2), &text(|k| &k.3), &energy, &covered])?;
+    }
+    if !days.is_empty() {
+        let st = staged.stmts.get(
+            tx,
+            "INSERT INTO days (series_id, start_ms, energy_uj, covered_ms) \
+             SELECT id, t, e::NUMERIC, c FROM unnest($1::INT8[], $2::INT8[], $3::TEXT[], $4::INT8[]) AS u(id, t, e, c) \
+             ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = days.energy_uj + excluded.energy_uj, \
+             covered_ms = days.covered_ms + excluded.covered_ms",
+        )?;
+        let ids: Vec<i64> = days.keys().map(|k| k.0).collect();
+        let starts: Vec<i64> = days.keys().map(|k| k.1).collect();
+        let energy: Vec<String> = days.values().map(|v| v.0.to_string()).collect();
+        let covered: Vec<i64> = days.values().map(|v| v.1).collect();
+        tx.execute(&st, &[&ids, &starts, &energy, &covered])?;
     }
     Ok(())
 }
