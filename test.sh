@@ -64,7 +64,7 @@ cargo test --workspace --locked
 # throwaway cluster per test binary, a fresh database per ledger (tests/src/store.rs). docs/testing.md says which
 # suites are left out and why.
 pg_suites=(agent_collector_e2e clocks_e2e collector_e2e faults_e2e forward_e2e hostile_input_e2e indicators_e2e
-  ingest_versions_e2e inventory_e2e meter_readers_e2e meters_e2e prometheus_e2e push_failover_e2e shutdown_e2e
-  site_accounting_e2e site_e2e thresholds_e2e ups_power_e2e)
+  ingest_versions_e2e inventory_e2e meter_readers_e2e meters_e2e prometheus_e2e push_failover_e2e reports_e2e
+  shutdown_e2e site_accounting_e2e site_e2e thresholds_e2e ups_power_e2e)
 echo "==> cargo test on PostgreSQL (${#pg_suites[@]} end-to-end suites, DOMESDAY_TEST_LEDGER=postgres)"
 DOMESDAY_TEST_LEDGER=postgres cargo test --locked -p domesday-tests "${pg_suites[@]/#/--test=}"

@@ -5,9 +5,11 @@
 //! The tests write their collectors' configurations and `--db` arguments for SQLite (`db = "<dir>/domesday.db"`).
 //! On PostgreSQL, the helpers that run a collector ([`crate::Collector`]'s spawns, [`crate::collector_output`])
 //! pass its command through [`command_for_store`], which gives each SQLite ledger path of the test process a fresh
-//! database of its own in the process's one cluster ([`crate::pg::shared`]): the `db` line of the `--config` file
-//! becomes that database's URL, with a `db_password_file` written beside the configuration, and a `--db` argument
-//! becomes the URL, with the password in `PGPASSWORD`. The same path always gives the same database, so a
+//! database of its own in the process's one cluster ([`crate::pg::shared`]): a `--db` argument becomes that
+//! database's URL, and a `--config` file naming a SQLite ledger (or none: `./domesday.db`) gets a `--db URL` added
+//! after it (the global `--db` overrides the file's `db`), the password in `PGPASSWORD` either way. The file itself
+//! is left as the test wrote it, so what a test reads back of it (the `file:line` of a declared figure in a
+//! report) is the same on both stores. The same path always gives the same database, so a
 //! collector restarted on its directory, or a one-shot command on that directory, finds its ledger. A test of what
 //! only SQLite has (the ledger file, its write-ahead log, `backup`) calls [`skip_on_postgres`].
 
@@ -22,9 +24,6 @@ use crate::pg::{self, PgDb};
 
 /// The environment variable that picks the store: `sqlite` (or unset) or `postgres`.
 pub const ENV: &str = "DOMESDAY_TEST_LEDGER";
-
-/// The file, beside a collector's configuration, that holds the PostgreSQL password on PostgreSQL.
-pub const PASSWORD_FILE: &str = "ledger-pg.password";
 
 /// A ledger store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +93,15 @@ pub fn command_on_postgres(cmd: &Command) -> Command {
         let step = if joined { 1 } else { 2 };
         match (flag.as_str(), value) {
             ("--config", Some(v)) => {
-                config_for_postgres(&cwd.join(&v), &cwd);
                 out_args.extend(args[i..(i + step).min(args.len())].iter().cloned());
                 i += step;
+                // A `--db` of the command's own wins over the file's ledger (it is rewritten when met).
+                let has_db = args.iter().any(|a| a == "--db" || a.to_string_lossy().starts_with("--db="));
+                if let Some(db) = ledger_of_config(&cwd.join(&v), &cwd).filter(|_| !has_db) {
+                    password = Some(db.password().to_string());
+                    out_args.push("--db".into());
+                    out_args.push(db.url().into());
+                }
             }
             ("--db", Some(v)) if !is_postgres_url(&v.to_string_lossy()) => {
                 let db = database_for(&cwd.join(&v));
@@ -149,35 +154,19 @@ fn string_value(line: &str) -> String {
     inner.replace("\\\"", "\"").replace("\\\\", "\\")
 }
 
-/// Rewrites the collector configuration `config` for PostgreSQL: its top-level `db` (a SQLite path, or the default
-/// `./domesday.db` when it has none) becomes the URL of that ledger's database, its password in
-/// [`PASSWORD_FILE`] beside the configuration. A configuration already on PostgreSQL, or missing, is left alone.
-pub fn config_for_postgres(config: &Path, cwd: &Path) {
-    let Ok(text) = std::fs::read_to_string(config) else { return };
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+/// The PostgreSQL database of the ledger the collector configuration `config` names: its top-level `db` (a SQLite
+/// path, relative to `cwd`, or the default `./domesday.db` when it has none). None for a configuration already on
+/// PostgreSQL, or missing.
+pub fn ledger_of_config(config: &Path, cwd: &Path) -> Option<PgDb> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
     let top = lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len());
-    let db_line = lines[..top].iter().position(|l| key_of(l) == Some("db"));
-    let ledger = match db_line.map(|i| string_value(&lines[i])) {
-        Some(v) if is_postgres_url(&v) => return,
+    let ledger = match lines[..top].iter().find(|l| key_of(l) == Some("db")).map(|l| string_value(l)) {
+        Some(v) if is_postgres_url(&v) => return None,
         Some(v) => cwd.join(v),
         None => cwd.join("domesday.db"),
     };
-    let db = database_for(&ledger);
-    let dir = config.parent().unwrap_or(Path::new("."));
-    let password_file = dir.join(PASSWORD_FILE);
-    std::fs::write(&password_file, format!("{}\n", db.password())).expect("write the PostgreSQL password file");
-    let new = [format!("db = {:?}", db.url()), format!("db_password_file = {:?}", password_file.display().to_string())];
-    match db_line {
-        Some(i) => {
-            lines.splice(i..=i, new);
-        }
-        None => {
-            lines.splice(0..0, new);
-        }
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    std::fs::write(config, text).expect("rewrite the collector's configuration for PostgreSQL");
+    Some(database_for(&ledger))
 }
 
 #[cfg(test)]
