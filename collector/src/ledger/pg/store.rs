@@ -714,6 +714,19 @@ fn apply_one(
 /// Adds the staged minutes and hours to their tables, and the hours to the roll-ups, each in key order (two
 /// collectors adding to one site's roll-up row take its row locks in the same order). Minutes of a series before
 /// its prune point are not recreated: they were pruned, their hour holds the energy.
+/// Bucket rows as columns: series ids, starts, energies, coverages.
+type Rows = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+/// Adds `rows` to a bucket table (`minutes`, `hours`) with `sql`, an upsert of the four columns from arrays.
+fn add_buckets(tx: &mut Transaction<'_>, stmts: &mut Stmts, sql: &'static str, rows: &Rows) -> Result<(), PgError> {
+    if rows.0.is_empty() {
+        return Ok(());
+    }
+    let st = stmts.get(tx, sql)?;
+    tx.execute(&st, &[&rows.0, &rows.1, &rows.2, &rows.3])?;
+    Ok(())
+}
+
 fn write_buckets(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), PgError> {
     let sorted = |m: &IdMap<(i64, i64), (i64, i64)>| {
         let mut v: Vec<((i64, i64), (i64, i64))> = m.iter().map(|(k, v)| (*k, *v)).collect();
@@ -735,7 +748,6 @@ fn write_buckets(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), Pg
         let i = staged.info.get(&id).ok_or_else(|| PgError::Corrupt(format!("series {id} does not exist")))?;
         Ok((i.site.clone(), i.method.clone(), i.quality.clone(), i.host, i.pruned_until_ms))
     };
-    type Rows = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
     let push = |rows: &mut Rows, (id, start): (i64, i64), (e, c): (i64, i64)| {
         rows.0.push(id);
         rows.1.push(start);
@@ -748,16 +760,15 @@ fn write_buckets(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), Pg
             push(&mut minutes, k, v);
         }
     }
-    if !minutes.0.is_empty() {
-        let st = staged.stmts.get(
-            tx,
-            "INSERT INTO minutes (series_id, start_ms, energy_uj, covered_ms) \
-             SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
-             ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = minutes.energy_uj + excluded.energy_uj, \
-             covered_ms = minutes.covered_ms + excluded.covered_ms",
-        )?;
-        tx.execute(&st, &[&minutes.0, &minutes.1, &minutes.2, &minutes.3])?;
-    }
+    add_buckets(
+        tx,
+        &mut staged.stmts,
+        "INSERT INTO minutes (series_id, start_ms, energy_uj, covered_ms) \
+         SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
+         ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = minutes.energy_uj + excluded.energy_uj, \
+         covered_ms = minutes.covered_ms + excluded.covered_ms",
+        &minutes,
+    )?;
     // The roll-ups: a host series' hours per (site, method, quality) and hour or day, a meter's per day.
     type Sums = BTreeMap<(String, i64, String, String), (i128, i64)>;
     let (mut site_hours, mut site_days): (Sums, Sums) = (BTreeMap::new(), BTreeMap::new());
@@ -778,16 +789,15 @@ fn write_buckets(tx: &mut Transaction<'_>, staged: &mut Staged) -> Result<(), Pg
             add(days.entry((id, day)).or_default());
         }
     }
-    if !hours.0.is_empty() {
-        let st = staged.stmts.get(
-            tx,
-            "INSERT INTO hours (series_id, start_ms, energy_uj, covered_ms) \
-             SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
-             ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = hours.energy_uj + excluded.energy_uj, \
-             covered_ms = hours.covered_ms + excluded.covered_ms",
-        )?;
-        tx.execute(&st, &[&hours.0, &hours.1, &hours.2, &hours.3])?;
-    }
+    add_buckets(
+        tx,
+        &mut staged.stmts,
+        "INSERT INTO hours (series_id, start_ms, energy_uj, covered_ms) \
+         SELECT * FROM unnest($1::INT8[], $2::INT8[], $3::INT8[], $4::INT8[]) \
+         ON CONFLICT (series_id, start_ms) DO UPDATE SET energy_uj = hours.energy_uj + excluded.energy_uj, \
+         covered_ms = hours.covered_ms + excluded.covered_ms",
+        &hours,
+    )?;
     const SITE_HOURS: &str = "INSERT INTO site_hours (site, start_ms, method, quality, energy_uj, covered_ms) \
          SELECT s, t, m, q, e::NUMERIC, c FROM unnest($1::TEXT[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
          $6::INT8[]) AS u(s, t, m, q, e, c) ON CONFLICT (site, start_ms, method, quality) DO UPDATE SET \
