@@ -18,7 +18,6 @@ use postgres::Client;
 use tokio::sync::watch;
 
 use crate::ledger::pg::{PgError, Reconnect};
-use crate::ledger::{Batch, LedgerWriter, Outcome, Provenance, Retire, SiteTotals, StoreError};
 
 /// The advisory lock's key (the one-key, `bigint` form): "dmsdlead" in ASCII, 7236567051406762340. In `pg_locks`
 /// it shows as `locktype = 'advisory'`, `classid = 1684894564` (its high 32 bits), `objid = 1818583396` (its low
@@ -176,67 +175,6 @@ fn try_lead(connect: &Reconnect, session: &mut Option<Client>) -> Result<bool, P
         }
     };
     Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK_KEY])?.get(0))
-}
-
-/// A store whose [`LedgerWriter::prune`] runs only while this collector leads: retention is site-wide work. All
-/// else goes to the inner store unchanged.
-pub struct PruneWhileLeading {
-    pub inner: Box<dyn LedgerWriter>,
-    pub leading: watch::Receiver<bool>,
-}
-
-impl LedgerWriter for PruneWhileLeading {
-    fn apply(&mut self, batches: &[Batch], now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
-        self.inner.apply(batches, now_ms)
-    }
-
-    fn correct(
-        &mut self,
-        site: &str,
-        meter: &str,
-        role: &str,
-        unit: &str,
-        start_ms: i64,
-        end_ms: i64,
-        value_micro: i64,
-        who: &Provenance,
-    ) -> Result<(), StoreError> {
-        self.inner.correct(site, meter, role, unit, start_ms, end_ms, value_micro, who)
-    }
-
-    fn swap_meter(
-        &mut self,
-        site: &str,
-        meter: &str,
-        role: &str,
-        unit: &str,
-        at_ms: i64,
-        final_micro: i64,
-        initial_micro: i64,
-        who: &Provenance,
-    ) -> Result<Outcome, StoreError> {
-        self.inner.swap_meter(site, meter, role, unit, at_ms, final_micro, initial_micro, who)
-    }
-
-    fn retire_host(&mut self, site: &str, host: &str, known: bool, who: &Provenance) -> Result<Retire, StoreError> {
-        self.inner.retire_host(site, host, known, who)
-    }
-
-    fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        if *self.leading.borrow() { self.inner.prune(now_ms) } else { Ok(()) }
-    }
-
-    fn housekeeping(&mut self, force: bool) -> Result<(), StoreError> {
-        self.inner.housekeeping(force)
-    }
-
-    fn totals_if_changed_elsewhere(&mut self) -> Result<Option<SiteTotals>, StoreError> {
-        self.inner.totals_if_changed_elsewhere()
-    }
-
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.inner.checkpoint()
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use anyhow::Context;
 use crate::api::{AppState, Stats, router};
 use crate::config::{CollectorConfig, Site};
 use crate::db::LedgerDb;
-use crate::leader::{Leadership, PruneWhileLeading, Timing};
+use crate::leader::{Leadership, Timing};
 use crate::ledger::pg::{read::PgReader, reconnect_to, store::PgWriter};
 use crate::ledger::sqlite::{SqliteReader, SqliteWriter};
 use crate::ledger::{LedgerReader, LedgerWriter};
@@ -56,8 +56,6 @@ pub async fn serve(
     let stats = Arc::new(Mutex::new(Stats::with_totals(reader.site_totals().context("reading ledger totals")?)));
     let (s, t) = (stats.clone(), stats.clone());
     let leading = leadership.watch();
-    // Retention is site-wide work: only the leader prunes.
-    let store: Box<dyn LedgerWriter> = Box::new(PruneWhileLeading { inner: store, leading: leading.clone() });
     let (handle, writer_thread) = writer::spawn(
         store,
         Box::new(move |b, o| {
@@ -71,6 +69,11 @@ pub async fn serve(
             }
         }),
         cfg.ledger.prune_every.0,
+        // Retention is site-wide work: only the leader prunes.
+        Box::new({
+            let leading = leading.clone();
+            move || *leading.borrow()
+        }),
     )
     .context("starting the ledger writer")?;
     // The WAL is copied into the database off the writer's thread: its commits never wait for that copy.

@@ -91,14 +91,19 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Whether the writer may prune now (retention is site-wide work: of several collectors on one ledger, only the
+/// leading one prunes).
+pub type MayPrune = Box<dyn Fn() -> bool + Send>;
+
 /// Starts the writer thread. It stops when every handle is dropped, after
 /// committing what is queued. It prunes every `prune_every` (the first time one
-/// `prune_every` after it starts).
+/// `prune_every` after it starts) when `may_prune` says so then.
 pub fn spawn(
     mut store: Box<dyn LedgerWriter>,
     on_commit: OnCommit,
     on_totals: OnTotals,
     prune_every: Duration,
+    may_prune: MayPrune,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<(Job, Instant)>(WRITE_QUEUE);
     let lag_ms = Arc::new(AtomicI64::new(0));
@@ -147,10 +152,12 @@ pub fn spawn(
             }
             if last_prune.elapsed() >= prune_every {
                 last_prune = Instant::now();
-                if let Err(e) = store.prune(now_ms()) {
-                    tracing::warn!(error = %e, "ledger pruning failed");
+                if may_prune() {
+                    if let Err(e) = store.prune(now_ms()) {
+                        tracing::warn!(error = %e, "ledger pruning failed");
+                    }
+                    note_slow("prune", last_prune, rx.len());
                 }
-                note_slow("prune", last_prune, rx.len());
             }
         }
         // Every sender is gone: leave the ledger fully materialized, its WAL in the database.

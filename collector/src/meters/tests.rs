@@ -161,6 +161,7 @@ async fn the_polling_loop_books_the_register_increase_exactly() {
         Box::new(|_, _| {}),
         Box::new(|_| {}),
         crate::ledger::writer::PRUNE_EVERY,
+        Box::new(|| true),
     )
     .expect("writer");
     let stats = Arc::new(MeterStats::default());
