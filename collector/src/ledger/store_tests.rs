@@ -218,16 +218,22 @@ proptest! {
     fn the_sqlite_store_books_what_the_rules_say(steps in scenario(), group in 1usize..6) {
         let dir = tempfile::tempdir().expect("tmp");
         let db = dir.path().join("l.db");
-        let policy = Policy {
-            host_takeover_ms: 600_000,
-            minute_retention_ms: 3_600_000,
-            materialize_every_ms: 0,
-            materialize_slice: 3,
-            ..Policy::default()
-        };
+        let policy = scenario_policy();
         let mut store = SqliteWriter::open(&db, policy).expect("open");
         let reader = SqliteReader::new(&db, policy);
         check_store(&mut store, &reader, &policy, &steps, group)?;
+    }
+}
+
+/// The policy the scenarios run under on both stores: takeovers, pruning and materialization all within their
+/// time span.
+fn scenario_policy() -> Policy {
+    Policy {
+        host_takeover_ms: 600_000,
+        minute_retention_ms: 3_600_000,
+        materialize_every_ms: 0,
+        materialize_slice: 3,
+        ..Policy::default()
     }
 }
 
@@ -244,13 +250,7 @@ fn pg_store(cluster: &Cluster, policy: Policy) -> (PgWriter, PgReader, impl Fn()
 #[test]
 fn the_postgres_store_books_what_the_rules_say() {
     let cluster = Cluster::start();
-    let policy = Policy {
-        host_takeover_ms: 600_000,
-        minute_retention_ms: 3_600_000,
-        materialize_every_ms: 0,
-        materialize_slice: 3,
-        ..Policy::default()
-    };
+    let policy = scenario_policy();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(32));
     // Calls of one to five batches: one transaction each, as the writer groups requests.
     let result = runner.run(&(scenario(), 1usize..6), |(steps, group)| {
