@@ -279,18 +279,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Global options a command would otherwise ignore in silence.
-    if let Command::Demo { .. } | Command::HashToken = cli.command {
-        let name = if matches!(cli.command, Command::Demo { .. }) { "demo" } else { "hash-token" };
-        if cli.db.is_some() || cli.config.is_some() {
-            bail!(
-                "`{name}` takes no --config or --db: {}",
-                if name == "demo" {
-                    "it writes its own configuration and SQLite ledger in --dir (try `serve` for a ledger of yours)"
-                } else {
-                    "it only hashes the token read on stdin"
-                }
-            );
-        }
+    let ignores = match cli.command {
+        Command::Demo { .. } => Some((
+            "demo",
+            "it writes its own configuration and SQLite ledger in --dir (try `serve` for a ledger of yours)",
+        )),
+        Command::HashToken => Some(("hash-token", "it only hashes the token read on stdin")),
+        _ => None,
+    };
+    if let Some((name, why)) = ignores
+        && (cli.db.is_some() || cli.config.is_some())
+    {
+        bail!("`{name}` takes no --config or --db: {why}");
     }
     if let Command::HashToken = cli.command {
         let mut token = String::new();
